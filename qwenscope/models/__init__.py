@@ -1,0 +1,1 @@
+"""Language models: loading, hookpoint names, capture and splice. Never re-implements a model."""
