@@ -22,7 +22,7 @@ import fnmatch
 import logging
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -79,7 +79,7 @@ def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
 
 def hidden_size(model: nn.Module) -> int:
     """Width of the residual stream (the text model's hidden size for vision-language classes)."""
-    config = model.config
+    config: Any = model.config
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     return int(text.hidden_size)
 

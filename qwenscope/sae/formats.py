@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from qwenscope.errors import QwenscopeError
-from qwenscope.sae.config import SaeConfig
+from qwenscope.sae.config import Activation, SaeConfig
 from qwenscope.sae.io import build_sae, read_json, read_safetensors
 from qwenscope.sae.model import Sae
 from qwenscope.sae.releases import Release
@@ -110,7 +110,8 @@ def read_saelens(folder: Path, device: Device = "cpu", dtype: torch.dtype | None
     """A folder saved by SAELens (``SAE.save_model``): standard (ReLU), topk, jumprelu and batchtopk."""
     cfg = read_json(folder / "cfg.json")
     arch = cfg.get("architecture", "standard")
-    act = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "batchtopk"}.get(arch)
+    acts: dict[str, Activation] = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "batchtopk"}
+    act = acts.get(arch)
     if act is None:
         raise QwenscopeError(f"{folder}: SAELens architecture {arch!r} is not supported; use standard, topk, jumprelu")
     norm = cfg.get("normalize_activations", "none")

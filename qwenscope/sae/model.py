@@ -61,7 +61,7 @@ class Sae(nn.Module):
     ) -> None:
         super().__init__()
         self.cfg = cfg
-        kw = {"device": device, "dtype": dtype or torch.float32}
+        kw: dict = {"device": device, "dtype": dtype or torch.float32}
         # sparsify's init: unit-norm decoder rows, encoder = decoder transposed.
         W_dec = torch.randn(cfg.d_sae, cfg.d_in, **kw)
         W_dec /= W_dec.norm(dim=1, keepdim=True)

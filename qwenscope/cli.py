@@ -1,0 +1,177 @@
+"""The ``qwenscope`` command. Each subcommand is a config dataclass (its field docstrings are the help) and a run
+function taking that config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from qwenscope.cli_args import add_dataclass_args, from_args
+from qwenscope.errors import QwenscopeError
+
+logger = logging.getLogger("qwenscope")
+
+
+# ---------------------------------------------------------------- info
+@dataclass
+class InfoConfig:
+    model: str = "smollm2-135m"
+    """Model: an embedded name (smollm2-135m, gemma3-270m), a local HF folder or a hub id."""
+
+
+def run_info(cfg: InfoConfig) -> None:
+    from qwenscope.models.hookpoints import KINDS, decoder_layers, hidden_size, resolve_hookpoint
+    from qwenscope.models.load import load_model
+
+    model, tokenizer = load_model(cfg.model)
+    path, layers = decoder_layers(model)
+    n_params = sum(p.numel() for p in model.parameters())
+    rows = [
+        ("model", cfg.model),
+        ("class", type(model).__name__),
+        ("model_type", getattr(model.config, "model_type", "?")),
+        ("parameters", f"{n_params / 1e6:.1f}M ({next(model.parameters()).dtype})"),
+        ("layers", f"{len(layers)} at {path}"),
+        ("hidden size", str(hidden_size(model))),
+        ("vocab", str(len(tokenizer))),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    print(f"\nhookpoints (L = 0..{len(layers) - 1}):")
+    for kind in KINDS:
+        paths = []
+        for i in range(len(layers)):
+            p = resolve_hookpoint(model, f"{kind}.{i}").module_path.replace(f"{path}.{i}", f"{path}.L")
+            paths.append(p + (" (input)" if kind == "resid_pre" else ""))
+        print(f"  {kind + '.L':<14} {' | '.join(dict.fromkeys(paths))}")
+    print("  or any module path from model.named_modules(), with '.input' for its input")
+
+
+# ---------------------------------------------------------------- features
+@dataclass
+class FeaturesConfig:
+    sae: str
+    """SAE: a folder, a file or a hub repo id (Qwen-Scope, SAELens, Gemma Scope, sparsify or ours)."""
+    text: str
+    """The text whose tokens are shown with their top features."""
+    model: str = "smollm2-135m"
+    """Model: an embedded name (smollm2-135m, gemma3-270m), a local HF folder or a hub id."""
+    hookpoint: str | None = None
+    """Where the SAE reads, e.g. resid_post.12; default: the hookpoint the SAE records."""
+    top: int = 5
+    """Features shown per token."""
+    k: int | None = None
+    """TopK k, only for Qwen-Scope files outside a folder named like their release."""
+    json: bool = False
+    """Print JSON instead of a table."""
+
+    def __post_init__(self) -> None:
+        if self.top < 1:
+            raise QwenscopeError(f"--top must be at least 1, got {self.top}")
+        if not self.text.strip():
+            raise QwenscopeError("--text is empty; pass the text to analyse")
+
+
+def token_features(model, tokenizer, sae, hookpoint: str, text: str, top: int) -> list[dict[str, Any]]:
+    """Per token: its text and the ``top`` strongest features as (id, activation)."""
+    from qwenscope.models.capture import get_activations
+
+    batch = tokenizer(text, return_tensors="pt")
+    acts = get_activations(model, batch, [hookpoint])[hookpoint][0]
+    z = sae.encode(acts)
+    vals, ids = z.topk(min(top, sae.d_sae), dim=-1)
+    tokens = tokenizer.convert_ids_to_tokens(batch["input_ids"][0])
+    return [
+        {"pos": i, "token": tokenizer.convert_tokens_to_string([tok]),
+         "features": [{"id": int(f), "act": round(float(v), 4)} for f, v in zip(ids[i], vals[i]) if v > 0]}
+        for i, tok in enumerate(tokens)
+    ]  # fmt: skip
+
+
+def run_features(cfg: FeaturesConfig) -> None:
+    from qwenscope.models.hookpoints import check_sae_fits
+    from qwenscope.models.load import load_model
+    from qwenscope.sae.load import load_sae
+
+    model, tokenizer = load_model(cfg.model)
+    sae = load_sae(cfg.sae, hookpoint=cfg.hookpoint, k=cfg.k)
+    hook = check_sae_fits(sae, model, cfg.hookpoint)
+    rows = token_features(model, tokenizer, sae, hook.name, cfg.text, cfg.top)
+    if cfg.json:
+        print(json.dumps({"model": cfg.model, "sae": cfg.sae, "hookpoint": hook.name, "tokens": rows}))
+        return
+    print(f"{'pos':>4}  {'token':<16} top features (id:activation) at {hook.name}")
+    for r in rows:
+        feats = "  ".join(f"{f['id']}:{f['act']:.2f}" for f in r["features"]) or "-"
+        print(f"{r['pos']:>4}  {r['token']!r:<16} {feats}")
+
+
+# ---------------------------------------------------------------- releases
+@dataclass
+class ReleasesConfig:
+    json: bool = False
+    """Print JSON instead of a table."""
+
+
+def run_releases(cfg: ReleasesConfig) -> None:
+    from dataclasses import asdict
+
+    from qwenscope.sae.releases import RELEASES
+
+    if cfg.json:
+        print(json.dumps([asdict(r) for r in RELEASES.values()], indent=1))
+        return
+    print(f"{'repo':<48} {'backbone':<28} {'layers':>6} {'d_model':>7} {'width':>7} {'k':>4}  moe")
+    for r in RELEASES.values():
+        print(f"{r.repo_id:<48} {r.backbone:<28} {r.n_layers:>6} {r.d_model:>7} {r.d_sae:>7} {r.k:>4}  "
+              f"{'yes' if r.moe else 'no'}")  # fmt: skip
+
+
+# ---------------------------------------------------------------- main
+def _demo_command() -> tuple[type, Callable]:
+    from qwenscope.demo import DemoConfig, run_demo
+
+    return DemoConfig, run_demo
+
+
+COMMANDS: dict[str, tuple[str, Callable[[], tuple[type, Callable]], tuple[str, ...]]] = {
+    "info": ("architecture, layers, hidden size and hookpoints of a model", lambda: (InfoConfig, run_info),
+             ("model",)),
+    "features": ("top SAE features of each token of a text", lambda: (FeaturesConfig, run_features), ()),
+    "releases": ("the published Qwen-Scope SAE suites", lambda: (ReleasesConfig, run_releases), ()),
+    "demo": ("the main job on the embedded default model", _demo_command, ()),
+}  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qwenscope", description="SAE features of Qwen models as development tools")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, get, positional) in COMMANDS.items():
+        cls, _ = get()
+        add_dataclass_args(sub.add_parser(name, help=help_text, description=help_text), cls, positional)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    cls, run = COMMANDS[args.command][1]()
+    try:
+        run(from_args(cls, args))
+    except QwenscopeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # output piped into head & co.
+        sys.stderr.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

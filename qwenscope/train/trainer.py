@@ -1,0 +1,211 @@
+"""The SAE trainer: TopK / BatchTopK, AuxK, unit-norm decoder rows, data-initialised b_dec, exact resume.
+
+    trainer = Trainer(TrainConfig(k=(32,)), {"resid_post.15": 576}, out="runs/smollm2-l15")
+    trainer.fit(cache.batches(4096, seed=0, start_batch=trainer.step))
+
+``fit`` consumes ``dict[hookpoint, Tensor (batch, d_in)]`` (or plain tensors for a single hookpoint) and nothing else:
+where activations come from is the caller's business. Several SAEs (hookpoints x widths x k) share each batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from qwenscope.errors import QwenscopeError
+from qwenscope.sae.config import SaeConfig
+from qwenscope.sae.model import Sae
+from qwenscope.train import checkpoint
+from qwenscope.train.config import TrainConfig
+from qwenscope.train.kernels import SparseCode, batch_topk_select, sparse_decode, sparse_encode, topk_select
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SaeState:
+    """One SAE being trained, with its optimiser and dead-feature counter."""
+
+    name: str
+    hookpoint: str
+    sae: Sae
+    opt: torch.optim.Adam
+    since_fired: Tensor
+    """(d_sae,) tokens since each feature last fired."""
+    last: dict[str, float] = field(default_factory=dict)
+
+
+def _selector(cfg: TrainConfig, k: int, dead: Tensor | None, k_aux: int):
+    """Main selection (topk or batchtopk), followed by the AuxK selection among dead features when asked."""
+    main = topk_select(k) if cfg.activation == "topk" else batch_topk_select(k)
+    if dead is None or k_aux == 0:
+        return main
+    aux = topk_select(k_aux)
+
+    def select(pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        v, r, c = main(pre)
+        av, ar, ac = aux(torch.where(dead, pre, torch.zeros((), dtype=pre.dtype)))
+        return torch.cat([v, av]), torch.cat([r, ar]), torch.cat([c, ac])
+
+    return select
+
+
+class Trainer:
+    """Trains one SAE per (hookpoint, expansion factor, k) on shared batches; checkpoints and resumes exactly."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        d_in: Mapping[str, int],
+        out: str | Path,
+        *,
+        model: str | None = None,
+        device: str | torch.device = "cpu",
+        resume: bool = True,
+    ) -> None:
+        if not d_in:
+            raise QwenscopeError("no hookpoints to train on")
+        self.cfg, self.out, self.step = cfg, Path(out), 0
+        self.states: list[SaeState] = []
+        torch.manual_seed(cfg.seed)
+        combos = [(e, k) for e in cfg.expansion_factor for k in cfg.k]
+        for hookpoint, width in d_in.items():
+            for e, k in combos:
+                name = hookpoint if len(combos) == 1 else f"{hookpoint}/x{e}_k{k}"
+                sae_cfg = SaeConfig(
+                    d_in=width,
+                    d_sae=width * e,
+                    k=k,
+                    activation=cfg.activation,
+                    apply_b_dec_to_input=cfg.apply_b_dec_to_input,
+                    hookpoint=hookpoint,
+                    model=model,
+                )
+                sae = Sae(sae_cfg, device=device)
+                opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr_for(sae.d_sae), eps=1e-8)
+                since = torch.zeros(sae.d_sae, dtype=torch.long, device=device)
+                self.states.append(SaeState(name, hookpoint, sae, opt, since))
+        if resume and checkpoint.exists(self.out):
+            self.step = checkpoint.load(self)
+            logger.info("resumed %s at step %d", self.out, self.step)
+
+    @property
+    def saes(self) -> dict[str, Sae]:
+        return {s.name: s.sae for s in self.states}
+
+    # ------------------------------------------------------------------ one step
+    def _inputs(self, batch: Tensor | Mapping[str, Tensor]) -> dict[str, Tensor]:
+        if isinstance(batch, Tensor):
+            hookpoints = {s.hookpoint for s in self.states}
+            if len(hookpoints) != 1:
+                raise QwenscopeError("a plain tensor batch is ambiguous with several hookpoints; pass a dict")
+            batch = {hookpoints.pop(): batch}
+        for s in self.states:
+            x = batch.get(s.hookpoint)
+            if x is None:
+                raise QwenscopeError(f"the batch has no activations for {s.hookpoint}; it has {sorted(batch)}")
+            if x.ndim != 2 or x.shape[1] != s.sae.d_in:
+                raise QwenscopeError(
+                    f"activations for {s.hookpoint} have shape {tuple(x.shape)}, expected "
+                    f"(batch, {s.sae.d_in}); is the cache of another model or hookpoint?"
+                )
+        return dict(batch)
+
+    def _sae_step(self, s: SaeState, x: Tensor, lr_scale: float) -> None:
+        cfg, sae = self.cfg, s.sae
+        x = x.to(device=sae.device, dtype=sae.dtype)
+        if not torch.isfinite(x).all():
+            raise QwenscopeError(
+                f"activations for {s.hookpoint} contain NaN or inf at step {self.step}; "
+                "filter them or rebuild the cache"
+            )
+        n, k = x.shape[0], sae.cfg.k or 1
+        if self.step == 0:  # b_dec starts at the data mean, so the encoder sees centred inputs
+            with torch.no_grad():
+                sae.b_dec.copy_(x.mean(0))
+        dead = s.since_fired > cfg.dead_tokens
+        num_dead = int(dead.sum())
+        k_aux = min(sae.d_in // 2, num_dead) if cfg.auxk_alpha > 0 else 0
+        x_in = x - sae.b_dec if sae.cfg.apply_b_dec_to_input else x
+        code = sparse_encode(x_in, sae.W_enc, sae.b_enc, _selector(cfg, k, dead, k_aux))
+        e_main = n * k
+        main = SparseCode(code.vals[:e_main], code.rows[:e_main], code.cols[:e_main])
+        x_hat = sparse_decode(main, sae.W_dec, n) + sae.b_dec
+        err = x - x_hat
+        total_var = (x - x.mean(0)).pow(2).sum()
+        fvu = err.pow(2).sum() / total_var
+        loss, auxk = fvu, torch.zeros(())
+        if k_aux > 0:
+            aux = SparseCode(code.vals[e_main:], code.rows[e_main:], code.cols[e_main:])
+            e_hat = sparse_decode(aux, sae.W_dec, n)
+            auxk = min(num_dead / (sae.d_in // 2), 1.0) * (e_hat - err.detach()).pow(2).sum() / total_var
+            loss = loss + cfg.auxk_alpha * auxk
+        s.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        with torch.no_grad():
+            W, g = sae.W_dec, sae.W_dec.grad
+            assert g is not None
+            g -= (g * W).sum(-1, keepdim=True) * W  # keep the step tangent to the unit-norm constraint
+            for group in s.opt.param_groups:
+                group["lr"] = cfg.lr_for(sae.d_sae) * lr_scale
+            s.opt.step()
+            W.div_(W.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+            s.since_fired += n
+            s.since_fired[main.cols[main.vals > 0]] = 0
+        s.last = {
+            "loss": loss.item(),
+            "fvu": fvu.item(),
+            "auxk": auxk.item(),
+            "l0": float((main.vals > 0).sum()) / n,
+            "dead": num_dead / sae.d_sae,
+            "lr": cfg.lr_for(sae.d_sae) * lr_scale,
+        }
+
+    def train_step(self, batch: Tensor | Mapping[str, Tensor]) -> dict[str, dict[str, float]]:
+        inputs = self._inputs(batch)
+        scale = self.cfg.lr_scale(self.step)
+        for s in self.states:
+            self._sae_step(s, inputs[s.hookpoint], scale)
+        self.step += 1
+        return {s.name: s.last for s in self.states}
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, batches: Iterable[Tensor | Mapping[str, Tensor]]) -> dict[str, Sae]:
+        """Train until ``cfg.steps``; checkpoint every ``save_every`` steps; write the SAEs to ``out``."""
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        log = (self.out / "metrics.jsonl").open("a")
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        try:
+            for batch in batches:
+                if self.step >= cfg.steps:
+                    break
+                metrics = self.train_step(batch)
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    first = next(iter(metrics.values()))
+                    bar.set_postfix(fvu=f"{first['fvu']:.3f}", l0=f"{first['l0']:.1f}", dead=f"{first['dead']:.1%}")
+                    log.write(json.dumps({"step": self.step, "tokens": self.step * cfg.batch_size, **metrics}) + "\n")
+                    log.flush()
+                if self.step % cfg.save_every == 0 and self.step < cfg.steps:
+                    checkpoint.save(self)
+        finally:
+            bar.close()
+            log.close()
+        if self.step < cfg.steps:
+            checkpoint.save(self)  # nothing is lost: more data can continue from here
+            raise QwenscopeError(
+                f"the data ran out after {self.step} of {cfg.steps} steps; use more data, more epochs, or fewer --steps"
+            )
+        checkpoint.save(self)
+        for s in self.states:
+            s.sae.save(self.out / s.name)
+        logger.info("saved %d SAE(s) to %s", len(self.states), self.out)
+        return self.saes

@@ -1,0 +1,93 @@
+"""Hookpoint names resolve to the right modules on every architecture, checked against output_hidden_states."""
+
+import pytest
+import torch
+
+from qwenscope import QwenscopeError, Sae, SaeConfig, check_sae_fits, get_activations
+from qwenscope.models.hookpoints import decoder_layers, resolve_hookpoint, resolve_hookpoints
+
+
+def test_resid_post_matches_hidden_states(tiny):
+    arch, model, inputs = tiny
+    n = len(decoder_layers(model)[1])
+    names = [f"resid_post.{i}" for i in range(n)]
+    with torch.no_grad():
+        out = model(**inputs, output_hidden_states=True)
+        acts = get_activations(model, inputs, names)
+    assert len(out.hidden_states) == n + 1
+    for i in range(n - 1):
+        assert torch.equal(acts[f"resid_post.{i}"], out.hidden_states[i + 1]), (arch, i)
+    # the last hidden state has the final norm applied: resid_post.{last} is the raw layer output instead
+    last = acts[f"resid_post.{n - 1}"]
+    assert not torch.allclose(last, out.hidden_states[n])
+    norm = model.get_submodule(decoder_layers(model)[0].rsplit(".", 1)[0] + ".norm")
+    torch.testing.assert_close(norm(last), out.hidden_states[n])
+
+
+def test_sublayers_add_up_to_the_residual(tiny):
+    """resid_pre + attn_out + mlp_out == resid_post in every layer (Gemma's sandwich norms included)."""
+    arch, model, inputs = tiny
+    n = len(decoder_layers(model)[1])
+    kinds = ("resid_pre", "attn_out", "mlp_out", "resid_post")
+    with torch.no_grad():
+        acts = get_activations(model, inputs, [f"{k}.{i}" for i in range(n) for k in kinds])
+    for i in range(n):
+        total = acts[f"resid_pre.{i}"] + acts[f"attn_out.{i}"] + acts[f"mlp_out.{i}"]
+        torch.testing.assert_close(total, acts[f"resid_post.{i}"], atol=1e-5, rtol=1e-5, msg=f"{arch} layer {i}")
+        if i > 0:
+            assert torch.equal(acts[f"resid_pre.{i}"], acts[f"resid_post.{i - 1}"])
+
+
+def test_qwen3_5_attention_kind_follows_the_layer():
+    from tiny_models import build_tiny
+
+    model = build_tiny("qwen3_5_vl")
+    paths = [resolve_hookpoint(model, f"attn_out.{i}").module_path for i in range(4)]
+    assert paths == [f"model.language_model.layers.{i}.{m}" for i, m in
+                     enumerate(["linear_attn", "linear_attn", "linear_attn", "self_attn"])]  # fmt: skip
+    assert resolve_hookpoint(model, "resid_post.2").module_path == "model.language_model.layers.2"
+
+
+def test_raw_module_paths_and_globs(tiny):
+    arch, model, inputs = tiny
+    path = decoder_layers(model)[0]
+    hook = resolve_hookpoint(model, f"{path}.1.mlp")
+    assert hook.layer == 1 and not hook.on_input
+    assert resolve_hookpoint(model, f"{path}.1.mlp.input").on_input
+    names = [h.name for h in resolve_hookpoints(model, "resid_post.*")]
+    assert names == [f"resid_post.{i}" for i in range(4)]
+    assert [h.name for h in resolve_hookpoints(model, "resid_post.[1-2], mlp_out.0")] == [
+        "resid_post.1", "resid_post.2", "mlp_out.0"]  # fmt: skip
+    with torch.no_grad():
+        acts = get_activations(model, inputs, [f"{path}.1.mlp", "mlp_out.1"])
+    if arch != "gemma3":  # Gemma's mlp_out is the post-feedforward norm's output
+        assert torch.equal(acts[f"{path}.1.mlp"], acts["mlp_out.1"])
+
+
+def test_clear_errors():
+    from tiny_models import build_tiny
+
+    model = build_tiny("qwen3")
+    with pytest.raises(QwenscopeError, match=r"layer 4 is out of range .* 4 layers \(0\.\.3\)") as e:
+        resolve_hookpoint(model, "resid_post.4")
+    assert "\n" not in str(e.value)
+    with pytest.raises(QwenscopeError, match="did you mean resid_post.3"):
+        resolve_hookpoint(model, "resid_pst.3")
+    with pytest.raises(QwenscopeError, match="matches nothing"):
+        resolve_hookpoints(model, "resid_mid.*")
+    with pytest.raises(QwenscopeError, match="no hookpoints"):
+        resolve_hookpoints(model, "")
+
+
+def test_sae_of_another_width_is_refused():
+    from tiny_models import build_tiny
+
+    model = build_tiny("qwen3")
+    wrong = Sae(SaeConfig(d_in=2048, d_sae=64, k=4, hookpoint="resid_post.1", model="Qwen/Qwen3-1.7B-Base"))
+    with pytest.raises(QwenscopeError, match=r"d_in=2048 does not match .* hidden size 64 .*another model"):
+        check_sae_fits(wrong, model)
+    with pytest.raises(QwenscopeError, match="out of range"):
+        check_sae_fits(Sae(SaeConfig(d_in=64, d_sae=64, k=4, hookpoint="resid_post.9")), model)
+    with pytest.raises(QwenscopeError, match="pass hookpoint="):
+        check_sae_fits(Sae(SaeConfig(d_in=64, d_sae=64, k=4)), model)
+    assert check_sae_fits(Sae(SaeConfig(d_in=64, d_sae=64, k=4, hookpoint="resid_post.1")), model).layer == 1

@@ -1,0 +1,91 @@
+"""The trainer: ground-truth recovery, exact resume after a kill, clear errors."""
+
+import json
+import multiprocessing as mp
+import os
+import signal
+
+import pytest
+import torch
+
+from qwenscope import QwenscopeError, load_sae
+from qwenscope.train import TrainConfig, Trainer
+
+
+def synthetic(n_batches: int, batch: int, d_in=64, n_true=512, active=8, seed=0):
+    """Sparse combinations of known random unit directions: 8 of 512 active per sample, positive magnitudes."""
+    g = torch.Generator().manual_seed(seed)
+    dirs = torch.randn(n_true, d_in, generator=g)
+    dirs /= dirs.norm(dim=1, keepdim=True)
+    batches = []
+    for _ in range(n_batches):
+        idx = torch.rand(batch, n_true, generator=g).argsort(dim=1)[:, :active]
+        mags = torch.rand(batch, active, generator=g) * 2 + 0.5
+        batches.append(torch.zeros(batch, n_true).scatter_(1, idx, mags) @ dirs)
+    return dirs, batches
+
+
+def test_ground_truth_features_are_recovered(tmp_path):
+    dirs, batches = synthetic(600, 1024)
+    cfg = TrainConfig(expansion_factor=(16,), k=(8,), batch_size=1024, steps=600, lr=3e-3, warmup_steps=20,
+                      dead_tokens=20_000, save_every=10_000, log_every=50)
+    sae = Trainer(cfg, {"resid_post.0": 64}, tmp_path).fit(batches)["resid_post.0"]
+    W = sae.W_dec.detach()
+    best = (dirs @ (W / W.norm(dim=1, keepdim=True)).T).max(dim=1).values
+    assert best.mean() >= 0.9, f"mean best cosine {best.mean():.3f}"
+    loaded = load_sae(tmp_path / "resid_post.0")
+    assert torch.equal(loaded.W_dec, sae.W_dec.detach())
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["step"] == 600
+
+
+def _run(out, steps_before_kill=None):
+    torch.manual_seed(123)
+    _, batches = synthetic(40, 256, seed=1)
+    cfg = TrainConfig(expansion_factor=(4,), k=(4, 8), batch_size=256, steps=40, lr=1e-3, warmup_steps=5,
+                      dead_tokens=1000, save_every=7, log_every=5)
+    trainer = Trainer(cfg, {"resid_post.1": 64}, out)
+    stream = batches[trainer.step :]
+    if steps_before_kill is not None:
+        stream = iter(stream)
+
+        def killing():
+            for b in stream:
+                if trainer.step == steps_before_kill:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                yield b
+
+        return trainer.fit(killing())
+    return trainer.fit(stream)
+
+
+def test_sigkill_then_resume_is_bit_identical(tmp_path):
+    reference = _run(tmp_path / "ref")
+    ctx = mp.get_context("spawn")  # fork would inherit torch thread pools and can hang
+    proc = ctx.Process(target=_run, args=(tmp_path / "killed", 23))
+    proc.start()
+    proc.join()
+    assert proc.exitcode == -signal.SIGKILL
+    resumed = _run(tmp_path / "killed")  # picks up the step-21 checkpoint
+    for name, sae in reference.items():
+        for pname, p in sae.state_dict().items():
+            assert torch.equal(p, resumed[name].state_dict()[pname]), (name, pname)
+
+
+def test_resume_with_another_config_is_refused(tmp_path):
+    _, batches = synthetic(5, 64)
+    Trainer(TrainConfig(k=(4,), batch_size=64, steps=5), {"resid_post.0": 64}, tmp_path).fit(batches)
+    with pytest.raises(QwenscopeError, match=r"another configuration \(k: \[4\] -> \[8\]\)"):
+        Trainer(TrainConfig(k=(8,), batch_size=64, steps=5), {"resid_post.0": 64}, tmp_path)
+
+
+def test_bad_batches(tmp_path):
+    trainer = Trainer(TrainConfig(k=(4,), batch_size=8, steps=5), {"resid_post.0": 64}, tmp_path)
+    with pytest.raises(QwenscopeError, match="NaN or inf"):
+        trainer.train_step(torch.full((8, 64), float("nan")))
+    with pytest.raises(QwenscopeError, match=r"shape \(8, 32\), expected \(batch, 64\)"):
+        trainer.train_step(torch.randn(8, 32))
+    with pytest.raises(QwenscopeError, match="no activations for resid_post.0"):
+        trainer.train_step({"resid_post.9": torch.randn(8, 64)})
+    with pytest.raises(QwenscopeError, match="data ran out after 2 of 5 steps"):
+        trainer.fit([torch.randn(8, 64), torch.randn(8, 64)])
