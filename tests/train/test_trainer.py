@@ -26,8 +26,8 @@ def synthetic(n_batches: int, batch: int, d_in=64, n_true=512, active=8, seed=0)
 
 
 def test_ground_truth_features_are_recovered(tmp_path):
-    dirs, batches = synthetic(600, 1024)
-    cfg = TrainConfig(expansion_factor=(16,), k=(8,), batch_size=1024, steps=600, lr=3e-3, warmup_steps=20,
+    dirs, batches = synthetic(300, 512)
+    cfg = TrainConfig(expansion_factor=(8,), k=(8,), batch_size=512, steps=300, lr=4e-3, warmup_steps=20,
                       dead_tokens=20_000, save_every=10_000, log_every=50)
     sae = Trainer(cfg, {"resid_post.0": 64}, tmp_path).fit(batches)["resid_post.0"]
     W = sae.W_dec.detach()
@@ -36,7 +36,7 @@ def test_ground_truth_features_are_recovered(tmp_path):
     loaded = load_sae(tmp_path / "resid_post.0")
     assert torch.equal(loaded.W_dec, sae.W_dec.detach())
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-    assert json.loads(lines[-1])["step"] == 600
+    assert json.loads(lines[-1])["step"] == 300
 
 
 def _run(out, steps_before_kill=None):
