@@ -40,7 +40,17 @@ def test_info(tiny_qwen3, capsys):
 
 def test_features_json_and_table(tiny_qwen3, tmp_path, capsys):
     Sae(SaeConfig(d_in=64, d_sae=128, k=4, hookpoint="resid_post.1")).save(tmp_path / "sae")
-    args = ["features", "--model", str(tiny_qwen3), "--sae", str(tmp_path / "sae"), "--text", "Hello world", "--top", "3"]
+    args = [
+        "features",
+        "--model",
+        str(tiny_qwen3),
+        "--sae",
+        str(tmp_path / "sae"),
+        "--text",
+        "Hello world",
+        "--top",
+        "3",
+    ]
     assert main([*args, "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["hookpoint"] == "resid_post.1"
