@@ -137,26 +137,32 @@ def run_releases(cfg: ReleasesConfig) -> None:
 
 
 # ---------------------------------------------------------------- main
-Getter = Callable[[], tuple[tuple[type, ...], Callable[..., None]]]
+Getter = Callable[[], tuple[tuple[type, ...], Callable[..., object]]]
 
 
-def _demo() -> tuple[tuple[type, ...], Callable[..., None]]:
+def _demo() -> tuple[tuple[type, ...], Callable[..., object]]:
     from qwenscope.demo import DemoConfig, run_demo
 
     return (DemoConfig,), run_demo
 
 
-def _cache() -> tuple[tuple[type, ...], Callable[..., None]]:
+def _cache() -> tuple[tuple[type, ...], Callable[..., object]]:
     from qwenscope.train.run import CacheCommand, run_cache
 
     return (CacheCommand,), run_cache
 
 
-def _train() -> tuple[tuple[type, ...], Callable[..., None]]:
+def _train() -> tuple[tuple[type, ...], Callable[..., object]]:
     from qwenscope.train.config import TrainConfig
     from qwenscope.train.run import TrainCommand, run_train
 
     return (TrainCommand, TrainConfig), run_train
+
+
+def _eval() -> tuple[tuple[type, ...], Callable[..., object]]:
+    from qwenscope.evaluate import EvalConfig, run_eval
+
+    return (EvalConfig,), run_eval
 
 
 COMMANDS: dict[str, tuple[str, Getter, tuple[str, ...]]] = {
@@ -166,6 +172,7 @@ COMMANDS: dict[str, tuple[str, Getter, tuple[str, ...]]] = {
     "releases": ("the published Qwen-Scope SAE suites", lambda: ((ReleasesConfig,), run_releases), ()),
     "cache": ("write model activations to an on-disk cache (resumable)", _cache, ()),
     "train": ("train TopK / BatchTopK SAEs from a cache or a live model (resumable)", _train, ()),
+    "eval": ("explained variance, L0, dead features and CE-loss recovered of SAEs", _eval, ()),
     "demo": ("the main job on the embedded default model", _demo, ()),
 }  # fmt: skip
 
@@ -178,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
         classes, _ = get()
         command = sub.add_parser(name, help=help_text, description=help_text)
         for cls in classes:
-            group = command.add_argument_group(cls.__name__, (cls.__doc__ or "").split("\n")[0])
+            doc = (cls.__doc__ or "").split("\n")[0]
+            group = command.add_argument_group(cls.__name__, None if doc.startswith(cls.__name__ + "(") else doc)
             add_dataclass_args(group, cls, positional)  # type: ignore[arg-type]
     return parser
 

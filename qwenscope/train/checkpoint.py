@@ -23,24 +23,24 @@ from qwenscope.sae.io import read_json, read_safetensors
 if TYPE_CHECKING:
     from qwenscope.train.trainer import Trainer
 
-NAME = "checkpoint"
+NAME = "checkpoint"  # with one rank per hookpoint group: "checkpoint-rank{r}"; under DDP rank 0 writes the one
 _IGNORED = {"save_every", "log_every"}  # may change between a run and its resumption
 
 
-def _folder(out: Path) -> Path | None:
-    for name in (NAME, NAME + ".old"):
+def _folder(out: Path, base: str) -> Path | None:
+    for name in (base, base + ".old"):
         if (out / name / "trainer.json").is_file():
             return out / name
     return None
 
 
-def exists(out: Path) -> bool:
-    return _folder(out) is not None
+def exists(out: Path, base: str = NAME) -> bool:
+    return _folder(out, base) is not None
 
 
 def save(trainer: Trainer) -> None:
-    out = trainer.out
-    tmp, final, old = out / (NAME + ".tmp"), out / NAME, out / (NAME + ".old")
+    out, base = trainer.out, trainer.ckpt_name
+    tmp, final, old = out / (base + ".tmp"), out / base, out / (base + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for s in trainer.states:
@@ -73,7 +73,7 @@ def _check_config(saved: dict[str, Any], trainer: Trainer, folder: Path) -> None
 
 def load(trainer: Trainer) -> int:
     """Restore ``trainer`` from its output folder's checkpoint; returns the step to continue from."""
-    folder = _folder(trainer.out)
+    folder = _folder(trainer.out, trainer.ckpt_name)
     assert folder is not None
     meta = read_json(folder / "trainer.json")
     _check_config(meta["config"], trainer, folder)

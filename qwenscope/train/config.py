@@ -34,6 +34,8 @@ class TrainConfig:
     """A feature that has not fired for this many tokens counts as dead (fed to AuxK)."""
     apply_b_dec_to_input: bool = True
     """Subtract b_dec from the input before encoding (recorded in the saved SAE)."""
+    distribute_modules: bool = False
+    """Under torchrun: give each rank its own hookpoints instead of a slice of every batch (data parallelism)."""
     seed: int = 0
     """Seed of the SAE initialisation."""
     save_every: int = 500

@@ -126,6 +126,9 @@ def _cache_batches(cmd: TrainCommand, cfg: TrainConfig):
 
 
 def run_train(cmd: TrainCommand, cfg: TrainConfig) -> None:
+    from qwenscope.train import dist
+
+    dist.init_from_env()  # under torchrun: join the process group (gloo on CPU, NCCL on GPU)
     if cmd.activations is not None:
         d_in, model, batches = _cache_batches(cmd, cfg)
         trainer = Trainer(cfg, d_in, cmd.out, model=model)

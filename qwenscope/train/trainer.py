@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from tqdm.auto import tqdm
 from qwenscope.errors import QwenscopeError
 from qwenscope.sae.config import SaeConfig
 from qwenscope.sae.model import Sae
-from qwenscope.train import checkpoint
+from qwenscope.train import checkpoint, dist
 from qwenscope.train.config import TrainConfig
 from qwenscope.train.kernels import SparseCode, batch_topk_select, sparse_decode, sparse_encode, topk_select
 
@@ -73,10 +74,24 @@ class Trainer:
         if not d_in:
             raise QwenscopeError("no hookpoints to train on")
         self.cfg, self.out, self.step = cfg, Path(out), 0
+        self.rank, self.world = dist.rank_and_world()
+        self.ddp = self.world > 1 and not cfg.distribute_modules  # every rank trains every SAE on a batch slice
+        shared = self.world == 1 or self.ddp
+        self.ckpt_name = checkpoint.NAME if shared else f"{checkpoint.NAME}-rank{self.rank}"
+        self.metrics_name = "metrics.jsonl" if shared else f"metrics-rank{self.rank}.jsonl"
+        self.writes = not self.ddp or self.rank == 0  # under DDP rank 0 writes for everyone
         self.states: list[SaeState] = []
-        torch.manual_seed(cfg.seed)
         combos = [(e, k) for e in cfg.expansion_factor for k in cfg.k]
-        for hookpoint, width in d_in.items():
+        hookpoints = sorted(d_in)
+        if self.world > 1 and cfg.distribute_modules:
+            if len(hookpoints) < self.world:
+                raise QwenscopeError(
+                    f"{len(hookpoints)} hookpoints cannot be shared by {self.world} ranks; "
+                    "use fewer processes or data parallelism (no --distribute-modules)"
+                )
+            hookpoints = hookpoints[self.rank :: self.world]
+        for hookpoint in hookpoints:
+            width = d_in[hookpoint]
             for e, k in combos:
                 name = hookpoint if len(combos) == 1 else f"{hookpoint}/x{e}_k{k}"
                 sae_cfg = SaeConfig(
@@ -88,11 +103,12 @@ class Trainer:
                     hookpoint=hookpoint,
                     model=model,
                 )
+                torch.manual_seed(cfg.seed + zlib.crc32(name.encode()))  # same init whichever rank builds it
                 sae = Sae(sae_cfg, device=device)
                 opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr_for(sae.d_sae), eps=1e-8)
                 since = torch.zeros(sae.d_sae, dtype=torch.long, device=device)
                 self.states.append(SaeState(name, hookpoint, sae, opt, since))
-        if resume and checkpoint.exists(self.out):
+        if resume and checkpoint.exists(self.out, self.ckpt_name):
             self.step = checkpoint.load(self)
             logger.info("resumed %s at step %d", self.out, self.step)
 
@@ -116,7 +132,13 @@ class Trainer:
                     f"activations for {s.hookpoint} have shape {tuple(x.shape)}, expected "
                     f"(batch, {s.sae.d_in}); is the cache of another model or hookpoint?"
                 )
-        return dict(batch)
+        if not self.ddp:
+            return dict(batch)
+        n = next(iter(batch.values())).shape[0]
+        if n % self.world:
+            raise QwenscopeError(f"batch size {n} is not divisible by {self.world} ranks; pick a multiple")
+        per = n // self.world
+        return {hp: x[self.rank * per : (self.rank + 1) * per] for hp, x in batch.items()}
 
     def _sae_step(self, s: SaeState, x: Tensor, lr_scale: float) -> None:
         cfg, sae = self.cfg, s.sae
@@ -126,10 +148,12 @@ class Trainer:
                 f"activations for {s.hookpoint} contain NaN or inf at step {self.step}; "
                 "filter them or rebuild the cache"
             )
-        n, k = x.shape[0], sae.cfg.k or 1
+        n, k, ddp = x.shape[0], sae.cfg.k or 1, self.ddp
+        n_all = n * self.world if ddp else n
+        mean = dist.all_sum(x.sum(0), ddp) / n_all
         if self.step == 0:  # b_dec starts at the data mean, so the encoder sees centred inputs
             with torch.no_grad():
-                sae.b_dec.copy_(x.mean(0))
+                sae.b_dec.copy_(mean)
         dead = s.since_fired > cfg.dead_tokens
         num_dead = int(dead.sum())
         k_aux = min(sae.d_in // 2, num_dead) if cfg.auxk_alpha > 0 else 0
@@ -139,7 +163,7 @@ class Trainer:
         main = SparseCode(code.vals[:e_main], code.rows[:e_main], code.cols[:e_main])
         x_hat = sparse_decode(main, sae.W_dec, n) + sae.b_dec
         err = x - x_hat
-        total_var = (x - x.mean(0)).pow(2).sum()
+        total_var = dist.all_sum((x - mean).pow(2).sum(), ddp)  # over the whole batch, all ranks
         fvu = err.pow(2).sum() / total_var
         loss, auxk = fvu, torch.zeros(())
         if k_aux > 0:
@@ -150,6 +174,10 @@ class Trainer:
         s.opt.zero_grad(set_to_none=True)
         loss.backward()
         with torch.no_grad():
+            if ddp:  # each rank's loss is its share of the global one: summed gradients are the global gradient
+                for p in sae.parameters():
+                    if p.grad is not None:
+                        dist.all_sum(p.grad, True)
             W, g = sae.W_dec, sae.W_dec.grad
             assert g is not None
             g -= (g * W).sum(-1, keepdim=True) * W  # keep the step tangent to the unit-norm constraint
@@ -157,12 +185,16 @@ class Trainer:
                 group["lr"] = cfg.lr_for(sae.d_sae) * lr_scale
             s.opt.step()
             W.div_(W.norm(dim=-1, keepdim=True).clamp_min(1e-12))
-            s.since_fired += n
-            s.since_fired[main.cols[main.vals > 0]] = 0
+            fired = torch.zeros(sae.d_sae, dtype=torch.uint8, device=sae.device)
+            fired[main.cols[main.vals > 0]] = 1
+            dist.all_max(fired, ddp)
+            s.since_fired += n_all
+            s.since_fired[fired.bool()] = 0
+            stats = dist.all_sum(torch.stack([loss.detach(), fvu.detach(), auxk.detach().to(loss.dtype)]), ddp)
         s.last = {
-            "loss": loss.item(),
-            "fvu": fvu.item(),
-            "auxk": auxk.item(),
+            "loss": stats[0].item(),
+            "fvu": stats[1].item(),
+            "auxk": stats[2].item(),
             "l0": float((main.vals > 0).sum()) / n,
             "dead": num_dead / sae.d_sae,
             "lr": cfg.lr_for(sae.d_sae) * lr_scale,
@@ -181,8 +213,9 @@ class Trainer:
         """Train until ``cfg.steps``; checkpoint every ``save_every`` steps; write the SAEs to ``out``."""
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
-        log = (self.out / "metrics.jsonl").open("a")
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        log = (self.out / self.metrics_name).open("a") if self.writes else None
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
+                   disable=self.rank != 0)  # fmt: skip
         try:
             for batch in batches:
                 if self.step >= cfg.steps:
@@ -192,20 +225,31 @@ class Trainer:
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     first = next(iter(metrics.values()))
                     bar.set_postfix(fvu=f"{first['fvu']:.3f}", l0=f"{first['l0']:.1f}", dead=f"{first['dead']:.1%}")
-                    log.write(json.dumps({"step": self.step, "tokens": self.step * cfg.batch_size, **metrics}) + "\n")
-                    log.flush()
+                    if log is not None:
+                        log.write(
+                            json.dumps({"step": self.step, "tokens": self.step * cfg.batch_size, **metrics}) + "\n"
+                        )
+                        log.flush()
                 if self.step % cfg.save_every == 0 and self.step < cfg.steps:
-                    checkpoint.save(self)
+                    self._checkpoint()
         finally:
             bar.close()
-            log.close()
+            if log is not None:
+                log.close()
         if self.step < cfg.steps:
-            checkpoint.save(self)  # nothing is lost: more data can continue from here
+            self._checkpoint()  # nothing is lost: more data can continue from here
             raise QwenscopeError(
                 f"the data ran out after {self.step} of {cfg.steps} steps; use more data, more epochs, or fewer --steps"
             )
-        checkpoint.save(self)
-        for s in self.states:
-            s.sae.save(self.out / s.name)
-        logger.info("saved %d SAE(s) to %s", len(self.states), self.out)
+        self._checkpoint()
+        if self.writes:
+            for s in self.states:
+                s.sae.save(self.out / s.name)
+            logger.info("saved %d SAE(s) to %s", len(self.states), self.out)
+        dist.barrier(self.ddp)
         return self.saes
+
+    def _checkpoint(self) -> None:
+        if self.writes:
+            checkpoint.save(self)
+        dist.barrier(self.ddp)

@@ -1,0 +1,111 @@
+"""Write evaluation results: ``eval.json`` (the dict as returned), ``eval.png`` (bars per hookpoint) and a text table.
+
+The plot uses matplotlib's Agg canvas directly (no pyplot, no global backend switch), so it works headless and
+leaves an interactive session's backend alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from qwenscope.errors import QwenscopeError
+
+JSON_FILE = "eval.json"
+PLOT_FILE = "eval.png"
+
+# (key in a hookpoint's results, panel title, scale applied before plotting, fixed y-range or None)
+PANELS: tuple[tuple[str, str, float, tuple[float, float] | None], ...] = (
+    ("explained_variance", "explained variance", 1.0, (0.0, 1.0)),
+    ("ce_loss_recovered", "CE loss recovered", 1.0, (0.0, 1.0)),
+    ("l0", "L0 (active features / token)", 1.0, None),
+    ("dead_fraction", "dead features (%)", 100.0, None),
+)
+
+# (key, column header, format) for the text table
+COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("explained_variance", "expl.var", "{:.4f}"),
+    ("cosine_similarity", "cos", "{:.4f}"),
+    ("l0", "L0", "{:.1f}"),
+    ("dead_fraction", "dead%", "{:.2%}"),
+    ("dense_fraction", "dense%", "{:.2%}"),
+    ("ce_clean", "CE clean", "{:.4f}"),
+    ("ce_sae", "CE sae", "{:.4f}"),
+    ("ce_zero", "CE zero", "{:.4f}"),
+    ("ce_loss_recovered", "recovered", "{:.4f}"),
+    ("delta_lm_loss", "ΔLM loss", "{:.4f}"),
+    ("kl_div", "KL", "{:.4f}"),
+)
+
+
+def _hookpoints(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    hps = results.get("hookpoints")
+    if not isinstance(hps, dict) or not hps:
+        raise QwenscopeError("results hold no hookpoints; pass the dict returned by evaluate_saes")
+    return hps
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """A fixed-width table: one row per hookpoint, the main metrics as columns ("-" where undefined)."""
+    hps = _hookpoints(results)
+    width = max(len("hookpoint"), *(len(h) for h in hps))
+    lines = [f"{'hookpoint':<{width}}" + "".join(f"{head:>11}" for _, head, _ in COLUMNS)]
+    for name, res in hps.items():
+        cells = [fmt.format(res[key]) if res.get(key) is not None else "-" for key, _, fmt in COLUMNS]
+        lines.append(f"{name:<{width}}" + "".join(f"{c:>11}" for c in cells))
+    return "\n".join(lines)
+
+
+def write_json(results: dict[str, Any], path: str | Path) -> Path:
+    """Write ``results`` as indented JSON (atomically: a temporary file renamed into place)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def plot_results(results: dict[str, Any], path: str | Path) -> Path:
+    """Save a PNG with one bar chart per metric of ``PANELS``, one bar per hookpoint."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise QwenscopeError("plotting needs matplotlib; pip install matplotlib") from None
+    hps = _hookpoints(results)
+    names = list(hps)
+    fig = Figure(figsize=(max(10.0, 2.0 + 0.5 * len(names) * len(PANELS)), 4.0), layout="constrained")
+    FigureCanvasAgg(fig)
+    for i, (key, title, scale, ylim) in enumerate(PANELS):
+        ax = fig.add_subplot(1, len(PANELS), i + 1)
+        values = [hps[n].get(key) for n in names]
+        heights = [v * scale if v is not None else 0.0 for v in values]
+        bars = ax.bar(range(len(names)), heights, color=f"C{i}")
+        for bar, v, h in zip(bars, values, heights):
+            ax.annotate("n/a" if v is None else f"{h:.3g}", (bar.get_x() + bar.get_width() / 2, h), ha="center",
+                        va="bottom" if h >= 0 else "top", fontsize=8, xytext=(0, 2 if h >= 0 else -2),
+                        textcoords="offset points")  # fmt: skip
+        ax.set_title(title, fontsize=10)
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+        low = min(0.0, *heights)
+        high = max(ylim[1] if ylim else 0.0, *heights, 1e-9)
+        pad = 0.12 * (high - low)
+        ax.set_ylim(low - pad if low < 0 else 0.0, high + pad)
+        if low < 0:
+            ax.axhline(0, color="black", linewidth=0.6)
+        ax.grid(axis="y", alpha=0.3)
+    model = results.get("model")
+    fig.suptitle(f"SAE evaluation{f' on {model}' if model else ''}: {results.get('n_tokens', '?')} tokens",
+                 fontsize=11)  # fmt: skip
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def write_report(results: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``eval.json`` and ``eval.png`` into ``out_dir`` (created if needed); returns their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return write_json(results, out / JSON_FILE), plot_results(results, out / PLOT_FILE)

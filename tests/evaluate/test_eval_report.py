@@ -1,0 +1,117 @@
+"""eval.json / eval.png, the text table, and run_eval (the CLI entry) end to end on a tiny model."""
+
+import argparse
+import json
+import math
+from dataclasses import fields
+
+import pytest
+import torch
+
+from qwenscope import QwenscopeError
+from qwenscope.cli_args import add_dataclass_args, field_docs, from_args
+from qwenscope.evaluate import EvalConfig, evaluate_saes, format_table, run_eval, write_report
+from qwenscope.evaluate.run import load_saes, pack_texts, read_texts
+from qwenscope.models import load as model_load
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_files(tmp_path, llama, token_rows, identity_sae, zero_sae):
+    results = evaluate_saes(llama, [identity_sae(), zero_sae()], token_rows, progress=False)
+    json_path, png_path = write_report(results, tmp_path / "new" / "folder")
+    assert json_path.name == "eval.json" and png_path.name == "eval.png"
+    assert json.loads(json_path.read_text()) == results
+    assert png_path.read_bytes()[:8] == PNG_MAGIC and png_path.stat().st_size > 5000
+    table = format_table(results)
+    assert "resid_post.0" in table and "resid_post.1" in table and "recovered" in table
+
+
+def test_report_with_undefined_values(tmp_path):
+    results = {"n_tokens": 3, "hookpoints": {"a": {"explained_variance": None, "ce_loss_recovered": -0.5, "l0": 2.0,
+                                                   "dead_fraction": 1.0}}}  # fmt: skip
+    _, png = write_report(results, tmp_path)
+    assert png.read_bytes()[:8] == PNG_MAGIC
+    assert " - " in format_table(results) + " "
+    with pytest.raises(ValueError):  # NaN is not JSON: evaluate_saes gives None instead
+        write_report({"hookpoints": {"a": {"l0": math.nan}}}, tmp_path / "nan")
+    with pytest.raises(QwenscopeError, match="no hookpoints"):
+        write_report({"hookpoints": {}}, tmp_path)
+
+
+class CharTokenizer:
+    """Enough of a tokenizer for pack_texts: one id per character, EOS = 2."""
+
+    eos_token_id = 2
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [3 + ord(c) % 500 for c in text]}
+
+
+def test_read_and_pack_texts(tmp_path):
+    txt = tmp_path / "docs.txt"
+    txt.write_text("first doc\nstill first\n\nsecond\n\n\n")
+    assert list(read_texts(txt)) == ["first doc\nstill first", "second"]
+    jsonl = tmp_path / "docs.jsonl"
+    jsonl.write_text('{"text": "a"}\n\n{"text": "bc"}\n')
+    assert list(read_texts(jsonl)) == ["a", "bc"]
+    jsonl.write_text('{"body": "a"}\n')
+    with pytest.raises(QwenscopeError, match="docs.jsonl:1"):
+        list(read_texts(jsonl))
+    with pytest.raises(QwenscopeError, match="no text file"):
+        list(read_texts(tmp_path / "missing.txt"))
+    chunks = list(pack_texts(["abcd", "efg"], CharTokenizer(), seq_len=3))  # abcd<eos>efg<eos>: 9 ids
+    assert [c.tolist() for c in chunks] == [[100, 101, 102], [103, 2, 104], [105, 106, 2]]
+    assert [len(c) for c in pack_texts(["abcd"], CharTokenizer(), seq_len=3)] == [3, 2]  # partial tail kept
+
+
+def test_run_eval_end_to_end(tmp_path, monkeypatch, llama, identity_sae, zero_sae):
+    monkeypatch.setattr(model_load, "load_model", lambda name, device="cpu": (llama, CharTokenizer()))
+    identity_sae(hookpoint="resid_post.0").save(tmp_path / "sae0")
+    zero_sae(hookpoint="resid_post.1").save(tmp_path / "sae1")
+    (tmp_path / "text.txt").write_text("\n\n".join(f"document number {i} with some words" for i in range(20)))
+    cfg = EvalConfig(sae=f"{tmp_path / 'sae0'},{tmp_path / 'sae1'}", dataset=str(tmp_path / "text.txt"),
+                     model="tiny", n_tokens=100, seq_len=16, batch_size=3, out=str(tmp_path / "out"))  # fmt: skip
+    results = run_eval(cfg)
+    assert results["n_tokens"] >= 100 and results["config"]["seq_len"] == 16 and results["model"] == "tiny"
+    hps = results["hookpoints"]
+    assert hps["resid_post.0"]["ce_loss_recovered"] == pytest.approx(1.0, abs=1e-4)
+    assert hps["resid_post.1"]["ce_loss_recovered"] == pytest.approx(0.0, abs=1e-4)
+    assert json.loads((tmp_path / "out" / "eval.json").read_text()) == results
+    assert (tmp_path / "out" / "eval.png").read_bytes()[:8] == PNG_MAGIC
+    short = run_eval(cfg, texts=["just a few words", "and a few more"])  # texts given directly
+    assert short["n_tokens"] == 17 + 15 and short["n_sequences"] == 2  # ran out of text: a chunk and a tail
+
+
+def test_load_saes_pairs_sources_and_hookpoints(tmp_path, identity_sae):
+    identity_sae(hookpoint="resid_post.0").save(tmp_path / "a")
+    identity_sae(hookpoint=None).save(tmp_path / "b")
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    assert list(load_saes(EvalConfig(sae=a, dataset="x"))) == ["resid_post.0"]
+    assert list(load_saes(EvalConfig(sae=f"{a},{b}", dataset="x", hookpoints="resid_post.1,resid_post.0"))) == [
+        "resid_post.1", "resid_post.0"]  # fmt: skip
+    with pytest.raises(QwenscopeError, match="does not record its hookpoint"):
+        load_saes(EvalConfig(sae=b, dataset="x"))
+    with pytest.raises(QwenscopeError, match="2 SAE sources but 3 hookpoints"):
+        load_saes(EvalConfig(sae=f"{a},{b}", dataset="x", hookpoints="resid_post.0,resid_post.1,resid_post.2"))
+    with pytest.raises(QwenscopeError, match="two SAEs for hookpoint"):
+        load_saes(EvalConfig(sae=f"{a},{a}", dataset="x"))
+
+
+def test_config_is_a_cli_command():
+    docs = field_docs(EvalConfig)
+    assert all(docs.get(f.name) for f in fields(EvalConfig))  # every field has its --help
+    parser = argparse.ArgumentParser()
+    add_dataclass_args(parser, EvalConfig)
+    args = parser.parse_args(["--sae", "s", "--dataset", "d.txt", "--no-skip-first", "--n-tokens", "10"])
+    cfg = from_args(EvalConfig, args)
+    assert cfg.skip_first is False and cfg.n_tokens == 10 and cfg.hookpoints == "" and cfg.k is None
+    for bad, match in [({"n_tokens": 0}, "n-tokens"), ({"seq_len": 1}, "seq-len"), ({"sae": " , "}, "sae"),
+                       ({"dense_threshold": 1.5}, "dense-threshold")]:  # fmt: skip
+        with pytest.raises(QwenscopeError, match=match):
+            EvalConfig(**{"sae": "s", "dataset": "d", **bad})
+
+
+def test_token_chunks_are_long_tensors():
+    assert list(pack_texts([], CharTokenizer(), 4)) == []
+    assert next(pack_texts(["a"], CharTokenizer(), 4)).dtype == torch.long

@@ -1,0 +1,178 @@
+"""Model-level evaluation: exact and zero SAEs, a hand-written reference, masks and padding, errors, hooks."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tiny_models import build_tiny
+
+from qwenscope import QwenscopeError, Sae, SaeConfig, splice
+from qwenscope.evaluate import evaluate_sae, evaluate_saes
+from qwenscope.evaluate.metrics import cosine_similarity, explained_variance, relative_norm
+from qwenscope.evaluate.model_eval import iter_batches
+
+RUN = {"progress": False}
+
+
+def n_hooks(model) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "qwen3_5"])
+def test_exact_sae_recovers_all_loss(arch, identity_sae):
+    model = build_tiny(arch, num_layers=2)
+    tokens = torch.randint(3, 512, (4, 10), generator=torch.Generator().manual_seed(0))
+    r = evaluate_sae(model, identity_sae(hookpoint="resid_post.0"), tokens, batch_size=2, **RUN)
+    assert r["hookpoint"] == "resid_post.0"
+    assert r["explained_variance"] == 1.0 and r["fvu"] == 0.0
+    assert r["cosine_similarity"] == pytest.approx(1.0) and r["relative_norm"] == pytest.approx(1.0)
+    assert r["l0"] == 64.0 and r["n_dead"] == 0  # one of relu(x_i), relu(-x_i) per dimension
+    assert r["ce_sae"] == pytest.approx(r["ce_clean"], abs=1e-6)
+    assert r["ce_zero"] != pytest.approx(r["ce_clean"], abs=1e-4)  # the baseline does change the model
+    assert r["ce_loss_recovered"] == pytest.approx(1.0, abs=1e-4)
+    assert r["delta_lm_loss"] == pytest.approx(0.0, abs=1e-6)
+    assert r["kl_div"] == pytest.approx(0.0, abs=1e-7)
+    assert r["kl_div_zero"] > 1e-4
+
+
+def test_bfloat16_model_with_float32_sae(identity_sae, token_rows):
+    model = build_tiny("qwen3", num_layers=2).to(torch.bfloat16)
+    r = evaluate_sae(model, identity_sae(hookpoint="resid_post.1"), token_rows, **RUN)
+    assert r["explained_variance"] == 1.0 and r["kl_div"] == pytest.approx(0.0, abs=1e-6)
+    assert r["ce_loss_recovered"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_zero_reconstruction_recovers_nothing(llama, token_rows, zero_sae):
+    r = evaluate_sae(llama, zero_sae(hookpoint="resid_post.1"), token_rows, **RUN)
+    assert r["ce_sae"] == pytest.approx(r["ce_zero"], abs=1e-6)
+    assert r["ce_loss_recovered"] == pytest.approx(0.0, abs=1e-4)
+    assert r["kl_div"] == pytest.approx(r["kl_div_zero"], rel=1e-5)
+    assert r["cosine_similarity"] == 0.0 and r["relative_norm"] == 0.0
+    assert r["explained_variance"] < 0  # zeros are worse than the mean
+
+
+def _reference(model, sae, tokens, hookpoint):
+    """The same numbers written out by hand: replace positions 1.. of every row, score predictions at 1..S-2."""
+    with torch.no_grad():
+        h = {}
+        with splice(model, hookpoint, lambda t: h.setdefault("x", t)):
+            clean = model(input_ids=tokens).logits
+        x = h["x"][:, 1:]
+        x_hat = sae(x).sae_out
+
+        def logits_with(values):
+            def edit(t):
+                t = t.clone()
+                t[:, 1:] = values
+                return t
+
+            with splice(model, hookpoint, edit):
+                return model(input_ids=tokens).logits
+
+        lp = {name: F.log_softmax(lg[:, 1:-1], -1).flatten(0, 1)
+              for name, lg in [("clean", clean), ("sae", logits_with(x_hat)), ("zero", logits_with(0.0))]}  # fmt: skip
+    targets = tokens[:, 2:].flatten()
+    ce = {name: F.nll_loss(v, targets).item() for name, v in lp.items()}
+    kl = F.kl_div(lp["sae"], lp["clean"], log_target=True, reduction="batchmean").item()
+    return ce, kl, x, x_hat
+
+
+def test_matches_hand_written_reference(llama, token_rows, random_sae):
+    sae = random_sae(hookpoint="resid_post.1")
+    r = evaluate_sae(llama, sae, token_rows, batch_size=4, **RUN)
+    ce, kl, x, x_hat = _reference(llama, sae, token_rows, "resid_post.1")
+    assert r["n_tokens"] == 6 * 11 and r["n_scored_tokens"] == 6 * 10
+    assert r["ce_clean"] == pytest.approx(ce["clean"], rel=1e-5)
+    assert r["ce_sae"] == pytest.approx(ce["sae"], rel=1e-5)
+    assert r["ce_zero"] == pytest.approx(ce["zero"], rel=1e-5)
+    assert r["ce_loss_recovered"] == pytest.approx((ce["zero"] - ce["sae"]) / (ce["zero"] - ce["clean"]), rel=1e-3)
+    assert r["kl_div"] == pytest.approx(kl, rel=1e-4)
+    assert r["explained_variance"] == pytest.approx(explained_variance(x, x_hat), rel=1e-5)
+    assert r["cosine_similarity"] == pytest.approx(cosine_similarity(x, x_hat), rel=1e-5)
+    assert r["relative_norm"] == pytest.approx(relative_norm(x, x_hat), rel=1e-5)
+    assert r["l0"] == 8.0
+
+
+def test_padding_is_neither_replaced_nor_scored(llama, random_sae):
+    sae = random_sae(hookpoint="resid_post.1")
+    gen = torch.Generator().manual_seed(3)
+    rows = [torch.randint(3, 512, (n,), generator=gen) for n in (12, 5, 9, 2)]
+    padded = evaluate_sae(llama, sae, rows, batch_size=4, **RUN)  # one batch, right-padded
+    alone = evaluate_sae(llama, sae, rows, batch_size=1, **RUN)  # no padding at all
+    assert padded["n_tokens"] == alone["n_tokens"] == sum(n - 1 for n in (12, 5, 9, 2))
+    assert padded["n_scored_tokens"] == sum(n - 2 for n in (12, 5, 9, 2))
+    for key, value in alone.items():
+        if isinstance(value, float):
+            assert padded[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+
+
+def test_keep_mask_and_skip_first(llama, token_rows, zero_sae):
+    sae = zero_sae(hookpoint="resid_post.1")
+    nothing = evaluate_sae(llama, sae, token_rows, keep_mask=torch.zeros(6, 12, dtype=torch.bool), **RUN)
+    assert nothing["n_tokens"] == 0 and nothing["explained_variance"] is None
+    assert nothing["ce_sae"] == nothing["ce_zero"] == nothing["ce_clean"] and nothing["kl_div"] == 0.0
+    keep = torch.rand(6, 12, generator=torch.Generator().manual_seed(0)) > 0.5
+    some = evaluate_sae(llama, sae, token_rows, keep_mask=list(keep), **RUN)  # an iterable of row masks
+    assert some["n_tokens"] == int(keep[:, 1:].sum())
+    everything = evaluate_sae(llama, sae, token_rows, skip_first=False, **RUN)
+    assert everything["n_tokens"] == 6 * 12 and everything["n_scored_tokens"] == 6 * 11
+    assert everything["skip_first"] is False
+
+
+def test_n_tokens_stops_after_whole_rows(llama, token_rows, identity_sae):
+    r = evaluate_saes(llama, {"resid_post.0": identity_sae()}, token_rows, n_tokens=20, batch_size=2, **RUN)
+    assert r["n_sequences"] == 2 and r["n_tokens"] == 24  # two rows of 12 reach 20
+    batches = list(iter_batches(token_rows, batch_size=4))
+    assert [b.input_ids.shape[0] for b in batches] == [4, 2]
+    assert not batches[0].keep[:, 0].any() and batches[0].keep[:, 1:].all()
+
+
+def test_several_saes_are_evaluated_separately(llama, token_rows, identity_sae, zero_sae):
+    identity, zero = identity_sae(hookpoint="resid_post.0"), zero_sae(hookpoint="resid_post.1")
+    both = evaluate_saes(llama, [identity, zero], token_rows, **RUN)  # hookpoints from the SAEs
+    assert list(both["hookpoints"]) == ["resid_post.0", "resid_post.1"]
+    alone = evaluate_sae(llama, zero, token_rows, **RUN)
+    for key in ("ce_sae", "ce_zero", "kl_div", "explained_variance"):
+        assert both["hookpoints"]["resid_post.1"][key] == pytest.approx(alone[key], rel=1e-6)
+    assert both["hookpoints"]["resid_post.0"]["ce_loss_recovered"] == pytest.approx(1.0, abs=1e-4)
+    assert both["ce_clean"] == pytest.approx(alone["ce_clean"])
+    json.dumps(both, allow_nan=False)  # JSON-serialisable as it is
+
+
+def test_hooks_are_removed(llama, token_rows, random_sae):
+    before = n_hooks(llama)
+    evaluate_sae(llama, random_sae(hookpoint="resid_post.1"), token_rows, **RUN)
+    assert n_hooks(llama) == before
+
+    class Broken(Sae):
+        def forward(self, x):
+            raise RuntimeError("boom")
+
+    broken = Broken(SaeConfig(d_in=64, d_sae=8, k=2, hookpoint="resid_post.1"))
+    with pytest.raises(RuntimeError, match="boom"):
+        evaluate_sae(llama, broken, token_rows, **RUN)
+    assert n_hooks(llama) == before
+
+
+def test_clear_errors(llama, token_rows, identity_sae):
+    narrow = Sae(SaeConfig(d_in=32, d_sae=64, k=4, hookpoint="resid_post.1"))
+    with pytest.raises(QwenscopeError, match="does not match"):
+        evaluate_sae(llama, narrow, token_rows, **RUN)
+    anonymous = identity_sae(hookpoint=None)
+    with pytest.raises(QwenscopeError, match="does not record its hookpoint"):
+        evaluate_sae(llama, anonymous, token_rows, **RUN)
+    with pytest.raises(QwenscopeError, match="does not record its hookpoint"):
+        evaluate_saes(llama, [anonymous], token_rows, **RUN)
+    sae = identity_sae()
+    for empty in ([], torch.empty(0, 12, dtype=torch.long), [torch.empty(0, dtype=torch.long)]):
+        with pytest.raises(QwenscopeError, match="no tokens"):
+            evaluate_sae(llama, sae, empty, **RUN)
+    with pytest.raises(QwenscopeError, match="integers"):
+        evaluate_sae(llama, sae, token_rows.float(), **RUN)
+    with pytest.raises(QwenscopeError, match="keep_mask"):
+        evaluate_sae(llama, sae, token_rows, keep_mask=torch.ones(6, 5, dtype=torch.bool), **RUN)
+    with pytest.raises(QwenscopeError, match="no SAEs"):
+        evaluate_saes(llama, {}, token_rows, **RUN)
+    with pytest.raises(QwenscopeError, match="out of range"):
+        evaluate_saes(llama, {"resid_post.9": sae}, token_rows, **RUN)
