@@ -1,20 +1,16 @@
 """``qwenscope eval``: load a model and SAEs, evaluate them on text, write ``eval.json`` and ``eval.png``.
 
-The text handling here is deliberately tiny (a local .txt / .jsonl file, packed into fixed-length chunks);
-``qwenscope.data`` does it properly and will replace ``read_texts`` / ``pack_texts``.
+Text comes from ``qwenscope.data``: any source ``iter_texts`` reads, by default its held-out ``test`` split, so an SAE
+trained on a corpus is evaluated on documents it never saw.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-
-import torch
-from torch import Tensor
 
 from qwenscope.errors import QwenscopeError
 from qwenscope.evaluate.metrics import DENSE_THRESHOLD
@@ -27,11 +23,13 @@ class EvalConfig:
     sae: str
     """SAE source: a folder, a file or a hub repo id; comma-separated for several (one per hookpoint)."""
     dataset: str
-    """Evaluation text: a .txt file (documents separated by blank lines) or a .jsonl file with a "text" field."""
+    """Evaluation text: a named corpus (dataset-build:multi ...), a .txt/.jsonl file or folder, hf:NAME."""
     model: str = "smollm2-135m"
     """Model: an embedded name (smollm2-135m, gemma3-270m), a local HF folder or a hub id."""
     hookpoints: str = ""
     """Comma-separated hookpoints, e.g. resid_post.3,resid_post.7; empty: the hookpoint each SAE records."""
+    split: str = "auto"
+    """test (held out from training), train or all; auto: test for named corpora, all of a file you pass."""
     n_tokens: int = 16_384
     """Tokens to evaluate on (whole sequences, so possibly a few more). Each batch costs 1 + 2 x (number of
     hookpoints) forwards: slow on a CPU. Dead-feature counts need many more tokens than the losses do."""
@@ -64,41 +62,6 @@ class EvalConfig:
 
 def split_list(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
-
-
-# ---------------------------------------------------------------- text (to be replaced by qwenscope.data)
-def read_texts(path: str | Path) -> Iterator[str]:
-    """Documents of a .txt file (blank-line-separated blocks) or a .jsonl file (each line's "text")."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise QwenscopeError(f"no text file at {str(path)!r}; pass a .txt or .jsonl file as --dataset")
-    if path.suffix == ".jsonl":
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
-            if line.strip():
-                try:
-                    yield str(json.loads(line)["text"])
-                except (ValueError, KeyError, TypeError):
-                    raise QwenscopeError(f"{path}:{i + 1} is not a JSON object with a 'text' field") from None
-        return
-    for block in path.read_text(encoding="utf-8").split("\n\n"):
-        if block.strip():
-            yield block.strip()
-
-
-def pack_texts(texts: Iterable[str], tokenizer: Any, seq_len: int) -> Iterator[Tensor]:
-    """Token chunks (seq_len,): the texts tokenized, each followed by EOS (if any), concatenated and cut.
-
-    A final partial chunk of at least 2 tokens is yielded too (it is padded in its batch).
-    """
-    eos = getattr(tokenizer, "eos_token_id", None)
-    buffer: list[int] = []
-    for text in texts:
-        buffer += tokenizer(text, add_special_tokens=False)["input_ids"] + ([int(eos)] if eos is not None else [])
-        while len(buffer) >= seq_len:
-            yield torch.tensor(buffer[:seq_len], dtype=torch.long)
-            del buffer[:seq_len]
-    if len(buffer) >= 2:
-        yield torch.tensor(buffer, dtype=torch.long)
 
 
 # ---------------------------------------------------------------- run
@@ -141,7 +104,13 @@ def run_eval(cfg: EvalConfig, texts: Iterable[str] | None = None) -> dict[str, A
 
     model, tokenizer = load_model(cfg.model, device=cfg.device)
     saes = load_saes(cfg)
-    chunks = pack_texts(read_texts(cfg.dataset) if texts is None else texts, tokenizer, cfg.seq_len)
+    from qwenscope.data import chunk_tokens, iter_texts
+
+    split = cfg.split
+    if split == "auto":
+        split = "all" if Path(cfg.dataset).expanduser().exists() else "test"
+    texts = iter_texts(cfg.dataset, split=split) if texts is None else texts
+    chunks = chunk_tokens(texts, tokenizer, cfg.seq_len)
     results = evaluate_saes(model, saes, chunks, batch_size=cfg.batch_size, n_tokens=cfg.n_tokens,
                             skip_first=cfg.skip_first, dense_threshold=cfg.dense_threshold)  # fmt: skip
     if results["n_tokens"] < cfg.n_tokens:

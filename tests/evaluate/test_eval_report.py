@@ -6,12 +6,11 @@ import math
 from dataclasses import fields
 
 import pytest
-import torch
 
 from qwenscope import QwenscopeError
 from qwenscope.cli_args import add_dataclass_args, field_docs, from_args
 from qwenscope.evaluate import EvalConfig, evaluate_saes, format_table, run_eval, write_report
-from qwenscope.evaluate.run import load_saes, pack_texts, read_texts
+from qwenscope.evaluate.run import load_saes
 from qwenscope.models import load as model_load
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -40,29 +39,12 @@ def test_report_with_undefined_values(tmp_path):
 
 
 class CharTokenizer:
-    """Enough of a tokenizer for pack_texts: one id per character, EOS = 2."""
+    """Enough of a tokenizer for chunk_tokens: one id per character, EOS = 2."""
 
     eos_token_id = 2
 
-    def __call__(self, text, add_special_tokens=False):
-        return {"input_ids": [3 + ord(c) % 500 for c in text]}
-
-
-def test_read_and_pack_texts(tmp_path):
-    txt = tmp_path / "docs.txt"
-    txt.write_text("first doc\nstill first\n\nsecond\n\n\n")
-    assert list(read_texts(txt)) == ["first doc\nstill first", "second"]
-    jsonl = tmp_path / "docs.jsonl"
-    jsonl.write_text('{"text": "a"}\n\n{"text": "bc"}\n')
-    assert list(read_texts(jsonl)) == ["a", "bc"]
-    jsonl.write_text('{"body": "a"}\n')
-    with pytest.raises(QwenscopeError, match="docs.jsonl:1"):
-        list(read_texts(jsonl))
-    with pytest.raises(QwenscopeError, match="no text file"):
-        list(read_texts(tmp_path / "missing.txt"))
-    chunks = list(pack_texts(["abcd", "efg"], CharTokenizer(), seq_len=3))  # abcd<eos>efg<eos>: 9 ids
-    assert [c.tolist() for c in chunks] == [[100, 101, 102], [103, 2, 104], [105, 106, 2]]
-    assert [len(c) for c in pack_texts(["abcd"], CharTokenizer(), seq_len=3)] == [3, 2]  # partial tail kept
+    def __call__(self, texts, add_special_tokens=False):
+        return {"input_ids": [[3 + ord(c) % 500 for c in text] for text in texts]}
 
 
 def test_run_eval_end_to_end(tmp_path, monkeypatch, llama, identity_sae, zero_sae):
@@ -110,8 +92,3 @@ def test_config_is_a_cli_command():
                        ({"dense_threshold": 1.5}, "dense-threshold")]:  # fmt: skip
         with pytest.raises(QwenscopeError, match=match):
             EvalConfig(**{"sae": "s", "dataset": "d", **bad})
-
-
-def test_token_chunks_are_long_tensors():
-    assert list(pack_texts([], CharTokenizer(), 4)) == []
-    assert next(pack_texts(["a"], CharTokenizer(), 4)).dtype == torch.long
