@@ -152,6 +152,19 @@ def _subfolder_names(hookpoint: str) -> list[str]:
 
 
 def _load_hub(repo_id: str, layer, hookpoint, device, k, dtype, revision) -> Sae:
+    try:
+        return _load_hub_unchecked(repo_id, layer, hookpoint, device, k, dtype, revision)
+    except QwenscopeError:
+        raise
+    except (OSError, ValueError) as e:  # huggingface_hub's HTTP, not-found and offline errors derive from these
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise QwenscopeError(
+            f"could not fetch an SAE from hub repo {repo_id} ({type(e).__name__}: {reason}); "
+            "check the repo id, the layer or hookpoint, and the network"
+        ) from None
+
+
+def _load_hub_unchecked(repo_id: str, layer, hookpoint, device, k, dtype, revision) -> Sae:
     from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 
     release = find_release(repo_id)

@@ -46,3 +46,15 @@ def test_multi_hookpoint_repo_downloads_one_folder(tmp_path):
         with pytest.raises(QwenscopeError, match="pass hookpoint="):
             load_sae("me/my-saes")
     assert sae.cfg.hookpoint == "resid_post.3"
+
+
+def test_hub_failures_are_one_line(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    write_qwenscope_layer(repo / "layer0.sae.pt")
+    with serve_repos({"Qwen/SAE-Res-Tiny-W1K-L0_8": repo}):
+        with pytest.raises(QwenscopeError, match=r"could not fetch .* Qwen/SAE-Res-Tiny-W1K-L0_8 .*Not ?Found") as e:
+            load_sae("Qwen/SAE-Res-Tiny-W1K-L0_8", layer=3)  # no such file in the repo
+        assert "\n" not in str(e.value)
+        with pytest.raises(QwenscopeError, match="could not fetch an SAE from hub repo nobody/nothing"):
+            load_sae("nobody/nothing", hookpoint="resid_post.1")
