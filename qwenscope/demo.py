@@ -89,5 +89,37 @@ def run_demo(cfg: DemoConfig) -> None:
             print(f"  capture {hp:<14}: {t * 1000:.0f} ms ({full / t:.2f}x faster)")
 
     print("\n== 4. SAE features")
-    print("  No SAE is trained for this model yet, so no feature is shown (a random SAE's features mean nothing).")
-    print("  For any SAE you have: qwenscope features --model M --sae PATH_OR_REPO --hookpoint resid_post.L --text ...")
+    show_features(cfg.model, model, tokenizer)
+
+
+def show_features(name: str, model, tokenizer) -> None:
+    """Top features per token from the SAE shipped for ``name``, with its measured quality; nothing if none ships."""
+    import json
+
+    from qwenscope.cli import token_features
+    from qwenscope.models.hookpoints import check_sae_fits
+    from qwenscope.sae.load import EMBEDDED_DIR, embedded_saes, load_sae
+
+    shipped = embedded_saes().get(name, [])
+    if not shipped:
+        print("  No SAE ships for this model, so no feature is shown (a random SAE's features mean nothing).")
+        print(
+            "  For any SAE you have: qwenscope features --model M --sae PATH --hookpoint resid_post.L --text ..."
+        )
+        return
+    hookpoint = "resid_post.15" if "resid_post.15" in shipped else shipped[0]
+    sae = load_sae(name, hookpoint=hookpoint)
+    check_sae_fits(sae, model)
+    report = EMBEDDED_DIR / name / hookpoint / "eval.json"
+    if report.is_file():
+        r = json.loads(report.read_text())
+        print(
+            f"  shipped SAE {name} {hookpoint}: d_sae {sae.d_sae}, k {sae.cfg.k}; on held-out text: "
+            f"explained variance {r['explained_variance']:.3f}, dead {r['dead_fraction']:.1%}, "
+            f"CE-loss recovered {r['ce_loss_recovered']:.3f}"
+        )
+    for prompt in PROMPTS[:2]:
+        print(f"\n  {prompt!r}: strongest features per token (id:activation)")
+        for row in token_features(model, tokenizer, sae, hookpoint, prompt, 3)[1:10]:  # position 0: attention sink
+            feats = "  ".join(f"{f['id']}:{f['act']:.1f}" for f in row["features"])
+            print(f"  {row['token']!r:<14} {feats}")

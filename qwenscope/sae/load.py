@@ -54,9 +54,37 @@ def load_sae(
     path = Path(source).expanduser()
     if path.exists():
         return _load_local(path, layer, hookpoint, device, k, dtype)
+    if isinstance(source, str) and source in EMBEDDED_MODELS:
+        return _load_embedded(source, hookpoint, device, dtype)
     if isinstance(source, str) and _REPO_ID_RE.match(source) and not source.startswith((".", "/")):
         return _load_hub(source, layer, hookpoint, device, k, dtype, revision)
     raise QwenscopeError(f"no SAE at {source!r}: not an existing file or folder, and not a hub repo id (owner/name)")
+
+
+EMBEDDED_DIR = Path(__file__).resolve().parent.parent / "assets" / "saes"
+EMBEDDED_MODELS = ("smollm2-135m", "gemma3-270m")
+
+
+def embedded_saes() -> dict[str, list[str]]:
+    """The SAEs shipped with qwenscope: embedded model name -> hookpoints (``load_sae(name, hookpoint=...)``)."""
+    return {
+        m: sorted(p.name for p in (EMBEDDED_DIR / m).iterdir() if is_qwenscope_folder(p))
+        for m in EMBEDDED_MODELS
+        if (EMBEDDED_DIR / m).is_dir()
+    }
+
+
+def _load_embedded(model: str, hookpoint: str | None, device, dtype) -> Sae:
+    have = embedded_saes().get(model, [])
+    if not have:
+        raise QwenscopeError(f"no SAE ships for {model} yet; train one with `qwenscope train` and load its folder")
+    if hookpoint is None:
+        if len(have) > 1:
+            raise QwenscopeError(f"{model} ships SAEs for {', '.join(have)}; pass hookpoint= one of them")
+        hookpoint = have[0]
+    if hookpoint not in have:
+        raise QwenscopeError(f"no shipped SAE for {model} at {hookpoint}; shipped: {', '.join(have)}")
+    return load_folder(EMBEDDED_DIR / model / hookpoint, device, dtype)
 
 
 def _layer_and_hookpoint(layer: int | None, hookpoint: str | None) -> tuple[int | None, str | None]:

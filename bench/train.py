@@ -1,0 +1,501 @@
+"""Benchmark: SAE training throughput of qwenscope vs sparsify vs SAELens on the same activations.
+
+One process, one set of preloaded batches, the same settings for every library: d_in 576 (SmolLM2-135M), d_sae 9216
+(x16), TopK k = 32, fp32, Adam at the same constant learning rate (2e-4 / sqrt(d_sae / 2^14), the default of
+qwenscope and of sparsify's Adam), the same batch size. Each timed run builds a fresh SAE, takes one untimed
+warm-up step, then times ``--steps`` optimisation steps; the libraries are interleaved within every repeat (and the
+order rotates) so drift hits all alike; medians over ``--repeats``. Each library runs its own SAE module and its own
+step (forward, loss, backward, optimizer step and the per-step bookkeeping of its trainer):
+
+    qwenscope  Trainer(TrainConfig(...), {"resid_post.15": d_in}, out=tmp).train_step(x)
+    sparsify   the fvu step of sparsify.Trainer: set_decoder_norm_to_unit_norm(); sae(x, x, dead_mask=...,
+               total_variance=...); (fvu + auxk_alpha * auxk_loss).backward(); fire counters;
+               remove_gradient_parallel_to_decoder_directions(); Adam step; zero_grad; linear LR scheduler step
+    SAELens    SAETrainer(SAETrainerConfig(...), TopKTrainingSAE(...), data_provider).step(x) (training_forward_pass,
+               fire statistics, backward, clip_grad_norm_, Adam, LR scheduler), after maybe_reset_sparsity();
+               its default dense path (TopK as a dense (B, d_sae) tensor, rescale_acts_by_decoder_norm=True), and as
+               ``saelens-sparse`` its use_sparse_activations=True path (which needs rescale_acts_by_decoder_norm=False:
+               with the rescaling its sparse backward fails, aten::view on a sparse tensor)
+
+A broken path cannot look fast: every library must train the same shapes (asserted) and its own loss must go down
+from the warm-up step to the last timed step (printed; the script exits with status 1 otherwise). The machine's
+fp32 matmul peak is measured in the same run (a large square matmul, interleaved with the repeats), and
+qwenscope's step is set against it with an honest FLOP count (see FLOPS_FORMULA).
+
+    .venv/bin/python bench/train.py --activations ACTS/resid_post.15 [--steps 10] [--repeats 3] [--batch-size 4096]
+    .venv/bin/python bench/train.py --synthetic            # random activations when no cache exists
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+LIBRARIES = ("qwenscope", "sparsify", "saelens", "saelens-sparse")
+HOOKPOINT = "resid_post.15"
+EXPANSION = 16
+K = 32
+AUXK_ALPHA = 1 / 32  # qwenscope's default; sparsify's trainer defaults to 0 (no dead mask), set to match
+DEAD_TOKENS = 1_000_000  # a feature unseen for this many tokens is dead (sparsify: tokens, SAELens: steps)
+FLOPS_FORMULA = (
+    "2*B*d_in*d_sae (dense encoder matmul) + 10*B*k*d_in (sparse: decoder forward, decoder grads of the code "
+    "values and of W_dec, encoder grads of W_enc and of the input through b_dec; 2*B*k*d_in each); element-wise "
+    "work (bias, ReLU, TopK selection, losses, Adam, decoder renormalisation) is not counted; AuxK adds nothing here, "
+    "as no feature can be dead (1M tokens without firing) within a run"
+)
+DENSE_FORMULA = "6*B*d_in*d_sae: what a dense forward + backward of the encoder would cost; NOT work qwenscope does"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def lr_for(d_sae: int) -> float:
+    return 2e-4 / (d_sae / 2**14) ** 0.5
+
+
+# ---------------------------------------------------------------------------------------------------- data
+def synthetic_batches(n: int, batch_size: int, d_in: int, seed: int = 0) -> list[Tensor]:
+    """Gaussian activations shaped like a residual stream: a power-law covariance spectrum (std of the i-th principal
+    direction ~ i^-1/2) in a random basis, mean token norm ~ 24, and a shared mean of norm ~ 14."""
+    g = torch.Generator().manual_seed(seed)
+    basis, _ = torch.linalg.qr(torch.randn(d_in, d_in, generator=g))
+    std = torch.arange(1, d_in + 1, dtype=torch.float32) ** -0.5
+    std *= 20 / std.norm()
+    mean = torch.randn(d_in, generator=g) * 14 / d_in**0.5
+    return [(torch.randn(batch_size, d_in, generator=g) * std) @ basis.T + mean for _ in range(n)]
+
+
+def cached_batches(folder: str, hookpoint: str | None, n: int, batch_size: int) -> tuple[list[Tensor], str]:
+    from qwenscope.data import ActivationCache
+
+    cache = ActivationCache(folder, hookpoint=hookpoint)
+    epochs = math.ceil(n * batch_size / cache.n_tokens)
+    if epochs > 1:
+        print(f"note: the cache holds {cache.n_tokens} tokens, fewer than {n} x {batch_size}; reading {epochs} epochs")
+    it = cache.batches(batch_size, seed=0, epochs=epochs)
+    return [next(it).contiguous() for _ in range(n)], repr(cache)
+
+
+# ---------------------------------------------------------------------------------------------------- libraries
+@dataclass
+class Settings:
+    d_in: int
+    d_sae: int
+    k: int
+    batch_size: int
+    lr: float
+    device: torch.device
+    sparsify_autocast: bool = False
+    tmp: str = ""
+
+
+@dataclass
+class Runner:
+    """One freshly built SAE and its optimiser; ``step(x)`` is one optimisation step and returns its loss."""
+
+    step: Callable[[Tensor], float]
+    reconstruct: Callable[[Tensor], Tensor]
+    keep: list[Any] = field(default_factory=list)
+
+
+def build_qwenscope(s: Settings) -> Runner:
+    from qwenscope.train import TrainConfig, Trainer
+
+    cfg = TrainConfig(
+        expansion_factor=(s.d_sae // s.d_in,),
+        k=(s.k,),
+        batch_size=s.batch_size,
+        steps=10**12,
+        lr=s.lr,
+        warmup_steps=0,
+        decay_start=1.0,
+        auxk_alpha=AUXK_ALPHA,
+        dead_tokens=DEAD_TOKENS,
+        seed=0,
+    )
+    trainer = Trainer(cfg, {HOOKPOINT: s.d_in}, out=s.tmp, device=s.device, resume=False)
+    (state,) = trainer.states
+    sae = state.sae
+    assert (sae.d_in, sae.d_sae, sae.cfg.k, sae.cfg.activation) == (s.d_in, s.d_sae, s.k, "topk"), sae.cfg
+    assert sae.W_enc.dtype == torch.float32 and isinstance(state.opt, torch.optim.Adam)
+
+    def step(x: Tensor) -> float:
+        return trainer.train_step(x)[HOOKPOINT]["loss"]
+
+    return Runner(step, lambda x: sae(x).sae_out, [trainer])
+
+
+def build_sparsify(s: Settings) -> Runner:
+    from sparsify import SparseCoder, SparseCoderConfig
+    from transformers import get_linear_schedule_with_warmup
+
+    torch.manual_seed(0)
+    sae = SparseCoder(s.d_in, SparseCoderConfig(expansion_factor=s.d_sae // s.d_in, k=s.k), s.device, torch.float32)
+    assert (sae.d_in, sae.num_latents, sae.cfg.k, sae.cfg.activation) == (s.d_in, s.d_sae, s.k, "topk"), sae.cfg
+    assert sae.cfg.normalize_decoder and not sae.cfg.transcode and not sae.cfg.multi_topk
+    # sparsify.Trainer with optimizer="adam": bitsandbytes' Adam8bit if importable, else torch.optim.Adam; we use
+    # torch.optim.Adam for every library. Its LR schedule is a linear warm-up/decay stepped once per step.
+    opt = torch.optim.Adam(sae.parameters(), lr=s.lr)
+    sched = get_linear_schedule_with_warmup(opt, 0, 10**12)
+    since_fired = torch.zeros(sae.num_latents, device=s.device, dtype=torch.long)
+    did_fire = torch.zeros(sae.num_latents, device=s.device, dtype=torch.bool)
+    # SparseCoder.forward is wrapped in torch.autocast("cuda", bfloat16); on CUDA that is not fp32, so unless
+    # --sparsify-autocast is given we call the undecorated forward there (on CPU the decorator does nothing).
+    fp32_forward = s.device.type == "cuda" and not s.sparsify_autocast
+    forward = SparseCoder.forward.__wrapped__ if fp32_forward else None  # type: ignore[attr-defined]
+    n_steps = [0]
+
+    def step(x: Tensor) -> float:
+        # what sparsify.Trainer.fit's hook and loop do per batch (loss_fn="fvu", one micro step, no DDP)
+        if n_steps[0] == 0:
+            sae.b_dec.data = x.mean(0).to(sae.dtype)
+        sae.set_decoder_norm_to_unit_norm()
+        dead_mask = since_fired > DEAD_TOKENS
+        total_variance = (x - x.mean(0)).pow(2).sum()
+        if forward is not None:
+            out = forward(sae, x, x, dead_mask=dead_mask, total_variance=total_variance)
+        else:
+            out = sae(x=x, y=x, dead_mask=dead_mask, total_variance=total_variance)
+        did_fire[out.latent_indices.flatten()] = True
+        float(out.fvu.detach())  # its trainer accumulates the logged fvu with float() every step
+        loss = out.fvu + AUXK_ALPHA * out.auxk_loss + out.multi_topk_fvu / 8
+        loss.backward()
+        sae.remove_gradient_parallel_to_decoder_directions()
+        opt.step()
+        opt.zero_grad()
+        sched.step()
+        with torch.no_grad():
+            since_fired.add_(x.shape[0])
+            since_fired[did_fire] = 0
+            did_fire.zero_()
+        n_steps[0] += 1
+        return float(loss.detach())
+
+    def reconstruct(x: Tensor) -> Tensor:
+        return sae.decode(*sae.encode(x)[:2])
+
+    return Runner(step, reconstruct, [sae, opt])
+
+
+def build_saelens(s: Settings, sparse: bool = False) -> Runner:
+    from sae_lens import LoggingConfig, SAETrainer, TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.config import SAETrainerConfig
+
+    torch.manual_seed(0)
+    cfg = TopKTrainingSAEConfig(
+        d_in=s.d_in,
+        d_sae=s.d_sae,
+        k=s.k,
+        dtype="float32",
+        device=str(s.device),
+        use_sparse_activations=sparse,
+        # its sparse path fails in backward with the default decoder-norm rescaling (aten::view on a sparse tensor)
+        rescale_acts_by_decoder_norm=not sparse,
+    )
+    sae = TopKTrainingSAE(cfg)
+    assert (sae.cfg.d_in, sae.cfg.d_sae, sae.cfg.k) == (s.d_in, s.d_sae, s.k), sae.cfg
+    assert tuple(sae.W_enc.shape) == (s.d_in, s.d_sae) and sae.W_enc.dtype == torch.float32
+    trainer_cfg = SAETrainerConfig(
+        total_training_samples=10**12 * s.batch_size,
+        train_batch_size_samples=s.batch_size,
+        lr=s.lr,
+        lr_end=s.lr / 10,
+        lr_scheduler_name="constant",
+        device=str(s.device),
+        autocast=False,
+        dead_feature_window=max(1, DEAD_TOKENS // s.batch_size),
+        feature_sampling_window=10**12,
+        logger=LoggingConfig(log_to_wandb=False),
+    )
+    trainer = SAETrainer(trainer_cfg, sae, data_provider=iter(()))
+    assert isinstance(trainer.optimizer, torch.optim.Adam)
+
+    def step(x: Tensor) -> float:
+        # SAETrainer.fit's loop body without the data provider, wandb, checkpoints and progress bar
+        trainer.maybe_reset_sparsity()
+        out = trainer.step(x)
+        trainer.n_training_steps += 1
+        return float(out.loss.detach())
+
+    return Runner(step, lambda x: sae(x), [trainer])
+
+
+BUILDERS: dict[str, Callable[[Settings], Runner]] = {
+    "qwenscope": build_qwenscope,
+    "sparsify": build_sparsify,
+    "saelens": build_saelens,
+    "saelens-sparse": lambda s: build_saelens(s, sparse=True),
+}
+
+
+def fvu(x: Tensor, x_hat: Tensor) -> float:
+    return float((x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
+
+
+def timed_run(lib: str, s: Settings, batches: list[Tensor], steps: int) -> dict[str, Any]:
+    """Build a fresh SAE, one untimed warm-up step, ``steps`` timed steps, then an untimed held-out FVU."""
+    runner = BUILDERS[lib](s)
+    warm_loss = runner.step(batches[0])
+    sync(s.device)
+    losses = []
+    t0 = time.perf_counter()
+    for x in batches[1 : steps + 1]:
+        losses.append(runner.step(x))
+    sync(s.device)
+    seconds = time.perf_counter() - t0
+    with torch.no_grad():
+        held_out = batches[steps + 1]
+        final_fvu = fvu(held_out, runner.reconstruct(held_out))
+    del runner
+    gc.collect()
+    if s.device.type == "cuda":
+        torch.cuda.empty_cache()
+    ok = all(math.isfinite(v) for v in [warm_loss, *losses]) and losses[-1] < warm_loss
+    return {"seconds": seconds, "warmup_loss": warm_loss, "losses": losses, "loss_decreased": ok, "fvu": final_fvu}
+
+
+def matmul_gflops(n: int, device: torch.device) -> float:
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    c = torch.empty(n, n, device=device)
+    sync(device)
+    t0 = time.perf_counter()
+    torch.mm(a, b, out=c)
+    sync(device)
+    return 2 * n**3 / (time.perf_counter() - t0) / 1e9
+
+
+# ---------------------------------------------------------------------------------------------------- main
+def machine_info(device: torch.device) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"machine": platform.machine(), "cpu": cpu, "cpu_count": os.cpu_count(), "python": platform.python_version()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
+    return info
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for dist in ("qwenscope", "torch", "eai-sparsify", "sae-lens", "transformers"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--activations", metavar="DIR", help="an ActivationCache folder written by `qwenscope cache`")
+    source.add_argument("--synthetic", action="store_true", help="random Gaussian activations (d_in 576)")
+    parser.add_argument("--hookpoint", help="hookpoint inside --activations when it holds several")
+    parser.add_argument("--steps", type=int, default=10, help="timed optimisation steps per run")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per library (median reported)")
+    parser.add_argument("--batch-size", type=int, default=4096, help="tokens per step")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument(
+        "--libraries", default=",".join(LIBRARIES), help="comma-separated subset of " + ",".join(LIBRARIES)
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--peak-size", type=int, default=4096, help="n of the n x n @ n x n peak matmul")
+    parser.add_argument(
+        "--sparsify-autocast",
+        action="store_true",
+        help="on CUDA keep sparsify's bf16 autocast (not fp32); no effect on CPU",
+    )
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "train.json"))
+    args = parser.parse_args(argv)
+    libs = [name.strip() for name in args.libraries.split(",") if name.strip()]
+    unknown = sorted(set(libs) - set(LIBRARIES))
+    if unknown or not libs or args.steps < 1 or args.repeats < 1 or args.batch_size < 1:
+        parser.error(f"bad --libraries {unknown} or a non-positive --steps/--repeats/--batch-size")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+
+    n_batches = args.steps + 2  # warm-up, timed steps, held-out
+    t0 = time.perf_counter()
+    if args.synthetic:
+        batches, data = synthetic_batches(n_batches, args.batch_size, 576), "synthetic Gaussian (seed 0)"
+    else:
+        batches, data = cached_batches(args.activations, args.hookpoint, n_batches, args.batch_size)
+    batches = [x.to(device=device, dtype=torch.float32).contiguous() for x in batches]  # preloaded: no disk I/O timed
+    d_in = batches[0].shape[1]
+    if d_in != 576:
+        print(f"note: d_in is {d_in}, not 576 (SmolLM2-135M); d_sae = {EXPANSION} x d_in")
+    s = Settings(
+        d_in=d_in,
+        d_sae=EXPANSION * d_in,
+        k=K,
+        batch_size=args.batch_size,
+        lr=lr_for(EXPANSION * d_in),
+        device=device,
+        sparsify_autocast=args.sparsify_autocast,
+    )
+    print(
+        f"{len(batches)} batches of {args.batch_size} x {d_in} preloaded in {time.perf_counter() - t0:.1f} s ({data})"
+    )
+
+    if (args.steps + 1) * args.batch_size > DEAD_TOKENS:
+        print(f"note: a run sees more than {DEAD_TOKENS} tokens, so AuxK may be active (the FLOP count leaves it out)")
+    runs: dict[str, list[dict[str, Any]]] = {lib: [] for lib in libs}
+    peak_runs: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        s.tmp = tmp
+        for lib in libs:  # import and first-touch costs outside the timed runs
+            BUILDERS[lib](s)
+        matmul_gflops(args.peak_size, device)  # warm-up
+        for r in range(args.repeats):  # interleaved, order rotated, so drift hits every library alike
+            order = libs[r % len(libs) :] + libs[: r % len(libs)]
+            for lib in order:
+                run = timed_run(lib, s, batches, args.steps)
+                runs[lib].append(run)
+                print(f"  repeat {r + 1}/{args.repeats} {lib:<10} {run['seconds'] / args.steps * 1e3:9.1f} ms/step")
+            peak_runs += [matmul_gflops(args.peak_size, device) for _ in range(2)]
+
+    B, k, d_sae = args.batch_size, K, s.d_sae
+    flops_step = 2 * B * d_in * d_sae + 10 * B * k * d_in
+    dense_step = 6 * B * d_in * d_sae
+    peak = statistics.median(peak_runs)
+    tokens = args.steps * B
+    rows: dict[str, dict[str, Any]] = {}
+    for lib in libs:
+        times = [run["seconds"] for run in runs[lib]]
+        med = statistics.median(times)
+        rows[lib] = {
+            "median_s": med,
+            "ms_per_step": med / args.steps * 1e3,
+            "tokens_per_s": tokens / med,
+            "runs_s": times,
+            "loss_decreased": all(run["loss_decreased"] for run in runs[lib]),
+            "heldout_fvu": statistics.median(run["fvu"] for run in runs[lib]),
+            "runs": runs[lib],
+        }
+    ratios = {
+        f"qwenscope/{lib}": rows["qwenscope"]["tokens_per_s"] / rows[lib]["tokens_per_s"]
+        for lib in libs
+        if lib != "qwenscope" and "qwenscope" in rows
+    }
+    qs_fraction = {}
+    if "qwenscope" in rows:
+        step_s = rows["qwenscope"]["median_s"] / args.steps
+        qs_fraction = {
+            "gflops_per_s": flops_step / step_s / 1e9,
+            "fraction_of_peak": flops_step / step_s / 1e9 / peak,
+            "dense_equivalent_gflops_per_s": dense_step / step_s / 1e9,
+            "dense_equivalent_fraction_of_peak": dense_step / step_s / 1e9 / peak,
+        }
+
+    # ------------------------------------------------------------------ report
+    print(
+        f"\nTopK SAE training, d_in {d_in} -> d_sae {d_sae}, k {k}, fp32, Adam lr {s.lr:.3g}, batch {B} tokens, "
+        f"{args.steps} steps/run, median of {args.repeats}, on {device} ({torch.get_num_threads()} threads)"
+    )
+    print(
+        f"{'library':<10} {'ms/step':>9} {'tokens/s':>10} {'qwenscope x':>12} {'loss warm-up -> last':>24}"
+        f" {'held-out FVU':>13} {'loss down':>9}"
+    )
+    for lib, row in rows.items():
+        last = runs[lib][-1]
+        speed = rows["qwenscope"]["tokens_per_s"] / row["tokens_per_s"] if "qwenscope" in rows else float("nan")
+        loss = f"{last['warmup_loss']:.4g} -> {last['losses'][-1]:.4g}"
+        print(
+            f"{lib:<10} {row['ms_per_step']:>9.1f} {row['tokens_per_s']:>10.0f} {speed:>11.2f}x {loss:>24}"
+            f" {row['heldout_fvu']:>13.3f} {'yes' if row['loss_decreased'] else 'NO':>9}"
+        )
+    print("(losses are each library's own: fvu + auxk for qwenscope and sparsify, per-token MSE for SAELens)")
+    print(f"fp32 matmul peak ({args.peak_size}^3, median of {len(peak_runs)}): {peak:.1f} GFLOP/s")
+    if qs_fraction:
+        print(
+            f"qwenscope FLOPs/step = {FLOPS_FORMULA}\n  = {flops_step / 1e9:.2f} GFLOP/step -> "
+            f"{qs_fraction['gflops_per_s']:.1f} GFLOP/s = {qs_fraction['fraction_of_peak']:.1%} of peak"
+        )
+        print(
+            f"dense-equivalent convention ({DENSE_FORMULA}):\n  = {dense_step / 1e9:.2f} GFLOP/step -> "
+            f"{qs_fraction['dense_equivalent_gflops_per_s']:.1f} GFLOP/s = "
+            f"{qs_fraction['dense_equivalent_fraction_of_peak']:.1%} of peak"
+        )
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        json.dumps(
+            {
+                "bench": "train",
+                "versions": versions(),
+                "threads": torch.get_num_threads(),
+                "device": str(device),
+                "machine": machine_info(device),
+                "data": data,
+                "settings": {
+                    "d_in": d_in,
+                    "d_sae": d_sae,
+                    "k": k,
+                    "activation": "topk",
+                    "dtype": "float32",
+                    "batch_size": B,
+                    "steps_per_run": args.steps,
+                    "repeats": args.repeats,
+                    "optimizer": "torch Adam",
+                    "lr": s.lr,
+                    "lr_schedule": "constant (no warm-up, no decay)",
+                    "auxk_alpha": AUXK_ALPHA,
+                    "dead_tokens": DEAD_TOKENS,
+                    "sparsify_autocast": args.sparsify_autocast,
+                    "libraries": libs,
+                },
+                "results": rows,
+                "ratios_tokens_per_s": ratios,
+                "peak": {
+                    "matmul": f"{args.peak_size}x{args.peak_size} @ {args.peak_size}x{args.peak_size} fp32",
+                    "runs_gflops_per_s": peak_runs,
+                    "median_gflops_per_s": peak,
+                },
+                "qwenscope_flops": {
+                    "formula": FLOPS_FORMULA,
+                    "per_step": flops_step,
+                    **qs_fraction,
+                    "dense_equivalent_formula": DENSE_FORMULA,
+                    "dense_equivalent_per_step": dense_step,
+                },
+            },
+            indent=1,
+        )
+        + "\n"
+    )
+    print(f"wrote {out}")
+    broken = [lib for lib, row in rows.items() if not row["loss_decreased"]]
+    if broken:
+        print(f"FAILED: the loss did not go down for {', '.join(broken)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
