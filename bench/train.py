@@ -39,6 +39,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -331,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "train.json"))
     args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")  # SAELens sparse
     libs = [name.strip() for name in args.libraries.split(",") if name.strip()]
     unknown = sorted(set(libs) - set(LIBRARIES))
     if unknown or not libs or args.steps < 1 or args.repeats < 1 or args.batch_size < 1:
@@ -376,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
             for lib in order:
                 run = timed_run(lib, s, batches, args.steps)
                 runs[lib].append(run)
-                print(f"  repeat {r + 1}/{args.repeats} {lib:<10} {run['seconds'] / args.steps * 1e3:9.1f} ms/step")
+                print(f"  repeat {r + 1}/{args.repeats} {lib:<14} {run['seconds'] / args.steps * 1e3:9.1f} ms/step")
             peak_runs += [matmul_gflops(args.peak_size, device) for _ in range(2)]
 
     B, k, d_sae = args.batch_size, K, s.d_sae
@@ -418,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.steps} steps/run, median of {args.repeats}, on {device} ({torch.get_num_threads()} threads)"
     )
     print(
-        f"{'library':<10} {'ms/step':>9} {'tokens/s':>10} {'qwenscope x':>12} {'loss warm-up -> last':>24}"
+        f"{'library':<14} {'ms/step':>9} {'tokens/s':>10} {'qwenscope x':>12} {'loss warm-up -> last':>24}"
         f" {'held-out FVU':>13} {'loss down':>9}"
     )
     for lib, row in rows.items():
@@ -426,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         speed = rows["qwenscope"]["tokens_per_s"] / row["tokens_per_s"] if "qwenscope" in rows else float("nan")
         loss = f"{last['warmup_loss']:.4g} -> {last['losses'][-1]:.4g}"
         print(
-            f"{lib:<10} {row['ms_per_step']:>9.1f} {row['tokens_per_s']:>10.0f} {speed:>11.2f}x {loss:>24}"
+            f"{lib:<14} {row['ms_per_step']:>9.1f} {row['tokens_per_s']:>10.0f} {speed:>11.2f}x {loss:>24}"
             f" {row['heldout_fvu']:>13.3f} {'yes' if row['loss_decreased'] else 'NO':>9}"
         )
     print("(losses are each library's own: fvu + auxk for qwenscope and sparsify, per-token MSE for SAELens)")

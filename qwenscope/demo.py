@@ -103,9 +103,7 @@ def show_features(name: str, model, tokenizer) -> None:
     shipped = embedded_saes().get(name, [])
     if not shipped:
         print("  No SAE ships for this model, so no feature is shown (a random SAE's features mean nothing).")
-        print(
-            "  For any SAE you have: qwenscope features --model M --sae PATH --hookpoint resid_post.L --text ..."
-        )
+        print("  For any SAE you have: qwenscope features --model M --sae PATH --hookpoint resid_post.L --text ...")
         return
     hookpoint = "resid_post.15" if "resid_post.15" in shipped else shipped[0]
     sae = load_sae(name, hookpoint=hookpoint)

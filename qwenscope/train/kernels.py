@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 _CHUNK = 1 << 15  # entries per chunk when gathering decoder rows (bounds memory at _CHUNK x d_in floats)
@@ -33,40 +34,53 @@ def _coo(vals: Tensor, rows: Tensor, cols: Tensor, shape: tuple[int, int]) -> Te
 
 
 class _Encode(torch.autograd.Function):
-    """relu(x @ W_enc + b_enc) at selected entries; the selection is computed in forward, without gradient."""
+    """relu((x - b_dec) @ W_enc + b_enc) at selected entries; the selection is computed in forward, without gradient.
+
+    ``b_dec`` (or None) is folded into the bias, so no gradient with respect to x is ever formed:
+    d/d b_dec = -W_enc @ d/d b_enc, and d/d W_enc = x^T G - b_dec (1^T G), with G the sparse gradient of the code.
+    """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, W_enc: Tensor, b_enc: Tensor, select: Any) -> tuple[Tensor, Tensor, Tensor]:
-        pre = torch.addmm(b_enc, x, W_enc).relu_()  # (N, d_sae)
+    def forward(ctx: Any, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor | None, select: Any):
+        bias = b_enc if b_dec is None else b_enc - b_dec @ W_enc
+        pre = torch.addmm(bias, x, W_enc).relu_()  # (N, d_sae)
         vals, rows, cols = select(pre)
-        ctx.save_for_backward(x, W_enc, vals, rows, cols)
+        ctx.save_for_backward(x, W_enc, b_dec, vals, rows, cols)
         ctx.d_sae = W_enc.shape[1]
         ctx.mark_non_differentiable(rows, cols)
         return vals, rows, cols
 
     @staticmethod
     def backward(ctx: Any, g_vals: Tensor, *_: Any) -> tuple[Tensor | None, ...]:
-        x, W_enc, vals, rows, cols = ctx.saved_tensors
-        g = g_vals * (vals > 0)  # through the ReLU
-        n = x.shape[0]
-        grad_x = grad_W = grad_b = None
-        if ctx.needs_input_grad[1]:
-            grad_W = torch.sparse.mm(_coo(g, cols, rows, (ctx.d_sae, n)), x).T  # (d_in, d_sae)
-        if ctx.needs_input_grad[2]:
-            grad_b = torch.zeros(ctx.d_sae, dtype=g.dtype, device=g.device).index_add_(0, cols, g)
+        x, W_enc, b_dec, vals, rows, cols = ctx.saved_tensors
         if ctx.needs_input_grad[0]:
-            grad_x = torch.sparse.mm(_coo(g, rows, cols, (n, ctx.d_sae)), W_enc.T)
-        return grad_x, grad_W, grad_b, None
+            raise RuntimeError("sparse_encode does not differentiate with respect to its input activations")
+        g = g_vals * (vals > 0)  # through the ReLU
+        grad_b = torch.zeros(ctx.d_sae, dtype=g.dtype, device=g.device).index_add_(0, cols, g)
+        grad_W = grad_b_dec = None
+        if ctx.needs_input_grad[1]:
+            grad_W = torch.sparse.mm(_coo(g, cols, rows, (ctx.d_sae, x.shape[0])), x).T  # (d_in, d_sae)
+            if b_dec is not None:
+                grad_W = grad_W - torch.outer(b_dec, grad_b)
+        if b_dec is not None and ctx.needs_input_grad[3]:
+            grad_b_dec = -(W_enc @ grad_b)
+        return None, grad_W, grad_b if ctx.needs_input_grad[2] else None, grad_b_dec, None
+
+
+def _bag(vals: Tensor, rows: Tensor, cols: Tensor, W: Tensor, n: int) -> Tensor:
+    """sum over entries e of row r: vals[e] * W[cols[e]], as one embedding_bag (rows must be sorted)."""
+    offsets = torch.searchsorted(rows, torch.arange(n, device=rows.device))
+    return F.embedding_bag(cols, W, offsets, mode="sum", per_sample_weights=vals)
 
 
 class _Decode(torch.autograd.Function):
-    """sum_e vals[e] * W_dec[cols[e]] into row rows[e]: the decoder product of a sparse code."""
+    """sum_e vals[e] * W_dec[cols[e]] into row rows[e]: the decoder product of a sparse code (rows sorted)."""
 
     @staticmethod
     def forward(ctx: Any, vals: Tensor, rows: Tensor, cols: Tensor, W_dec: Tensor, n: int) -> Tensor:
         ctx.save_for_backward(vals, rows, cols, W_dec)
         ctx.n = n
-        return torch.sparse.mm(_coo(vals, rows, cols, (n, W_dec.shape[0])), W_dec)
+        return _bag(vals, rows, cols, W_dec, n)
 
     @staticmethod
     def backward(ctx: Any, g_out: Tensor) -> tuple[Tensor | None, ...]:
@@ -98,14 +112,18 @@ def batch_topk_select(k: int):
 
     def select(pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         vals, flat = pre.reshape(-1).topk(k * pre.shape[0], sorted=False)
-        return vals, flat // pre.shape[1], flat % pre.shape[1]
+        flat, order = flat.sort()  # entries grouped by token, as the decoder's embedding_bag needs
+        return vals[order], flat // pre.shape[1], flat % pre.shape[1]
 
     return select
 
 
-def sparse_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, select) -> SparseCode:
-    """The sparse code of ``x`` (N, d_in) under ``select`` (topk_select / batch_topk_select), differentiable."""
-    return SparseCode(*_Encode.apply(x, W_enc, b_enc, select))
+def sparse_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, select, b_dec: Tensor | None = None) -> SparseCode:
+    """The sparse code of ``x - b_dec`` (N, d_in) under ``select`` (topk_select / batch_topk_select).
+
+    Differentiable with respect to W_enc, b_enc and b_dec (not x: activations are data).
+    """
+    return SparseCode(*_Encode.apply(x, W_enc, b_enc, b_dec, select))
 
 
 def sparse_decode(code: SparseCode, W_dec: Tensor, n: int) -> Tensor:

@@ -157,8 +157,8 @@ class Trainer:
         dead = s.since_fired > cfg.dead_tokens
         num_dead = int(dead.sum())
         k_aux = min(sae.d_in // 2, num_dead) if cfg.auxk_alpha > 0 else 0
-        x_in = x - sae.b_dec if sae.cfg.apply_b_dec_to_input else x
-        code = sparse_encode(x_in, sae.W_enc, sae.b_enc, _selector(cfg, k, dead, k_aux))
+        b_dec = sae.b_dec if sae.cfg.apply_b_dec_to_input else None  # subtracted inside the kernel
+        code = sparse_encode(x, sae.W_enc, sae.b_enc, _selector(cfg, k, dead, k_aux), b_dec)
         e_main = n * k
         main = SparseCode(code.vals[:e_main], code.rows[:e_main], code.cols[:e_main])
         x_hat = sparse_decode(main, sae.W_dec, n) + sae.b_dec
