@@ -77,6 +77,9 @@ def save_sae(sae: Sae, path: str | Path) -> None:
     tensors = {name: p.detach().contiguous().cpu() for name, p in sae.state_dict().items()}
     fd, tmp = tempfile.mkstemp(dir=path, suffix=".tmp")
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a saved SAE is as readable as any file the user writes
     try:
         save_file(tensors, tmp, metadata={"format": "qwenscope"})
         os.replace(tmp, path / WEIGHTS_FILE)
