@@ -17,7 +17,7 @@ class TrainConfig:
     k: tuple[int, ...] = (32,)
     """Active features per token; several values train several SAEs (every width x k combination)."""
     activation: Literal["topk", "batchtopk"] = "topk"
-    """topk (Qwen-Scope) or batchtopk (k per token on average over the batch)."""
+    """topk (Qwen-Scope) or batchtopk (k per token on average over the batch; under DDP, over each rank's slice)."""
     batch_size: int = 4096
     """Tokens per optimisation step."""
     steps: int = 10_000
