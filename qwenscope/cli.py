@@ -25,14 +25,19 @@ class InfoConfig:
 
 
 def run_info(cfg: InfoConfig) -> None:
-    from qwenscope.models.hookpoints import KINDS, decoder_layers, hidden_size, resolve_hookpoint
     from qwenscope.models.load import load_model
 
-    model, tokenizer = load_model(cfg.model)
+    print_info(cfg.model, *load_model(cfg.model))
+
+
+def print_info(name: str, model, tokenizer) -> None:
+    """Architecture, sizes and the module behind every hookpoint kind of a loaded model."""
+    from qwenscope.models.hookpoints import KINDS, decoder_layers, hidden_size, resolve_hookpoint
+
     path, layers = decoder_layers(model)
     n_params = sum(p.numel() for p in model.parameters())
     rows = [
-        ("model", cfg.model),
+        ("model", name),
         ("class", type(model).__name__),
         ("model_type", getattr(model.config, "model_type", "?")),
         ("parameters", f"{n_params / 1e6:.1f}M ({next(model.parameters()).dtype})"),

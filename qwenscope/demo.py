@@ -55,13 +55,13 @@ def _median_time(fn, repeats: int) -> float:
 
 
 def run_demo(cfg: DemoConfig) -> None:
-    from qwenscope.cli import InfoConfig, run_info
+    from qwenscope.cli import print_info
     from qwenscope.models.capture import get_activations
     from qwenscope.models.load import load_model
 
     print(f"== 1. the model: {cfg.model}")
-    run_info(InfoConfig(cfg.model))
     model, tokenizer = load_model(cfg.model)
+    print_info(cfg.model, model, tokenizer)
     hookpoints = [f"resid_post.{layer}" for layer in cfg.layer_list]
 
     print("\n== 2. the residual stream, token by token (L2 norm of resid_post)")
