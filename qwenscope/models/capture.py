@@ -82,7 +82,7 @@ def capture(
     model: nn.Module, hookpoints: str | Sequence[str], *, stop: bool = True, detach: bool = False
 ) -> Iterator[dict[str, Tensor]]:
     """Collect activations at ``hookpoints`` into the yielded dict while the block runs (see module doc)."""
-    hooks = resolve_hookpoints(model, list(hookpoints) if not isinstance(hookpoints, str) else hookpoints)
+    hooks = resolve_hookpoints(model, hookpoints)
     acts: dict[str, Tensor] = {}
     seen: set[str] = set()
     token = object()
@@ -129,7 +129,7 @@ def get_activations(
     kwargs = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in kwargs.items()}
     if kwargs.get("input_ids") is not None and kwargs["input_ids"].shape[-1] == 0:
         raise QwenscopeError("the input has no tokens; pass at least one token")
-    names = [h.name for h in resolve_hookpoints(model, hookpoints if isinstance(hookpoints, str) else list(hookpoints))]
+    names = [h.name for h in resolve_hookpoints(model, hookpoints)]
     with torch.no_grad(), capture(model, names, stop=stop, detach=True) as acts:
         model(**kwargs, use_cache=False)
     missing = [n for n in names if n not in acts]

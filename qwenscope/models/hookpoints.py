@@ -21,6 +21,7 @@ import difflib
 import fnmatch
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -152,7 +153,7 @@ def _unknown_message(model: nn.Module, name: str, modules: dict[str, nn.Module])
     return f"unknown hookpoint {name!r} for {type(model).__name__}; {hint}valid: {valid}, or a module path"
 
 
-def resolve_hookpoints(model: nn.Module, names: str | list[str] | tuple[str, ...]) -> list[Hook]:
+def resolve_hookpoints(model: nn.Module, names: str | Sequence[str]) -> list[Hook]:
     """Names (comma-separated string or list, globs allowed) -> hooks, in order, without duplicates."""
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
