@@ -6,6 +6,7 @@ from qwenscope.models.hookpoints import check_sae_fits, resolve_hookpoint
 from qwenscope.models.load import load_model
 from qwenscope.models.splice import splice
 from qwenscope.sae import RELEASES, Sae, SaeConfig, load_sae
+from qwenscope.steer import SteerSpec, steer
 
 __version__ = "0.1.0"
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "QwenscopeError",
     "Sae",
     "SaeConfig",
+    "SteerSpec",
     "capture",
     "check_sae_fits",
     "get_activations",
@@ -20,4 +22,5 @@ __all__ = [
     "load_sae",
     "resolve_hookpoint",
     "splice",
+    "steer",
 ]
