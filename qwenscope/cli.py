@@ -164,6 +164,12 @@ def _train() -> tuple[tuple[type, ...], Callable[..., object]]:
     return (TrainCommand, TrainConfig), run_train
 
 
+def _steer() -> tuple[tuple[type, ...], Callable[..., object]]:
+    from qwenscope.steer.generate import SteerConfig, run_steer
+
+    return (SteerConfig,), run_steer
+
+
 def _eval() -> tuple[tuple[type, ...], Callable[..., object]]:
     from qwenscope.evaluate import EvalConfig, run_eval
 
@@ -178,6 +184,7 @@ COMMANDS: dict[str, tuple[str, Getter, tuple[str, ...]]] = {
     "cache": ("write model activations to an on-disk cache (resumable)", _cache, ()),
     "train": ("train TopK / BatchTopK SAEs from a cache or a live model (resumable)", _train, ()),
     "eval": ("explained variance, L0, dead features and CE-loss recovered of SAEs", _eval, ()),
+    "steer": ("unsteered and steered generations side by side", _steer, ()),
     "demo": ("the main job on the embedded default model", _demo, ()),
 }  # fmt: skip
 
