@@ -63,9 +63,7 @@ class SteerSpec:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise QwenscopeError(f"unknown steering mode {self.mode!r}; use one of {', '.join(MODES)}")
-        items = (
-            list(self.features.items()) if isinstance(self.features, Mapping) else [(f, 1.0) for f in self.features]
-        )
+        items = list(self.features.items()) if isinstance(self.features, Mapping) else [(f, 1.0) for f in self.features]
         if not items:
             raise QwenscopeError("no features to steer: pass {feature_id: strength}")
         d_sae = self.sae.d_sae

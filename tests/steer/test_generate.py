@@ -1,30 +1,12 @@
 """generate_pair and the `qwenscope steer` command, on a tiny Qwen3 saved with the real Qwen3 tokenizer."""
 
 import pytest
-import torch
-from tiny_models import tiny_config
-from transformers import Qwen3ForCausalLM
 
-from qwenscope import QwenscopeError, Sae, SaeConfig
+from qwenscope import QwenscopeError
 from qwenscope.cli import main
 from qwenscope.models.load import load_model
-from qwenscope.models.tokenizers import qwen3_tokenizer
 from qwenscope.sae.load import load_sae
 from qwenscope.steer import generate_pair, generate_text, parse_features
-
-
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("steer-cli")
-    tokenizer = qwen3_tokenizer()
-    config = tiny_config("qwen3", num_layers=2)
-    config.vocab_size = len(tokenizer)
-    torch.manual_seed(0)
-    Qwen3ForCausalLM(config).save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
-    torch.manual_seed(1)
-    Sae(SaeConfig(d_in=64, d_sae=128, k=4, hookpoint="resid_post.0")).save(root / "sae")
-    return root / "model", root / "sae"
 
 
 def test_generate_pair_plain_matches_generate_and_steering_changes_it(folders):

@@ -108,6 +108,7 @@ def test_clock_reads_offsets_from_the_cache(llama):
     model, _ = llama
     clock = _Clock()
     seen = []
+
     def record(module, args, kwargs):
         clock.before_forward(module, args, kwargs)
         seen.append((clock.offset, clock.prompt_len))
@@ -183,8 +184,9 @@ def test_bad_input_one_line(llama, kwargs, message):
 
 def test_sae_of_another_model_is_refused(llama):
     model, _ = llama
-    with pytest.raises(QwenscopeError, match="does not match LlamaForCausalLM's hidden size 64"), steer(
-        model, make_sae(1, d_in=32), {1: 1.0}
+    with (
+        pytest.raises(QwenscopeError, match="does not match LlamaForCausalLM's hidden size 64"),
+        steer(model, make_sae(1, d_in=32), {1: 1.0}),
     ):
         pass
     with pytest.raises(QwenscopeError, match="layer"), steer(model, make_sae(7), {1: 1.0}):
