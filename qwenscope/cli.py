@@ -84,25 +84,14 @@ class FeaturesConfig:
 
 
 def token_features(model, tokenizer, sae, hookpoint: str, text: str, top: int) -> list[dict[str, Any]]:
-    """Per token: its text and the ``top`` strongest features as (id, activation)."""
-    import torch
+    """Moved to ``qwenscope.features.search.token_features``; this name stays for older imports."""
+    from qwenscope.features.search import token_features as features_of_tokens
 
-    from qwenscope.models.capture import get_activations
-
-    batch = tokenizer(text, return_tensors="pt")
-    acts = get_activations(model, batch, [hookpoint])[hookpoint][0]
-    with torch.no_grad():
-        z = sae.encode(acts)
-    vals, ids = z.topk(min(top, sae.d_sae), dim=-1)
-    tokens = tokenizer.convert_ids_to_tokens(batch["input_ids"][0])
-    return [
-        {"pos": i, "token": tokenizer.convert_tokens_to_string([tok]),
-         "features": [{"id": int(f), "act": round(float(v), 4)} for f, v in zip(ids[i], vals[i]) if v > 0]}
-        for i, tok in enumerate(tokens)
-    ]  # fmt: skip
+    return features_of_tokens(model, tokenizer, sae, hookpoint, text, top)
 
 
 def run_features(cfg: FeaturesConfig) -> None:
+    from qwenscope.features.search import token_features
     from qwenscope.models.hookpoints import check_sae_fits
     from qwenscope.models.load import load_model
     from qwenscope.sae.load import load_sae
@@ -170,6 +159,31 @@ def _steer() -> tuple[tuple[type, ...], Callable[..., object]]:
     return (SteerConfig,), run_steer
 
 
+def _dashboard() -> tuple[tuple[type, ...], Callable[..., object]]:
+    from qwenscope.features.dashboard import DashboardConfig, run_dashboard
+
+    return (DashboardConfig,), run_dashboard
+
+
+def _playground() -> tuple[tuple[type, ...], Callable[..., object]]:
+    from qwenscope.serve.playground import PlaygroundConfig, run_playground
+
+    return (PlaygroundConfig,), run_playground
+
+
+def _stats() -> tuple[tuple[type, ...], Callable[..., object]]:
+    from qwenscope.features.run import StatsCommand, run_stats
+    from qwenscope.features.stats import StatsConfig
+
+    return (StatsCommand, StatsConfig), run_stats
+
+
+def _search() -> tuple[tuple[type, ...], Callable[..., object]]:
+    from qwenscope.features.run import SearchConfig, run_search
+
+    return (SearchConfig,), run_search
+
+
 def _eval() -> tuple[tuple[type, ...], Callable[..., object]]:
     from qwenscope.evaluate import EvalConfig, run_eval
 
@@ -184,7 +198,11 @@ COMMANDS: dict[str, tuple[str, Getter, tuple[str, ...]]] = {
     "cache": ("write model activations to an on-disk cache (resumable)", _cache, ()),
     "train": ("train TopK / BatchTopK SAEs from a cache or a live model (resumable)", _train, ()),
     "eval": ("explained variance, L0, dead features and CE-loss recovered of SAEs", _eval, ()),
+    "stats": ("feature statistics, top contexts and logit lens into a cached feature store", _stats, ()),
+    "search": ("find features: contrastive texts, a promoted token, or a label", _search, ()),
     "steer": ("unsteered and steered generations side by side", _steer, ()),
+    "dashboard": ("static HTML pages of SAE features with a searchable index (opens offline)", _dashboard, ()),
+    "playground": ("a gradio app: features of a prompt, steering, unsteered vs steered", _playground, ()),
     "demo": ("the main job on the embedded default model", _demo, ()),
 }  # fmt: skip
 

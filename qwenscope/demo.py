@@ -1,123 +1,148 @@
-"""``qwenscope demo``: the main job on the embedded default model.
+"""``qwenscope demo``: the main job. Read a model through its SAE, find a feature, steer with it, write a report.
 
-What it shows grows with the project. Today: the model and its hookpoints, what the residual stream at
-``resid_post.L`` looks like token by token (and the huge-norm first position that SAE training filters out), and how
-much an early-stopped capture saves over a full forward. It never shows a random SAE as if its features meant
-something: feature tables appear only for trained SAEs (``qwenscope features --sae ...``).
+    qwenscope demo                                                     # smollm2-135m and its shipped SAE
+    qwenscope demo --model Qwen/Qwen3-1.7B-Base --sae Qwen/SAE-Res-Qwen3-1.7B-Base-W32K-L0_50 --layer 14
+
+1. loads the model and the SAE (the embedded one by default) and its feature store (statistics over a corpus,
+   computed once and cached);
+2. shows the strongest features of a few prompts, each with what it means (its top contexts and logit lens);
+3. finds the features of a concept contrastively (texts about the sea vs other texts);
+4. steers a generation with the best of them (a multiple of its typical activation) and prints both side by side;
+5. writes ``OUT/report.html`` (with a dashboard page for every feature shown) that opens offline.
 """
 
 from __future__ import annotations
 
 import logging
-import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-import torch
-
+from qwenscope import demo_texts
 from qwenscope.errors import QwenscopeError
 
 logger = logging.getLogger(__name__)
-
-PROMPTS = (
-    "The capital of France is Paris, and the capital of Italy is",
-    "def fibonacci(n):\n    return n if n < 2 else",
-    "Le chat est assis sur le tapis et regarde",
-)
 
 
 @dataclass
 class DemoConfig:
     model: str = "smollm2-135m"
     """Model: an embedded name (smollm2-135m, gemma3-270m), a local HF folder or a hub id."""
-    layers: str = "7,15"
-    """Comma-separated decoder layers whose resid_post is shown."""
-    repeats: int = 5
-    """Timing repeats for the capture comparison (the median is shown)."""
+    sae: str | None = None
+    """SAE: a folder, a file, a hub repo id (e.g. a Qwen-Scope release); default: the model's embedded SAE."""
+    layer: int | None = None
+    """Layer of a multi-layer SAE release (Qwen-Scope repos hold one SAE per layer); default: the middle layer."""
+    hookpoint: str | None = None
+    """Where the SAE reads, e.g. resid_post.14; default: the hookpoint the SAE records."""
+    out: str = "qwenscope-demo"
+    """Folder of the HTML report."""
+    n_tokens: int = 30_000
+    """Tokens of the feature-store pass (statistics, top contexts), computed once per SAE and cached."""
+    strength: float = 8.0
+    """Steering strength, as a multiple of the feature's typical activation."""
+    max_new_tokens: int = 40
+    """Tokens generated for the steering comparison."""
 
     def __post_init__(self) -> None:
-        try:
-            self.layer_list = [int(x) for x in self.layers.split(",") if x.strip()]
-        except ValueError:
-            raise QwenscopeError(f"--layers must be comma-separated integers, got {self.layers!r}") from None
-        if not self.layer_list or self.repeats < 1:
-            raise QwenscopeError("--layers needs at least one layer and --repeats at least 1")
+        if self.n_tokens < 1000:
+            raise QwenscopeError(f"--n-tokens must be at least 1000, got {self.n_tokens}")
+        if self.max_new_tokens < 1:
+            raise QwenscopeError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
 
 
-def _median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def _load(cfg: DemoConfig):
+    from qwenscope.models.hookpoints import check_sae_fits, decoder_layers
+    from qwenscope.models.load import load_model
+    from qwenscope.sae.load import embedded_saes, load_sae
+
+    if cfg.sae is None and cfg.model not in embedded_saes():
+        raise QwenscopeError(f"no SAE ships for {cfg.model}; pass --sae (a folder, a file or a hub repo id)")
+    model, tokenizer = load_model(cfg.model)
+    source = cfg.sae or cfg.model
+    layer = cfg.layer
+    if layer is None and cfg.sae is not None and cfg.hookpoint is None and not Path(cfg.sae).exists():
+        layer = len(decoder_layers(model)[1]) // 2  # a hub release with one SAE per layer: take the middle one
+    sae = load_sae(source, layer=layer, hookpoint=cfg.hookpoint)
+    hook = check_sae_fits(sae, model, cfg.hookpoint).name
+    return model, tokenizer, sae, source, hook
+
+
+def meaning(info: Any) -> str:
+    """What a feature means, in one line: its label if it has one, else its top contexts and logit lens."""
+    from qwenscope.features.labels import fallback_label
+
+    return info.label or fallback_label(info)
+
+
+def prompt_features(model, tokenizer, sae, hook: str, prompt: str, top: int = 5) -> list[tuple[int, float, str]]:
+    """The ``top`` features of a prompt by peak activation (position 0 left out), with the token where each peaks."""
+    from qwenscope.features.search import token_features
+
+    best: dict[int, tuple[float, str]] = {}
+    for row in token_features(model, tokenizer, sae, hook, prompt, 8)[1:]:
+        for f in row["features"]:
+            if f["act"] > best.get(f["id"], (0.0, ""))[0]:
+                best[f["id"]] = (f["act"], row["token"])
+    ranked = sorted(best.items(), key=lambda kv: -kv[1][0])[:top]
+    return [(fid, act, token) for fid, (act, token) in ranked]
+
+
+def pick_concept_feature(hits: list[Any]) -> Any:
+    """The strongest hit that stays (almost) silent on the negative texts: a concept, not a generic feature."""
+    fired = [h for h in hits if h.rate_pos > 0]
+    if not fired:
+        raise QwenscopeError("no feature fires on the positive texts: is the SAE trained for this model and layer?")
+    quiet = [h for h in fired if h.rate_neg <= 0.02]
+    if not quiet:
+        logger.warning("no feature stays silent on the negative texts; steering the largest rate difference")
+    return max(quiet or fired, key=lambda h: h.rate_diff)
 
 
 def run_demo(cfg: DemoConfig) -> None:
-    from qwenscope.cli import print_info
-    from qwenscope.models.capture import get_activations
-    from qwenscope.models.load import load_model
+    from qwenscope.demo_report import write_report
+    from qwenscope.features.dashboard import cached_store, write_dashboard
+    from qwenscope.features.search import contrastive
+    from qwenscope.steer.generate import generate_pair, side_by_side
 
-    print(f"== 1. the model: {cfg.model}")
-    model, tokenizer = load_model(cfg.model)
-    print_info(cfg.model, model, tokenizer)
-    hookpoints = [f"resid_post.{layer}" for layer in cfg.layer_list]
+    t0 = time.perf_counter()
+    print(f"== 1. model {cfg.model}, SAE {cfg.sae or 'shipped with it'}")
+    model, tokenizer, sae, source, hook = _load(cfg)
+    print(f"   {type(model).__name__}, SAE at {hook}: d_sae {sae.d_sae}, k {sae.cfg.k}")
+    store = cached_store(model, tokenizer, sae, source, hook, cfg.n_tokens)
+    alive = float((store.table()["count"] > 0).mean())
+    print(f"   feature store: {store.meta.get('n_tokens', 0):,} tokens of {store.meta.get('dataset')}, "
+          f"{alive:.1%} of features fire ({store.folder})")  # fmt: skip
 
-    print("\n== 2. the residual stream, token by token (L2 norm of resid_post)")
-    for prompt in PROMPTS:
-        batch = tokenizer(prompt, return_tensors="pt")
-        acts = get_activations(model, batch, hookpoints)
-        tokens = [tokenizer.decode([t]) for t in batch["input_ids"][0]]
-        norms = {hp: a[0].norm(dim=-1) for hp, a in acts.items()}
-        print(f"\n  {prompt!r}")
-        print(f"  {'token':<14}" + "".join(f"{hp:>16}" for hp in hookpoints))
-        for i, tok in enumerate(tokens[:12]):
-            print(f"  {tok!r:<14}" + "".join(f"{norms[hp][i].item():>16.1f}" for hp in hookpoints))
-        for hp in hookpoints:
-            med = norms[hp][1:].median().item()
-            print(f"  {hp}: position 0 has {norms[hp][0].item() / med:.0f}x the median norm of the others")
-    print("  -> SAE training filters such outlier positions (norm > m x median), as Qwen-Scope does.")
+    print("\n== 2. the strongest features of a few prompts")
+    read = []
+    for prompt in demo_texts.PROMPTS:
+        rows = prompt_features(model, tokenizer, sae, hook, prompt)
+        read.append((prompt, rows))
+        print(f"\n   {prompt!r}")
+        for fid, act, token in rows:
+            print(f"   #{fid:<6} {act:7.1f} at {token!r:<12} {meaning(store.feature(fid))}")
 
-    print(f"\n== 3. early-stopped capture vs a full forward (batch 4 x 128 tokens, median of {cfg.repeats})")
-    ids = torch.randint(0, len(tokenizer), (4, 128), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        full = _median_time(lambda: model(ids, output_hidden_states=True, use_cache=False), cfg.repeats)
-        print(f"  full forward with output_hidden_states: {full * 1000:.0f} ms")
-        for hp in hookpoints:
-            t = _median_time(lambda hp=hp: get_activations(model, ids, [hp]), cfg.repeats)
-            print(f"  capture {hp:<14}: {t * 1000:.0f} ms ({full / t:.2f}x faster)")
+    print(f"\n== 3. contrastive search: texts about {demo_texts.CONCEPT} vs other texts")
+    hits = contrastive(model, tokenizer, sae, demo_texts.POSITIVE, demo_texts.NEGATIVE, top=40, by="rate")
+    chosen = pick_concept_feature(hits)
+    for h in hits[:5] + ([chosen] if chosen not in hits[:5] else []):
+        mark = "  <- chosen (silent on the negatives)" if h is chosen else ""
+        print(f"   #{h.feature:<6} fires on {h.rate_pos:.0%} vs {h.rate_neg:.0%} of tokens: "
+              f"{meaning(store.feature(h.feature))}{mark}")  # fmt: skip
 
-    print("\n== 4. SAE features")
-    show_features(cfg.model, model, tokenizer)
+    typical = store.typical_acts()
+    print(f"\n== 4. steering #{chosen.feature} at {cfg.strength:g}x its typical activation "
+          f"({float(typical[chosen.feature]):.1f}) on {demo_texts.STEER_PROMPT!r}")  # fmt: skip
+    plain, steered = generate_pair(model, tokenizer, demo_texts.STEER_PROMPT, sae, {chosen.feature: cfg.strength},
+                                   max_new_tokens=cfg.max_new_tokens, relative=True, typical=typical,
+                                   hookpoint=hook)  # fmt: skip
+    print(side_by_side(plain, steered))
 
+    out = Path(cfg.out)
+    table = hits[:10]
+    shown = sorted({f for _, rows in read for f, _, _ in rows} | {h.feature for h in table} | {chosen.feature})
+    write_dashboard(store, out / "features", shown)
+    report = write_report(out, cfg, store, read, table, chosen, (plain, steered), model, tokenizer, sae, hook)
+    print(f"\n== 5. report: {report.resolve()}  ({time.perf_counter() - t0:.0f} s in all)")
 
-def show_features(name: str, model, tokenizer) -> None:
-    """Top features per token from the SAE shipped for ``name``, with its measured quality; nothing if none ships."""
-    import json
-
-    from qwenscope.cli import token_features
-    from qwenscope.models.hookpoints import check_sae_fits
-    from qwenscope.sae.load import EMBEDDED_DIR, embedded_saes, load_sae
-
-    shipped = embedded_saes().get(name, [])
-    if not shipped:
-        print("  No SAE ships for this model, so no feature is shown (a random SAE's features mean nothing).")
-        print("  For any SAE you have: qwenscope features --model M --sae PATH --hookpoint resid_post.L --text ...")
-        return
-    hookpoint = "resid_post.15" if "resid_post.15" in shipped else shipped[0]
-    sae = load_sae(name, hookpoint=hookpoint)
-    check_sae_fits(sae, model)
-    report = EMBEDDED_DIR / name / hookpoint / "eval.json"
-    if report.is_file():
-        r = json.loads(report.read_text())
-        print(
-            f"  shipped SAE {name} {hookpoint}: d_sae {sae.d_sae}, k {sae.cfg.k}; on held-out text: "
-            f"explained variance {r['explained_variance']:.3f}, dead {r['dead_fraction']:.1%}, "
-            f"CE-loss recovered {r['ce_loss_recovered']:.3f}"
-        )
-    for prompt in PROMPTS[:2]:
-        print(f"\n  {prompt!r}: strongest features per token (id:activation)")
-        for row in token_features(model, tokenizer, sae, hookpoint, prompt, 3)[1:10]:  # position 0: attention sink
-            feats = "  ".join(f"{f['id']}:{f['act']:.1f}" for f in row["features"])
-            print(f"  {row['token']!r:<14} {feats}")

@@ -62,9 +62,10 @@ def _prompt_batch(tokenizer: Any, prompts: Sequence[str], chat: bool) -> dict[st
 
 @torch.no_grad()
 def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int = 32, chat: bool = True,
-                   batch_size: int = 16) -> tuple[list[Tensor], list[Tensor]]:  # fmt: skip
+                   batch_size: int = 16) -> tuple[list[dict[str, Tensor]], list[Tensor]]:  # fmt: skip
     """Greedy continuations: (prompt batches, generated-id batches), batched and left-padded."""
-    batches, outs = [], []
+    batches: list[dict[str, Tensor]] = []
+    outs: list[Tensor] = []
     for i in range(0, len(prompts), batch_size):
         batch = _prompt_batch(tokenizer, prompts[i : i + batch_size], chat)
         out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,

@@ -86,6 +86,8 @@ class TrainCommand:
     """Sequences per model forward (with --model)."""
     outlier_m: float = 10.0
     """Drop positions whose norm exceeds this many times the median (with --model)."""
+    report_to: str = "none"
+    """Also send metrics to wandb and/or tensorboard (comma list); metrics.jsonl is always written."""
 
     def __post_init__(self) -> None:
         if (self.activations is None) == (self.model is None):
@@ -131,7 +133,7 @@ def run_train(cmd: TrainCommand, cfg: TrainConfig) -> None:
     dist.init_from_env()  # under torchrun: join the process group (gloo on CPU, NCCL on GPU)
     if cmd.activations is not None:
         d_in, model, batches = _cache_batches(cmd, cfg)
-        trainer = Trainer(cfg, d_in, cmd.out, model=model)
+        trainer = Trainer(cfg, d_in, cmd.out, model=model, report_to=cmd.report_to)
         trainer.fit(batches(trainer.step))
     else:
         assert cmd.model is not None and cmd.hookpoints is not None
@@ -141,7 +143,7 @@ def run_train(cmd: TrainCommand, cfg: TrainConfig) -> None:
         from qwenscope.models.hookpoints import hidden_size
 
         widths = {name: hidden_size(stream.model) for name in stream.hookpoint_names}
-        trainer = Trainer(cfg, widths, cmd.out, model=cmd.model)
+        trainer = Trainer(cfg, widths, cmd.out, model=cmd.model, report_to=cmd.report_to)
         if trainer.step:
             logger.info("replaying the stream up to step %d (a cache makes resuming instant)", trainer.step)
         trainer.fit(itertools.islice(iter(stream), trainer.step, None))

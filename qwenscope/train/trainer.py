@@ -9,11 +9,10 @@ where activations come from is the caller's business. Several SAEs (hookpoints x
 
 from __future__ import annotations
 
-import json
 import logging
 import zlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -26,6 +25,7 @@ from qwenscope.sae.model import Sae
 from qwenscope.train import checkpoint, dist
 from qwenscope.train.config import TrainConfig
 from qwenscope.train.kernels import SparseCode, batch_topk_select, sparse_decode, sparse_encode, topk_select
+from qwenscope.train.report import MetricsReport, parse_report_to
 
 logger = logging.getLogger(__name__)
 
@@ -70,10 +70,13 @@ class Trainer:
         model: str | None = None,
         device: str | torch.device = "cpu",
         resume: bool = True,
+        report_to: str = "none",
     ) -> None:
         if not d_in:
             raise QwenscopeError("no hookpoints to train on")
         self.cfg, self.out, self.step = cfg, Path(out), 0
+        self.report_to = report_to
+        parse_report_to(report_to)  # an unknown or missing backend fails now, not after the first steps
         self.rank, self.world = dist.rank_and_world()
         self.ddp = self.world > 1 and not cfg.distribute_modules  # every rank trains every SAE on a batch slice
         shared = self.world == 1 or self.ddp
@@ -213,7 +216,7 @@ class Trainer:
         """Train until ``cfg.steps``; checkpoint every ``save_every`` steps; write the SAEs to ``out``."""
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
-        log = (self.out / self.metrics_name).open("a") if self.writes else None
+        log = MetricsReport(self.out, self.metrics_name, self.report_to, asdict(cfg)) if self.writes else None
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
                    disable=self.rank != 0)  # fmt: skip
         try:
@@ -226,10 +229,7 @@ class Trainer:
                     first = next(iter(metrics.values()))
                     bar.set_postfix(fvu=f"{first['fvu']:.3f}", l0=f"{first['l0']:.1f}", dead=f"{first['dead']:.1%}")
                     if log is not None:
-                        log.write(
-                            json.dumps({"step": self.step, "tokens": self.step * cfg.batch_size, **metrics}) + "\n"
-                        )
-                        log.flush()
+                        log.log(self.step, self.step * cfg.batch_size, metrics)
                 if self.step % cfg.save_every == 0 and self.step < cfg.steps:
                     self._checkpoint()
         finally:

@@ -1,0 +1,151 @@
+"""Benchmark: feature statistics in one streaming pass vs plain activation capture, and peak memory vs token count.
+
+Throughput: the shipped SAE of smollm2-135m at resid_post.15 (d_sae 9216, k 32). Both variants tokenise and pack the
+same documents into the same chunks and run the same early-stopped forwards; ``compute_feature_stats`` also encodes
+every token with the SAE and updates counts, histograms and the top-N store (logit lens off: it is a one-off cost
+per store, timed once on its own). Interleaved runs in one process; medians. Goal (issue 4): >= 0.8x.
+
+Memory: ``compute_feature_stats`` on a tiny random Llama (tests/tiny_models.py, byte tokenizer, d_sae 1024) over two
+token counts, each in a fresh spawned process; peak RSS must not grow with the token count.
+
+    .venv/bin/python bench/stats.py [--batch 8] [--seq 256] [--batches 3] [--repeats 3] [--rss-tokens 100000,1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from qwenscope import get_activations, load_model, load_sae
+from qwenscope.data import chunk_tokens, iter_texts
+from qwenscope.features.stats import StatsConfig, batched, compute_feature_stats, logit_lens
+
+HERE = Path(__file__).resolve().parent
+TESTS = HERE.parent / "tests"
+
+_RSS_SCRIPT = """
+import json, resource, sys, time, torch
+sys.path.insert(0, {tests!r}); sys.path.insert(0, {features!r})
+from features_helpers import make_byte_tokenizer, make_sae
+from tiny_models import build_tiny
+from qwenscope.features.stats import StatsConfig, compute_feature_stats
+torch.manual_seed(0); torch.set_num_threads(1)
+docs = [" ".join(f"w{{(i * 13 + j) % 97}}" for j in range(40 + i % 50)) for i in range(400)]
+def forever():
+    while True:
+        yield from docs
+cfg = StatsConfig(n_tokens=int(sys.argv[1]), seq_len=128, batch_size=16, progress=False)
+start = time.perf_counter()
+stats = compute_feature_stats(build_tiny("llama", num_layers=2), make_byte_tokenizer(), make_sae(d_sae=1024, k=16),
+                              forever(), cfg)
+print(json.dumps({{"n_tokens": stats.n_tokens, "seconds": time.perf_counter() - start,
+                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+"""
+
+
+def timed(fn) -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def documents(tokenizer, n_chunks: int, seq: int) -> list[str]:
+    """The first documents of dataset-build:multi that pack into at least ``n_chunks`` chunks of ``seq`` tokens."""
+    docs: list[str] = []
+    packed = 0
+    for doc in iter_texts("dataset-build:multi", split="train"):
+        docs.append(doc)
+        packed += len(tokenizer(doc, add_special_tokens=False)["input_ids"]) + 1  # + the EOS separator
+        if packed >= n_chunks * seq:
+            return docs
+    raise SystemExit("dataset-build:multi is too short for this many chunks")
+
+
+def throughput(args) -> dict:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, tokenizer = load_model(args.model, device=device)
+    sae = load_sae(args.model, device=device)
+    hook = sae.cfg.hookpoint
+    docs = documents(tokenizer, args.batches * args.batch, args.seq)
+    n_chunks = sum(1 for _ in chunk_tokens(docs, tokenizer, args.seq))
+    cfg = StatsConfig(n_tokens=10**12, seq_len=args.seq, batch_size=args.batch, lens_top=0, progress=False)
+
+    def capture() -> None:
+        for ids in batched(chunk_tokens(docs, tokenizer, args.seq), args.batch):
+            get_activations(model, ids, [hook])
+
+    def stats() -> None:
+        compute_feature_stats(model, tokenizer, sae, docs, cfg)
+
+    logging.getLogger("qwenscope.features.stats").setLevel(logging.ERROR)  # "the text ran out": on purpose
+    capture(), stats()  # warm-up
+    times: dict[str, list[float]] = {"capture": [], "stats": []}
+    for _ in range(args.repeats):  # interleaved, so drift hits both alike
+        times["capture"].append(timed(capture))
+        times["stats"].append(timed(stats))
+    lens_s = timed(lambda: logit_lens(model, sae, top=10, vocab_size=len(tokenizer)))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    tokens = n_chunks * args.seq
+    print(f"model {args.model} on {device}, SAE {hook} d_sae {sae.d_sae} k {sae.cfg.k}, {n_chunks} chunks x "
+          f"{args.seq} tokens in batches of {args.batch}, median of {args.repeats}")  # fmt: skip
+    print(f"{'variant':<10} {'median s':>9} {'tokens/s':>9} {'vs capture':>10}")
+    for name, t in med.items():
+        print(f"{name:<10} {t:>9.2f} {tokens / t:>9.0f} {med['capture'] / t:>9.2f}x")
+    print(f"logit lens of all {sae.d_sae} features (once per store): {lens_s:.1f} s")
+    return {"model": args.model, "device": device, "hookpoint": hook, "d_sae": sae.d_sae, "k": sae.cfg.k,
+            "tokens_per_run": tokens, "batch": args.batch, "seq": args.seq, "repeats": args.repeats,
+            "median_s": med, "runs_s": times, "tokens_per_s": {k: tokens / t for k, t in med.items()},
+            "ratio_stats_vs_capture": med["capture"] / med["stats"], "logit_lens_s": lens_s}  # fmt: skip
+
+
+def peak_rss(token_counts: list[int]) -> list[dict]:
+    script = _RSS_SCRIPT.format(tests=str(TESTS), features=str(TESTS / "features"))
+    rows = []
+    for n in token_counts:  # each count in a fresh process (subprocess = fork + exec: nothing inherited)
+        out = subprocess.run([sys.executable, "-c", script, str(n)], capture_output=True, text=True, check=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print("\npeak RSS, tiny Llama + byte tokenizer, d_sae 1024, each count in a fresh process")
+    print(f"{'tokens':>10} {'seconds':>8} {'tokens/s':>9} {'peak RSS MiB':>13}")
+    for r in rows:
+        speed = r["n_tokens"] / r["seconds"]
+        print(f"{r['n_tokens']:>10} {r['seconds']:>8.1f} {speed:>9.0f} {r['peak_rss_mib']:>13.0f}")
+    print(f"RSS ratio {rows[-1]['n_tokens'] / rows[0]['n_tokens']:.0f}x tokens: "
+          f"{rows[-1]['peak_rss_mib'] / rows[0]['peak_rss_mib']:.3f}x")  # fmt: skip
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--batches", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rss-tokens", default="100000,1000000")
+    args = parser.parse_args()
+    result = {"bench": "stats", "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "machine": platform.machine(), "throughput": throughput(args)}  # fmt: skip
+    rss = peak_rss([int(n) for n in args.rss_tokens.split(",")])
+    result["peak_rss"] = rss
+    result["rss_ratio"] = rss[-1]["peak_rss_mib"] / rss[0]["peak_rss_mib"]
+    out = HERE / "results" / "stats.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

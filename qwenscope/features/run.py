@@ -1,0 +1,216 @@
+"""The ``qwenscope stats`` and ``qwenscope search`` commands.
+
+    qwenscope stats --model smollm2-135m --n-tokens 200000            # builds (or reuses) the cached feature store
+    qwenscope search --model smollm2-135m --positive "I love it" --negative "I hate it"
+    qwenscope search --model smollm2-135m --positive-file pos.txt --negative-file neg.txt --by mean
+    qwenscope search --model smollm2-135m --token " Paris"
+    qwenscope search --model smollm2-135m --label paris               # needs the store of `qwenscope stats`
+
+Each command is a config dataclass (its field docstrings are the --help) and a run function.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from qwenscope.errors import QwenscopeError
+from qwenscope.features.stats import StatsConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StatsCommand:
+    """Which model and SAE, and where the feature store goes."""
+
+    model: str = "smollm2-135m"
+    """Model: an embedded name (smollm2-135m, gemma3-270m), a local HF folder or a hub id."""
+    sae: str = ""
+    """SAE: a folder, a file or a hub repo id; empty: the SAE shipped for the embedded model."""
+    hookpoint: str | None = None
+    """Where the SAE reads, e.g. resid_post.12; default: the hookpoint the SAE records."""
+    k: int | None = None
+    """TopK k, only for Qwen-Scope files outside a folder named like their release."""
+    out: str = ""
+    """Store folder; empty: the cache (~/.cache/qwenscope/features/MODEL/SAE/HOOKPOINT)."""
+    rebuild: bool = False
+    """Recompute the store even if a matching one is cached."""
+    labels: Literal["none", "fallback", "openai"] = "none"
+    """Label the features: fallback (from the statistics, no LLM) or openai (an OpenAI-compatible server)."""
+    label_url: str = "http://localhost:8000/v1"
+    """Base URL of the OpenAI-compatible server for --labels openai (its key: $OPENAI_API_KEY)."""
+    label_model: str = ""
+    """Model name to request from that server."""
+    label_limit: int = 0
+    """Label only the most frequent this many features; 0: every feature that fired."""
+    show: int = 10
+    """Most frequent features to print."""
+    device: str = "cpu"
+    """Device for the model and the SAE (cpu, cuda, ...)."""
+
+    def __post_init__(self) -> None:
+        if self.labels == "openai" and not self.label_model:
+            raise QwenscopeError("--labels openai needs --label-model, the model name the server serves")
+        if self.show < 0 or self.label_limit < 0:
+            raise QwenscopeError("--show and --label-limit cannot be negative")
+
+
+def _load(model: str, sae: str, hookpoint: str | None, k: int | None, device: str):
+    from qwenscope.models.hookpoints import check_sae_fits
+    from qwenscope.models.load import load_model
+    from qwenscope.sae.load import load_sae
+
+    lm, tokenizer = load_model(model, device=device)
+    loaded = load_sae(sae or model, hookpoint=hookpoint, k=k, device=device)
+    return lm, tokenizer, loaded, check_sae_fits(loaded, lm, hookpoint).name
+
+
+def run_stats(cmd: StatsCommand, cfg: StatsConfig) -> None:
+    from qwenscope.features.store import get_or_build_store
+    from qwenscope.models.load import model_name
+
+    model, tokenizer, sae, hook = _load(cmd.model, cmd.sae, cmd.hookpoint, cmd.k, cmd.device)
+    store = get_or_build_store(model, tokenizer, sae, model_name(model), cmd.sae or cmd.model, cfg, hookpoint=hook,
+                               folder=cmd.out or None, rebuild=cmd.rebuild)  # fmt: skip
+    if cmd.labels != "none":
+        from qwenscope.features.labels import OpenAILabeller, label_store
+
+        labeller = OpenAILabeller(cmd.label_url, cmd.label_model) if cmd.labels == "openai" else None
+        table = store.table()
+        alive = table[table["count"] > 0].sort_values("count", ascending=False).index
+        label_store(store, labeller, list(alive[: cmd.label_limit or None]))
+    print_summary(store, cmd.show)
+
+
+def print_summary(store, show: int) -> None:
+    """Where the store is, how many features are alive, and the most frequent ones."""
+    from qwenscope.features.labels import fallback_label
+
+    table, meta = store.table(), store.meta
+    alive = int((table["count"] > 0).sum())
+    print(f"feature store  {store.folder}")
+    print(f"model {meta.get('model')}, sae {meta.get('sae')} at {meta.get('hookpoint')}, "
+          f"{meta.get('n_tokens', 0):,} tokens of {meta.get('dataset')}")  # fmt: skip
+    print(f"alive {alive:,} / {store.d_sae:,} features ({alive / store.d_sae:.1%}) fired at least once; "
+          f"dense (> 10% of tokens): {int((table['frequency'] > 0.1).sum())}")  # fmt: skip
+    if not show:
+        return
+    print(f"\n{'feature':>7} {'freq':>8} {'mean':>8} {'max':>8}  label (or what it fires on)")
+    for i in table.sort_values("count", ascending=False, kind="stable").index[:show]:
+        info = store.feature(int(i))
+        print(f"{info.id:>7} {info.frequency:>8.4f} {info.mean_act:>8.2f} {info.max_act:>8.2f}  "
+              f"{info.label or fallback_label(info)}")  # fmt: skip
+
+
+# ---------------------------------------------------------------- search
+@dataclass
+class SearchConfig:
+    """Find features: contrastively (--positive/--negative), by a promoted token (--token), or by label (--label)."""
+
+    model: str = "smollm2-135m"
+    """Model: an embedded name (smollm2-135m, gemma3-270m), a local HF folder or a hub id."""
+    sae: str = ""
+    """SAE: a folder, a file or a hub repo id; empty: the SAE shipped for the embedded model."""
+    hookpoint: str | None = None
+    """Where the SAE reads, e.g. resid_post.12; default: the hookpoint the SAE records."""
+    k: int | None = None
+    """TopK k, only for Qwen-Scope files outside a folder named like their release."""
+    positive: str = ""
+    """A text the features should fire on (contrastive mode); more in --positive-file."""
+    negative: str = ""
+    """A text they should not fire on; more in --negative-file."""
+    positive_file: str = ""
+    """A file of positive texts, one per line."""
+    negative_file: str = ""
+    """A file of negative texts, one per line."""
+    by: Literal["rate", "mean"] = "rate"
+    """Rank contrastive hits by the difference of firing rates or of mean activations."""
+    token: str = ""
+    """Token mode: features whose decoder direction most promotes this token (e.g. ' Paris')."""
+    label: str = ""
+    """Label mode: features whose label, promoted tokens or top contexts match this query."""
+    store: str = ""
+    """Feature store folder for --label; empty: the cached store of `qwenscope stats`."""
+    top: int = 20
+    """Features to print."""
+    json: bool = False
+    """Print JSON instead of a table."""
+    device: str = "cpu"
+    """Device for the model and the SAE (cpu, cuda, ...)."""
+
+    def __post_init__(self) -> None:
+        contrast = any((self.positive, self.negative, self.positive_file, self.negative_file))
+        if sum((contrast, bool(self.token), bool(self.label.strip()))) != 1:
+            raise QwenscopeError("pick one mode: --positive/--negative (or their -file options), --token or --label")
+        if self.top < 1:
+            raise QwenscopeError(f"--top must be at least 1, got {self.top}")
+
+    def texts(self, side: str) -> list[str]:
+        """The positive or negative texts: the flag's text, then the file's non-empty lines."""
+        texts = [getattr(self, side)] if getattr(self, side).strip() else []
+        path = getattr(self, f"{side}_file")
+        if path:
+            if not Path(path).is_file():
+                raise QwenscopeError(f"--{side}-file {path} does not exist; pass a file with one text per line")
+            texts += [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not texts:
+            raise QwenscopeError(f"no {side} texts; pass --{side} TEXT or --{side}-file FILE")
+        return texts
+
+
+def run_search(cfg: SearchConfig) -> None:
+    if cfg.label.strip():
+        rows = _search_label(cfg)
+    else:
+        from qwenscope.features.search import by_token, contrastive
+
+        model, tokenizer, sae, hook = _load(cfg.model, cfg.sae, cfg.hookpoint, cfg.k, cfg.device)
+        if cfg.token:
+            found = by_token(model, tokenizer, sae, cfg.token, cfg.top)
+            rows = [{"feature": f, "logit": round(v, 4)} for f, v in found]
+        else:
+            hits = contrastive(model, tokenizer, sae, cfg.texts("positive"), cfg.texts("negative"), cfg.top,
+                               cfg.by, hook)  # fmt: skip
+            rows = [{k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(h).items()} for h in hits]
+    if cfg.json:
+        print(json.dumps(rows))
+        return
+    _print_rows(rows)
+
+
+def _search_label(cfg: SearchConfig) -> list[dict[str, Any]]:
+    import re
+
+    from qwenscope.features.search import by_label
+    from qwenscope.features.store import FeatureStore, feature_store_dir
+
+    if cfg.store:
+        folder = Path(cfg.store)
+    else:  # the folder run_stats uses: model_name(model) is the last part of the name, without loading the model
+        from qwenscope.sae.load import load_sae
+
+        hook = cfg.hookpoint or load_sae(cfg.sae or cfg.model, k=cfg.k).cfg.hookpoint
+        folder = feature_store_dir(re.split(r"[/\\]", cfg.model.rstrip("/\\"))[-1], cfg.sae or cfg.model, hook)
+    store = FeatureStore.open(folder)
+    rows = []
+    for i in by_label(store, cfg.label, cfg.top):
+        info = store.feature(i)
+        rows.append({"feature": i, "label": info.label, "frequency": round(info.frequency, 6),
+                     "promotes": [t for t, _ in info.promoted[:5]]})  # fmt: skip
+    return rows
+
+
+def _print_rows(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        print("no matching feature")
+        return
+    keys = list(rows[0])
+    cells = [[str(r[k]) for k in keys] for r in rows]
+    widths = [max(len(k), *(len(c[j]) for c in cells)) for j, k in enumerate(keys)]
+    print("  ".join(k.rjust(w) for k, w in zip(keys, widths)))
+    for c in cells:
+        print("  ".join(v.rjust(w) for v, w in zip(c, widths)))

@@ -1,0 +1,150 @@
+"""Finding features: by the tokens of a text, contrastively between two sets of texts, by the token a decoder
+direction promotes, and by label.
+
+    token_features(model, tokenizer, sae, "resid_post.15", "The Eiffel Tower", top=5)   # per token
+    contrastive(model, tokenizer, sae, ["I love it", ...], ["I hate it", ...])          # ContrastiveHit list
+    by_token(model, tokenizer, sae, " Paris")                                           # [(feature, logit)]
+    by_label(store, "capital cities")                                                   # feature ids
+
+Contrastive search follows the Qwen-Scope demo: on each set of texts, a feature's firing rate is the fraction of
+the texts' tokens (position 0 and special tokens excluded, as in training) on which it fires, and its mean is its
+mean activation over those tokens (zeros included); features are ranked by the difference positive - negative.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from qwenscope.data.tokens import token_mask
+from qwenscope.errors import QwenscopeError
+from qwenscope.features.stats import output_head, unembed
+from qwenscope.models.capture import get_activations
+from qwenscope.models.hookpoints import check_sae_fits
+from qwenscope.sae.model import Sae
+
+if TYPE_CHECKING:
+    from qwenscope.features.store import FeatureStore
+
+_TEXT_BATCH = 16
+_DIRECTIONS_CHUNK = 4096
+
+
+def token_features(model, tokenizer, sae, hookpoint: str, text: str, top: int) -> list[dict[str, Any]]:
+    """Per token: its text and the ``top`` strongest features as (id, activation)."""
+    batch = tokenizer(text, return_tensors="pt")
+    acts = get_activations(model, batch, [hookpoint])[hookpoint][0]
+    with torch.no_grad():
+        z = sae.encode(acts)
+    vals, ids = z.topk(min(top, sae.d_sae), dim=-1)
+    tokens = tokenizer.convert_ids_to_tokens(batch["input_ids"][0])
+    return [
+        {"pos": i, "token": tokenizer.convert_tokens_to_string([tok]),
+         "features": [{"id": int(f), "act": round(float(v), 4)} for f, v in zip(ids[i], vals[i]) if v > 0]}
+        for i, tok in enumerate(tokens)
+    ]  # fmt: skip
+
+
+@dataclass
+class ContrastiveHit:
+    """A feature that tells the positive texts from the negative ones."""
+
+    feature: int
+    rate_pos: float
+    """Fraction of the positive texts' tokens on which it fires."""
+    rate_neg: float
+    """Fraction of the negative texts' tokens on which it fires."""
+    mean_pos: float
+    """Mean activation over the positive texts' tokens (zeros included)."""
+    mean_neg: float
+    """Mean activation over the negative texts' tokens."""
+    rate_diff: float
+    """rate_pos - rate_neg."""
+    mean_diff: float
+    """mean_pos - mean_neg."""
+
+
+def contrastive(
+    model: nn.Module,
+    tokenizer,
+    sae: Sae,
+    positive: Sequence[str],
+    negative: Sequence[str],
+    top: int = 20,
+    by: Literal["rate", "mean"] = "rate",
+    hookpoint: str | None = None,
+) -> list[ContrastiveHit]:
+    """The ``top`` features that fire more on ``positive`` than on ``negative`` texts, ranked by rate or mean diff."""
+    if by not in ("rate", "mean"):
+        raise QwenscopeError(f"rank by 'rate' or 'mean', got {by!r}")
+    hook = check_sae_fits(sae, model, hookpoint).name
+    rate_pos, mean_pos = firing_profile(model, tokenizer, sae, hook, positive, "positive")
+    rate_neg, mean_neg = firing_profile(model, tokenizer, sae, hook, negative, "negative")
+    rate_diff, mean_diff = rate_pos - rate_neg, mean_pos - mean_neg
+    order = (rate_diff if by == "rate" else mean_diff).argsort(descending=True, stable=True)[:top]
+    return [ContrastiveHit(int(f), float(rate_pos[f]), float(rate_neg[f]), float(mean_pos[f]), float(mean_neg[f]),
+                           float(rate_diff[f]), float(mean_diff[f])) for f in order]  # fmt: skip
+
+
+@torch.no_grad()
+def firing_profile(
+    model: nn.Module, tokenizer, sae: Sae, hookpoint: str, texts: Sequence[str], what: str = "texts"
+) -> tuple[Tensor, Tensor]:
+    """(firing rate, mean activation), both (d_sae,) float64, over the scored tokens of ``texts``."""
+    if isinstance(texts, str) or not texts:
+        raise QwenscopeError(f"the {what} texts are empty; pass a list of at least one text")
+    if any(not t.strip() for t in texts):
+        raise QwenscopeError(f"one of the {what} texts is empty; remove it or write some text")
+    fired = torch.zeros(sae.d_sae, dtype=torch.float64, device=sae.device)
+    total = torch.zeros(sae.d_sae, dtype=torch.float64, device=sae.device)
+    n = 0
+    for acts, idx in _scored_codes(model, tokenizer, sae, hookpoint, list(texts)):
+        fired += torch.bincount(idx[acts > 0], minlength=sae.d_sae)
+        total += torch.bincount(idx.reshape(-1), weights=acts.reshape(-1).double(), minlength=sae.d_sae)
+        n += len(acts)
+    if n == 0:
+        raise QwenscopeError(f"the {what} texts have no token past the first; use texts of at least two tokens")
+    return (fired / n).cpu(), (total / n).cpu()
+
+
+def _scored_codes(model, tokenizer, sae: Sae, hookpoint: str, texts: list[str]) -> Iterator[tuple[Tensor, Tensor]]:
+    """Sparse codes (n, k) of the scored tokens of ``texts``, a few texts per forward (right-padded, exact)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    for start in range(0, len(texts), _TEXT_BATCH):
+        rows = [tokenizer(t)["input_ids"] for t in texts[start : start + _TEXT_BATCH]]
+        width = max(map(len, rows))
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
+        acts = get_activations(model, {"input_ids": ids, "attention_mask": mask}, [hookpoint])[hookpoint]
+        keep = token_mask(ids, tokenizer, attention_mask=mask).to(acts.device)
+        code = sae.encode_sparse(acts[keep].to(sae.device))  # (n, d) -> (n, k)
+        yield code.top_acts, code.top_indices
+
+
+@torch.no_grad()
+def by_token(model: nn.Module, tokenizer, sae: Sae, token: str, top: int = 10) -> list[tuple[int, float]]:
+    """The ``top`` features whose decoder directions most promote ``token`` (its logit-lens column), strongest first."""
+    ids = tokenizer.encode(token, add_special_tokens=False)
+    if len(ids) != 1:
+        pieces = tokenizer.convert_ids_to_tokens(ids)
+        raise QwenscopeError(f"{token!r} is not one token: it tokenises to {pieces}; pass one of those tokens")
+    head, weight = output_head(model)
+    column = weight[ids[0]].float()  # (d,)
+    logits = torch.cat([unembed(model, sae.W_dec[s : s + _DIRECTIONS_CHUNK]) @ column
+                        for s in range(0, sae.d_sae, _DIRECTIONS_CHUNK)])  # fmt: skip
+    bias = getattr(head, "bias", None)
+    if isinstance(bias, Tensor):
+        logits += bias[ids[0]].float()
+    values, features = logits.topk(min(top, sae.d_sae))
+    return [(int(f), float(v)) for f, v in zip(features, values)]
+
+
+def by_label(store: FeatureStore, query: str, top: int = 20) -> list[int]:
+    """Feature ids whose label, promoted tokens or top contexts match ``query`` (``FeatureStore.search_label``)."""
+    return store.search_label(query, top)

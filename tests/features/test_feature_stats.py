@@ -1,0 +1,155 @@
+"""compute_feature_stats against a brute-force dense computation on a tiny Llama; the logit lens against the model's
+own norm and lm_head; peak memory that does not grow with the token count."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_models import build_tiny
+
+from qwenscope import get_activations
+from qwenscope.data import chunk_tokens, norm_outlier_mask, token_mask
+from qwenscope.errors import QwenscopeError
+from qwenscope.features.stats import StatsConfig, compute_feature_stats, logit_lens
+
+HOOK = "resid_post.1"
+
+
+def _cfg(**changes) -> StatsConfig:
+    base = dict(n_tokens=10**9, seq_len=32, batch_size=4, top_n=5, window_before=6, window_after=2, hist_bins=8,
+                hist_min=0.01, hist_max=10.0, lens_top=3, outlier_m=3.0, progress=False)  # fmt: skip
+    return StatsConfig(**{**base, **changes})
+
+
+def _dense(model, tokenizer, sae, docs, cfg):
+    """Every chunk's ids (T, S) and dense activations (T, S, d_sae), 0 where not scored, computed the plain way."""
+    chunks = torch.stack(list(chunk_tokens(docs, tokenizer, cfg.seq_len)))
+    zs = []
+    for ids in chunks.split(cfg.batch_size):
+        acts = get_activations(model, ids, [HOOK])[HOOK]
+        keep = token_mask(ids, tokenizer)
+        if cfg.outlier_m is not None:
+            keep = norm_outlier_mask(acts, cfg.outlier_m, valid=keep)
+        with torch.no_grad():
+            zs.append(sae.encode(acts.reshape(-1, 64)).reshape(*ids.shape, -1) * keep[..., None])
+    return chunks, torch.cat(zs)
+
+
+def test_stats_match_brute_force(llama, byte_tokenizer, sae, docs):
+    cfg = _cfg()
+    stats = compute_feature_stats(llama, byte_tokenizer, sae, docs, cfg)
+    ids, z = _dense(llama, byte_tokenizer, sae, docs, cfg)
+    flat = z.reshape(-1, sae.d_sae)  # (tokens, d_sae)
+    scored = token_mask(ids, byte_tokenizer).sum()
+    assert 0.8 * scored < stats.n_tokens <= scored  # the outlier filter drops a few
+    assert torch.equal(stats.count, (flat > 0).sum(0))
+    assert (stats.count >= 5).sum() > 15  # enough features fill their top-5 for the test to mean something
+    torch.testing.assert_close(stats.act_sum, flat.double().sum(0))
+    torch.testing.assert_close(stats.max_act, flat.amax(0))
+    torch.testing.assert_close(stats.mean_act, flat.double().sum(0) / (flat > 0).sum(0).clamp(min=1))
+    assert torch.equal(stats.hist.sum(1), stats.count)
+    f, t = (flat > 0).nonzero(as_tuple=True)
+    bins = torch.bucketize(flat[f, t], stats.hist_edges[1:-1], right=True)
+    assert torch.equal(stats.hist, torch.bincount(t * 8 + bins, minlength=sae.d_sae * 8).view(-1, 8))
+    expected_top = flat.topk(5, dim=0).values.T  # (d_sae, 5): exactly the 5 largest of each feature
+    torch.testing.assert_close(stats.top_acts, expected_top)
+    assert stats.frequency.max() <= 1 and stats.lens is not None and stats.lens.promoted_ids.shape == (96, 3)
+
+
+@pytest.mark.parametrize("batch_size,outlier_m", [(4, 3.0), (1, None), (200, None)])
+def test_windows_hold_the_right_tokens_and_acts(llama, byte_tokenizer, sae, docs, batch_size, outlier_m):
+    """Many small batches merged into the top-N store, or one big batch: the same top values, right windows."""
+    cfg = _cfg(batch_size=batch_size, outlier_m=outlier_m)
+    stats = compute_feature_stats(llama, byte_tokenizer, sae, docs, cfg)
+    ids, z = _dense(llama, byte_tokenizer, sae, docs, cfg)
+    torch.testing.assert_close(stats.top_acts, z.reshape(-1, sae.d_sae).topk(5, dim=0).values.T)
+    checked = 0
+    for feature in range(sae.d_sae):
+        for rank in range(cfg.top_n):
+            value = stats.top_acts[feature, rank]
+            if value == 0:
+                assert (stats.top_tokens[feature, rank] == -1).all()
+                continue
+            ties = ((z[..., feature] - value).abs() <= 1e-6).nonzero().tolist()  # equal prefixes tie exactly
+            windows = [_window(ids, z, feature, chunk, pos) for chunk, pos in ties]
+            match = [a for w, a in windows if torch.equal(stats.top_tokens[feature, rank], w)]
+            assert match, (feature, rank)
+            torch.testing.assert_close(stats.top_token_acts[feature, rank], match[0])
+            assert stats.top_token_acts[feature, rank, 6] == value
+            checked += 1
+    assert checked > 100
+
+
+def _window(ids, z, feature, chunk, pos, before=6, after=2):
+    """Token ids and the feature's activations around (chunk, pos), -1 / 0 past the chunk edges."""
+    tokens, acts = torch.full((before + 1 + after,), -1), torch.zeros(before + 1 + after)
+    for j, at in enumerate(range(pos - before, pos + after + 1)):
+        if 0 <= at < ids.shape[1]:
+            tokens[j], acts[j] = ids[chunk, at], z[chunk, at, feature]
+    return tokens, acts
+
+
+def test_stops_after_n_tokens_and_errors(llama, byte_tokenizer, sae, docs, caplog):
+    stats = compute_feature_stats(llama, byte_tokenizer, sae, docs, _cfg(n_tokens=200, batch_size=2))
+    assert 200 <= stats.n_tokens < 200 + 2 * 32
+    compute_feature_stats(llama, byte_tokenizer, sae, docs[:5], _cfg(n_tokens=10**6, lens_top=0))
+    assert "ran out" in caplog.text
+    with pytest.raises(QwenscopeError, match="shorter than one chunk"):
+        compute_feature_stats(llama, byte_tokenizer, sae, ["hi"], _cfg())
+    with pytest.raises(QwenscopeError, match="hist-min"):
+        _cfg(hist_min=5.0, hist_max=1.0)
+    with pytest.raises(QwenscopeError, match="top-n"):
+        _cfg(top_n=0)
+
+
+def test_logit_lens_includes_the_final_norm_weight(sae):
+    """Gemma's final norm multiplies by (1 + w): the lens must see w (set to random values here)."""
+    model = build_tiny("gemma3", num_layers=1)
+    with torch.no_grad():
+        model.model.norm.weight.normal_(0, 1.0)
+    lens = logit_lens(model, sae, top=4)
+    d = sae.W_dec
+    normed = d / d.pow(2).mean(-1, keepdim=True).add(model.config.rms_norm_eps).sqrt() * (1 + model.model.norm.weight)
+    logits = normed @ model.model.embed_tokens.weight.T  # tied lm_head
+    assert torch.equal(lens.promoted_ids, logits.topk(4, dim=1).indices)
+    assert torch.equal(lens.suppressed_ids, logits.topk(4, dim=1, largest=False).indices)
+    torch.testing.assert_close(lens.promoted_values, logits.topk(4, dim=1).values, rtol=1e-4, atol=1e-4)
+    plain = (d @ model.model.embed_tokens.weight.T).topk(4, dim=1).indices
+    assert not torch.equal(plain, lens.promoted_ids)  # the weight matters
+
+
+_RSS_SCRIPT = """
+import json, resource, sys, torch
+sys.path.insert(0, {tests!r}); sys.path.insert(0, {here!r})
+from features_helpers import make_byte_tokenizer, make_sae
+from tiny_models import build_tiny
+from qwenscope.features.stats import StatsConfig, compute_feature_stats
+torch.manual_seed(0); torch.set_num_threads(1)
+docs = [" ".join(f"w{{(i * 13 + j) % 97}}" for j in range(40 + i % 50)) for i in range(400)]
+def forever():
+    while True:
+        yield from docs
+cfg = StatsConfig(n_tokens=int(sys.argv[1]), seq_len=128, batch_size=16, progress=False)
+stats = compute_feature_stats(build_tiny("llama", num_layers=2), make_byte_tokenizer(), make_sae(d_sae=1024, k=16),
+                              forever(), cfg)
+print(json.dumps({{"n": stats.n_tokens, "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}}))
+"""
+
+
+def _peak_rss(tokens: int) -> dict:
+    here = Path(__file__).parent
+    script = _RSS_SCRIPT.format(tests=str(here.parent), here=str(here))
+    out = subprocess.run([sys.executable, "-c", script, str(tokens)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_peak_rss_does_not_grow_with_tokens():
+    small, large = _peak_rss(100_000), _peak_rss(1_000_000)
+    assert small["n"] >= 100_000 and large["n"] >= 1_000_000
+    assert large["rss_kb"] <= 1.1 * small["rss_kb"], (small, large)

@@ -1,0 +1,135 @@
+"""The playground without a browser: its logic (Playground), the gradio app over HTTP in-process (gradio_client), and
+the ``qwenscope playground`` command with ``launch`` replaced."""
+
+from __future__ import annotations
+
+import pytest
+
+from qwenscope.cli import main
+from qwenscope.errors import QwenscopeError
+from qwenscope.features.search import token_features
+from qwenscope.serve.playground import Playground, add_feature, build_app, feature_id
+from qwenscope.steer import generate_pair, generate_text
+
+PROMPT = "Tell me a story"
+HOOK = "resid_post.0"  # where conftest's SAE reads
+
+
+@pytest.fixture(scope="module")
+def pg(qwen3_parts):
+    return Playground(*qwen3_parts)
+
+
+def test_analyse_shows_every_token_with_its_top_features(pg, qwen3_parts):
+    model, tokenizer, sae = qwen3_parts
+    highlighted, table, seen = pg.analyse(PROMPT, 3)
+    rows = token_features(model, tokenizer, sae, HOOK, PROMPT, 3)
+    assert "".join(t for t, _ in highlighted) == PROMPT and len(table) == len(rows) == 4
+    assert [label for _, label in highlighted] == [f"#{r['features'][0]['id']}" for r in rows]
+    assert table[1][:2] == [1, "' me'"] and table[1][2].startswith(f"{rows[1]['features'][0]['id']}:")
+    best = {f["id"]: max(g["act"] for r in rows[1:] for g in r["features"] if g["id"] == f["id"])
+            for r in rows[1:] for f in r["features"]}  # fmt: skip  (position 0, the attention sink, ranks last)
+    only_first = [f["id"] for f in rows[0]["features"] if f["id"] not in best]
+    assert seen[: len(best)] == sorted(best, key=lambda i: -best[i]) and seen[len(best) :] == only_first
+
+
+def test_generate_plain_is_greedy_and_steering_changes_it(pg, qwen3_parts):
+    model, tokenizer, _ = qwen3_parts
+    plain, steered = pg.generate(PROMPT, "3:60", max_new_tokens=8)
+    assert plain == generate_text(model, tokenizer, PROMPT, max_new_tokens=8)
+    assert steered != plain
+    assert pg.generate(PROMPT, "3:0", max_new_tokens=8) == (plain, plain)
+    assert pg.generate(PROMPT, "3", mode="ablate", positions="prompt", max_new_tokens=8)[0] == plain
+
+
+def test_relative_strengths_use_the_store(qwen3_parts, qwen3_store):
+    model, tokenizer, sae = qwen3_parts
+    with_store = Playground(model, tokenizer, sae, qwen3_store)
+    fid = int(qwen3_store.table().sort_values("frequency").iloc[-1]["feature"])
+    got = with_store.generate(PROMPT, f"{fid}:40", relative=True, max_new_tokens=6)
+    want = generate_pair(model, tokenizer, PROMPT, sae, {fid: 40.0}, max_new_tokens=6, relative=True,
+                         typical=qwen3_store.typical_acts())  # fmt: skip
+    assert got == want
+
+
+def test_labels_from_the_store_show_in_the_analysis(pg, qwen3_parts, qwen3_store):
+    fid = pg.analyse(PROMPT)[2][0]
+    qwen3_store.set_labels({fid: ("animals & <pets>", 0.9)})
+    try:
+        _, table, _ = Playground(*qwen3_parts, qwen3_store).analyse(PROMPT)
+        assert any(f"{fid}:" in row[2] and "(animals & <pets>)" in row[2] for row in table)
+    finally:
+        qwen3_store.set_labels({fid: (None, None)})
+
+
+def test_describe_a_feature(pg, qwen3_parts, qwen3_store):
+    assert "Start the playground with a feature store" in pg.describe(5)
+    fid = int(qwen3_store.table().sort_values("frequency").iloc[-1]["feature"])
+    card = Playground(*qwen3_parts, qwen3_store).describe(str(fid))
+    assert f"Feature {fid}</h1>" in card and "<svg" in card and "Top contexts" in card
+    assert "<b>bold</b>" not in card  # context text is escaped
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda pg: pg.generate(PROMPT, "x:1"), "cannot read feature 'x:1'"),
+        (lambda pg: pg.generate(PROMPT, "999:1"), "feature id 999 is outside this SAE"),
+        (lambda pg: pg.generate(PROMPT, "3:1", mode="boost"), "unknown steering mode 'boost'"),
+        (lambda pg: pg.generate(PROMPT, "3:1", positions="end"), "unknown positions 'end'"),
+        (lambda pg: pg.generate(PROMPT, "3:1", relative=True), "relative strengths need a feature store"),
+        (lambda pg: pg.generate(" ", "3:1"), "the prompt is empty"),
+        (lambda pg: pg.analyse("  "), "the prompt is empty"),
+        (lambda pg: pg.describe(128), "feature 128 is not an id of this SAE; pick one in 0..127"),
+    ],
+)
+def test_errors_are_one_line(pg, call, message):
+    with pytest.raises(QwenscopeError, match=message) as info:
+        call(pg)
+    assert "\n" not in str(info.value)
+
+
+def test_feature_ids_and_adding_them():
+    assert [feature_id(v, 10) for v in (3, 3.0, "3", " 7 some label")] == [3, 3, 3, 7]
+    for bad in (None, "", "x", 2.5, -1, 10):
+        with pytest.raises(QwenscopeError, match="is not an id of this SAE"):
+            feature_id(bad, 10)
+    assert add_feature("", 7, 8.0) == "7:8"
+    assert add_feature("3:60, 5:-2", 5, 2.5) == "3:60,5:2.5"
+
+
+def test_app_over_http(qwen3_parts, qwen3_store, port):
+    """The app's endpoints as a browser would call them; an error arrives as one line."""
+    from gradio_client import Client
+
+    model, tokenizer, sae = qwen3_parts
+    app = build_app(model, tokenizer, sae, qwen3_store)
+    app.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        plain, steered = client.predict(PROMPT, "3:60", "add", "all", 8, False, True, api_name="/steer")
+        assert plain == generate_text(model, tokenizer, PROMPT, max_new_tokens=8) and steered != plain
+        tokens, table, pick = client.predict(PROMPT, 2, api_name="/analyse")
+        assert [t["token"] for t in tokens] == ["Tell", " me", " a", " story"] and len(table["data"]) == 4
+        assert pick["value"] == pick["choices"][0][1]
+        assert client.predict("3:60", pick["value"], 4, api_name="/add_feature") == f"3:60,{pick['value']}:4"
+        assert f"Feature {pick['value']}</h1>" in client.predict(pick["value"], api_name="/describe")
+        with pytest.raises(Exception, match="cannot read feature 'oops'"):
+            client.predict(PROMPT, "oops", "add", "all", 8, False, True, api_name="/steer")
+    finally:
+        app.close()
+
+
+def test_playground_command(qwen3_parts, tmp_path, monkeypatch):
+    import gradio as gr
+
+    model, tokenizer, sae = qwen3_parts
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    sae.save(tmp_path / "sae")
+    launched: list[dict] = []
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: launched.append(kw))
+    args = ["playground", "--model", str(tmp_path / "model"), "--sae", str(tmp_path / "sae")]
+    assert main([*args, "--port", "8123"]) == 0
+    assert launched == [{"server_name": "127.0.0.1", "server_port": 8123, "share": False}]
+    assert main([*args, "--port", "0"]) == 2

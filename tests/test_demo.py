@@ -1,0 +1,66 @@
+"""`qwenscope demo` end to end on a tiny Qwen3 with the real Qwen3 tokenizer and a random SAE given by folder."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from tiny_models import tiny_config
+from transformers import Qwen3ForCausalLM
+
+from qwenscope import Sae, SaeConfig
+from qwenscope.cli import main
+from qwenscope.demo import pick_concept_feature
+from qwenscope.errors import QwenscopeError
+from qwenscope.features.search import ContrastiveHit
+from qwenscope.models.tokenizers import qwen3_tokenizer
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    tokenizer = qwen3_tokenizer()
+    config = tiny_config("qwen3", num_layers=2)
+    config.vocab_size = len(tokenizer)
+    torch.manual_seed(0)
+    Qwen3ForCausalLM(config).save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    torch.manual_seed(1)
+    Sae(SaeConfig(d_in=64, d_sae=128, k=4, hookpoint="resid_post.0")).save(root / "sae")
+    return root
+
+
+def test_demo_runs_end_to_end_and_writes_a_linked_report(folders, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("QWENSCOPE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "report"
+    args = ["demo", "--model", str(folders / "model"), "--sae", str(folders / "sae"), "--n-tokens", "1000",
+            "--max-new-tokens", "6", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    for step in ("== 1.", "== 2.", "== 3.", "== 4.", "== 5."):
+        assert step in printed
+    chosen = int(re.search(r"== 4\. steering #(\d+)", printed).group(1))
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert f"features/features/{chosen}.html" in html and "unsteered" in html
+    links = set(re.findall(r'href="(features/[^"]+)"', html))
+    assert links and all((out / link).is_file() for link in links)  # every link opens offline
+    assert (tmp_path / "cache" / "features").is_dir()  # the feature store is cached for the next run
+
+
+def test_demo_without_sae_for_an_unknown_model_is_one_line(folders, capsys):
+    assert main(["demo", "--model", str(folders / "model")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no SAE ships for" in err[0] and "--sae" in err[0]  # before any loading
+
+
+def _hit(feature: int, pos: float, neg: float) -> ContrastiveHit:
+    return ContrastiveHit(feature, pos, neg, pos, neg, pos - neg, pos - neg)
+
+
+def test_pick_concept_feature_prefers_features_silent_on_negatives():
+    hits = [_hit(1, 0.9, 0.5), _hit(2, 0.3, 0.0), _hit(3, 0.4, 0.01)]
+    assert pick_concept_feature(hits).feature == 3
+    assert pick_concept_feature([_hit(1, 0.9, 0.5), _hit(4, 0.2, 0.1)]).feature == 1  # none silent: largest diff
+    with pytest.raises(QwenscopeError, match="no feature fires on the positive texts"):
+        pick_concept_feature([_hit(1, 0.0, 0.0)])
