@@ -63,6 +63,8 @@ def load_sae(
 
 EMBEDDED_DIR = Path(__file__).resolve().parent.parent / "assets" / "saes"
 EMBEDDED_MODELS = ("smollm2-135m", "gemma3-270m")
+DEFAULT_HOOKPOINT = {"smollm2-135m": "resid_post.15", "gemma3-270m": "resid_post.9"}
+"""The shipped SAE that ``load_sae(model)`` gives when no hookpoint is named: a middle layer."""
 
 
 def embedded_saes() -> dict[str, list[str]]:
@@ -78,6 +80,8 @@ def _load_embedded(model: str, hookpoint: str | None, device, dtype) -> Sae:
     have = embedded_saes().get(model, [])
     if not have:
         raise QwenscopeError(f"no SAE ships for {model} yet; train one with `qwenscope train` and load its folder")
+    if hookpoint is None and DEFAULT_HOOKPOINT.get(model) in have:
+        hookpoint = DEFAULT_HOOKPOINT[model]
     if hookpoint is None:
         if len(have) > 1:
             raise QwenscopeError(f"{model} ships SAEs for {', '.join(have)}; pass hookpoint= one of them")

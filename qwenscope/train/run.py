@@ -147,4 +147,5 @@ def run_train(cmd: TrainCommand, cfg: TrainConfig) -> None:
         if trainer.step:
             logger.info("replaying the stream up to step %d (a cache makes resuming instant)", trainer.step)
         trainer.fit(itertools.islice(iter(stream), trainer.step, None))
-    print(f"SAEs in {cmd.out}: {', '.join(s.name for s in trainer.states)}")
+    if dist.rank_and_world()[0] == 0:
+        print(f"SAEs in {cmd.out}: {', '.join(s.name for s in trainer.states)}")

@@ -1,0 +1,81 @@
+"""Peak memory of an ActivationStream does not grow with the token count: 1M vs 10M tokens.
+
+Each count runs in a fresh process (peak RSS = ru_maxrss) streaming two hookpoints of a tiny random Llama over a
+repeated corpus (the model's size does not change the stream's buffering; a real model would take hours for 10M
+tokens on a CPU). The baseline is the 1M-token run of the same invocation.
+
+    .venv/bin/python bench/stream_memory.py                  # 1M and 10M tokens, 3 repeats each
+    .venv/bin/python bench/stream_memory.py --tokens 100000,1000000 --repeats 1
+
+Writes bench/results/stream_memory.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+
+CHILD = """
+import json, resource, sys, time, torch
+sys.path.insert(0, {tests!r}); sys.path.insert(0, {data_tests!r})
+from conftest import make_byte_tokenizer
+from tiny_models import build_tiny
+from qwenscope.data import ActivationStream, StreamConfig
+torch.manual_seed(0); torch.set_num_threads(1)
+docs = [" ".join(f"w{{(i * 13 + j) % 97}}" for j in range(40 + i % 50)) for i in range(400)]
+cfg = StreamConfig(seq_len=64, batch_size=16, out_batch=1024, buffer_tokens=16384, max_tokens=int(sys.argv[1]),
+                   repeat=True, progress=False)
+t0 = time.perf_counter()
+n = sum(len(b["resid_post.2"]) for b in ActivationStream(build_tiny("llama"), make_byte_tokenizer(), docs,
+                                                          ["resid_post.2", "resid_post.3"], cfg))
+print(json.dumps({{"n": n, "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                   "seconds": time.perf_counter() - t0}}))
+"""
+
+
+def peak_rss(tokens: int) -> dict:
+    script = CHILD.format(tests=str(ROOT / "tests"), data_tests=str(ROOT / "tests" / "data"))
+    out = subprocess.run([sys.executable, "-c", script, str(tokens)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tokens", default="1000000,10000000", help="comma-separated counts; the first is the base")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default=str(RESULTS / "stream_memory.json"))
+    args = parser.parse_args()
+    counts = [int(t) for t in args.tokens.split(",")]
+    runs: dict[int, list[dict]] = {c: [] for c in counts}
+    t0 = time.perf_counter()
+    for r in range(args.repeats):  # interleaved, so a change in machine load hits every count alike
+        for c in counts:
+            runs[c].append(peak_rss(c))
+            print(f"repeat {r + 1}/{args.repeats}, {c:>11,} tokens: {runs[c][-1]['rss_kb'] / 1024:7.1f} MiB "
+                  f"({runs[c][-1]['seconds']:.0f} s)", flush=True)  # fmt: skip
+    base = statistics.median(x["rss_kb"] for x in runs[counts[0]])
+    rows = []
+    print(f"\n{'tokens':>12} {'streamed':>12} {'peak RSS (median)':>18} {'vs base':>8}")
+    for c in counts:
+        med = statistics.median(x["rss_kb"] for x in runs[c])
+        rows.append({"tokens": c, "streamed": runs[c][0]["n"], "peak_rss_mib": med / 1024, "ratio": med / base,
+                     "runs_mib": [x["rss_kb"] / 1024 for x in runs[c]],
+                     "seconds": statistics.median(x["seconds"] for x in runs[c])})  # fmt: skip
+        print(f"{c:>12,} {runs[c][0]['n']:>12,} {med / 1024:>14.1f} MiB {med / base:>7.2f}x")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"rows": rows, "repeats": args.repeats, "total_seconds": time.perf_counter() - t0},
+                              indent=1))  # fmt: skip
+    print(f"goal: {counts[-1]:,} tokens <= 1.2x the peak of {counts[0]:,}; wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
