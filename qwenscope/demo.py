@@ -39,8 +39,8 @@ class DemoConfig:
     """Folder of the HTML report."""
     n_tokens: int = 30_000
     """Tokens of the feature-store pass (statistics, top contexts), computed once per SAE and cached."""
-    strength: float = 8.0
-    """Steering strength, as a multiple of the feature's typical activation."""
+    strength: float = 10.0
+    """Steering strength, as a multiple of the feature's typical activation (its mean when firing on the corpus)."""
     max_new_tokens: int = 40
     """Tokens generated for the steering comparison."""
 
