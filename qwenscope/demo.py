@@ -127,7 +127,8 @@ def run_demo(cfg: DemoConfig) -> None:
     hits = contrastive(model, tokenizer, sae, demo_texts.POSITIVE, demo_texts.NEGATIVE, top=40, by="rate")
     chosen = pick_concept_feature(hits)
     for h in hits[:5] + ([chosen] if chosen not in hits[:5] else []):
-        mark = "  <- chosen (silent on the negatives)" if h is chosen else ""
+        quiet = "silent on the negatives" if h.rate_neg <= 0.02 else "none is silent on the negatives"
+        mark = f"  <- chosen ({quiet})" if h is chosen else ""
         print(f"   #{h.feature:<6} fires on {h.rate_pos:.0%} vs {h.rate_neg:.0%} of tokens: "
               f"{meaning(store.feature(h.feature))}{mark}")  # fmt: skip
 

@@ -2,7 +2,8 @@
 
 ``report_to`` is a comma-separated list like HF Trainer's: ``none``, ``wandb``, ``tensorboard``. A backend that is
 asked for but not installed is a one-line error before training starts. Both follow a resumed run: tensorboard writes
-to ``OUT/tensorboard`` (the step axis continues), wandb resumes the run whose id is kept in ``OUT/wandb-id``.
+to ``OUT/tensorboard`` (the step axis continues), wandb resumes the run whose id is kept in ``OUT/wandb-id``
+(``wandb-id-rankN`` per rank under ``--distribute-modules``, where each rank logs its own SAEs).
 Metrics are flattened to ``<sae name>/<metric>`` (e.g. ``resid_post.15/fvu``).
 """
 
@@ -55,7 +56,7 @@ class MetricsReport:
         if "wandb" in self.backends:
             import wandb
 
-            id_file = out / "wandb-id"
+            id_file = out / name.replace("metrics", "wandb-id").removesuffix(".jsonl")  # one run per metrics file
             run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
             id_file.write_text(run_id)
             self.wandb = wandb.init(project="qwenscope", name=out.name, id=run_id, resume="allow", dir=str(out),

@@ -147,5 +147,5 @@ def run_train(cmd: TrainCommand, cfg: TrainConfig) -> None:
         if trainer.step:
             logger.info("replaying the stream up to step %d (a cache makes resuming instant)", trainer.step)
         trainer.fit(itertools.islice(iter(stream), trainer.step, None))
-    if dist.rank_and_world()[0] == 0:
+    if dist.rank_and_world()[0] == 0 or cfg.distribute_modules:  # with --distribute-modules each rank has its own
         print(f"SAEs in {cmd.out}: {', '.join(s.name for s in trainer.states)}")
