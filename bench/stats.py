@@ -18,9 +18,7 @@ import json
 import logging
 import platform
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -30,36 +28,9 @@ from qwenscope.data import chunk_tokens, iter_texts
 from qwenscope.features.stats import StatsConfig, batched, compute_feature_stats, logit_lens
 
 HERE = Path(__file__).resolve().parent
-TESTS = HERE.parent / "tests"
-
-_RSS_SCRIPT = """
-import json, resource, sys, time, torch
-sys.path.insert(0, {tests!r}); sys.path.insert(0, {features!r})
-from features_helpers import make_byte_tokenizer, make_sae
-from tiny_models import build_tiny
-from qwenscope.features.stats import StatsConfig, compute_feature_stats
-torch.manual_seed(0); torch.set_num_threads(1)
-docs = [" ".join(f"w{{(i * 13 + j) % 97}}" for j in range(40 + i % 50)) for i in range(400)]
-def forever():
-    while True:
-        yield from docs
-cfg = StatsConfig(n_tokens=int(sys.argv[1]), seq_len=128, batch_size=16, progress=False)
-start = time.perf_counter()
-stats = compute_feature_stats(build_tiny("llama", num_layers=2), make_byte_tokenizer(), make_sae(d_sae=1024, k=16),
-                              forever(), cfg)
-print(json.dumps({{"n_tokens": stats.n_tokens, "seconds": time.perf_counter() - start,
-                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
-"""
-
-
-def timed(fn) -> float:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
+sys.path.insert(0, str(HERE.parent / "tests"))
+from capture import timed  # noqa: E402  (bench/ is on sys.path when a script in it runs)
+from rss_probe import peak_rss as probe_rss  # noqa: E402  (the probe the memory test runs)
 
 
 def documents(tokenizer, n_chunks: int, seq: int) -> list[str]:
@@ -112,11 +83,10 @@ def throughput(args) -> dict:
 
 
 def peak_rss(token_counts: list[int]) -> list[dict]:
-    script = _RSS_SCRIPT.format(tests=str(TESTS), features=str(TESTS / "features"))
     rows = []
     for n in token_counts:  # each count in a fresh process (subprocess = fork + exec: nothing inherited)
-        out = subprocess.run([sys.executable, "-c", script, str(n)], capture_output=True, text=True, check=True)
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        r = probe_rss("stats", n)
+        rows.append({"n_tokens": r["n"], "seconds": r["seconds"], "peak_rss_mib": r["rss_kb"] / 1024})
     print("\npeak RSS, tiny Llama + byte tokenizer, d_sae 1024, each count in a fresh process")
     print(f"{'tokens':>10} {'seconds':>8} {'tokens/s':>9} {'peak RSS MiB':>13}")
     for r in rows:

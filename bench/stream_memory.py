@@ -15,36 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-
-CHILD = """
-import json, resource, sys, time, torch
-sys.path.insert(0, {tests!r}); sys.path.insert(0, {data_tests!r})
-from conftest import make_byte_tokenizer
-from tiny_models import build_tiny
-from qwenscope.data import ActivationStream, StreamConfig
-torch.manual_seed(0); torch.set_num_threads(1)
-docs = [" ".join(f"w{{(i * 13 + j) % 97}}" for j in range(40 + i % 50)) for i in range(400)]
-cfg = StreamConfig(seq_len=64, batch_size=16, out_batch=1024, buffer_tokens=16384, max_tokens=int(sys.argv[1]),
-                   repeat=True, progress=False)
-t0 = time.perf_counter()
-n = sum(len(b["resid_post.2"]) for b in ActivationStream(build_tiny("llama"), make_byte_tokenizer(), docs,
-                                                          ["resid_post.2", "resid_post.3"], cfg))
-print(json.dumps({{"n": n, "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                   "seconds": time.perf_counter() - t0}}))
-"""
-
-
-def peak_rss(tokens: int) -> dict:
-    script = CHILD.format(tests=str(ROOT / "tests"), data_tests=str(ROOT / "tests" / "data"))
-    out = subprocess.run([sys.executable, "-c", script, str(tokens)], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+sys.path.insert(0, str(ROOT / "tests"))
+from rss_probe import peak_rss  # noqa: E402  (the probe the memory tests run)
 
 
 def main() -> None:
@@ -58,7 +36,7 @@ def main() -> None:
     t0 = time.perf_counter()
     for r in range(args.repeats):  # interleaved, so a change in machine load hits every count alike
         for c in counts:
-            runs[c].append(peak_rss(c))
+            runs[c].append(peak_rss("stream", c))
             print(f"repeat {r + 1}/{args.repeats}, {c:>11,} tokens: {runs[c][-1]['rss_kb'] / 1024:7.1f} MiB "
                   f"({runs[c][-1]['seconds']:.0f} s)", flush=True)  # fmt: skip
     base = statistics.median(x["rss_kb"] for x in runs[counts[0]])

@@ -3,26 +3,16 @@
 import json
 
 import pytest
-import torch
-from tiny_models import tiny_config
-from transformers import Qwen3ForCausalLM
+from tiny_models import save_tiny_qwen3
 
 from qwenscope import Sae, SaeConfig
 from qwenscope.cli import main
-from qwenscope.models.tokenizers import qwen3_tokenizer
 
 
 @pytest.fixture(scope="module")
 def tiny_qwen3(tmp_path_factory):
     """A 2-layer random Qwen3 with the real tokenizer's vocabulary, saved like a hub checkpoint."""
-    folder = tmp_path_factory.mktemp("tiny-qwen3")
-    tokenizer = qwen3_tokenizer()
-    config = tiny_config("qwen3", num_layers=2)
-    config.vocab_size = len(tokenizer)
-    torch.manual_seed(0)
-    Qwen3ForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny_qwen3(tmp_path_factory.mktemp("tiny-qwen3"))
 
 
 def test_releases(capsys):

@@ -217,3 +217,49 @@ def text_model(model: PreTrainedModel) -> nn.Module:
 def decoder_layers(model: PreTrainedModel) -> nn.ModuleList:
     """The text decoder layers (``model.model.layers``; ``model.model.language_model.layers`` for qwen3_5_vl)."""
     return text_model(model).layers
+
+
+BYTE_CHAT_TEMPLATE = "{% for m in messages %}<|user|>{{ m['content'] }}</s>{% endfor %}"
+
+
+def make_byte_tokenizer(chat: bool = False):
+    """One token per UTF-8 byte (ids 3..258); <pad>=0, <s>=1, </s>=2 (EOS); fits TINY_VOCAB.
+
+    ``chat`` adds a special <|user|>=259 and a minimal chat template (for chat rendering tests).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2}
+    for i, char in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet())):
+        vocab[char] = 3 + i
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    extra = {"extra_special_tokens": ["<|user|>"]} if chat else {}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>", pad_token="<pad>",
+                                        bos_token="<s>", **extra)  # fmt: skip
+    if chat:
+        tokenizer.chat_template = BYTE_CHAT_TEMPLATE
+    return tokenizer
+
+
+def tiny_qwen3(num_layers: int = 2, seed: int = 0):
+    """(model, tokenizer): a tiny random Qwen3 whose vocabulary is sized to the real Qwen3 tokenizer."""
+    from transformers import Qwen3ForCausalLM
+
+    from qwenscope.models.tokenizers import qwen3_tokenizer
+
+    tokenizer = qwen3_tokenizer()
+    config = tiny_config("qwen3", num_layers=num_layers)
+    config.vocab_size = len(tokenizer)
+    torch.manual_seed(seed)
+    return Qwen3ForCausalLM(config), tokenizer
+
+
+def save_tiny_qwen3(folder, num_layers: int = 2, seed: int = 0):
+    """``tiny_qwen3`` saved in ``folder`` with its tokenizer, like a user's model folder; returns ``folder``."""
+    model, tokenizer = tiny_qwen3(num_layers, seed)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

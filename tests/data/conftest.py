@@ -4,30 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import build_tiny
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from tiny_models import build_tiny, make_byte_tokenizer
 from transformers import PreTrainedTokenizerFast
-
-CHAT_TEMPLATE = "{% for m in messages %}<|user|>{{ m['content'] }}</s>{% endfor %}"
-
-
-def make_byte_tokenizer() -> PreTrainedTokenizerFast:
-    """One token per UTF-8 byte (ids 3..258); <pad>=0, <s>=1, </s>=2 (EOS) as in tiny_models; <|user|>=259."""
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2}
-    for i, char in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet())):
-        vocab[char] = 3 + i
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    backend.decoder = decoders.ByteLevel()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        eos_token="</s>",
-        pad_token="<pad>",
-        bos_token="<s>",
-        extra_special_tokens=["<|user|>"],
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +19,7 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def byte_tokenizer() -> PreTrainedTokenizerFast:
-    return make_byte_tokenizer()
+    return make_byte_tokenizer(chat=True)  # <|user|>=259 and a chat template
 
 
 @pytest.fixture(scope="session")

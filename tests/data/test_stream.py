@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from rss_probe import peak_rss
 
 from qwenscope import get_activations
 from qwenscope.data import ActivationStream, StreamConfig, chunk_tokens, token_mask
@@ -153,31 +149,8 @@ def test_real_model_sinks_are_filtered_by_norm():
     assert out["resid_post.15"].norm(dim=-1).max() < 10 * out["resid_post.15"].norm(dim=-1).median()
 
 
-_RSS_SCRIPT = """
-import json, resource, sys, torch
-sys.path.insert(0, {tests!r}); sys.path.insert(0, {data_tests!r})
-from conftest import make_byte_tokenizer
-from tiny_models import build_tiny
-from qwenscope.data import ActivationStream, StreamConfig
-torch.manual_seed(0); torch.set_num_threads(1)
-docs = [" ".join(f"w{{(i * 13 + j) % 97}}" for j in range(40 + i % 50)) for i in range(400)]
-cfg = StreamConfig(seq_len=64, batch_size=16, out_batch=1024, buffer_tokens=16384, max_tokens=int(sys.argv[1]),
-                   repeat=True, progress=False)
-n = sum(len(b["resid_post.2"]) for b in ActivationStream(build_tiny("llama"), make_byte_tokenizer(), docs,
-                                                          ["resid_post.2", "resid_post.3"], cfg))
-print(json.dumps({{"n": n, "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}}))
-"""
-
-
-def _peak_rss(tokens: int) -> dict:
-    here = Path(__file__).parent
-    script = _RSS_SCRIPT.format(tests=str(here.parent), data_tests=str(here))
-    out = subprocess.run([sys.executable, "-c", script, str(tokens)], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 @pytest.mark.slow
 def test_peak_rss_does_not_grow_with_tokens():
-    small, large = _peak_rss(100_000), _peak_rss(1_000_000)
+    small, large = peak_rss("stream", 100_000), peak_rss("stream", 1_000_000)
     assert small["n"] == 100_000 and large["n"] == 1_000_000
     assert large["rss_kb"] <= 1.2 * small["rss_kb"], (small, large)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from features_helpers import make_byte_tokenizer, make_sae
-from tiny_models import build_tiny
+from features_helpers import make_sae
+from tiny_models import build_tiny, make_byte_tokenizer
 from transformers import PreTrainedTokenizerFast
 
 from qwenscope import Sae

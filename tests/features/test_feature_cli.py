@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from features_helpers import make_byte_tokenizer, make_sae
-from tiny_models import build_tiny
+from features_helpers import make_sae
+from tiny_models import build_tiny, make_byte_tokenizer
 
 from qwenscope.cli import main
 from qwenscope.features.store import FeatureStore

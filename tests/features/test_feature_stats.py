@@ -3,13 +3,9 @@ own norm and lm_head; peak memory that does not grow with the token count."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from rss_probe import peak_rss
 from tiny_models import build_tiny
 
 from qwenscope import get_activations
@@ -123,33 +119,8 @@ def test_logit_lens_includes_the_final_norm_weight(sae):
     assert not torch.equal(plain, lens.promoted_ids)  # the weight matters
 
 
-_RSS_SCRIPT = """
-import json, resource, sys, torch
-sys.path.insert(0, {tests!r}); sys.path.insert(0, {here!r})
-from features_helpers import make_byte_tokenizer, make_sae
-from tiny_models import build_tiny
-from qwenscope.features.stats import StatsConfig, compute_feature_stats
-torch.manual_seed(0); torch.set_num_threads(1)
-docs = [" ".join(f"w{{(i * 13 + j) % 97}}" for j in range(40 + i % 50)) for i in range(400)]
-def forever():
-    while True:
-        yield from docs
-cfg = StatsConfig(n_tokens=int(sys.argv[1]), seq_len=128, batch_size=16, progress=False)
-stats = compute_feature_stats(build_tiny("llama", num_layers=2), make_byte_tokenizer(), make_sae(d_sae=1024, k=16),
-                              forever(), cfg)
-print(json.dumps({{"n": stats.n_tokens, "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}}))
-"""
-
-
-def _peak_rss(tokens: int) -> dict:
-    here = Path(__file__).parent
-    script = _RSS_SCRIPT.format(tests=str(here.parent), here=str(here))
-    out = subprocess.run([sys.executable, "-c", script, str(tokens)], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 @pytest.mark.slow
 def test_peak_rss_does_not_grow_with_tokens():
-    small, large = _peak_rss(100_000), _peak_rss(1_000_000)
+    small, large = peak_rss("stats", 100_000), peak_rss("stats", 1_000_000)
     assert small["n"] >= 100_000 and large["n"] >= 1_000_000
     assert large["rss_kb"] <= 1.1 * small["rss_kb"], (small, large)

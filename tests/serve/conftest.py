@@ -9,13 +9,11 @@ import socket
 
 import pytest
 import torch
-from tiny_models import tiny_config
-from transformers import Qwen3ForCausalLM
+from tiny_models import tiny_qwen3
 
 from qwenscope import Sae, SaeConfig
 from qwenscope.features.stats import StatsConfig, compute_feature_stats
 from qwenscope.features.store import FeatureStore
-from qwenscope.models.tokenizers import qwen3_tokenizer
 
 HOOK = "resid_post.0"
 ANIMALS, PLACES = ["cat", "dog", "bird", "fish"] * 15, ["river", "tower", "park"] * 20
@@ -26,11 +24,8 @@ DOCS = [f"Note {i}: the {a} sat near the {p} <b>bold</b> at {i % 13} o'clock." f
 @pytest.fixture(scope="session")
 def qwen3_parts():
     """(model, tokenizer, sae): a 2-layer random Qwen3 on the real tokenizer's vocabulary, a TopK SAE at HOOK."""
-    tokenizer = qwen3_tokenizer()
-    config = tiny_config("qwen3", num_layers=2)
-    config.vocab_size = len(tokenizer)
-    torch.manual_seed(0)
-    model = Qwen3ForCausalLM(config).eval()
+    model, tokenizer = tiny_qwen3()
+    model.eval()
     torch.manual_seed(1)
     sae = Sae(SaeConfig(d_in=64, d_sae=128, k=4, hookpoint=HOOK))
     return model, tokenizer, sae

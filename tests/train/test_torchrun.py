@@ -8,12 +8,10 @@ import sys
 
 import pytest
 import torch
-from tiny_models import tiny_config
-from transformers import Qwen3ForCausalLM
+from tiny_models import save_tiny_qwen3
 
 from qwenscope import load_sae
 from qwenscope.cli import main
-from qwenscope.models.tokenizers import qwen3_tokenizer
 
 TRAIN = ["train", "--expansion-factor", "2", "--k", "4", "--batch-size", "256", "--steps", "8", "--lr", "2e-3",
          "--warmup-steps", "2", "--save-every", "4", "--dead-tokens", "512"]  # fmt: skip
@@ -22,12 +20,7 @@ TRAIN = ["train", "--expansion-factor", "2", "--k", "4", "--batch-size", "256", 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     root = tmp_path_factory.mktemp("torchrun")
-    tokenizer = qwen3_tokenizer()
-    config = tiny_config("qwen3", num_layers=2)
-    config.vocab_size = len(tokenizer)
-    torch.manual_seed(0)
-    Qwen3ForCausalLM(config).save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
+    save_tiny_qwen3(root / "model")
     docs = [f"Document {i}: " + " ".join(f"word{(i * 7 + j) % 53}" for j in range(60)) for i in range(60)]
     (root / "docs.txt").write_text("\n\n".join(docs), encoding="utf-8")
     args = ["cache", "--model", str(root / "model"), "--hookpoints", "resid_post.0,resid_post.1", "--dataset",
