@@ -68,7 +68,8 @@ def _copy_weights(sae: Sae, source: str, hookpoint: str) -> None:
     if mine != (theirs.d_in, theirs.d_sae, theirs.k, theirs.activation, theirs.apply_b_dec_to_input):
         raise QwenscopeError(
             f"--init-from {source} holds a {theirs.activation} SAE of d_in {theirs.d_in}, d_sae {theirs.d_sae}, "
-            f"k {theirs.k} at {hookpoint}; train with the same --expansion-factor, --k, --activation and --apply-b-dec-to-input"
+            f"k {theirs.k} at {hookpoint}; train with the same --expansion-factor, --k, --activation and "
+            "--apply-b-dec-to-input"
         )
     with torch.no_grad():
         for name, value in trained.state_dict().items():
