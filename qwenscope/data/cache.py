@@ -24,8 +24,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from qwenscope.atomic import atomic_write
 from qwenscope.data.stream import ActivationStream
 from qwenscope.errors import QwenscopeError
 from qwenscope.models.load import model_name
@@ -193,7 +194,7 @@ class _Writer:
             shard = f"shard_{len(state['shards']):05d}.safetensors"
             tensors = {"activations": self.acc[name][: self.fill].contiguous()}
             meta = {"hookpoint": name}
-            _atomic(path / shard, lambda tmp, t=tensors, m=meta: save_file(t, str(tmp), metadata=m))
+            atomic_write(path / shard, partial(save_file, tensors, metadata=meta))
         for name in self.names:
             state = self.states[name]
             state["shards"].append(f"shard_{len(state['shards']):05d}.safetensors")
@@ -204,24 +205,10 @@ class _Writer:
         self.fill = 0
 
 
-def _atomic(path: Path, write: Any) -> None:
-    """``write(tmp)``, fsync, rename onto ``path``, fsync the folder: ``path`` is old or new, never partial."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def _write_cfg(path: Path, state: dict[str, Any]) -> None:
     path.mkdir(parents=True, exist_ok=True)
     text = json.dumps(state, indent=2, sort_keys=True) + "\n"
-    _atomic(path / CFG_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write(path / CFG_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def _read_cfg(path: Path) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from qwenscope.data.sources import SPLITS, iter_texts
 from qwenscope.data.tokens import chunk_tokens, norm_outlier_mask, token_mask
 from qwenscope.errors import QwenscopeError
 from qwenscope.models.capture import get_activations
-from qwenscope.models.hookpoints import resolve_hookpoints
+from qwenscope.models.hookpoints import Hook, resolve_hookpoints
 
 logger = logging.getLogger(__name__)
 
@@ -157,12 +157,13 @@ class ActivationStream:
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
         cfg = self.cfg
-        names = self.hookpoint_names
+        names = self.hookpoints if isinstance(self.hookpoints, str) else list(self.hookpoints)
+        hooks = resolve_hookpoints(self.model, names)  # once per pass, not per forward
         generator = torch.Generator().manual_seed(cfg.seed)
         buffer = ShuffleBuffer(cfg.buffer_tokens + cfg.batch_size * cfg.seq_len, generator)
         produced = 0
         with tqdm(total=cfg.max_tokens, unit="tok", disable=not cfg.progress, desc="activations") as bar:
-            for rows in self._forward_rows(names):
+            for rows in self._forward_rows(hooks):
                 buffer.add(rows)
                 if buffer.fill >= cfg.buffer_tokens:
                     while buffer.fill > cfg.buffer_tokens // 2 and 0 < (n := self._next_size(produced)) <= buffer.fill:
@@ -189,12 +190,13 @@ class ActivationStream:
     def _output(self, rows: dict[str, Tensor]) -> dict[str, Tensor]:
         return rows if self.cfg.positions else {k: v for k, v in rows.items() if k != POSITIONS_KEY}
 
-    def _forward_rows(self, names: list[str]) -> Iterator[dict[str, Tensor]]:
+    def _forward_rows(self, hooks: list[Hook]) -> Iterator[dict[str, Tensor]]:
         """Per forward: the kept rows of every hookpoint (float32) and their [chunk, position]."""
         cfg = self.cfg
+        names = [hook.name for hook in hooks]
         chunk_index = 0
         for ids in _batched(self._chunks(), cfg.batch_size):  # (B, S) token ids
-            acts = get_activations(self.model, ids, names)  # name -> (B, S, d)
+            acts = get_activations(self.model, ids, hooks)  # name -> (B, S, d)
             device = acts[names[0]].device
             keep = token_mask(ids, self.tokenizer, first_position=cfg.drop_first, special_tokens=cfg.drop_special)
             keep = keep.to(device)

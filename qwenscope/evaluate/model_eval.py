@@ -8,7 +8,10 @@ Per batch: one clean forward yields the clean logits and the activations at ever
 reconstruction metrics of ``metrics.py`` come from those); then, for each hookpoint separately, one forward with the
 SAE reconstruction spliced in and one with the hookpoint zero-ablated (the baseline). The activations upstream of a
 hookpoint are the same in all three forwards, so the reconstruction computed from the clean capture is the one
-spliced in (no second encode).
+spliced in (no second encode), and the edited forwards do not rerun the decoder layers below the hookpoint: those
+return the clean forward's recorded output (``models/partial.py``). Every forward applies the LM head only at the
+scored positions. The results are those of three full forwards, to float noise (tests/evaluate/reference_eval.py
+is that plain computation, and the tests compare the two).
 
 | result              | meaning                                                                        |
 |---------------------|--------------------------------------------------------------------------------|
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -47,7 +51,8 @@ from tqdm.auto import tqdm
 from qwenscope.errors import QwenscopeError
 from qwenscope.evaluate.metrics import DENSE_THRESHOLD, SaeMetrics
 from qwenscope.models.capture import capture
-from qwenscope.models.hookpoints import check_sae_fits
+from qwenscope.models.hookpoints import Hook, check_sae_fits
+from qwenscope.models.partial import logits_at, record_outputs, shared_layer, skip_layers
 from qwenscope.models.splice import splice
 from qwenscope.sae.model import Sae
 
@@ -145,24 +150,29 @@ class _Loss:
     ce: float = 0.0
     kl: float = 0.0
 
-    def add(self, logp: Tensor, targets: Tensor, clean_logp: Tensor | None) -> None:
+    def add(self, logp: Tensor, targets: Tensor, clean: _Clean | None) -> None:
         self.ce += -logp.gather(-1, targets[:, None]).double().sum().item()
-        if clean_logp is not None:
-            kl = F.kl_div(logp, clean_logp, log_target=True, reduction="none").sum(-1)
-            self.kl += kl.double().sum().item()
+        if clean is not None:  # KL(clean || this) = sum_v p_clean (log p_clean - log p), as F.kl_div computes it
+            self.kl += (clean.p * (clean.logp - logp)).sum(-1).double().sum().item()
+
+
+@dataclass
+class _Clean:
+    """The clean forward's next-token distributions at the scored positions, (n_scored, vocab) float32."""
+
+    logp: Tensor
+    p: Tensor
 
 
 @dataclass
 class _HookState:
     sae: Sae
+    hook: Hook
     metrics: SaeMetrics
+    shared: int | None
+    """The last decoder layer the edited forwards share with the clean one (``partial.shared_layer``)."""
     spliced: _Loss = field(default_factory=_Loss)
     zero: _Loss = field(default_factory=_Loss)
-
-
-def _scored_logprobs(logits: Tensor, score: Tensor) -> Tensor:
-    """Log-probabilities (n_scored, vocab), float32, of the scored positions' next-token predictions."""
-    return F.log_softmax(logits[:, :-1][score.to(logits.device)].float(), dim=-1)
 
 
 def _check_layout(h: Tensor, keep: Tensor, name: str) -> None:
@@ -180,15 +190,19 @@ def _replace(h: Tensor, keep: Tensor, values: Tensor | None) -> Tensor:
     return out
 
 
-def _forward_logits(model: nn.Module, batch: Batch, device: torch.device) -> Tensor:
-    out = model(
-        input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.long().to(device), use_cache=False
-    )
-    return out.logits
+def _scored_logprobs(model: nn.Module, batch: Batch) -> Tensor:
+    """Log-probabilities (n_scored, vocab), float32, of the scored next-token predictions: the LM head runs at the
+    scored positions only."""
+    device = next(model.parameters()).device
+    positions = F.pad(batch.score, (0, 1))  # (b, s): predictions made at position t score token t + 1
+    with logits_at(model, positions):
+        out = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.long().to(device),
+                    use_cache=False)  # fmt: skip
+    return F.log_softmax(out.logits[0].float(), dim=-1)
 
 
 # ---------------------------------------------------------------- evaluation
-def _resolve_saes(model: nn.Module, saes: Mapping[str, Sae] | Sequence[Sae] | Sae) -> dict[str, Sae]:
+def _resolve_saes(model: nn.Module, saes: Mapping[str, Sae] | Sequence[Sae] | Sae) -> dict[str, tuple[Sae, Hook]]:
     if isinstance(saes, Sae):
         saes = [saes]
     if not isinstance(saes, Mapping):
@@ -203,21 +217,22 @@ def _resolve_saes(model: nn.Module, saes: Mapping[str, Sae] | Sequence[Sae] | Sa
         saes = named
     if not saes:
         raise QwenscopeError("no SAEs to evaluate; pass a dict {hookpoint: sae}")
-    resolved: dict[str, Sae] = {}
+    resolved: dict[str, tuple[Sae, Hook]] = {}
     for hookpoint, sae in saes.items():
         if not isinstance(sae, Sae):
             raise QwenscopeError(f"the SAE for {hookpoint} is a {type(sae).__name__}, not a qwenscope Sae; load_sae it")
-        resolved[check_sae_fits(sae, model, hookpoint).name] = sae
+        hook = check_sae_fits(sae, model, hookpoint)
+        resolved[hook.name] = (sae, hook)
     return resolved
 
 
 @torch.no_grad()
 def _evaluate_batch(model: nn.Module, states: dict[str, _HookState], batch: Batch, clean: _Loss) -> None:
-    device = next(model.parameters()).device
-    with capture(model, list(states), stop=False, detach=True) as acts:
-        logits = _forward_logits(model, batch, device)
-    clean_logp = _scored_logprobs(logits, batch.score)
-    del logits
+    shared = {st.shared for st in states.values() if st.shared is not None}
+    with capture(model, [st.hook for st in states.values()], stop=False, detach=True) as acts, \
+            record_outputs(model, shared) as outputs:  # fmt: skip
+        clean_logp = _scored_logprobs(model, batch)
+    ref = _Clean(clean_logp, clean_logp.exp())
     targets = batch.input_ids[:, 1:][batch.score].to(clean_logp.device)
     clean.add(clean_logp, targets, None)
     for name, st in states.items():
@@ -227,16 +242,21 @@ def _evaluate_batch(model: nn.Module, states: dict[str, _HookState], batch: Batc
         _check_layout(h, batch.keep, name)
         x = h[batch.keep.to(h.device)]  # (n_kept, d)
         if x.shape[0] == 0:  # nothing replaced in this batch: both edited models are the clean one
-            st.spliced.add(clean_logp, targets, clean_logp)
-            st.zero.add(clean_logp, targets, clean_logp)
+            st.spliced.add(clean_logp, targets, ref)
+            st.zero.add(clean_logp, targets, ref)
             continue
         out = st.sae(x.to(st.sae.device))
         st.metrics.update(x, out.sae_out.to(x.device), out.top_acts, out.top_indices)
+        if targets.numel() == 0:  # nothing scored: the edited forwards would add nothing
+            continue
         for values, loss in ((out.sae_out, st.spliced), (None, st.zero)):
-            with splice(model, name, partial(_replace, keep=batch.keep, values=values)):
-                logits = _forward_logits(model, batch, device)
-            loss.add(_scored_logprobs(logits, batch.score), targets, clean_logp)
-            del logits
+            with ExitStack() as stack:
+                if st.shared is not None:
+                    stack.enter_context(skip_layers(model, st.shared, outputs[st.shared]))
+                stack.enter_context(splice(model, st.hook, partial(_replace, keep=batch.keep, values=values)))
+                logp = _scored_logprobs(model, batch)
+            loss.add(logp, targets, ref)
+            del logp
 
 
 def _finite(value: Any) -> Any:
@@ -296,7 +316,8 @@ def evaluate_saes(
     named = _resolve_saes(model, saes)
     if n_tokens is not None and n_tokens < 1:
         raise QwenscopeError(f"n_tokens must be at least 1, got {n_tokens}")
-    states = {name: _HookState(sae, SaeMetrics(sae.d_sae, dense_threshold)) for name, sae in named.items()}
+    states = {name: _HookState(sae, hook, SaeMetrics(sae.d_sae, dense_threshold), shared_layer(model, hook))
+              for name, (sae, hook) in named.items()}  # fmt: skip
     clean = _Loss()
     n_rows = n_seen = n_scored = 0
     batches = iter_batches(tokens, keep_mask, batch_size=batch_size, n_tokens=n_tokens, skip_first=skip_first)

@@ -7,10 +7,10 @@ leaves an interactive session's backend alone.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from qwenscope.atomic import atomic_write
 from qwenscope.errors import QwenscopeError
 
 JSON_FILE = "eval.json"
@@ -59,12 +59,9 @@ def format_table(results: dict[str, Any]) -> str:
 
 
 def write_json(results: dict[str, Any], path: str | Path) -> Path:
-    """Write ``results`` as indented JSON (atomically: a temporary file renamed into place)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    """Write ``results`` as indented JSON, atomically."""
+    text = json.dumps(results, indent=2, allow_nan=False) + "\n"
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def plot_results(results: dict[str, Any], path: str | Path) -> Path:

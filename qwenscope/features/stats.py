@@ -41,7 +41,7 @@ from qwenscope.data.sources import SPLITS, iter_texts
 from qwenscope.data.tokens import chunk_tokens, norm_outlier_mask, token_mask
 from qwenscope.errors import QwenscopeError
 from qwenscope.models.capture import get_activations
-from qwenscope.models.hookpoints import check_sae_fits, decoder_layers
+from qwenscope.models.hookpoints import Hook, check_sae_fits, decoder_layers
 from qwenscope.sae.model import Sae
 
 logger = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ def compute_feature_stats(
     """Statistics of every feature of ``sae`` over ``texts`` (a source name for ``iter_texts``, documents, or None
     for ``cfg.dataset``), in one streaming pass of ``cfg.n_tokens`` scored tokens."""
     cfg = cfg or StatsConfig()
-    hook = check_sae_fits(sae, model, hookpoint).name
+    hook = check_sae_fits(sae, model, hookpoint)  # resolved once for every forward
     if texts is None or isinstance(texts, str):
         texts = iter_texts(texts or cfg.dataset, split=cfg.split, seed=cfg.seed)
     running = RunningStats(sae.d_sae, cfg, sae.device)
@@ -188,7 +188,7 @@ def compute_feature_stats(
         raise QwenscopeError(f"no token was scored: the text is shorter than one chunk of {cfg.seq_len}; add text")
     if running.n_tokens < cfg.n_tokens:
         logger.warning("the text ran out after %d of n_tokens=%d scored tokens", running.n_tokens, cfg.n_tokens)
-    stats = running.result(hook)
+    stats = running.result(hook.name)
     if cfg.lens_top:
         stats.lens = logit_lens(model, sae, cfg.lens_top, vocab_size=len(tokenizer))
     return stats
@@ -208,10 +208,13 @@ def batched(chunks: Iterable[Tensor], size: int) -> Iterator[Tensor]:
 
 @torch.no_grad()
 def encode_chunks(
-    model: nn.Module, tokenizer, sae: Sae, hookpoint: str, ids: Tensor, outlier_m: float | None
+    model: nn.Module, tokenizer, sae: Sae, hookpoint: str | Hook, ids: Tensor, outlier_m: float | None
 ) -> tuple[Tensor, Tensor, Tensor, int]:
-    """One forward: (ids (B, S), top_acts (B*S, k) zeroed where not scored, top_indices (B*S, k), scored count)."""
-    acts = get_activations(model, ids, [hookpoint])[hookpoint]  # (B, S, d)
+    """One forward: (ids (B, S), top_acts (B*S, k) zeroed where not scored, top_indices (B*S, k), scored count).
+
+    ``hookpoint``: a name, or a ``Hook`` resolved once for many forwards."""
+    name = hookpoint.name if isinstance(hookpoint, Hook) else hookpoint
+    acts = get_activations(model, ids, hookpoint)[name]  # (B, S, d)
     keep = token_mask(ids, tokenizer).to(acts.device)
     if outlier_m is not None:
         keep = norm_outlier_mask(acts, outlier_m, valid=keep)

@@ -16,7 +16,7 @@ A store is a folder:
 | ``meta.json``        | model, sae, hookpoint, n_tokens (scored), dataset, d_sae, hist_edges, the StatsConfig |
 
 Writes are atomic: a new store is written to a temporary sibling folder and renamed into place, and
-``set_labels`` replaces ``features.parquet`` with ``os.replace``, so a killed run never leaves a half store.
+``set_labels`` replaces ``features.parquet`` atomically too, so a killed run never leaves a half store.
 """
 
 from __future__ import annotations
@@ -25,10 +25,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +38,7 @@ import pyarrow.parquet as pq
 import torch
 from torch import Tensor, nn
 
+from qwenscope.atomic import atomic_folder, atomic_write
 from qwenscope.errors import QwenscopeError
 from qwenscope.features.stats import FeatureStats, StatsConfig, compute_feature_stats
 from qwenscope.sae.model import Sae
@@ -106,15 +104,10 @@ class FeatureStore:
         decode = _TokenDecoder(tokenizer)
         features = _features_table(stats, decode, **keys, hookpoint=meta["hookpoint"])
         contexts = _contexts_table(stats, decode, **keys)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-        try:
+        with atomic_folder(folder) as tmp:
             pq.write_table(features, tmp / FEATURES_FILE)
             pq.write_table(contexts, tmp / CONTEXTS_FILE, row_group_size=16384)
             (tmp / META_FILE).write_text(json.dumps(meta, indent=1, default=str) + "\n")
-            _replace_folder(tmp, folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         logger.info("wrote the feature store of %d features to %s", stats.d_sae, folder)
         return cls.open(folder)
 
@@ -181,9 +174,7 @@ class FeatureStore:
                 raise QwenscopeError(f"cannot label feature {feature}: this store has d_sae={self.d_sae}")
             frame.at[int(feature), "label"] = label
             frame.at[int(feature), "label_score"] = np.nan if score is None else float(score)
-        tmp = self.folder / f".{FEATURES_FILE}.tmp-{os.getpid()}"
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, self.folder / FEATURES_FILE)
+        atomic_write(self.folder / FEATURES_FILE, lambda tmp: frame.to_parquet(tmp, index=False))
         self._features = frame
 
     def search_label(self, query: str, top: int = 20) -> list[int]:
@@ -282,17 +273,6 @@ def _pairs(tokens, values) -> list[tuple[str, float]]:
 
 def _missing(value: Any) -> bool:
     return value is None or bool(pd.isna(value))
-
-
-def _replace_folder(new: Path, folder: Path) -> None:
-    """Move folder ``new`` to ``folder``; an existing ``folder`` is swapped out first and then deleted."""
-    if not folder.exists():
-        os.replace(new, folder)
-        return
-    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-    os.replace(folder, old)
-    os.replace(new, folder)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- the cache

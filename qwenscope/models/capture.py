@@ -12,7 +12,7 @@ Hooks are removed when the block ends, also when it raises.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from qwenscope.errors import QwenscopeError
-from qwenscope.models.hookpoints import Hook, resolve_hookpoints
+from qwenscope.models.hookpoints import Hook, HookpointNames, resolve_hookpoints
 
 
 class StopForward(Exception):
@@ -79,9 +79,10 @@ def hooked(hook: Hook, fn) -> Iterator[None]:
 
 @contextmanager
 def capture(
-    model: nn.Module, hookpoints: str | Sequence[str], *, stop: bool = True, detach: bool = False
+    model: nn.Module, hookpoints: HookpointNames, *, stop: bool = True, detach: bool = False
 ) -> Iterator[dict[str, Tensor]]:
-    """Collect activations at ``hookpoints`` into the yielded dict while the block runs (see module doc)."""
+    """Collect activations at ``hookpoints`` (names, or ``Hook``s resolved once) into the yielded dict, keyed by
+    name, while the block runs (see module doc)."""
     hooks = resolve_hookpoints(model, hookpoints)
     acts: dict[str, Tensor] = {}
     seen: set[str] = set()
@@ -118,9 +119,11 @@ def _as_inputs(inputs: Tensor | Mapping[str, Any]) -> dict[str, Any]:
 
 
 def get_activations(
-    model: nn.Module, inputs: Tensor | Mapping[str, Any], hookpoints: str | Sequence[str], *, stop: bool = True
+    model: nn.Module, inputs: Tensor | Mapping[str, Any], hookpoints: HookpointNames, *, stop: bool = True
 ) -> dict[str, Tensor]:
-    """Activations at ``hookpoints`` for ``inputs`` (token ids or a tokenizer's output), without gradients.
+    """Activations at ``hookpoints`` for ``inputs`` (token ids or a tokenizer's output), without gradients, keyed
+    by hookpoint name. Callers that read the same hookpoints on every batch pass ``Hook``s resolved once
+    (``resolve_hookpoints``) rather than names.
 
     The forward stops after the deepest hookpoint, so no later layer and no lm_head run.
     """
@@ -129,8 +132,9 @@ def get_activations(
     kwargs = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in kwargs.items()}
     if kwargs.get("input_ids") is not None and kwargs["input_ids"].shape[-1] == 0:
         raise QwenscopeError("the input has no tokens; pass at least one token")
-    names = [h.name for h in resolve_hookpoints(model, hookpoints)]
-    with torch.no_grad(), capture(model, names, stop=stop, detach=True) as acts:
+    hooks = resolve_hookpoints(model, hookpoints)
+    names = [h.name for h in hooks]
+    with torch.no_grad(), capture(model, hooks, stop=stop, detach=True) as acts:
         model(**kwargs, use_cache=False)
     missing = [n for n in names if n not in acts]
     if missing:

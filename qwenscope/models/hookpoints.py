@@ -129,8 +129,14 @@ def _layer_of(model: nn.Module, module_path: str) -> int | None:
     return int(m[1]) if m else None
 
 
-def resolve_hookpoint(model: nn.Module, name: str) -> Hook:
-    """One hookpoint name -> the module to hook, or one clear error with suggestions."""
+def resolve_hookpoint(model: nn.Module, name: str | Hook) -> Hook:
+    """One hookpoint name -> the module to hook, or one clear error with suggestions.
+
+    A ``Hook`` already resolved for this model is returned as it is: callers that hook the same place on every
+    forward resolve it once and pass the ``Hook``.
+    """
+    if isinstance(name, Hook):
+        return _own_hook(model, name)
     if m := re.fullmatch(r"(resid_post|resid_pre|attn_out|mlp_out)\.(-?\d+)", name):
         return _canonical(model, m[1], int(m[2]))
     modules = dict(model.named_modules())
@@ -139,6 +145,18 @@ def resolve_hookpoint(model: nn.Module, name: str) -> Hook:
     if base in modules and base != "":
         return Hook(name, base, modules[base], on_input=on_input, layer=_layer_of(model, base))
     raise QwenscopeError(_unknown_message(model, name, modules))
+
+
+def _own_hook(model: nn.Module, hook: Hook) -> Hook:
+    try:
+        mine = model.get_submodule(hook.module_path) is hook.module
+    except AttributeError:
+        mine = False
+    if not mine:
+        raise QwenscopeError(
+            f"hookpoint {hook.name} was resolved for another model; pass its name or resolve it for this model"
+        )
+    return hook
 
 
 def _unknown_message(model: nn.Module, name: str, modules: dict[str, nn.Module]) -> str:
@@ -153,15 +171,24 @@ def _unknown_message(model: nn.Module, name: str, modules: dict[str, nn.Module])
     return f"unknown hookpoint {name!r} for {type(model).__name__}; {hint}valid: {valid}, or a module path"
 
 
-def resolve_hookpoints(model: nn.Module, names: str | Sequence[str]) -> list[Hook]:
-    """Names (comma-separated string or list, globs allowed) -> hooks, in order, without duplicates."""
+HookpointNames = str | Hook | Sequence[str | Hook]
+"""Hookpoints as callers pass them: a comma-separated string, a ``Hook``, or a list of names and ``Hook``s."""
+
+
+def resolve_hookpoints(model: nn.Module, names: HookpointNames) -> list[Hook]:
+    """Names (comma-separated string or list, globs allowed; resolved ``Hook``s pass through) -> hooks, in order,
+    without duplicates."""
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
+    elif isinstance(names, Hook):
+        names = [names]
     if not names:
         raise QwenscopeError("no hookpoints given; pass e.g. 'resid_post.3'")
     hooks: dict[str, Hook] = {}
     for name in names:
-        if any(c in name for c in "*?["):
+        if isinstance(name, Hook):
+            hooks.setdefault(name.name, _own_hook(model, name))
+        elif any(c in name for c in "*?["):
             matched = fnmatch.filter(canonical_names(model), name)
             if not matched:
                 raise QwenscopeError(f"hookpoint pattern {name!r} matches nothing; names look like resid_post.3")

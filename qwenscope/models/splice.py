@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from qwenscope.errors import QwenscopeError
 from qwenscope.models.capture import hooked
-from qwenscope.models.hookpoints import resolve_hookpoint
+from qwenscope.models.hookpoints import Hook, resolve_hookpoint
 
 EditFn = Callable[[Tensor], Tensor]
 
@@ -36,19 +36,23 @@ def _checked(name: str, fn: EditFn) -> Callable[[Tensor], Tensor]:
 
 
 @contextmanager
-def splice(model: nn.Module, hookpoint: str | Mapping[str, EditFn], fn: EditFn | None = None) -> Iterator[None]:
-    """Replace activations at one hookpoint (``splice(model, "resid_post.3", fn)``) or several (a dict)."""
-    if isinstance(hookpoint, str):
+def splice(
+    model: nn.Module, hookpoint: str | Hook | Mapping[str | Hook, EditFn], fn: EditFn | None = None
+) -> Iterator[None]:
+    """Replace activations at one hookpoint (``splice(model, "resid_post.3", fn)``) or several (a dict); a
+    hookpoint is a name or a ``Hook`` resolved once (``resolve_hookpoint``) for repeated forwards."""
+    if isinstance(hookpoint, (str, Hook)):
         if fn is None:
             raise QwenscopeError("splice needs a function: splice(model, 'resid_post.3', fn)")
-        edits: Mapping[str, EditFn] = {hookpoint: fn}
+        edits: Mapping[str | Hook, EditFn] = {hookpoint: fn}
     else:
         if fn is not None:
             raise QwenscopeError("pass either a hookpoint and a function, or a dict of them, not both")
         edits = hookpoint
     with ExitStack() as stack:
         for name, edit in edits.items():
+            hook = resolve_hookpoint(model, name)
             if not callable(edit):
-                raise QwenscopeError(f"splice function for {name} is not callable")
-            stack.enter_context(hooked(resolve_hookpoint(model, name), _checked(name, edit)))
+                raise QwenscopeError(f"splice function for {hook.name} is not callable")
+            stack.enter_context(hooked(hook, _checked(hook.name, edit)))
         yield

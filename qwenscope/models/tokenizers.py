@@ -17,8 +17,6 @@ import base64
 import functools
 import hashlib
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import transformers
@@ -27,6 +25,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedToken
 from transformers.convert_slow_tokenizer import TikTokenConverter
 from transformers.models.qwen3_5.tokenization_qwen3_5 import PRETOKENIZE_REGEX
 
+from qwenscope.atomic import atomic_write
 from qwenscope.errors import QwenscopeError
 from qwenscope.models.load import cache_dir, package_dir
 
@@ -106,10 +105,4 @@ def _build_qwen3_5(vocab_file: Path, specials: list[str], path: Path) -> None:
         added = AddedToken(token, normalized=False, special=token not in _NOT_SPECIAL)
         (backend.add_tokens if token in _NOT_SPECIAL else backend.add_special_tokens)([added])
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tokenizer-", suffix=".json")
-    os.close(fd)
-    try:
-        backend.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    atomic_write(path, lambda tmp: backend.save(str(tmp)))

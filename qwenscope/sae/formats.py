@@ -11,7 +11,9 @@
 from __future__ import annotations
 
 import pickle
+import pickletools
 import re
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -45,21 +47,56 @@ def hookpoint_from_foreign(name: str | None) -> str | None:
 
 
 # ------------------------------------------------------------------ Qwen-Scope
+def _refused(path: Path, what: str) -> QwenscopeError:
+    return QwenscopeError(
+        f"refusing to load {path} for safety: it holds pickled Python objects ({what}), not just tensors, and "
+        "unpickling them could run code; if you trust its source, re-save its tensors with a trusted script "
+        "(safetensors.torch.save_file(tensors, 'sae.safetensors'), or torch.save of a plain dict of tensors)"
+    )
+
+
+def _corrupt(path: Path, error: BaseException) -> QwenscopeError:
+    text = str(error).strip()
+    m = re.search(r"WeightsUnpickler error:\s*(.+)", text)  # torch's own reason, after its generic preamble
+    first = m[1].strip() if m else text.splitlines()[0] if text else type(error).__name__
+    return QwenscopeError(f"{path} is truncated or corrupt ({first}); re-download it")
+
+
+def _pickled_globals(path: Path) -> list[str] | None:
+    """The Python objects (module.name) a plain pickle file would import, read without unpickling anything; None if
+    the file is not one complete pickle."""
+    names: list[str] = []
+    strings: list[str] = []
+    try:
+        with open(path, "rb") as f:
+            for op, arg, _ in pickletools.genops(f):
+                if op.name == "GLOBAL":
+                    names.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL":  # module and name are the two strings pushed just before
+                    names.append(".".join(strings[-2:]))
+                elif isinstance(arg, str):
+                    strings.append(arg)
+    except (ValueError, EOFError, OSError):  # genops raises ValueError on a bad opcode or a stream cut short
+        return None
+    return names
+
+
 def torch_load_tensors(path: Path) -> dict[str, torch.Tensor]:
     """A dict of tensors from a torch file, refusing anything that would run code when unpickled."""
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    try:  # mmap needs torch's zip format; older torch.save files and plain pickles load without it
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        if "weights only" in str(e).lower() or "unsupported global" in str(e).lower():
-            raise QwenscopeError(
-                f"refusing to load {path}: it holds pickled objects that could run code, not just tensors; "
-                "only load checkpoints you trust, converted to plain tensors"
-            ) from None
-        raise QwenscopeError(f"{path} is truncated or corrupt ({first}); re-download it") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise QwenscopeError(f"{path} is truncated or corrupt ({first}); re-download it") from None
+        if m := re.search(r"GLOBAL ([\w.]+)|allowlisted.*but got (.+)", str(e)):  # what torch's allowlist refused
+            raise _refused(path, (m[1] or m[2]).strip()) from None
+        names = _pickled_globals(path)  # not a torch file: a plain pickle of objects, or not a pickle at all
+        if names:
+            unique = list(dict.fromkeys(names))
+            raise _refused(path, ", ".join(unique[:5]) + (", ..." if len(unique) > 5 else "")) from None
+        raise _corrupt(path, e) from None
+    except Exception as e:  # weights_only unpickling runs no code: any failure means the file cannot be read
+        raise _corrupt(path, e) from None
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
         raise QwenscopeError(
             f"{path} is not a Qwen-Scope SAE file: expected a dict of tensors W_enc, W_dec, b_enc, b_dec"
@@ -143,7 +180,9 @@ def read_gemmascope(path: Path, device: Device = "cpu", dtype: torch.dtype | Non
             with np.load(path, allow_pickle=False) as data:
                 raw = {key: torch.from_numpy(np.array(data[key])) for key in data.files}
         except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-            raise QwenscopeError(f"{path} is truncated or corrupt ({e}); re-download it") from None
+            if "allow_pickle" in str(e):  # an object array: numpy would have to unpickle it
+                raise _refused(path, "a numpy object array") from None
+            raise _corrupt(path, e) from None
     else:
         raw = read_safetensors(path)
     t = {("W_" + key[2:] if key.startswith("w_") else key): v for key, v in raw.items()}

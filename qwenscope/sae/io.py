@@ -6,14 +6,13 @@ Also `build_sae`, which every format reader uses to turn named tensors into an `
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from qwenscope.atomic import atomic_write
 from qwenscope.errors import QwenscopeError
 from qwenscope.sae.config import SaeConfig
 from qwenscope.sae.model import Sae
@@ -75,19 +74,8 @@ def save_sae(sae: Sae, path: str | Path) -> None:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tensors = {name: p.detach().contiguous().cpu() for name, p in sae.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=path, suffix=".tmp")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a saved SAE is as readable as any file the user writes
-    try:
-        save_file(tensors, tmp, metadata={"format": "qwenscope"})
-        os.replace(tmp, path / WEIGHTS_FILE)
-        sae.cfg.save(path / (CFG_FILE + ".tmp"))
-        os.replace(path / (CFG_FILE + ".tmp"), path / CFG_FILE)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "qwenscope"}))
+    atomic_write(path / CFG_FILE, sae.cfg.save)
 
 
 def is_qwenscope_folder(path: Path) -> bool:

@@ -1,22 +1,22 @@
 """Checkpoints of a training run: SAE weights, Adam state, dead-feature counters and the step, written atomically.
 
 Layout: ``OUT/checkpoint/trainer.json`` and, per SAE, ``OUT/checkpoint/<name>/{cfg.json, sae.safetensors,
-optimizer.safetensors}``. A new checkpoint is written to ``checkpoint.tmp`` and swapped in by renames, so a kill at any
-moment leaves a complete checkpoint (``checkpoint`` or, during the swap, ``checkpoint.old``).
+optimizer.safetensors}``. A new checkpoint is written to a temporary sibling folder and swapped in by renames
+(``qwenscope.atomic.atomic_folder``), so a kill at any moment leaves a complete checkpoint (``checkpoint`` or, during
+the swap, ``checkpoint.old``).
 Resuming restores every tensor bit for bit; with the same data order the run continues exactly as if never stopped.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import save_file
 
+from qwenscope.atomic import atomic_folder
 from qwenscope.errors import QwenscopeError
 from qwenscope.sae.io import read_json, read_safetensors
 
@@ -40,24 +40,17 @@ def exists(out: Path, base: str = NAME) -> bool:
 
 def save(trainer: Trainer) -> None:
     out, base = trainer.out, trainer.ckpt_name
-    tmp, final, old = out / (base + ".tmp"), out / base, out / (base + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for s in trainer.states:
-        folder = tmp / s.name
-        s.sae.save(folder)
-        opt = s.opt.state_dict()
-        tensors = {f"state.{i}.{key}": v.contiguous() for i, st in opt["state"].items() for key, v in st.items()}
-        tensors["since_fired"] = s.since_fired.cpu()
-        save_file(tensors, str(folder / "optimizer.safetensors"))
-        (folder / "param_groups.json").write_text(json.dumps(opt["param_groups"]))
-    meta = {"step": trainer.step, "config": trainer.cfg.to_dict(), "names": [s.name for s in trainer.states]}
-    (tmp / "trainer.json").write_text(json.dumps(meta, indent=1))
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_folder(out / base, old=out / (base + ".old")) as tmp:
+        for s in trainer.states:
+            folder = tmp / s.name
+            s.sae.save(folder)
+            opt = s.opt.state_dict()
+            tensors = {f"state.{i}.{key}": v.contiguous() for i, st in opt["state"].items() for key, v in st.items()}
+            tensors["since_fired"] = s.since_fired.cpu()
+            save_file(tensors, str(folder / "optimizer.safetensors"))
+            (folder / "param_groups.json").write_text(json.dumps(opt["param_groups"]))
+        meta = {"step": trainer.step, "config": trainer.cfg.to_dict(), "names": [s.name for s in trainer.states]}
+        (tmp / "trainer.json").write_text(json.dumps(meta, indent=1))
 
 
 def _check_config(saved: dict[str, Any], trainer: Trainer, folder: Path) -> None:

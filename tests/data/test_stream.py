@@ -154,3 +154,17 @@ def test_peak_rss_does_not_grow_with_tokens():
     small, large = peak_rss("stream", 100_000), peak_rss("stream", 1_000_000)
     assert small["n"] == 100_000 and large["n"] == 1_000_000
     assert large["rss_kb"] <= 1.2 * small["rss_kb"], (small, large)
+
+
+def test_hookpoints_are_resolved_once_per_pass_not_per_forward(tiny_llama, byte_tokenizer, corpus, monkeypatch):
+    from qwenscope.models import hookpoints
+
+    _, docs = corpus
+    calls = []
+    resolve = hookpoints.resolve_hookpoint
+    monkeypatch.setattr(hookpoints, "resolve_hookpoint", lambda model, name: calls.append(name) or resolve(model, name))
+    forwards = []
+    monkeypatch.setattr(stream_module, "get_activations",
+                        lambda *a, **kw: forwards.append(1) or get_activations(*a, **kw))  # fmt: skip
+    list(ActivationStream(tiny_llama, byte_tokenizer, docs, HOOKS, _cfg()))
+    assert len(forwards) > 3 and sorted(calls) == sorted(HOOKS)

@@ -1,10 +1,12 @@
-"""Model-level evaluation: exact and zero SAEs, a hand-written reference, masks and padding, errors, hooks."""
+"""Model-level evaluation: exact and zero SAEs, a hand-written reference, the plain computation the fast path must
+match (reference_eval.py), masks and padding, errors, hooks."""
 
 import json
 
 import pytest
 import torch
 import torch.nn.functional as F
+from reference_eval import reference_evaluate_saes
 from tiny_models import build_tiny
 
 from qwenscope import QwenscopeError, Sae, SaeConfig, splice
@@ -176,3 +178,50 @@ def test_clear_errors(llama, token_rows, identity_sae):
         evaluate_saes(llama, {}, token_rows, **RUN)
     with pytest.raises(QwenscopeError, match="out of range"):
         evaluate_saes(llama, {"resid_post.9": sae}, token_rows, **RUN)
+
+
+def assert_same_results(fast, plain):
+    """Every figure of two evaluate_saes results equal to float noise; counts exactly."""
+    assert fast.keys() == plain.keys() and fast["hookpoints"].keys() == plain["hookpoints"].keys()
+    for key in ("n_sequences", "n_tokens", "skip_first"):
+        assert fast[key] == plain[key], key
+    assert fast["ce_clean"] == pytest.approx(plain["ce_clean"], rel=1e-5)
+    for name, metrics in plain["hookpoints"].items():
+        assert fast["hookpoints"][name].keys() == metrics.keys()
+        for key, value in metrics.items():
+            got = fast["hookpoints"][name][key]
+            if key == "ce_loss_recovered":  # a ratio over ce_zero - ce_clean, often ~1e-5 on random tiny models:
+                denominator = abs(metrics["ce_zero"] - plain["ce_clean"])  # allow the CE noise it amplifies
+                tol = 1e-6 * metrics["ce_zero"] * (1 + abs(value)) / denominator
+                assert got == pytest.approx(value, abs=tol), (name, key)
+            elif isinstance(value, float):
+                assert got == pytest.approx(value, rel=1e-5, abs=1e-7), (name, key)
+            else:
+                assert got == value, (name, key)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "qwen3_moe", "qwen3_5"])
+def test_matches_plain_evaluation_at_several_hookpoints(arch, random_sae):
+    """The fast path (shared layers skipped, the head at scored positions only) against three full forwards per
+    hookpoint: before any layer, inside a layer, at the last layer's output (all layers shared); ragged rows."""
+    model = build_tiny(arch, num_layers=3)
+    hookpoints = ["resid_pre.0", "mlp_out.1", "resid_post.2"]
+    saes = {hp: random_sae(hookpoint=hp, seed=i) for i, hp in enumerate(hookpoints)}
+    gen = torch.Generator().manual_seed(4)
+    lengths = (12, 5, 2, 1, 9, 7)
+    rows = [torch.randint(3, 512, (n,), generator=gen) for n in lengths]
+    keep = [torch.rand(n, generator=gen) > 0.3 for n in lengths]
+    kwargs = {"keep_mask": keep, "batch_size": 3}
+    fast = evaluate_saes(model, saes, rows, **kwargs, **RUN)
+    assert_same_results(fast, reference_evaluate_saes(model, saes, rows, **kwargs))
+    assert all(r["kl_div"] > 1e-5 and r["kl_div_zero"] > 1e-6 for r in fast["hookpoints"].values())  # edits bite
+
+
+def test_matches_plain_evaluation_with_first_tokens_and_soft_capped_logits(random_sae, token_rows):
+    model = build_tiny("gemma3", num_layers=2)
+    model.config.final_logit_softcapping = 3.0
+    saes = {"resid_post.0": random_sae(hookpoint="resid_post.0"), "resid_post.1": random_sae(seed=1)}
+    for skip_first in (True, False):
+        fast = evaluate_saes(model, saes, token_rows, batch_size=4, skip_first=skip_first, **RUN)
+        assert_same_results(fast, reference_evaluate_saes(model, saes, token_rows, batch_size=4,
+                                                          skip_first=skip_first))  # fmt: skip

@@ -124,3 +124,16 @@ def test_peak_rss_does_not_grow_with_tokens():
     small, large = peak_rss("stats", 100_000), peak_rss("stats", 1_000_000)
     assert small["n"] >= 100_000 and large["n"] >= 1_000_000
     assert large["rss_kb"] <= 1.1 * small["rss_kb"], (small, large)
+
+
+def test_hookpoint_is_resolved_once_not_per_forward(llama, byte_tokenizer, sae, docs, monkeypatch):
+    from qwenscope.features import stats as stats_module
+    from qwenscope.models import hookpoints
+
+    calls, forwards = [], []
+    resolve = hookpoints.resolve_hookpoint
+    monkeypatch.setattr(hookpoints, "resolve_hookpoint", lambda model, name: calls.append(name) or resolve(model, name))
+    monkeypatch.setattr(stats_module, "get_activations",
+                        lambda *a, **kw: forwards.append(1) or get_activations(*a, **kw))  # fmt: skip
+    compute_feature_stats(llama, byte_tokenizer, sae, docs, _cfg(lens_top=0))
+    assert len(forwards) > 1 and calls == [HOOK]

@@ -91,3 +91,21 @@ def test_sae_of_another_width_is_refused():
     with pytest.raises(QwenscopeError, match="pass hookpoint="):
         check_sae_fits(Sae(SaeConfig(d_in=64, d_sae=64, k=4)), model)
     assert check_sae_fits(Sae(SaeConfig(d_in=64, d_sae=64, k=4, hookpoint="resid_post.1")), model).layer == 1
+
+
+def test_resolved_hooks_are_accepted_and_checked_against_the_model():
+    from tiny_models import build_tiny
+
+    from qwenscope import capture, splice
+
+    model, other = build_tiny("llama", num_layers=2), build_tiny("llama", num_layers=2)
+    ids = torch.randint(3, 512, (2, 6), generator=torch.Generator().manual_seed(0))
+    (hook,) = resolve_hookpoints(model, "resid_post.0")
+    assert resolve_hookpoint(model, hook) is hook and resolve_hookpoints(model, [hook, "resid_post.0"]) == [hook]
+    by_name = get_activations(model, ids, "resid_post.0")["resid_post.0"]
+    torch.testing.assert_close(get_activations(model, ids, hook)["resid_post.0"], by_name, rtol=0, atol=0)
+    with torch.no_grad(), splice(model, hook, torch.zeros_like), capture(model, ["resid_post.0"], stop=False) as a:
+        model(ids)
+    assert not a["resid_post.0"].any()
+    with pytest.raises(QwenscopeError, match="resolved for another model"):
+        get_activations(other, ids, hook)

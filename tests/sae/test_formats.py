@@ -1,8 +1,10 @@
 """Readers of other formats: Qwen-Scope files of the real layout, SAELens and sparsify SAEs written by those
 libraries themselves (same encode/decode as the libraries' own code), Gemma Scope params files."""
 
+import argparse
 import json
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -74,6 +76,28 @@ def test_pickle_that_would_run_code_is_refused(tmp_path):
         load_sae(tmp_path / "layer0.sae.pt", k=1)
     assert "\n" not in str(e.value)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("how", ["torch.save", "legacy torch.save", "pickle.dump"])
+def test_pickled_objects_are_refused_for_safety_not_called_corrupt(tmp_path, how):
+    path = tmp_path / "layer0.sae.pt"
+    data = {**write_qwenscope_layer(path), "args": argparse.Namespace(lr=1e-3)}  # not on torch's allowlist
+    if how == "pickle.dump":
+        path.write_bytes(pickle.dumps(data))
+    else:
+        torch.save(data, path, _use_new_zipfile_serialization=how == "torch.save")
+    with pytest.raises(QwenscopeError, match=r"refusing to load .* for safety: .*argparse\.Namespace") as e:
+        load_sae(path, k=4)
+    assert "truncated" not in str(e.value) and "safetensors" in str(e.value) and "\n" not in str(e.value)
+    path.write_bytes(pickle.dumps(data)[:-40])  # the same pickle cut short is corrupt, not refused
+    with pytest.raises(QwenscopeError, match="truncated or corrupt"):
+        load_sae(path, k=4)
+
+
+def test_tensors_in_torch_legacy_format_load(tmp_path):
+    path = tmp_path / "layer0.sae.pt"
+    torch.save(write_qwenscope_layer(path), path, _use_new_zipfile_serialization=False)  # not a zip: no mmap
+    assert load_sae(path, k=4).d_sae == 128
 
 
 def test_truncated_qwenscope_file(tmp_path):
@@ -163,6 +187,9 @@ def test_gemmascope_npz(tmp_path):
     np.testing.assert_allclose(sae.encode(x).detach().numpy(), expected, atol=1e-5, rtol=1e-5)
     (folder / "params.npz").write_bytes(b"PK\x03\x04 broken")
     with pytest.raises(QwenscopeError, match="truncated or corrupt"):
+        load_sae(folder)
+    np.savez(folder / "params.npz", **{**p, "threshold": np.array([argparse.Namespace()], dtype=object)})
+    with pytest.raises(QwenscopeError, match="for safety: .*numpy object array"):
         load_sae(folder)
 
 
