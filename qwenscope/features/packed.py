@@ -57,9 +57,9 @@ def trim(stats: FeatureStats, top_n: int, window_before: int, window_after: int)
     after = min(window_after, stats.top_tokens.shape[2] - 1 - stats.window_before)
     cut = slice(stats.window_before - before, stats.window_before + after + 1)
     n = min(top_n, stats.top_acts.shape[1])
-    return dataclasses.replace(stats, top_acts=stats.top_acts[:, :n].clone(),
+    return dataclasses.replace(stats, top_acts=stats.top_acts[:, :n].clone(), window_before=before,
                                top_tokens=stats.top_tokens[:, :n, cut].clone(),
-                               top_token_acts=stats.top_token_acts[:, :n, cut].clone(), window_before=before)  # fmt: skip
+                               top_token_acts=stats.top_token_acts[:, :n, cut].clone())  # fmt: skip
 
 
 def _list(values: np.ndarray, kind: pa.DataType) -> pa.ListArray:
@@ -146,14 +146,19 @@ def load_stats(path: str | Path) -> tuple[FeatureStats, dict[str, Any]]:
 
 
 def stats_file_for(sae_id: str, hookpoint: str) -> Path | None:
-    """The packed statistics shipped beside an SAE, if any: ``assets/saes/<model>/<hookpoint>/feature_stats.parquet``
-    for an embedded model name, ``<folder>[/<hookpoint>]/feature_stats.parquet`` for a local SAE folder."""
+    """Where the packed statistics of an SAE live beside it (whether or not they exist yet), None for a hub id:
+    ``assets/saes/<model>/<hookpoint>/feature_stats.parquet`` for an embedded model name, ``<folder>/feature_stats
+    .parquet`` for an SAE folder of ours (cfg.json) or one with a ``<hookpoint>/`` SAE folder inside, and
+    ``feature_stats.<hookpoint>.parquet`` beside other local SAE files (Qwen-Scope, SAELens, ...)."""
     from qwenscope.sae.load import EMBEDDED_DIR, EMBEDDED_MODELS
 
     if sae_id in EMBEDDED_MODELS:
-        candidates = [EMBEDDED_DIR / sae_id / hookpoint / STATS_FILE]
-    else:
-        path = Path(sae_id)
-        folder = path if path.is_dir() else path.parent
-        candidates = [folder / STATS_FILE, folder / hookpoint / STATS_FILE]
-    return next((c for c in candidates if c.is_file()), None)
+        return EMBEDDED_DIR / sae_id / hookpoint / STATS_FILE
+    path = Path(sae_id)
+    if not path.exists():
+        return None
+    folder = path if path.is_dir() else path.parent
+    for ours in (folder, folder / hookpoint):
+        if (ours / "cfg.json").is_file() and (ours / "sae.safetensors").is_file():
+            return ours / STATS_FILE
+    return folder / f"feature_stats.{hookpoint}.parquet"

@@ -140,6 +140,10 @@ class FeatureStore:
         """One row per feature (a copy of features.parquet)."""
         return self._features.copy()
 
+    def frequencies(self) -> np.ndarray:
+        """(d_sae,) float64: the share of the store's scored tokens each feature fired on (its density)."""
+        return self._features["frequency"].to_numpy(dtype=np.float64)
+
     def typical_acts(self) -> Tensor:
         """(d_sae,) float32: each feature's mean activation when firing, 0 if it never fired (steering scales)."""
         return torch.tensor(self._features["mean_act"].to_numpy(dtype=np.float32))
@@ -349,14 +353,21 @@ def get_or_build_stores(
     hookpoints: Sequence[str | None] | None = None,
     folders: Sequence[str | Path] | None = None,
     rebuild: bool = False,
+    pack: bool = False,
 ) -> list[FeatureStore]:
     """``get_or_build_store`` for several SAEs; those that need a new pass share its forwards
-    (``compute_feature_stats_many``)."""
-    from qwenscope.features.packed import load_stats, read_meta, sae_fingerprint, stats_file_for
+    (``compute_feature_stats_many``). ``pack``: compute anew and also write each SAE's packed statistics where
+    ``stats_file_for`` says (beside the SAE), so that it ships with them."""
+    from qwenscope.features.packed import load_stats, read_meta, sae_fingerprint, save_stats, stats_file_for
     from qwenscope.models.hookpoints import check_sae_fits
 
     cfg = cfg or StatsConfig()
     hooks = [check_sae_fits(sae, model, h).name for sae, h in zip(saes, hookpoints or [None] * len(saes))]
+    targets = [stats_file_for(sae_id, hook) for sae_id, hook in zip(sae_ids, hooks)]
+    if pack and None in targets:
+        bad = sae_ids[targets.index(None)]
+        raise QwenscopeError(f"cannot pack statistics beside {bad}: pass a local SAE folder or an embedded model name")
+    rebuild = rebuild or pack
     places = [Path(f) for f in folders] if folders is not None else \
         [feature_store_dir(model_name, sae_id, hook) for sae_id, hook in zip(sae_ids, hooks)]  # fmt: skip
     stores: list[FeatureStore | None] = []
@@ -366,6 +377,7 @@ def get_or_build_stores(
         metas.append(meta)
         store = None if rebuild else _cached_store(folder, cfg, meta["sae_fingerprint"])
         shipped = None if rebuild or store is not None else stats_file_for(sae_id, hook)
+        shipped = shipped if shipped is not None and shipped.is_file() else None
         if shipped is not None and _reusable(read_meta(shipped), cfg, meta["sae_fingerprint"]):
             stats, shipped_meta = load_stats(shipped)
             logger.info("decoding the feature statistics shipped at %s (%d tokens) into %s", shipped, stats.n_tokens,
@@ -382,8 +394,35 @@ def get_or_build_stores(
         computed = compute_feature_stats_many(model, tokenizer, [saes[i] for i in todo], None, cfg,
                                               [hooks[i] for i in todo])  # fmt: skip
         for i, stats in zip(todo, computed):
-            stores[i] = FeatureStore.write(places[i], stats, tokenizer, {**metas[i], **store_meta(cfg)})
+            meta = {**metas[i], **store_meta(cfg)}
+            target = targets[i]
+            if pack and target is not None:
+                logger.info("packed the statistics of %s at %s into %s", sae_ids[i], hooks[i],
+                            save_stats(target, stats, meta))  # fmt: skip
+            stores[i] = FeatureStore.write(places[i], stats, tokenizer, meta)
     return [s for s in stores if s is not None]
+
+
+def find_store(model: nn.Module, tokenizer, sae: Sae, model_name: str, sae_id: str, hookpoint: str | None = None
+               ) -> FeatureStore | None:  # fmt: skip
+    """A store of these SAE weights without a new pass: the cached one (whatever its settings), else the statistics
+    shipped beside the SAE, decoded into the cache; None when there is neither."""
+    from qwenscope.features.packed import load_stats, read_meta, sae_fingerprint, stats_file_for
+    from qwenscope.models.hookpoints import check_sae_fits
+
+    hook = check_sae_fits(sae, model, hookpoint).name
+    folder = feature_store_dir(model_name, sae_id, hook)
+    fingerprint = sae_fingerprint(sae)
+    if (folder / META_FILE).is_file():
+        store = FeatureStore.open(folder)
+        if store.meta.get("sae_fingerprint") == fingerprint:
+            return store
+    shipped = stats_file_for(sae_id, hook)
+    if shipped is None or not shipped.is_file() or read_meta(shipped).get("sae_fingerprint") != fingerprint:
+        return None
+    stats, meta = load_stats(shipped)
+    extra = {"model": model_name, "sae": sae_id, "hookpoint": hook, "shipped": str(shipped)}
+    return FeatureStore.write(folder, stats, tokenizer, {**meta, **extra})
 
 
 def _cached_store(folder: Path, cfg: StatsConfig, fingerprint: str) -> FeatureStore | None:

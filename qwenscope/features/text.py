@@ -144,7 +144,8 @@ class TokenText:
         strings = np.array([s for s, _ in alone] or [""], dtype=object)[inverse.reshape(ids.shape)]
         whole = np.array([w or i < 0 for (_, w), i in zip(alone, unique)] or [True])[inverse.reshape(ids.shape)]
         rows: list[list[str]] = []
-        for row, text, easy, keep in zip(ids, strings, whole.all(axis=1), ids >= 0):
+        easy_rows = np.asarray(whole.all(axis=1)).reshape(-1).tolist()
+        for row, text, easy, keep in zip(ids, strings, easy_rows, ids >= 0):
             rows.append(list(text[keep]) if easy else self.pieces(row[keep]))
         return rows
 

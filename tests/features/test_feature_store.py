@@ -99,7 +99,8 @@ def test_get_or_build_caches_and_rebuilds(llama, byte_tokenizer, sae, tmp_path, 
     assert (folder / CONTEXTS_FILE).stat().st_mtime_ns == mtime and smaller.meta["n_tokens"] == store.meta["n_tokens"]
     assert "using the feature store" in caplog.text
     other = get_or_build_store(llama, byte_tokenizer, sae, "tiny-llama", "/some/path/to sae", _cfg(top_n=2))
-    assert "other SAE weights or settings" in caplog.text and len(other.feature(int(other.table()["count"].argmax())).contexts) == 2
+    assert "other SAE weights or settings" in caplog.text
+    assert len(other.feature(int(other.table()["count"].argmax())).contexts) == 2
     assert [p.name for p in folder.parent.iterdir()] == ["resid_post.1"]  # no temporary folders left
 
 
