@@ -358,7 +358,7 @@ def get_or_build_stores(
     """``get_or_build_store`` for several SAEs; those that need a new pass share its forwards
     (``compute_feature_stats_many``). ``pack``: compute anew and also write each SAE's packed statistics where
     ``stats_file_for`` says (beside the SAE), so that it ships with them."""
-    from qwenscope.features.packed import load_stats, read_meta, sae_fingerprint, save_stats, stats_file_for
+    from qwenscope.features.packed import sae_fingerprint, save_stats, stats_file_for
     from qwenscope.models.hookpoints import check_sae_fits
 
     cfg = cfg or StatsConfig()
@@ -367,26 +367,12 @@ def get_or_build_stores(
     if pack and None in targets:
         bad = sae_ids[targets.index(None)]
         raise QwenscopeError(f"cannot pack statistics beside {bad}: pass a local SAE folder or an embedded model name")
-    rebuild = rebuild or pack
     places = [Path(f) for f in folders] if folders is not None else \
         [feature_store_dir(model_name, sae_id, hook) for sae_id, hook in zip(sae_ids, hooks)]  # fmt: skip
-    stores: list[FeatureStore | None] = []
-    metas = []
-    for sae, sae_id, hook, folder in zip(saes, sae_ids, hooks, places):
-        meta = {"model": model_name, "sae": sae_id, "hookpoint": hook, "sae_fingerprint": sae_fingerprint(sae)}
-        metas.append(meta)
-        store = None if rebuild else _cached_store(folder, cfg, meta["sae_fingerprint"])
-        shipped = None if rebuild or store is not None else stats_file_for(sae_id, hook)
-        shipped = shipped if shipped is not None and shipped.is_file() else None
-        if shipped is not None and _reusable(read_meta(shipped), cfg, meta["sae_fingerprint"]):
-            stats, shipped_meta = load_stats(shipped)
-            logger.info("decoding the feature statistics shipped at %s (%d tokens) into %s", shipped, stats.n_tokens,
-                        folder)  # fmt: skip
-            store = FeatureStore.write(folder, stats, tokenizer, {**shipped_meta, **meta, "shipped": str(shipped)})
-        elif shipped is not None:
-            logger.warning("the feature statistics at %s belong to other SAE weights or settings; computing new "
-                           "ones (to ship new ones: qwenscope stats --model M --sae S --pack)", shipped)  # fmt: skip
-        stores.append(store)
+    metas = [{"model": model_name, "sae": sae_id, "hookpoint": hook, "sae_fingerprint": sae_fingerprint(sae)}
+             for sae, sae_id, hook in zip(saes, sae_ids, hooks)]  # fmt: skip
+    stores = [None if rebuild or pack else _existing(folder, target, meta, tokenizer, cfg)
+              for folder, target, meta in zip(places, targets, metas)]  # fmt: skip
     todo = [i for i, store in enumerate(stores) if store is None]
     if todo:
         logger.info("building the feature stores of %s on %s at %s from %d tokens of %s", ", ".join(sae_ids),
@@ -394,8 +380,7 @@ def get_or_build_stores(
         computed = compute_feature_stats_many(model, tokenizer, [saes[i] for i in todo], None, cfg,
                                               [hooks[i] for i in todo])  # fmt: skip
         for i, stats in zip(todo, computed):
-            meta = {**metas[i], **store_meta(cfg)}
-            target = targets[i]
+            meta, target = {**metas[i], **store_meta(cfg)}, targets[i]
             if pack and target is not None:
                 logger.info("packed the statistics of %s at %s into %s", sae_ids[i], hooks[i],
                             save_stats(target, stats, meta))  # fmt: skip
@@ -407,33 +392,40 @@ def find_store(model: nn.Module, tokenizer, sae: Sae, model_name: str, sae_id: s
                ) -> FeatureStore | None:  # fmt: skip
     """A store of these SAE weights without a new pass: the cached one (whatever its settings), else the statistics
     shipped beside the SAE, decoded into the cache; None when there is neither."""
-    from qwenscope.features.packed import load_stats, read_meta, sae_fingerprint, stats_file_for
+    from qwenscope.features.packed import sae_fingerprint, stats_file_for
     from qwenscope.models.hookpoints import check_sae_fits
 
     hook = check_sae_fits(sae, model, hookpoint).name
-    folder = feature_store_dir(model_name, sae_id, hook)
-    fingerprint = sae_fingerprint(sae)
+    meta = {"model": model_name, "sae": sae_id, "hookpoint": hook, "sae_fingerprint": sae_fingerprint(sae)}
+    return _existing(feature_store_dir(model_name, sae_id, hook), stats_file_for(sae_id, hook), meta, tokenizer, None)
+
+
+def _existing(folder: Path, shipped: Path | None, meta: dict[str, Any], tokenizer, cfg: StatsConfig | None
+              ) -> FeatureStore | None:  # fmt: skip
+    """The store at ``folder``, else the one the ``shipped`` statistics give (decoded into ``folder``), when built
+    for the SAE weights in ``meta`` with settings that serve ``cfg`` (None: any settings); else None."""
+    from qwenscope.features.packed import load_stats, read_meta
+
+    def serves(built: Mapping[str, Any]) -> bool:
+        if cfg is None:
+            return built.get("sae_fingerprint") == meta["sae_fingerprint"]
+        return _reusable(built, cfg, meta["sae_fingerprint"])
+
     if (folder / META_FILE).is_file():
         store = FeatureStore.open(folder)
-        if store.meta.get("sae_fingerprint") == fingerprint:
+        if serves(store.meta):
+            logger.info("using the feature store at %s (%d tokens)", folder, store.meta.get("n_tokens", 0))
             return store
-    shipped = stats_file_for(sae_id, hook)
-    if shipped is None or not shipped.is_file() or read_meta(shipped).get("sae_fingerprint") != fingerprint:
+        logger.info("the feature store at %s was built for other SAE weights or settings", folder)
+    if shipped is None or not shipped.is_file():
         return None
-    stats, meta = load_stats(shipped)
-    extra = {"model": model_name, "sae": sae_id, "hookpoint": hook, "shipped": str(shipped)}
-    return FeatureStore.write(folder, stats, tokenizer, {**meta, **extra})
-
-
-def _cached_store(folder: Path, cfg: StatsConfig, fingerprint: str) -> FeatureStore | None:
-    if not (folder / META_FILE).is_file():
+    if not serves(read_meta(shipped)):
+        logger.warning("the feature statistics at %s belong to other SAE weights or settings: not used (to ship new "
+                       "ones: qwenscope stats --model M --sae S --pack)", shipped)  # fmt: skip
         return None
-    store = FeatureStore.open(folder)
-    if _reusable(store.meta, cfg, fingerprint):
-        logger.info("using the feature store at %s (%d tokens)", folder, store.meta.get("n_tokens", 0))
-        return store
-    logger.info("the feature store at %s was built for other SAE weights or settings; replacing it", folder)
-    return None
+    stats, shipped_meta = load_stats(shipped)
+    logger.info("decoding the feature statistics shipped at %s (%d tokens) into %s", shipped, stats.n_tokens, folder)
+    return FeatureStore.write(folder, stats, tokenizer, {**shipped_meta, **meta, "shipped": str(shipped)})
 
 
 def store_meta(cfg: StatsConfig) -> dict[str, Any]:
