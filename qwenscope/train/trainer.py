@@ -58,6 +58,24 @@ def _selector(cfg: TrainConfig, k: int, dead: Tensor | None, k_aux: int):
     return select
 
 
+def _copy_weights(sae: Sae, source: str, hookpoint: str) -> None:
+    """Initialise ``sae`` from the trained SAE at ``source`` for ``hookpoint`` (same shape and k required)."""
+    from qwenscope.sae.load import load_sae
+
+    trained = load_sae(source, hookpoint=hookpoint, device=sae.device, dtype=sae.dtype)
+    ours, theirs = sae.cfg, trained.cfg
+    mine = (ours.d_in, ours.d_sae, ours.k, ours.activation, ours.apply_b_dec_to_input)
+    if mine != (theirs.d_in, theirs.d_sae, theirs.k, theirs.activation, theirs.apply_b_dec_to_input):
+        raise QwenscopeError(
+            f"--init-from {source} holds a {theirs.activation} SAE of d_in {theirs.d_in}, d_sae {theirs.d_sae}, "
+            f"k {theirs.k} at {hookpoint}; train with the same --expansion-factor, --k, --activation and "
+            "--apply-b-dec-to-input"
+        )
+    with torch.no_grad():
+        for name, value in trained.state_dict().items():
+            sae.state_dict()[name].copy_(value)
+
+
 class Trainer:
     """Trains one SAE per (hookpoint, expansion factor, k) on shared batches; checkpoints and resumes exactly."""
 
@@ -108,6 +126,8 @@ class Trainer:
                 )
                 torch.manual_seed(cfg.seed + zlib.crc32(name.encode()))  # same init whichever rank builds it
                 sae = Sae(sae_cfg, device=device)
+                if cfg.init_from is not None:
+                    _copy_weights(sae, cfg.init_from, hookpoint)
                 opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr_for(sae.d_sae), eps=1e-8)
                 since = torch.zeros(sae.d_sae, dtype=torch.long, device=device)
                 self.states.append(SaeState(name, hookpoint, sae, opt, since))
@@ -154,7 +174,7 @@ class Trainer:
         n, k, ddp = x.shape[0], sae.cfg.k or 1, self.ddp
         n_all = n * self.world if ddp else n
         mean = dist.all_sum(x.sum(0), ddp) / n_all
-        if self.step == 0:  # b_dec starts at the data mean, so the encoder sees centred inputs
+        if self.step == 0 and cfg.init_from is None:  # b_dec starts at the data mean: the encoder sees centred inputs
             with torch.no_grad():
                 sae.b_dec.copy_(mean)
         dead = s.since_fired > cfg.dead_tokens

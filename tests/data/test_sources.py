@@ -216,3 +216,86 @@ def test_fortunes_missing_gives_install_command(tmp_path, monkeypatch):
 def test_installed_fortunes_english(monkeypatch):
     monkeypatch.delenv("QWENSCOPE_FORTUNES", raising=False)
     assert sum(1 for _ in iter_texts("fortunes:en", split="all")) > 1000
+
+
+# gettext catalogs, the Debian Reference, SWORD Bibles, the mix --------------------------------------------------
+
+
+def _write_mo(path, messages: dict[str, str]) -> None:
+    """A GNU .mo catalog (the format msgfmt writes): header, two string tables, no hash table."""
+    import struct
+
+    keys = sorted(messages)
+    ids = b"".join(k.encode() + b"\0" for k in keys)
+    strs = b"".join(messages[k].encode() + b"\0" for k in keys)
+    n = len(keys)
+    start = 7 * 4 + 16 * n
+    id_table, str_table, offset = [], [], start
+    for k in keys:
+        id_table += [len(k.encode()), offset]
+        offset += len(k.encode()) + 1
+    for k in keys:
+        str_table += [len(messages[k].encode()), offset]
+        offset += len(messages[k].encode()) + 1
+    header = struct.pack("Iiiiiii", 0x950412DE, 0, n, 7 * 4, 7 * 4 + 8 * n, 0, 0)
+    path.write_bytes(header + struct.pack(f"{4 * n}i", *id_table, *str_table) + ids + strs)
+
+
+@pytest.fixture
+def locale(tmp_path, monkeypatch):
+    root = tmp_path / "locale"
+    meta = "Content-Type: text/plain; charset=UTF-8\nPlural-Forms: nplurals=2; plural=(n > 1);\n"
+    words_of = {"fr": ("Ouvrir le fichier", "Enregistrer sous"), "de": ("Datei öffnen", "Speichern unter")}
+    for lang, words in words_of.items():
+        (root / lang / "LC_MESSAGES").mkdir(parents=True)
+        _write_mo(root / lang / "LC_MESSAGES" / "app.mo",
+                  {"": meta, "Open the file": words[0], "Save as...": words[1], "x": "y"})  # fmt: skip
+    monkeypatch.setenv("QWENSCOPE_LOCALE", str(root))
+    return root
+
+
+def test_gettext_catalogs(locale):
+    assert list(iter_texts("gettext:fr", split="all")) == ["Ouvrir le fichier\nEnregistrer sous"]  # header, "y" dropped
+    assert list(iter_texts("gettext:en", split="all")) == ["Open the file\nSave as..."]
+    assert list(iter_texts("gettext:all", split="all")) == ["Datei öffnen\nSpeichern unter",
+                                                            "Ouvrir le fichier\nEnregistrer sous"]  # fmt: skip
+    with pytest.raises(QwenscopeError, match="no gettext catalogs for 'xx'.*one of de, fr"):
+        list(iter_texts("gettext:xx"))
+
+
+def test_debian_reference_html_to_text(tmp_path, monkeypatch):
+    (tmp_path / "ch01.en.html").write_text(
+        "<html><head><style>p {}</style><title>Intro</title></head><body><h1>1. Tutorials</h1>"
+        "<p>Debian is a <b>free</b> operating\n system.</p><script>var x;</script><pre>$ ls</pre></body></html>"
+    )
+    monkeypatch.setenv("QWENSCOPE_DEBIAN_REFERENCE", str(tmp_path))
+    assert list(iter_texts("debian-doc:en", split="all")) == ["Intro\n\n1. Tutorials\n\nDebian is a free operating\n "
+                                                              "system.\n\n$ ls"]  # fmt: skip
+    with pytest.raises(QwenscopeError, match="apt-get install debian-reference-fr"):
+        list(iter_texts("debian-doc:fr"))
+
+
+@pytest.mark.skipif(not corpora.Path(corpora.SWORD_DIR, "modules").is_dir(), reason="apt-get install sword-text-web")
+def test_installed_bible_chapters_read_cleanly():
+    import itertools
+
+    first = list(itertools.islice(iter_texts("bible:en", split="all"), 2))
+    assert first[0].startswith("In the beginning, God created the heavens and the earth.")  # no glued words
+    assert "<" not in first[0] and "Elohim" not in first[0]  # markup and footnotes dropped
+    assert next(iter_texts("bible:es", split="all")).startswith("EN el principio crió Dios")
+
+
+def test_mix_gives_each_source_its_share_of_characters(fortunes, locale, monkeypatch):
+    (fortunes / "de" / "zitate").write_text("\n%\n".join(f"Zitat {i}." * 3 for i in range(200)), encoding="utf-8")
+    (fortunes / "fortunes").write_text("\n%\n".join(f"Fortune {i}." for i in range(300)), encoding="utf-8")
+    monkeypatch.setitem(corpora.MIX, "test", {"fortunes:en": 0.5, "fortunes:de": 0.25, "gettext:fr": 0.25})
+    docs = list(iter_texts("mix:test", split="all"))
+    assert docs == list(iter_texts("mix:test", split="all"))  # deterministic
+    en = set(iter_texts("fortunes:en", split="all"))
+    assert en <= set(docs) and "Ouvrir le fichier\nEnregistrer sous" in docs  # whole documents, every source
+    de = set(iter_texts("fortunes:de", split="all"))
+    chars = Counter("en" if d in en else "de" for d in docs[:100] if d in en | de for _ in d)
+    assert 1.8 < chars["en"] / chars["de"] < 2.2  # while both last, their characters keep the 0.5 : 0.25 shares
+    assert set(iter_texts("mix:test", split="test")) & en == set(iter_texts("fortunes:en", split="test"))
+    with pytest.raises(QwenscopeError, match="no text mix 'nope'; use one of"):
+        list(iter_texts("mix:nope"))

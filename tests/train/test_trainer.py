@@ -107,3 +107,22 @@ def test_bad_batches(tmp_path):
         trainer.train_step({"resid_post.9": torch.randn(8, 64)})
     with pytest.raises(QwenscopeError, match="data ran out after 2 of 5 steps"):
         trainer.fit([torch.randn(8, 64), torch.randn(8, 64)])
+
+
+def test_init_from_continues_a_trained_sae(tmp_path):
+    """--init-from starts from trained weights (fine-tuning): step 0 keeps them, b_dec included, and training
+    from there beats a fresh start after the same few steps; a shape mismatch is a one-line error."""
+    dirs, batches = synthetic(60, 512)
+    cfg = TrainConfig(expansion_factor=(16,), k=(8,), batch_size=512, steps=50, lr=1e-2, warmup_steps=5,
+                      dead_tokens=20_000, save_every=10_000, log_every=1)  # fmt: skip
+    trained = Trainer(cfg, {"resid_post.0": 64}, tmp_path / "a").fit(batches[:50])["resid_post.0"]
+    short = TrainConfig(**{**cfg.to_dict(), "steps": 3, "init_from": str(tmp_path / "a")})
+    tuner = Trainer(short, {"resid_post.0": 64}, tmp_path / "b")
+    for name, value in trained.state_dict().items():
+        assert torch.equal(tuner.saes["resid_post.0"].state_dict()[name], value), name
+    tuned = tuner.train_step(batches[50])["resid_post.0"]
+    fresh = Trainer(TrainConfig(**{**short.to_dict(), "init_from": None}), {"resid_post.0": 64}, tmp_path / "c")
+    assert tuned["fvu"] < 0.7 * fresh.train_step(batches[50])["resid_post.0"]["fvu"]
+    wrong = TrainConfig(**{**short.to_dict(), "k": (4,)})
+    with pytest.raises(QwenscopeError, match=r"--init-from .* k 8 at resid_post.0; train with the same"):
+        Trainer(wrong, {"resid_post.0": 64}, tmp_path / "d")
