@@ -1,12 +1,13 @@
 """Feature statistics as one compact Parquet file of token ids (no decoded text), to ship beside an SAE.
 
-    save_stats("sae/resid_post.15/feature_stats.parquet", stats, meta)   # a few MB for 9,216 features
-    stats, meta = load_stats(path)                                       # FeatureStats again, bit-exact
+    save_stats("sae/resid_post.15/feature_stats.parquet", stats, meta)   # ~3 MB for 9,216 features
+    stats, meta = load_stats(path)                                       # FeatureStats again (lens logits: float16)
     small = trim(stats, top_n=10, window_before=12, window_after=4)      # fewer, shorter top contexts
     sae_fingerprint(sae)                                                 # which weights the statistics belong to
 
-A row per feature: count, act_sum, max_act, hist, top_acts, the top contexts' token ids and activations (flattened
-``top_n x window``; -1 pads), and the logit lens (token ids and logits). ``meta`` (model, hookpoint, n_tokens,
+A row per feature: count, act_sum, max_act, hist, the top contexts' token ids and activations (flattened
+``top_n x window``; -1 pads; the top activations are those at ``window_before``, so they are not stored twice), and the
+logit lens (token ids, and logits as float16: display precision, half the bytes). ``meta`` (model, hookpoint, n_tokens,
 dataset, the StatsConfig, the SAE's fingerprint) rides in the Parquet schema metadata. Compressed with zstd: the
 activations of a context are mostly zeros and token ids repeat. Text is decoded only when a ``FeatureStore`` is
 written from it, with the tokenizer at hand (``qwenscope.features.tokens``), so the file never holds a broken
@@ -81,7 +82,6 @@ def save_stats(path: str | Path, stats: FeatureStats, meta: Mapping[str, Any]) -
     columns: dict[str, Any] = {
         "count": pa.array(stats.count.numpy()), "act_sum": pa.array(stats.act_sum.numpy()),
         "max_act": pa.array(stats.max_act.numpy()), "hist": _list(stats.hist.numpy(), pa.int64()),
-        "top_acts": _list(stats.top_acts.numpy(), pa.float32()),
         "top_tokens": _list(stats.top_tokens.numpy().astype(np.int32), pa.int32()),
         "top_token_acts": _list(stats.top_token_acts.numpy(), pa.float32()),
     }  # fmt: skip
@@ -89,7 +89,7 @@ def save_stats(path: str | Path, stats: FeatureStats, meta: Mapping[str, Any]) -
         for name in LogitLens._fields:
             values = getattr(stats.lens, name).numpy()
             columns[name] = _list(values.astype(np.int32), pa.int32()) if name.endswith("ids") else \
-                _list(values, pa.float32())  # fmt: skip
+                _list(values.astype(np.float16), pa.float16())  # fmt: skip
     info = {**meta, "hookpoint": stats.hookpoint, "n_tokens": stats.n_tokens, "d_sae": d, "top_n": n, "window": w,
             "window_before": stats.window_before, "hist_edges": [float(e) for e in stats.hist_edges]}  # fmt: skip
     table = pa.table(columns).replace_schema_metadata({_META_KEY: json.dumps(info, default=str).encode()})
@@ -125,6 +125,7 @@ def load_stats(path: str | Path) -> tuple[FeatureStats, dict[str, Any]]:
     table = pq.read_table(path)
     d, n, w, bins = meta["d_sae"], meta["top_n"], meta["window"], len(meta["hist_edges"]) - 1
     col = table.column
+    token_acts = torch.from_numpy(_array(col("top_token_acts"), (d, n, w), np.float32))
     lens = None
     if "promoted_ids" in table.column_names:
         top = len(table.column("promoted_ids")[0]) if d else 0
@@ -137,9 +138,9 @@ def load_stats(path: str | Path) -> tuple[FeatureStats, dict[str, Any]]:
         max_act=torch.from_numpy(col("max_act").to_numpy().astype(np.float32)),
         hist=torch.from_numpy(_array(col("hist"), (d, bins), np.int64)),
         hist_edges=torch.tensor(meta["hist_edges"], dtype=torch.float32),
-        top_acts=torch.from_numpy(_array(col("top_acts"), (d, n), np.float32)),
+        top_acts=token_acts[:, :, int(meta["window_before"])].clone(),
         top_tokens=torch.from_numpy(_array(col("top_tokens"), (d, n, w), np.int64)),
-        top_token_acts=torch.from_numpy(_array(col("top_token_acts"), (d, n, w), np.float32)),
+        top_token_acts=token_acts,
         window_before=int(meta["window_before"]), lens=lens,
     )  # fmt: skip
     return stats, meta

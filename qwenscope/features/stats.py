@@ -60,9 +60,9 @@ class StatsConfig:
     """Tokens per packed chunk (one model input row)."""
     batch_size: int = 8
     """Chunks per model forward."""
-    top_n: int = 16
+    top_n: int = 12
     """Top-activating contexts kept per feature."""
-    window_before: int = 16
+    window_before: int = 12
     """Tokens kept before the max-activating token of a context."""
     window_after: int = 4
     """Tokens kept after the max-activating token of a context."""
@@ -74,8 +74,9 @@ class StatsConfig:
     """Upper edge of the last histogram bin (larger activations count in the last bin)."""
     lens_top: int = 10
     """Tokens per feature that the logit lens promotes (and suppresses); 0 skips the lens."""
-    dataset: str = "dataset-build:multi"
-    """Text: a named corpus (dataset-build:multi ...), a .txt/.jsonl file or folder, hf:NAME."""
+    dataset: str = "mix:default"
+    """Text: a named corpus (mix:default, dataset-build:multi, fortunes:en ...), a .txt/.jsonl file or folder,
+    hf:NAME."""
     split: str = "train"
     """Held-out split of the text source: train, test or all."""
     seed: int = 0

