@@ -375,8 +375,9 @@ def get_or_build_stores(
               for folder, target, meta in zip(places, targets, metas)]  # fmt: skip
     todo = [i for i, store in enumerate(stores) if store is None]
     if todo:
-        logger.info("building the feature stores of %s on %s at %s from %d tokens of %s", ", ".join(sae_ids),
-                    model_name, ", ".join(hooks[i] for i in todo), cfg.n_tokens, cfg.dataset)  # fmt: skip
+        logger.info("building the feature stores of %s on %s at %s from %d tokens of %s",
+                    ", ".join(dict.fromkeys(sae_ids)), model_name, ", ".join(hooks[i] for i in todo), cfg.n_tokens,
+                    cfg.dataset)  # fmt: skip
         computed = compute_feature_stats_many(model, tokenizer, [saes[i] for i in todo], None, cfg,
                                               [hooks[i] for i in todo])  # fmt: skip
         for i, stats in zip(todo, computed):

@@ -11,7 +11,15 @@ from features_helpers import make_sae
 
 from qwenscope.cli import main
 from qwenscope.errors import QwenscopeError
-from qwenscope.features.packed import STATS_FILE, load_stats, read_meta, sae_fingerprint, save_stats, stats_file_for, trim
+from qwenscope.features.packed import (
+    STATS_FILE,
+    load_stats,
+    read_meta,
+    sae_fingerprint,
+    save_stats,
+    stats_file_for,
+    trim,
+)
 from qwenscope.features.stats import StatsConfig, compute_feature_stats, compute_feature_stats_many
 from qwenscope.features.store import find_store, get_or_build_store, get_or_build_stores
 
@@ -83,7 +91,7 @@ def test_shipped_statistics_are_used_for_the_same_weights_only(llama, byte_token
 
     monkeypatch.setenv("QWENSCOPE_CACHE", str(tmp_path / "fresh"))  # a new user: nothing cached
     monkeypatch.setattr("qwenscope.features.store.compute_feature_stats_many",
-                        lambda *a, **k: pytest.fail("a pass ran although the statistics ship with the SAE"))  # fmt: skip
+                        lambda *a, **k: pytest.fail("a pass ran though the statistics ship with the SAE"))  # fmt: skip
     caplog.set_level("INFO")
     shipped = get_or_build_store(llama, byte_tokenizer, sae, "tiny", source, _cfg(n_tokens=100))
     assert "decoding the feature statistics shipped" in caplog.text and shipped.meta["shipped"]

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from features_helpers import make_sae
 from tiny_models import tiny_qwen3
 
 from qwenscope.features.search import token_features
 from qwenscope.features.stats import StatsConfig, compute_feature_stats
 from qwenscope.features.store import FeatureStore
 from qwenscope.features.text import TokenText, join_pieces, piece_at, token_text
-
-from features_helpers import make_sae
 
 TEXT = "Grüße aus München: 中文字符很好 Привет, мир! 😀👍🏽 qubit ꙮ 𝔸 naïve ½ ℃ ﷺ"
 BAD = "\ufffd"
