@@ -70,8 +70,8 @@ def test_features_show_densities_and_leave_out_always_on_ones(tiny_qwen3, tmp_pa
     assert "".join(t["token"] for t in data["tokens"]) == text  # whole characters, none broken
 
     (tmp_path / "docs.txt").write_text("\n\n".join(f"Line {i}: the cat sat on mat {i % 7}." for i in range(200)))
-    stats = ["stats", "--model", str(tiny_qwen3), "--sae", str(tmp_path / "sae"), "--dataset", str(tmp_path / "docs.txt"),
-             "--split", "all", "--n-tokens", "600", "--seq-len", "32"]  # fmt: skip
+    stats = ["stats", "--model", str(tiny_qwen3), "--sae", str(tmp_path / "sae"), "--dataset",
+             str(tmp_path / "docs.txt"), "--split", "all", "--n-tokens", "600", "--seq-len", "32"]  # fmt: skip
     assert main(stats) == 0
     assert "always-on (density > 20% of tokens): " in capsys.readouterr().out
     assert main([*args, "--json"]) == 0
