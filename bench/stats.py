@@ -5,10 +5,15 @@ same documents into the same chunks and run the same early-stopped forwards; ``c
 every token with the SAE and updates counts, histograms and the top-N store (logit lens off: it is a one-off cost
 per store, timed once on its own). Interleaved runs in one process; medians. Goal (issue 4): >= 0.8x.
 
+Shared pass: the three shipped SAEs of smollm2-135m (resid_post.3, .15, .25) in one ``compute_feature_stats_many``
+pass (one forward up to layer 25 serves all three) against three ``compute_feature_stats`` passes, with capture up to
+resid_post.25 as the baseline; same documents, interleaved, medians.
+
 Memory: ``compute_feature_stats`` on a tiny random Llama (tests/tiny_models.py, byte tokenizer, d_sae 1024) over two
 token counts, each in a fresh spawned process; peak RSS must not grow with the token count.
 
     .venv/bin/python bench/stats.py [--batch 8] [--seq 256] [--batches 3] [--repeats 3] [--rss-tokens 100000,1000000]
+        [--parts throughput,shared,rss]
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import torch
 
 from qwenscope import get_activations, load_model, load_sae
 from qwenscope.data import chunk_tokens, iter_texts
-from qwenscope.features.stats import StatsConfig, batched, compute_feature_stats, logit_lens
+from qwenscope.features.stats import StatsConfig, batched, compute_feature_stats, compute_feature_stats_many, logit_lens
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
@@ -82,6 +87,40 @@ def throughput(args) -> dict:
             "ratio_stats_vs_capture": med["capture"] / med["stats"], "logit_lens_s": lens_s}  # fmt: skip
 
 
+def shared(args) -> dict:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, tokenizer = load_model(args.model, device=device)
+    hooks = ["resid_post.3", "resid_post.15", "resid_post.25"]
+    saes = [load_sae(args.model, hookpoint=h, device=device) for h in hooks]
+    docs = documents(tokenizer, args.batches * args.batch, args.seq)
+    n_chunks = sum(1 for _ in chunk_tokens(docs, tokenizer, args.seq))
+    cfg = StatsConfig(n_tokens=10**12, seq_len=args.seq, batch_size=args.batch, lens_top=0, progress=False)
+    variants = {
+        "capture": lambda: [get_activations(model, ids, hooks) for ids in batched(chunk_tokens(docs, tokenizer,
+                                                                                                args.seq), args.batch)],
+        "shared": lambda: compute_feature_stats_many(model, tokenizer, saes, docs, cfg),
+        "separate": lambda: [compute_feature_stats(model, tokenizer, sae, docs, cfg) for sae in saes],
+    }  # fmt: skip
+    logging.getLogger("qwenscope.features.stats").setLevel(logging.ERROR)
+    variants["shared"]()  # warm-up
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(args.repeats):
+        for name, fn in variants.items():
+            times[name].append(timed(fn))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    tokens = n_chunks * args.seq
+    print(f"\nthree SAEs of {args.model} ({', '.join(hooks)}), {tokens} tokens per run, batches of {args.batch}, "
+          f"median of {args.repeats}")  # fmt: skip
+    print(f"{'variant':<10} {'median s':>9} {'tokens/s':>9} {'vs capture':>10}")
+    for name, t in med.items():
+        print(f"{name:<10} {t:>9.2f} {tokens / t:>9.0f} {med['capture'] / t:>9.2f}x")
+    print(f"shared pass vs three passes: {med['separate'] / med['shared']:.2f}x")
+    return {"hookpoints": hooks, "tokens_per_run": tokens, "median_s": med, "runs_s": times,
+            "tokens_per_s": {k: tokens / t for k, t in med.items()},
+            "speedup_shared_vs_separate": med["separate"] / med["shared"],
+            "ratio_shared_vs_capture": med["capture"] / med["shared"]}  # fmt: skip
+
+
 def peak_rss(token_counts: list[int]) -> list[dict]:
     rows = []
     for n in token_counts:  # each count in a fresh process (subprocess = fork + exec: nothing inherited)
@@ -105,13 +144,21 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rss-tokens", default="100000,1000000")
+    parser.add_argument("--parts", default="throughput,shared,rss")
     args = parser.parse_args()
-    result = {"bench": "stats", "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "machine": platform.machine(), "throughput": throughput(args)}  # fmt: skip
-    rss = peak_rss([int(n) for n in args.rss_tokens.split(",")])
-    result["peak_rss"] = rss
-    result["rss_ratio"] = rss[-1]["peak_rss_mib"] / rss[0]["peak_rss_mib"]
+    parts = args.parts.split(",")
     out = HERE / "results" / "stats.json"
+    result = json.loads(out.read_text()) if out.is_file() else {}  # parts not rerun keep their last results
+    result.update({"bench": "stats", "torch": torch.__version__, "threads": torch.get_num_threads(),
+                   "machine": platform.machine()})  # fmt: skip
+    if "throughput" in parts:
+        result["throughput"] = throughput(args)
+    if "shared" in parts:
+        result["shared"] = shared(args)
+    if "rss" in parts:
+        rss = peak_rss([int(n) for n in args.rss_tokens.split(",")])
+        result["peak_rss"] = rss
+        result["rss_ratio"] = rss[-1]["peak_rss_mib"] / rss[0]["peak_rss_mib"]
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {out}")

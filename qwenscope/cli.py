@@ -13,6 +13,7 @@ from typing import Any
 
 from qwenscope.cli_args import add_dataclass_args, from_args
 from qwenscope.errors import QwenscopeError
+from qwenscope.features.density import MAX_DENSITY, check_max_density
 
 logger = logging.getLogger("qwenscope")
 
@@ -75,12 +76,18 @@ class FeaturesConfig:
     """TopK k, only for Qwen-Scope files outside a folder named like their release."""
     json: bool = False
     """Print JSON instead of a table."""
+    store: str = ""
+    """Feature store folder for the densities; empty: the SAE's cached store or the one shipped with it (no new
+    pass: without either, densities are unknown; `qwenscope stats` builds one)."""
+    max_density: float = MAX_DENSITY
+    """Leave out features that fire on more than this share of the store's tokens (always-on); 1 keeps them."""
 
     def __post_init__(self) -> None:
         if self.top < 1:
             raise QwenscopeError(f"--top must be at least 1, got {self.top}")
         if not self.text.strip():
             raise QwenscopeError("--text is empty; pass the text to analyse")
+        check_max_density(self.max_density)
 
 
 def token_features(model, tokenizer, sae, hookpoint: str, text: str, top: int) -> list[dict[str, Any]]:
@@ -91,21 +98,41 @@ def token_features(model, tokenizer, sae, hookpoint: str, text: str, top: int) -
 
 
 def run_features(cfg: FeaturesConfig) -> None:
+    from qwenscope.features.density import dense_features, density_text
     from qwenscope.features.search import token_features
+    from qwenscope.features.store import FeatureStore, find_store
     from qwenscope.models.hookpoints import check_sae_fits
-    from qwenscope.models.load import load_model
+    from qwenscope.models.load import load_model, model_name
     from qwenscope.sae.load import load_sae
 
     model, tokenizer = load_model(cfg.model)
     sae = load_sae(cfg.sae, hookpoint=cfg.hookpoint, k=cfg.k)
     hook = check_sae_fits(sae, model, cfg.hookpoint)
-    rows = token_features(model, tokenizer, sae, hook.name, cfg.text, cfg.top)
-    if cfg.json:
-        print(json.dumps({"model": cfg.model, "sae": cfg.sae, "hookpoint": hook.name, "tokens": rows}))
-        return
-    print(f"{'pos':>4}  {'token':<16} top features (id:activation) at {hook.name}")
+    store = FeatureStore.open(cfg.store) if cfg.store else find_store(model, tokenizer, sae, model_name(model),
+                                                                      cfg.sae, hook.name)  # fmt: skip
+    frequency = store.frequencies() if store is not None else None
+    dense = dense_features(store, cfg.max_density) if store is not None else {}
+    rows = token_features(model, tokenizer, sae, hook.name, cfg.text, cfg.top + len(dense))
+    left_out: dict[int, float] = {}
     for r in rows:
-        feats = "  ".join(f"{f['id']}:{f['act']:.2f}" for f in r["features"]) or "-"
+        left_out.update({f["id"]: dense[f["id"]] for f in r["features"] if f["id"] in dense})
+        r["features"] = [{**f, "density": None if frequency is None else float(frequency[f["id"]])}
+                         for f in r["features"] if f["id"] not in dense][: cfg.top]  # fmt: skip
+    always_on = [{"id": i, "density": p} for i, p in sorted(left_out.items(), key=lambda kv: -kv[1])]
+    if cfg.json:
+        print(json.dumps({"model": cfg.model, "sae": cfg.sae, "hookpoint": hook.name, "max_density": cfg.max_density,
+                          "store": None if store is None else str(store.folder), "always_on": always_on,
+                          "tokens": rows}))  # fmt: skip
+        return
+    if store is None:
+        print(f"densities unknown: no feature store for this SAE yet (qwenscope stats --model {cfg.model} --sae "
+              f"{cfg.sae} builds one)")  # fmt: skip
+    elif always_on:
+        print(f"left out: {len(always_on)} always-on features (firing on more than {density_text(cfg.max_density)} "
+              "of tokens): " + ", ".join(f"#{a['id']} ({density_text(a['density'])})" for a in always_on))
+    print(f"{'pos':>4}  {'token':<16} top features (id:activation, density) at {hook.name}")
+    for r in rows:
+        feats = "  ".join(f"{f['id']}:{f['act']:.2f} ({density_text(f['density'])})" for f in r["features"]) or "-"
         print(f"{r['pos']:>4}  {r['token']!r:<16} {feats}")
 
 

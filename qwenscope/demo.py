@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from qwenscope import demo_texts
 from qwenscope.errors import QwenscopeError
+from qwenscope.features.density import MAX_DENSITY, check_max_density, density_text
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +39,12 @@ class DemoConfig:
     """Where the SAE reads, e.g. resid_post.14; default: the hookpoint the SAE records."""
     out: str = "qwenscope-demo"
     """Folder of the HTML report."""
-    n_tokens: int = 30_000
-    """Tokens of the feature-store pass (statistics, top contexts), computed once per SAE and cached."""
+    n_tokens: int = 100_000
+    """Tokens of the feature-store pass when the SAE ships without one (the shipped SAEs come with a store from 1M
+    tokens); computed once per SAE and cached."""
+    max_density: float = MAX_DENSITY
+    """Leave out features that fire on more than this share of the store's tokens (always-on features say nothing
+    about a prompt); 1 keeps them all."""
     strength: float = 10.0
     """Steering strength, as a multiple of the feature's typical activation (its mean when firing on the corpus)."""
     max_new_tokens: int = 40
@@ -49,6 +55,7 @@ class DemoConfig:
             raise QwenscopeError(f"--n-tokens must be at least 1000, got {self.n_tokens}")
         if self.max_new_tokens < 1:
             raise QwenscopeError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
+        check_max_density(self.max_density)
 
 
 def _load(cfg: DemoConfig):
@@ -75,15 +82,20 @@ def meaning(info: Any) -> str:
     return info.label or fallback_label(info)
 
 
-def prompt_features(model, tokenizer, sae, hook: str, prompt: str, top: int = 5) -> list[tuple[int, float, str]]:
-    """The ``top`` features of a prompt by peak activation (position 0 left out), with the token where each peaks."""
+def prompt_features(model, tokenizer, sae, hook: str, prompt: str, top: int = 5, dense: Collection[int] = ()
+                    ) -> list[tuple[int, float, str]]:  # fmt: skip
+    """The ``top`` features of a prompt by peak activation (position 0 left out), with the token where each peaks;
+    the ``dense`` ones (always-on: ``qwenscope.features.density``) left out."""
     from qwenscope.features.search import token_features
+    from qwenscope.features.text import piece_at
 
     best: dict[int, tuple[float, str]] = {}
-    for row in token_features(model, tokenizer, sae, hook, prompt, 8)[1:]:
+    rows = token_features(model, tokenizer, sae, hook, prompt, 8 + len(dense))
+    pieces = [row["token"] for row in rows]
+    for row in rows[1:]:
         for f in row["features"]:
-            if f["act"] > best.get(f["id"], (0.0, ""))[0]:
-                best[f["id"]] = (f["act"], row["token"])
+            if f["id"] not in dense and f["act"] > best.get(f["id"], (0.0, ""))[0]:
+                best[f["id"]] = (f["act"], piece_at(pieces, row["pos"]))
     ranked = sorted(best.items(), key=lambda kv: -kv[1][0])[:top]
     return [(fid, act, token) for fid, (act, token) in ranked]
 
@@ -99,9 +111,14 @@ def pick_concept_feature(hits: list[Any]) -> Any:
     return max(quiet or fired, key=lambda h: h.rate_diff)
 
 
+def _density(store: Any, fid: int) -> str:
+    return density_text(float(store.frequencies()[fid]))
+
+
 def run_demo(cfg: DemoConfig) -> None:
     from qwenscope.demo_report import write_report
     from qwenscope.features.dashboard import cached_store, write_dashboard
+    from qwenscope.features.density import dense_features
     from qwenscope.features.search import contrastive
     from qwenscope.steer.generate import generate_pair, side_by_side
 
@@ -111,26 +128,32 @@ def run_demo(cfg: DemoConfig) -> None:
     print(f"   {type(model).__name__}, SAE at {hook}: d_sae {sae.d_sae}, k {sae.cfg.k}")
     store = cached_store(model, tokenizer, sae, source, hook, cfg.n_tokens)
     alive = float((store.table()["count"] > 0).mean())
+    dense = dense_features(store, cfg.max_density)
     print(f"   feature store: {store.meta.get('n_tokens', 0):,} tokens of {store.meta.get('dataset')}, "
           f"{alive:.1%} of features fire ({store.folder})")  # fmt: skip
+    print(f"   {len(dense)} always-on features fire on more than {density_text(cfg.max_density)} of tokens: left out "
+          "below (--max-density)")  # fmt: skip
 
-    print("\n== 2. the strongest features of a few prompts")
+    print("\n== 2. the strongest features of a few prompts (density: the share of tokens a feature fires on)")
     read = []
     for prompt in demo_texts.PROMPTS:
-        rows = prompt_features(model, tokenizer, sae, hook, prompt)
+        rows = prompt_features(model, tokenizer, sae, hook, prompt, dense=dense)
         read.append((prompt, rows))
         print(f"\n   {prompt!r}")
         for fid, act, token in rows:
-            print(f"   #{fid:<6} {act:7.1f} at {token!r:<12} {meaning(store.feature(fid))}")
+            print(f"   #{fid:<6} {act:7.1f} at {token!r:<12} density {_density(store, fid):>7}  "
+                  f"{meaning(store.feature(fid))}")  # fmt: skip
 
     print(f"\n== 3. contrastive search: texts about {demo_texts.CONCEPT} vs other texts")
     hits = contrastive(model, tokenizer, sae, demo_texts.POSITIVE, demo_texts.NEGATIVE, top=40, by="rate")
     chosen = pick_concept_feature(hits)
-    for h in hits[:5] + ([chosen] if chosen not in hits[:5] else []):
+    listed = [h for h in hits if h.feature not in dense][:5]
+    for h in listed + ([chosen] if chosen not in listed else []):
         quiet = "silent on the negatives" if h.rate_neg <= 0.02 else "none is silent on the negatives"
         mark = f"  <- chosen ({quiet})" if h is chosen else ""
-        print(f"   #{h.feature:<6} fires on {h.rate_pos:.0%} vs {h.rate_neg:.0%} of tokens: "
-              f"{meaning(store.feature(h.feature))}{mark}")  # fmt: skip
+        mark += "  (always-on)" if h.feature in dense else ""
+        print(f"   #{h.feature:<6} fires on {h.rate_pos:.0%} vs {h.rate_neg:.0%} of tokens, density "
+              f"{_density(store, h.feature)}: {meaning(store.feature(h.feature))}{mark}")  # fmt: skip
 
     typical = store.typical_acts()
     print(f"\n== 4. steering #{chosen.feature} at {cfg.strength:g}x its typical activation "
@@ -141,9 +164,9 @@ def run_demo(cfg: DemoConfig) -> None:
     print(side_by_side(plain, steered))
 
     out = Path(cfg.out)
-    table = hits[:10]
+    table = [h for h in hits if h.feature not in dense][:10]
     shown = sorted({f for _, rows in read for f, _, _ in rows} | {h.feature for h in table} | {chosen.feature})
-    write_dashboard(store, out / "features", shown)
+    write_dashboard(store, out / "features", shown, max_density=cfg.max_density)
     report = write_report(out, cfg, store, read, table, chosen, (plain, steered), model, tokenizer, sae, hook)
     print(f"\n== 5. report: {report.resolve()}  ({time.perf_counter() - t0:.0f} s in all)")
 

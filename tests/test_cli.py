@@ -50,6 +50,43 @@ def test_features_json_and_table(tiny_qwen3, tmp_path, capsys):
     assert "top features" in capsys.readouterr().out
 
 
+def test_features_show_densities_and_leave_out_always_on_ones(tiny_qwen3, tmp_path, capsys, monkeypatch):
+    """With a feature store for the SAE (cached by ``qwenscope stats``), every listed feature has its density and an
+    always-on feature is left out of the per-token lists (listed apart); without one, densities are unknown."""
+    import torch
+
+    monkeypatch.setenv("QWENSCOPE_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    sae = Sae(SaeConfig(d_in=64, d_sae=128, k=4, hookpoint="resid_post.1"))
+    with torch.no_grad():
+        sae.b_enc[7] = 50.0  # fires on every token, with the largest activation
+    sae.save(tmp_path / "sae")
+    text = "Hello world, the cat sat on the mat. Привет, 中文!"
+    args = ["features", "--model", str(tiny_qwen3), "--sae", str(tmp_path / "sae"), "--text", text, "--top", "3"]
+    assert main([*args, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["store"] is None and all(f["density"] is None for t in data["tokens"] for f in t["features"])
+    assert any(f["id"] == 7 for t in data["tokens"] for f in t["features"])  # no store: nothing is left out
+    assert "".join(t["token"] for t in data["tokens"]) == text  # whole characters, none broken
+
+    (tmp_path / "docs.txt").write_text("\n\n".join(f"Line {i}: the cat sat on mat {i % 7}." for i in range(200)))
+    stats = ["stats", "--model", str(tiny_qwen3), "--sae", str(tmp_path / "sae"), "--dataset",
+             str(tmp_path / "docs.txt"), "--split", "all", "--n-tokens", "600", "--seq-len", "32"]  # fmt: skip
+    assert main(stats) == 0
+    assert "always-on (density > 20% of tokens): " in capsys.readouterr().out
+    assert main([*args, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    listed = [f for t in data["tokens"] for f in t["features"]]
+    assert data["store"] and listed and all(f["id"] != 7 and 0 <= f["density"] <= 0.2 for f in listed)
+    assert [a["id"] for a in data["always_on"]] == [7] and data["always_on"][0]["density"] > 0.9
+    assert all(len(t["features"]) == 3 for t in data["tokens"])  # the always-on feature's slot goes to another
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "left out: 1 always-on features" in out and "#7 (" in out and "%)" in out.splitlines()[-1]
+    assert main([*args, "--max-density", "1", "--json"]) == 0
+    assert any(f["id"] == 7 for t in json.loads(capsys.readouterr().out)["tokens"] for f in t["features"])
+
+
 def test_errors_are_one_line(tiny_qwen3, tmp_path, capsys):
     Sae(SaeConfig(d_in=2048, d_sae=128, k=4, hookpoint="resid_post.1")).save(tmp_path / "big")
     code = main(["features", "--model", str(tiny_qwen3), "--sae", str(tmp_path / "big"), "--text", "hi"])
@@ -60,3 +97,6 @@ def test_errors_are_one_line(tiny_qwen3, tmp_path, capsys):
     assert code == 2 and "layer 7 is out of range" in capsys.readouterr().err
     assert main(["features", "--model", str(tiny_qwen3), "--sae", str(tmp_path / "big"), "--text", " "]) == 2
     assert "--text is empty" in capsys.readouterr().err
+    assert main(["features", "--model", str(tiny_qwen3), "--sae", str(tmp_path / "big"), "--text", "hi",
+                 "--max-density", "0"]) == 2  # fmt: skip
+    assert "--max-density is a share of tokens in (0, 1]" in capsys.readouterr().err

@@ -10,7 +10,8 @@ from tiny_models import save_tiny_qwen3
 
 from qwenscope import Sae, SaeConfig
 from qwenscope.cli import main
-from qwenscope.demo import pick_concept_feature
+from qwenscope.demo import pick_concept_feature, prompt_features
+from qwenscope.demo_texts import PROMPTS
 from qwenscope.errors import QwenscopeError
 from qwenscope.features.search import ContrastiveHit
 
@@ -20,7 +21,10 @@ def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     save_tiny_qwen3(root / "model")
     torch.manual_seed(1)
-    Sae(SaeConfig(d_in=64, d_sae=128, k=4, hookpoint="resid_post.0")).save(root / "sae")
+    sae = Sae(SaeConfig(d_in=64, d_sae=128, k=4, hookpoint="resid_post.0"))
+    with torch.no_grad():
+        sae.b_enc[[7, 40]] = 50.0  # two always-on features that top every token, as real SAEs have
+    sae.save(root / "sae")
     return root
 
 
@@ -39,6 +43,29 @@ def test_demo_runs_end_to_end_and_writes_a_linked_report(folders, tmp_path, monk
     links = set(re.findall(r'href="(features/[^"]+)"', html))
     assert links and all((out / link).is_file() for link in links)  # every link opens offline
     assert (tmp_path / "cache" / "features").is_dir()  # the feature store is cached for the next run
+    _first_screen_hides_always_on_features(printed, tmp_path / "cache", folders, html)
+
+
+def _first_screen_hides_always_on_features(printed: str, cache, folders, html: str) -> None:
+    """Sections 2 and 3 list no feature above MAX_DENSITY and give every listed feature's density; without the
+    filter, always-on features would top the prompts (so the filter is what keeps them out)."""
+    from qwenscope import load_model, load_sae
+    from qwenscope.features.density import MAX_DENSITY, density_text
+    from qwenscope.features.store import FeatureStore
+
+    store = FeatureStore.open(next(cache.glob("features/**/meta.json")).parent)
+    frequency = store.frequencies()
+    screen = printed.split("== 4.")[0].split("== 2.")[1]
+    listed = [(int(m[1]), m[2]) for m in re.finditer(r"#(\d+) .*?density\s+(\S+?)[\s:]", screen)]
+    lines = [line for line in screen.splitlines() if line.strip().startswith("#")]
+    assert len(listed) == len(lines) >= 3 * 3  # every listed feature shows a density
+    for fid, shown in listed:
+        assert frequency[fid] <= MAX_DENSITY and shown == density_text(frequency[fid]), (fid, frequency[fid])
+    model, tokenizer = load_model(str(folders / "model"))
+    sae = load_sae(str(folders / "sae"))
+    unfiltered = {f for prompt in PROMPTS for f, _, _ in prompt_features(model, tokenizer, sae, "resid_post.0", prompt)}
+    assert any(frequency[f] > MAX_DENSITY for f in unfiltered)  # the random SAE has always-on features that would show
+    assert "always-on" in printed and ">density<" in html
 
 
 def test_demo_without_sae_for_an_unknown_model_is_one_line(folders, capsys):

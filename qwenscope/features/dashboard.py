@@ -6,10 +6,13 @@ Every page is self-contained (inline CSS, inline SVG, a few lines of inline JS o
 links outside the folder), and every piece of text that comes from a model or a user (tokens, labels, model and
 SAE names) goes through ``html.escape``: tokens can contain ``<script>``.
 
-A feature page shows the label and its score when the store has one, frequency / mean / max activation, the
-activation histogram (inline SVG), the logit lens (tokens the feature's decoder row promotes and suppresses) and
-the top-activating contexts, each token shaded by its activation (opacity = act / the feature's max activation,
-the activation itself in the ``title`` tooltip).
+A feature page shows the label and its score when the store has one, its density (the share of tokens it fires on;
+"always-on" above ``max_density``, see ``qwenscope.features.density``) / mean / max activation, the activation
+histogram (inline SVG), the logit lens (tokens the feature's decoder row promotes and suppresses) and the
+top-activating contexts, each token shaded by its activation (opacity = act / the feature's max activation, the
+activation itself in the ``title`` tooltip; a character split over several tokens is shown once, with the larger
+activation: ``qwenscope.features.text``). The index lists the features at or under ``max_density`` first (most
+frequent first), then the always-on ones, marked.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qwenscope.errors import QwenscopeError
+from qwenscope.features.density import MAX_DENSITY, check_max_density, density_text
+from qwenscope.features.text import join_pieces
 
 if TYPE_CHECKING:
     from qwenscope.features.store import FeatureInfo, FeatureStore
@@ -50,6 +55,7 @@ td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
 .tok{font-family:ui-monospace,Menlo,Consolas,monospace;background:#f4f4f4;border-radius:3px;padding:0 .25rem;
   white-space:pre}
 .pos{color:#137333}.neg{color:#b3261e}
+.dense{color:#b3261e;font-size:.8rem;font-weight:600;white-space:nowrap}tr.dense-row td{color:#888}
 #q{width:100%;padding:.45rem;font-size:1rem;margin:.6rem 0;box-sizing:border-box}
 svg .bar{fill:#f29900}svg .axis{stroke:#999}svg text{font-size:10px;fill:#555}
 """
@@ -87,8 +93,11 @@ class DashboardConfig:
     """Tokens to compute the feature statistics over, when the store is built; default: the store's default."""
     dataset: str | None = None
     """Text for the statistics, when the store is built (a named corpus, a .txt/.jsonl file or folder, hf:NAME)."""
+    max_density: float = MAX_DENSITY
+    """Features firing on more than this share of tokens are always-on: marked, and listed after the others."""
 
     def __post_init__(self) -> None:
+        check_max_density(self.max_density)
         if self.max_features < 1:
             raise QwenscopeError(f"--max-features must be at least 1, got {self.max_features}")
         if self.n_tokens is not None and self.n_tokens < 1:
@@ -137,8 +146,8 @@ def token_span(token: str, act: float, scale: float) -> str:
 
 
 def context_html(tokens: Sequence[str], acts: Sequence[float], scale: float) -> str:
-    """A context with every token shaded by its activation."""
-    return "".join(token_span(t, a, scale) for t, a in zip(tokens, acts))
+    """A context with every token shaded by its activation (the pieces of a split character joined)."""
+    return "".join(token_span(t, a, scale) for t, a in join_pieces(tokens, acts))
 
 
 def histogram_svg(hist: Sequence[float], edges: Sequence[float], width: int = 560, height: int = 140) -> str:
@@ -171,7 +180,7 @@ def top_tokens(info: FeatureInfo, n: int = 5) -> list[str]:
     """The tokens where the feature fires hardest in its top contexts (distinct, strongest first)."""
     seen: dict[str, float] = {}
     for ctx in info.contexts:
-        for tok, act in zip(ctx.tokens, ctx.acts):
+        for tok, act in join_pieces(ctx.tokens, ctx.acts):
             if act > 0 and act > seen.get(tok, 0.0):
                 seen[tok] = act
     return [t for t, _ in sorted(seen.items(), key=lambda kv: -kv[1])[:n]]
@@ -184,7 +193,15 @@ def _label_html(info: FeatureInfo) -> str:
     return f"<p><b>{_e(info.label)}</b>{score}</p>"
 
 
-def feature_body(info: FeatureInfo, edges: Sequence[float], meta: dict[str, Any] | None = None) -> str:
+def density_html(frequency: float, max_density: float) -> str:
+    """The density, marked always-on above ``max_density``."""
+    mark = f' <span class="dense" title="fires on more than {density_text(max_density)} of tokens: says little about '
+    mark += 'any of them">always-on</span>'
+    return f"{density_text(frequency)}{mark if frequency > max_density else ''}"
+
+
+def feature_body(info: FeatureInfo, edges: Sequence[float], meta: dict[str, Any] | None = None,
+                 max_density: float = MAX_DENSITY) -> str:  # fmt: skip
     """Everything shown about one feature, as an HTML fragment (the styles it uses are ``STYLE``)."""
     scale = max(info.max_act, 1e-12)
     contexts = "".join(f'<div class="ctx"><span class="max">{c.max_act:.2f}</span>'
@@ -192,7 +209,7 @@ def feature_body(info: FeatureInfo, edges: Sequence[float], meta: dict[str, Any]
     contexts = contexts or '<p class="meta">no contexts</p>'
     subtitle = f'<p class="meta">{_e(_meta_line(meta))}</p>' if meta else ""
     return (f"<h1>Feature {info.id}</h1>{subtitle}{_label_html(info)}"
-            f'<div class="stats"><span>frequency <b>{_num(info.frequency, 4)}</b></span>'
+            f'<div class="stats"><span>density <b>{density_html(info.frequency, max_density)}</b> of tokens</span>'
             f"<span>count <b>{info.count}</b></span><span>mean act <b>{_num(info.mean_act)}</b></span>"
             f"<span>max act <b>{_num(info.max_act)}</b></span></div>"
             f"<h2>Activation histogram</h2>{histogram_svg(info.hist, edges)}"
@@ -201,13 +218,14 @@ def feature_body(info: FeatureInfo, edges: Sequence[float], meta: dict[str, Any]
             f"<h2>Top contexts</h2>{contexts}")  # fmt: skip
 
 
-def feature_page(info: FeatureInfo, edges: Sequence[float], meta: dict[str, Any], nav: tuple[int | None, ...]) -> str:
+def feature_page(info: FeatureInfo, edges: Sequence[float], meta: dict[str, Any], nav: tuple[int | None, ...],
+                 max_density: float = MAX_DENSITY) -> str:  # fmt: skip
     """The HTML page of one feature; ``nav`` = (previous id, next id) among the written pages."""
     prev_id, next_id = nav
     links = ['<a href="../index.html">index</a>']
     links += [f'<a href="{i}.html">{word} #{i}</a>' for i, word in ((prev_id, "&larr;"), (next_id, "&rarr;"))
               if i is not None]  # fmt: skip
-    body = f'<div class="nav">{" &middot; ".join(links)}</div>{feature_body(info, edges, meta)}'
+    body = f'<div class="nav">{" &middot; ".join(links)}</div>{feature_body(info, edges, meta, max_density)}'
     return _page(f"Feature {info.id}", body)
 
 
@@ -216,28 +234,33 @@ def _meta_line(meta: dict[str, Any]) -> str:
     return " | ".join(f"{k} {meta[k]}" for k in keys if meta.get(k) is not None)
 
 
-def _index_row(info: FeatureInfo) -> str:
+def _index_row(info: FeatureInfo, max_density: float) -> str:
     tokens = top_tokens(info)
-    search = " ".join([str(info.id), info.label or "", *tokens]).lower()
+    dense = info.frequency > max_density
+    search = " ".join([str(info.id), info.label or "", *tokens, "always-on" if dense else ""]).lower()
     toks = " ".join(f'<span class="tok">{_e(t)}</span>' for t in tokens)
     cells = [
         f'<td class="num" data-v="{info.id}"><a href="features/{info.id}.html">{info.id}</a></td>',
         f'<td data-v="{_e(info.label or "")}">{_e(info.label or "")}</td>',
-        f'<td class="num" data-v="{info.frequency}">{_num(info.frequency, 4)}</td>',
+        f'<td class="num" data-v="{info.frequency}">{density_html(info.frequency, max_density)}</td>',
         f'<td class="num" data-v="{info.mean_act}">{_num(info.mean_act)}</td>',
         f'<td class="num" data-v="{info.max_act}">{_num(info.max_act)}</td>',
         f'<td data-v="{_e(" ".join(tokens))}">{toks}</td>',
     ]
-    return f'<tr data-search="{_e(search)}">{"".join(cells)}</tr>'
+    return f'<tr{" class=dense-row" if dense else ""} data-search="{_e(search)}">{"".join(cells)}</tr>'
 
 
-def index_page(infos: Sequence[FeatureInfo], meta: dict[str, Any], d_sae: int) -> str:
+def index_page(infos: Sequence[FeatureInfo], meta: dict[str, Any], d_sae: int, max_density: float = MAX_DENSITY) -> str:
     """The index: one row per written feature, filtered by the search box, sortable by clicking a header."""
-    heads = [("feature", "num"), ("label", ""), ("frequency", "num"), ("mean act", "num"), ("max act", "num"),
+    heads = [("feature", "num"), ("label", ""), ("density", "num"), ("mean act", "num"), ("max act", "num"),
              ("top tokens", "")]  # fmt: skip
     head = "".join(f'<th class="sort {cls}">{name}</th>' for name, cls in heads)
-    rows = "\n".join(_index_row(i) for i in infos)
+    rows = "\n".join(_index_row(i, max_density) for i in infos)
+    dense = sum(i.frequency > max_density for i in infos)
     body = (f"<h1>SAE features</h1><p class=\"meta\">{_e(_meta_line(meta))} | d_sae {d_sae}</p>"
+            f'<p class="meta">density: the share of the tokens a feature fires on. {dense} of these features fire on '
+            f"more than {density_text(max_density)} of tokens: <span class=dense>always-on</span>, listed last "
+            "(they say little about any token; type always-on to list them)</p>"
             f'<input id="q" type="search" placeholder="filter by feature id, label or token" autofocus>'
             f'<p class="meta"><span id="count">{len(infos)}</span> of {len(infos)} features shown</p>'
             f"<table><thead><tr>{head}</tr></thead><tbody id=\"rows\">\n{rows}\n</tbody></table>")  # fmt: skip
@@ -245,17 +268,22 @@ def index_page(infos: Sequence[FeatureInfo], meta: dict[str, Any], d_sae: int) -
 
 
 # ---------------------------------------------------------------- writing
-def default_features(store: FeatureStore, max_features: int = MAX_FEATURES) -> list[int]:
-    """The alive features (they fired at least once), most frequent first, at most ``max_features``."""
+def default_features(store: FeatureStore, max_features: int = MAX_FEATURES, max_density: float = MAX_DENSITY
+                     ) -> list[int]:  # fmt: skip
+    """The alive features (they fired at least once), most frequent first, those above ``max_density`` (always-on)
+    after the others; at most ``max_features``."""
     table = store.table()
-    alive = table[table["count"] > 0].sort_values(["frequency", "feature"], ascending=[False, True])
+    table["dense"] = table["frequency"] > max_density
+    alive = table[table["count"] > 0].sort_values(["dense", "frequency", "feature"], ascending=[True, False, True])
     return [int(f) for f in alive["feature"].head(max_features)]
 
 
 def write_dashboard(store: FeatureStore, out_dir: str | Path, features: Sequence[int] | None = None,
-                    max_features: int = MAX_FEATURES) -> Path:  # fmt: skip
-    """Write ``out_dir/index.html`` and ``out_dir/features/<id>.html``; returns the index's path."""
-    ids = list(dict.fromkeys(features)) if features is not None else default_features(store, max_features)
+                    max_features: int = MAX_FEATURES, max_density: float = MAX_DENSITY) -> Path:  # fmt: skip
+    """Write ``out_dir/index.html`` and ``out_dir/features/<id>.html``; returns the index's path. Given
+    ``features`` keep their order; always-on ones (above ``max_density``) are marked."""
+    check_max_density(max_density)
+    ids = list(dict.fromkeys(features)) if features is not None else default_features(store, max_features, max_density)
     bad = [i for i in ids if not 0 <= i < store.d_sae]
     if bad:
         d = store.d_sae
@@ -268,9 +296,10 @@ def write_dashboard(store: FeatureStore, out_dir: str | Path, features: Sequence
     edges = list(store.hist_edges)
     for n, info in enumerate(infos):
         nav = (ids[n - 1] if n > 0 else None, ids[n + 1] if n + 1 < len(ids) else None)
-        (out / "features" / f"{info.id}.html").write_text(feature_page(info, edges, store.meta, nav), encoding="utf-8")
+        page = feature_page(info, edges, store.meta, nav, max_density)
+        (out / "features" / f"{info.id}.html").write_text(page, encoding="utf-8")
     index = out / "index.html"
-    index.write_text(index_page(infos, store.meta, store.d_sae), encoding="utf-8")
+    index.write_text(index_page(infos, store.meta, store.d_sae, max_density), encoding="utf-8")
     logger.info("wrote %d feature pages to %s", len(infos), out)
     return index
 
@@ -296,4 +325,4 @@ def run_dashboard(cfg: DashboardConfig) -> None:
     sae = load_sae(cfg.sae or cfg.model, hookpoint=cfg.hookpoint)
     store = cached_store(model, tokenizer, sae, cfg.sae or cfg.model, cfg.hookpoint, cfg.n_tokens, cfg.dataset)
     features = parse_ids(cfg.features) if cfg.features else None
-    print(write_dashboard(store, cfg.out, features, cfg.max_features))
+    print(write_dashboard(store, cfg.out, features, cfg.max_features, cfg.max_density))

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from qwenscope.errors import QwenscopeError
 from qwenscope.features.store import Context, FeatureInfo, FeatureStore
+from qwenscope.features.text import join_pieces, piece_at
 
 logger = logging.getLogger(__name__)
 
@@ -92,9 +93,11 @@ class HFLabeller:
 
 # ---------------------------------------------------------------- prompts
 def context_text(context: Context, mark: bool = True) -> str:
-    """A context's text; with ``mark``, its max-activating token is wrapped in << >>."""
-    top = max(range(len(context.acts)), key=context.acts.__getitem__) if context.acts else -1
-    return "".join(f"<<{t}>>" if mark and i == top else t for i, t in enumerate(context.tokens))
+    """A context's text; with ``mark``, its max-activating token is wrapped in << >> (a character split over several
+    tokens counts as one)."""
+    units = join_pieces(context.tokens, context.acts)
+    top = max(range(len(units)), key=lambda i: units[i][1]) if units else -1
+    return "".join(f"<<{t}>>" if mark and i == top else t for i, (t, _) in enumerate(units))
 
 
 def label_prompt(info: FeatureInfo, n_contexts: int = 8) -> str:
@@ -125,7 +128,8 @@ def fallback_label(info: FeatureInfo) -> str:
     """A label without an LLM: the commonest max-activating tokens of the top contexts and the top promoted tokens."""
     if info.count == 0 or not info.contexts:
         return "dead feature (never fired)"
-    tops = Counter(c.tokens[max(range(len(c.acts)), key=c.acts.__getitem__)] for c in info.contexts if c.acts)
+    tops = Counter(piece_at(c.tokens, max(range(len(c.acts)), key=c.acts.__getitem__)) for c in info.contexts
+                   if c.acts)  # fmt: skip
     fires = ", ".join(repr(t) for t, _ in tops.most_common(3))
     promotes = ", ".join(repr(t) for t, _ in info.promoted[:3])
     return f"fires on {fires}" + (f"; promotes {promotes}" if promotes else "")

@@ -1,6 +1,8 @@
 """The ``qwenscope stats`` and ``qwenscope search`` commands.
 
     qwenscope stats --model smollm2-135m --n-tokens 200000            # builds (or reuses) the cached feature store
+    qwenscope stats --model smollm2-135m --hookpoint resid_post.3,resid_post.15,resid_post.25 --n-tokens 1000000 \
+        --pack                                                        # one pass, packed beside each shipped SAE
     qwenscope search --model smollm2-135m --positive "I love it" --negative "I hate it"
     qwenscope search --model smollm2-135m --positive-file pos.txt --negative-file neg.txt --by mean
     qwenscope search --model smollm2-135m --token " Paris"
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from qwenscope.errors import QwenscopeError
+from qwenscope.features.density import MAX_DENSITY, check_max_density, density_text
 from qwenscope.features.stats import StatsConfig
 
 logger = logging.getLogger(__name__)
@@ -32,13 +35,18 @@ class StatsCommand:
     sae: str = ""
     """SAE: a folder, a file or a hub repo id; empty: the SAE shipped for the embedded model."""
     hookpoint: str | None = None
-    """Where the SAE reads, e.g. resid_post.12; default: the hookpoint the SAE records."""
+    """Where the SAE reads, e.g. resid_post.12; several comma-separated (resid_post.3,resid_post.15) share one pass;
+    default: the hookpoint the SAE records."""
     k: int | None = None
     """TopK k, only for Qwen-Scope files outside a folder named like their release."""
     out: str = ""
-    """Store folder; empty: the cache (~/.cache/qwenscope/features/MODEL/SAE/HOOKPOINT)."""
+    """Store folder (one subfolder per hookpoint when there are several); empty: the cache
+    (~/.cache/qwenscope/features/MODEL/SAE/HOOKPOINT)."""
     rebuild: bool = False
-    """Recompute the store even if a matching one is cached."""
+    """Recompute the store even if a matching one is cached (or ships with the SAE)."""
+    pack: bool = False
+    """Recompute and also write the compact statistics beside the SAE (feature_stats.parquet in its folder;
+    qwenscope/assets/saes/MODEL/HOOKPOINT for an embedded model): the file that ships with it, used before any pass."""
     labels: Literal["none", "fallback", "openai"] = "none"
     """Label the features: fallback (from the statistics, no LLM) or openai (an OpenAI-compatible server)."""
     label_url: str = "http://localhost:8000/v1"
@@ -51,12 +59,27 @@ class StatsCommand:
     """Most frequent features to print."""
     device: str = "cpu"
     """Device for the model and the SAE (cpu, cuda, ...)."""
+    max_density: float = MAX_DENSITY
+    """Features firing on more than this share of tokens are counted and marked as always-on in the summary."""
 
     def __post_init__(self) -> None:
+        check_max_density(self.max_density)
         if self.labels == "openai" and not self.label_model:
             raise QwenscopeError("--labels openai needs --label-model, the model name the server serves")
         if self.show < 0 or self.label_limit < 0:
             raise QwenscopeError("--show and --label-limit cannot be negative")
+
+
+def _load_many(model: str, sae: str, hookpoints: str | None, k: int | None, device: str):
+    """(model, tokenizer, SAEs, their hookpoints) for comma-separated ``hookpoints`` (None: the SAE's own)."""
+    from qwenscope.models.hookpoints import check_sae_fits
+    from qwenscope.models.load import load_model
+    from qwenscope.sae.load import load_sae
+
+    lm, tokenizer = load_model(model, device=device)
+    wanted = [h.strip() for h in hookpoints.split(",") if h.strip()] if hookpoints else [None]
+    saes = [load_sae(sae or model, hookpoint=h, k=k, device=device) for h in wanted]
+    return lm, tokenizer, saes, [check_sae_fits(s, lm, h).name for s, h in zip(saes, wanted)]
 
 
 def _load(model: str, sae: str, hookpoint: str | None, k: int | None, device: str):
@@ -70,40 +93,48 @@ def _load(model: str, sae: str, hookpoint: str | None, k: int | None, device: st
 
 
 def run_stats(cmd: StatsCommand, cfg: StatsConfig) -> None:
-    from qwenscope.features.store import get_or_build_store
+    from qwenscope.features.store import get_or_build_stores
     from qwenscope.models.load import model_name
 
-    model, tokenizer, sae, hook = _load(cmd.model, cmd.sae, cmd.hookpoint, cmd.k, cmd.device)
-    store = get_or_build_store(model, tokenizer, sae, model_name(model), cmd.sae or cmd.model, cfg, hookpoint=hook,
-                               folder=cmd.out or None, rebuild=cmd.rebuild)  # fmt: skip
-    if cmd.labels != "none":
-        from qwenscope.features.labels import OpenAILabeller, label_store
+    model, tokenizer, saes, hooks = _load_many(cmd.model, cmd.sae, cmd.hookpoint, cmd.k, cmd.device)
+    folders = None
+    if cmd.out:
+        folders = [Path(cmd.out)] if len(hooks) == 1 else [Path(cmd.out) / h for h in hooks]
+    stores = get_or_build_stores(model, tokenizer, saes, model_name(model), [cmd.sae or cmd.model] * len(saes), cfg,
+                                 hookpoints=hooks, folders=folders, rebuild=cmd.rebuild, pack=cmd.pack)  # fmt: skip
+    for n, store in enumerate(stores):
+        if cmd.labels != "none":
+            from qwenscope.features.labels import OpenAILabeller, label_store
 
-        labeller = OpenAILabeller(cmd.label_url, cmd.label_model) if cmd.labels == "openai" else None
-        table = store.table()
-        alive = table[table["count"] > 0].sort_values("count", ascending=False).index
-        label_store(store, labeller, list(alive[: cmd.label_limit or None]))
-    print_summary(store, cmd.show)
+            labeller = OpenAILabeller(cmd.label_url, cmd.label_model) if cmd.labels == "openai" else None
+            table = store.table()
+            alive = table[table["count"] > 0].sort_values("count", ascending=False).index
+            label_store(store, labeller, list(alive[: cmd.label_limit or None]))
+        print(("\n" if n else "") + "\n".join(summary_lines(store, cmd.show, cmd.max_density)))
 
 
-def print_summary(store, show: int) -> None:
-    """Where the store is, how many features are alive, and the most frequent ones."""
+def summary_lines(store, show: int, max_density: float = MAX_DENSITY) -> list[str]:
+    """Where the store is, how many features are alive and always-on, and the most frequent ones with their density
+    (always-on ones marked)."""
     from qwenscope.features.labels import fallback_label
 
     table, meta = store.table(), store.meta
     alive = int((table["count"] > 0).sum())
-    print(f"feature store  {store.folder}")
-    print(f"model {meta.get('model')}, sae {meta.get('sae')} at {meta.get('hookpoint')}, "
-          f"{meta.get('n_tokens', 0):,} tokens of {meta.get('dataset')}")  # fmt: skip
-    print(f"alive {alive:,} / {store.d_sae:,} features ({alive / store.d_sae:.1%}) fired at least once; "
-          f"dense (> 10% of tokens): {int((table['frequency'] > 0.1).sum())}")  # fmt: skip
+    dense = int((table["frequency"] > max_density).sum())
+    lines = [f"feature store  {store.folder}",
+             f"model {meta.get('model')}, sae {meta.get('sae')} at {meta.get('hookpoint')}, "
+             f"{meta.get('n_tokens', 0):,} tokens of {meta.get('dataset')}",
+             f"alive {alive:,} / {store.d_sae:,} features ({alive / store.d_sae:.1%}) fired at least once; "
+             f"always-on (density > {density_text(max_density)} of tokens): {dense}"]  # fmt: skip
     if not show:
-        return
-    print(f"\n{'feature':>7} {'freq':>8} {'mean':>8} {'max':>8}  label (or what it fires on)")
+        return lines
+    lines.append(f"\n{'feature':>7} {'density':>8} {'mean':>8} {'max':>8}  label (or what it fires on)")
     for i in table.sort_values("count", ascending=False, kind="stable").index[:show]:
         info = store.feature(int(i))
-        print(f"{info.id:>7} {info.frequency:>8.4f} {info.mean_act:>8.2f} {info.max_act:>8.2f}  "
-              f"{info.label or fallback_label(info)}")  # fmt: skip
+        mark = "  [always-on]" if info.frequency > max_density else ""
+        lines.append(f"{info.id:>7} {density_text(info.frequency):>8} {info.mean_act:>8.2f} {info.max_act:>8.2f}  "
+                     f"{info.label or fallback_label(info)}{mark}")  # fmt: skip
+    return lines
 
 
 # ---------------------------------------------------------------- search

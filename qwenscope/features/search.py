@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from qwenscope.data.tokens import token_mask
 from qwenscope.errors import QwenscopeError
 from qwenscope.features.stats import output_head, unembed
+from qwenscope.features.text import token_text
 from qwenscope.models.capture import get_activations
 from qwenscope.models.hookpoints import check_sae_fits
 from qwenscope.sae.model import Sae
@@ -35,17 +36,21 @@ _DIRECTIONS_CHUNK = 4096
 
 
 def token_features(model, tokenizer, sae, hookpoint: str, text: str, top: int) -> list[dict[str, Any]]:
-    """Per token: its text and the ``top`` strongest features as (id, activation)."""
+    """Per token: its text and the ``top`` strongest features as (id, activation).
+
+    The tokens' texts are decoded jointly (``qwenscope.features.text``): a character split over several tokens is
+    the text of the last of them, the others have ''.
+    """
     batch = tokenizer(text, return_tensors="pt")
     acts = get_activations(model, batch, [hookpoint])[hookpoint][0]
     with torch.no_grad():
         z = sae.encode(acts)
     vals, ids = z.topk(min(top, sae.d_sae), dim=-1)
-    tokens = tokenizer.convert_ids_to_tokens(batch["input_ids"][0])
+    pieces = token_text(tokenizer).pieces(batch["input_ids"][0].tolist())
     return [
-        {"pos": i, "token": tokenizer.convert_tokens_to_string([tok]),
+        {"pos": i, "token": piece,
          "features": [{"id": int(f), "act": round(float(v), 4)} for f, v in zip(ids[i], vals[i]) if v > 0]}
-        for i, tok in enumerate(tokens)
+        for i, piece in enumerate(pieces)
     ]  # fmt: skip
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -60,9 +60,9 @@ class StatsConfig:
     """Tokens per packed chunk (one model input row)."""
     batch_size: int = 8
     """Chunks per model forward."""
-    top_n: int = 16
+    top_n: int = 12
     """Top-activating contexts kept per feature."""
-    window_before: int = 16
+    window_before: int = 12
     """Tokens kept before the max-activating token of a context."""
     window_after: int = 4
     """Tokens kept after the max-activating token of a context."""
@@ -74,8 +74,9 @@ class StatsConfig:
     """Upper edge of the last histogram bin (larger activations count in the last bin)."""
     lens_top: int = 10
     """Tokens per feature that the logit lens promotes (and suppresses); 0 skips the lens."""
-    dataset: str = "dataset-build:multi"
-    """Text: a named corpus (dataset-build:multi ...), a .txt/.jsonl file or folder, hf:NAME."""
+    dataset: str = "mix:default"
+    """Text: a named corpus (mix:default, dataset-build:multi, fortunes:en ...), a .txt/.jsonl file or folder,
+    hf:NAME."""
     split: str = "train"
     """Held-out split of the text source: train, test or all."""
     seed: int = 0
@@ -174,24 +175,51 @@ def compute_feature_stats(
 ) -> FeatureStats:
     """Statistics of every feature of ``sae`` over ``texts`` (a source name for ``iter_texts``, documents, or None
     for ``cfg.dataset``), in one streaming pass of ``cfg.n_tokens`` scored tokens."""
+    return compute_feature_stats_many(model, tokenizer, [sae], texts, cfg, [hookpoint])[0]
+
+
+def compute_feature_stats_many(
+    model: nn.Module,
+    tokenizer,
+    saes: Sequence[Sae],
+    texts: str | Iterable[str] | None,
+    cfg: StatsConfig | None = None,
+    hookpoints: Sequence[str | None] | None = None,
+) -> list[FeatureStats]:
+    """``compute_feature_stats`` for several SAEs (any hookpoints) in one pass: each forward runs once, up to the
+    deepest hookpoint, and every SAE reads its own. Results equal one pass per SAE; ``hookpoints[i]`` overrides the
+    hookpoint of ``saes[i]`` (None: the one it records)."""
     cfg = cfg or StatsConfig()
-    hook = check_sae_fits(sae, model, hookpoint)  # resolved once for every forward
+    if not saes:
+        raise QwenscopeError("no SAE given; pass at least one")
+    wanted = list(hookpoints) if hookpoints is not None else [None] * len(saes)
+    if len(wanted) != len(saes):
+        raise QwenscopeError(f"{len(saes)} SAEs but {len(wanted)} hookpoints; give one hookpoint (or None) per SAE")
+    hooks = [check_sae_fits(sae, model, h) for sae, h in zip(saes, wanted)]  # resolved once for every forward
     if texts is None or isinstance(texts, str):
         texts = iter_texts(texts or cfg.dataset, split=cfg.split, seed=cfg.seed)
-    running = RunningStats(sae.d_sae, cfg, sae.device)
+    running = [RunningStats(sae.d_sae, cfg, sae.device) for sae in saes]
     with tqdm(total=cfg.n_tokens, unit="tok", desc="feature stats", disable=not cfg.progress) as bar:
         for ids in batched(chunk_tokens(texts, tokenizer, cfg.seq_len), cfg.batch_size):
-            bar.update(running.update(*encode_chunks(model, tokenizer, sae, hook, ids, cfg.outlier_m)))
-            if running.n_tokens >= cfg.n_tokens:
+            todo = [i for i, run in enumerate(running) if run.n_tokens < cfg.n_tokens]  # an SAE stops at n_tokens
+            codes = encode_chunks_many(model, tokenizer, [saes[i] for i in todo], [hooks[i] for i in todo], ids,
+                                       cfg.outlier_m)  # fmt: skip
+            before = min(run.n_tokens for run in running)
+            for i, code in zip(todo, codes):
+                running[i].update(*code)
+            bar.update(min(run.n_tokens for run in running) - before)
+            if all(run.n_tokens >= cfg.n_tokens for run in running):
                 break
-    if running.n_tokens == 0:
+    scored = min(run.n_tokens for run in running)
+    if scored == 0:
         raise QwenscopeError(f"no token was scored: the text is shorter than one chunk of {cfg.seq_len}; add text")
-    if running.n_tokens < cfg.n_tokens:
-        logger.warning("the text ran out after %d of n_tokens=%d scored tokens", running.n_tokens, cfg.n_tokens)
-    stats = running.result(hook.name)
+    if scored < cfg.n_tokens:
+        logger.warning("the text ran out after %d of n_tokens=%d scored tokens", scored, cfg.n_tokens)
+    results = [run.result(hook.name) for run, hook in zip(running, hooks)]
     if cfg.lens_top:
-        stats.lens = logit_lens(model, sae, cfg.lens_top, vocab_size=len(tokenizer))
-    return stats
+        for sae, stats in zip(saes, results):
+            stats.lens = logit_lens(model, sae, cfg.lens_top, vocab_size=len(tokenizer))
+    return results
 
 
 def batched(chunks: Iterable[Tensor], size: int) -> Iterator[Tensor]:
@@ -208,19 +236,37 @@ def batched(chunks: Iterable[Tensor], size: int) -> Iterator[Tensor]:
 
 @torch.no_grad()
 def encode_chunks(
-    model: nn.Module, tokenizer, sae: Sae, hookpoint: str | Hook, ids: Tensor, outlier_m: float | None
+    model: nn.Module, tokenizer, sae: Sae, hookpoint: str, ids: Tensor, outlier_m: float | None
 ) -> tuple[Tensor, Tensor, Tensor, int]:
-    """One forward: (ids (B, S), top_acts (B*S, k) zeroed where not scored, top_indices (B*S, k), scored count).
+    """One forward: (ids (B, S), top_acts (B*S, k) zeroed where not scored, top_indices (B*S, k), scored count)."""
+    return encode_chunks_many(model, tokenizer, [sae], [hookpoint], ids, outlier_m)[0]
 
-    ``hookpoint``: a name, or a ``Hook`` resolved once for many forwards."""
-    name = hookpoint.name if isinstance(hookpoint, Hook) else hookpoint
-    acts = get_activations(model, ids, hookpoint)[name]  # (B, S, d)
-    keep = token_mask(ids, tokenizer).to(acts.device)
-    if outlier_m is not None:
-        keep = norm_outlier_mask(acts, outlier_m, valid=keep)
-    code = sae.encode_sparse(acts.reshape(-1, acts.shape[-1]).to(sae.device))  # (B*S, d) -> (B*S, k)
-    keep = keep.reshape(-1, 1).to(sae.device)
-    return ids.to(sae.device), code.top_acts.float() * keep, code.top_indices, int(keep.sum())
+
+@torch.no_grad()
+def encode_chunks_many(
+    model: nn.Module,
+    tokenizer,
+    saes: Sequence[Sae],
+    hookpoints: Sequence[str | Hook],
+    ids: Tensor,
+    outlier_m: float | None,
+) -> list[tuple[Tensor, Tensor, Tensor, int]]:
+    """One forward up to the deepest hookpoint; per SAE, ``encode_chunks``'s tuple for its hookpoint (a name, or a
+    ``Hook`` resolved once for many forwards)."""
+    names = [h.name if isinstance(h, Hook) else h for h in hookpoints]
+    unique = list({name: h for name, h in zip(names, hookpoints)}.values())
+    acts = get_activations(model, ids, unique)  # hookpoint name -> (B, S, d)
+    scored = token_mask(ids, tokenizer)
+    out = []
+    for sae, name in zip(saes, names):
+        x = acts[name]
+        keep = scored.to(x.device)
+        if outlier_m is not None:
+            keep = norm_outlier_mask(x, outlier_m, valid=keep)
+        code = sae.encode_sparse(x.reshape(-1, x.shape[-1]).to(sae.device))  # (B*S, d) -> (B*S, k)
+        keep = keep.reshape(-1, 1).to(sae.device)
+        out.append((ids.to(sae.device), code.top_acts.float() * keep, code.top_indices, int(keep.sum())))
+    return out
 
 
 class RunningStats:

@@ -26,7 +26,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,8 @@ from torch import Tensor, nn
 
 from qwenscope.atomic import atomic_folder, atomic_write
 from qwenscope.errors import QwenscopeError
-from qwenscope.features.stats import FeatureStats, StatsConfig, compute_feature_stats
+from qwenscope.features.stats import FeatureStats, StatsConfig, compute_feature_stats_many
+from qwenscope.features.text import TokenText, token_text
 from qwenscope.sae.model import Sae
 
 logger = logging.getLogger(__name__)
@@ -101,9 +102,9 @@ class FeatureStore:
         meta = {**meta, "hookpoint": meta.get("hookpoint") or stats.hookpoint, "n_tokens": stats.n_tokens,
                 "d_sae": stats.d_sae, "hist_edges": [float(e) for e in stats.hist_edges]}  # fmt: skip
         keys = {"model": str(meta.get("model", "")), "sae": str(meta.get("sae", ""))}
-        decode = _TokenDecoder(tokenizer)
-        features = _features_table(stats, decode, **keys, hookpoint=meta["hookpoint"])
-        contexts = _contexts_table(stats, decode, **keys)
+        text = token_text(tokenizer)
+        features = _features_table(stats, text, **keys, hookpoint=meta["hookpoint"])
+        contexts = _contexts_table(stats, text, **keys)
         with atomic_folder(folder) as tmp:
             pq.write_table(features, tmp / FEATURES_FILE)
             pq.write_table(contexts, tmp / CONTEXTS_FILE, row_group_size=16384)
@@ -131,6 +132,10 @@ class FeatureStore:
     def table(self) -> pd.DataFrame:
         """One row per feature (a copy of features.parquet)."""
         return self._features.copy()
+
+    def frequencies(self) -> np.ndarray:
+        """(d_sae,) float64: the share of the store's scored tokens each feature fired on (its density)."""
+        return self._features["frequency"].to_numpy(dtype=np.float64)
 
     def typical_acts(self) -> Tensor:
         """(d_sae,) float32: each feature's mean activation when firing, 0 if it never fired (steering scales)."""
@@ -210,28 +215,13 @@ class FeatureStore:
 
 
 # ---------------------------------------------------------------- tables
-class _TokenDecoder:
-    """Token id arrays -> arrays of decoded strings, decoding each distinct id once (``<id>`` for ids the tokenizer
-    does not know, such as the padding rows of a model's vocabulary)."""
-
-    def __init__(self, tokenizer) -> None:
-        self.tokenizer = tokenizer
-
-    def __call__(self, ids: np.ndarray) -> np.ndarray:
-        unique, inverse = np.unique(ids, return_inverse=True)
-        pieces = self.tokenizer.convert_ids_to_tokens([int(i) for i in unique])
-        decode = self.tokenizer.convert_tokens_to_string
-        strings = np.array([f"<{i}>" if p is None else decode([p]) for i, p in zip(unique, pieces)], dtype=object)
-        return strings[inverse.reshape(ids.shape)] if len(strings) else np.empty(ids.shape, dtype=object)
-
-
 def _lists(values: np.ndarray, lengths: np.ndarray, kind: pa.DataType) -> pa.ListArray:
     """A list column from flat values and per-row lengths."""
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=kind))
 
 
-def _features_table(stats: FeatureStats, decode: _TokenDecoder, model: str, sae: str, hookpoint: str) -> pa.Table:
+def _features_table(stats: FeatureStats, text: TokenText, model: str, sae: str, hookpoint: str) -> pa.Table:
     d, bins = stats.d_sae, stats.hist.shape[1]
     lens = stats.lens
     top = lens.promoted_ids.shape[1] if lens is not None else 0
@@ -245,24 +235,26 @@ def _features_table(stats: FeatureStats, decode: _TokenDecoder, model: str, sae:
     for side in ("promoted", "suppressed"):
         ids = getattr(lens, f"{side}_ids").numpy() if lens is not None else np.zeros((d, 0), np.int64)
         values = getattr(lens, f"{side}_values").numpy() if lens is not None else np.zeros((d, 0), np.float32)
-        columns[f"{side}_tokens"] = _lists(decode(ids).reshape(-1), np.full(d, top), pa.string())
+        tokens = np.array([text.token(int(i)) for i in ids.reshape(-1)], dtype=object)  # one token alone each
+        columns[f"{side}_tokens"] = _lists(tokens, np.full(d, top), pa.string())
         columns[f"{side}_values"] = _lists(values.reshape(-1), np.full(d, top), pa.float32())
     columns["label"] = pa.nulls(d, pa.string())
     columns["label_score"] = pa.nulls(d, pa.float64())
     return pa.table(columns)
 
 
-def _contexts_table(stats: FeatureStats, decode: _TokenDecoder, model: str, sae: str) -> pa.Table:
+def _contexts_table(stats: FeatureStats, text: TokenText, model: str, sae: str) -> pa.Table:
     feature, rank = (stats.top_acts > 0).nonzero(as_tuple=True)  # row-major: sorted by feature, then rank
     tokens = stats.top_tokens[feature, rank].numpy()  # (m, window)
     acts = stats.top_token_acts[feature, rank].numpy()
     inside = tokens >= 0
+    pieces = text.windows(tokens)  # decoded jointly per window: no character broken across tokens
     m = len(feature)
     return pa.table({
         "model": pa.array([model] * m, pa.string()), "sae": pa.array([sae] * m, pa.string()),
         "feature": pa.array(feature.numpy()), "rank": pa.array(rank.numpy()),
         "max_act": pa.array(stats.top_acts[feature, rank].numpy()),
-        "tokens": _lists(decode(tokens[inside]), inside.sum(1), pa.string()),
+        "tokens": _lists(np.array([p for row in pieces for p in row], dtype=object), inside.sum(1), pa.string()),
         "acts": _lists(acts[inside], inside.sum(1), pa.float32()),
     })  # fmt: skip
 
@@ -296,12 +288,15 @@ _RESULT_FREE = ("n_tokens", "batch_size", "progress")
 """StatsConfig fields that do not change a store's content (beyond its size): a bigger cached store is reused."""
 
 
-def _reusable(built: Mapping[str, Any] | None, wanted: StatsConfig) -> bool:
-    if not built:
+def _reusable(meta: Mapping[str, Any], wanted: StatsConfig, fingerprint: str) -> bool:
+    """A store (or packed statistics) with this ``meta`` serves ``wanted``: the same SAE weights, the same settings,
+    at least as many tokens."""
+    built = meta.get("config")
+    if not built or meta.get("sae_fingerprint") != fingerprint:
         return False
     want = dataclasses.asdict(wanted)
     same = all(built.get(k) == v for k, v in want.items() if k not in _RESULT_FREE)
-    return same and int(built.get("n_tokens", 0)) >= wanted.n_tokens
+    return same and int(meta.get("n_tokens", 0)) >= wanted.n_tokens
 
 
 def get_or_build_store(
@@ -318,22 +313,102 @@ def get_or_build_store(
 ) -> FeatureStore:
     """The cached store of ``sae`` on ``model`` (``feature_store_dir`` unless ``folder``), computed on first use.
 
-    A cached store is reused when it was built with the same settings from at least ``cfg.n_tokens`` tokens.
+    In order: the cached store, when built for these SAE weights (``sae_fingerprint``) with the same settings from at
+    least ``cfg.n_tokens`` tokens; else the statistics shipped beside the SAE (``stats_file_for``: every embedded SAE
+    has them) under the same conditions, decoded into the cache (seconds); else a new pass over ``cfg.dataset``.
     """
+    folders = None if folder is None else [folder]
+    return get_or_build_stores(model, tokenizer, [sae], model_name, [sae_id], cfg, hookpoints=[hookpoint],
+                               folders=folders, rebuild=rebuild)[0]  # fmt: skip
+
+
+def get_or_build_stores(
+    model: nn.Module,
+    tokenizer,
+    saes: Sequence[Sae],
+    model_name: str,
+    sae_ids: Sequence[str],
+    cfg: StatsConfig | None = None,
+    *,
+    hookpoints: Sequence[str | None] | None = None,
+    folders: Sequence[str | Path] | None = None,
+    rebuild: bool = False,
+    pack: bool = False,
+) -> list[FeatureStore]:
+    """``get_or_build_store`` for several SAEs; those that need a new pass share its forwards
+    (``compute_feature_stats_many``). ``pack``: compute anew and also write each SAE's packed statistics where
+    ``stats_file_for`` says (beside the SAE), so that it ships with them."""
+    from qwenscope.features.packed import sae_fingerprint, save_stats, stats_file_for
     from qwenscope.models.hookpoints import check_sae_fits
 
     cfg = cfg or StatsConfig()
+    hooks = [check_sae_fits(sae, model, h).name for sae, h in zip(saes, hookpoints or [None] * len(saes))]
+    targets = [stats_file_for(sae_id, hook) for sae_id, hook in zip(sae_ids, hooks)]
+    if pack and None in targets:
+        bad = sae_ids[targets.index(None)]
+        raise QwenscopeError(f"cannot pack statistics beside {bad}: pass a local SAE folder or an embedded model name")
+    places = [Path(f) for f in folders] if folders is not None else \
+        [feature_store_dir(model_name, sae_id, hook) for sae_id, hook in zip(sae_ids, hooks)]  # fmt: skip
+    metas = [{"model": model_name, "sae": sae_id, "hookpoint": hook, "sae_fingerprint": sae_fingerprint(sae)}
+             for sae, sae_id, hook in zip(saes, sae_ids, hooks)]  # fmt: skip
+    stores = [None if rebuild or pack else _existing(folder, target, meta, tokenizer, cfg)
+              for folder, target, meta in zip(places, targets, metas)]  # fmt: skip
+    todo = [i for i, store in enumerate(stores) if store is None]
+    if todo:
+        logger.info("building the feature stores of %s on %s at %s from %d tokens of %s",
+                    ", ".join(dict.fromkeys(sae_ids)), model_name, ", ".join(hooks[i] for i in todo), cfg.n_tokens,
+                    cfg.dataset)  # fmt: skip
+        computed = compute_feature_stats_many(model, tokenizer, [saes[i] for i in todo], None, cfg,
+                                              [hooks[i] for i in todo])  # fmt: skip
+        for i, stats in zip(todo, computed):
+            meta, target = {**metas[i], **store_meta(cfg)}, targets[i]
+            if pack and target is not None:
+                logger.info("packed the statistics of %s at %s into %s", sae_ids[i], hooks[i],
+                            save_stats(target, stats, meta))  # fmt: skip
+            stores[i] = FeatureStore.write(places[i], stats, tokenizer, meta)
+    return [s for s in stores if s is not None]
+
+
+def find_store(model: nn.Module, tokenizer, sae: Sae, model_name: str, sae_id: str, hookpoint: str | None = None
+               ) -> FeatureStore | None:  # fmt: skip
+    """A store of these SAE weights without a new pass: the cached one (whatever its settings), else the statistics
+    shipped beside the SAE, decoded into the cache; None when there is neither."""
+    from qwenscope.features.packed import sae_fingerprint, stats_file_for
+    from qwenscope.models.hookpoints import check_sae_fits
+
     hook = check_sae_fits(sae, model, hookpoint).name
-    folder = Path(folder) if folder is not None else feature_store_dir(model_name, sae_id, hook)
-    if not rebuild and (folder / META_FILE).is_file():
+    meta = {"model": model_name, "sae": sae_id, "hookpoint": hook, "sae_fingerprint": sae_fingerprint(sae)}
+    return _existing(feature_store_dir(model_name, sae_id, hook), stats_file_for(sae_id, hook), meta, tokenizer, None)
+
+
+def _existing(folder: Path, shipped: Path | None, meta: dict[str, Any], tokenizer, cfg: StatsConfig | None
+              ) -> FeatureStore | None:  # fmt: skip
+    """The store at ``folder``, else the one the ``shipped`` statistics give (decoded into ``folder``), when built
+    for the SAE weights in ``meta`` with settings that serve ``cfg`` (None: any settings); else None."""
+    from qwenscope.features.packed import load_stats, read_meta
+
+    def serves(built: Mapping[str, Any]) -> bool:
+        if cfg is None:
+            return built.get("sae_fingerprint") == meta["sae_fingerprint"]
+        return _reusable(built, cfg, meta["sae_fingerprint"])
+
+    if (folder / META_FILE).is_file():
         store = FeatureStore.open(folder)
-        if _reusable(store.meta.get("config"), cfg):
+        if serves(store.meta):
             logger.info("using the feature store at %s (%d tokens)", folder, store.meta.get("n_tokens", 0))
             return store
-        logger.info("the feature store at %s was built with other settings; rebuilding it", folder)
-    logger.info("building the feature store of %s on %s at %s from %d tokens of %s (cached in %s)",
-                sae_id, model_name, hook, cfg.n_tokens, cfg.dataset, folder)  # fmt: skip
-    stats = compute_feature_stats(model, tokenizer, sae, None, cfg, hookpoint=hook)
-    meta = {"model": model_name, "sae": sae_id, "hookpoint": hook, "dataset": cfg.dataset,
-            "config": dataclasses.asdict(cfg)}  # fmt: skip
-    return FeatureStore.write(folder, stats, tokenizer, meta)
+        logger.info("the feature store at %s was built for other SAE weights or settings", folder)
+    if shipped is None or not shipped.is_file():
+        return None
+    if not serves(read_meta(shipped)):
+        logger.warning("the feature statistics at %s belong to other SAE weights or settings: not used (to ship new "
+                       "ones: qwenscope stats --model M --sae S --pack)", shipped)  # fmt: skip
+        return None
+    stats, shipped_meta = load_stats(shipped)
+    logger.info("decoding the feature statistics shipped at %s (%d tokens) into %s", shipped, stats.n_tokens, folder)
+    return FeatureStore.write(folder, stats, tokenizer, {**shipped_meta, **meta, "shipped": str(shipped)})
+
+
+def store_meta(cfg: StatsConfig) -> dict[str, Any]:
+    """The settings part of a store's meta: the dataset and the whole StatsConfig."""
+    return {"dataset": cfg.dataset, "config": dataclasses.asdict(cfg)}

@@ -3,11 +3,13 @@
     app = build_app(model, tokenizer, sae, store=store)       # store (optional): labels, contexts, logit lens
     app.launch()                                              # or: qwenscope playground --model M --sae S
 
-Modelled on the Qwen-Scope demo: type a prompt and see the strongest features of every token; look a feature up
-(label, frequency, top contexts and logit lens when a feature store is given); pick features with a strength, a mode
-(add, clamp, ablate) and the positions to steer; compare the unsteered and the steered greedy continuations side by
-side. The logic lives in ``Playground`` (plain Python, tested without a browser); ``build_app`` only lays it out.
-One lock serialises every model call: steering hooks are global to the model, so two requests must not overlap.
+Modelled on the Qwen-Scope demo: type a prompt and see the strongest features of every token (with a feature store:
+each with its density, and always-on features, denser than ``max_density``, left out: ``qwenscope.features.density``);
+look a feature up (label, density, top contexts and logit lens when a feature store is given); pick features with a
+strength, a mode (add, clamp, ablate) and the positions to steer; compare the unsteered and the steered greedy
+continuations side by side. The logic lives in ``Playground`` (plain Python, tested without a browser);
+``build_app`` only lays it out. One lock serialises every model call: steering hooks are global to the model, so two
+requests must not overlap.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from qwenscope.errors import QwenscopeError
+from qwenscope.features.density import MAX_DENSITY, check_max_density, dense_features, density_text
 from qwenscope.sae.model import Sae
 from qwenscope.steer.steer import MODES
 
@@ -38,24 +41,32 @@ class Playground:
     """What the app does, without the app: analyse a prompt, describe a feature, generate with and without steering."""
 
     def __init__(self, model: nn.Module, tokenizer: Any, sae: Sae, store: FeatureStore | None = None,
-                 hookpoint: str | None = None) -> None:  # fmt: skip
+                 hookpoint: str | None = None, max_density: float = MAX_DENSITY) -> None:  # fmt: skip
         from qwenscope.models.hookpoints import check_sae_fits
 
         self.model, self.tokenizer, self.sae, self.store = model, tokenizer, sae, store
         self.hookpoint = check_sae_fits(sae, model, hookpoint).name
+        self.max_density = check_max_density(max_density)
+        self.frequency = store.frequencies() if store is not None else None
+        self.dense = dense_features(store, max_density) if store is not None else {}
         self.lock = threading.Lock()
         table = store.table() if store is not None else None
         pairs = zip(table["feature"], table["label"]) if table is not None else ()
         self.labels: dict[int, str] = {int(f): label for f, label in pairs if isinstance(label, str)}
 
     def token_features(self, prompt: str, top: int = 5) -> list[dict[str, Any]]:
-        """Per token of ``prompt``: {"pos", "token", "features": [{"id", "act"}]}, strongest first."""
+        """Per token of ``prompt``: {"pos", "token", "features": [{"id", "act"}]}, strongest first; the always-on
+        features (``self.dense``) left out."""
         from qwenscope.features.search import token_features
 
         if not prompt.strip():
             raise QwenscopeError("the prompt is empty; type some text to analyse")
+        top = max(1, int(top))
         with self.lock:
-            return token_features(self.model, self.tokenizer, self.sae, self.hookpoint, prompt, max(1, int(top)))
+            rows = token_features(self.model, self.tokenizer, self.sae, self.hookpoint, prompt, top + len(self.dense))
+        for r in rows:
+            r["features"] = [f for f in r["features"] if f["id"] not in self.dense][:top]
+        return rows
 
     def analyse(self, prompt: str, top: int = 5) -> tuple[list[tuple[str, str | None]], list[list[Any]], list[int]]:
         """(tokens labelled by their strongest feature, one table row per token, the features seen, strongest first).
@@ -70,8 +81,9 @@ class Playground:
         return highlighted, table, later + [f for f in rank_features(rows[:1]) if f not in later]
 
     def _feature_cell(self, f: dict[str, Any]) -> str:
-        label = self.label(f["id"])
-        return f"{f['id']}:{f['act']:.2f}" + (f" ({label})" if label else "")
+        notes = [density_text(float(self.frequency[f["id"]]))] if self.frequency is not None else []
+        notes += [label] if (label := self.label(f["id"])) else []
+        return f"{f['id']}:{f['act']:.2f}" + (f" ({', '.join(notes)})" if notes else "")
 
     def label(self, feature: int) -> str | None:
         """The feature's label from the store, if there is one."""
@@ -85,7 +97,7 @@ class Playground:
                     f"see its label, top contexts and logit lens.</p>")  # fmt: skip
         from qwenscope.features.dashboard import feature_body
 
-        return feature_body(self.store.feature(fid), list(self.store.hist_edges))
+        return feature_body(self.store.feature(fid), list(self.store.hist_edges), max_density=self.max_density)
 
     def generate(self, prompt: str, features: str, mode: str = "add", positions: str = "all",
                  max_new_tokens: int = 40, relative: bool = False, chat: bool = True) -> tuple[str, str]:  # fmt: skip
@@ -154,14 +166,16 @@ def _guard(fn):
 
 
 def build_app(model: nn.Module, tokenizer: Any, sae: Sae, store: FeatureStore | None = None,
-              hookpoint: str | None = None, title: str | None = None) -> gr.Blocks:  # fmt: skip
+              hookpoint: str | None = None, title: str | None = None, max_density: float = MAX_DENSITY
+              ) -> gr.Blocks:  # fmt: skip
     """The playground as a ``gr.Blocks`` app (launch it with ``app.launch()``; see the module doc)."""
     gr = _gradio()
-    pg = Playground(model, tokenizer, sae, store, hookpoint)
+    pg = Playground(model, tokenizer, sae, store, hookpoint, max_density)
     name = title or f"qwenscope playground: {getattr(model.config, '_name_or_path', '') or type(model).__name__}"
     with gr.Blocks(title="qwenscope playground", analytics_enabled=False) as app:
         gr.Markdown(f"## {name}\nSAE with {sae.d_sae} features at `{pg.hookpoint}`"
-                    + ("" if store is None else f", feature store over {store.meta.get('n_tokens', '?')} tokens"))
+                    + ("" if store is None else f", feature store over {store.meta.get('n_tokens', '?')} tokens; "
+                       f"{len(pg.dense)} always-on features (denser than {density_text(pg.max_density)}) left out"))
         prompt = gr.Textbox(label="Prompt", lines=3, value="Tell me about the ocean.", elem_id="prompt")
         features = gr.Textbox(label="Features to steer (id:strength, comma-separated; ablate: ids)",
                               placeholder="e.g. 123:8,55:-4", elem_id="features", scale=3, render=False)  # fmt: skip
@@ -200,7 +214,8 @@ def _features_panel(gr: Any, pg: Playground, prompt: Any, features: Any) -> None
             top = gr.Slider(1, 20, value=5, step=1, label="Features per token", elem_id="top")
             analyse = gr.Button("Analyse prompt", elem_id="analyse-btn")
         tokens = gr.HighlightedText(label="Tokens (by strongest feature)", elem_id="tokens")
-        table = gr.Dataframe(headers=["pos", "token", "top features (id:activation)"], elem_id="token-table",
+        table = gr.Dataframe(headers=["pos", "token", "top features (id:activation (density, label))"],
+                             elem_id="token-table",
                              interactive=False, wrap=True)  # fmt: skip
         with gr.Row():
             pick = gr.Dropdown([], label="Feature", allow_custom_value=True, elem_id="pick", scale=2)
@@ -240,8 +255,11 @@ class PlaygroundConfig:
     """Tokens to compute feature statistics over when the store is built; default: the store's default."""
     dataset: str | None = None
     """Text for the statistics when the store is built (a named corpus, a .txt/.jsonl file or folder, hf:NAME)."""
+    max_density: float = MAX_DENSITY
+    """With --store: leave out features that fire on more than this share of tokens (always-on); 1 keeps them."""
 
     def __post_init__(self) -> None:
+        check_max_density(self.max_density)
         if not 0 < self.port < 65536:
             raise QwenscopeError(f"--port must be in 1..65535, got {self.port}")
         if self.n_tokens is not None and self.n_tokens < 1:
@@ -259,6 +277,7 @@ def run_playground(cfg: PlaygroundConfig) -> None:
         from qwenscope.features.dashboard import cached_store
 
         store = cached_store(model, tokenizer, sae, cfg.sae or cfg.model, cfg.hookpoint, cfg.n_tokens, cfg.dataset)
-    app = build_app(model, tokenizer, sae, store, cfg.hookpoint, title=f"qwenscope playground: {cfg.model}")
+    app = build_app(model, tokenizer, sae, store, cfg.hookpoint, title=f"qwenscope playground: {cfg.model}",
+                    max_density=cfg.max_density)  # fmt: skip
     logger.info("serving the playground on http://%s:%d (Ctrl-C stops it)", cfg.host, cfg.port)
     app.launch(server_name=cfg.host, server_port=cfg.port, share=cfg.share)

@@ -16,8 +16,10 @@ from qwenscope import Sae, SaeConfig
 from qwenscope.cli import main
 from qwenscope.errors import QwenscopeError
 from qwenscope.features.dashboard import default_features, histogram_svg, parse_ids, token_span, write_dashboard
+from qwenscope.features.density import MAX_DENSITY, density_text
 from qwenscope.features.stats import StatsConfig, compute_feature_stats
 from qwenscope.features.store import FeatureStore
+from qwenscope.features.text import join_pieces
 
 EVIL = "<script>alert(1)</script>"
 
@@ -70,10 +72,18 @@ def test_a_page_per_alive_feature_by_frequency_and_the_index_links_them(site, st
     assert 0 < len(alive) < store.d_sae  # some features are dead, so the default really filters
     pages = sorted(int(p.stem) for p in (out / "features").glob("*.html"))
     assert pages == sorted(alive["feature"].tolist())
-    links = [a["href"] for tag, a in _tags(index.read_text()) if tag == "a"]
+    text = index.read_text()
+    links = [a["href"] for tag, a in _tags(text) if tag == "a"]
     assert links == [f"features/{i}.html" for i in default_features(store)]
     freqs = [float(table.loc[i, "frequency"]) for i in default_features(store)]
-    assert freqs == sorted(freqs, reverse=True)
+    dense = [f > MAX_DENSITY for f in freqs]
+    assert any(dense) and not all(dense) and dense == sorted(dense)  # the always-on ones come last ...
+    for part in ([f for f in freqs if f <= MAX_DENSITY], [f for f in freqs if f > MAX_DENSITY]):
+        assert part == sorted(part, reverse=True)  # ... each part most frequent first
+    rows = [a for tag, a in _tags(text) if tag == "tr" and "data-search" in a]
+    assert [a.get("class") == "dense-row" for a in rows] == dense  # ... and marked
+    assert [("always-on" in a["data-search"]) for a in rows] == dense
+    assert all(f'data-v="{f}">{density_text(f)}' in text for f in freqs)  # every row shows its density
 
 
 def test_feature_page_shows_stats_histogram_lens_and_shaded_contexts(site, store):
@@ -84,7 +94,8 @@ def test_feature_page_shows_stats_histogram_lens_and_shaded_contexts(site, store
     assert f"Feature {fid}" in page and "<svg" in page and page.count('class="bar"') == len(info.hist)
     assert "promoted" in page and "suppressed" in page and "tiny-llama" in page
     spans = [a for tag, a in _tags(page) if tag == "span" and a.get("class") == "t"]
-    assert len(spans) == sum(len(c.tokens) for c in info.contexts) > 0
+    assert len(spans) == sum(len(join_pieces(c.tokens, c.acts)) for c in info.contexts) > 0
+    assert f"density <b>{density_text(info.frequency)}" in page
     for span in spans:  # opacity = act / the feature's max activation
         alpha = float(re.findall(r"[\d.]+", span["style"])[-1]) if span.get("style") else 0.0
         assert alpha == pytest.approx(max(0.0, float(span["title"])) / info.max_act, abs=0.006)

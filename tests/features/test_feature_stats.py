@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from features_helpers import make_sae
 from rss_probe import peak_rss
 from tiny_models import build_tiny
 
 from qwenscope import get_activations
 from qwenscope.data import chunk_tokens, norm_outlier_mask, token_mask
 from qwenscope.errors import QwenscopeError
-from qwenscope.features.stats import StatsConfig, compute_feature_stats, logit_lens
+from qwenscope.features.stats import StatsConfig, compute_feature_stats, compute_feature_stats_many, logit_lens
 
 HOOK = "resid_post.1"
 
@@ -117,6 +118,24 @@ def test_logit_lens_includes_the_final_norm_weight(sae):
     torch.testing.assert_close(lens.promoted_values, logits.topk(4, dim=1).values, rtol=1e-4, atol=1e-4)
     plain = (d @ model.model.embed_tokens.weight.T).topk(4, dim=1).indices
     assert not torch.equal(plain, lens.promoted_ids)  # the weight matters
+
+
+def test_one_pass_for_several_saes_equals_one_pass_each(llama, byte_tokenizer, sae, docs):
+    """Three SAEs at two hookpoints share each forward; every result equals its own pass, also where one SAE stops
+    earlier (its outlier filter keeps a different number of tokens)."""
+    early = make_sae(d_sae=64, k=4, hookpoint="resid_post.0", seed=1)
+    other = make_sae(d_sae=80, k=5, hookpoint="resid_post.1", seed=2)
+    cfg = _cfg(n_tokens=600, batch_size=2, outlier_m=1.3)  # a tight filter: different counts per hookpoint
+    together = compute_feature_stats_many(llama, byte_tokenizer, [sae, early, other], docs, cfg)
+    assert together[0].n_tokens != together[1].n_tokens  # so one SAE reaches n_tokens a forward before the other
+    for stats, one in zip(together, (sae, early, other)):
+        alone = compute_feature_stats(llama, byte_tokenizer, one, docs, cfg)
+        assert stats.hookpoint == alone.hookpoint == one.cfg.hookpoint and stats.n_tokens == alone.n_tokens
+        for name in ("count", "act_sum", "max_act", "hist", "top_acts", "top_tokens", "top_token_acts"):
+            assert torch.equal(getattr(stats, name), getattr(alone, name)), name
+        assert torch.equal(stats.lens.promoted_ids, alone.lens.promoted_ids)
+    with pytest.raises(QwenscopeError, match="one hookpoint"):
+        compute_feature_stats_many(llama, byte_tokenizer, [sae, early], docs, cfg, ["resid_post.1"])
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ import pytest
 
 from qwenscope.cli import main
 from qwenscope.errors import QwenscopeError
+from qwenscope.features.density import density_text
 from qwenscope.features.search import token_features
 from qwenscope.serve.playground import Playground, add_feature, build_app, feature_id
 from qwenscope.steer import generate_pair, generate_text
@@ -52,14 +53,31 @@ def test_relative_strengths_use_the_store(qwen3_parts, qwen3_store):
     assert got == want
 
 
-def test_labels_from_the_store_show_in_the_analysis(pg, qwen3_parts, qwen3_store):
-    fid = pg.analyse(PROMPT)[2][0]
+def test_labels_from_the_store_show_in_the_analysis(qwen3_parts, qwen3_store):
+    fid = Playground(*qwen3_parts, qwen3_store).analyse(PROMPT)[2][0]
     qwen3_store.set_labels({fid: ("animals & <pets>", 0.9)})
     try:
         _, table, _ = Playground(*qwen3_parts, qwen3_store).analyse(PROMPT)
-        assert any(f"{fid}:" in row[2] and "(animals & <pets>)" in row[2] for row in table)
+        assert any(f"{fid}:" in row[2] and ", animals & <pets>)" in row[2] for row in table)
     finally:
         qwen3_store.set_labels({fid: (None, None)})
+
+
+def test_with_a_store_dense_features_are_left_out_and_every_cell_shows_a_density(qwen3_parts, qwen3_store):
+    frequency = qwen3_store.frequencies()
+    seen = Playground(*qwen3_parts, qwen3_store, max_density=1.0).analyse(PROMPT, 4)[2]
+    threshold = sorted(frequency[seen])[len(seen) // 2]  # call the denser half of the prompt's features always-on
+    pg = Playground(*qwen3_parts, qwen3_store, max_density=threshold)
+    highlighted, table, kept = pg.analyse(PROMPT, 4)
+    assert kept and set(kept) < set(seen) and all(frequency[f] <= threshold for f in kept)
+    cells = [cell for row in table for cell in row[2].split("  ") if cell]
+    assert cells and all(f"({density_text(frequency[int(c.split(':')[0])])}" in c for c in cells)
+    assert all(frequency[int(c.split(":")[0])] <= threshold for c in cells)
+    assert all(label is None or frequency[int(label[1:])] <= threshold for _, label in highlighted)
+    dense = max(seen, key=lambda f: frequency[f])
+    assert "always-on" in pg.describe(dense) and "always-on" not in pg.describe(kept[0])
+    with pytest.raises(QwenscopeError, match="--max-density"):
+        Playground(*qwen3_parts, qwen3_store, max_density=0)
 
 
 def test_describe_a_feature(pg, qwen3_parts, qwen3_store):
