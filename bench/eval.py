@@ -12,10 +12,11 @@ same token batches (held-out text of dataset-build:multi packed into chunks) for
 
 Throughput is scored tokens per second (the positions whose next-token loss counts: all but each row's first and
 last); the ratio is ``forward``'s time over the variant's on the same batches (1 = as fast as a plain forward).
-Interleaved runs in one process; medians. Before timing, the two evaluations' figures are compared (largest
-relative difference over every metric). Goal (issue 8): ``evaluate_saes`` >= 0.3x a plain forward.
+Interleaved runs in one process; medians of wall-clock time and of this process's CPU time (the steadier of the two
+on a machine shared with other jobs). Before timing, the two evaluations' figures are compared (largest relative
+difference over every metric). Goal (issue 8): ``evaluate_saes`` >= 0.3x a plain forward.
 
-    .venv/bin/python bench/eval.py [--batch 4] [--seq 256] [--batches 2] [--repeats 5] [--no-old]
+    .venv/bin/python bench/eval.py [--batch 4] [--seq 256] [--batches 2] [--repeats 5] [--threads N] [--no-old]
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import math
 import platform
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -38,8 +40,18 @@ from qwenscope.evaluate import evaluate_saes
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE.parent / "tests" / "evaluate"))
-from capture import timed  # noqa: E402  (bench/ is on sys.path when a script in it runs)
 from reference_eval import reference_evaluate_saes  # noqa: E402  (the plain evaluation the tests compare with)
+
+
+def timed(fn) -> tuple[float, float]:
+    """(wall-clock seconds, CPU seconds of this process) of ``fn()``."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def max_rel_diff(new: dict, old: dict) -> tuple[float, str]:
@@ -63,8 +75,11 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--batches", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("--no-old", action="store_true", help="skip the old evaluation (the slowest variant)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tokenizer = load_model(args.model, device=device)
@@ -91,22 +106,29 @@ def main() -> None:
     results = new()  # warm-up, and the figures to compare
     diff, where = max_rel_diff(results, old()) if not args.no_old else (math.nan, "")
     forward()
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(args.repeats):  # interleaved, so drift hits every variant alike
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
+    for repeat in range(args.repeats):  # interleaved, so drift hits every variant alike
         for name, fn in variants.items():
             times[name].append(timed(fn))
+        print(f"repeat {repeat + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1][0]:.1f} s" for k, v in times.items()),
+              file=sys.stderr, flush=True)  # fmt: skip
 
-    med = {k: statistics.median(v) for k, v in times.items()}
+    wall = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
+    cpu = {k: statistics.median(c for _, c in v) for k, v in times.items()}
     scored = results["hookpoints"][sae.cfg.hookpoint]["n_scored_tokens"]
-    print(f"model {args.model} on {device}, SAE {sae.cfg.hookpoint} d_sae {sae.d_sae} k {sae.cfg.k}, "
-          f"{args.batches} batches of {args.batch} x {args.seq} tokens ({scored} scored), median of {args.repeats}")
-    print(f"{'variant':<14} {'median s':>9} {'scored tok/s':>13} {'vs forward':>10}")
+    print(f"model {args.model} on {device}, {torch.get_num_threads()} threads, SAE {sae.cfg.hookpoint} d_sae "
+          f"{sae.d_sae} k {sae.cfg.k}, {args.batches} batches of {args.batch} x {args.seq} tokens ({scored} scored), "
+          f"median of {args.repeats}")  # fmt: skip
+    print(f"{'variant':<14} {'wall s':>8} {'scored tok/s':>13} {'vs forward':>11} {'CPU s':>8} "
+          f"{'vs forward (CPU)':>17}")  # fmt: skip
     rows = []
-    for name, t in med.items():
-        ratio = med["forward"] / t
-        print(f"{name:<14} {t:>9.2f} {scored / t:>13.0f} {ratio:>9.2f}x")
-        rows.append({"variant": name, "median_s": t, "scored_tokens_per_s": scored / t, "ratio_vs_forward": ratio,
-                     "runs_s": times[name]})  # fmt: skip
+    for name in variants:
+        ratio, cpu_ratio = wall["forward"] / wall[name], cpu["forward"] / cpu[name]
+        print(f"{name:<14} {wall[name]:>8.2f} {scored / wall[name]:>13.0f} {ratio:>10.2f}x {cpu[name]:>8.2f} "
+              f"{cpu_ratio:>16.2f}x")  # fmt: skip
+        rows.append({"variant": name, "median_s": wall[name], "scored_tokens_per_s": scored / wall[name],
+                     "ratio_vs_forward": ratio, "median_cpu_s": cpu[name], "ratio_vs_forward_cpu": cpu_ratio,
+                     "runs_s": [w for w, _ in times[name]], "runs_cpu_s": [c for _, c in times[name]]})  # fmt: skip
     if not args.no_old:
         print(f"evaluate_saes vs old: largest relative difference {diff:.1e} ({where})")
     out = HERE / "results" / "eval.json"

@@ -151,9 +151,11 @@ class _Loss:
     kl: float = 0.0
 
     def add(self, logp: Tensor, targets: Tensor, clean: _Clean | None) -> None:
+        """Add the CE (and KL to ``clean``) of ``logp`` (n_scored, vocab); with ``clean``, ``logp`` is overwritten."""
         self.ce += -logp.gather(-1, targets[:, None]).double().sum().item()
-        if clean is not None:  # KL(clean || this) = sum_v p_clean (log p_clean - log p), as F.kl_div computes it
-            self.kl += (clean.p * (clean.logp - logp)).sum(-1).double().sum().item()
+        if clean is not None:  # KL(clean || this) = sum_v p_clean (log p_clean - log p), as F.kl_div computes it,
+            kl = logp.neg_().add_(clean.logp).mul_(clean.p).sum(-1)  # in place: no (n, vocab) temporaries
+            self.kl += kl.double().sum().item()
 
 
 @dataclass
@@ -241,9 +243,9 @@ def _evaluate_batch(model: nn.Module, states: dict[str, _HookState], batch: Batc
         h = acts.pop(name)
         _check_layout(h, batch.keep, name)
         x = h[batch.keep.to(h.device)]  # (n_kept, d)
-        if x.shape[0] == 0:  # nothing replaced in this batch: both edited models are the clean one
-            st.spliced.add(clean_logp, targets, ref)
-            st.zero.add(clean_logp, targets, ref)
+        if x.shape[0] == 0:  # nothing replaced in this batch: both edited models are the clean one (KL 0)
+            st.spliced.add(clean_logp, targets, None)
+            st.zero.add(clean_logp, targets, None)
             continue
         out = st.sae(x.to(st.sae.device))
         st.metrics.update(x, out.sae_out.to(x.device), out.top_acts, out.top_indices)

@@ -31,8 +31,8 @@ class EvalConfig:
     split: str = "auto"
     """test (held out from training), train or all; auto: test for named corpora, all of a file you pass."""
     n_tokens: int = 16_384
-    """Tokens to evaluate on (whole sequences, so possibly a few more). Each batch costs 1 + 2 x (number of
-    hookpoints) forwards: slow on a CPU. Dead-feature counts need many more tokens than the losses do."""
+    """Tokens to evaluate on (whole sequences, so possibly a few more). Each batch costs one forward plus, per
+    hookpoint, two forwards of the layers above it. Dead-feature counts need many more tokens than the losses do."""
     seq_len: int = 256
     """Tokens per sequence: the text is packed into chunks of this length."""
     batch_size: int = 8

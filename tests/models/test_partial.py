@@ -42,6 +42,17 @@ def test_skip_layers_restores_forward_also_after_an_error():
         pass
 
 
+def test_logits_at_on_every_architecture(tiny):
+    arch, model, inputs = tiny
+    positions = inputs["attention_mask"].bool().clone()  # the real tokens of a left-padded batch
+    positions[:, -1] = False
+    with torch.no_grad():
+        full = model(**inputs, use_cache=False).logits
+        with logits_at(model, positions):
+            some = model(**inputs, use_cache=False).logits
+    torch.testing.assert_close(some[0], full[positions], msg=arch)
+
+
 @pytest.mark.parametrize("softcap", [None, 5.0])
 def test_logits_at_selects_rows_of_the_full_logits(softcap):
     model = build_tiny("gemma3", num_layers=2)  # tied head; the cap is applied after the head by the model itself
