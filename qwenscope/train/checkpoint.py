@@ -100,7 +100,9 @@ def load(trainer: Trainer) -> int:
             _, i, name = key.split(".", 2)
             state.setdefault(int(i), {})[name] = v
         groups = json.loads((folder / s.name / "param_groups.json").read_text())
-        for g in groups:
+        for g, now in zip(groups, s.opt.param_groups):
             g["betas"] = tuple(g["betas"])
+            for impl in ("fused", "foreach"):  # how Adam runs here is this machine's choice, not the checkpoint's
+                g[impl] = now.get(impl)
         s.opt.load_state_dict({"state": state, "param_groups": groups})
     return int(meta["step"])

@@ -22,9 +22,8 @@ from tqdm.auto import tqdm
 from qwenscope.errors import QwenscopeError
 from qwenscope.sae.config import SaeConfig
 from qwenscope.sae.model import Sae
-from qwenscope.train import checkpoint, dist
+from qwenscope.train import checkpoint, dist, kernels
 from qwenscope.train.config import TrainConfig
-from qwenscope.train.kernels import SparseCode, batch_topk_select, sparse_decode, sparse_encode, topk_select
 from qwenscope.train.report import MetricsReport, parse_report_to
 
 logger = logging.getLogger(__name__)
@@ -43,19 +42,12 @@ class SaeState:
     last: dict[str, float] = field(default_factory=dict)
 
 
-def _selector(cfg: TrainConfig, k: int, dead: Tensor | None, k_aux: int):
-    """Main selection (topk or batchtopk), followed by the AuxK selection among dead features when asked."""
-    main = topk_select(k) if cfg.activation == "topk" else batch_topk_select(k)
-    if dead is None or k_aux == 0:
-        return main
-    aux = topk_select(k_aux)
-
-    def select(pre: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        v, r, c = main(pre)
-        av, ar, ac = aux(torch.where(dead, pre, torch.zeros((), dtype=pre.dtype)))
-        return torch.cat([v, av]), torch.cat([r, ar]), torch.cat([c, ac])
-
-    return select
+def _adam(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Adam:
+    """torch's fused Adam where it exists (one pass over each tensor: ~10x less time than the per-op loop on a CPU)."""
+    try:
+        return torch.optim.Adam(params, lr=lr, eps=1e-8, fused=True)
+    except (RuntimeError, ValueError):  # a device or dtype without a fused kernel
+        return torch.optim.Adam(params, lr=lr, eps=1e-8)
 
 
 class Trainer:
@@ -84,6 +76,7 @@ class Trainer:
         self.metrics_name = "metrics.jsonl" if shared else f"metrics-rank{self.rank}.jsonl"
         self.writes = not self.ddp or self.rank == 0  # under DDP rank 0 writes for everyone
         self.states: list[SaeState] = []
+        self._buffers: dict[tuple, Tensor] = {}
         combos = [(e, k) for e in cfg.expansion_factor for k in cfg.k]
         hookpoints = sorted(d_in)
         if self.world > 1 and cfg.distribute_modules:
@@ -108,7 +101,7 @@ class Trainer:
                 )
                 torch.manual_seed(cfg.seed + zlib.crc32(name.encode()))  # same init whichever rank builds it
                 sae = Sae(sae_cfg, device=device)
-                opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr_for(sae.d_sae), eps=1e-8)
+                opt = _adam(list(sae.parameters()), cfg.lr_for(sae.d_sae))
                 since = torch.zeros(sae.d_sae, dtype=torch.long, device=device)
                 self.states.append(SaeState(name, hookpoint, sae, opt, since))
         if resume and checkpoint.exists(self.out, self.ckpt_name):
@@ -154,46 +147,38 @@ class Trainer:
         n, k, ddp = x.shape[0], sae.cfg.k or 1, self.ddp
         n_all = n * self.world if ddp else n
         mean = dist.all_sum(x.sum(0), ddp) / n_all
+        total_var = dist.all_sum((x - mean).pow(2).sum(), ddp)  # over the whole batch, all ranks
         if self.step == 0:  # b_dec starts at the data mean, so the encoder sees centred inputs
             with torch.no_grad():
                 sae.b_dec.copy_(mean)
         dead = s.since_fired > cfg.dead_tokens
         num_dead = int(dead.sum())
         k_aux = min(sae.d_in // 2, num_dead) if cfg.auxk_alpha > 0 else 0
-        b_dec = sae.b_dec if sae.cfg.apply_b_dec_to_input else None  # subtracted inside the kernel
-        code = sparse_encode(x, sae.W_enc, sae.b_enc, _selector(cfg, k, dead, k_aux), b_dec)
-        e_main = n * k
-        main = SparseCode(code.vals[:e_main], code.rows[:e_main], code.cols[:e_main])
-        x_hat = sparse_decode(main, sae.W_dec, n) + sae.b_dec
-        err = x - x_hat
-        total_var = dist.all_sum((x - mean).pow(2).sum(), ddp)  # over the whole batch, all ranks
-        fvu = err.pow(2).sum() / total_var
-        loss, auxk = fvu, torch.zeros(())
-        if k_aux > 0:
-            aux = SparseCode(code.vals[e_main:], code.rows[e_main:], code.cols[e_main:])
-            e_hat = sparse_decode(aux, sae.W_dec, n)
-            auxk = min(num_dead / (sae.d_in // 2), 1.0) * (e_hat - err.detach()).pow(2).sum() / total_var
-            loss = loss + cfg.auxk_alpha * auxk
-        s.opt.zero_grad(set_to_none=True)
-        loss.backward()
         with torch.no_grad():
-            if ddp:  # each rank's loss is its share of the global one: summed gradients are the global gradient
-                for p in sae.parameters():
-                    if p.grad is not None:
-                        dist.all_sum(p.grad, True)
-            W, g = sae.W_dec, sae.W_dec.grad
-            assert g is not None
-            g -= (g * W).sum(-1, keepdim=True) * W  # keep the step tangent to the unit-norm constraint
-            for group in s.opt.param_groups:
+            b_dec = sae.b_dec if sae.cfg.apply_b_dec_to_input else None
+            pre = kernels.pre_acts(x, sae.W_enc, sae.b_enc, b_dec, out=self._buffer((n, sae.d_sae), x))
+            main = kernels.topk_code(pre, k) if cfg.activation == "topk" else kernels.batch_topk_code(pre, k)
+            aux = kernels.dead_topk_code(pre, dead, k_aux) if k_aux > 0 else None
+            aux_scale = min(num_dead / (sae.d_in // 2), 1.0)  # AuxK grows with the number of dead features
+            step = kernels.loss_and_grads(
+                x, sae.W_enc, sae.b_dec, sae.W_dec, main, total_var,
+                aux=aux, aux_weight=cfg.auxk_alpha * aux_scale, b_dec_in_input=b_dec is not None,
+            )  # fmt: skip
+            for p, g in zip((sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec), step.grads):
+                p.grad = dist.all_sum(g, ddp)  # each rank's loss is its share of the global one: the sum is the global
+            for group in s.opt.param_groups:  # gradient (the W_dec projection is linear: it commutes with the sum)
                 group["lr"] = cfg.lr_for(sae.d_sae) * lr_scale
             s.opt.step()
+            s.opt.zero_grad(set_to_none=True)
+            W = sae.W_dec
             W.div_(W.norm(dim=-1, keepdim=True).clamp_min(1e-12))
             fired = torch.zeros(sae.d_sae, dtype=torch.uint8, device=sae.device)
             fired[main.cols[main.vals > 0]] = 1
             dist.all_max(fired, ddp)
             s.since_fired += n_all
             s.since_fired[fired.bool()] = 0
-            stats = dist.all_sum(torch.stack([loss.detach(), fvu.detach(), auxk.detach().to(loss.dtype)]), ddp)
+            auxk = aux_scale * step.auxk
+            stats = dist.all_sum(torch.stack([step.fvu + cfg.auxk_alpha * auxk, step.fvu, auxk]), ddp)
         s.last = {
             "loss": stats[0].item(),
             "fvu": stats[1].item(),
@@ -202,6 +187,14 @@ class Trainer:
             "dead": num_dead / sae.d_sae,
             "lr": cfg.lr_for(sae.d_sae) * lr_scale,
         }
+
+    def _buffer(self, shape: tuple[int, int], like: Tensor) -> Tensor:
+        """The (batch, d_sae) pre-activation buffer, shared by SAEs of one width and reused from step to step."""
+        key = (shape, like.dtype, like.device)
+        buf = self._buffers.get(key)
+        if buf is None:
+            buf = self._buffers[key] = torch.empty(shape, dtype=like.dtype, device=like.device)
+        return buf
 
     def train_step(self, batch: Tensor | Mapping[str, Tensor]) -> dict[str, dict[str, float]]:
         inputs = self._inputs(batch)
