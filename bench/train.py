@@ -7,7 +7,8 @@ warm-up step, then times ``--steps`` optimisation steps; the libraries are inter
 order rotates) so drift hits all alike; medians over ``--repeats``. Each library runs its own SAE module and its own
 step (forward, loss, backward, optimizer step and the per-step bookkeeping of its trainer):
 
-    qwenscope  Trainer(TrainConfig(...), {"resid_post.15": d_in}, out=tmp).train_step(x)
+    qwenscope  Trainer(TrainConfig(...), {"resid_post.15": d_in}, out=tmp).train_step(x); its default exact encoder,
+               and as ``qwenscope-bf16`` (not in the default list) encoder="bf16", for devices with native bf16
     sparsify   the fvu step of sparsify.Trainer: set_decoder_norm_to_unit_norm(); sae(x, x, dead_mask=...,
                total_variance=...); (fvu + auxk_alpha * auxk_loss).backward(); fire counters;
                remove_gradient_parallel_to_decoder_directions(); Adam step; zero_grad; linear LR scheduler step
@@ -55,6 +56,7 @@ import torch
 from torch import Tensor
 
 LIBRARIES = ("qwenscope", "sparsify", "saelens", "saelens-sparse")
+OPTIONAL = ("qwenscope-bf16",)  # only where bf16 products are native (a GPU): ~300x slower on an AVX2 CPU
 HOOKPOINT = "resid_post.15"
 EXPANSION = 16
 K = 32
@@ -125,7 +127,7 @@ class Runner:
     keep: list[Any] = field(default_factory=list)
 
 
-def build_qwenscope(s: Settings) -> Runner:
+def build_qwenscope(s: Settings, encoder: str = "exact") -> Runner:
     from qwenscope.train import TrainConfig, Trainer
 
     cfg = TrainConfig(
@@ -139,6 +141,7 @@ def build_qwenscope(s: Settings) -> Runner:
         auxk_alpha=AUXK_ALPHA if s.dead is not None else 0.0,
         dead_tokens=DEAD_TOKENS,
         seed=0,
+        encoder=encoder,  # type: ignore[arg-type]
     )
     trainer = Trainer(cfg, {HOOKPOINT: s.d_in}, out=s.tmp, device=s.device, resume=False)
     (state,) = trainer.states
@@ -262,6 +265,7 @@ def build_saelens(s: Settings, sparse: bool = False) -> Runner:
 
 BUILDERS: dict[str, Callable[[Settings], Runner]] = {
     "qwenscope": build_qwenscope,
+    "qwenscope-bf16": lambda s: build_qwenscope(s, "bf16"),
     "sparsify": build_sparsify,
     "saelens": build_saelens,
     "saelens-sparse": lambda s: build_saelens(s, sparse=True),
@@ -358,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=4096, help="tokens per step")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument(
-        "--libraries", default=",".join(LIBRARIES), help="comma-separated subset of " + ",".join(LIBRARIES)
+        "--libraries", default=",".join(LIBRARIES), help="comma-separated subset of " + ",".join(LIBRARIES + OPTIONAL)
     )
     parser.add_argument("--auxk", choices=("off", "on", "both"), default="both", help="AuxK off, on, or both")
     parser.add_argument(
@@ -375,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")  # SAELens sparse
     libs = [name.strip() for name in args.libraries.split(",") if name.strip()]
-    unknown = sorted(set(libs) - set(LIBRARIES))
+    unknown = sorted(set(libs) - set(LIBRARIES) - set(OPTIONAL))
     if unknown or not libs or args.steps < 1 or args.repeats < 1 or args.batch_size < 1:
         parser.error(f"bad --libraries {unknown} or a non-positive --steps/--repeats/--batch-size")
     if not 0 < args.dead_fraction <= 1:
@@ -413,6 +417,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         for mode in modes
     }
+    import qwenscope
+
+    print(f"qwenscope from {Path(qwenscope.__file__).parent}")  # the checkout measured (PYTHONPATH=. in a worktree)
     print(
         f"{len(batches)} batches of {args.batch_size} x {d_in} preloaded in {time.perf_counter() - t0:.1f} s ({data})"
     )

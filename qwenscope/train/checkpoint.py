@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from qwenscope.train.trainer import Trainer
 
 NAME = "checkpoint"  # with one rank per hookpoint group: "checkpoint-rank{r}"; under DDP rank 0 writes the one
-_IGNORED = {"save_every", "log_every"}  # may change between a run and its resumption
+_IGNORED = {"save_every", "log_every", "encoder"}  # may change between a run and its resumption
 
 
 def _folder(out: Path, base: str) -> Path | None:

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from qwenscope.errors import QwenscopeError
 from qwenscope.sae.config import SaeConfig
 from qwenscope.sae.model import Sae
-from qwenscope.train import checkpoint, dist, kernels
+from qwenscope.train import checkpoint, dist, kernels, precision
 from qwenscope.train.config import TrainConfig
 from qwenscope.train.report import MetricsReport, parse_report_to
 
@@ -39,6 +39,8 @@ class SaeState:
     opt: torch.optim.Adam
     since_fired: Tensor
     """(d_sae,) tokens since each feature last fired."""
+    bf16: bool = False
+    """Choose the active features from a bf16 product (rescored exactly), see ``TrainConfig.encoder``."""
     last: dict[str, float] = field(default_factory=dict)
 
 
@@ -48,6 +50,16 @@ def _adam(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(params, lr=lr, eps=1e-8, fused=True)
     except (RuntimeError, ValueError):  # a device or dtype without a fused kernel
         return torch.optim.Adam(params, lr=lr, eps=1e-8)
+
+
+def _bf16(cfg: TrainConfig, sae: Sae) -> bool:
+    if cfg.encoder == "exact":
+        return False
+    if cfg.encoder == "auto":
+        return precision.use_bf16(sae.device, sae.d_in, sae.d_sae)
+    if not precision.hardware_bf16(sae.device):
+        logger.warning("encoder=bf16 on %s, which has no native bf16 products: expect it to be much slower", sae.device)
+    return True
 
 
 class Trainer:
@@ -103,7 +115,7 @@ class Trainer:
                 sae = Sae(sae_cfg, device=device)
                 opt = _adam(list(sae.parameters()), cfg.lr_for(sae.d_sae))
                 since = torch.zeros(sae.d_sae, dtype=torch.long, device=device)
-                self.states.append(SaeState(name, hookpoint, sae, opt, since))
+                self.states.append(SaeState(name, hookpoint, sae, opt, since, _bf16(cfg, sae)))
         if resume and checkpoint.exists(self.out, self.ckpt_name):
             self.step = checkpoint.load(self)
             logger.info("resumed %s at step %d", self.out, self.step)
@@ -155,14 +167,11 @@ class Trainer:
         num_dead = int(dead.sum())
         k_aux = min(sae.d_in // 2, num_dead) if cfg.auxk_alpha > 0 else 0
         with torch.no_grad():
-            b_dec = sae.b_dec if sae.cfg.apply_b_dec_to_input else None
-            pre = kernels.pre_acts(x, sae.W_enc, sae.b_enc, b_dec, out=self._buffer((n, sae.d_sae), x))
-            main = kernels.topk_code(pre, k) if cfg.activation == "topk" else kernels.batch_topk_code(pre, k)
-            aux = kernels.dead_topk_code(pre, dead, k_aux) if k_aux > 0 else None
+            main, aux = self._codes(s, x, k, dead, k_aux)
             aux_scale = min(num_dead / (sae.d_in // 2), 1.0)  # AuxK grows with the number of dead features
             step = kernels.loss_and_grads(
                 x, sae.W_enc, sae.b_dec, sae.W_dec, main, total_var,
-                aux=aux, aux_weight=cfg.auxk_alpha * aux_scale, b_dec_in_input=b_dec is not None,
+                aux=aux, aux_weight=cfg.auxk_alpha * aux_scale, b_dec_in_input=sae.cfg.apply_b_dec_to_input,
             )  # fmt: skip
             for p, g in zip((sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec), step.grads):
                 p.grad = dist.all_sum(g, ddp)  # each rank's loss is its share of the global one: the sum is the global
@@ -188,12 +197,37 @@ class Trainer:
             "lr": cfg.lr_for(sae.d_sae) * lr_scale,
         }
 
-    def _buffer(self, shape: tuple[int, int], like: Tensor) -> Tensor:
+    def _codes(
+        self, s: SaeState, x: Tensor, k: int, dead: Tensor, k_aux: int
+    ) -> tuple[kernels.SparseCode, kernels.SparseCode | kernels.DeadCode | None]:
+        """The main TopK / BatchTopK code and, when k_aux > 0, the AuxK code of the dead features."""
+        sae, activation = s.sae, self.cfg.activation
+        b_dec = sae.b_dec if sae.cfg.apply_b_dec_to_input else None  # subtracted inside the kernels
+        shape = (x.shape[0], sae.d_sae)
+        pre = None
+        if s.bf16:
+            approx = kernels.lowp_pre_acts(
+                x, sae.W_enc, sae.b_enc, b_dec, torch.bfloat16, out=self._buffer(shape, torch.bfloat16, x.device)
+            )
+            main = kernels.candidate_code(approx, x, sae.W_enc, sae.b_enc, b_dec, k, activation)
+        else:
+            pre = kernels.pre_acts(x, sae.W_enc, sae.b_enc, b_dec, out=self._buffer(shape, x.dtype, x.device))
+            main = kernels.topk_code(pre, k) if activation == "topk" else kernels.batch_topk_code(pre, k)
+        if k_aux == 0:
+            return main, None
+        ids = dead.nonzero().squeeze(1)
+        if pre is not None:
+            sub = pre.index_select(1, ids)
+        else:  # exact values of the dead features only
+            sub = kernels.pre_acts(x, sae.W_enc.index_select(1, ids), sae.b_enc[ids], b_dec)
+        return main, kernels.dead_topk_code(sub, ids, k_aux)
+
+    def _buffer(self, shape: tuple[int, int], dtype: torch.dtype, device: torch.device) -> Tensor:
         """The (batch, d_sae) pre-activation buffer, shared by SAEs of one width and reused from step to step."""
-        key = (shape, like.dtype, like.device)
+        key = (shape, dtype, device)
         buf = self._buffers.get(key)
         if buf is None:
-            buf = self._buffers[key] = torch.empty(shape, dtype=like.dtype, device=like.device)
+            buf = self._buffers[key] = torch.empty(shape, dtype=dtype, device=device)
         return buf
 
     def train_step(self, batch: Tensor | Mapping[str, Tensor]) -> dict[str, dict[str, float]]:

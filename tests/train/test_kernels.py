@@ -56,7 +56,8 @@ def test_step_matches_dense_autograd(mode, with_b_dec, n_dead, k_aux, aux_kind):
 
     pre = kernels.pre_acts(x, W, b, b_dec if with_b_dec else None, out=torch.empty(n, m, dtype=torch.float64))
     main = kernels.topk_code(pre, k) if mode == "topk" else kernels.batch_topk_code(pre, k)
-    aux = kernels.dead_topk_code(pre, dead, k_aux) if n_dead else None
+    ids = dead.nonzero().squeeze(1)
+    aux = kernels.dead_topk_code(pre.index_select(1, ids), ids, k_aux) if n_dead else None
     assert aux is None if aux_kind is None else isinstance(aux, aux_kind)
     got = kernels.loss_and_grads(
         x, W, b_dec, W_dec, main, total_var, aux=aux, aux_weight=0.25, b_dec_in_input=with_b_dec
@@ -73,3 +74,31 @@ def test_step_matches_dense_autograd(mode, with_b_dec, n_dead, k_aux, aux_kind):
         torch.testing.assert_close(g, ref, msg=name)
     assert main.vals.numel() == n * k and (main.vals >= 0).all()
     assert torch.equal(main.rows, main.rows.sort().values)  # grouped by token, as the decoder's bags need
+
+
+@pytest.mark.parametrize("mode", ["topk", "batchtopk"])
+def test_bf16_candidates_rescored_exactly_give_the_exact_code(mode):
+    torch.manual_seed(1)
+    n, d, m, k = 96, 32, 256, 8
+    x = torch.randn(n, d) * 3
+    W = torch.randn(d, m) / d**0.5
+    b, b_dec = torch.randn(m) * 0.1, torch.randn(d)
+    pre = kernels.pre_acts(x, W, b, b_dec)
+    exact = kernels.topk_code(pre, k) if mode == "topk" else kernels.batch_topk_code(pre, k)
+    approx = kernels.lowp_pre_acts(x, W, b, b_dec, torch.bfloat16)
+    assert approx.dtype == torch.bfloat16 and (approx.float() - pre).abs().max() > 1e-3  # really approximate
+    got = kernels.candidate_code(approx, x, W, b, b_dec, k, mode)
+
+    assert torch.equal(got.rows, got.rows.sort().values)
+    dense_got = torch.zeros(n, m).index_put_((got.rows, got.cols), got.vals)
+    dense_exact = torch.zeros(n, m).index_put_((exact.rows, exact.cols), exact.vals)
+    torch.testing.assert_close(dense_got, dense_exact, rtol=1e-5, atol=1e-5)  # same features, exact fp32 values
+
+
+def test_exact_pre_acts_at_entries():
+    torch.manual_seed(2)
+    x, W, b, b_dec = torch.randn(10, 16), torch.randn(16, 40), torch.randn(40), torch.randn(16)
+    rows = torch.arange(10).repeat_interleave(3)
+    cols = torch.randint(0, 40, (30,))
+    got = kernels.exact_pre_acts_at(x, W, b, b_dec, rows, cols)
+    torch.testing.assert_close(got, kernels.pre_acts(x, W, b, b_dec)[rows, cols])
