@@ -7,7 +7,8 @@ warm-up step, then times ``--steps`` optimisation steps; the libraries are inter
 order rotates) so drift hits all alike; medians over ``--repeats``. Each library runs its own SAE module and its own
 step (forward, loss, backward, optimizer step and the per-step bookkeeping of its trainer):
 
-    qwenscope  Trainer(TrainConfig(...), {"resid_post.15": d_in}, out=tmp).train_step(x)
+    qwenscope  Trainer(TrainConfig(...), {"resid_post.15": d_in}, out=tmp).train_step(x); its default exact encoder,
+               and as ``qwenscope-bf16`` (not in the default list) encoder="bf16", for devices with native bf16
     sparsify   the fvu step of sparsify.Trainer: set_decoder_norm_to_unit_norm(); sae(x, x, dead_mask=...,
                total_variance=...); (fvu + auxk_alpha * auxk_loss).backward(); fire counters;
                remove_gradient_parallel_to_decoder_directions(); Adam step; zero_grad; linear LR scheduler step
@@ -21,6 +22,12 @@ A broken path cannot look fast: every library must train the same shapes (assert
 from the warm-up step to the last timed step (printed; the script exits with status 1 otherwise). The machine's
 fp32 matmul peak is measured in the same run (a large square matmul, interleaved with the repeats), and
 qwenscope's step is set against it with an honest FLOP count (see FLOPS_FORMULA).
+
+AuxK is measured off and on (``--auxk both``). Off: qwenscope auxk_alpha 0, sparsify no dead mask, SAELens
+aux_loss_coefficient 0. On: AuxK weight 1/32 in all three, and before every step the same fixed ``--dead-fraction``
+of the features (10%, a random subset) is marked dead in each library's own counters (qwenscope and sparsify: tokens
+since fired; SAELens: steps since fired), so every library does the full AuxK work (k_aux = d_in / 2 = 288 dead
+features per token) on the same dead set; nothing dies on its own within a short run.
 
     .venv/bin/python bench/train.py --activations ACTS/resid_post.15 [--steps 10] [--repeats 3] [--batch-size 4096]
     .venv/bin/python bench/train.py --synthetic            # random activations when no cache exists
@@ -49,16 +56,17 @@ import torch
 from torch import Tensor
 
 LIBRARIES = ("qwenscope", "sparsify", "saelens", "saelens-sparse")
+OPTIONAL = ("qwenscope-bf16",)  # only where bf16 products are native (a GPU): ~300x slower on an AVX2 CPU
 HOOKPOINT = "resid_post.15"
 EXPANSION = 16
 K = 32
 AUXK_ALPHA = 1 / 32  # qwenscope's default; sparsify's trainer defaults to 0 (no dead mask), set to match
 DEAD_TOKENS = 1_000_000  # a feature unseen for this many tokens is dead (sparsify: tokens, SAELens: steps)
 FLOPS_FORMULA = (
-    "2*B*d_in*d_sae (dense encoder matmul) + 10*B*k*d_in (sparse: decoder forward, decoder grads of the code "
-    "values and of W_dec, encoder grads of W_enc and of the input through b_dec; 2*B*k*d_in each); element-wise "
-    "work (bias, ReLU, TopK selection, losses, Adam, decoder renormalisation) is not counted; AuxK adds nothing here, "
-    "as no feature can be dead (1M tokens without firing) within a run"
+    "2*B*d_in*d_sae (dense encoder matmul) + 8*B*k*d_in (sparse: decoder forward, decoder grads of the code "
+    "values and of W_dec, encoder grad of W_enc; 2*B*k*d_in each), and with AuxK on + 8*B*k_aux*d_in (the same four "
+    "over the k_aux dead-feature entries); element-wise work (bias, ReLU, TopK selection, losses, Adam, decoder "
+    "renormalisation) is not counted"
 )
 DENSE_FORMULA = "6*B*d_in*d_sae: what a dense forward + backward of the encoder would cost; NOT work qwenscope does"
 
@@ -106,6 +114,8 @@ class Settings:
     device: torch.device
     sparsify_autocast: bool = False
     tmp: str = ""
+    dead: Tensor | None = None
+    """AuxK on: ids of the features marked dead before every step; None: AuxK off."""
 
 
 @dataclass
@@ -117,7 +127,7 @@ class Runner:
     keep: list[Any] = field(default_factory=list)
 
 
-def build_qwenscope(s: Settings) -> Runner:
+def build_qwenscope(s: Settings, encoder: str = "exact") -> Runner:
     from qwenscope.train import TrainConfig, Trainer
 
     cfg = TrainConfig(
@@ -128,9 +138,10 @@ def build_qwenscope(s: Settings) -> Runner:
         lr=s.lr,
         warmup_steps=0,
         decay_start=1.0,
-        auxk_alpha=AUXK_ALPHA,
+        auxk_alpha=AUXK_ALPHA if s.dead is not None else 0.0,
         dead_tokens=DEAD_TOKENS,
         seed=0,
+        encoder=encoder,  # type: ignore[arg-type]
     )
     trainer = Trainer(cfg, {HOOKPOINT: s.d_in}, out=s.tmp, device=s.device, resume=False)
     (state,) = trainer.states
@@ -139,7 +150,11 @@ def build_qwenscope(s: Settings) -> Runner:
     assert sae.W_enc.dtype == torch.float32 and isinstance(state.opt, torch.optim.Adam)
 
     def step(x: Tensor) -> float:
-        return trainer.train_step(x)[HOOKPOINT]["loss"]
+        if s.dead is not None:
+            state.since_fired[s.dead] = DEAD_TOKENS + 1
+        out = trainer.train_step(x)[HOOKPOINT]
+        assert (out["auxk"] > 0) == (s.dead is not None), out  # AuxK ran exactly when asked
+        return out["loss"]
 
     return Runner(step, lambda x: sae(x).sae_out, [trainer])
 
@@ -169,7 +184,10 @@ def build_sparsify(s: Settings) -> Runner:
         if n_steps[0] == 0:
             sae.b_dec.data = x.mean(0).to(sae.dtype)
         sae.set_decoder_norm_to_unit_norm()
-        dead_mask = since_fired > DEAD_TOKENS
+        if s.dead is not None:
+            since_fired[s.dead] = DEAD_TOKENS + 1
+        # its trainer passes no dead mask when auxk_alpha is 0 (AuxK off)
+        dead_mask = since_fired > DEAD_TOKENS if s.dead is not None else None
         total_variance = (x - x.mean(0)).pow(2).sum()
         if forward is not None:
             out = forward(sae, x, x, dead_mask=dead_mask, total_variance=total_variance)
@@ -177,6 +195,7 @@ def build_sparsify(s: Settings) -> Runner:
             out = sae(x=x, y=x, dead_mask=dead_mask, total_variance=total_variance)
         did_fire[out.latent_indices.flatten()] = True
         float(out.fvu.detach())  # its trainer accumulates the logged fvu with float() every step
+        assert (float(out.auxk_loss.detach()) > 0) == (s.dead is not None), out.auxk_loss
         loss = out.fvu + AUXK_ALPHA * out.auxk_loss + out.multi_topk_fvu / 8
         loss.backward()
         sae.remove_gradient_parallel_to_decoder_directions()
@@ -210,6 +229,7 @@ def build_saelens(s: Settings, sparse: bool = False) -> Runner:
         use_sparse_activations=sparse,
         # its sparse path fails in backward with the default decoder-norm rescaling (aten::view on a sparse tensor)
         rescale_acts_by_decoder_norm=not sparse,
+        aux_loss_coefficient=AUXK_ALPHA if s.dead is not None else 0.0,
     )
     sae = TopKTrainingSAE(cfg)
     assert (sae.cfg.d_in, sae.cfg.d_sae, sae.cfg.k) == (s.d_in, s.d_sae, s.k), sae.cfg
@@ -232,7 +252,11 @@ def build_saelens(s: Settings, sparse: bool = False) -> Runner:
     def step(x: Tensor) -> float:
         # SAETrainer.fit's loop body without the data provider, wandb, checkpoints and progress bar
         trainer.maybe_reset_sparsity()
+        if s.dead is not None:
+            trainer.n_forward_passes_since_fired[s.dead] = trainer_cfg.dead_feature_window + 1
         out = trainer.step(x)
+        aux = out.losses.get("auxiliary_reconstruction_loss", torch.zeros(()))
+        assert (float(aux) > 0) == (s.dead is not None), out.losses
         trainer.n_training_steps += 1
         return float(out.loss.detach())
 
@@ -241,6 +265,7 @@ def build_saelens(s: Settings, sparse: bool = False) -> Runner:
 
 BUILDERS: dict[str, Callable[[Settings], Runner]] = {
     "qwenscope": build_qwenscope,
+    "qwenscope-bf16": lambda s: build_qwenscope(s, "bf16"),
     "sparsify": build_sparsify,
     "saelens": build_saelens,
     "saelens-sparse": lambda s: build_saelens(s, sparse=True),
@@ -310,18 +335,38 @@ def versions() -> dict[str, str]:
     return out
 
 
+def summarise(runs: list[dict[str, Any]], steps: int, batch_size: int) -> dict[str, Any]:
+    times = [run["seconds"] for run in runs]
+    med = statistics.median(times)
+    return {
+        "median_s": med,
+        "ms_per_step": med / steps * 1e3,
+        "tokens_per_s": steps * batch_size / med,
+        "runs_s": times,
+        "loss_decreased": all(run["loss_decreased"] for run in runs),
+        "heldout_fvu": statistics.median(run["fvu"] for run in runs),
+        "runs": runs,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--activations", metavar="DIR", help="an ActivationCache folder written by `qwenscope cache`")
-    source.add_argument("--synthetic", action="store_true", help="random Gaussian activations (d_in 576)")
+    source.add_argument("--synthetic", action="store_true", help="random Gaussian activations (width --d-in)")
+    parser.add_argument("--d-in", type=int, default=576, help="width of --synthetic activations")
+    parser.add_argument("--expansion-factor", type=int, default=EXPANSION, help="d_sae = this x d_in")
     parser.add_argument("--hookpoint", help="hookpoint inside --activations when it holds several")
     parser.add_argument("--steps", type=int, default=10, help="timed optimisation steps per run")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per library (median reported)")
     parser.add_argument("--batch-size", type=int, default=4096, help="tokens per step")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument(
-        "--libraries", default=",".join(LIBRARIES), help="comma-separated subset of " + ",".join(LIBRARIES)
+        "--libraries", default=",".join(LIBRARIES), help="comma-separated subset of " + ",".join(LIBRARIES + OPTIONAL)
+    )
+    parser.add_argument("--auxk", choices=("off", "on", "both"), default="both", help="AuxK off, on, or both")
+    parser.add_argument(
+        "--dead-fraction", type=float, default=0.1, help="AuxK on: share of the features marked dead before each step"
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--peak-size", type=int, default=4096, help="n of the n x n @ n x n peak matmul")
@@ -334,115 +379,129 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")  # SAELens sparse
     libs = [name.strip() for name in args.libraries.split(",") if name.strip()]
-    unknown = sorted(set(libs) - set(LIBRARIES))
+    unknown = sorted(set(libs) - set(LIBRARIES) - set(OPTIONAL))
     if unknown or not libs or args.steps < 1 or args.repeats < 1 or args.batch_size < 1:
         parser.error(f"bad --libraries {unknown} or a non-positive --steps/--repeats/--batch-size")
+    if not 0 < args.dead_fraction <= 1:
+        parser.error("--dead-fraction must be in (0, 1]")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    modes = ["off", "on"] if args.auxk == "both" else [args.auxk]
 
     n_batches = args.steps + 2  # warm-up, timed steps, held-out
     t0 = time.perf_counter()
     if args.synthetic:
-        batches, data = synthetic_batches(n_batches, args.batch_size, 576), "synthetic Gaussian (seed 0)"
+        batches, data = synthetic_batches(n_batches, args.batch_size, args.d_in), "synthetic Gaussian (seed 0)"
     else:
         batches, data = cached_batches(args.activations, args.hookpoint, n_batches, args.batch_size)
     batches = [x.to(device=device, dtype=torch.float32).contiguous() for x in batches]  # preloaded: no disk I/O timed
     d_in = batches[0].shape[1]
+    d_sae = args.expansion_factor * d_in
     if d_in != 576:
-        print(f"note: d_in is {d_in}, not 576 (SmolLM2-135M); d_sae = {EXPANSION} x d_in")
-    s = Settings(
-        d_in=d_in,
-        d_sae=EXPANSION * d_in,
-        k=K,
-        batch_size=args.batch_size,
-        lr=lr_for(EXPANSION * d_in),
-        device=device,
-        sparsify_autocast=args.sparsify_autocast,
-    )
+        print(f"note: d_in is {d_in}, not 576 (SmolLM2-135M); d_sae = {args.expansion_factor} x d_in")
+    g = torch.Generator().manual_seed(0)
+    n_dead = max(1, round(args.dead_fraction * d_sae))
+    dead = torch.randperm(d_sae, generator=g)[:n_dead].sort().values.to(device)
+    k_aux = min(d_in // 2, n_dead)
+    settings = {
+        mode: Settings(
+            d_in=d_in,
+            d_sae=d_sae,
+            k=K,
+            batch_size=args.batch_size,
+            lr=lr_for(d_sae),
+            device=device,
+            sparsify_autocast=args.sparsify_autocast,
+            dead=dead if mode == "on" else None,
+        )
+        for mode in modes
+    }
+    import qwenscope
+
+    print(f"qwenscope from {Path(qwenscope.__file__).parent}")  # the checkout measured (PYTHONPATH=. in a worktree)
     print(
         f"{len(batches)} batches of {args.batch_size} x {d_in} preloaded in {time.perf_counter() - t0:.1f} s ({data})"
     )
-
     if (args.steps + 1) * args.batch_size > DEAD_TOKENS:
-        print(f"note: a run sees more than {DEAD_TOKENS} tokens, so AuxK may be active (the FLOP count leaves it out)")
-    runs: dict[str, list[dict[str, Any]]] = {lib: [] for lib in libs}
+        print(f"note: a run sees more than {DEAD_TOKENS} tokens, so features may die on their own")
+
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {mode: {lib: [] for lib in libs} for mode in modes}
     peak_runs: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
-        s.tmp = tmp
+        for s in settings.values():
+            s.tmp = tmp
         for lib in libs:  # import and first-touch costs outside the timed runs
-            BUILDERS[lib](s)
+            BUILDERS[lib](settings[modes[0]])
         matmul_gflops(args.peak_size, device)  # warm-up
-        for r in range(args.repeats):  # interleaved, order rotated, so drift hits every library alike
-            order = libs[r % len(libs) :] + libs[: r % len(libs)]
-            for lib in order:
-                run = timed_run(lib, s, batches, args.steps)
-                runs[lib].append(run)
-                print(f"  repeat {r + 1}/{args.repeats} {lib:<14} {run['seconds'] / args.steps * 1e3:9.1f} ms/step")
+        jobs = [(mode, lib) for mode in modes for lib in libs]
+        for r in range(args.repeats):  # interleaved, order rotated, so drift hits every library and mode alike
+            order = jobs[r % len(jobs) :] + jobs[: r % len(jobs)]
+            for mode, lib in order:
+                run = timed_run(lib, settings[mode], batches, args.steps)
+                runs[mode][lib].append(run)
+                print(
+                    f"  repeat {r + 1}/{args.repeats} AuxK {mode:<3} {lib:<14} "
+                    f"{run['seconds'] / args.steps * 1e3:9.1f} ms/step"
+                )
             peak_runs += [matmul_gflops(args.peak_size, device) for _ in range(2)]
 
-    B, k, d_sae = args.batch_size, K, s.d_sae
-    flops_step = 2 * B * d_in * d_sae + 10 * B * k * d_in
-    dense_step = 6 * B * d_in * d_sae
+    B, k = args.batch_size, K
     peak = statistics.median(peak_runs)
-    tokens = args.steps * B
-    rows: dict[str, dict[str, Any]] = {}
-    for lib in libs:
-        times = [run["seconds"] for run in runs[lib]]
-        med = statistics.median(times)
-        rows[lib] = {
-            "median_s": med,
-            "ms_per_step": med / args.steps * 1e3,
-            "tokens_per_s": tokens / med,
-            "runs_s": times,
-            "loss_decreased": all(run["loss_decreased"] for run in runs[lib]),
-            "heldout_fvu": statistics.median(run["fvu"] for run in runs[lib]),
-            "runs": runs[lib],
+    results: dict[str, Any] = {}
+    for mode in modes:
+        rows = {lib: summarise(runs[mode][lib], args.steps, B) for lib in libs}
+        ratios = {
+            f"qwenscope/{lib}": rows["qwenscope"]["tokens_per_s"] / rows[lib]["tokens_per_s"]
+            for lib in libs
+            if lib != "qwenscope" and "qwenscope" in rows
         }
-    ratios = {
-        f"qwenscope/{lib}": rows["qwenscope"]["tokens_per_s"] / rows[lib]["tokens_per_s"]
-        for lib in libs
-        if lib != "qwenscope" and "qwenscope" in rows
-    }
-    qs_fraction = {}
-    if "qwenscope" in rows:
-        step_s = rows["qwenscope"]["median_s"] / args.steps
-        qs_fraction = {
-            "gflops_per_s": flops_step / step_s / 1e9,
-            "fraction_of_peak": flops_step / step_s / 1e9 / peak,
-            "dense_equivalent_gflops_per_s": dense_step / step_s / 1e9,
-            "dense_equivalent_fraction_of_peak": dense_step / step_s / 1e9 / peak,
-        }
+        flops_step = 2 * B * d_in * d_sae + 8 * B * k * d_in + (8 * B * k_aux * d_in if mode == "on" else 0)
+        dense_step = 6 * B * d_in * d_sae
+        qs_fraction: dict[str, Any] = {}
+        if "qwenscope" in rows:
+            step_s = rows["qwenscope"]["median_s"] / args.steps
+            qs_fraction = {
+                "per_step": flops_step,
+                "gflops_per_s": flops_step / step_s / 1e9,
+                "fraction_of_peak": flops_step / step_s / 1e9 / peak,
+                "dense_equivalent_per_step": dense_step,
+                "dense_equivalent_gflops_per_s": dense_step / step_s / 1e9,
+                "dense_equivalent_fraction_of_peak": dense_step / step_s / 1e9 / peak,
+            }
+        results[mode] = {"results": rows, "ratios_tokens_per_s": ratios, "qwenscope_flops": qs_fraction}
 
     # ------------------------------------------------------------------ report
     print(
-        f"\nTopK SAE training, d_in {d_in} -> d_sae {d_sae}, k {k}, fp32, Adam lr {s.lr:.3g}, batch {B} tokens, "
-        f"{args.steps} steps/run, median of {args.repeats}, on {device} ({torch.get_num_threads()} threads)"
+        f"\nTopK SAE training, d_in {d_in} -> d_sae {d_sae}, k {k}, fp32, Adam lr {lr_for(d_sae):.3g}, batch {B} "
+        f"tokens, {args.steps} steps/run, median of {args.repeats}, on {device} ({torch.get_num_threads()} threads)"
     )
-    print(
-        f"{'library':<14} {'ms/step':>9} {'tokens/s':>10} {'qwenscope x':>12} {'loss warm-up -> last':>24}"
-        f" {'held-out FVU':>13} {'loss down':>9}"
-    )
-    for lib, row in rows.items():
-        last = runs[lib][-1]
-        speed = rows["qwenscope"]["tokens_per_s"] / row["tokens_per_s"] if "qwenscope" in rows else float("nan")
-        loss = f"{last['warmup_loss']:.4g} -> {last['losses'][-1]:.4g}"
+    for mode in modes:
+        rows = results[mode]["results"]
+        what = "off" if mode == "off" else f"on ({n_dead} of {d_sae} features dead, k_aux {k_aux})"
+        print(f"\nAuxK {what}")
         print(
-            f"{lib:<14} {row['ms_per_step']:>9.1f} {row['tokens_per_s']:>10.0f} {speed:>11.2f}x {loss:>24}"
-            f" {row['heldout_fvu']:>13.3f} {'yes' if row['loss_decreased'] else 'NO':>9}"
+            f"{'library':<14} {'ms/step':>9} {'tokens/s':>10} {'qwenscope x':>12} {'loss warm-up -> last':>24}"
+            f" {'held-out FVU':>13} {'loss down':>9}"
         )
-    print("(losses are each library's own: fvu + auxk for qwenscope and sparsify, per-token MSE for SAELens)")
+        for lib, row in rows.items():
+            last = runs[mode][lib][-1]
+            speed = rows["qwenscope"]["tokens_per_s"] / row["tokens_per_s"] if "qwenscope" in rows else float("nan")
+            loss = f"{last['warmup_loss']:.4g} -> {last['losses'][-1]:.4g}"
+            print(
+                f"{lib:<14} {row['ms_per_step']:>9.1f} {row['tokens_per_s']:>10.0f} {speed:>11.2f}x {loss:>24}"
+                f" {row['heldout_fvu']:>13.3f} {'yes' if row['loss_decreased'] else 'NO':>9}"
+            )
+        qs = results[mode]["qwenscope_flops"]
+        if qs:
+            print(
+                f"qwenscope: {qs['per_step'] / 1e9:.2f} GFLOP/step -> {qs['gflops_per_s']:.1f} GFLOP/s = "
+                f"{qs['fraction_of_peak']:.1%} of peak (dense-equivalent convention: "
+                f"{qs['dense_equivalent_fraction_of_peak']:.1%})"
+            )
+    print("\n(losses are each library's own: fvu + auxk for qwenscope and sparsify, per-token MSE for SAELens)")
     print(f"fp32 matmul peak ({args.peak_size}^3, median of {len(peak_runs)}): {peak:.1f} GFLOP/s")
-    if qs_fraction:
-        print(
-            f"qwenscope FLOPs/step = {FLOPS_FORMULA}\n  = {flops_step / 1e9:.2f} GFLOP/step -> "
-            f"{qs_fraction['gflops_per_s']:.1f} GFLOP/s = {qs_fraction['fraction_of_peak']:.1%} of peak"
-        )
-        print(
-            f"dense-equivalent convention ({DENSE_FORMULA}):\n  = {dense_step / 1e9:.2f} GFLOP/step -> "
-            f"{qs_fraction['dense_equivalent_gflops_per_s']:.1f} GFLOP/s = "
-            f"{qs_fraction['dense_equivalent_fraction_of_peak']:.1%} of peak"
-        )
+    print(f"FLOPs/step = {FLOPS_FORMULA}\ndense-equivalent convention: {DENSE_FORMULA}")
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -465,34 +524,32 @@ def main(argv: list[str] | None = None) -> int:
                     "steps_per_run": args.steps,
                     "repeats": args.repeats,
                     "optimizer": "torch Adam",
-                    "lr": s.lr,
+                    "lr": lr_for(d_sae),
                     "lr_schedule": "constant (no warm-up, no decay)",
                     "auxk_alpha": AUXK_ALPHA,
+                    "auxk_modes": modes,
                     "dead_tokens": DEAD_TOKENS,
+                    "auxk_on_dead_features": n_dead,
+                    "auxk_on_k_aux": k_aux,
                     "sparsify_autocast": args.sparsify_autocast,
                     "libraries": libs,
                 },
-                "results": rows,
-                "ratios_tokens_per_s": ratios,
+                "auxk": results,
                 "peak": {
                     "matmul": f"{args.peak_size}x{args.peak_size} @ {args.peak_size}x{args.peak_size} fp32",
                     "runs_gflops_per_s": peak_runs,
                     "median_gflops_per_s": peak,
                 },
-                "qwenscope_flops": {
-                    "formula": FLOPS_FORMULA,
-                    "per_step": flops_step,
-                    **qs_fraction,
-                    "dense_equivalent_formula": DENSE_FORMULA,
-                    "dense_equivalent_per_step": dense_step,
-                },
+                "flops_formula": FLOPS_FORMULA,
+                "dense_equivalent_formula": DENSE_FORMULA,
             },
             indent=1,
         )
         + "\n"
     )
     print(f"wrote {out}")
-    broken = [lib for lib, row in rows.items() if not row["loss_decreased"]]
+    broken = [f"{lib} (AuxK {mode})" for mode in modes for lib, row in results[mode]["results"].items()
+              if not row["loss_decreased"]]  # fmt: skip
     if broken:
         print(f"FAILED: the loss did not go down for {', '.join(broken)}")
         return 1

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from qwenscope.train.trainer import Trainer
 
 NAME = "checkpoint"  # with one rank per hookpoint group: "checkpoint-rank{r}"; under DDP rank 0 writes the one
-_IGNORED = {"save_every", "log_every"}  # may change between a run and its resumption
+_IGNORED = {"save_every", "log_every", "encoder"}  # may change between a run and its resumption
 
 
 def _folder(out: Path, base: str) -> Path | None:
@@ -93,7 +93,9 @@ def load(trainer: Trainer) -> int:
             _, i, name = key.split(".", 2)
             state.setdefault(int(i), {})[name] = v
         groups = json.loads((folder / s.name / "param_groups.json").read_text())
-        for g in groups:
+        for g, now in zip(groups, s.opt.param_groups):
             g["betas"] = tuple(g["betas"])
+            for impl in ("fused", "foreach"):  # how Adam runs here is this machine's choice, not the checkpoint's
+                g[impl] = now.get(impl)
         s.opt.load_state_dict({"state": state, "param_groups": groups})
     return int(meta["step"])

@@ -32,6 +32,10 @@ class TrainConfig:
     """Weight of the AuxK dead-feature loss (Qwen-Scope and Gao et al. use 1/32; 0 turns it off)."""
     dead_tokens: int = 1_000_000
     """A feature that has not fired for this many tokens counts as dead (fed to AuxK)."""
+    encoder: Literal["exact", "bf16", "auto"] = "exact"
+    """How the active features are chosen: exact (fp32 product); bf16 (a bf16 product picks k + max(8, k/4)
+    candidates per token, whose values are then computed exactly in fp32; faster only where bf16 is native: CUDA,
+    AVX-512 BF16, AMX); auto (bf16 where it is native and measured faster, else exact)."""
     apply_b_dec_to_input: bool = True
     """Subtract b_dec from the input before encoding (recorded in the saved SAE)."""
     distribute_modules: bool = False
@@ -58,6 +62,8 @@ class TrainConfig:
                 raise QwenscopeError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.lr is not None and not self.lr > 0:
             raise QwenscopeError(f"lr must be positive, got {self.lr}")
+        if self.encoder not in ("exact", "bf16", "auto"):
+            raise QwenscopeError(f"encoder must be exact, bf16 or auto, got {self.encoder!r}")
         if not 0 < self.decay_start <= 1:
             raise QwenscopeError(f"decay_start must be in (0, 1], got {self.decay_start}")
 

@@ -126,3 +126,20 @@ def test_init_from_continues_a_trained_sae(tmp_path):
     wrong = TrainConfig(**{**short.to_dict(), "k": (4,)})
     with pytest.raises(QwenscopeError, match=r"--init-from .* k 8 at resid_post.0; train with the same"):
         Trainer(wrong, {"resid_post.0": 64}, tmp_path / "d")
+
+
+@pytest.mark.parametrize("activation", ["topk", "batchtopk"])
+def test_bf16_encoder_trains_the_same_sae(tmp_path, activation):
+    _, batches = synthetic(12, 256, d_in=32, n_true=128)
+    saes = {}
+    for encoder in ("exact", "bf16"):
+        cfg = TrainConfig(expansion_factor=(4,), k=(4,), activation=activation, batch_size=256, steps=12, lr=1e-3,
+                          warmup_steps=2, dead_tokens=512, encoder=encoder)  # fmt: skip
+        saes[encoder] = Trainer(cfg, {"resid_post.0": 32}, tmp_path / encoder).fit(batches)["resid_post.0"]
+    for name, p in saes["exact"].state_dict().items():
+        torch.testing.assert_close(saes["bf16"].state_dict()[name], p, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_unknown_encoder_is_refused():
+    with pytest.raises(QwenscopeError, match="encoder must be exact, bf16 or auto"):
+        TrainConfig(encoder="int8")  # type: ignore[arg-type]
