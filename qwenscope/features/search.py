@@ -3,12 +3,18 @@ direction promotes, and by label.
 
     token_features(model, tokenizer, sae, "resid_post.15", "The Eiffel Tower", top=5)   # per token
     contrastive(model, tokenizer, sae, ["I love it", ...], ["I hate it", ...])          # ContrastiveHit list
+    effect_ranked(model, tokenizer, sae, ["I love it", ...], ["I hate it", ...])        # EffectHit list
     by_token(model, tokenizer, sae, " Paris")                                           # [(feature, logit)]
     by_label(store, "capital cities")                                                   # feature ids
 
 Contrastive search follows the Qwen-Scope demo: on each set of texts, a feature's firing rate is the fraction of
 the texts' tokens (position 0 and special tokens excluded, as in training) on which it fires, and its mean is its
 mean activation over those tokens (zeros included); features are ranked by the difference positive - negative.
+
+Effect-ranked search re-ranks the top contrastive candidates by what steering each one does
+(``qwenscope.steer.probe``): added at a few relative strengths (``qwenscope.steer.strength``) while the positive and
+negative texts are teacher-forced after neutral prefixes, how much more likely it makes the positive texts than the
+negative ones. Which feature fires most on a concept is often not the one that, added, writes it.
 """
 
 from __future__ import annotations
@@ -88,6 +94,67 @@ def contrastive(
     order = (rate_diff if by == "rate" else mean_diff).argsort(descending=True, stable=True)[:top]
     return [ContrastiveHit(int(f), float(rate_pos[f]), float(rate_neg[f]), float(mean_pos[f]), float(mean_neg[f]),
                            float(rate_diff[f]), float(mean_diff[f])) for f in order]  # fmt: skip
+
+
+@dataclass
+class EffectHit:
+    """A contrastive candidate with what steering it does (``effect_ranked``)."""
+
+    feature: int
+    score: float
+    """gain_pos - gain_neg at the best probe strength: nats per token the steering moves toward the positive texts."""
+    alpha: float
+    """The probe strength (relative, ``qwenscope.steer.strength``) that gave the score: a starting strength."""
+    gain_pos: float
+    """Change of the positive texts' log-likelihood per token at ``alpha`` (nats)."""
+    gain_neg: float
+    """Change of the negative texts' log-likelihood per token at ``alpha`` (nats)."""
+    rate_pos: float
+    """Fraction of the positive texts' tokens on which it fires."""
+    rate_neg: float
+    """Fraction of the negative texts' tokens on which it fires."""
+    contrastive_rank: int
+    """Its place (0 = first) in the contrastive ranking it was taken from."""
+
+
+def effect_ranked(
+    model: nn.Module,
+    tokenizer,
+    sae: Sae,
+    positive: Sequence[str],
+    negative: Sequence[str],
+    top: int = 10,
+    candidates: int = 16,
+    alphas: Sequence[float] = (0.25, 0.5),
+    by: Literal["rate", "mean"] = "rate",
+    hookpoint: str | None = None,
+    unit: float | None = None,
+    probe_texts: int = 8,
+) -> list[EffectHit]:
+    """The ``top`` of the first ``candidates`` contrastive hits, re-ranked by the steering probe (see the module doc).
+
+    ``alphas``: relative strengths probed; ``unit``: the relative unit (default ``steering_unit`` at the hookpoint);
+    ``probe_texts``: positive and negative texts teacher-forced (the first ones of each list).
+    """
+    from qwenscope.steer.probe import probe_effects
+    from qwenscope.steer.strength import steering_unit
+
+    if candidates < 1 or top < 1 or probe_texts < 1:
+        raise QwenscopeError(f"top, candidates and probe_texts must be at least 1, got {top}, {candidates}, "
+                             f"{probe_texts}")  # fmt: skip
+    hook = check_sae_fits(sae, model, hookpoint).name
+    hits = contrastive(model, tokenizer, sae, positive, negative, candidates, by, hook)
+    unit = steering_unit(model, tokenizer, hook) if unit is None else unit
+    effects = probe_effects(model, tokenizer, sae, [h.feature for h in hits], list(positive)[:probe_texts],
+                            list(negative)[:probe_texts], alphas, unit=unit, hookpoint=hook)  # fmt: skip
+    diff = effects.gain_pos - effects.gain_neg  # (n, n_alphas)
+    best = diff.argmax(dim=1)
+    ranked = []
+    for i, h in enumerate(hits):
+        a = int(best[i])
+        ranked.append(EffectHit(h.feature, float(diff[i, a]), float(alphas[a]), float(effects.gain_pos[i, a]),
+                                float(effects.gain_neg[i, a]), h.rate_pos, h.rate_neg, i))  # fmt: skip
+    return sorted(ranked, key=lambda e: -e.score)[:top]
 
 
 @torch.no_grad()
