@@ -27,9 +27,10 @@ class Concept:
     """What ``score`` checks, in words."""
 
 
-def words(*forms: str) -> Callable[[str], bool]:
-    """A scorer: True when the text holds a whole word matching one of the regexes ``forms`` (case-insensitive)."""
-    pattern = re.compile(r"\b(?:" + "|".join(forms) + r")\b", re.IGNORECASE)
+def words(forms: str) -> Callable[[str], bool]:
+    """A scorer: True when the text holds a whole word matching one of the space-separated regexes ``forms``
+    (case-insensitive; ``\\s`` inside a form matches a space)."""
+    pattern = re.compile(r"\b(?:" + "|".join(forms.split()) + r")\b", re.IGNORECASE)
 
     def score(text: str) -> bool:
         return pattern.search(text) is not None
@@ -83,28 +84,9 @@ SEA = Concept(
         "The mechanic replaced the brakes on my car.",
     ),
     score=words(
-        r"seas?",
-        r"ocean\w*",
-        r"waves?",
-        r"beach\w*",
-        r"shores?",
-        r"ships?",
-        r"boats?",
-        r"sail\w*",
-        r"tides?",
-        r"coast\w*",
-        r"marine",
-        r"harbou?rs?",
-        r"islands?",
-        r"whales?",
-        r"dolphins?",
-        r"coral",
-        r"surf(s|ing|ers?)?",
-        r"underwater",
-        r"seaside",
-        r"fish\w*",
-        r"anchor\w*",
-        r"lighthouses?",
+        r"seas? ocean\w* waves? beach\w* shores? ships? boats? sail\w* tides? coast\w* marine harbou?rs? "
+        r"islands? whales? dolphins? coral surf(s|ing|ers?)? underwater seaside fish\w* anchor\w* "
+        r"lighthouses?"
     ),
     prompts="instructions",
     target="a sea word (sea, ocean, wave, beach, ship, boat, sail, ...)",
@@ -149,28 +131,9 @@ MUSIC = Concept(
         "Our neighbour is building a shed in his garden.",
     ),
     score=words(
-        r"music\w*",
-        r"songs?",
-        r"sing(s|ing|ers?)?",
-        r"sang",
-        r"melod\w*",
-        r"guitar\w*",
-        r"pianos?",
-        r"pianists?",
-        r"rhythm\w*",
-        r"bands?",
-        r"concerts?",
-        r"orchestra\w*",
-        r"violin\w*",
-        r"drums?",
-        r"drummers?",
-        r"lyric\w*",
-        r"tunes?",
-        r"choirs?",
-        r"jazz",
-        r"symphon\w*",
-        r"chorus",
-        r"composers?",
+        r"music\w* songs? sing(s|ing|ers?)? sang melod\w* guitar\w* pianos? pianists? rhythm\w* bands? "
+        r"concerts? orchestra\w* violin\w* drums? drummers? lyric\w* tunes? choirs? jazz symphon\w* chorus "
+        r"composers?"
     ),
     prompts="instructions",
     target="a music word (music, song, melody, guitar, piano, band, ...)",
@@ -215,28 +178,9 @@ SPACE = Concept(
         "The tailor shortened the sleeves of my jacket.",
     ),
     score=words(
-        r"space",
-        r"stars?",
-        r"planet\w*",
-        r"galax\w*",
-        r"orbit\w*",
-        r"rockets?",
-        r"astronauts?",
-        r"universe",
-        r"telescopes?",
-        r"moons?",
-        r"cosmos",
-        r"cosmic",
-        r"satellites?",
-        r"nasa",
-        r"mars",
-        r"jupiter",
-        r"saturn",
-        r"comets?",
-        r"asteroids?",
-        r"solar system",
-        r"spacecraft",
-        r"astronom\w*",
+        r"space stars? planet\w* galax\w* orbit\w* rockets? astronauts? universe telescopes? moons? cosmos "
+        r"cosmic satellites? nasa mars jupiter saturn comets? asteroids? solar\ssystem spacecraft "
+        r"astronom\w*"
     ),
     prompts="instructions",
     target="a space word (space, star, planet, galaxy, orbit, rocket, moon, ...)",
@@ -281,32 +225,9 @@ FOOD = Concept(
         "The architect presented the plans for the new school.",
     ),
     score=words(
-        r"foods?",
-        r"cook\w*",
-        r"bread",
-        r"bak(e|es|ed|er|ers|ery|ing)",
-        r"recipes?",
-        r"delicious",
-        r"eat(s|en|ing)?",
-        r"meals?",
-        r"tast(e|es|ed|y|ing)",
-        r"soups?",
-        r"cheese",
-        r"dinner",
-        r"lunch",
-        r"breakfast",
-        r"kitchens?",
-        r"sauces?",
-        r"cakes?",
-        r"dish(es)?",
-        r"flavou?rs?",
-        r"chefs?",
-        r"fruits?",
-        r"vegetables?",
-        r"meat",
-        r"chicken",
-        r"pasta",
-        r"rice",
+        r"foods? cook\w* bread bak(e|es|ed|er|ers|ery|ing) recipes? delicious eat(s|en|ing)? meals? "
+        r"tast(e|es|ed|y|ing) soups? cheese dinner lunch breakfast kitchens? sauces? cakes? dish(es)? "
+        r"flavou?rs? chefs? fruits? vegetables? meat chicken pasta rice"
     ),
     prompts="instructions",
     target="a food word (food, cook, bread, recipe, meal, taste, ...)",
@@ -351,23 +272,8 @@ DOGS = Concept(
         "The tourists bought tickets for the cathedral tour.",
     ),
     score=words(
-        r"dogs?",
-        r"pupp(y|ies)",
-        r"bark(s|ed|ing)?",
-        r"leash\w*",
-        r"fetch\w*",
-        r"paws?",
-        r"terriers?",
-        r"retrievers?",
-        r"labradors?",
-        r"poodles?",
-        r"beagles?",
-        r"husk(y|ies)",
-        r"kennels?",
-        r"canine",
-        r"wag(s|ged|ging)?",
-        r"collies?",
-        r"sheepdogs?",
+        r"dogs? pupp(y|ies) bark(s|ed|ing)? leash\w* fetch\w* paws? terriers? retrievers? labradors? "
+        r"poodles? beagles? husk(y|ies) kennels? canine wag(s|ged|ging)? collies? sheepdogs?"
     ),
     prompts="instructions",
     target="a dog word (dog, puppy, bark, leash, paw, ...)",

@@ -136,14 +136,36 @@ def effect_ranked(
     ``alphas``: relative strengths probed; ``unit``: the relative unit (default ``steering_unit`` at the hookpoint);
     ``probe_texts``: positive and negative texts teacher-forced (the first ones of each list).
     """
+    if candidates < 1 or top < 1:
+        raise QwenscopeError(f"top and candidates must be at least 1, got {top} and {candidates}")
+    hook = check_sae_fits(sae, model, hookpoint).name
+    hits = contrastive(model, tokenizer, sae, positive, negative, candidates, by, hook)
+    ranked = rank_by_effect(model, tokenizer, sae, hits, positive, negative, alphas, hookpoint=hook, unit=unit,
+                            probe_texts=probe_texts)  # fmt: skip
+    return ranked[:top]
+
+
+def rank_by_effect(
+    model: nn.Module,
+    tokenizer,
+    sae: Sae,
+    hits: Sequence[ContrastiveHit],
+    positive: Sequence[str],
+    negative: Sequence[str],
+    alphas: Sequence[float] = (0.25, 0.5),
+    *,
+    hookpoint: str | None = None,
+    unit: float | None = None,
+    probe_texts: int = 8,
+) -> list[EffectHit]:
+    """Contrastive ``hits`` re-ranked by the steering probe, best first (``effect_ranked`` without the search)."""
     from qwenscope.steer.probe import probe_effects
     from qwenscope.steer.strength import steering_unit
 
-    if candidates < 1 or top < 1 or probe_texts < 1:
-        raise QwenscopeError(f"top, candidates and probe_texts must be at least 1, got {top}, {candidates}, "
+    if not hits or probe_texts < 1:
+        raise QwenscopeError(f"rank_by_effect needs at least one hit and one probe text, got {len(hits)} and "
                              f"{probe_texts}")  # fmt: skip
     hook = check_sae_fits(sae, model, hookpoint).name
-    hits = contrastive(model, tokenizer, sae, positive, negative, candidates, by, hook)
     unit = steering_unit(model, tokenizer, hook) if unit is None else unit
     effects = probe_effects(model, tokenizer, sae, [h.feature for h in hits], list(positive)[:probe_texts],
                             list(negative)[:probe_texts], alphas, unit=unit, hookpoint=hook)  # fmt: skip
@@ -154,7 +176,7 @@ def effect_ranked(
         a = int(best[i])
         ranked.append(EffectHit(h.feature, float(diff[i, a]), float(alphas[a]), float(effects.gain_pos[i, a]),
                                 float(effects.gain_neg[i, a]), h.rate_pos, h.rate_neg, i))  # fmt: skip
-    return sorted(ranked, key=lambda e: -e.score)[:top]
+    return sorted(ranked, key=lambda e: -e.score)
 
 
 @torch.no_grad()

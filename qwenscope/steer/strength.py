@@ -33,6 +33,9 @@ from qwenscope.models.hookpoints import resolve_hookpoint
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_STRENGTH = 0.5
+"""The relative strength the demo steers with: the median best strength over the concepts of
+``bench/steer_concepts.py`` (the highest success rate with perplexity <= 10)."""
 UNIT_SOURCE = "dataset-build:multi"
 """The corpus the unit is measured on by default (offline, 37 languages and code)."""
 UNIT_TEXTS = 16
