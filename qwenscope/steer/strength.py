@@ -38,9 +38,9 @@ DEFAULT_STRENGTH = 0.5
 ``bench/steer_concepts.py`` (the highest success rate with perplexity <= 10)."""
 UNIT_SOURCE = "dataset-build:multi"
 """The corpus the unit is measured on by default (offline, 37 languages and code)."""
-UNIT_TEXTS = 16
-"""Documents of ``UNIT_SOURCE`` measured (the first ones, each cut to ``UNIT_CHARS``): ~3-5k tokens."""
-UNIT_CHARS = 1000
+UNIT_TEXTS = 8
+"""Documents of ``UNIT_SOURCE`` measured (the first ones, each cut to ``UNIT_CHARS``): ~2k tokens."""
+UNIT_CHARS = 800
 
 _cache: weakref.WeakKeyDictionary[nn.Module, dict[str, float]] = weakref.WeakKeyDictionary()
 
