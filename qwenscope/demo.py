@@ -135,13 +135,14 @@ def run_demo(cfg: DemoConfig) -> None:
 
     print(f"\n== 3. contrastive search: texts about {demo_texts.CONCEPT} vs other texts")
     hits = contrastive(model, tokenizer, sae, demo_texts.POSITIVE, demo_texts.NEGATIVE, top=40, by="rate")
+    t_probe = time.perf_counter()
     unit = steering_unit(model, tokenizer, hook)
     effects = rank_by_effect(model, tokenizer, sae, [h for h in hits if h.rate_pos > 0][:16], demo_texts.POSITIVE,
                              demo_texts.NEGATIVE, hookpoint=hook, unit=unit)  # fmt: skip
     chosen = pick_concept_feature(hits, effects)
-    print(f"   steering probe: adding #{effects[0].feature} at {effects[0].alpha:g} x the residual's typical size "
-          f"makes the positive texts {effects[0].score:.2f} nats/token more likely than the negative ones, the "
-          f"most of the first {len(effects)} hits")  # fmt: skip
+    print(f"   steering probe ({time.perf_counter() - t_probe:.0f} s): adding #{effects[0].feature} makes the positive "
+          f"texts {effects[0].score:.2f} nats/token more likely against the negative ones, the most of the first "
+          f"{len(effects)} hits")  # fmt: skip
     for h in hits[:5] + ([chosen] if chosen not in hits[:5] else []):
         quiet = "silent on the negatives" if h.rate_neg <= 0.02 else "none is silent on the negatives"
         mark = f"  <- chosen ({quiet})" if h is chosen else ""

@@ -61,6 +61,6 @@ def test_pick_concept_feature_prefers_features_silent_on_negatives():
 
 def test_pick_concept_feature_follows_the_steering_probe():
     hits = [_hit(1, 0.9, 0.5), _hit(2, 0.3, 0.0), _hit(3, 0.4, 0.01), _hit(5, 0.0, 0.0)]
-    effects = [EffectHit(f, 1.0 / (i + 1), 0.5, 0.1, -0.2, 0.3, 0.0, i) for i, f in enumerate([5, 1, 2])]
+    effects = [EffectHit(f, 1.0 / (i + 1), 0.1, -0.2, 0.3, 0.0, i) for i, f in enumerate([5, 1, 2])]
     assert pick_concept_feature(hits, effects) is hits[0]  # #5 never fires on the positives: skipped
     assert pick_concept_feature(hits, []).feature == 3

@@ -135,8 +135,9 @@ class SearchConfig:
     ones (the features to steer with)."""
     candidates: int = 16
     """--by effect: contrastive candidates the steering probe tries."""
-    alphas: str = "0.25,0.5"
-    """--by effect: relative strengths probed (comma-separated; fractions of the residual's typical size)."""
+    alphas: str = "0.75"
+    """--by effect: relative strengths probed, comma-separated (fractions of the residual's typical size; the score
+    is the mean over them)."""
     token: str = ""
     """Token mode: features whose decoder direction most promotes this token (e.g. ' Paris')."""
     label: str = ""
@@ -167,7 +168,7 @@ class SearchConfig:
         except ValueError:
             alphas = []
         if not alphas or not all(math.isfinite(a) for a in alphas):
-            raise QwenscopeError(f"--alphas {self.alphas!r}: pass comma-separated numbers, e.g. 0.25,0.5")
+            raise QwenscopeError(f"--alphas {self.alphas!r}: pass comma-separated numbers, e.g. 0.5,0.75")
         return alphas
 
     def texts(self, side: str) -> list[str]:

@@ -115,7 +115,7 @@ class Playground:
 
     def find(self, positive: str, negative: str, top: int = 10, candidates: int = 16) -> list[list[Any]]:
         """Features that steer toward the concept of the ``positive`` texts (one per line) and away from the
-        ``negative`` ones, best first (``effect_ranked``): one row [id, score, strength, rate +, rate -, label]."""
+        ``negative`` ones, best first (``effect_ranked``): one row [id, score, rate +, rate -, label]."""
         from qwenscope.features.search import effect_ranked
 
         pos, neg = ([t for t in text.splitlines() if t.strip()] for text in (positive or "", negative or ""))
@@ -124,8 +124,8 @@ class Playground:
         with self.lock:
             hits = effect_ranked(self.model, self.tokenizer, self.sae, pos, neg, max(1, int(top)),
                                  max(1, int(candidates)), hookpoint=self.hookpoint, unit=self.unit())  # fmt: skip
-        return [[h.feature, round(h.score, 3), h.alpha, round(h.rate_pos, 3), round(h.rate_neg, 3),
-                 self.label(h.feature) or ""] for h in hits]  # fmt: skip
+        return [[h.feature, round(h.score, 3), round(h.rate_pos, 3), round(h.rate_neg, 3), self.label(h.feature) or ""]
+                for h in hits]  # fmt: skip
 
 
 def rank_features(rows: list[dict[str, Any]]) -> list[int]:
@@ -217,27 +217,29 @@ def _steer_panel(gr: Any, pg: Playground, prompt: Any, features: Any) -> Any:
 
 def _search_panel(gr: Any, pg: Playground, features: Any, relative: Any) -> None:
     """Texts about a concept and texts not about it; the features whose steering writes it, best first; add one."""
+    from qwenscope.steer.strength import DEFAULT_STRENGTH
+
     with gr.Accordion("Find features that steer toward a concept", open=False):
         with gr.Row():
             positive = gr.Textbox(label="Texts about the concept (one per line)", lines=4, elem_id="search-pos")
             negative = gr.Textbox(label="Texts not about it (one per line)", lines=4, elem_id="search-neg")
         find = gr.Button("Find (contrastive candidates ranked by their steering effect)", elem_id="search-btn")
-        found = gr.Dataframe(headers=["feature", "score", "strength", "rate +", "rate -", "label"], interactive=False,
+        found = gr.Dataframe(headers=["feature", "score (nats/token)", "rate +", "rate -", "label"], interactive=False,
                              elem_id="search-table")  # fmt: skip
         with gr.Row():
             pick = gr.Dropdown([], label="Feature", allow_custom_value=True, elem_id="search-pick", scale=2)
-            strength = gr.Number(0.5, label="Relative strength", elem_id="search-strength")
+            strength = gr.Number(DEFAULT_STRENGTH, label="Relative strength", elem_id="search-strength")
             add = gr.Button("Add to steering (relative)", elem_id="search-add-btn")
 
     def run_find(pos: str, neg: str) -> tuple[Any, ...]:
         rows = pg.find(pos, neg)
         choices = [(f"{r[0]} (score {r[1]})", r[0]) for r in rows]
-        return rows, gr.Dropdown(choices=choices, value=rows[0][0]), rows[0][2]
+        return rows, gr.Dropdown(choices=choices, value=rows[0][0])
 
     def run_add(text: str, f: Any, s: Any) -> tuple[str, bool]:
         return add_feature(text or "", feature_id(f, pg.sae.d_sae), float(s or 0)), True
 
-    find.click(_guard(run_find), [positive, negative], [found, pick, strength], api_name="find")
+    find.click(_guard(run_find), [positive, negative], [found, pick], api_name="find")
     add.click(_guard(run_add), [features, pick, strength], [features, relative], api_name="add_found")
 
 

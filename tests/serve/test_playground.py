@@ -53,8 +53,8 @@ def test_relative_strengths_are_fractions_of_the_residual_size(pg, qwen3_parts):
 
 def test_find_ranks_contrastive_candidates_by_effect(pg, qwen3_parts):
     rows = pg.find("the cat sat\nthe dog ran\n", "\n12 + 30 = 42\nx = y * 2", top=3, candidates=5)
-    assert len(rows) == 3 and all(len(r) == 6 for r in rows)
-    assert [r[1] for r in rows] == sorted((r[1] for r in rows), reverse=True) and rows[0][2] in (0.25, 0.5)
+    assert len(rows) == 3 and all(len(r) == 5 for r in rows)
+    assert [r[1] for r in rows] == sorted((r[1] for r in rows), reverse=True)
     with pytest.raises(QwenscopeError, match="one per line"):
         pg.find("the cat", "  \n ")
 
@@ -121,10 +121,10 @@ def test_app_over_http(qwen3_parts, qwen3_store, port):
         assert pick["value"] == pick["choices"][0][1]
         assert client.predict("3:60", pick["value"], 4, api_name="/add_feature") == f"3:60,{pick['value']}:4"
         assert f"Feature {pick['value']}</h1>" in client.predict(pick["value"], api_name="/describe")
-        found, best, strength = client.predict("the cat sat\nthe dog ran", "12 + 30 = 42", api_name="/find")
-        assert best["value"] == found["data"][0][0] and strength == found["data"][0][2]
-        added = client.predict("", best["value"], strength, api_name="/add_found")
-        assert tuple(added) == (f"{best['value']}:{strength:g}", True)  # the relative box is ticked
+        found, best = client.predict("the cat sat\nthe dog ran", "12 + 30 = 42", api_name="/find")
+        assert best["value"] == found["data"][0][0]
+        added = client.predict("", best["value"], 0.5, api_name="/add_found")
+        assert tuple(added) == (f"{best['value']}:0.5", True)  # the relative box is ticked
         with pytest.raises(Exception, match="cannot read feature 'oops'"):
             client.predict(PROMPT, "oops", "add", "all", 8, False, True, api_name="/steer")
     finally:
