@@ -173,6 +173,22 @@ def print_table(results: dict[str, Any], cap: float) -> None:
               f"{cells[1]:>22}")  # fmt: skip
 
 
+def load(out: Path) -> dict[str, Any]:
+    """The concepts' results in ``out`` (without the summary)."""
+    results = json.loads(out.read_text()) if out.exists() else {}
+    results.pop("summary", None)
+    return results
+
+
+def save(out: Path, name: str, result: dict[str, Any], cap: float) -> None:
+    """Merge one concept's result into ``out`` (re-read first: runs of other concepts may write it too)."""
+    results = {**load(out), name: result}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps({**results, "summary": summary(results, cap)}, indent=1, ensure_ascii=False))
+    tmp.replace(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--concepts", default=",".join(CONCEPTS), help=f"comma-separated: {', '.join(CONCEPTS)}")
@@ -199,8 +215,6 @@ def main() -> None:
     args.model_of = {n: s[0] for n, s in setup.items()}
     args.sae_of = {n: args.sae or s[0] for n, s in setup.items()}
     out = Path(args.out)
-    results = json.loads(out.read_text()) if out.exists() else {}
-    results.pop("summary", None)
     for model_name in dict.fromkeys(args.model_of.values()):
         model, tokenizer = load_model(model_name)
         todo = [n for n in names if args.model_of[n] == model_name]
@@ -208,14 +222,12 @@ def main() -> None:
         hook = check_sae_fits(sae, model, setup[todo[0]][1]).name
         for name in todo:
             t0 = time.perf_counter()
-            results[name] = run_concept(CONCEPTS[name], model, tokenizer, sae, hook, args)
-            results[name]["seconds"]["total"] = round(time.perf_counter() - t0, 1)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps({**results, "summary": summary(results, args.cap)}, indent=1,
-                                      ensure_ascii=False))  # fmt: skip
-            print_table({name: results[name]}, args.cap)
+            result = run_concept(CONCEPTS[name], model, tokenizer, sae, hook, args)
+            result["seconds"]["total"] = round(time.perf_counter() - t0, 1)
+            save(out, name, result, args.cap)
+            print_table({name: result}, args.cap)
+    results = load(out)
     total = summary(results, args.cap)
-    out.write_text(json.dumps({**results, "summary": total}, indent=1, ensure_ascii=False))
     plot(results, args.cap, out.with_suffix(".png"))
     print_table(results, args.cap)
     print(json.dumps(total, indent=1))
