@@ -114,18 +114,22 @@ class _Tail:
             return None
         calls: list[tuple[nn.Module, tuple, dict]] = []
         seen: dict[str, Tensor] = {}
-        handles = [layer.register_forward_pre_hook(lambda m, a, k: calls.append((m, a[1:], k)), with_kwargs=True)
+        handles = [layer.register_forward_pre_hook(lambda m, a, k: calls.append((m, a, k)), with_kwargs=True)
                    for layer in layers[resolved.layer + 1 :]]  # fmt: skip
         handles.append(resolved.module.register_forward_hook(lambda m, a, out: seen.update(h=first_tensor(out))))
+        handles.append(layers[-1].register_forward_hook(lambda m, a, out: seen.update(last=first_tensor(out))))
         try:
             with _head_input(model) as final:
                 model(input_ids=ids, attention_mask=mask, use_cache=False)
         finally:
             for handle in handles:
                 handle.remove()
-        if len(calls) != len(layers) - resolved.layer - 1 or any(not isinstance(a, tuple) for _, a, _ in calls):
-            return None
-        return cls(seen["h"], final[0], calls, norm)
+        replayable = len(calls) == len(layers) - resolved.layer - 1 and all(
+            a and isinstance(a[0], Tensor) and "hidden_states" not in k for _, a, k in calls
+        )  # each layer got the hidden states as its first positional argument
+        if not replayable or not final or not torch.equal(norm(seen["last"]), final[0]):
+            return None  # something runs between the last layer's norm and the head: replay whole forwards
+        return cls(seen["h"], final[0], [(m, a[1:], k) for m, a, k in calls], norm)
 
     def run(self, hidden: Tensor, copies: int) -> Tensor:
         """The final-normed hidden states of ``copies`` stacked copies of the batch, from the hookpoint's ``hidden``."""

@@ -7,7 +7,7 @@ from tiny_models import build_tiny, make_byte_tokenizer
 
 from qwenscope import QwenscopeError, Sae, SaeConfig
 from qwenscope.features.search import effect_ranked
-from qwenscope.steer.probe import probe_effects, token_logprobs
+from qwenscope.steer.probe import _Tail, probe_effects, token_logprobs
 from qwenscope.steer.strength import steering_unit
 
 POSITIVE = ["zz zzz zz", "zzzz z zzz", "z zz zzzz z", "zzz zz zzz"]
@@ -51,6 +51,8 @@ def test_replayed_tail_equals_whole_forwards(tokenizer, arch):
     model = build_tiny(arch, num_layers=4)
     sae = random_sae(layer=1)
     args = (model, tokenizer, sae, [3, 7, 11], POSITIVE, NEGATIVE[:3], [0.0, 0.5, 2.0])
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 0]])
+    assert _Tail.record(model, "resid_post.1", ids, (ids > 0).long()) is not None  # the fast path is taken
     fast = probe_effects(*args, unit=1.0, batch_rows=14)  # chunks of 2 features: a partial last chunk
     slow = probe_effects(*args, unit=1.0, fast=False)
     torch.testing.assert_close(fast.gain_pos, slow.gain_pos, atol=1e-5, rtol=1e-4)
@@ -60,6 +62,8 @@ def test_replayed_tail_equals_whole_forwards(tokenizer, arch):
 
 def test_last_layer_and_non_residual_hookpoints(tokenizer):
     model = build_tiny("llama", num_layers=2)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    assert _Tail.record(model, "mlp_out.0", ids, torch.ones_like(ids)) is None
     for hook, layer in (("resid_post.1", 1), ("mlp_out.0", 0)):  # no layer after it / not a layer's output
         sae = random_sae(layer=layer)
         sae.cfg.hookpoint = hook
