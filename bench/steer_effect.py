@@ -7,12 +7,14 @@
   texts) vs other texts; steering chat instructions unrelated to it. Rate = share of answers containing a word of
   the concept.
 
-Strengths are relative: alpha x the feature's typical activation (its mean where it fires on the positive texts),
-added at every position. Alpha 0 is the unsteered baseline of the same run. Fluency cost: perplexity of each
-continuation under the unsteered model. Greedy decoding, so every figure is deterministic.
+Strengths are relative (``qwenscope.steer.strength``): each feature adds a vector of norm alpha x the residual's
+typical size at the hookpoint, at every position. (Each feature's mean activation where it fires on the positive
+texts is recorded too, in the same unit, as ``typical_per_unit``.) Alpha 0 is the unsteered baseline of the same
+run. Fluency cost: perplexity of each continuation under the unsteered model. Greedy decoding, so every figure
+is deterministic.
 
     .venv/bin/python bench/steer_effect.py                        # both experiments (~15 min on 2 cores)
-    .venv/bin/python bench/steer_effect.py --experiment concept --alphas 0,4,8
+    .venv/bin/python bench/steer_effect.py --experiment concept --alphas 0,0.3,0.6
 
 Writes bench/results/steer_effect.json and bench/results/steer_effect.png.
 """
@@ -34,6 +36,7 @@ from qwenscope.demo_texts import NEGATIVE, POSITIVE
 from qwenscope.features.search import contrastive, firing_profile
 from qwenscope.models.load import load_model
 from qwenscope.steer.evaluate import sweep
+from qwenscope.steer.strength import steering_unit
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -127,10 +130,11 @@ def run_language(args) -> dict:
         return bool(text.strip()) and langid.classify(text)[0] == "fr"
 
     alphas = [float(a) for a in args.language_alphas.split(",")]
+    unit = steering_unit(model, tokenizer, hook)
     rows = sweep(model, tokenizer, OPENINGS[: args.n_prompts], sae, features, alphas, is_french,
-                 max_new_tokens=args.max_new_tokens, chat=False, relative=True, typical=typical)  # fmt: skip
-    return {"model": "gemma3-270m", "hookpoint": hook, "target": "French (langid 'fr')",
-            "features": [vars(h) for h in hits], "typical": [float(typical[f]) for f in features],
+                 max_new_tokens=args.max_new_tokens, chat=False, relative=True, unit=unit)  # fmt: skip
+    return {"model": "gemma3-270m", "hookpoint": hook, "target": "French (langid 'fr')", "unit": unit,
+            "features": [vars(h) for h in hits], "typical_per_unit": [float(typical[f]) / unit for f in features],
             "n_prompts": len(OPENINGS[: args.n_prompts]), "rows": [r.to_dict() for r in rows]}  # fmt: skip
 
 
@@ -146,10 +150,11 @@ def run_concept(args) -> dict:
     def about_the_sea(text: str) -> bool:
         return SEA_WORDS.search(text) is not None
 
+    unit = steering_unit(model, tokenizer, hook)
     rows = sweep(model, tokenizer, INSTRUCTIONS[: args.n_prompts], sae, features, args.alphas, about_the_sea,
-                 max_new_tokens=args.max_new_tokens, chat=True, relative=True, typical=typical)  # fmt: skip
-    return {"model": "smollm2-135m", "hookpoint": hook, "target": "the sea (keyword rate)",
-            "features": [vars(h) for h in quiet], "typical": [float(typical[f]) for f in features],
+                 max_new_tokens=args.max_new_tokens, chat=True, relative=True, unit=unit)  # fmt: skip
+    return {"model": "smollm2-135m", "hookpoint": hook, "target": "the sea (keyword rate)", "unit": unit,
+            "features": [vars(h) for h in quiet], "typical_per_unit": [float(typical[f]) / unit for f in features],
             "n_prompts": len(INSTRUCTIONS[: args.n_prompts]), "rows": [r.to_dict() for r in rows]}  # fmt: skip
 
 
@@ -163,7 +168,7 @@ def plot(results: dict, path: Path) -> None:
     for ax, (name, res) in zip(axes[0], results.items()):
         alphas = [r["alpha"] for r in res["rows"]]
         ax.plot(alphas, [r["rate"] for r in res["rows"]], "o-", color="tab:blue")
-        ax.set_xlabel("alpha (x typical activation)")
+        ax.set_xlabel("alpha (x the residual's typical size)")
         ax.set_ylabel(f"rate: {res['target']}", color="tab:blue")
         ax.set_ylim(0, 1)
         twin = ax.twinx()
@@ -180,8 +185,10 @@ def plot(results: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiment", choices=["language", "concept", "both"], default="both")
-    parser.add_argument("--alphas", default="0,2,4,8,12,16", help="comma-separated multiples of typical activation")
-    parser.add_argument("--language-alphas", default="0,1,2,3,4,6", help="alphas of the language sweep (10 features)")
+    parser.add_argument("--alphas", default="0,0.15,0.3,0.6,0.9,1.2",
+                        help="comma-separated relative strengths (x the residual's typical size)")  # fmt: skip
+    parser.add_argument("--language-alphas", default="0,0.04,0.08,0.12,0.16,0.24",
+                        help="alphas of the language sweep (each of the 10 features)")  # fmt: skip
     parser.add_argument("--n-prompts", type=int, default=50)
     parser.add_argument("--language-features", type=int, default=10, help="French features steered together")
     parser.add_argument("--concept-features", type=int, default=1, help="concept features steered together")

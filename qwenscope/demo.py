@@ -6,8 +6,10 @@
 1. loads the model and the SAE (the embedded one by default) and its feature store (statistics over a corpus,
    computed once and cached);
 2. shows the strongest features of a few prompts, each with what it means (its top contexts and logit lens);
-3. finds the features of a concept contrastively (texts about the sea vs other texts);
-4. steers a generation with the best of them (a multiple of its typical activation) and prints both side by side;
+3. finds the features of a concept contrastively (texts about the sea vs other texts) and re-ranks the first 16 by
+   what steering each does (``qwenscope.features.search.rank_by_effect``);
+4. steers a generation with the best of them (a fraction of the residual's typical size, ``qwenscope.steer.strength``)
+   and prints both side by side;
 5. writes ``OUT/report.html`` (with a dashboard page for every feature shown) that opens offline.
 """
 
@@ -23,6 +25,7 @@ from typing import Any
 from qwenscope import demo_texts
 from qwenscope.errors import QwenscopeError
 from qwenscope.features.density import MAX_DENSITY, check_max_density, density_text
+from qwenscope.steer.strength import DEFAULT_STRENGTH
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +48,8 @@ class DemoConfig:
     max_density: float = MAX_DENSITY
     """Leave out features that fire on more than this share of the store's tokens (always-on features say nothing
     about a prompt); 1 keeps them all."""
-    strength: float = 10.0
-    """Steering strength, as a multiple of the feature's typical activation (its mean when firing on the corpus)."""
+    strength: float = DEFAULT_STRENGTH
+    """Steering strength, a fraction of the residual's typical size at the hookpoint (qwenscope.steer.strength)."""
     max_new_tokens: int = 40
     """Tokens generated for the steering comparison."""
 
@@ -100,11 +103,17 @@ def prompt_features(model, tokenizer, sae, hook: str, prompt: str, top: int = 5,
     return [(fid, act, token) for fid, (act, token) in ranked]
 
 
-def pick_concept_feature(hits: list[Any]) -> Any:
-    """The strongest hit that stays (almost) silent on the negative texts: a concept, not a generic feature."""
+def pick_concept_feature(hits: list[Any], effects: list[Any] | None = None) -> Any:
+    """The hit to steer with: the best by steering effect (``effects``, from ``rank_by_effect``, best first) among
+    those that fire on the positive texts; without effects, the strongest hit that stays (almost) silent on the
+    negative texts."""
     fired = [h for h in hits if h.rate_pos > 0]
     if not fired:
         raise QwenscopeError("no feature fires on the positive texts: is the SAE trained for this model and layer?")
+    by_id = {h.feature: h for h in fired}
+    for effect in effects or []:
+        if effect.feature in by_id:
+            return by_id[effect.feature]
     quiet = [h for h in fired if h.rate_neg <= 0.02]
     if not quiet:
         logger.warning("no feature stays silent on the negative texts; steering the largest rate difference")
@@ -119,8 +128,9 @@ def run_demo(cfg: DemoConfig) -> None:
     from qwenscope.demo_report import write_report
     from qwenscope.features.dashboard import cached_store, write_dashboard
     from qwenscope.features.density import dense_features
-    from qwenscope.features.search import contrastive
+    from qwenscope.features.search import contrastive, rank_by_effect
     from qwenscope.steer.generate import generate_pair, side_by_side
+    from qwenscope.steer.strength import steering_unit
 
     t0 = time.perf_counter()
     print(f"== 1. model {cfg.model}, SAE {cfg.sae or 'shipped with it'}")
@@ -146,20 +156,26 @@ def run_demo(cfg: DemoConfig) -> None:
 
     print(f"\n== 3. contrastive search: texts about {demo_texts.CONCEPT} vs other texts")
     hits = contrastive(model, tokenizer, sae, demo_texts.POSITIVE, demo_texts.NEGATIVE, top=40, by="rate")
-    chosen = pick_concept_feature(hits)
+    t_probe = time.perf_counter()
+    unit = steering_unit(model, tokenizer, hook)
+    candidates = [h for h in hits if h.rate_pos > 0 and h.feature not in dense][:16] or hits[:16]
+    effects = rank_by_effect(model, tokenizer, sae, candidates, demo_texts.POSITIVE, demo_texts.NEGATIVE,
+                             hookpoint=hook, unit=unit)  # fmt: skip
+    chosen = pick_concept_feature(hits, effects)
+    print(f"   steering probe ({time.perf_counter() - t_probe:.0f} s): adding #{effects[0].feature} makes the positive "
+          f"texts {effects[0].score:.2f} nats/token more likely against the negative ones, the most of the first "
+          f"{len(effects)} hits")  # fmt: skip
     listed = [h for h in hits if h.feature not in dense][:5]
     for h in listed + ([chosen] if chosen not in listed else []):
-        quiet = "silent on the negatives" if h.rate_neg <= 0.02 else "none is silent on the negatives"
-        mark = f"  <- chosen ({quiet})" if h is chosen else ""
+        mark = "  <- chosen (largest steering effect)" if h is chosen else ""
         mark += "  (always-on)" if h.feature in dense else ""
         print(f"   #{h.feature:<6} fires on {h.rate_pos:.0%} vs {h.rate_neg:.0%} of tokens, density "
               f"{_density(store, h.feature)}: {meaning(store.feature(h.feature))}{mark}")  # fmt: skip
 
-    typical = store.typical_acts()
-    print(f"\n== 4. steering #{chosen.feature} at {cfg.strength:g}x its typical activation "
-          f"({float(typical[chosen.feature]):.1f}) on {demo_texts.STEER_PROMPT!r}")  # fmt: skip
+    print(f"\n== 4. steering #{chosen.feature} at {cfg.strength:g} x the residual's typical size ({unit:.1f}) on "
+          f"{demo_texts.STEER_PROMPT!r}")  # fmt: skip
     plain, steered = generate_pair(model, tokenizer, demo_texts.STEER_PROMPT, sae, {chosen.feature: cfg.strength},
-                                   max_new_tokens=cfg.max_new_tokens, relative=True, typical=typical,
+                                   max_new_tokens=cfg.max_new_tokens, relative=True, unit=unit,
                                    hookpoint=hook)  # fmt: skip
     print(side_by_side(plain, steered))
 

@@ -69,17 +69,17 @@ def write_report(out: Path, cfg: Any, store: Any, read: list, hits: list, chosen
     )
     parts.append(f"<h2>2. Contrastive search: {_e(demo_texts.CONCEPT)} vs other texts</h2><p class=meta>"
                  f"{len(demo_texts.POSITIVE)} positive and {len(demo_texts.NEGATIVE)} negative texts, ranked by "
-                 "firing-rate difference; ★ the feature steered below (the strongest that stays silent on the "
-                 "negatives)</p><table><tr><th>feature</th><th class=num>rate +</th><th class=num>rate −</th>"
-                 "<th class=num>mean +</th><th class=num>mean −</th><th class=num>density</th><th>what it means</th>"
-                 f"</tr>{rows}</table>")
+                 "firing-rate difference; ★ the feature steered below (of the first 16, the one whose steering "
+                 "makes the positive texts most likely against the negative ones)</p><table><tr><th>feature</th>"
+                 "<th class=num>rate +</th><th class=num>rate −</th><th class=num>mean +</th><th class=num>mean −</th>"
+                 f"<th class=num>density</th><th>what it means</th></tr>{rows}</table>")
     example = demo_texts.POSITIVE[0]
     parts.append("<p class=meta>the chosen feature on a positive text:</p><div class=ctx>"
                  + context_html(*_feature_acts(model, tokenizer, sae, hook, example, chosen.feature),
                                 max(store.feature(chosen.feature).max_act, 1e-6)) + "</div>")  # fmt: skip
     plain, steered = texts
-    parts.append(f"<h2>3. Steering with {_feature_link(chosen.feature)} at {cfg.strength:g}× its typical "
-                 f"activation</h2><p class=meta>prompt: <span class=tok>{_e(demo_texts.STEER_PROMPT)}</span>, "
+    parts.append(f"<h2>3. Steering with {_feature_link(chosen.feature)} at {cfg.strength:g}× the residual's "
+                 f"typical size</h2><p class=meta>prompt: <span class=tok>{_e(demo_texts.STEER_PROMPT)}</span>, "
                  f"greedy, {cfg.max_new_tokens} tokens</p><table><tr><th>unsteered</th><th>steered</th></tr>"
                  f"<tr><td class=ctx>{_e(plain)}</td><td class=ctx>{_e(steered)}</td></tr></table>")  # fmt: skip
     path = out / "report.html"

@@ -13,7 +13,7 @@ from qwenscope.cli import main
 from qwenscope.demo import pick_concept_feature, prompt_features
 from qwenscope.demo_texts import PROMPTS
 from qwenscope.errors import QwenscopeError
-from qwenscope.features.search import ContrastiveHit
+from qwenscope.features.search import ContrastiveHit, EffectHit
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +84,10 @@ def test_pick_concept_feature_prefers_features_silent_on_negatives():
     assert pick_concept_feature([_hit(1, 0.9, 0.5), _hit(4, 0.2, 0.1)]).feature == 1  # none silent: largest diff
     with pytest.raises(QwenscopeError, match="no feature fires on the positive texts"):
         pick_concept_feature([_hit(1, 0.0, 0.0)])
+
+
+def test_pick_concept_feature_follows_the_steering_probe():
+    hits = [_hit(1, 0.9, 0.5), _hit(2, 0.3, 0.0), _hit(3, 0.4, 0.01), _hit(5, 0.0, 0.0)]
+    effects = [EffectHit(f, 1.0 / (i + 1), 0.1, -0.2, 0.3, 0.0, i) for i, f in enumerate([5, 1, 2])]
+    assert pick_concept_feature(hits, effects) is hits[0]  # #5 never fires on the positives: skipped
+    assert pick_concept_feature(hits, []).feature == 3

@@ -5,6 +5,7 @@
         --pack                                                        # one pass, packed beside each shipped SAE
     qwenscope search --model smollm2-135m --positive "I love it" --negative "I hate it"
     qwenscope search --model smollm2-135m --positive-file pos.txt --negative-file neg.txt --by mean
+    qwenscope search --model smollm2-135m --positive-file pos.txt --negative-file neg.txt --by effect
     qwenscope search --model smollm2-135m --token " Paris"
     qwenscope search --model smollm2-135m --label paris               # needs the store of `qwenscope stats`
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -158,8 +160,15 @@ class SearchConfig:
     """A file of positive texts, one per line."""
     negative_file: str = ""
     """A file of negative texts, one per line."""
-    by: Literal["rate", "mean"] = "rate"
-    """Rank contrastive hits by the difference of firing rates or of mean activations."""
+    by: Literal["rate", "mean", "effect"] = "rate"
+    """Rank contrastive hits by the difference of firing rates, of mean activations, or by effect: the first
+    --candidates by rate, re-ranked by how much steering each makes the positive texts more likely than the negative
+    ones (the features to steer with)."""
+    candidates: int = 16
+    """--by effect: contrastive candidates the steering probe tries."""
+    alphas: str = "0.75"
+    """--by effect: relative strengths probed, comma-separated (fractions of the residual's typical size; the score
+    is the mean over them)."""
     token: str = ""
     """Token mode: features whose decoder direction most promotes this token (e.g. ' Paris')."""
     label: str = ""
@@ -179,6 +188,19 @@ class SearchConfig:
             raise QwenscopeError("pick one mode: --positive/--negative (or their -file options), --token or --label")
         if self.top < 1:
             raise QwenscopeError(f"--top must be at least 1, got {self.top}")
+        if self.candidates < 1:
+            raise QwenscopeError(f"--candidates must be at least 1, got {self.candidates}")
+        self.alpha_list()
+
+    def alpha_list(self) -> list[float]:
+        """--alphas as numbers."""
+        try:
+            alphas = [float(a) for a in self.alphas.split(",") if a.strip()]
+        except ValueError:
+            alphas = []
+        if not alphas or not all(math.isfinite(a) for a in alphas):
+            raise QwenscopeError(f"--alphas {self.alphas!r}: pass comma-separated numbers, e.g. 0.5,0.75")
+        return alphas
 
     def texts(self, side: str) -> list[str]:
         """The positive or negative texts: the flag's text, then the file's non-empty lines."""
@@ -197,12 +219,16 @@ def run_search(cfg: SearchConfig) -> None:
     if cfg.label.strip():
         rows = _search_label(cfg)
     else:
-        from qwenscope.features.search import by_token, contrastive
+        from qwenscope.features.search import by_token, contrastive, effect_ranked
 
         model, tokenizer, sae, hook = _load(cfg.model, cfg.sae, cfg.hookpoint, cfg.k, cfg.device)
         if cfg.token:
             found = by_token(model, tokenizer, sae, cfg.token, cfg.top)
             rows = [{"feature": f, "logit": round(v, 4)} for f, v in found]
+        elif cfg.by == "effect":
+            ranked = effect_ranked(model, tokenizer, sae, cfg.texts("positive"), cfg.texts("negative"), cfg.top,
+                                   cfg.candidates, cfg.alpha_list(), hookpoint=hook)  # fmt: skip
+            rows = [{k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(h).items()} for h in ranked]
         else:
             hits = contrastive(model, tokenizer, sae, cfg.texts("positive"), cfg.texts("negative"), cfg.top,
                                cfg.by, hook)  # fmt: skip

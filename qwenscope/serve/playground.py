@@ -7,9 +7,10 @@ Modelled on the Qwen-Scope demo: type a prompt and see the strongest features of
 each with its density, and always-on features, denser than ``max_density``, left out: ``qwenscope.features.density``);
 look a feature up (label, density, top contexts and logit lens when a feature store is given); pick features with a
 strength, a mode (add, clamp, ablate) and the positions to steer; compare the unsteered and the steered greedy
-continuations side by side. The logic lives in ``Playground`` (plain Python, tested without a browser);
-``build_app`` only lays it out. One lock serialises every model call: steering hooks are global to the model, so two
-requests must not overlap.
+continuations side by side; find the features that steer toward a concept from texts about it and texts not about it
+(``effect_ranked``). The logic lives in ``Playground`` (plain Python, tested without a browser); ``build_app`` only
+lays it out. One lock serialises every model call: steering hooks are global to the model, so two requests must not
+overlap.
 """
 
 from __future__ import annotations
@@ -53,6 +54,15 @@ class Playground:
         table = store.table() if store is not None else None
         pairs = zip(table["feature"], table["label"]) if table is not None else ()
         self.labels: dict[int, str] = {int(f): label for f, label in pairs if isinstance(label, str)}
+        self._unit: float | None = None
+
+    def unit(self) -> float:
+        """The unit of relative strengths at the hookpoint (``steering_unit``), measured on first use."""
+        from qwenscope.steer.strength import steering_unit
+
+        if self._unit is None:
+            self._unit = steering_unit(self.model, self.tokenizer, self.hookpoint)
+        return self._unit
 
     def token_features(self, prompt: str, top: int = 5) -> list[dict[str, Any]]:
         """Per token of ``prompt``: {"pos", "token", "features": [{"id", "act"}]}, strongest first; the always-on
@@ -108,14 +118,26 @@ class Playground:
         SteerSpec(self.sae, strengths, mode=mode)  # checks ids and mode before anything is generated
         if positions not in POSITIONS:
             raise QwenscopeError(f"unknown positions {positions!r}; use one of {', '.join(POSITIONS)}")
-        if relative and self.store is None:
-            raise QwenscopeError("relative strengths need a feature store; start the playground with --store")
-        typical = self.store.typical_acts() if relative and self.store is not None else None
         with self.lock:
+            unit = self.unit() if relative else None
             return generate_pair(self.model, self.tokenizer, prompt, self.sae, strengths,
                                  max_new_tokens=int(max_new_tokens), chat=chat, mode=mode,
                                  positions=None if positions == "all" else positions, hookpoint=self.hookpoint,
-                                 relative=relative, typical=typical)  # fmt: skip
+                                 relative=relative, unit=unit)  # fmt: skip
+
+    def find(self, positive: str, negative: str, top: int = 10, candidates: int = 16) -> list[list[Any]]:
+        """Features that steer toward the concept of the ``positive`` texts (one per line) and away from the
+        ``negative`` ones, best first (``effect_ranked``): one row [id, score, rate +, rate -, label]."""
+        from qwenscope.features.search import effect_ranked
+
+        pos, neg = ([t for t in text.splitlines() if t.strip()] for text in (positive or "", negative or ""))
+        if not pos or not neg:
+            raise QwenscopeError("write at least one text about the concept and one not about it, one per line")
+        with self.lock:
+            hits = effect_ranked(self.model, self.tokenizer, self.sae, pos, neg, max(1, int(top)),
+                                 max(1, int(candidates)), hookpoint=self.hookpoint, unit=self.unit())  # fmt: skip
+        return [[h.feature, round(h.score, 3), round(h.rate_pos, 3), round(h.rate_neg, 3), self.label(h.feature) or ""]
+                for h in hits]  # fmt: skip
 
 
 def rank_features(rows: list[dict[str, Any]]) -> list[int]:
@@ -180,11 +202,12 @@ def build_app(model: nn.Module, tokenizer: Any, sae: Sae, store: FeatureStore | 
         features = gr.Textbox(label="Features to steer (id:strength, comma-separated; ablate: ids)",
                               placeholder="e.g. 123:8,55:-4", elem_id="features", scale=3, render=False)  # fmt: skip
         _features_panel(gr, pg, prompt, features)
-        _steer_panel(gr, pg, prompt, features)
+        relative = _steer_panel(gr, pg, prompt, features)
+        _search_panel(gr, pg, features, relative)
     return app
 
 
-def _steer_panel(gr: Any, pg: Playground, prompt: Any, features: Any) -> None:
+def _steer_panel(gr: Any, pg: Playground, prompt: Any, features: Any) -> Any:
     """Features and strengths, mode, positions, length; the steer button; the two continuations side by side."""
     has_chat = bool(getattr(pg.tokenizer, "chat_template", None))
     with gr.Group():
@@ -194,7 +217,8 @@ def _steer_panel(gr: Any, pg: Playground, prompt: Any, features: Any) -> None:
             positions = gr.Radio(list(POSITIONS), value="all", label="Positions", elem_id="positions")
         with gr.Row():
             max_new = gr.Slider(1, 256, value=40, step=1, label="New tokens", elem_id="max-new-tokens")
-            relative = gr.Checkbox(False, label="Strengths x typical activation", visible=pg.store is not None)
+            relative = gr.Checkbox(False, label="Relative strengths (x the residual's typical size; ~0.5 steers)",
+                                   elem_id="relative")  # fmt: skip
             chat = gr.Checkbox(has_chat, label="Chat template", visible=has_chat, elem_id="chat")
             go = gr.Button("Steer and generate", variant="primary", elem_id="steer-btn")
     with gr.Row():
@@ -202,6 +226,35 @@ def _steer_panel(gr: Any, pg: Playground, prompt: Any, features: Any) -> None:
         steered = gr.Textbox(label="Steered", lines=8, interactive=False, elem_id="steered")
     go.click(_guard(pg.generate), [prompt, features, mode, positions, max_new, relative, chat], [plain, steered],
              api_name="steer")  # fmt: skip
+    return relative
+
+
+def _search_panel(gr: Any, pg: Playground, features: Any, relative: Any) -> None:
+    """Texts about a concept and texts not about it; the features whose steering writes it, best first; add one."""
+    from qwenscope.steer.strength import DEFAULT_STRENGTH
+
+    with gr.Accordion("Find features that steer toward a concept", open=False):
+        with gr.Row():
+            positive = gr.Textbox(label="Texts about the concept (one per line)", lines=4, elem_id="search-pos")
+            negative = gr.Textbox(label="Texts not about it (one per line)", lines=4, elem_id="search-neg")
+        find = gr.Button("Find (contrastive candidates ranked by their steering effect)", elem_id="search-btn")
+        found = gr.Dataframe(headers=["feature", "score (nats/token)", "rate +", "rate -", "label"], interactive=False,
+                             elem_id="search-table")  # fmt: skip
+        with gr.Row():
+            pick = gr.Dropdown([], label="Feature", allow_custom_value=True, elem_id="search-pick", scale=2)
+            strength = gr.Number(DEFAULT_STRENGTH, label="Relative strength", elem_id="search-strength")
+            add = gr.Button("Add to steering (relative)", elem_id="search-add-btn")
+
+    def run_find(pos: str, neg: str) -> tuple[Any, ...]:
+        rows = pg.find(pos, neg)
+        choices = [(f"{r[0]} (score {r[1]})", r[0]) for r in rows]
+        return rows, gr.Dropdown(choices=choices, value=rows[0][0])
+
+    def run_add(text: str, f: Any, s: Any) -> tuple[str, bool]:
+        return add_feature(text or "", feature_id(f, pg.sae.d_sae), float(s or 0)), True
+
+    find.click(_guard(run_find), [positive, negative], [found, pick], api_name="find")
+    add.click(_guard(run_add), [features, pick, strength], [features, relative], api_name="add_found")
 
 
 def _features_panel(gr: Any, pg: Playground, prompt: Any, features: Any) -> None:
@@ -250,7 +303,7 @@ class PlaygroundConfig:
     share: bool = False
     """Ask gradio for a public share link (needs the network)."""
     store: bool = False
-    """Load (or build, once) the feature store: labels, top contexts, logit lens and relative strengths."""
+    """Load (or build, once) the feature store: labels, top contexts and logit lens."""
     n_tokens: int | None = None
     """Tokens to compute feature statistics over when the store is built; default: the store's default."""
     dataset: str | None = None

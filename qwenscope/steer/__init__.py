@@ -1,6 +1,10 @@
-"""Steering: add, clamp or ablate SAE features at inference time (``steer``), and generation with it."""
+"""Steering: add, clamp or ablate SAE features at inference time (``steer``), and generation with it.
+
+Relative strengths are fractions of the residual's typical size at the hookpoint (``steering_unit``)."""
 
 from qwenscope.steer.generate import generate_pair, generate_text, parse_features
 from qwenscope.steer.steer import SteerSpec, steer
+from qwenscope.steer.strength import DEFAULT_STRENGTH, steering_unit
 
-__all__ = ["SteerSpec", "generate_pair", "generate_text", "parse_features", "steer"]
+__all__ = ["DEFAULT_STRENGTH", "SteerSpec", "generate_pair", "generate_text", "parse_features", "steer",
+           "steering_unit"]  # fmt: skip

@@ -3,6 +3,9 @@
     rows = sweep(model, tokenizer, prompts, sae, [1234], alphas=[0, 2, 4, 8], score=lambda text: "dog" in text)
     rows[2].rate, rows[2].perplexity        # share of texts that score, perplexity under the unsteered model
 
+    rows = sweep_choices(model, tokenizer, prompts, sae, [[3904], [17]], alphas=[0, 0.4, 0.8], score=...,
+                         relative=True, unit=unit)      # several feature sets in the same batched generations
+
 Generations are greedy and batched (left padding). The fluency cost is the perplexity of the generated tokens under
 the *unsteered* model, conditioned on the prompt: how surprising the steered text is to the model left alone.
 """
@@ -85,14 +88,21 @@ def _generated_mask(gen: Tensor, eos_ids: set[int]) -> Tensor:
 
 
 @torch.no_grad()
-def continuation_nll(model: Any, batch: dict[str, Tensor], gen: Tensor, eos_ids: set[int]) -> tuple[float, int]:
-    """Summed negative log-likelihood of ``gen`` given the prompt, and the number of scored tokens."""
+def continuation_nll_rows(model: Any, batch: dict[str, Tensor], gen: Tensor,
+                          eos_ids: set[int]) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """Per row: the negative log-likelihood of ``gen`` given the prompt, summed, and the number of scored tokens."""
     ids = torch.cat([batch["input_ids"], gen], dim=1)
     keep = _generated_mask(gen, eos_ids)
     mask = torch.cat([batch["attention_mask"], keep.long()], dim=1)
     logits = model(input_ids=ids, attention_mask=mask).logits[:, batch["input_ids"].shape[1] - 1 : -1]
     logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, gen[..., None])[..., 0]
-    return float(-(logp * keep).sum()), int(keep.sum())
+    return -(logp * keep).sum(1).cpu(), keep.sum(1).cpu()
+
+
+def continuation_nll(model: Any, batch: dict[str, Tensor], gen: Tensor, eos_ids: set[int]) -> tuple[float, int]:
+    """Summed negative log-likelihood of ``gen`` given the prompt, and the number of scored tokens."""
+    nll, n = continuation_nll_rows(model, batch, gen, eos_ids)
+    return float(nll.sum()), int(n.sum())
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
@@ -131,4 +141,64 @@ def sweep(
         rate = sum(map(score, texts)) / len(texts)
         rows.append(SweepRow(float(alpha), rate, math.exp(nll / max(n, 1)), texts[:n_examples]))
         logger.info("alpha %g: rate %.2f, perplexity %.1f", alpha, rate, rows[-1].perplexity)
+    return rows
+
+
+def _shift(h: Tensor, delta: Tensor) -> Tensor:
+    return h + delta.to(h.device, h.dtype)
+
+
+@torch.no_grad()
+def sweep_choices(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    sae: Sae,
+    choices: Sequence[Sequence[int]],
+    alphas: Sequence[float],
+    score: Callable[[str], bool],
+    *,
+    max_new_tokens: int = 32,
+    chat: bool = True,
+    n_examples: int = 3,
+    relative: bool = False,
+    unit: float | None = None,
+    hookpoint: str | None = None,
+    batch_size: int = 64,
+) -> list[list[SweepRow]]:
+    """``sweep`` (add mode, every position) for several feature sets at once: ``rows[i][j]`` is choice ``i`` at
+    ``alphas[j]``. Each alpha is one set of batched generations over every (choice, prompt) pair, each row carrying
+    its own steering vector; alpha 0 is generated once and shared. Strengths are ``relative`` as in ``steer``."""
+    from functools import partial
+
+    from qwenscope.models.hookpoints import check_sae_fits
+    from qwenscope.models.splice import splice
+    from qwenscope.steer.steer import SteerSpec
+
+    hook = check_sae_fits(sae, model, hookpoint).name
+    specs = [SteerSpec(sae, dict.fromkeys(c, 1.0), relative=relative, unit=unit) for c in choices]
+    w_dec = sae.W_dec.detach().float()
+    vectors = torch.stack([s.values.to(w_dec.device) @ w_dec[s.ids.to(w_dec.device)] for s in specs])  # (choices, d)
+    eos = _eos_ids(model, tokenizer)
+    rows: list[list[SweepRow]] = [[] for _ in choices]
+    for alpha in tqdm(alphas, desc="steering sweep", unit="alpha"):
+        pairs = [(c, p) for c in range(1 if alpha == 0 else len(choices)) for p in range(len(prompts))]
+        texts: dict[tuple[int, int], str] = {}
+        nll, count = torch.zeros(len(choices)), torch.zeros(len(choices))
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start : start + batch_size]
+            delta = float(alpha) * vectors[[c for c, _ in chunk]][:, None, :]  # (b, 1, d)
+            with splice(model, hook, partial(_shift, delta=delta)):
+                batches, outs = generate_batch(model, tokenizer, [prompts[p] for _, p in chunk], max_new_tokens,
+                                               chat, batch_size=len(chunk))  # fmt: skip
+            b_nll, b_n = continuation_nll_rows(model, batches[0], outs[0], eos)
+            for i, (c, p) in enumerate(chunk):
+                texts[c, p] = tokenizer.decode(outs[0][i], skip_special_tokens=True)
+                nll[c], count[c] = nll[c] + b_nll[i], count[c] + b_n[i]
+        for c in range(len(choices)):
+            k = c if alpha != 0 else 0
+            done = [texts[k, p] for p in range(len(prompts))]
+            ppl = math.exp(float(nll[k] / count[k].clamp_min(1)))
+            rows[c].append(SweepRow(float(alpha), sum(map(score, done)) / len(done), ppl, done[:n_examples]))
+        logger.info("alpha %g: rates %s", alpha, [round(r[-1].rate, 2) for r in rows])
     return rows

@@ -2,8 +2,8 @@
 
     with steer(model, sae, {1234: 8.0}):                    # add 8 x the feature's decoder row at every position
         model.generate(**batch)
-    with steer(model, sae, {1234: 2.0}, relative=True, typical=store.typical_acts()):   # 2x its typical activation
-        ...
+    with steer(model, sae, {1234: 0.5}, relative=True, unit=steering_unit(model, tokenizer, "resid_post.15")):
+        ...                                                  # a push of 0.5 x the residual's typical size
     with steer(model, sae, {1234: 0.0}, mode="clamp", positions="generated"):           # keep it off in the answer
         ...
     with steer(model, [SteerSpec(sae3, {7: 4.0}), SteerSpec(sae15, [12], mode="ablate")]):   # several layers
@@ -13,6 +13,8 @@ Modes, with ``a_f`` the SAE's activation of feature ``f`` at the position and ``
     add     h + s * d_f
     clamp   h + (s - a_f) * d_f      the feature reads exactly s, everything the SAE misses is kept
     ablate  h - a_f * d_f            (strengths are ignored; pass a list of ids)
+Relative strengths (``relative=True``, see ``qwenscope.steer.strength``): strength ``s`` of feature ``f`` stands for
+``s * unit / |d_f|``, so the added vector's norm is ``s`` times ``unit``, the residual's typical size at the hookpoint.
 Strength 0 in ``add`` mode, or clamping a feature to the value it already has, leaves the logits bit-identical.
 
 ``positions``: None (all), ``"prompt"``, ``"generated"``, an int, a list of ints or a slice, counted from the first
@@ -54,9 +56,9 @@ class SteerSpec:
     positions: Positions = None
     """None (all), "prompt", "generated", an int, a list of ints or a slice of absolute positions."""
     relative: bool = False
-    """Strengths are multiples of each feature's typical activation (needs ``typical``)."""
-    typical: Tensor | None = None
-    """(d_sae,) typical activation per feature, e.g. ``FeatureStore.typical_acts()``."""
+    """Strengths are fractions of the residual's typical size at the hookpoint (needs ``unit``)."""
+    unit: float | None = None
+    """The residual's typical size, ``steering_unit(model, tokenizer, hookpoint)``; used when ``relative``."""
     ids: Tensor = field(init=False, repr=False)
     values: Tensor = field(init=False, repr=False)
 
@@ -75,14 +77,20 @@ class SteerSpec:
         self.ids = torch.tensor([f for f, _ in items], dtype=torch.long)
         self.values = torch.tensor([float(s) for _, s in items], dtype=torch.float32)
         if self.relative:
-            if self.typical is None:
-                raise QwenscopeError(
-                    "relative strengths need each feature's typical activation: pass typical=store.typical_acts()"
-                )
-            if self.typical.shape != (d_sae,):
-                raise QwenscopeError(f"typical has shape {tuple(self.typical.shape)}, expected ({d_sae},)")
-            self.values = self.values * self.typical.float().cpu()[self.ids]
+            self.values = self.values * relative_scale(self.sae, self.ids, self.unit)
         _check_positions(self.positions)
+
+
+def relative_scale(sae: Sae, ids: Tensor, unit: float | None) -> Tensor:
+    """(n,) factors that turn relative strengths of features ``ids`` into absolute ones: ``unit / |d_f|``."""
+    if unit is None:
+        raise QwenscopeError(
+            "relative strengths need the residual's typical size: pass unit=steering_unit(model, tokenizer, hookpoint)"
+        )
+    if not (isinstance(unit, (int, float)) and math.isfinite(unit) and unit > 0):
+        raise QwenscopeError(f"unit is {unit!r}; pass the positive number steering_unit(...) returns")
+    norms = sae.W_dec.detach()[ids.to(sae.W_dec.device)].float().norm(dim=-1).cpu()
+    return float(unit) / norms.clamp_min(1e-12)
 
 
 def _check_positions(positions: Positions) -> None:
@@ -183,12 +191,12 @@ def steer(
     positions: Positions = None,
     hookpoint: str | None = None,
     relative: bool = False,
-    typical: Tensor | None = None,
+    unit: float | None = None,
 ) -> Iterator[None]:
     """Steer ``model`` inside the block; see the module docstring. Several specs may share a hookpoint."""
     if isinstance(sae, Sae):
         specs = _specs(sae, features, mode=mode, positions=positions, hookpoint=hookpoint, relative=relative,
-                       typical=typical)  # fmt: skip
+                       unit=unit)  # fmt: skip
     else:
         specs = _specs(sae, features)
     clock = _Clock()

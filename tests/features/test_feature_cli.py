@@ -48,6 +48,12 @@ def test_search_modes(setup, capsys):
     hits = json.loads(capsys.readouterr().out)
     assert len(hits) == 4 and set(hits[0]) >= {"feature", "rate_pos", "rate_neg", "rate_diff", "mean_diff"}
     assert hits[0]["rate_diff"] >= hits[-1]["rate_diff"]
+    assert main([*base, "--positive", "w1 w2 w3 w4", "--negative-file", str(setup / "neg.txt"), "--by", "effect",
+                 "--candidates", "6", "--alphas", "0.5,1", "--json"]) == 0  # fmt: skip
+    ranked = json.loads(capsys.readouterr().out)
+    assert len(ranked) == 4 and set(ranked[0]) >= {"feature", "score", "gain_pos", "gain_neg", "rate_pos"}
+    assert [r["score"] for r in ranked] == sorted((r["score"] for r in ranked), reverse=True)
+    assert {r["contrastive_rank"] for r in ranked} <= set(range(6))
     assert main([*base, "--token", "w"]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0].split() == ["feature", "logit"] and len(out.splitlines()) == 5
@@ -66,5 +72,7 @@ def test_search_errors_are_one_line(setup, capsys):
     assert "is not one token" in capsys.readouterr().err.strip().splitlines()[-1]
     assert main([*base, "--positive", "some text"]) == 2
     assert "no negative texts" in capsys.readouterr().err
+    assert main([*base, "--positive", "a b", "--negative", "c d", "--by", "effect", "--alphas", "0.5,x"]) == 2
+    assert "--alphas '0.5,x': pass comma-separated numbers" in capsys.readouterr().err
     assert main([*base, "--label", "x", "--store", str(setup / "nowhere")]) == 2
     assert "no feature store" in capsys.readouterr().err

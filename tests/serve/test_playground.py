@@ -11,6 +11,7 @@ from qwenscope.features.density import density_text
 from qwenscope.features.search import token_features
 from qwenscope.serve.playground import Playground, add_feature, build_app, feature_id
 from qwenscope.steer import generate_pair, generate_text
+from qwenscope.steer.strength import steering_unit
 
 PROMPT = "Tell me a story"
 HOOK = "resid_post.0"  # where conftest's SAE reads
@@ -43,14 +44,20 @@ def test_generate_plain_is_greedy_and_steering_changes_it(pg, qwen3_parts):
     assert pg.generate(PROMPT, "3", mode="ablate", positions="prompt", max_new_tokens=8)[0] == plain
 
 
-def test_relative_strengths_use_the_store(qwen3_parts, qwen3_store):
+def test_relative_strengths_are_fractions_of_the_residual_size(pg, qwen3_parts):
     model, tokenizer, sae = qwen3_parts
-    with_store = Playground(model, tokenizer, sae, qwen3_store)
-    fid = int(qwen3_store.table().sort_values("frequency").iloc[-1]["feature"])
-    got = with_store.generate(PROMPT, f"{fid}:40", relative=True, max_new_tokens=6)
-    want = generate_pair(model, tokenizer, PROMPT, sae, {fid: 40.0}, max_new_tokens=6, relative=True,
-                         typical=qwen3_store.typical_acts())  # fmt: skip
-    assert got == want
+    got = pg.generate(PROMPT, "7:3", relative=True, max_new_tokens=6)  # no feature store needed
+    want = generate_pair(model, tokenizer, PROMPT, sae, {7: 3.0}, max_new_tokens=6, relative=True,
+                         unit=steering_unit(model, tokenizer, HOOK))  # fmt: skip
+    assert got == want and pg.unit() == steering_unit(model, tokenizer, HOOK)
+
+
+def test_find_ranks_contrastive_candidates_by_effect(pg, qwen3_parts):
+    rows = pg.find("the cat sat\nthe dog ran\n", "\n12 + 30 = 42\nx = y * 2", top=3, candidates=5)
+    assert len(rows) == 3 and all(len(r) == 5 for r in rows)
+    assert [r[1] for r in rows] == sorted((r[1] for r in rows), reverse=True)
+    with pytest.raises(QwenscopeError, match="one per line"):
+        pg.find("the cat", "  \n ")
 
 
 def test_labels_from_the_store_show_in_the_analysis(qwen3_parts, qwen3_store):
@@ -95,7 +102,7 @@ def test_describe_a_feature(pg, qwen3_parts, qwen3_store):
         (lambda pg: pg.generate(PROMPT, "999:1"), "feature id 999 is outside this SAE"),
         (lambda pg: pg.generate(PROMPT, "3:1", mode="boost"), "unknown steering mode 'boost'"),
         (lambda pg: pg.generate(PROMPT, "3:1", positions="end"), "unknown positions 'end'"),
-        (lambda pg: pg.generate(PROMPT, "3:1", relative=True), "relative strengths need a feature store"),
+        (lambda pg: pg.find("a cat", ""), "one per line"),
         (lambda pg: pg.generate(" ", "3:1"), "the prompt is empty"),
         (lambda pg: pg.analyse("  "), "the prompt is empty"),
         (lambda pg: pg.describe(128), "feature 128 is not an id of this SAE; pick one in 0..127"),
@@ -132,6 +139,10 @@ def test_app_over_http(qwen3_parts, qwen3_store, port):
         assert pick["value"] == pick["choices"][0][1]
         assert client.predict("3:60", pick["value"], 4, api_name="/add_feature") == f"3:60,{pick['value']}:4"
         assert f"Feature {pick['value']}</h1>" in client.predict(pick["value"], api_name="/describe")
+        found, best = client.predict("the cat sat\nthe dog ran", "12 + 30 = 42", api_name="/find")
+        assert best["value"] == found["data"][0][0]
+        added = client.predict("", best["value"], 0.5, api_name="/add_found")
+        assert tuple(added) == (f"{best['value']}:0.5", True)  # the relative box is ticked
         with pytest.raises(Exception, match="cannot read feature 'oops'"):
             client.predict(PROMPT, "oops", "add", "all", 8, False, True, api_name="/steer")
     finally:

@@ -15,3 +15,12 @@ def folders(tmp_path_factory):
     torch.manual_seed(1)
     Sae(SaeConfig(d_in=64, d_sae=128, k=4, hookpoint="resid_post.0")).save(root / "sae")
     return root / "model", root / "sae"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny-model forwards are many small ops: one thread is faster, and far faster when the cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -9,7 +9,7 @@ from qwenscope import QwenscopeError
 from qwenscope.models.load import load_model
 from qwenscope.sae.load import load_sae
 from qwenscope.steer import generate_text
-from qwenscope.steer.evaluate import _prompt_batch, continuation_nll, generate_batch, sweep
+from qwenscope.steer.evaluate import _prompt_batch, continuation_nll, generate_batch, sweep, sweep_choices
 
 PROMPTS = ["Tell me a story", "hi", "What is the capital of France and why?"]
 
@@ -55,3 +55,23 @@ def test_sweep_rates_and_zero_alpha_is_plain(loaded):
 def test_bad_prompts():
     with pytest.raises(QwenscopeError, match="non-empty list"):
         _prompt_batch(None, [], chat=False)
+
+
+def test_sweep_choices_equals_one_sweep_per_choice(loaded):
+    model, tokenizer, sae = loaded
+    kwargs = {"score": lambda t: "a" in t, "max_new_tokens": 5, "n_examples": 3}
+    rows = sweep_choices(model, tokenizer, PROMPTS, sae, [[3], [5, 9]], [0.0, 60.0], batch_size=4, **kwargs)
+    for choice, got in zip([[3], [5, 9]], rows):
+        want = sweep(model, tokenizer, PROMPTS, sae, choice, [0.0, 60.0], **kwargs)
+        assert [(r.alpha, r.rate, r.examples) for r in got] == [(r.alpha, r.rate, r.examples) for r in want]
+        assert [r.perplexity for r in got] == pytest.approx([r.perplexity for r in want], rel=1e-4)
+    assert rows[0][1].examples != rows[1][1].examples
+
+
+def test_sweep_choices_relative_strengths(loaded):
+    model, tokenizer, sae = loaded
+    norm = float(sae.W_dec[3].norm())
+    rel = sweep_choices(model, tokenizer, PROMPTS, sae, [[3]], [2.0], lambda t: True, max_new_tokens=4,
+                        relative=True, unit=30.0)[0]  # fmt: skip
+    absolute = sweep(model, tokenizer, PROMPTS, sae, [3], [2.0 * 30.0 / norm], lambda t: True, max_new_tokens=4)
+    assert rel[0].examples == absolute[0].examples

@@ -133,16 +133,24 @@ def test_several_saes_at_once_equal_nested(llama):
     assert not torch.equal(both, logits(model, inputs))
 
 
-def test_relative_strengths_scale_by_typical_activation(llama):
+def test_relative_strength_adds_a_vector_of_that_many_units(llama):
     model, inputs = llama
     sae = make_sae(1)
-    typical = torch.zeros(sae.d_sae)
-    typical[5] = 2.5
-    with steer(model, sae, {5: 2.0}, relative=True, typical=typical):
+    with torch.no_grad():
+        sae.W_dec[5] *= 4.0  # a decoder row of norm 4: the unit divides its norm out
+    norm = float(sae.W_dec[5].norm())
+    with steer(model, sae, {5: 2.0}, relative=True, unit=2.5):
         rel = logits(model, inputs)
-    with steer(model, sae, {5: 5.0}):
+    with steer(model, sae, {5: 2.0 * 2.5 / norm}):
         absolute = logits(model, inputs)
-    assert torch.equal(rel, absolute)
+    torch.testing.assert_close(rel, absolute)
+    with torch.no_grad(), capture(model, ["resid_post.1"]) as plain:
+        model(**inputs)
+    with torch.no_grad(), steer(model, sae, {5: 2.0}, relative=True, unit=2.5):
+        with capture(model, ["resid_post.1"], stop=False) as steered:
+            model(**inputs)
+    added = steered["resid_post.1"] - plain["resid_post.1"]
+    torch.testing.assert_close(added.norm(dim=-1), torch.full(added.shape[:2], 5.0))
 
 
 def test_hooks_removed_after_generate_exception_and_interrupt(llama):
@@ -167,7 +175,8 @@ def test_hooks_removed_after_generate_exception_and_interrupt(llama):
         ({"features": {3: math.inf}}, "strength of feature 3 is inf"),
         ({"features": {}}, "no features to steer"),
         ({"features": {3: 1.0}, "mode": "boost"}, "unknown steering mode 'boost'"),
-        ({"features": {3: 1.0}, "relative": True}, "relative strengths need"),
+        ({"features": {3: 1.0}, "relative": True}, "relative strengths need the residual's typical size"),
+        ({"features": {3: 1.0}, "relative": True, "unit": -1.0}, "unit is -1.0; pass the positive number"),
         ({"features": {3: 1.0}, "positions": -2}, "pass non-negative token positions"),
         ({"features": {3: 1.0}, "positions": "answer"}, "positions='answer'"),
         ({"features": {3: 1.0}, "hookpoint": "resid_post.2"}, "trained on resid_post.1, not resid_post.2"),
