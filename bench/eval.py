@@ -130,7 +130,7 @@ def main() -> None:
                      "ratio_vs_forward": ratio, "median_cpu_s": cpu[name], "ratio_vs_forward_cpu": cpu_ratio,
                      "runs_s": [w for w, _ in times[name]], "runs_cpu_s": [c for _, c in times[name]]})  # fmt: skip
     if not args.no_old:
-        print(f"evaluate_saes vs old: largest relative difference {diff:.1e} ({where})")
+        print(f"evaluate_saes vs old: largest relative difference {diff:.1e} ({where or 'every metric identical'})")
     out = HERE / "results" / "eval.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({

@@ -58,7 +58,8 @@ def skip_layers(model: nn.Module, last: int, output: Any) -> Iterator[None]:
     """While the block runs, decoder layers 0..``last`` do not compute: each returns ``output`` at once.
 
     ``output`` must be what layer ``last`` returned in an earlier forward on the same inputs (``record_outputs``);
-    the layers after it then see exactly what they would have. Hooks on the skipped layers still fire.
+    the layers after it then see exactly what they would have. Hooks on the skipped layers themselves still fire;
+    the modules inside them do not run, so edits meant to act there must not be in place.
     """
     _, layers = decoder_layers(model)
     if not 0 <= last < len(layers):
