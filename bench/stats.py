@@ -7,7 +7,8 @@ per store, timed once on its own). Interleaved runs in one process; medians. Goa
 
 Shared pass: the three shipped SAEs of smollm2-135m (resid_post.3, .15, .25) in one ``compute_feature_stats_many``
 pass (one forward up to layer 25 serves all three) against three ``compute_feature_stats`` passes, with capture up to
-resid_post.25 as the baseline; same documents, interleaved, medians.
+resid_post.25 as the baseline; same documents, interleaved, medians, in wall time and in CPU time of the process
+(stable on a machine shared with other jobs; run with OMP_NUM_THREADS=1 there).
 
 Memory: ``compute_feature_stats`` on a tiny random Llama (tests/tiny_models.py, byte tokenizer, d_sae 1024) over two
 token counts, each in a fresh spawned process; peak RSS must not grow with the token count.
@@ -24,6 +25,7 @@ import logging
 import platform
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -87,6 +89,14 @@ def throughput(args) -> dict:
             "ratio_stats_vs_capture": med["capture"] / med["stats"], "logit_lens_s": lens_s}  # fmt: skip
 
 
+def cpu_timed(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of ``fn()``. On a machine shared with other jobs, CPU time is the
+    stable measure of the work (with one thread it is the compute alone); wall time is what a user waits."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    fn()
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
 def shared(args) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tokenizer = load_model(args.model, device=device)
@@ -103,22 +113,29 @@ def shared(args) -> dict:
     }  # fmt: skip
     logging.getLogger("qwenscope.features.stats").setLevel(logging.ERROR)
     variants["shared"]()  # warm-up
-    times: dict[str, list[float]] = {k: [] for k in variants}
+    wall: dict[str, list[float]] = {k: [] for k in variants}
+    cpu: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(args.repeats):
         for name, fn in variants.items():
-            times[name].append(timed(fn))
-    med = {k: statistics.median(v) for k, v in times.items()}
+            w, c = cpu_timed(fn)
+            wall[name].append(w)
+            cpu[name].append(c)
+    med_wall = {k: statistics.median(v) for k, v in wall.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     tokens = n_chunks * args.seq
     print(f"\nthree SAEs of {args.model} ({', '.join(hooks)}), {tokens} tokens per run, batches of {args.batch}, "
-          f"median of {args.repeats}")  # fmt: skip
-    print(f"{'variant':<10} {'median s':>9} {'tokens/s':>9} {'vs capture':>10}")
-    for name, t in med.items():
-        print(f"{name:<10} {t:>9.2f} {tokens / t:>9.0f} {med['capture'] / t:>9.2f}x")
-    print(f"shared pass vs three passes: {med['separate'] / med['shared']:.2f}x")
-    return {"hookpoints": hooks, "tokens_per_run": tokens, "median_s": med, "runs_s": times,
-            "tokens_per_s": {k: tokens / t for k, t in med.items()},
-            "speedup_shared_vs_separate": med["separate"] / med["shared"],
-            "ratio_shared_vs_capture": med["capture"] / med["shared"]}  # fmt: skip
+          f"{torch.get_num_threads()} thread(s), median of {args.repeats}")  # fmt: skip
+    print(f"{'variant':<10} {'wall s':>8} {'CPU s':>8} {'tok/CPU s':>10} {'vs capture (CPU)':>17}")
+    for name in variants:
+        print(f"{name:<10} {med_wall[name]:>8.1f} {med_cpu[name]:>8.1f} {tokens / med_cpu[name]:>10.0f} "
+              f"{med_cpu['capture'] / med_cpu[name]:>16.2f}x")  # fmt: skip
+    print(f"shared pass vs three passes: {med_cpu['separate'] / med_cpu['shared']:.2f}x CPU time, "
+          f"{med_wall['separate'] / med_wall['shared']:.2f}x wall time")  # fmt: skip
+    return {"hookpoints": hooks, "tokens_per_run": tokens, "threads": torch.get_num_threads(),
+            "median_wall_s": med_wall, "median_cpu_s": med_cpu, "runs_wall_s": wall, "runs_cpu_s": cpu,
+            "tokens_per_cpu_s": {k: tokens / t for k, t in med_cpu.items()},
+            "speedup_shared_vs_separate_cpu": med_cpu["separate"] / med_cpu["shared"],
+            "ratio_shared_vs_capture_cpu": med_cpu["capture"] / med_cpu["shared"]}  # fmt: skip
 
 
 def peak_rss(token_counts: list[int]) -> list[dict]:

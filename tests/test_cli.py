@@ -55,6 +55,8 @@ def test_features_show_densities_and_leave_out_always_on_ones(tiny_qwen3, tmp_pa
     always-on feature is left out of the per-token lists (listed apart); without one, densities are unknown."""
     import torch
 
+    from qwenscope.features.density import MAX_DENSITY, density_text
+
     monkeypatch.setenv("QWENSCOPE_CACHE", str(tmp_path / "cache"))
     torch.manual_seed(0)
     sae = Sae(SaeConfig(d_in=64, d_sae=128, k=4, hookpoint="resid_post.1"))
@@ -73,18 +75,23 @@ def test_features_show_densities_and_leave_out_always_on_ones(tiny_qwen3, tmp_pa
     stats = ["stats", "--model", str(tiny_qwen3), "--sae", str(tmp_path / "sae"), "--dataset",
              str(tmp_path / "docs.txt"), "--split", "all", "--n-tokens", "600", "--seq-len", "32"]  # fmt: skip
     assert main(stats) == 0
-    assert "always-on (density > 20% of tokens): " in capsys.readouterr().out
+    assert f"always-on (density > {density_text(MAX_DENSITY)} of tokens): " in capsys.readouterr().out
     assert main([*args, "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     listed = [f for t in data["tokens"] for f in t["features"]]
-    assert data["store"] and listed and all(f["id"] != 7 and 0 <= f["density"] <= 0.2 for f in listed)
-    assert [a["id"] for a in data["always_on"]] == [7] and data["always_on"][0]["density"] > 0.9
-    assert all(len(t["features"]) == 3 for t in data["tokens"])  # the always-on feature's slot goes to another
+    assert data["store"] and listed and all(f["id"] != 7 and 0 <= f["density"] <= MAX_DENSITY for f in listed)
+    always_on = data["always_on"]  # densest first: the forced one, then random ones above the threshold
+    assert always_on[0]["id"] == 7 and always_on[0]["density"] > 0.9 and all(a["density"] > MAX_DENSITY
+                                                                               for a in always_on)  # fmt: skip
+    assert main([*args, "--max-density", "1", "--top", "4", "--json"]) == 0  # k=4: every firing feature
+    everything = json.loads(capsys.readouterr().out)["tokens"]
+    dense = {a["id"] for a in always_on}
+    for kept, every in zip(data["tokens"], everything):  # the slots of always-on features go to the next ones
+        assert [f["id"] for f in kept["features"]] == [f["id"] for f in every["features"] if f["id"] not in dense][:3]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "left out: 1 always-on features" in out and "#7 (" in out and "%)" in out.splitlines()[-1]
-    assert main([*args, "--max-density", "1", "--json"]) == 0
-    assert any(f["id"] == 7 for t in json.loads(capsys.readouterr().out)["tokens"] for f in t["features"])
+    assert f"left out: {len(always_on)} always-on features" in out and "#7 (" in out and "%)" in out.splitlines()[-1]
+    assert any(f["id"] == 7 for t in everything for f in t["features"])
 
 
 def test_errors_are_one_line(tiny_qwen3, tmp_path, capsys):

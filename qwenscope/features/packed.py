@@ -41,13 +41,15 @@ _FINGERPRINT_ELEMENTS = 2**22
 
 
 def sae_fingerprint(sae: Sae) -> str:
-    """A short hash of the SAE's weights (float32 values, strided for huge tensors) and shape-giving config."""
+    """A short hash of the SAE's weights and shape-giving config. The weights are hashed as float16 (strided for huge
+    tensors), so an SAE trained in float32 and its float16 copy (as shipped) share a fingerprint: statistics computed
+    with one serve the other (their activations differ by float16 rounding only)."""
     digest = hashlib.sha256(f"{sae.d_in}x{sae.d_sae} k={sae.cfg.k}".encode())
     for name, tensor in sorted(sae.state_dict().items()):
         flat = tensor.detach().reshape(-1)
         flat = flat[:: max(1, flat.numel() // _FINGERPRINT_ELEMENTS)]
         digest.update(name.encode())
-        digest.update(flat.to(device="cpu", dtype=torch.float32).contiguous().numpy().tobytes())
+        digest.update(flat.to(device="cpu", dtype=torch.float16).contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
 
 

@@ -12,8 +12,11 @@ A store is a folder:
 | ``features.parquet`` | a row per feature: model, sae, hookpoint, feature, frequency, count, mean_act,       |
 |                      | max_act, hist (counts per bin), promoted/suppressed tokens and values (logit lens),  |
 |                      | label, label_score                                                                   |
-| ``contexts.parquet`` | a row per top context: model, sae, feature, rank, max_act, tokens (decoded), acts    |
-| ``meta.json``        | model, sae, hookpoint, n_tokens (scored), dataset, d_sae, hist_edges, the StatsConfig |
+| ``contexts.parquet`` | a row per top context: model, sae, feature, rank, max_act, tokens (decoded jointly: |
+|                      | no character broken across tokens, ``features.text``), acts                          |
+| ``meta.json``        | model, sae, hookpoint, n_tokens (scored), dataset, d_sae, hist_edges, the StatsConfig,|
+|                      | sae_fingerprint (the weights it was built for), shipped (when decoded from a packed  |
+|                      | file beside the SAE, ``features.packed``)                                            |
 
 Writes are atomic: a new store is written to a temporary sibling folder and renamed into place, and
 ``set_labels`` replaces ``features.parquet`` atomically too, so a killed run never leaves a half store.

@@ -9,6 +9,7 @@ import pytest
 import torch
 from features_helpers import make_sae
 
+from qwenscope import Sae
 from qwenscope.cli import main
 from qwenscope.errors import QwenscopeError
 from qwenscope.features.packed import (
@@ -70,11 +71,13 @@ def test_trim_equals_a_pass_with_fewer_and_shorter_contexts(stats, llama, byte_t
     assert trim(stats, 99, 99, 99).top_tokens.shape == stats.top_tokens.shape  # never more than there is
 
 
-def test_fingerprint_follows_the_weights(sae):
+def test_fingerprint_follows_the_weights(sae, tmp_path):
     same = make_sae()
     assert sae_fingerprint(same) == sae_fingerprint(sae)
+    same.half().save(tmp_path / "fp16")  # shipped as float16: the same SAE for its statistics
+    assert sae_fingerprint(Sae.load(tmp_path / "fp16")) == sae_fingerprint(sae)
     with torch.no_grad():
-        same.W_enc[3, 5] += 1e-3
+        same.W_enc[3, 5] += 0.01
     assert sae_fingerprint(same) != sae_fingerprint(sae)
 
 
