@@ -2,16 +2,21 @@
 
 One process, one set of preloaded batches, the same settings for every library: d_in 576 (SmolLM2-135M), d_sae 9216
 (x16), TopK k = 32, fp32, Adam at the same constant learning rate (2e-4 / sqrt(d_sae / 2^14), the default of
-qwenscope and of sparsify's Adam), the same batch size. Each timed run builds a fresh SAE, takes one untimed
-warm-up step, then times ``--steps`` optimisation steps; the libraries are interleaved within every repeat (and the
-order rotates) so drift hits all alike; medians over ``--repeats``. Each library runs its own SAE module and its own
+qwenscope and of sparsify's Adam), the same batch size. Each repeat builds a fresh SAE for every library (and AuxK
+mode), takes one untimed warm-up step with each, then times ``--steps`` optimisation steps interleaved step by step
+(library after library, the order rotating from step to step), so load from other processes hits all alike even on a
+shared machine; the figure is the median step time over all repeats. Each library runs its own SAE module and its own
 step (forward, loss, backward, optimizer step and the per-step bookkeeping of its trainer):
 
     qwenscope  Trainer(TrainConfig(...), {"resid_post.15": d_in}, out=tmp).train_step(x); its default exact encoder,
                and as ``qwenscope-bf16`` (not in the default list) encoder="bf16", for devices with native bf16
     sparsify   the fvu step of sparsify.Trainer: set_decoder_norm_to_unit_norm(); sae(x, x, dead_mask=...,
                total_variance=...); (fvu + auxk_alpha * auxk_loss).backward(); fire counters;
-               remove_gradient_parallel_to_decoder_directions(); Adam step; zero_grad; linear LR scheduler step
+               remove_gradient_parallel_to_decoder_directions(); Adam step; zero_grad; linear LR scheduler step.
+               On CUDA it runs its Triton decoder kernels, in fp32 (its forward without the bf16 autocast it is
+               wrapped in), and as ``sparsify-autocast`` (not in the default list) with that autocast, as it ships.
+               Its AuxK loss reaches the decoder only (its fused encoder's backward drops the pre-activations'
+               gradient); qwenscope's also trains the dead features' encoder columns, as in Gao et al. (2024)
     SAELens    SAETrainer(SAETrainerConfig(...), TopKTrainingSAE(...), data_provider).step(x) (training_forward_pass,
                fire statistics, backward, clip_grad_norm_, Adam, LR scheduler), after maybe_reset_sparsity();
                its default dense path (TopK as a dense (B, d_sae) tensor, rescale_acts_by_decoder_norm=True), and as
@@ -31,6 +36,10 @@ features per token) on the same dead set; nothing dies on its own within a short
 
     .venv/bin/python bench/train.py --activations ACTS/resid_post.15 [--steps 10] [--repeats 3] [--batch-size 4096]
     .venv/bin/python bench/train.py --synthetic            # random activations when no cache exists
+    python bench/train.py --synthetic --d-in 2048 --batch-size 8192 --device cuda \
+        --libraries qwenscope,qwenscope-bf16,sparsify,sparsify-autocast
+
+In a git worktree, run it with PYTHONPATH=. so that the worktree's qwenscope is measured (the path is printed).
 """
 
 from __future__ import annotations
@@ -56,7 +65,7 @@ import torch
 from torch import Tensor
 
 LIBRARIES = ("qwenscope", "sparsify", "saelens", "saelens-sparse")
-OPTIONAL = ("qwenscope-bf16",)  # only where bf16 products are native (a GPU): ~300x slower on an AVX2 CPU
+OPTIONAL = ("qwenscope-bf16", "sparsify-autocast")  # bf16 encoders: for a GPU (~300x slower on an AVX2 CPU)
 HOOKPOINT = "resid_post.15"
 EXPANSION = 16
 K = 32
@@ -112,7 +121,6 @@ class Settings:
     batch_size: int
     lr: float
     device: torch.device
-    sparsify_autocast: bool = False
     tmp: str = ""
     dead: Tensor | None = None
     """AuxK on: ids of the features marked dead before every step; None: AuxK off."""
@@ -159,7 +167,7 @@ def build_qwenscope(s: Settings, encoder: str = "exact") -> Runner:
     return Runner(step, lambda x: sae(x).sae_out, [trainer])
 
 
-def build_sparsify(s: Settings) -> Runner:
+def build_sparsify(s: Settings, autocast: bool = False) -> Runner:
     from sparsify import SparseCoder, SparseCoderConfig
     from transformers import get_linear_schedule_with_warmup
 
@@ -173,9 +181,9 @@ def build_sparsify(s: Settings) -> Runner:
     sched = get_linear_schedule_with_warmup(opt, 0, 10**12)
     since_fired = torch.zeros(sae.num_latents, device=s.device, dtype=torch.long)
     did_fire = torch.zeros(sae.num_latents, device=s.device, dtype=torch.bool)
-    # SparseCoder.forward is wrapped in torch.autocast("cuda", bfloat16); on CUDA that is not fp32, so unless
-    # --sparsify-autocast is given we call the undecorated forward there (on CPU the decorator does nothing).
-    fp32_forward = s.device.type == "cuda" and not s.sparsify_autocast
+    # SparseCoder.forward is wrapped in torch.autocast("cuda", bfloat16); on CUDA that is not fp32, so we call the
+    # undecorated forward there, except as ``sparsify-autocast`` (its default; on CPU the decorator does nothing)
+    fp32_forward = s.device.type == "cuda" and not autocast
     forward = SparseCoder.forward.__wrapped__ if fp32_forward else None  # type: ignore[attr-defined]
     n_steps = [0]
 
@@ -255,8 +263,9 @@ def build_saelens(s: Settings, sparse: bool = False) -> Runner:
         if s.dead is not None:
             trainer.n_forward_passes_since_fired[s.dead] = trainer_cfg.dead_feature_window + 1
         out = trainer.step(x)
-        aux = out.losses.get("auxiliary_reconstruction_loss", torch.zeros(()))
-        assert (float(aux) > 0) == (s.dead is not None), out.losses
+        aux = out.losses.get("auxiliary_reconstruction_loss", 0.0)
+        aux = float(aux.detach()) if isinstance(aux, Tensor) else float(aux)
+        assert (aux > 0) == (s.dead is not None), out.losses
         trainer.n_training_steps += 1
         return float(out.loss.detach())
 
@@ -266,6 +275,7 @@ def build_saelens(s: Settings, sparse: bool = False) -> Runner:
 BUILDERS: dict[str, Callable[[Settings], Runner]] = {
     "qwenscope": build_qwenscope,
     "qwenscope-bf16": lambda s: build_qwenscope(s, "bf16"),
+    "sparsify-autocast": lambda s: build_sparsify(s, autocast=True),
     "sparsify": build_sparsify,
     "saelens": build_saelens,
     "saelens-sparse": lambda s: build_saelens(s, sparse=True),
@@ -276,26 +286,35 @@ def fvu(x: Tensor, x_hat: Tensor) -> float:
     return float((x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
 
 
-def timed_run(lib: str, s: Settings, batches: list[Tensor], steps: int) -> dict[str, Any]:
-    """Build a fresh SAE, one untimed warm-up step, ``steps`` timed steps, then an untimed held-out FVU."""
-    runner = BUILDERS[lib](s)
-    warm_loss = runner.step(batches[0])
-    sync(s.device)
-    losses = []
-    t0 = time.perf_counter()
-    for x in batches[1 : steps + 1]:
-        losses.append(runner.step(x))
-    sync(s.device)
-    seconds = time.perf_counter() - t0
-    with torch.no_grad():
-        held_out = batches[steps + 1]
-        final_fvu = fvu(held_out, runner.reconstruct(held_out))
-    del runner
+def timed_round(
+    jobs: list[tuple[str, str]], settings: dict[str, Settings], batches: list[Tensor], steps: int
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """One repeat: a fresh SAE per (mode, library), one untimed warm-up step each, then ``steps`` timed steps
+    interleaved step by step in a rotating order, then an untimed held-out FVU each."""
+    runners = {job: BUILDERS[job[1]](settings[job[0]]) for job in jobs}
+    device = next(iter(settings.values())).device
+    runs: dict[tuple[str, str], dict[str, Any]] = {}
+    for job, runner in runners.items():
+        runs[job] = {"warmup_loss": runner.step(batches[0]), "step_s": [], "losses": []}
+    sync(device)
+    for i, x in enumerate(batches[1 : steps + 1]):
+        for job in jobs[i % len(jobs) :] + jobs[: i % len(jobs)]:
+            t0 = time.perf_counter()
+            loss = runners[job].step(x)
+            sync(device)
+            runs[job]["step_s"].append(time.perf_counter() - t0)
+            runs[job]["losses"].append(loss)
+    held_out = batches[steps + 1]
+    for job, run in runs.items():
+        with torch.no_grad():
+            run["fvu"] = fvu(held_out, runners[job].reconstruct(held_out))
+        losses = [run["warmup_loss"], *run["losses"]]
+        run["loss_decreased"] = all(math.isfinite(v) for v in losses) and run["losses"][-1] < run["warmup_loss"]
+    del runners
     gc.collect()
-    if s.device.type == "cuda":
+    if device.type == "cuda":
         torch.cuda.empty_cache()
-    ok = all(math.isfinite(v) for v in [warm_loss, *losses]) and losses[-1] < warm_loss
-    return {"seconds": seconds, "warmup_loss": warm_loss, "losses": losses, "loss_decreased": ok, "fvu": final_fvu}
+    return runs
 
 
 def matmul_gflops(n: int, device: torch.device) -> float:
@@ -335,14 +354,14 @@ def versions() -> dict[str, str]:
     return out
 
 
-def summarise(runs: list[dict[str, Any]], steps: int, batch_size: int) -> dict[str, Any]:
-    times = [run["seconds"] for run in runs]
-    med = statistics.median(times)
+def summarise(runs: list[dict[str, Any]], batch_size: int) -> dict[str, Any]:
+    steps = [t for run in runs for t in run["step_s"]]
+    med = statistics.median(steps)
     return {
-        "median_s": med,
-        "ms_per_step": med / steps * 1e3,
-        "tokens_per_s": steps * batch_size / med,
-        "runs_s": times,
+        "median_step_s": med,
+        "ms_per_step": med * 1e3,
+        "tokens_per_s": batch_size / med,
+        "step_s": steps,
         "loss_decreased": all(run["loss_decreased"] for run in runs),
         "heldout_fvu": statistics.median(run["fvu"] for run in runs),
         "runs": runs,
@@ -370,11 +389,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--peak-size", type=int, default=4096, help="n of the n x n @ n x n peak matmul")
-    parser.add_argument(
-        "--sparsify-autocast",
-        action="store_true",
-        help="on CUDA keep sparsify's bf16 autocast (not fp32); no effect on CPU",
-    )
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "train.json"))
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")  # SAELens sparse
@@ -412,7 +426,6 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size,
             lr=lr_for(d_sae),
             device=device,
-            sparsify_autocast=args.sparsify_autocast,
             dead=dead if mode == "on" else None,
         )
         for mode in modes
@@ -435,14 +448,13 @@ def main(argv: list[str] | None = None) -> int:
             BUILDERS[lib](settings[modes[0]])
         matmul_gflops(args.peak_size, device)  # warm-up
         jobs = [(mode, lib) for mode in modes for lib in libs]
-        for r in range(args.repeats):  # interleaved, order rotated, so drift hits every library and mode alike
+        for r in range(args.repeats):
             order = jobs[r % len(jobs) :] + jobs[: r % len(jobs)]
-            for mode, lib in order:
-                run = timed_run(lib, settings[mode], batches, args.steps)
+            for (mode, lib), run in timed_round(order, settings, batches, args.steps).items():
                 runs[mode][lib].append(run)
                 print(
                     f"  repeat {r + 1}/{args.repeats} AuxK {mode:<3} {lib:<14} "
-                    f"{run['seconds'] / args.steps * 1e3:9.1f} ms/step"
+                    f"{statistics.median(run['step_s']) * 1e3:9.1f} ms/step (median of {args.steps})"
                 )
             peak_runs += [matmul_gflops(args.peak_size, device) for _ in range(2)]
 
@@ -450,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     peak = statistics.median(peak_runs)
     results: dict[str, Any] = {}
     for mode in modes:
-        rows = {lib: summarise(runs[mode][lib], args.steps, B) for lib in libs}
+        rows = {lib: summarise(runs[mode][lib], B) for lib in libs}
         ratios = {
             f"qwenscope/{lib}": rows["qwenscope"]["tokens_per_s"] / rows[lib]["tokens_per_s"]
             for lib in libs
@@ -460,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         dense_step = 6 * B * d_in * d_sae
         qs_fraction: dict[str, Any] = {}
         if "qwenscope" in rows:
-            step_s = rows["qwenscope"]["median_s"] / args.steps
+            step_s = rows["qwenscope"]["median_step_s"]
             qs_fraction = {
                 "per_step": flops_step,
                 "gflops_per_s": flops_step / step_s / 1e9,
@@ -474,7 +486,8 @@ def main(argv: list[str] | None = None) -> int:
     # ------------------------------------------------------------------ report
     print(
         f"\nTopK SAE training, d_in {d_in} -> d_sae {d_sae}, k {k}, fp32, Adam lr {lr_for(d_sae):.3g}, batch {B} "
-        f"tokens, {args.steps} steps/run, median of {args.repeats}, on {device} ({torch.get_num_threads()} threads)"
+        f"tokens, {args.repeats} x {args.steps} interleaved steps (median), on {device} "
+        f"({torch.get_num_threads()} threads)"
     )
     for mode in modes:
         rows = results[mode]["results"]
@@ -531,7 +544,6 @@ def main(argv: list[str] | None = None) -> int:
                     "dead_tokens": DEAD_TOKENS,
                     "auxk_on_dead_features": n_dead,
                     "auxk_on_k_aux": k_aux,
-                    "sparsify_autocast": args.sparsify_autocast,
                     "libraries": libs,
                 },
                 "auxk": results,

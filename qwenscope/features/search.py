@@ -16,10 +16,8 @@ Effect-ranked search re-ranks the top contrastive candidates by what steering ea
 positive and negative texts are teacher-forced after neutral prefixes, how much more likely it makes the positive
 texts than the negative ones (the change in log-likelihood per token, positive minus negative: steering that merely
 breaks the model lowers both). Which feature fires most on a concept is often not the one that, added, writes it.
-The default strength is a little past the one that generates best: there the differences between candidates are
-larger than the noise, and on four development concepts (bench/steer_concepts.py's texts, 12 chat prompts that are
-not its evaluation prompts) the feature it ranked first at 0.75 was the one that wrote the concept most often at 0.5
-in each case, which 0.25 and 0.5 missed once.
+The default strength, 0.75, is a little past the one that generates best: there the differences between candidates
+stand out from the noise (``bench/steer_probe_dev.py`` compares probe strengths on development prompts).
 """
 
 from __future__ import annotations
@@ -142,8 +140,8 @@ def effect_ranked(
     """The ``top`` of the first ``candidates`` contrastive hits, re-ranked by the steering probe (see the module doc).
 
     ``alphas``: relative strengths probed (the score is the mean over them); ``unit``: the relative unit (default
-    ``steering_unit`` at the hookpoint);
-    ``probe_texts``: positive and negative texts teacher-forced (the first ones of each list).
+    ``steering_unit`` at the hookpoint); ``probe_texts``: positive and negative texts teacher-forced (the first ones
+    of each list).
     """
     if candidates < 1 or top < 1:
         raise QwenscopeError(f"top and candidates must be at least 1, got {top} and {candidates}")

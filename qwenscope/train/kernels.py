@@ -207,16 +207,20 @@ def loss_and_grads(
     d_main = err * (-2 / total_var)  # d fvu / d x_hat
     g_main = _value_grad(x_hat, v_main, d_main)
     auxk = torch.zeros((), dtype=x.dtype, device=x.device)
-    codes, grads_out, g_vals = [main], [d_main], [g_main]
+    vals, cols, rows, rows_d, g_raw, d_all = main.vals, main.cols, main.rows, main.rows, g_main, d_main
     dense_aux = None
-    if isinstance(aux, SparseCode) and aux_weight > 0:
+    if isinstance(aux, SparseCode) and aux_weight > 0:  # its entries join main's; its output gradient rows follow
         e_hat, v_aux = _decode(aux, W_dec, n)
         diff = e_hat.detach() - err
         auxk = _sq(diff) / total_var
         d_aux = diff * (2 * aux_weight / total_var)
-        codes.append(aux)
-        grads_out.append(d_aux)
-        g_vals.append(_value_grad(e_hat, v_aux, d_aux))
+        g_aux = _value_grad(e_hat, v_aux, d_aux)
+        vals, cols, rows = torch.cat([vals, aux.vals]), torch.cat([cols, aux.cols]), torch.cat([rows, aux.rows])
+        rows_d, g_raw, d_all = (
+            torch.cat([main.rows, aux.rows + n]),
+            torch.cat([g_main, g_aux]),
+            torch.cat([d_main, d_aux]),
+        )
     elif isinstance(aux, DeadCode) and aux_weight > 0:
         W_dead = W_dec.detach().index_select(0, aux.ids)
         diff = aux.acts @ W_dead - err
@@ -226,21 +230,15 @@ def loss_and_grads(
         radial_aux = (aux.acts * G_aux).sum(0)
         G_aux.mul_(aux.acts > 0)  # through the ReLU and the TopK
         dense_aux = (aux, d_aux, G_aux, radial_aux)
-    vals = torch.cat([c.vals for c in codes])
-    cols = torch.cat([c.cols for c in codes])
-    g_raw = torch.cat(g_vals)
     g = g_raw * (vals > 0)  # through the ReLU
     # entries sorted by feature: one bag per feature
     order = torch.argsort(cols, stable=True)
     counts = torch.bincount(cols, minlength=m)
     starts = counts.cumsum(0) - counts
-    rows_x = torch.cat([c.rows for c in codes])[order]
-    rows_d = torch.cat([c.rows + i * n for i, c in enumerate(codes)])[order]  # row of main's / aux's output grad
     xc = x if not b_dec_in_input else x - b_dec.detach()
-    g_W_enc_t = F.embedding_bag(rows_x, xc, starts, mode="sum", per_sample_weights=g[order])  # (d_sae, d_in)
+    g_W_enc_t = F.embedding_bag(rows[order], xc, starts, mode="sum", per_sample_weights=g[order])  # (d_sae, d_in)
     g_b_enc = torch.zeros(m, dtype=x.dtype, device=x.device).index_add_(0, cols, g)
-    d_all = grads_out[0] if len(grads_out) == 1 else torch.cat(grads_out)
-    g_W_dec = F.embedding_bag(rows_d, d_all, starts, mode="sum", per_sample_weights=vals[order])
+    g_W_dec = F.embedding_bag(rows_d[order], d_all, starts, mode="sum", per_sample_weights=vals[order])
     radial = torch.zeros(m, dtype=x.dtype, device=x.device).index_add_(0, cols, vals * g_raw)  # g_W_dec[c] . W_dec[c]
     if dense_aux is not None:
         dead, d_aux, G_aux, radial_aux = dense_aux
