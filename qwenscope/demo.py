@@ -43,8 +43,8 @@ class DemoConfig:
     out: str = "qwenscope-demo"
     """Folder of the HTML report."""
     n_tokens: int = 100_000
-    """Tokens of the feature-store pass when the SAE ships without packed statistics (``qwenscope stats --pack``);
-    computed once per SAE and cached."""
+    """Tokens of the feature-store pass when the SAE ships without packed statistics (``qwenscope stats --pack``; the
+    shipped SAEs come with statistics from 1M tokens of mix:default); computed once per SAE and cached."""
     max_density: float = MAX_DENSITY
     """Leave out features that fire on more than this share of the store's tokens (always-on features say nothing
     about a prompt); 1 keeps them all."""
