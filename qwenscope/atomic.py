@@ -60,17 +60,33 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask can only read by setting)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     """``write(tmp)`` to a temporary sibling of ``path``, fsync it, rename it onto ``path``, fsync the folder.
 
     A kill at any moment leaves ``path`` as it was or complete (and at most a leftover that the next write removes);
-    an exception in ``write`` leaves ``path`` as it was and no leftover.
+    an exception in ``write`` leaves ``path`` as it was and no leftover. The file gets the permissions a plain
+    ``open(path, "w")`` would give (0666 less the umask), also when ``write`` creates it private (safetensors
+    writes 0600).
     """
     path = Path(path)
     remove_leftovers(path)
     tmp = temp_sibling(path)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)

@@ -70,3 +70,19 @@ def test_atomic_folder_swaps_in_only_complete_folders(tmp_path):
     with atomic_folder(folder, old=tmp_path / "store.old") as tmp:
         (tmp / "y").write_text("3")
     assert [p.name for p in folder.iterdir()] == ["y"] and [p.name for p in tmp_path.iterdir()] == ["store"]
+
+
+def test_atomic_write_gives_the_usual_permissions(tmp_path):
+    """safetensors creates its files 0600; a saved SAE must be readable like any file the user writes."""
+
+    def private(tmp):
+        tmp.write_text("x")
+        os.chmod(tmp, 0o600)
+
+    old = os.umask(0o022)
+    try:
+        assert (atomic_write(tmp_path / "f", private).stat().st_mode & 0o777) == 0o644
+        os.umask(0o077)
+        assert (atomic_write(tmp_path / "g", private).stat().st_mode & 0o777) == 0o600
+    finally:
+        os.umask(old)
