@@ -13,5 +13,5 @@ def make_sae(d_sae: int = 96, k: int = 6, hookpoint: str = "resid_post.1", seed:
     torch.manual_seed(seed)
     sae = Sae(SaeConfig(d_in=TINY_HIDDEN, d_sae=d_sae, k=k, hookpoint=hookpoint))
     with torch.no_grad():
-        sae.b_enc.uniform_(0.0, 0.3)
+        sae.b_enc.uniform_(0.0, 0.3 / 3**0.5)  # relative to encoder rows of norm 1/sqrt(3) (Sae's init)
     return sae
