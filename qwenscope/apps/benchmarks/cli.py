@@ -157,11 +157,14 @@ def load_score_groups(cfg: BenchmarksConfig, benches: list[Any], tops: list[Any]
     if len(groups) != len(cfg.benchmarks):
         raise QwenscopeError(f"--scores has {len(groups)} group(s) for {len(cfg.benchmarks)} benchmark(s); give one "
                              "group of files per benchmark, separated by ';'")  # fmt: skip
-    loaded = [load_scores(paths, top.ids, metric=cfg.metric or None) for top, paths in zip(tops, groups)]
+    loaded = {
+        top.name: load_scores(paths, top.ids, metric=cfg.metric or None) for top, paths in zip(tops, groups) if paths
+    }  # an empty group: no scores for that benchmark
     out = {}
     for bench in benches:
-        whole = next(s for top, s in zip(tops, loaded) if set(bench.ids) <= set(top.ids))
-        out[bench.name] = whole.select(bench.ids)
+        whole = next((loaded.get(top.name) for top in tops if set(bench.ids) <= set(top.ids)), None)
+        if whole is not None:
+            out[bench.name] = whole.select(bench.ids)
     return out
 
 
