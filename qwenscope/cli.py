@@ -217,6 +217,12 @@ def _eval() -> tuple[tuple[type, ...], Callable[..., object]]:
     return (EvalConfig,), run_eval
 
 
+def _benchmarks() -> tuple[tuple[type, ...], Callable[..., object]]:
+    from qwenscope.apps.benchmarks.cli import BenchmarksConfig, run_benchmarks
+
+    return (BenchmarksConfig,), run_benchmarks
+
+
 COMMANDS: dict[str, tuple[str, Getter, tuple[str, ...]]] = {
     "info": ("architecture, layers, hidden size and hookpoints of a model", lambda: ((InfoConfig,), run_info),
              ("model",)),
@@ -230,6 +236,8 @@ COMMANDS: dict[str, tuple[str, Getter, tuple[str, ...]]] = {
     "steer": ("unsteered and steered generations side by side", _steer, ()),
     "dashboard": ("static HTML pages of SAE features with a searchable index (opens offline)", _dashboard, ()),
     "playground": ("a gradio app: features of a prompt, steering, unsteered vs steered", _playground, ()),
+    "benchmarks": ("what benchmarks cover, their redundancy and overlap, and compressing them, from SAE features",
+                   _benchmarks, ("action", "benchmarks")),
     "demo": ("the main job on the embedded default model", _demo, ()),
 }  # fmt: skip
 

@@ -55,6 +55,9 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, positional: t
             parser.add_argument(f"--{f.name.replace('_', '-')}", action=argparse.BooleanOptionalAction,
                                 default=default, **kw)  # fmt: skip
             continue
+        if typing.get_origin(tp) is tuple and f.name in positional:  # tuple[str, ...] from "a b c"
+            parser.add_argument(f.name, nargs="*" if has_default else "+", type=typing.get_args(tp)[0], help=kw["help"])
+            continue
         if typing.get_origin(tp) is tuple:  # tuple[int, ...] from "16,32"
             item = typing.get_args(tp)[0]
             kw["type"] = lambda text, item=item: tuple(item(v) for v in text.split(",") if v.strip())
@@ -73,5 +76,7 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, positional: t
 
 
 def from_args(cls: type[T], args: argparse.Namespace) -> T:
-    """The dataclass instance described by parsed arguments (its ``__post_init__`` validates it)."""
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})  # type: ignore[call-arg, arg-type]
+    """The dataclass instance described by parsed arguments (its ``__post_init__`` validates it); a positional
+    tuple field's list becomes a tuple."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
