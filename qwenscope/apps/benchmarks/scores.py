@@ -349,7 +349,8 @@ def _batch_loglik(model: nn.Module, rows: list[tuple[list[int], int]], pad_id: i
     with ExitStack() as stack:
         if sae is not None:
             keep = mask.clone()
-            keep[:, 0] = keep[:, 0] & (not skip_first)
+            if skip_first:
+                keep[:, 0] = False  # the attention sink keeps its own activations
             stack.enter_context(splice(model, hook, _replace_with_sae(sae, keep.to(device))))
         out = trunk(input_ids=ids.to(device), attention_mask=mask.long().to(device), use_cache=False)
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
