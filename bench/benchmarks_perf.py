@@ -80,7 +80,10 @@ def performance_redundancy_mc(scores: np.ndarray, n_samples: int = 200, seed: in
 
 try:
     from qwenscope.apps.benchmarks.measures import performance_redundancy
+
+    ESTIMATOR = "qwenscope.apps.benchmarks.measures.performance_redundancy"
 except ImportError:  # helper B's module not merged yet: the fallback above
+    ESTIMATOR = "bench fallback: performance_redundancy_mc"
     logger.warning("qwenscope.apps.benchmarks.measures not found; R from the bench script's fallback estimator")
 
     def performance_redundancy(scores: Any, ns: Any = None, n_samples: int = 200, seed: int = 0) -> float:
@@ -239,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bench": "benchmarks_perf", "limit": args.limit, "device": args.device, "dtype": "float32",
         "batch_size": args.batch_size, "n_samples": args.n_samples, "seed": args.seed, "checkpoints": checkpoints,
         "score": "mean per-token log-likelihood of the reference answer (nats)", "timing": timing, "sets": results,
-        "estimator": performance_redundancy.__module__, "torch": torch.__version__, "machine": platform.processor()
+        "estimator": ESTIMATOR, "torch": torch.__version__, "machine": platform.processor()
         or platform.machine(), "threads": torch.get_num_threads(),
     })  # fmt: skip
     print(f"wrote {args.json} and the score files in {args.out}")
