@@ -13,7 +13,8 @@ on a subset S.
 ``--log_samples`` file (``samples_<task>_<date>.jsonl``) holds one model's records ``{"doc_id", "doc", ...,
 "<metric>": value}``; the model's name is the folder lm-eval wrote it in (``<output>/<model>/samples_*.jsonl``), or
 the file's name for other ``.jsonl`` names. Its ``doc_id`` is the position of the document in the task, mapped to our
-item ids by position (lm-eval's test split order is the order the bundled benchmarks keep). The metric is ``metric``
+item ids by position: the benchmark must list its items in the order of the dataset lm-eval ran on (the bundled ones
+keep their files' order). The metric is ``metric``
 when given, else the record's first listed metric (``"metrics"``), else its first numeric field; when the file holds
 several filters (gsm8k's ``strict-match`` and ``flexible-extract``) the records of ``filter`` are used, by default the
 first one in the file. Every item must get exactly one score per model: ids that are missing or not in the
@@ -349,7 +350,8 @@ def _batch_loglik(model: nn.Module, rows: list[tuple[list[int], int]], pad_id: i
     with ExitStack() as stack:
         if sae is not None:
             keep = mask.clone()
-            keep[:, 0] = keep[:, 0] & (not skip_first)
+            if skip_first:
+                keep[:, 0] = False  # the attention sink keeps its own activations
             stack.enter_context(splice(model, hook, _replace_with_sae(sae, keep.to(device))))
         out = trunk(input_ids=ids.to(device), attention_mask=mask.long().to(device), use_cache=False)
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
