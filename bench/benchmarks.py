@@ -154,15 +154,20 @@ def main(argv: list[str] | None = None) -> int:
                         r["duplicates"]["holds"],
                         {n: f"{c['greedy']}/{c['random_median']:.0f}" for n, c in r["compression"].items()},
                     )  # fmt: skip
+            save(results, Path(args.out))  # after every model and pooling: a killed run keeps what it measured
         del model
 
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1) + "\n")
+    save(results, out)
     table(results)
     plot(results, out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0
+
+
+def save(results: dict[str, Any], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1) + "\n")
 
 
 def table(results: dict[str, Any]) -> None:

@@ -33,6 +33,7 @@ import torch
 
 from qwenscope import load_model, load_sae
 from qwenscope.apps.benchmarks.data import load_benchmark, subsets
+from qwenscope.apps.benchmarks.measures import performance_redundancy
 from qwenscope.apps.benchmarks.scores import ScoreMatrix, answer_loglik, encode_items, load_scores
 from qwenscope.atomic import atomic_write
 
@@ -50,44 +51,7 @@ CHECKPOINTS: dict[str, tuple[str, str | None]] = {  # name -> (model, hookpoint 
 }
 
 
-# ---------------------------------------------------------------- R without measures.py
-# FALLBACK, to be removed once helper B's measures.py is merged (the import below then always succeeds): the same
-# estimator as measures.performance_redundancy for subsets too large to enumerate (prefixes of seeded random orders).
-def _tau_b(p: np.ndarray, p_hat: np.ndarray) -> np.ndarray:
-    """Kendall tau-b of ``p`` (M,) with each row of ``p_hat`` (..., M); a row where all models tie gives 0."""
-    i, j = np.triu_indices(p.size, 1)
-    a = np.sign(p[i] - p[j])
-    b = np.sign(p_hat[..., i] - p_hat[..., j])
-    denom = np.sqrt(np.count_nonzero(a) * np.count_nonzero(b, axis=-1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 0, (a * b).sum(-1) / np.where(denom > 0, denom, 1), 0.0)
-
-
-def performance_redundancy_mc(scores: np.ndarray, n_samples: int = 200, seed: int = 0) -> float:
-    """R(D) = (1/N) sum_{n=1..N} E_{|S|=n}[tau-b(p, p_hat(S))], each E the mean over ``n_samples`` random subsets
-    (the first n items of seeded random orders); p = each model's mean score, p_hat(S) its mean over S."""
-    scores = np.asarray(scores, dtype=np.float64)
-    n_items = scores.shape[1]
-    p = scores.mean(1)
-    rng = np.random.default_rng(seed)
-    sizes = np.arange(1, n_items + 1)
-    total = np.zeros(n_items)
-    for _ in range(n_samples):
-        prefix = np.cumsum(scores[:, rng.permutation(n_items)], axis=1) / sizes  # (M, N): p_hat of each prefix
-        total += _tau_b(p, prefix.T)
-    return float((total / n_samples).mean())
-
-
-try:
-    from qwenscope.apps.benchmarks.measures import performance_redundancy
-
-    ESTIMATOR = "qwenscope.apps.benchmarks.measures.performance_redundancy"
-except ImportError:  # helper B's module not merged yet: the fallback above
-    ESTIMATOR = "bench fallback: performance_redundancy_mc"
-    logger.warning("qwenscope.apps.benchmarks.measures not found; R from the bench script's fallback estimator")
-
-    def performance_redundancy(scores: Any, ns: Any = None, n_samples: int = 200, seed: int = 0) -> float:
-        return performance_redundancy_mc(scores, n_samples, seed)
+ESTIMATOR = "qwenscope.apps.benchmarks.measures.performance_redundancy"
 
 
 # ---------------------------------------------------------------- scoring

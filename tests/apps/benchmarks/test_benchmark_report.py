@@ -48,8 +48,12 @@ def test_build_results_holds_the_measures(named):
 
 
 def test_write_report_is_one_self_contained_page(named, tmp_path):
-    res = build_results(named, n_samples=30, meta={"model": "smollm2-135m", "hookpoint": "resid_post.15"},
-                        describe=lambda f: {"label": "<b>digits</b>", "contexts": ["1 + 1 = 2"], "density": 1e-4})
+    res = build_results(
+        named,
+        n_samples=30,
+        meta={"model": "smollm2-135m", "hookpoint": "resid_post.15"},
+        describe=lambda f: {"label": "<b>digits</b>", "contexts": ["1 + 1 = 2"], "density": 1e-4},
+    )
     path = write_report(tmp_path / "out" / "report.html", res)
     page = path.read_text()
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
