@@ -15,15 +15,6 @@ from qwenscope.cli import main
 WORDS = ["cat", "dog", "sea", "ship", "number", "seven", "plus", "minus", "river", "stone", "cloud", "light"]
 
 
-@pytest.fixture(autouse=True)
-def own_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("QWENSCOPE_CACHE", str(tmp_path / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """(model folder, SAE folder with resid_post.0 and resid_post.1, folder with two JSONL benchmarks)."""

@@ -18,15 +18,6 @@ TEXTS = ["The cat sat.", "A much longer sentence about numbers: 12 + 30 = 42, an
          "Z</s>"]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def one_thread_and_own_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("QWENSCOPE_CACHE", str(tmp_path / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model():
     return build_tiny("llama", num_layers=4)
