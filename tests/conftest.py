@@ -12,3 +12,13 @@ def tiny(request):
     """(arch, model, inputs) for every architecture; session-scoped, so tests must not change the weights."""
     model = build_tiny(request.param)
     return request.param, model, random_inputs(model)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny-model forwards are many small ops: one thread is faster, and far faster when the cores are shared.
+    Folders of such tests use it for every test (an autouse fixture in their conftest.py)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
