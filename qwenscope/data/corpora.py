@@ -169,11 +169,20 @@ def fortunes_dir() -> Path:
 def fortunes_documents(spec: str, *, seed: int = 0) -> Iterator[str]:
     """Entries of ``fortunes:<lang>[,<lang>...]`` (see the module doc); ``seed`` is unused (file order)."""
     for lang in (n.strip() for n in spec.split(",")):
-        for file in _fortune_files(lang):
-            text = read_text(file).replace("\r\n", "\n")
-            for entry in re.split(r"(?m)^%[ \t]*$", text):
-                if entry.strip():
-                    yield entry.strip("\n")
+        for _, _, entry in fortune_entries(lang):
+            yield entry
+
+
+def fortune_entries(lang: str) -> Iterator[tuple[Path, int, str]]:
+    """``(file, index, entry)`` for the non-empty entries of ``fortunes:<lang>``, file by file (for provenance).
+
+    ``index`` counts the file's non-empty entries from 0; ``entry`` is what ``fortunes_documents`` yields.
+    """
+    for file in _fortune_files(lang):
+        text = read_text(file).replace("\r\n", "\n")
+        entries = (entry.strip("\n") for entry in re.split(r"(?m)^%[ \t]*$", text) if entry.strip())
+        for index, entry in enumerate(entries):
+            yield file, index, entry
 
 
 def _fortune_files(lang: str) -> list[Path]:

@@ -1,0 +1,1 @@
+"""Toxicity classification from SAE features (issue 10): labelled data, the feature rule, baselines."""
