@@ -171,11 +171,21 @@ def fortunes_dir() -> Path:
 def fortunes_documents(spec: str, *, seed: int = 0) -> Iterator[str]:
     """Entries of ``fortunes:<lang>[,<lang>...]`` (see the module doc); ``seed`` is unused (file order)."""
     for lang in (n.strip() for n in spec.split(",")):
-        for file in _fortune_files(lang):
-            yield from fortune_entries(file)
+        for _, _, entry in fortune_entries(lang):
+            yield entry
 
 
-def fortune_entries(file: Path) -> Iterator[str]:
+def fortune_entries(lang: str) -> Iterator[tuple[Path, int, str]]:
+    """``(file, index, entry)`` for the non-empty entries of ``fortunes:<lang>``, file by file (for provenance).
+
+    ``index`` counts the file's non-empty entries from 0; ``entry`` is what ``fortunes_documents`` yields.
+    """
+    for file in _fortune_files(lang):
+        for index, entry in enumerate(file_entries(file)):
+            yield file, index, entry
+
+
+def file_entries(file: Path) -> Iterator[str]:
     """The entries of one fortune file, in file order, ROT13-decoded when its ``.dat`` index says the file is stored
     rotated (Debian keeps some offensive sets, e.g. ``fortunes-es-off``, that way; ``fortune -o`` decodes them)."""
     text = read_text(file).replace("\r\n", "\n")
@@ -205,8 +215,8 @@ def _fortune_files(lang: str) -> list[Path]:
         candidates = [p for p in root.iterdir() if p.name in _FORTUNES_ROOT_SETS[lang]]
     elif lang.endswith("-off") and (root / "off" / lang[: -len("-off")]).is_dir():
         candidates = list((root / "off" / lang[: -len("-off")]).rglob("*"))
-    elif lang not in ("off", "") and (root / lang).is_dir():
-        candidates = list((root / lang).rglob("*"))
+    elif lang not in ("off", "") and (root / lang).is_dir():  # fortunes-es-off also installs into es/off/
+        candidates = [p for p in (root / lang).rglob("*") if "off" not in p.relative_to(root / lang).parts]
     else:
         dirs = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != "off")
         off = sorted(f"{p.name}-off" for p in (root / "off").iterdir() if p.is_dir()) if (root / "off").is_dir() else []

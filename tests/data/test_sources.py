@@ -217,6 +217,13 @@ def test_fortunes_stored_rot13_are_decoded_by_their_dat_flag(fortunes):
     assert list(iter_texts("fortunes:es-off", split="all")) == ["malo", "Texto malo.", "Otro."]
 
 
+def test_ordinary_fortunes_leave_out_the_offensive_ones_installed_beside_them(fortunes):
+    (fortunes / "es" / "off").mkdir(parents=True)
+    (fortunes / "es" / "amistad").write_text("Un amigo.\n%\n", encoding="utf-8")
+    (fortunes / "es" / "off" / "x.fortunes").write_text("malo\n%\n", encoding="utf-8")  # as fortunes-es-off does
+    assert list(iter_texts("fortunes:es", split="all")) == ["Un amigo."]
+
+
 def test_fortunes_missing_gives_install_command(tmp_path, monkeypatch):
     monkeypatch.setenv("QWENSCOPE_FORTUNES", str(tmp_path / "none"))
     with pytest.raises(QwenscopeError, match="apt-get install fortunes"):
