@@ -27,13 +27,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from qwenscope.apps.classify.metrics import classification_scores
+from qwenscope.apps.classify.report import format_table, write_report
 
 from qwenscope import load_model, load_sae
 from qwenscope.apps.classify.analysis import RULE, Part, compare, efficiency, transfer
 from qwenscope.apps.classify.data import fortunes_offensive, split
-from qwenscope.apps.classify.metrics import classification_scores
 from qwenscope.apps.classify.pooled import pool_texts
-from qwenscope.apps.classify.report import format_table, write_report
 from qwenscope.sae.load import embedded_saes
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -124,7 +124,8 @@ def run_model(model_id: str, args: argparse.Namespace) -> dict[str, Any]:
         res["summary"] = summary(res)
         res["seconds"] = time.perf_counter() - t0
         out[lang] = res
-        print(f"\n{model_id}, {lang}: discovery {len(train.texts)}, test {len(test.texts)}, hookpoint {res['hookpoint']}")
+        print(f"\n{model_id}, {lang}: discovery {len(train.texts)}, test {len(test.texts)}, "
+              f"hookpoint {res['hookpoint']}")
         print(format_table(res["comparison"]))
         write_report({"title": f"Offensive fortunes ({lang}), {model_id}", "meta": {"model": model_id, "lang": lang},
                       **res}, RESULTS / f"classify-{model_id}-{lang}.html")  # fmt: skip
