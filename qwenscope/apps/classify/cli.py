@@ -131,8 +131,10 @@ def load_parts(cfg: ClassifyConfig) -> tuple[Any, Any, str, dict[str, Any]]:
 # ---------------------------------------------------------------- actions
 def run_fit(cfg: ClassifyConfig) -> dict[str, Any]:
     from qwenscope.apps.classify.classifier import fit
+    from qwenscope.apps.classify.data import check_binary
 
     data = load_data(cfg, cfg.data, "discovery")
+    check_binary(data, cfg.data)  # before the model loads
     model, tokenizer, sae_id, saes = load_parts(cfg)
     clf, _ = fit(model, tokenizer, cfg.model or DEFAULT_MODEL, sae_id, saes, data.texts, data.labels, k=cfg.k,
                  choose=cfg.choose, max_tokens=cfg.max_tokens, meta={"data": cfg.data, "part": cfg.part})  # fmt: skip
@@ -161,7 +163,7 @@ def run_eval(cfg: ClassifyConfig) -> dict[str, Any]:
 
     clf = Classifier.load(cfg.classifier)
     data = load_data(cfg, cfg.data, "test")
-    check_binary(data, cfg.data)
+    check_binary(data, cfg.data)  # before the model loads
     model, tokenizer, saes = clf.load_parts(cfg.model or None, cfg.sae or None)
     preds, scores = clf.predict(model, tokenizer, saes, data.texts, progress=True)
     return classification_scores(data.labels, preds, scores.astype(float), seed=cfg.seed)
