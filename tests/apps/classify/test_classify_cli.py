@@ -69,7 +69,8 @@ def test_fit_predict_eval_compare(setup, capsys, tmp_path):
     scores = json.loads(out)
     assert {"precision", "recall", "f1", "f1_ci", "auroc"} <= set(scores) and scores["n"] == 20
     code, out, err = run(["compare", "--data", str(root / "train.jsonl"), "--test", str(root / "test.csv"),
-                          "--text-column", "content", "--label-column", "toxic", *common, "--json"], capsys)  # fmt: skip
+                          "--text-column", "content", "--label-column", "toxic", *common, "--json"],
+                         capsys)  # fmt: skip
     # the two files name their columns differently: compare reads both with the same flags, so one of them fails
     assert code == 2 and "column" in err and err.count("error:") == 1
     (root / "test.jsonl").write_text("\n".join(json.dumps(r) for r in rows(20, 1)) + "\n")
@@ -125,6 +126,6 @@ def test_analyses_on_pooled_features(setup):
     assert all(len(v) == 2 for v in eff["methods"].values())
     assert eff["methods"][RULE][1] == next(r["f1"] for r in rule_rows if r["chosen"])  # 100% = the full fit
     rows_t = transfer(train, test, "a", "b", n_boot=50)
-    assert [r["method"] for r in rows_t][0] == RULE and all(r["train"] == "a" for r in rows_t)
+    assert rows_t[0]["method"] == RULE and all(r["train"] == "a" for r in rows_t)
     keep = stratified(labels, 0.1, 0)
     assert set(labels[keep]) == {0, 1} and len(keep) == 6
