@@ -61,7 +61,7 @@ class GrpoCommand:
     beta: float = 0.0
     """KL coefficient against the initial model (TRL's default 0: no reference model)."""
     reward: str = "answer"
-    """answer (1 when the completion's first number, or text, matches the prompt's "answer"), or module:function
+    """answer (1 when the completion's last number, or text, matches the prompt's "answer"), or module:function
     or file.py:function, a TRL reward fn(completions, **kw) -> list[float]."""
     steered_index: int = 0
     """Which rollout of each group is steered (0..group-1)."""

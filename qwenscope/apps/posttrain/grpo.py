@@ -214,15 +214,16 @@ _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
 def answer_reward(completions: list, answer: list[str | int | float], **kwargs: Any) -> list[float]:
-    """A task reward, as TRL calls it (the dataset's ``answer`` column arrives as ``answer``): 1.0 when the first
-    number of the completion equals a numeric answer (or, for a text answer, the completion contains it, case
-    ignored), else 0.0. Nothing in it is about repetition."""
+    """A task reward, as TRL calls it (the dataset's ``answer`` column arrives as ``answer``): 1.0 when the LAST number
+    of the completion equals a numeric answer (as GSM8K graders read "... = 42. The answer is 42"; a cut-off
+    completion usually ends elsewhere), or, for a text answer, the completion contains it (case ignored); else 0.0.
+    Nothing in it is about repetition."""
     out = []
     for completion, expected in zip(completions, answer, strict=True):
-        text = completion_text(completion)
-        if _NUMBER.fullmatch(str(expected).strip()):
-            found = _NUMBER.search(text.replace(",", ""))
-            out.append(float(found is not None and float(found.group()) == float(str(expected).strip())))
+        text, want = completion_text(completion), str(expected).strip()
+        if _NUMBER.fullmatch(want):
+            found = _NUMBER.findall(text.replace(",", ""))
+            out.append(float(bool(found) and float(found[-1]) == float(want)))
         else:
-            out.append(float(str(expected).strip().lower() in text.lower()))
+            out.append(float(want.lower() in text.lower()))
     return out

@@ -41,7 +41,7 @@ def peaked_tiny():
     return model
 
 
-def train(tmp_path, steering: GrpoSteerConfig | None, *, do_sample: bool, steps: int = 1):
+def train(tmp_path, steering: GrpoSteerConfig | None, *, do_sample: bool, steps: int = 1, peft_config=None):
     """(completion ids of every reward call, trainer) after ``steps`` steps of 2 groups of G rollouts."""
     seen: list[list[list[int]]] = []
 
@@ -55,7 +55,8 @@ def train(tmp_path, steering: GrpoSteerConfig | None, *, do_sample: bool, steps:
                       generation_kwargs={"do_sample": do_sample}, disable_tqdm=True)  # fmt: skip
     trainer = SteeredGRPOTrainer(peaked_tiny(), reward_funcs=[distinct_reward],
                                  args=args, train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
-                                 processing_class=make_byte_tokenizer(), sae=make_sae(), steering=steering)  # fmt: skip
+                                 processing_class=make_byte_tokenizer(), sae=make_sae(), steering=steering,
+                                 peft_config=peft_config)  # fmt: skip
     trainer.train()
     return seen, trainer
 
@@ -82,6 +83,17 @@ def test_one_rollout_per_group_is_steered_the_others_are_plain(tmp_path, do_samp
     rewards = [float(len(set(c))) for c in steered]
     assert logged["reward/steered"] == pytest.approx(sum(rewards[1::G]) / 2)
     assert logged["reward/plain"] == pytest.approx((sum(rewards) - sum(rewards[1::G])) / (2 * G - 2))
+
+
+def test_lora_steers_the_model_under_the_adapters(tmp_path):
+    from peft import LoraConfig
+
+    lora = LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM")
+    steering = GrpoSteerConfig(feature=7, alpha=300.0, relative=False, steered_index=0)
+    (steered,), trainer = train(tmp_path / "s", steering, do_sample=False, peft_config=lora)
+    (plain,), _ = train(tmp_path / "p", None, do_sample=False, peft_config=lora)
+    assert type(trainer.model).__name__ == "PeftModelForCausalLM"
+    assert [i for i in range(2 * G) if steered[i] != plain[i]] == [0, G]
 
 
 def test_plain_grpo_logs_the_plain_metrics_only(tmp_path):
@@ -116,8 +128,8 @@ def test_bad_input_gets_one_line():
     assert "\n" not in str(error.value)
 
 
-def test_answer_reward_reads_the_first_number():
-    completions = ["It is 42.", "41, no 42", [{"role": "assistant", "content": "1,234 apples"}], "Paris!", "none"]
+def test_answer_reward_reads_the_last_number():
+    completions = ["5 + 37 = 42.", "42, no 41", [{"role": "assistant", "content": "I count 1,234"}], "Paris!", "none"]
     assert answer_reward(completions, answer=[42, "42", "1234", "paris", 3]) == [1.0, 0.0, 1.0, 1.0, 0.0]
 
 
