@@ -65,8 +65,8 @@ class GrpoCommand:
     or file.py:function, a TRL reward fn(completions, **kw) -> list[float]."""
     steered_index: int = 0
     """Which rollout of each group is steered (0..group-1)."""
-    no_steered: bool = False
-    """Plain GRPO: nothing steered (the baseline; the same metrics are logged)."""
+    steered: bool = True
+    """One steered negative per group; --no-steered: plain GRPO (the baseline; the same metrics are logged)."""
     lora: bool = False
     """Train LoRA adapters (peft, all linear layers) instead of all weights."""
     lora_rank: int = 16
@@ -78,11 +78,11 @@ class GrpoCommand:
 
     def __post_init__(self) -> None:
         if self.group < 2:
-            need = "steered negatives need one plain rollout beside the steered one; " if not self.no_steered else ""
+            need = "steered negatives need one plain rollout beside the steered one; " if self.steered else ""
             raise QwenscopeError(
                 f"--group {self.group}: GRPO compares rollouts within a group; {need}use --group 2 or more"
             )
-        if not self.no_steered and self.feature < 0:
+        if self.steered and self.feature < 0:
             raise QwenscopeError("--feature is required with steered negatives (or pass --no-steered for plain GRPO)")
         if not Path(self.prompts).is_file():
             raise QwenscopeError(f"--prompts {self.prompts}: no such file; pass a .txt (one per line) or .jsonl file")
@@ -183,7 +183,7 @@ def run_grpo(cfg: GrpoCommand, **overrides: Any) -> Any:
     reward = resolve_reward(cfg.reward)
     model, tokenizer = load_model(cfg.model)
     sae, steering = None, None
-    if not cfg.no_steered:
+    if cfg.steered:
         from qwenscope.sae.load import load_sae
 
         sae = load_sae(cfg.sae or cfg.model, hookpoint=cfg.hookpoint or None)

@@ -12,7 +12,7 @@ from datasets import Dataset
 from trl import GRPOConfig
 
 from qwenscope import QwenscopeError, Sae, SaeConfig
-from qwenscope.apps.posttrain.cli_grpo import GrpoCommand, run_grpo
+from qwenscope.apps.posttrain.cli_grpo import GrpoCommand, command, run_grpo
 from qwenscope.apps.posttrain.grpo import (
     GrpoSteerConfig,
     SteeredGRPOTrainer,
@@ -21,6 +21,7 @@ from qwenscope.apps.posttrain.grpo import (
     steered_rows,
 )
 from qwenscope.apps.posttrain.repetition import repeat_ratio, strip_completion
+from qwenscope.cli_args import add_dataclass_args, from_args
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore")]
 G = 3
@@ -133,6 +134,16 @@ def test_answer_reward_reads_the_last_number():
     assert answer_reward(completions, answer=[42, "42", "1234", "paris", 3]) == [1.0, 0.0, 1.0, 1.0, 0.0]
 
 
+def build_parser():
+    """The grpo subcommand's parser, built as ``qwenscope`` builds each command from its loader."""
+    import argparse
+
+    (cls,), _ = command()
+    parser = argparse.ArgumentParser()
+    add_dataclass_args(parser, cls, ())
+    return parser
+
+
 @pytest.fixture
 def folders(tmp_path):
     model_dir = tmp_path / "model"
@@ -146,14 +157,16 @@ def folders(tmp_path):
 
 def test_cli_refuses_bad_input_before_loading(folders, tmp_path):
     _, _, prompts = folders
+    parsed = build_parser().parse_args(["--prompts", str(prompts), "--out", "o", "--group", "3", "--no-steered"])
+    assert from_args(GrpoCommand, parsed).steered is False
     with pytest.raises(QwenscopeError, match="--group 1"):
         GrpoCommand(prompts=str(prompts), out=str(tmp_path / "o"), feature=3, group=1)
     with pytest.raises(QwenscopeError, match="--feature is required"):
         GrpoCommand(prompts=str(prompts), out=str(tmp_path / "o"))
     with pytest.raises(QwenscopeError, match="no such file"):
-        GrpoCommand(prompts=str(tmp_path / "missing.txt"), out=str(tmp_path / "o"), no_steered=True)
+        GrpoCommand(prompts=str(tmp_path / "missing.txt"), out=str(tmp_path / "o"), steered=False)
     with pytest.raises(QwenscopeError, match="use answer, module:function"):
-        GrpoCommand(prompts=str(prompts), out=str(tmp_path / "o"), no_steered=True, reward="nonsense")
+        GrpoCommand(prompts=str(prompts), out=str(tmp_path / "o"), steered=False, reward="nonsense")
 
 
 def test_cli_trains_two_steps_and_a_rerun_resumes_from_the_checkpoint(folders, tmp_path):
