@@ -1,0 +1,1 @@
+"""Post-training with SAE features: SASFT against code-switching, GRPO with steered negatives against repetition."""
