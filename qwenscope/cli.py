@@ -229,6 +229,12 @@ def _classify() -> tuple[tuple[type, ...], Callable[..., object]]:
     return (ClassifyConfig,), run_classify
 
 
+def _grpo() -> tuple[tuple[type, ...], Callable[..., object]]:
+    from qwenscope.apps.posttrain.cli_grpo import command
+
+    return command()
+
+
 COMMANDS: dict[str, tuple[str, Getter, tuple[str, ...]]] = {
     "info": ("architecture, layers, hidden size and hookpoints of a model", lambda: ((InfoConfig,), run_info),
              ("model",)),
@@ -246,6 +252,7 @@ COMMANDS: dict[str, tuple[str, Getter, tuple[str, ...]]] = {
                    _benchmarks, ("action", "benchmarks")),
     "classify": ("toxicity (or any label) from a handful of SAE features, with probes and TF-IDF side by side",
                  _classify, ("action", "classifier")),
+    "grpo": ("GRPO in TRL with one steered negative rollout per group (a repetition feature turned up)", _grpo, ()),
     "demo": ("the main job on the embedded default model", _demo, ()),
 }  # fmt: skip
 
