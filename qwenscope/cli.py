@@ -229,6 +229,12 @@ def _classify() -> tuple[tuple[type, ...], Callable[..., object]]:
     return (ClassifyConfig,), run_classify
 
 
+def _sasft() -> tuple[tuple[type, ...], Callable[..., object]]:
+    from qwenscope.apps.posttrain.cli_sasft import SasftCommand, run_sasft
+
+    return (SasftCommand,), run_sasft
+
+
 COMMANDS: dict[str, tuple[str, Getter, tuple[str, ...]]] = {
     "info": ("architecture, layers, hidden size and hookpoints of a model", lambda: ((InfoConfig,), run_info),
              ("model",)),
@@ -246,6 +252,7 @@ COMMANDS: dict[str, tuple[str, Getter, tuple[str, ...]]] = {
                    _benchmarks, ("action", "benchmarks")),
     "classify": ("toxicity (or any label) from a handful of SAE features, with probes and TF-IDF side by side",
                  _classify, ("action", "classifier")),
+    "sasft": ("fine-tune with SASFT: SFT that keeps an unwanted language's SAE features quiet (TRL)", _sasft, ()),
     "demo": ("the main job on the embedded default model", _demo, ()),
 }  # fmt: skip
 
