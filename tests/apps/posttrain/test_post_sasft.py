@@ -160,3 +160,20 @@ def test_cli_trains_saves_and_resumes(tmp_path, capsys):
     assert main(["sasft", "--model", str(model_dir), "--sae", str(tmp_path / "sae"), "--data", str(data),
                  "--out", str(out), "--unwanted", "de"]) == 2  # fmt: skip
     assert "no 'de' texts" in capsys.readouterr().err
+
+
+def test_lora_trains_the_adapter_only_and_still_reads_the_hookpoint(tmp_path):
+    from peft import LoraConfig
+
+    model, tokenizer = tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = SasftTrainer(model, sft_args(tmp_path, steps=2), sae=tiny_sae(), sasft=SasftConfig(features(), lam=1.0),
+                           train_dataset=Dataset.from_list(ROWS), processing_class=tokenizer,
+                           peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))  # fmt: skip
+    trainer.train()
+    assert type(trainer.model).__name__.startswith("Peft")
+    assert next(e["sasft_penalty"] for e in trainer.state.log_history if "sasft_penalty" in e) > 0
+    merged = trainer.model.get_base_model()
+    assert torch.equal(merged.model.layers[0].mlp.down_proj.base_layer.weight,
+                       before["model.layers.0.mlp.down_proj.weight"])  # fmt: skip
+    assert any(("lora_B" in n) and p.abs().max() > 0 for n, p in trainer.model.named_parameters())
