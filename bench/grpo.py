@@ -1,7 +1,7 @@
 """GRPO against repetition on smollm2-135m: plain GRPO against GRPO with steered negatives (Qwen-Scope report §6).
 
-1. Features. Arithmetic questions (``What is 17 + 25?`` and word problems; the task: the last number of the answer
-   is right). Greedy answers of the training prompts; those that loop (``repetition.LoopRule``) rank the SAE's
+1. Features. Arithmetic questions (``What is 7 + 5?`` and word problems, operands up to ``--max-operand``; the
+   task: the last number of the answer is right). Greedy answers of the training prompts; those that loop (``repetition.LoopRule``) rank the SAE's
    features at ``--hookpoint`` by activation at a token's last occurrence minus its first; of the top
    ``--candidates`` the one whose steering (``--alpha``, relative) raises the greedy repeat ratio most is kept.
 2. Training. For each seed, two runs from the same initial weights, prompts, reward, steps and seed: plain GRPO and
@@ -10,6 +10,12 @@
    ratio (rep-4) and loop share of the plain rollouts, the task reward of the plain rollouts, wall time.
 3. After training: greedy answers of held-out prompts (repeat ratio, loop share, accuracy).
 
+Why these defaults: smollm2-135m answers 2-digit questions right ~6% of the time at temperature 0.7, so nearly every
+group had the same reward (0) and GRPO learned nothing. With operands up to 9 and temperature 0.4 (128 new tokens) it
+is right 25% of the time and 7 groups of 8 held both rewards (measured on CPU: 8 prompts x 4 rollouts); greedy
+answers are right 44% of the time, rep-4 ~0.1. ``--jobs`` runs the seed x arm runs in parallel processes (one GPU:
+a 135M model's generation is launch-bound, so the runs overlap almost for free).
+
 Summary per arm (mean over seeds): the final repeat ratio of plain rollouts (mean of the last 5 steps), the first
 step where the steered arm's curve (moving mean of 5) reaches plain GRPO's final value, the final task reward, wall
 time per step and in total. The goal: steered negatives reach plain's final repeat ratio in half the steps or fewer,
@@ -17,8 +23,10 @@ with no lower task reward.
 
     python bench/grpo.py --quick                  # proves it runs: 2 steps, 1 seed, few prompts (~2 min on 2 cores)
     python bench/grpo.py                          # 3 seeds x 2 arms x 60 steps (GPU advised; ~5 s/step on 2 cores)
+    python bench/grpo.py --jobs 6 --out /tmp/o    # the six runs in parallel processes (GPU)
 
-Writes bench/results/grpo.json and grpo.png (grpo-quick.* with --quick).
+Writes bench/results/grpo.json and grpo.png (grpo-quick.* with --quick; ``--out`` another folder), the JSON also
+after each finished run (``"partial": true``).
 """
 
 from __future__ import annotations
@@ -52,16 +60,18 @@ from qwenscope.apps.posttrain.repetition import (
 from qwenscope.steer.strength import steering_unit
 
 RESULTS = Path(__file__).resolve().parent / "results"
+DTYPE = torch.float32
+"""The model's weights (float32 on CPU and GPU; GRPOConfig's bf16 autocasts the matmuls on CUDA)."""
 logger = logging.getLogger("bench.grpo")
 
 
 # ---------------------------------------------------------------- the task
-def arithmetic(n: int, seed: int) -> list[dict[str, Any]]:
-    """``n`` arithmetic questions with their answers, drawn deterministically."""
+def arithmetic(n: int, seed: int, max_operand: int = 9) -> list[dict[str, Any]]:
+    """``n`` arithmetic questions with their answers, drawn deterministically, operands in 2..max_operand."""
     rng = random.Random(seed)
     rows = []
     for i in range(n):
-        a, b = rng.randint(2, 60), rng.randint(2, 40)
+        a, b = rng.randint(2, max_operand), rng.randint(2, max_operand)
         kind = i % 4
         if kind == 0:
             rows.append({"prompt": f"What is {a} + {b}?", "answer": a + b})
@@ -70,7 +80,6 @@ def arithmetic(n: int, seed: int) -> list[dict[str, Any]]:
             rows.append({"prompt": f"Tom has {a} marbles and gives {b} to his sister. How many marbles does he have "
                                    "now?", "answer": a - b})  # fmt: skip
         elif kind == 2:
-            a, b = a % 12 + 2, b % 12 + 2
             rows.append({"prompt": f"A box holds {a} rows of {b} eggs. How many eggs are in the box?", "answer": a * b})
         else:
             rows.append({"prompt": f"Add {a} and {b}, then explain your answer step by step.", "answer": a + b})
@@ -141,6 +150,31 @@ def held_out(model, tokenizer, rows: list[dict], args) -> dict[str, float]:
             "accuracy": accuracy(tokenizer, rows, completions)}  # fmt: skip
 
 
+def run_arm(base, tokenizer, sae, args, chosen: dict, seed: int, arm: str) -> tuple[str, dict, dict]:
+    """One training run and its held-out measure: (arm, run without the model, held-out after)."""
+    train, evaluate = arithmetic(args.train_prompts, 0, args.max_operand), arithmetic(args.eval_prompts, 1, args.max_operand)
+    steering = GrpoSteerConfig(feature=chosen["feature"], hookpoint=args.hookpoint, alpha=args.alpha,
+                               unit=chosen["unit"], enabled=arm == "steered")  # fmt: skip
+    run = train_run(base, tokenizer, sae, train, args, seed=seed, steering=steering)
+    after = {"seed": seed, **held_out(run.pop("model"), tokenizer, evaluate, args)}
+    last = run["steps"][-1]
+    logger.info("seed %d %-7s: repeat ratio %.3f, reward %.3f at step %d (%.1f s/step)", seed, arm,
+                last["repeat_ratio/plain"], last["reward/plain"], last["step"], run["wall_s"] / args.steps)  # fmt: skip
+    return arm, run, after
+
+
+def run_job(job: tuple[Any, dict, int, str]) -> tuple[str, dict, dict]:
+    """``run_arm`` in a worker process (``--jobs``): loads the model (from the cache the parent filled) and SAE."""
+    args, chosen, seed, arm = job
+    logging.basicConfig(level=logging.INFO, format=f"[{arm} {seed}] %(message)s")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    torch.set_num_threads(2)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    base, tokenizer = load_model(args.model, device=device, dtype=DTYPE)
+    sae = load_sae(args.model, hookpoint=args.hookpoint, device=device)
+    return run_arm(base, tokenizer, sae, args, chosen, seed, arm)
+
+
 # ---------------------------------------------------------------- 3. summary and plot
 def curve(runs: list[dict], key: str) -> np.ndarray:
     """(seeds, steps) of ``key``."""
@@ -204,10 +238,13 @@ def main() -> None:
     parser.add_argument("--prompts-per-step", type=int, default=4)
     parser.add_argument("--train-prompts", type=int, default=128)
     parser.add_argument("--eval-prompts", type=int, default=48)
-    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--feature-tokens", type=int, default=128, help="greedy tokens when looking for loops")
-    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--temperature", type=float, default=0.4)
     parser.add_argument("--lr", type=float, default=5e-6)
+    parser.add_argument("--max-operand", type=int, default=9, help="largest operand of the arithmetic questions")
+    parser.add_argument("--jobs", type=int, default=1, help="run the seed x arm runs in this many processes")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON and PNG")
     parser.add_argument("--quick", action="store_true", help="2 steps, 1 seed, few prompts: proves it runs")
     args = parser.parse_args()
     if args.quick:
@@ -220,9 +257,9 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     start = time.perf_counter()
 
-    base, tokenizer = load_model(args.model, device=device)
+    base, tokenizer = load_model(args.model, device=device, dtype=DTYPE)
     sae = load_sae(args.model, hookpoint=args.hookpoint, device=device)
-    train, evaluate = arithmetic(args.train_prompts, 0), arithmetic(args.eval_prompts, 1)
+    train, evaluate = arithmetic(args.train_prompts, 0, args.max_operand), arithmetic(args.eval_prompts, 1, args.max_operand)
     check = [r["prompt"] for r in evaluate[: min(16, len(evaluate))]]
     if args.feature >= 0:
         chosen = {"feature": args.feature, "unit": steering_unit(base, tokenizer, args.hookpoint)}
@@ -233,28 +270,35 @@ def main() -> None:
 
     arms: dict[str, list[dict]] = {"plain": [], "steered": []}
     after: dict[str, list[dict]] = {"plain": [], "steered": []}
-    for seed in range(args.seeds):
-        for arm in arms:
-            steering = GrpoSteerConfig(feature=chosen["feature"], hookpoint=args.hookpoint, alpha=args.alpha,
-                                       unit=chosen["unit"], enabled=arm == "steered")  # fmt: skip
-            run = train_run(base, tokenizer, sae, train, args, seed=seed, steering=steering)
-            after[arm].append({"seed": seed, **held_out(run.pop("model"), tokenizer, evaluate, args)})
-            arms[arm].append(run)
-            last = run["steps"][-1]
-            logger.info("seed %d %-7s: repeat ratio %.3f, reward %.3f at step %d (%.1f s/step)", seed, arm,
-                        last["repeat_ratio/plain"], last["reward/plain"], last["step"],
-                        run["wall_s"] / args.steps)  # fmt: skip
-
-    summary = summarize(arms)
-    result = {"settings": vars(args), "device": device, "feature": chosen, "held_out_before": before,
-              "held_out_after": after, "summary": summary, "runs": arms,
-              "wall_s": time.perf_counter() - start}  # fmt: skip
-    RESULTS.mkdir(exist_ok=True)
+    jobs = [(args, chosen, seed, arm) for seed in range(args.seeds) for arm in arms]
     name = "grpo-quick" if args.quick else "grpo"
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
-    plot(arms, RESULTS / f"{name}.png")
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def write() -> dict[str, Any] | None:
+        for runs in (*arms.values(), *after.values()):
+            runs.sort(key=lambda r: r["seed"])
+        summary = summarize(arms) if sum(map(len, arms.values())) == len(jobs) else None
+        result = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                  "device": device, "feature": chosen, "held_out_before": before, "held_out_after": after,
+                  "summary": summary, "runs": arms, "partial": summary is None,
+                  "wall_s": time.perf_counter() - start}  # fmt: skip
+        (args.out / f"{name}.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
+        return summary
+
+    if args.jobs > 1:
+        del base
+        pool = torch.multiprocessing.get_context("spawn").Pool(args.jobs)
+        results = pool.imap_unordered(run_job, jobs)
+    else:
+        results = (run_arm(base, tokenizer, sae, *job) for job in jobs)
+    summary = None
+    for arm, run, held in results:
+        arms[arm].append(run)
+        after[arm].append(held)
+        summary = write()
+    plot(arms, args.out / f"{name}.png")
     print(json.dumps({"feature": chosen["feature"], **summary}, indent=1))
-    print(f"wrote {RESULTS / name}.json and .png ({result['wall_s']:.0f} s)")
+    print(f"wrote {args.out / name}.json and .png ({time.perf_counter() - start:.0f} s)")
 
 
 if __name__ == "__main__":
