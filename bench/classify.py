@@ -99,9 +99,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
         hi = [c[1] for c in curve["f1_ci"]]
         ax.fill_between(curve["k"], lo, hi, alpha=0.2)
         ax.plot(curve["k"], curve["f1"], "o-", label="feature rule")
-        for r in res["comparison"]:
-            if r["method"] != RULE:
-                ax.axhline(r["f1"], ls="--", lw=1, label=r["method"], color=None)
+        others = [r for r in res["comparison"] if r["method"] != RULE]
+        for i, r in enumerate(others):
+            ax.axhline(r["f1"], ls=":" if r["method"] in ("length only", "always toxic") else "--", lw=1.2,
+                       label=r["method"], color=f"C{i + 1}")  # fmt: skip
         ax.set(title=f"{m}, {lang}: F1 vs K", xlabel="K features", ylabel="test F1", ylim=(0, 1))
         ax.legend(fontsize=7)
         ax = fig.add_subplot(2, len(runs), len(runs) + col + 1)
@@ -150,10 +151,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--boot", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--draws", type=int, default=5, help="random draws per share of discovery data")
+    parser.add_argument("--replot", action="store_true", help="only redraw the plot from bench/results/classify.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.manual_seed(args.seed)
     RESULTS.mkdir(exist_ok=True)
+    if args.replot:
+        plot(json.loads((RESULTS / "classify.json").read_text()), RESULTS / "classify.png")
+        return
     results: dict[str, Any] = {"models": {}}
     t0 = time.perf_counter()
     for model_id in args.models.split(","):

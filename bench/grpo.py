@@ -1,9 +1,10 @@
 """GRPO against repetition on smollm2-135m: plain GRPO against GRPO with steered negatives (Qwen-Scope report §6).
 
-1. Features. Arithmetic questions (``What is 7 + 5?`` and word problems, operands up to ``--max-operand``; the
-   task: the last number of the answer is right). Greedy answers of the training prompts; those that loop (``repetition.LoopRule``) rank the SAE's
-   features at ``--hookpoint`` by activation at a token's last occurrence minus its first; of the top
-   ``--candidates`` the one whose steering (``--alpha``, relative) raises the greedy repeat ratio most is kept.
+1. Features. Arithmetic questions (``What is 7 + 5?`` and word problems, operands up to ``--max-operand``;
+   the task: the last number of the answer is right). Greedy answers of the training prompts; those that loop
+   (``repetition.LoopRule``) rank the SAE's features at ``--hookpoint`` by activation at a token's last occurrence
+   minus its first; of the top ``--candidates`` the one whose steering (``--alpha``, relative) raises the greedy
+   repeat ratio most is kept.
 2. Training. For each seed, two runs from the same initial weights, prompts, reward, steps and seed: plain GRPO and
    GRPO whose group of ``--group`` rollouts holds one rollout steered with that feature. The reward is the task's
    (``grpo.answer_reward``: 1 when the last number is right), nothing about repetition. Logged per step: the repeat
@@ -86,6 +87,11 @@ def arithmetic(n: int, seed: int, max_operand: int = 9) -> list[dict[str, Any]]:
     return rows
 
 
+def split(args) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(training questions, held-out questions): different draws."""
+    return arithmetic(args.train_prompts, 0, args.max_operand), arithmetic(args.eval_prompts, 1, args.max_operand)
+
+
 def accuracy(tokenizer, rows: list[dict[str, Any]], completions: list[list[int]]) -> float:
     texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
     return float(np.mean(answer_reward(texts, answer=[r["answer"] for r in rows])))
@@ -152,7 +158,7 @@ def held_out(model, tokenizer, rows: list[dict], args) -> dict[str, float]:
 
 def run_arm(base, tokenizer, sae, args, chosen: dict, seed: int, arm: str) -> tuple[str, dict, dict]:
     """One training run and its held-out measure: (arm, run without the model, held-out after)."""
-    train, evaluate = arithmetic(args.train_prompts, 0, args.max_operand), arithmetic(args.eval_prompts, 1, args.max_operand)
+    train, evaluate = split(args)
     steering = GrpoSteerConfig(feature=chosen["feature"], hookpoint=args.hookpoint, alpha=args.alpha,
                                unit=chosen["unit"], enabled=arm == "steered")  # fmt: skip
     run = train_run(base, tokenizer, sae, train, args, seed=seed, steering=steering)
@@ -259,7 +265,7 @@ def main() -> None:
 
     base, tokenizer = load_model(args.model, device=device, dtype=DTYPE)
     sae = load_sae(args.model, hookpoint=args.hookpoint, device=device)
-    train, evaluate = arithmetic(args.train_prompts, 0, args.max_operand), arithmetic(args.eval_prompts, 1, args.max_operand)
+    train, evaluate = split(args)
     check = [r["prompt"] for r in evaluate[: min(16, len(evaluate))]]
     if args.feature >= 0:
         chosen = {"feature": args.feature, "unit": steering_unit(base, tokenizer, args.hookpoint)}
