@@ -280,7 +280,7 @@ def main() -> None:
     name = "grpo-quick" if args.quick else "grpo"
     args.out.mkdir(parents=True, exist_ok=True)
 
-    def write() -> dict[str, Any] | None:
+    def write() -> None:
         for runs in (*arms.values(), *after.values()):
             runs.sort(key=lambda r: r["seed"])
         summary = summarize(arms) if sum(map(len, arms.values())) == len(jobs) else None
@@ -289,19 +289,21 @@ def main() -> None:
                   "summary": summary, "runs": arms, "partial": summary is None,
                   "wall_s": time.perf_counter() - start}  # fmt: skip
         (args.out / f"{name}.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
-        return summary
+
+    def collect(arm: str, run: dict, held: dict) -> None:
+        arms[arm].append(run)
+        after[arm].append(held)
+        write()
 
     if args.jobs > 1:
         del base
-        pool = torch.multiprocessing.get_context("spawn").Pool(args.jobs)
-        results = pool.imap_unordered(run_job, jobs)
+        with torch.multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
+            for result in pool.imap_unordered(run_job, jobs):
+                collect(*result)
     else:
-        results = (run_arm(base, tokenizer, sae, *job) for job in jobs)
-    summary = None
-    for arm, run, held in results:
-        arms[arm].append(run)
-        after[arm].append(held)
-        summary = write()
+        for job in jobs:
+            collect(*run_arm(base, tokenizer, sae, *job))
+    summary = summarize(arms)
     plot(arms, args.out / f"{name}.png")
     print(json.dumps({"feature": chosen["feature"], **summary}, indent=1))
     print(f"wrote {args.out / name}.json and .png ({time.perf_counter() - start:.0f} s)")

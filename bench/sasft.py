@@ -7,11 +7,14 @@ response switches to English halfway (the next two verses in Spanish, then the E
 set contaminated with switching responses. ``--english`` more samples are honest English ones (lang "en", trained by
 CE only). Held-out: every fifth chapter, never trained on.
 
-Arms: the base model, plain SFT (TRL's SFTTrainer) and SASFT (SasftTrainer, λ ``--lam``, the top ``--top`` English
-features by monolinguality, alpha measured on the training chapters of both Bibles and Italian fortunes). Measured
-on ``--eval`` held-out prompts (greedy, ``--new-tokens``): the code-switching metric (share of generated sentences
-in English, share of responses with an English sentence; langid restricted to en/es); fluency: perplexity of
-held-out clean Spanish continuations (in domain) and of Spanish fortunes (out of domain).
+Arms: the base model, plain SFT (TRL's SFTTrainer) and SASFT (SasftTrainer, one arm per λ in ``--lam``, the top
+``--top`` English features by monolinguality, alpha measured on the training chapters of both Bibles and Italian
+fortunes). Measured on ``--eval`` held-out prompts (``--new-tokens``: covers the ~60 tokens of Spanish before the
+switch point and ~60 after): the code-switching metric (share of generated sentences in English, share of responses
+with an English sentence; langid restricted to en/es) of greedy responses and of sampled ones
+(``--sample-temperature``, seeded): greedy decoding turns a learned switching probability near 50% into
+all-or-nothing per prompt, sampling measures the probability itself; fluency: perplexity of held-out clean Spanish
+continuations (in domain) and of Spanish fortunes (out of domain).
 
     python bench/sasft.py --quick          # a tiny run that checks the pipeline (6 min on 1 busy CPU core)
     python bench/sasft.py                  # the experiment: on a GPU; on CPU a step of batch 2 took 23-43 s
@@ -19,7 +22,9 @@ held-out clean Spanish continuations (in domain) and of Spanish fortunes (out of
 Measured on CPU (--quick, 1 thread of a shared 2-core machine): full fine-tuning of gemma3-270m at batch 2 takes
 23-43 s per step, so the default 300 steps at batch 8 is a GPU job; on CPU try --steps 100 --batch 4.
 
-Writes bench/results/sasft.json and bench/results/sasft.png (``--quick``: sasft-quick.*).
+Writes bench/results/sasft.json and bench/results/sasft.png (``--quick``: sasft-quick.*; ``--out`` another folder),
+the JSON also after each arm (``"partial": true``). The Bibles are read from ``$QWENSCOPE_SWORD`` (default
+/usr/share/sword).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import re
 import time
 from pathlib import Path
@@ -56,7 +62,7 @@ def new_testament() -> list[tuple[str, int, list[str], list[str]]]:
     """(book, chapter, English verses, Spanish verses) of every NT chapter whose verse counts agree."""
     from pysword.modules import SwordModules
 
-    modules = SwordModules("/usr/share/sword")
+    modules = SwordModules(os.environ.get("QWENSCOPE_SWORD", "/usr/share/sword"))
     modules.parse_modules()
     bibles = {lang: modules.get_bible_from_module(name) for lang, name in BIBLES.items()}
     chapters = []
@@ -95,8 +101,10 @@ def build_data(chapters, switch: float, english: float, seed: int) -> tuple[list
 
 
 # ---------------------------------------------------------------- measures
-def generate(model, tokenizer, prompts: list[str], new_tokens: int, batch_size: int = 8) -> list[str]:
-    """Greedy continuations of ``prompts`` (left-padded batches)."""
+def generate(model, tokenizer, prompts: list[str], new_tokens: int, batch_size: int = 8,
+             temperature: float = 0.0) -> list[str]:  # fmt: skip
+    """Greedy (``temperature`` 0) or sampled continuations of ``prompts`` (left-padded batches)."""
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 else {}
     tokenizer.padding_side = "left"
     device = next(model.parameters()).device
     out = []
@@ -104,7 +112,8 @@ def generate(model, tokenizer, prompts: list[str], new_tokens: int, batch_size: 
     for start in range(0, len(prompts), batch_size):
         enc = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True).to(device)
         with torch.no_grad():
-            ids = model.generate(**enc, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+            ids = model.generate(**enc, max_new_tokens=new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                 **(sampling or {"do_sample": False}))  # fmt: skip
         out += tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     return out
 
@@ -131,17 +140,23 @@ def perplexity(model, tokenizer, pairs: list[tuple[str, str]], max_tokens: int =
 def measure(model, tokenizer, held: list[dict], fortunes: list[str], args) -> dict[str, Any]:
     start = time.perf_counter()
     prompts = [h["prompt"] for h in held[: args.eval]]
-    responses = generate(model, tokenizer, prompts, args.new_tokens)
+    batch = 32 if args.device.startswith("cuda") else 8
+    responses = generate(model, tokenizer, prompts, args.new_tokens, batch)
     cs = code_switching(responses, expected="es", unwanted="en")
+    torch.manual_seed(args.seed)
+    sampled = generate(model, tokenizer, prompts, args.new_tokens, batch, args.sample_temperature)
+    cs_sampled = code_switching(sampled, expected="es", unwanted="en")
     result = {
         "code_switching": cs.to_dict(),
+        "code_switching_sampled": cs_sampled.to_dict(),
         "ppl_bible_es": perplexity(model, tokenizer, [(h["prompt"], h["completion"]) for h in held[: args.eval]]),
         "ppl_fortunes_es": perplexity(model, tokenizer, [("", t) for t in fortunes]),
-        "examples": [{"prompt": p, "response": r} for p, r in zip(prompts[:5], responses[:5])],
+        "examples": [{"prompt": p, "response": r, "sampled": q} for p, r, q in zip(prompts, responses, sampled)][:5],
         "eval_seconds": time.perf_counter() - start,
     }
-    logger.info("  switched sentences %.3f, responses %.3f, ppl bible %.2f, fortunes %.2f", cs.sentence_unwanted,
-                cs.response_switched, result["ppl_bible_es"], result["ppl_fortunes_es"])  # fmt: skip
+    logger.info("  switched sentences %.3f, responses %.3f (sampled %.3f, %.3f), ppl bible %.2f, fortunes %.2f",
+                cs.sentence_unwanted, cs.response_switched, cs_sampled.sentence_unwanted, cs_sampled.response_switched,
+                result["ppl_bible_es"], result["ppl_fortunes_es"])  # fmt: skip
     return result
 
 
@@ -199,7 +214,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a tiny run that checks the pipeline")
     parser.add_argument("--model", default="gemma3-270m")
     parser.add_argument("--hookpoint", default="resid_post.9")
-    parser.add_argument("--lam", type=float, default=1e-3)
+    parser.add_argument("--lam", type=float, nargs="+", default=[1e-3, 1e-2],
+                        help="SASFT arm(s): the first is arm 'sasft', others 'sasft-<lam>'")  # fmt: skip
     parser.add_argument("--top", type=int, default=2)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch", type=int, default=8)
@@ -209,6 +225,8 @@ def main() -> None:
     parser.add_argument("--english", type=float, default=0.2, help="honest English samples per Spanish one")
     parser.add_argument("--eval", type=int, default=60, help="held-out prompts (>= 50 for the acceptance)")
     parser.add_argument("--new-tokens", type=int, default=120)
+    parser.add_argument("--sample-temperature", type=float, default=0.7, help="for the sampled code-switching")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON and PNG")
     parser.add_argument("--feature-texts", type=int, default=200, help="texts per language for nu and alpha")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -241,26 +259,41 @@ def main() -> None:
     results: dict[str, Any] = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                                "n_train": len(train), "n_switched": sum(r["switched"] for r in train),
                                "n_eval": min(args.eval, len(held)), "features": features, "arms": {}}  # fmt: skip
+    stem = "sasft-quick" if args.quick else "sasft"
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def write(partial: bool) -> None:
+        results["partial"] = partial
+        (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1, ensure_ascii=False))
+
     logger.info("base model")
     results["arms"]["base"] = measure(model, tokenizer, held, fortunes, args)
+    write(partial=True)
     del model
-    for name, sasft in (("sft", None), ("sasft", SasftConfig(feats, lam=args.lam))):
+    sasft_arms = [(f"sasft-{lam:g}" if i else "sasft", SasftConfig(feats, lam=lam)) for i, lam in enumerate(args.lam)]
+    for name, sasft in [("sft", None), *sasft_arms]:
         trained, tokenizer, info = train_arm(name, train, args, sasft, sae)
         results["arms"][name] = {**measure(trained, tokenizer, held, fortunes, args), **info}
+        write(partial=True)
         del trained
     base_ratio = results["arms"]["sft"]["code_switching"]["sentence_unwanted"]
     sasft_ratio = results["arms"]["sasft"]["code_switching"]["sentence_unwanted"]
     results["ratio_cut"] = None if base_ratio == 0 else 1 - sasft_ratio / base_ratio
+    sampled = [results["arms"][arm]["code_switching_sampled"]["sentence_unwanted"] for arm in ("sft", "sasft")]
+    results["ratio_cut_sampled"] = None if sampled[0] == 0 else 1 - sampled[1] / sampled[0]
+    results["all_arms"] = {
+        name: {"sentence_unwanted": arm["code_switching"]["sentence_unwanted"], "ppl_bible_es": arm["ppl_bible_es"],
+               "sentence_unwanted_sampled": arm["code_switching_sampled"]["sentence_unwanted"]}
+        for name, arm in results["arms"].items()
+    }  # fmt: skip
     results["ppl_change"] = results["arms"]["sasft"]["ppl_bible_es"] / results["arms"]["sft"]["ppl_bible_es"] - 1
 
-    RESULTS.mkdir(exist_ok=True)
-    stem = "sasft-quick" if args.quick else "sasft"
-    (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=1, ensure_ascii=False))
-    plot(results, RESULTS / f"{stem}.png")
+    write(partial=False)
+    plot(results, args.out / f"{stem}.png")
     arms = results["arms"]
     print(f"code-switching (share of English sentences): base {arms['base']['code_switching']['sentence_unwanted']:.3f}"
           f", SFT {base_ratio:.3f}, SASFT {sasft_ratio:.3f}; perplexity SASFT vs SFT {results['ppl_change']:+.1%}; "
-          f"wrote {RESULTS / stem}.json/.png")
+          f"wrote {args.out / stem}.json/.png")
 
 
 if __name__ == "__main__":
