@@ -223,6 +223,12 @@ def _benchmarks() -> tuple[tuple[type, ...], Callable[..., object]]:
     return (BenchmarksConfig,), run_benchmarks
 
 
+def _synthesize() -> tuple[tuple[type, ...], Callable[..., object]]:
+    from qwenscope.apps.synthesize.cli import SynthesizeConfig, run_synthesize
+
+    return (SynthesizeConfig,), run_synthesize
+
+
 COMMANDS: dict[str, tuple[str, Getter, tuple[str, ...]]] = {
     "info": ("architecture, layers, hidden size and hookpoints of a model", lambda: ((InfoConfig,), run_info),
              ("model",)),
@@ -238,6 +244,7 @@ COMMANDS: dict[str, tuple[str, Getter, tuple[str, ...]]] = {
     "playground": ("a gradio app: features of a prompt, steering, unsteered vs steered", _playground, ()),
     "benchmarks": ("what benchmarks cover, their redundancy and overlap, and compressing them, from SAE features",
                    _benchmarks, ("action", "benchmarks")),
+    "synthesize": ("verified data aimed at the SAE features a seed corpus never activates", _synthesize, ()),
     "demo": ("the main job on the embedded default model", _demo, ()),
 }  # fmt: skip
 
