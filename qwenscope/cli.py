@@ -223,6 +223,12 @@ def _benchmarks() -> tuple[tuple[type, ...], Callable[..., object]]:
     return (BenchmarksConfig,), run_benchmarks
 
 
+def _classify() -> tuple[tuple[type, ...], Callable[..., object]]:
+    from qwenscope.apps.classify.cli import ClassifyConfig, run_classify
+
+    return (ClassifyConfig,), run_classify
+
+
 def _synthesize() -> tuple[tuple[type, ...], Callable[..., object]]:
     from qwenscope.apps.synthesize.cli import SynthesizeConfig, run_synthesize
 
@@ -244,6 +250,8 @@ COMMANDS: dict[str, tuple[str, Getter, tuple[str, ...]]] = {
     "playground": ("a gradio app: features of a prompt, steering, unsteered vs steered", _playground, ()),
     "benchmarks": ("what benchmarks cover, their redundancy and overlap, and compressing them, from SAE features",
                    _benchmarks, ("action", "benchmarks")),
+    "classify": ("toxicity (or any label) from a handful of SAE features, with probes and TF-IDF side by side",
+                 _classify, ("action", "classifier")),
     "synthesize": ("verified data aimed at the SAE features a seed corpus never activates", _synthesize, ()),
     "demo": ("the main job on the embedded default model", _demo, ()),
 }  # fmt: skip

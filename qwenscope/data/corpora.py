@@ -39,11 +39,13 @@ More human-written text from Debian packages (installed by ``make``'s set-up):
 
 from __future__ import annotations
 
+import codecs
 import gettext
 import html.parser
 import os
 import random
 import re
+import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -169,11 +171,42 @@ def fortunes_dir() -> Path:
 def fortunes_documents(spec: str, *, seed: int = 0) -> Iterator[str]:
     """Entries of ``fortunes:<lang>[,<lang>...]`` (see the module doc); ``seed`` is unused (file order)."""
     for lang in (n.strip() for n in spec.split(",")):
-        for file in _fortune_files(lang):
-            text = read_text(file).replace("\r\n", "\n")
-            for entry in re.split(r"(?m)^%[ \t]*$", text):
-                if entry.strip():
-                    yield entry.strip("\n")
+        for _, _, entry in fortune_entries(lang):
+            yield entry
+
+
+def fortune_entries(lang: str) -> Iterator[tuple[Path, int, str]]:
+    """``(file, index, entry)`` for the non-empty entries of ``fortunes:<lang>``, file by file (for provenance).
+
+    ``index`` counts the file's non-empty entries from 0; ``entry`` is what ``fortunes_documents`` yields.
+    """
+    for file in _fortune_files(lang):
+        for index, entry in enumerate(file_entries(file)):
+            yield file, index, entry
+
+
+def file_entries(file: Path) -> Iterator[str]:
+    """The entries of one fortune file, in file order, ROT13-decoded when its ``.dat`` index says the file is stored
+    rotated (Debian keeps some offensive sets, e.g. ``fortunes-es-off``, that way; ``fortune -o`` decodes them)."""
+    text = read_text(file).replace("\r\n", "\n")
+    if _rotated(file):
+        text = codecs.decode(text, "rot13")
+    for entry in re.split(r"(?m)^%[ \t]*$", text):
+        if entry.strip():
+            yield entry.strip("\n")
+
+
+_STR_ROTATED = 0x4
+"""strfile(1)'s flag, in the big-endian header of a fortune's ``.dat`` index, for a file stored ROT13-encoded."""
+
+
+def _rotated(file: Path) -> bool:
+    dat = file.with_name(file.name + ".dat")
+    try:
+        header = dat.read_bytes()[:20]
+    except OSError:
+        return False
+    return len(header) == 20 and bool(struct.unpack(">5I", header)[4] & _STR_ROTATED)
 
 
 def _fortune_files(lang: str) -> list[Path]:
@@ -182,8 +215,8 @@ def _fortune_files(lang: str) -> list[Path]:
         candidates = [p for p in root.iterdir() if p.name in _FORTUNES_ROOT_SETS[lang]]
     elif lang.endswith("-off") and (root / "off" / lang[: -len("-off")]).is_dir():
         candidates = list((root / "off" / lang[: -len("-off")]).rglob("*"))
-    elif lang not in ("off", "") and (root / lang).is_dir():
-        candidates = list((root / lang).rglob("*"))
+    elif lang not in ("off", "") and (root / lang).is_dir():  # fortunes-es-off also installs into es/off/
+        candidates = [p for p in (root / lang).rglob("*") if "off" not in p.relative_to(root / lang).parts]
     else:
         dirs = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != "off")
         off = sorted(f"{p.name}-off" for p in (root / "off").iterdir() if p.is_dir()) if (root / "off").is_dir() else []

@@ -206,6 +206,24 @@ def test_fortunes_latin1_files_decode(fortunes):
     assert list(iter_texts("fortunes:it", split="all")) == ["Caffè"]
 
 
+def test_fortunes_stored_rot13_are_decoded_by_their_dat_flag(fortunes):
+    import codecs
+    import struct
+
+    off = fortunes / "off" / "es" / "off"
+    (off / "y.fortunes").write_text(codecs.encode("Texto malo.\n%\nOtro.\n%\n", "rot13"), encoding="utf-8")
+    (off / "y.fortunes.dat").write_bytes(struct.pack(">5I", 2, 2, 12, 6, 0x4) + b"%\0\0\0")  # STR_ROTATED
+    (off / "x.fortunes.dat").write_bytes(struct.pack(">5I", 2, 1, 5, 5, 0x0) + b"%\0\0\0")  # stored plainly
+    assert list(iter_texts("fortunes:es-off", split="all")) == ["malo", "Texto malo.", "Otro."]
+
+
+def test_ordinary_fortunes_leave_out_the_offensive_ones_installed_beside_them(fortunes):
+    (fortunes / "es" / "off").mkdir(parents=True)
+    (fortunes / "es" / "amistad").write_text("Un amigo.\n%\n", encoding="utf-8")
+    (fortunes / "es" / "off" / "x.fortunes").write_text("malo\n%\n", encoding="utf-8")  # as fortunes-es-off does
+    assert list(iter_texts("fortunes:es", split="all")) == ["Un amigo."]
+
+
 def test_fortunes_missing_gives_install_command(tmp_path, monkeypatch):
     monkeypatch.setenv("QWENSCOPE_FORTUNES", str(tmp_path / "none"))
     with pytest.raises(QwenscopeError, match="apt-get install fortunes"):

@@ -72,7 +72,8 @@ class Classifier:
         try:
             d = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise QwenscopeError(f"{path} is not a classifier file ({e}); fit one with `qwenscope classify fit`") from None
+            raise QwenscopeError(f"{path} is not a classifier file ({e}); fit one with `qwenscope classify fit`"
+                                 ) from None  # fmt: skip
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise QwenscopeError(f"{path} is not a qwenscope classifier (no \"format\": \"{FORMAT}\"); fit one with "
                                  "`qwenscope classify fit`")  # fmt: skip
@@ -81,7 +82,8 @@ class Classifier:
                                  f"version {VERSION}: refit it")  # fmt: skip
         try:
             return cls(d["model"], d["sae"], dict(d["saes"]), FeatureRule.from_dict(d["rule"]),
-                       d.get("model_fingerprint", ""), int(d.get("max_tokens", MAX_TOKENS)), dict(d.get("meta", {})))  # fmt: skip
+                       d.get("model_fingerprint", ""), int(d.get("max_tokens", MAX_TOKENS)),
+                       dict(d.get("meta", {})))  # fmt: skip
         except (KeyError, TypeError, ValueError) as e:
             raise QwenscopeError(f"{path} is a damaged classifier file (bad or missing {e}); refit it") from None
 
@@ -132,7 +134,7 @@ def fit(model: Any, tokenizer: Any, model_id: str, sae_id: str, saes: dict[str, 
     pooled = dict(zip(hooks, pool_texts(model, tokenizer, texts, [saes[h] for h in hooks], hooks,
                                         max_tokens=max_tokens, progress=progress)))  # fmt: skip
     rule = fit_rule({h: p.fires for h, p in pooled.items()}, y, k=k, choose=choose)
+    info = {"n_pos": int(y.sum()), "n_neg": int((1 - y).sum()), "k": k, "choose": choose, **(meta or {})}
     clf = Classifier(model_id, sae_id, {h: sae_fingerprint(saes[h]) for h in rule.hookpoints}, rule,
-                     model_fingerprint(model), max_tokens,
-                     {"n_pos": int(y.sum()), "n_neg": int((1 - y).sum()), "k": k, "choose": choose, **(meta or {})})  # fmt: skip
+                     model_fingerprint(model), max_tokens, info)  # fmt: skip
     return clf, pooled

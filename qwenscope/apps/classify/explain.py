@@ -81,7 +81,8 @@ def render_html(records: Sequence[dict[str, Any]], features: Sequence[dict[str, 
                 ) -> str:  # fmt: skip
     """A self-contained page: each text with the tokens where a kept feature fired highlighted (hover for which)."""
     rows = "".join(f"<tr><td>{html.escape(str(f['hookpoint']))}#{f['id']}</td><td>{f['delta']:+.3f}</td>"
-                   f"<td>{f['p_pos']:.3f}</td><td>{f['p_neg']:.3f}</td><td>{html.escape(str(f.get('label', '')))}</td></tr>"
+                   f"<td>{f['p_pos']:.3f}</td><td>{f['p_neg']:.3f}</td>"
+                   f"<td>{html.escape(str(f.get('label', '')))}</td></tr>"
                    for f in features)  # fmt: skip
     table = ("<h2>Kept features</h2><table><tr><th>feature</th><th>Δ</th><th>P(fires|toxic)</th>"
              f"<th>P(fires|clean)</th><th>label</th></tr>{rows}</table>") if rows else ""  # fmt: skip

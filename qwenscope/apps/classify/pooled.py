@@ -179,7 +179,8 @@ def pool_texts(model: nn.Module, tokenizer, texts: Sequence[str], saes: Sequence
     out = [_load_cached(k, h, len(ids)) if cache else None for k, h in zip(keys, hooks)]
     todo = [i for i, p in enumerate(out) if p is None]
     if todo:
-        logger.info("reading %d texts (%d tokens) at %s", len(ids), sum(map(len, ids)), ", ".join(hooks[i] for i in todo))
+        logger.info("reading %d texts (%d tokens) at %s", len(ids), sum(map(len, ids)),
+                    ", ".join(hooks[i] for i in todo))
         computed = compute_pooled(model, [saes[i] for i in todo], [hooks[i] for i in todo], ids, special,
                                   batch_size=batch_size, progress=progress)  # fmt: skip
         for i, pooled in zip(todo, computed):

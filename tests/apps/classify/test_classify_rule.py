@@ -13,7 +13,7 @@ from qwenscope import QwenscopeError, Sae, SaeConfig
 from qwenscope.apps.classify.classifier import Classifier, fit
 from qwenscope.apps.classify.explain import explain, render_html
 from qwenscope.apps.classify.pooled import pool_texts
-from qwenscope.apps.classify.rule import fit_rule, firing_rates
+from qwenscope.apps.classify.rule import firing_rates, fit_rule
 
 TEXTS = ["You are a stupid idiot!", "The cat sat on the mat.", "Hi", "What an awful, dumb thing to say, moron.",
          "x" * 40, "Lovely weather today, isn't it?", "Shut up, fool", "Numbers: 12 + 30 = 42.", "Z</s>",
@@ -91,7 +91,7 @@ def test_firing_rates_delta_ranking_and_predictions_equal_brute_force(model, tok
     assert rule.top1 == pytest.approx({h: deltas[h].max() for h in HOOKS})
     np.testing.assert_array_equal(rule.predict(fires), dense[best][:, expected].any(1).astype(int))
     combined = fit_rule(fires, LABELS, k=4, choose="combine")
-    pairs = sorted(((-deltas[h][j], h, j) for h in HOOKS for j in range(64)))[:4]
+    pairs = sorted((-deltas[h][j], h, j) for h in HOOKS for j in range(64))[:4]
     assert [(f.hookpoint, f.id) for f in combined.features] == [(h, j) for _, h, j in pairs]
 
 
