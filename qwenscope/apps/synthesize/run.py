@@ -80,7 +80,10 @@ class Summary:
 
     @property
     def examples(self) -> int:
-        return sum(1 for _ in _read_records(self.out)) if self.out.is_file() else 0
+        """Verified examples in the output (plain ``keep_all`` records that fire no target left out)."""
+        if not self.out.is_file():
+            return 0
+        return sum(1 for r in _read_records(self.out) if r.get("target") or r.get("targets"))
 
     def as_dict(self) -> dict[str, Any]:
         return {"out": str(self.out), "arms": self.arms, "targets": [t.as_dict() for t in self.targets],
@@ -323,13 +326,16 @@ def synthesize(model: Any, tokenizer: Any, sae: Sae, targets: Sequence[Target], 
 # ---------------------------------------------------------------- the plain baseline
 def synthesize_plain(model: Any, tokenizer: Any, sae: Sae, targets: Sequence[Target], description: str,
                      out: str | Path, *, budget: int = 8, gen: GenerationConfig | None = None, model_id: str = "",
-                     max_tokens: int = MAX_TOKENS, progress: bool = True) -> Summary:  # fmt: skip
+                     keep_all: bool = False, max_tokens: int = MAX_TOKENS, progress: bool = True
+                     ) -> Summary:  # fmt: skip
     """``budget`` x len(targets) generations from the description alone, each checked against every target; the
-    ones that fire some target are written (with the targets they fire)."""
+    ones that fire some target are written (with the targets they fire). ``keep_all``: write the others too (their
+    ``targets`` empty), e.g. to use the untargeted generations themselves as data."""
     gen = gen or GenerationConfig()
     hook = _check(model, sae, targets, budget, description)
     arms = [Arm("plain")]
-    output = Output(out, _settings("plain", model_id, sae, hook, targets, arms, budget, description, gen, max_tokens))
+    settings = _settings("plain", model_id, sae, hook, targets, arms, budget, description, gen, max_tokens)
+    output = Output(out, {**settings, "keep_all": keep_all})
     prompt = target_prompt(description)
     ids = [t.id for t in targets]
 
@@ -340,9 +346,9 @@ def synthesize_plain(model: Any, tokenizer: Any, sae: Sae, targets: Sequence[Tar
         for a, text, row, row_seed in zip(batch.attempts, texts, acts, row_seeds):
             hits: list[dict[str, Any]] = [{"hookpoint": t.hookpoint, "id": t.id, "activation": round(float(v), 5)}
                                           for t, v in zip(targets, row) if v > 0]  # fmt: skip
-            if hits:
+            if hits or keep_all:
                 output.write({"text": text, "targets": hits, "method": "plain", "steered": False, "strength": 0.0,
-                              "activation": max(h["activation"] for h in hits),
+                              "activation": max((h["activation"] for h in hits), default=0.0),
                               "generator": _generator(model_id, gen, row_seed), "seed_text": None, "attempt": a,
                               "prompt": prompt, "description": description})  # fmt: skip
 

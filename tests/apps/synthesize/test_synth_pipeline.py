@@ -163,6 +163,10 @@ def test_plain_baseline_checks_every_target(model, tokenizer, sae, tmp_path):
         fires = brute_fires(model, tokenizer, sae, r["text"])
         assert {h["id"] for h in r["targets"]} == {t.id for t in targets if fires[t.id]}
     assert sum(summary.kept.values()) == sum(len(r["targets"]) for r in records)
+    every = synthesize_plain(model, tokenizer, sae, targets, "rude words", tmp_path / "all.jsonl", budget=2, gen=GEN,
+                             keep_all=True, progress=False)  # fmt: skip
+    assert len(read(tmp_path / "all.jsonl")) == 2 * len(targets)  # every generation, verified or not
+    assert every.kept == summary.kept and every.examples == summary.examples == len(records)
 
 
 # ---------------------------------------------------------------- resume
