@@ -157,6 +157,10 @@ def store_snippets(store: FeatureStore, feature: int, n: int = 3) -> list[str]:
 
 
 # ---------------------------------------------------------------- sampling
+NUCLEUS_TOP = 1024
+"""The nucleus is looked for among this many most likely tokens first (a full sort only when they hold too little)."""
+
+
 class RowSampler(LogitsProcessor):
     """Temperature and nucleus sampling with one random generator per row; returns 0 at the drawn token and -inf
     elsewhere, so greedy decoding picks it."""
@@ -171,14 +175,20 @@ class RowSampler(LogitsProcessor):
             drawn = logits.argmax(-1)
         else:
             probs = torch.softmax(logits / self.temperature, dim=-1)
-            if self.top_p < 1:
-                sorted_p, order = probs.sort(-1, descending=True)
-                sorted_p[(sorted_p.cumsum(-1) - sorted_p) >= self.top_p] = 0  # keep the fewest reaching top_p
-                probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
-            drawn = torch.stack([torch.multinomial(p, 1, generator=g)[0] for p, g in zip(probs, self.generators)])
+            drawn = torch.stack([self._draw(p, g) for p, g in zip(probs, self.generators)])
         out = torch.full_like(scores, float("-inf"))
         out[torch.arange(len(drawn)), drawn.to(scores.device)] = 0
         return out
+
+    def _draw(self, probs: Tensor, generator: torch.Generator) -> Tensor:
+        """One token id from ``probs`` restricted to its nucleus: the fewest most likely tokens reaching ``top_p``."""
+        if self.top_p >= 1:
+            return torch.multinomial(probs, 1, generator=generator)[0]
+        top, order = probs.topk(min(NUCLEUS_TOP, len(probs)))  # most likely first
+        if float(top.sum()) < self.top_p:  # a flat distribution: the nucleus reaches further
+            top, order = probs.sort(descending=True)
+        top = top.masked_fill((top.cumsum(0) - top) >= self.top_p, 0)
+        return order[torch.multinomial(top, 1, generator=generator)[0]]
 
 
 def prompt_batch(tokenizer: Any, prompts: Sequence[str], chat: bool = True) -> dict[str, Tensor]:

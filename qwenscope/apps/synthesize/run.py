@@ -7,11 +7,13 @@
     run(SynthesizeConfig(...))          # end to end, as ``qwenscope synthesize``: load, inventory, gaps, synthesis
 
 Attempt ``a`` of a target uses ``arms[a % len(arms)]``; its sampling seed is derived from (``gen.seed``, the target,
-``a``). The plain baseline spends the same total, ``budget`` x targets generations, from the description alone (no
-snippets, no steering) and checks each against every target.
+``a``). Unsteered arms batch attempts across targets; a steered arm batches one target's attempts (the steered
+feature is the target). The plain baseline spends the same total, ``budget`` x targets generations, from the
+description alone (no snippets, no steering) and checks each against every target.
 
 Output: one JSON line per verified example, appended, flushed and fsynced as soon as it is verified. Beside it
-``<out>.state.json`` (written atomically) holds the run's settings and, per target, the batches and attempts spent.
+``<out>.state.json`` (written atomically) holds the run's settings, the batches finished per arm and the generations
+spent per target.
 A run started again on the same output continues where it stopped: finished batches are skipped, the batch in
 progress is regenerated (the same texts: seeds and batch are the same) and its examples already written are not
 written twice. Another run's output (other settings) is refused in one line.
@@ -185,40 +187,54 @@ class Output:
         self.done.add(key)
         return True
 
-    def batch_done(self, key: str, attempts: int) -> None:
+    def batch_done(self, key: str, attempts: dict[str, int]) -> None:
+        """Batch ``key`` (an arm) is finished; ``attempts``: the generations it spent per target key."""
         self.batches[key] = self.batches.get(key, 0) + 1
-        self.attempts[key] = self.attempts.get(key, 0) + attempts
+        for target, n in attempts.items():
+            self.attempts[target] = self.attempts.get(target, 0) + n
         self._save()
 
 
 # ---------------------------------------------------------------- the schedule
 @dataclass
 class Batch:
-    """Attempts generated together: one key (target or ``plain``), one arm."""
+    """Generations made together with one arm: rows of (target, attempt); a steered arm's batch has one target (the
+    steered feature), an unsteered one's runs across targets (a full batch costs little more than one row)."""
 
-    key: str
-    index: int
-    """The batch's place among its key's batches."""
     arm: Arm
-    attempts: list[int]
-    target: Target | None = None
+    index: int
+    """The batch's place among its arm's batches (what the state counts)."""
+    rows: list[tuple[Target | None, int]]
+
+    @property
+    def key(self) -> str:
+        return self.arm.name
+
+    def spent(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for t, _ in self.rows:
+            key = t.key if t is not None else "plain"
+            out[key] = out.get(key, 0) + 1
+        return out
 
 
 def targeted_batches(targets: Sequence[Target], arms: Sequence[Arm], budget: int, size: int) -> list[Batch]:
+    """Arm by arm: attempt ``a`` of each target goes to ``arms[a % len(arms)]``, batched ``size`` rows at a time."""
     out = []
-    for t in targets:
+    for k, arm in enumerate(arms):
+        rows: list[tuple[Target | None, int]] = [(t, a) for t in targets for a in range(budget) if a % len(arms) == k]
+        groups = [[r for r in rows if r[0] is t] for t in targets] if arm.steered else [rows]
         index = 0
-        for k, arm in enumerate(arms):
-            mine = [a for a in range(budget) if a % len(arms) == k]
-            for j in range(0, len(mine), size):
-                out.append(Batch(t.key, index, arm, mine[j : j + size], t))
+        for group in groups:
+            for j in range(0, len(group), size):
+                out.append(Batch(arm, index, group[j : j + size]))
                 index += 1
     return out
 
 
 def plain_batches(total: int, size: int) -> list[Batch]:
     starts = range(0, total, size)
-    return [Batch("plain", j // size, Arm("plain"), list(range(j, min(j + size, total)))) for j in starts]
+    return [Batch(Arm("plain"), j // size, [(None, a) for a in range(j, min(j + size, total))]) for j in starts]
 
 
 def _generator(model_id: str, gen: GenerationConfig, sampling_seed: int) -> dict[str, Any]:
@@ -249,15 +265,15 @@ def _settings(mode: str, model_id: str, sae: Sae, hook: str, targets: Sequence[T
 
 
 def _loop(out: Output, batches: Sequence[Batch], step: Callable[[Batch], None], progress: bool, desc: str) -> None:
-    total = sum(len(b.attempts) for b in batches)
-    done = sum(len(b.attempts) for b in batches if b.index < out.batches.get(b.key, 0))
+    total = sum(len(b.rows) for b in batches)
+    done = sum(len(b.rows) for b in batches if b.index < out.batches.get(b.key, 0))
     with tqdm(total=total, initial=done, desc=desc, unit="gen", disable=not progress) as bar:
         for batch in batches:
             if batch.index < out.batches.get(batch.key, 0):
                 continue
             step(batch)
-            out.batch_done(batch.key, len(batch.attempts))
-            bar.update(len(batch.attempts))
+            out.batch_done(batch.key, batch.spent())
+            bar.update(len(batch.rows))
             bar.set_postfix(kept=len(out.records))
 
 
@@ -294,20 +310,21 @@ def synthesize(model: Any, tokenizer: Any, sae: Sae, targets: Sequence[Target], 
         return shots[t.key]
 
     def step(batch: Batch) -> None:
-        t = batch.target
-        assert t is not None
+        rows = [(t, a) for t, a in batch.rows if t is not None]
         rewrite = batch.arm.method == "rewrite"
         seed_texts = [seeds[derive_seed(gen.seed, t.key, a, "seed-text") % len(seeds)] if rewrite else None
-                      for a in batch.attempts]  # fmt: skip
-        shots = snippets(t)
-        prompts = [rewrite_prompt(description, s, shots) if s is not None else target_prompt(description, shots)
-                   for s in seed_texts]  # fmt: skip
-        row_seeds = [derive_seed(gen.seed, t.key, a) for a in batch.attempts]
-        steering = Steering(sae, t.id, batch.arm.strength, float(unit or 0)) if batch.arm.steered else None
+                      for t, a in rows]  # fmt: skip
+        prompts = [rewrite_prompt(description, s, snippets(t)) if s is not None
+                   else target_prompt(description, snippets(t)) for (t, _), s in zip(rows, seed_texts)]  # fmt: skip
+        row_seeds = [derive_seed(gen.seed, t.key, a) for t, a in rows]
+        first = rows[0][0]
+        steering = Steering(sae, first.id, batch.arm.strength, float(unit or 0)) if batch.arm.steered else None
         texts = generate_texts(model, tokenizer, prompts, row_seeds, gen, steering)
-        acts = verify(model, tokenizer, sae, hook, texts, [t.id], max_tokens=max_tokens)[:, 0]
-        rows = zip(batch.attempts, texts, acts, prompts, seed_texts, row_seeds)
-        for a, text, act, prompt, seed_text, row_seed in rows:
+        ids = list(dict.fromkeys(t.id for t, _ in rows))
+        acts = verify(model, tokenizer, sae, hook, texts, ids, max_tokens=max_tokens)
+        made = zip(rows, texts, prompts, seed_texts, row_seeds)
+        for i, ((t, a), text, prompt, seed_text, row_seed) in enumerate(made):
+            act = acts[i, ids.index(t.id)]
             if act > 0:
                 output.write({"text": text, "target": {"hookpoint": t.hookpoint, "id": t.id},
                               "method": batch.arm.method, "steered": batch.arm.steered, "strength": batch.arm.strength,
@@ -340,10 +357,11 @@ def synthesize_plain(model: Any, tokenizer: Any, sae: Sae, targets: Sequence[Tar
     ids = [t.id for t in targets]
 
     def step(batch: Batch) -> None:
-        row_seeds = [derive_seed(gen.seed, "plain", a) for a in batch.attempts]
-        texts = generate_texts(model, tokenizer, [prompt] * len(batch.attempts), row_seeds, gen)
+        attempts = [a for _, a in batch.rows]
+        row_seeds = [derive_seed(gen.seed, "plain", a) for a in attempts]
+        texts = generate_texts(model, tokenizer, [prompt] * len(attempts), row_seeds, gen)
         acts = verify(model, tokenizer, sae, hook, texts, ids, max_tokens=max_tokens)
-        for a, text, row, row_seed in zip(batch.attempts, texts, acts, row_seeds):
+        for a, text, row, row_seed in zip(attempts, texts, acts, row_seeds):
             hits: list[dict[str, Any]] = [{"hookpoint": t.hookpoint, "id": t.id, "activation": round(float(v), 5)}
                                           for t, v in zip(targets, row) if v > 0]  # fmt: skip
             if hits or keep_all:

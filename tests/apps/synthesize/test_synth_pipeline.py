@@ -250,3 +250,13 @@ def test_bad_input_gets_one_clear_line(model, tokenizer, sae, tmp_path):
         SynthesizeConfig(seed="s.txt", description="rude", method="prompt,plain", features="1")
     with pytest.raises(QwenscopeError, match="needs --positives and --negatives"):
         SynthesizeConfig(seed="s.txt", description="rude")
+
+
+def test_the_sampler_draws_from_the_nucleus_only():
+    from qwenscope.apps.synthesize.generate import RowSampler
+
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.25, 0.25, 0.25, 0.25]]))
+    drawn = [RowSampler([s, s + 1000], 1.0, 0.7)(None, logits).argmax(-1) for s in range(300)]
+    first, second = (torch.stack(drawn)[:, i].bincount(minlength=4) for i in (0, 1))
+    assert first[2:].sum() == 0 and first[0] > first[1] > 0  # 0.5 + 0.3 reach 0.7: tokens 2 and 3 never
+    assert (second == 0).sum() == 1 and (second > 60).sum() == 3  # 3 of the 4 equally likely tokens reach 0.7
