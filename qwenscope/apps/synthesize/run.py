@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +76,8 @@ class Summary:
     """Target key (``hookpoint#id``; ``plain`` for the baseline) -> generations spent."""
     kept: dict[str, int] = field(default_factory=dict)
     """Target key -> verified examples that fire it."""
+    seconds: float = 0.0
+    """Time spent generating and verifying, over every resume."""
 
     @property
     def covered(self) -> list[str]:
@@ -90,7 +93,7 @@ class Summary:
     def as_dict(self) -> dict[str, Any]:
         return {"out": str(self.out), "arms": self.arms, "targets": [t.as_dict() for t in self.targets],
                 "covered": self.covered, "attempts": self.attempts, "kept": self.kept,
-                "examples": self.examples}  # fmt: skip
+                "examples": self.examples, "seconds": round(self.seconds, 1)}  # fmt: skip
 
     def text(self) -> str:
         n, c = len(self.targets), len(self.covered)
@@ -123,6 +126,7 @@ class Output:
         self.settings = json.loads(json.dumps(settings))
         self.batches: dict[str, int] = {}
         self.attempts: dict[str, int] = {}
+        self.seconds = 0.0
         self.records: list[dict[str, Any]] = []
         self.done: set[tuple[str, int]] = set()
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -143,6 +147,7 @@ class Output:
             raise QwenscopeError(f"{self.path} holds a run with other settings ({diff} differs); pass another --out, "
                                  "or delete it and its .state.json to start over")  # fmt: skip
         self.batches, self.attempts = dict(state["batches"]), dict(state["attempts"])
+        self.seconds = float(state.get("seconds", 0.0))
         self._load_records()
         logger.info("resuming %s: %d examples, %d generations spent", self.path, len(self.records),
                     sum(self.attempts.values()))  # fmt: skip
@@ -171,7 +176,7 @@ class Output:
 
     def _save(self) -> None:
         state = {"version": STATE_VERSION, "settings": self.settings, "batches": self.batches,
-                 "attempts": self.attempts}  # fmt: skip
+                 "attempts": self.attempts, "seconds": round(self.seconds, 3)}  # fmt: skip
         atomic_write(self.state_path, lambda tmp: tmp.write_text(json.dumps(state, indent=1) + "\n"))
 
     def write(self, record: dict[str, Any]) -> bool:
@@ -187,8 +192,9 @@ class Output:
         self.done.add(key)
         return True
 
-    def batch_done(self, key: str, attempts: dict[str, int]) -> None:
+    def batch_done(self, key: str, attempts: dict[str, int], seconds: float = 0.0) -> None:
         """Batch ``key`` (an arm) is finished; ``attempts``: the generations it spent per target key."""
+        self.seconds += seconds
         self.batches[key] = self.batches.get(key, 0) + 1
         for target, n in attempts.items():
             self.attempts[target] = self.attempts.get(target, 0) + n
@@ -271,8 +277,9 @@ def _loop(out: Output, batches: Sequence[Batch], step: Callable[[Batch], None], 
         for batch in batches:
             if batch.index < out.batches.get(batch.key, 0):
                 continue
+            start = time.perf_counter()
             step(batch)
-            out.batch_done(batch.key, batch.spent())
+            out.batch_done(batch.key, batch.spent(), time.perf_counter() - start)
             bar.update(len(batch.rows))
             bar.set_postfix(kept=len(out.records))
 
@@ -337,7 +344,7 @@ def synthesize(model: Any, tokenizer: Any, sae: Sae, targets: Sequence[Target], 
     for r in output.records:
         key = record_key(r)[0]
         kept[key] = kept.get(key, 0) + 1
-    return Summary(output.path, list(targets), [a.name for a in arms], output.attempts, kept)
+    return Summary(output.path, list(targets), [a.name for a in arms], output.attempts, kept, output.seconds)
 
 
 # ---------------------------------------------------------------- the plain baseline
@@ -376,7 +383,7 @@ def synthesize_plain(model: Any, tokenizer: Any, sae: Sae, targets: Sequence[Tar
         for h in r.get("targets", []):
             key = f"{h['hookpoint']}#{h['id']}"
             kept[key] = kept.get(key, 0) + 1
-    return Summary(output.path, list(targets), ["plain"], output.attempts, kept)
+    return Summary(output.path, list(targets), ["plain"], output.attempts, kept, output.seconds)
 
 
 # ---------------------------------------------------------------- end to end
