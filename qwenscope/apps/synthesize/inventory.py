@@ -65,7 +65,8 @@ def check_ids(ids: Iterable[int], sae: Sae) -> None:
 def contrast_inventory(model: Any, tokenizer: Any, sae: Sae, hookpoint: str | None, positives: Sequence[str],
                        negatives: Sequence[str], *, top: int = 20, min_delta: float = 0.2,
                        max_tokens: int = MAX_TOKENS, progress: bool = False) -> list[Target]:  # fmt: skip
-    """Up to ``top`` features of largest ``Δ`` between ``positives`` and ``negatives``, with ``Δ >= min_delta``."""
+    """Up to ``top`` features of largest ``Δ`` between ``positives`` and ``negatives``, with ``Δ >= min_delta`` (and
+    ``Δ > 0``: a feature as frequent on both sides says nothing about the target)."""
     if not positives or not negatives:
         raise QwenscopeError("the contrast inventory needs positive and negative texts; pass --positives and "
                              "--negatives (or use --inventory label)")  # fmt: skip
@@ -79,7 +80,7 @@ def contrast_inventory(model: Any, tokenizer: Any, sae: Sae, hookpoint: str | No
     n_pos, n_neg = len(positives), len(negatives)
     out = [Target(hook, f.id, round(f.delta, 4), f"contrast: Δ={f.delta:+.3f} (fires on {round(f.p_pos * n_pos)}/"
                   f"{n_pos} positives, {round(f.p_neg * n_neg)}/{n_neg} negatives)")
-           for f in ranked if f.delta >= min_delta]  # fmt: skip
+           for f in ranked if f.delta >= min_delta and f.delta > 0]  # fmt: skip
     logger.info("contrast inventory: %d features with Δ >= %.2f (best Δ %.3f)", len(out), min_delta,
                 ranked[0].delta if ranked else float("nan"))  # fmt: skip
     return out

@@ -38,7 +38,7 @@ def setup(tmp_path_factory):
 def synth(root, out, *extra: str, capsys) -> dict:
     code = main(["synthesize", "--seed", str(root / "seed.txt"), "--positives", str(root / "pos.jsonl"),
                  "--negatives", str(root / "neg.txt"), "--description", "rude words", "--model", str(root / "model"),
-                 "--sae", str(root / "saes"), "--hookpoint", "resid_post.1", "--min-delta", "0", "--top", "4",
+                 "--sae", str(root / "saes"), "--hookpoint", "resid_post.1", "--min-delta", "0.1", "--top", "40",
                  "--budget", "2", "--max-new-tokens", "6", "--out", str(out), "--json", "--no-progress",
                  *extra])  # fmt: skip
     captured = capsys.readouterr()
@@ -46,7 +46,9 @@ def synth(root, out, *extra: str, capsys) -> dict:
     return json.loads(captured.out)
 
 
-def test_synthesize_end_to_end_and_rerun(setup, tmp_path, capsys):
+def test_synthesize_end_to_end_and_rerun(setup, tmp_path, capsys, monkeypatch):
+    # the steering unit is measured on these instead of the offline multilingual corpus (reading it takes ~25 s)
+    monkeypatch.setattr("qwenscope.steer.strength.unit_texts", lambda: SEED + NEGATIVES)
     out = tmp_path / "synth.jsonl"
     summary = synth(setup, out, "--method", "prompt,rewrite", "--steer", "0.5", capsys=capsys)
     targets = [t["id"] for t in summary["targets"]]
