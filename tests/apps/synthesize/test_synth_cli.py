@@ -4,6 +4,7 @@ contrast inventory, the seed's gaps, prompt and rewrite candidates with steering
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import numpy as np
@@ -48,7 +49,7 @@ def synth(root, out, *extra: str, capsys) -> dict:
 
 def test_synthesize_end_to_end_and_rerun(setup, tmp_path, capsys, monkeypatch):
     # the steering unit is measured on these instead of the offline multilingual corpus (reading it takes ~25 s)
-    monkeypatch.setattr("qwenscope.steer.strength.unit_texts", lambda: SEED + NEGATIVES)
+    monkeypatch.setattr(importlib.import_module("qwenscope.steer.strength"), "unit_texts", lambda: SEED + NEGATIVES)
     out = tmp_path / "synth.jsonl"
     summary = synth(setup, out, "--method", "prompt,rewrite", "--steer", "0.5", capsys=capsys)
     targets = [t["id"] for t in summary["targets"]]
