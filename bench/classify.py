@@ -7,8 +7,8 @@ resid_post.9) and smollm2-135m (its three shipped SAEs; the rule picks the hookp
 
 For each model and language: the feature rule at K = 1..10 (K chosen on discovery marked), the SAE-feature probe, the
 activation probe, difference-in-means and TF-IDF, with bootstrap intervals; a length-only probe (how far text length
-alone gets: offensive fortunes differ in length); the data-efficiency curve (1/10/50/100% of discovery, median of 5
-draws); and cross-lingual transfer (es -> it, it -> es).
+alone gets: offensive fortunes differ in length) and "always toxic" (F1 2/3 on balanced data: the floor); the
+data-efficiency curve (1/10/50/100% of discovery, median of 5 draws); and cross-lingual transfer (es -> it, it -> es).
 
     python bench/classify.py                      # both models; ~10 min on 2 CPU cores (pooled features cached)
     python bench/classify.py --models gemma3-270m
@@ -27,13 +27,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from qwenscope.apps.classify.metrics import classification_scores
-from qwenscope.apps.classify.report import format_table, write_report
 
 from qwenscope import load_model, load_sae
 from qwenscope.apps.classify.analysis import RULE, Part, compare, efficiency, transfer
 from qwenscope.apps.classify.data import fortunes_offensive, split
+from qwenscope.apps.classify.metrics import classification_scores
 from qwenscope.apps.classify.pooled import pool_texts
+from qwenscope.apps.classify.report import format_table, write_report
 from qwenscope.sae.load import embedded_saes
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -63,12 +63,18 @@ def length_row(train: Part, test: Part, hook: str) -> dict[str, Any]:
                                                                                 score)}  # fmt: skip
 
 
+def constant_row(test: Part) -> dict[str, Any]:
+    """Everything toxic: on balanced data F1 = 2/3 with no information at all, the floor every method must clear."""
+    pred = np.ones(len(test.labels), dtype=int)
+    return {"method": "always toxic", "hookpoint": "-", **classification_scores(test.labels, pred)}
+
+
 def summary(result: dict[str, Any]) -> dict[str, Any]:
     rows = result["comparison"]
     rule = [r for r in rows if r["method"] == RULE]
     chosen = next(r for r in rule if r["chosen"])
     best_k = max(rule, key=lambda r: r["f1"])
-    base = [r for r in rows if r["method"] not in (RULE, "length only")]
+    base = [r for r in rows if r["method"] not in (RULE, "length only", "always toxic")]
     best_base = max(base, key=lambda r: r["f1"])
     eff = result["efficiency"]["methods"][RULE]
     at = dict(zip(result["efficiency"]["fractions"], eff))
@@ -93,9 +99,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
         hi = [c[1] for c in curve["f1_ci"]]
         ax.fill_between(curve["k"], lo, hi, alpha=0.2)
         ax.plot(curve["k"], curve["f1"], "o-", label="feature rule")
-        for r in res["comparison"]:
-            if r["method"] != RULE:
-                ax.axhline(r["f1"], ls="--", lw=1, label=r["method"], color=None)
+        others = [r for r in res["comparison"] if r["method"] != RULE]
+        for i, r in enumerate(others):
+            ax.axhline(r["f1"], ls=":" if r["method"] in ("length only", "always toxic") else "--", lw=1.2,
+                       label=r["method"], color=f"C{i + 1}")  # fmt: skip
         ax.set(title=f"{m}, {lang}: F1 vs K", xlabel="K features", ylabel="test F1", ylim=(0, 1))
         ax.legend(fontsize=7)
         ax = fig.add_subplot(2, len(runs), len(runs) + col + 1)
@@ -119,7 +126,7 @@ def run_model(model_id: str, args: argparse.Namespace) -> dict[str, Any]:
         train, test = parts(model, tokenizer, saes, lang)
         split_parts[lang] = (train, test)
         res = compare(train, test, seed=args.seed, n_boot=args.boot)
-        res["comparison"].append(length_row(train, test, res["hookpoint"]))
+        res["comparison"] += [length_row(train, test, res["hookpoint"]), constant_row(test)]
         res["efficiency"] = efficiency(train, test, seeds=tuple(range(args.draws)))
         res["summary"] = summary(res)
         res["seconds"] = time.perf_counter() - t0
@@ -144,10 +151,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--boot", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--draws", type=int, default=5, help="random draws per share of discovery data")
+    parser.add_argument("--replot", action="store_true", help="only redraw the plot from bench/results/classify.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.manual_seed(args.seed)
     RESULTS.mkdir(exist_ok=True)
+    if args.replot:
+        plot(json.loads((RESULTS / "classify.json").read_text()), RESULTS / "classify.png")
+        return
     results: dict[str, Any] = {"models": {}}
     t0 = time.perf_counter()
     for model_id in args.models.split(","):

@@ -235,6 +235,18 @@ def _synthesize() -> tuple[tuple[type, ...], Callable[..., object]]:
     return (SynthesizeConfig,), run_synthesize
 
 
+def _grpo() -> tuple[tuple[type, ...], Callable[..., object]]:
+    from qwenscope.apps.posttrain.cli_grpo import command
+
+    return command()
+
+
+def _sasft() -> tuple[tuple[type, ...], Callable[..., object]]:
+    from qwenscope.apps.posttrain.cli_sasft import SasftCommand, run_sasft
+
+    return (SasftCommand,), run_sasft
+
+
 COMMANDS: dict[str, tuple[str, Getter, tuple[str, ...]]] = {
     "info": ("architecture, layers, hidden size and hookpoints of a model", lambda: ((InfoConfig,), run_info),
              ("model",)),
@@ -253,6 +265,8 @@ COMMANDS: dict[str, tuple[str, Getter, tuple[str, ...]]] = {
     "classify": ("toxicity (or any label) from a handful of SAE features, with probes and TF-IDF side by side",
                  _classify, ("action", "classifier")),
     "synthesize": ("verified data aimed at the SAE features a seed corpus never activates", _synthesize, ()),
+    "grpo": ("GRPO in TRL with one steered negative rollout per group (a repetition feature turned up)", _grpo, ()),
+    "sasft": ("fine-tune with SASFT: SFT that keeps an unwanted language's SAE features quiet (TRL)", _sasft, ()),
     "demo": ("the main job on the embedded default model", _demo, ()),
 }  # fmt: skip
 

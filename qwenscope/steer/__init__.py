@@ -3,8 +3,8 @@
 Relative strengths are fractions of the residual's typical size at the hookpoint (``steering_unit``)."""
 
 from qwenscope.steer.generate import generate_pair, generate_text, parse_features
-from qwenscope.steer.steer import SteerSpec, steer
+from qwenscope.steer.steer import SteerSpec, steer, steer_rows
 from qwenscope.steer.strength import DEFAULT_STRENGTH, steering_unit
 
 __all__ = ["DEFAULT_STRENGTH", "SteerSpec", "generate_pair", "generate_text", "parse_features", "steer",
-           "steering_unit"]  # fmt: skip
+           "steer_rows", "steering_unit"]  # fmt: skip

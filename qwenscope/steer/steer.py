@@ -20,14 +20,32 @@ Strength 0 in ``add`` mode, or clamping a feature to the value it already has, l
 ``positions``: None (all), ``"prompt"``, ``"generated"``, an int, a list of ints or a slice, counted from the first
 token of the sequence also while ``generate`` feeds one token at a time (read from the KV cache length).
 Built on ``splice``: hooks are removed when the block ends, also on an exception or a KeyboardInterrupt.
+
+Per-row steering: each row of a batch can get its own intervention, or none.
+
+    with steer(model, sae, {1234: 8.0}, rows=[0, 2]):      # rows 0 and 2 only (or a bool mask of the batch)
+        ...
+    with steer_rows(model, [SteerSpec(sae, {1234: 8.0}), None, [SteerSpec(sae, [7], mode="ablate"), spec2]]):
+        model.generate(**batch)                              # row i gets per_row[i]; None = untouched
+
+Rows a spec does not name are left exactly as they are (bit-identical to the same batch without steering); a steered
+row gets the edit it gets when steered alone (greedy tokens equal generating it alone wherever the model's own batched
+forward does). Only the named rows are encoded by the SAE. Rows count the batch the model's forward sees, checked at
+every forward: a spec that names row 5 in a batch of 3, or a mask of another length, is refused with a
+``QwenscopeError``. ``generate`` with ``num_return_sequences=n`` or ``num_beams=n`` repeats each prompt n times in
+place (prompt i is rows i*n..i*n+n-1); ``steer_rows(..., repeat=n)`` spreads each entry over its prompt's n rows.
+With left padding (batched generation), positions count from the first token of the padded sequence, the same for
+every row: ``"prompt"`` is every position before generation starts (padding included, which attention masks out
+anyway) and ``"generated"`` every position after; an int position p is padded position p, so in a row with k pads its
+first real token is position k.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -40,6 +58,11 @@ from qwenscope.sae.model import Sae
 
 MODES = ("add", "clamp", "ablate")
 Positions = None | str | int | slice | Sequence[int]
+Rows = None | int | Sequence[int] | Sequence[bool] | Tensor
+_EXPANDED = (
+    "; generate with num_return_sequences or num_beams = n repeats each prompt n times, so rows count the expanded"
+    " batch (steer_rows(..., repeat=n))"
+)
 
 
 @dataclass
@@ -59,8 +82,15 @@ class SteerSpec:
     """Strengths are fractions of the residual's typical size at the hookpoint (needs ``unit``)."""
     unit: float | None = None
     """The residual's typical size, ``steering_unit(model, tokenizer, hookpoint)``; used when ``relative``."""
+    rows: Rows = None
+    """None (every row), row indices, or a bool mask of the batch: the rows edited; the others are left untouched."""
     ids: Tensor = field(init=False, repr=False)
     values: Tensor = field(init=False, repr=False)
+    row_ids: Tensor | None = field(init=False, repr=False)
+    """The sorted row indices ``rows`` names, or None for every row."""
+    mask_len: int | None = field(init=False, repr=False)
+    """The batch size a bool mask fixes, or None."""
+    _max_row: int = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -79,6 +109,41 @@ class SteerSpec:
         if self.relative:
             self.values = self.values * relative_scale(self.sae, self.ids, self.unit)
         _check_positions(self.positions)
+        self.row_ids, self.mask_len = _parse_rows(self.rows)
+        self._max_row = int(self.row_ids.max()) if self.row_ids is not None and self.row_ids.numel() else -1
+
+    def check_batch(self, batch: int) -> None:
+        """Refuse a batch of ``batch`` rows that ``rows`` does not fit."""
+        if self.mask_len is not None and self.mask_len != batch:
+            raise QwenscopeError(
+                f"the rows mask of a SteerSpec has {self.mask_len} entries but the batch has {batch} rows{_EXPANDED}"
+            )
+        if self._max_row >= batch:
+            raise QwenscopeError(
+                f"a SteerSpec names row {self._max_row} but the batch has {batch} rows (0..{batch - 1}){_EXPANDED}"
+            )
+
+
+def _parse_rows(rows: Rows) -> tuple[Tensor | None, int | None]:
+    """(sorted row indices, the batch size a bool mask fixes) of ``rows``; (None, None) for every row."""
+    if rows is None:
+        return None, None
+    if isinstance(rows, Tensor):
+        if rows.dim() != 1:
+            raise QwenscopeError(f"rows is a tensor of shape {tuple(rows.shape)}: pass a 1-D bool mask or row indices")
+        items = rows.tolist()
+    elif isinstance(rows, int) and not isinstance(rows, bool):
+        items = [rows]
+    elif isinstance(rows, (str, bytes)) or not isinstance(rows, Iterable):
+        raise QwenscopeError(f"rows={rows!r}: pass row indices or a bool mask of the batch")
+    else:
+        items = list(rows)
+    if items and all(isinstance(r, bool) for r in items):
+        return torch.tensor([i for i, r in enumerate(items) if r], dtype=torch.long), len(items)
+    for r in items:
+        if isinstance(r, bool) or not isinstance(r, int) or r < 0:
+            raise QwenscopeError(f"rows holds {r!r}: pass row indices (non-negative ints) or a bool mask of the batch")
+    return torch.tensor(sorted(set(items)), dtype=torch.long), None
 
 
 def relative_scale(sae: Sae, ids: Tensor, unit: float | None) -> Tensor:
@@ -140,22 +205,35 @@ def _position_mask(positions: Positions, clock: _Clock, seq: int, device: torch.
 
 def _edit_fn(spec: SteerSpec, clock: _Clock):
     sae = spec.sae
-    rows = sae.W_dec.detach()[spec.ids.to(sae.W_dec.device)]  # (n, d_in)
-    values = spec.values.to(rows.device, rows.dtype)
-    added = values @ rows  # the whole ``add`` intervention, computed once
+    dec = sae.W_dec.detach()[spec.ids.to(sae.W_dec.device)]  # (n, d_in)
+    values = spec.values.to(dec.device, dec.dtype)
+    added = values @ dec  # the whole ``add`` intervention, computed once
+    row_ids: dict[torch.device, Tensor] = {}  # spec.row_ids on each device it met
 
-    def edit(h: Tensor) -> Tensor:
+    def edit_rows(h: Tensor) -> Tensor:
         if spec.mode == "add":
             delta = added.to(h.dtype).expand_as(h)
         else:
             with torch.no_grad():
                 acts = sae.encode(h.to(sae.dtype))[..., spec.ids.to(h.device)]  # (b, s, n)
             coef = values - acts if spec.mode == "clamp" else -acts
-            delta = (coef @ rows).to(h.dtype)
+            delta = (coef @ dec).to(h.dtype)
         mask = _position_mask(spec.positions, clock, h.shape[1], h.device)
         if mask is not None:
             delta = torch.where(mask[None, :, None], delta, torch.zeros((), dtype=h.dtype, device=h.device))
         return h + delta
+
+    def edit(h: Tensor) -> Tensor:
+        if spec.row_ids is None:
+            return edit_rows(h)
+        spec.check_batch(h.shape[0])
+        if h.device not in row_ids:
+            row_ids[h.device] = spec.row_ids.to(h.device)
+        ids = row_ids[h.device]
+        if not ids.numel():
+            return h
+        # only the named rows are encoded and edited; the others are copied through untouched
+        return h.index_copy(0, ids, edit_rows(h.index_select(0, ids)))
 
     return edit
 
@@ -192,12 +270,15 @@ def steer(
     hookpoint: str | None = None,
     relative: bool = False,
     unit: float | None = None,
+    rows: Rows = None,
 ) -> Iterator[None]:
     """Steer ``model`` inside the block; see the module docstring. Several specs may share a hookpoint."""
     if isinstance(sae, Sae):
         specs = _specs(sae, features, mode=mode, positions=positions, hookpoint=hookpoint, relative=relative,
-                       unit=unit)  # fmt: skip
+                       unit=unit, rows=rows)  # fmt: skip
     else:
+        if rows is not None:
+            raise QwenscopeError("with a list of SteerSpecs, give each its rows: SteerSpec(sae, features, rows=[0])")
         specs = _specs(sae, features)
     clock = _Clock()
     by_hook: dict[str, list] = {}
@@ -217,3 +298,40 @@ def steer(
         stack.callback(handle.remove)
         stack.enter_context(splice(model, {name: chain(fns) for name, fns in by_hook.items()}))
         yield
+
+
+@contextmanager
+def steer_rows(
+    model: nn.Module, per_row: Sequence[Sequence[SteerSpec] | SteerSpec | None], *, repeat: int = 1
+) -> Iterator[None]:
+    """Row ``i`` of the batch gets ``per_row[i]`` inside the block: a SteerSpec, a list of them (applied in order),
+    or None (untouched, bit-identical to the same batch unsteered). The batch must have ``len(per_row) * repeat``
+    rows; ``repeat=n`` gives each entry n consecutive rows (``generate`` with num_return_sequences or num_beams = n).
+    A spec object shared by several rows is applied once to all of them."""
+    specs = _row_specs(per_row, repeat)
+    with steer(model, specs) if specs else nullcontext():
+        yield
+
+
+def _row_specs(per_row: Sequence[Sequence[SteerSpec] | SteerSpec | None], repeat: int) -> list[SteerSpec]:
+    """One row-limited copy of each spec per (place in its row's list, spec), ordered by that place, so each row
+    sees its own specs in its own order."""
+    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
+        raise QwenscopeError(f"repeat={repeat!r}: pass a positive int (the rows each entry of per_row covers)")
+    if isinstance(per_row, (SteerSpec, str)) or not isinstance(per_row, Sequence) or not per_row:
+        raise QwenscopeError("steer_rows needs one entry per row: a SteerSpec, a list of them, or None")
+    batch = len(per_row) * repeat
+    groups: dict[tuple[int, int], tuple[SteerSpec, list[bool]]] = {}
+    for i, entry in enumerate(per_row):
+        entry_specs = [] if entry is None else [entry] if isinstance(entry, SteerSpec) else list(entry)
+        for place, spec in enumerate(entry_specs):
+            if not isinstance(spec, SteerSpec):
+                raise QwenscopeError(
+                    f"row {i} of steer_rows holds a {type(spec).__name__}; pass a SteerSpec, a list of them, or None"
+                )
+            if spec.rows is not None:
+                raise QwenscopeError(f"row {i} of steer_rows holds a SteerSpec with rows set; steer_rows sets them")
+            _, mask = groups.setdefault((place, id(spec)), (spec, [False] * batch))
+            mask[i * repeat : (i + 1) * repeat] = [True] * repeat
+    ordered = sorted(groups.items(), key=lambda item: item[0][0])  # stable: by place, then first appearance
+    return [replace(spec, rows=mask) for _, (spec, mask) in ordered]

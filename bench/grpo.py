@@ -1,0 +1,311 @@
+"""GRPO against repetition on smollm2-135m: plain GRPO against GRPO with steered negatives (Qwen-Scope report §6).
+
+1. Features. Arithmetic questions (``What is 7 + 5?`` and word problems, operands up to ``--max-operand``;
+   the task: the last number of the answer is right). Greedy answers of the training prompts; those that loop
+   (``repetition.LoopRule``) rank the SAE's features at ``--hookpoint`` by activation at a token's last occurrence
+   minus its first; of the top ``--candidates`` the one whose steering (``--alpha``, relative) raises the greedy
+   repeat ratio most is kept.
+2. Training. For each seed, two runs from the same initial weights, prompts, reward, steps and seed: plain GRPO and
+   GRPO whose group of ``--group`` rollouts holds one rollout steered with that feature. The reward is the task's
+   (``grpo.answer_reward``: 1 when the last number is right), nothing about repetition. Logged per step: the repeat
+   ratio (rep-4) and loop share of the plain rollouts, the task reward of the plain rollouts, wall time.
+3. After training: greedy answers of held-out prompts (repeat ratio, loop share, accuracy).
+
+Why these defaults: smollm2-135m answers 2-digit questions right ~6% of the time at temperature 0.7, so nearly every
+group had the same reward (0) and GRPO learned nothing. With operands up to 9 and temperature 0.4 (128 new tokens) it
+is right 25% of the time and 7 groups of 8 held both rewards (measured on CPU: 8 prompts x 4 rollouts); greedy
+answers are right 44% of the time, rep-4 ~0.1. ``--jobs`` runs the seed x arm runs in parallel processes (one GPU:
+a 135M model's generation is launch-bound, so the runs overlap almost for free).
+
+Summary per arm (mean over seeds): the final repeat ratio of plain rollouts (mean of the last 5 steps), the first
+step where the steered arm's curve (moving mean of 5) reaches plain GRPO's final value, the final task reward, wall
+time per step and in total. The goal: steered negatives reach plain's final repeat ratio in half the steps or fewer,
+with no lower task reward.
+
+    python bench/grpo.py --quick                  # proves it runs: 2 steps, 1 seed, few prompts (~2 min on 2 cores)
+    python bench/grpo.py                          # 3 seeds x 2 arms x 60 steps (GPU advised; ~5 s/step on 2 cores)
+    python bench/grpo.py --jobs 6 --out /tmp/o    # the six runs in parallel processes (GPU)
+
+Writes bench/results/grpo.json and grpo.png (grpo-quick.* with --quick; ``--out`` another folder), the JSON also
+after each finished run (``"partial": true``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import Dataset
+from trl import GRPOConfig
+
+from qwenscope import load_model, load_sae
+from qwenscope.apps.posttrain.grpo import GrpoSteerConfig, SteeredGRPOTrainer, answer_reward
+from qwenscope.apps.posttrain.repetition import (
+    Generation,
+    generate_completions,
+    looping_generations,
+    rank_repetition_features,
+    render_prompts,
+    repeat_stats,
+    steering_check,
+)
+from qwenscope.steer.strength import steering_unit
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DTYPE = torch.float32
+"""The model's weights (float32 on CPU and GPU; GRPOConfig's bf16 autocasts the matmuls on CUDA)."""
+logger = logging.getLogger("bench.grpo")
+
+
+# ---------------------------------------------------------------- the task
+def arithmetic(n: int, seed: int, max_operand: int = 9) -> list[dict[str, Any]]:
+    """``n`` arithmetic questions with their answers, drawn deterministically, operands in 2..max_operand."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        a, b = rng.randint(2, max_operand), rng.randint(2, max_operand)
+        kind = i % 4
+        if kind == 0:
+            rows.append({"prompt": f"What is {a} + {b}?", "answer": a + b})
+        elif kind == 1:
+            a, b = max(a, b), min(a, b)
+            rows.append({"prompt": f"Tom has {a} marbles and gives {b} to his sister. How many marbles does he have "
+                                   "now?", "answer": a - b})  # fmt: skip
+        elif kind == 2:
+            rows.append({"prompt": f"A box holds {a} rows of {b} eggs. How many eggs are in the box?", "answer": a * b})
+        else:
+            rows.append({"prompt": f"Add {a} and {b}, then explain your answer step by step.", "answer": a + b})
+    return rows
+
+
+def split(args) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(training questions, held-out questions): different draws."""
+    return arithmetic(args.train_prompts, 0, args.max_operand), arithmetic(args.eval_prompts, 1, args.max_operand)
+
+
+def accuracy(tokenizer, rows: list[dict[str, Any]], completions: list[list[int]]) -> float:
+    texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
+    return float(np.mean(answer_reward(texts, answer=[r["answer"] for r in rows])))
+
+
+# ---------------------------------------------------------------- 1. the repetition feature
+def pick_feature(model, tokenizer, sae, train: list[dict], check: list[str], args) -> dict[str, Any]:
+    prompts = [r["prompt"] for r in train]
+    loops = looping_generations(model, tokenizer, prompts, max_new_tokens=args.feature_tokens, batch_size=8)
+    source = "looping"
+    if not loops:  # too few prompts (--quick): all greedy answers, whose repeated tokens still rank the features
+        logger.warning("no greedy answer loops; ranking features on all %d answers", len(prompts))
+        ids = render_prompts(tokenizer, prompts)
+        answers = generate_completions(model, tokenizer, ids, max_new_tokens=args.feature_tokens)
+        loops = [Generation(p, c) for p, c in zip(ids, answers)]
+        source = "all"
+    found = rank_repetition_features(model, sae, loops, hookpoint=args.hookpoint, top=args.candidates)
+    unit = steering_unit(model, tokenizer, args.hookpoint)
+    checks = []
+    for f in found.feature_ids:
+        c = steering_check(model, tokenizer, sae, f, check, alpha=args.alpha, hookpoint=args.hookpoint, unit=unit,
+                           max_new_tokens=args.feature_tokens)  # fmt: skip
+        checks.append({"feature": f, "score": float(found.scores[f]), "plain": c.plain._asdict(),
+                       "steered": c.steered._asdict()})  # fmt: skip
+    best = max(checks, key=lambda c: c["steered"]["repeat_ratio"] - c["plain"]["repeat_ratio"])
+    logger.info("repetition feature %d: greedy repeat ratio %.3f -> %.3f when steered at alpha %g", best["feature"],
+                best["plain"]["repeat_ratio"], best["steered"]["repeat_ratio"], args.alpha)  # fmt: skip
+    return {"feature": best["feature"], "unit": unit, "looping": len(loops) if source == "looping" else 0,
+            "of_prompts": len(prompts), "candidates": checks}  # fmt: skip
+
+
+# ---------------------------------------------------------------- 2. training
+def train_run(base, tokenizer, sae, train: list[dict], args, *, seed: int, steering: GrpoSteerConfig) -> dict:
+    model = copy.deepcopy(base)
+    cuda = torch.cuda.is_available()
+    dataset = Dataset.from_list([{**r, "prompt": [{"role": "user", "content": r["prompt"]}]} for r in train])
+    with tempfile.TemporaryDirectory() as out:
+        config = GRPOConfig(output_dir=out, num_generations=args.group,
+                            per_device_train_batch_size=args.group * args.prompts_per_step,
+                            max_completion_length=args.max_new_tokens, max_steps=args.steps,
+                            learning_rate=args.lr, temperature=args.temperature, seed=seed, logging_steps=1,
+                            save_strategy="no", report_to="none", bf16=cuda, use_cpu=not cuda,
+                            disable_tqdm=True)  # fmt: skip
+        trainer = SteeredGRPOTrainer(model, reward_funcs=[answer_reward], args=config, train_dataset=dataset,
+                                     processing_class=tokenizer, sae=sae, steering=steering)  # fmt: skip
+        start = time.perf_counter()
+        trainer.train()
+        total = time.perf_counter() - start
+    keys = ("repeat_ratio/plain", "loop_share/plain", "reward/plain", "repeat_ratio/steered", "reward/steered",
+            "reward", "step_time", "completions/mean_length")  # fmt: skip
+    steps = [{"step": h["step"], **{k: h[k] for k in keys if k in h}} for h in trainer.state.log_history
+             if "repeat_ratio/plain" in h]  # fmt: skip
+    return {"seed": seed, "steps": steps, "wall_s": total, "model": trainer.model}
+
+
+def held_out(model, tokenizer, rows: list[dict], args) -> dict[str, float]:
+    model.eval()
+    completions = generate_completions(model, tokenizer, render_prompts(tokenizer, [r["prompt"] for r in rows]),
+                                       max_new_tokens=args.max_new_tokens)  # fmt: skip
+    stats = repeat_stats(completions)
+    return {"repeat_ratio": stats.repeat_ratio, "loop_share": stats.loop_share,
+            "accuracy": accuracy(tokenizer, rows, completions)}  # fmt: skip
+
+
+def run_arm(base, tokenizer, sae, args, chosen: dict, seed: int, arm: str) -> tuple[str, dict, dict]:
+    """One training run and its held-out measure: (arm, run without the model, held-out after)."""
+    train, evaluate = split(args)
+    steering = GrpoSteerConfig(feature=chosen["feature"], hookpoint=args.hookpoint, alpha=args.alpha,
+                               unit=chosen["unit"], enabled=arm == "steered")  # fmt: skip
+    run = train_run(base, tokenizer, sae, train, args, seed=seed, steering=steering)
+    after = {"seed": seed, **held_out(run.pop("model"), tokenizer, evaluate, args)}
+    last = run["steps"][-1]
+    logger.info("seed %d %-7s: repeat ratio %.3f, reward %.3f at step %d (%.1f s/step)", seed, arm,
+                last["repeat_ratio/plain"], last["reward/plain"], last["step"], run["wall_s"] / args.steps)  # fmt: skip
+    return arm, run, after
+
+
+def run_job(job: tuple[Any, dict, int, str]) -> tuple[str, dict, dict]:
+    """``run_arm`` in a worker process (``--jobs``): loads the model (from the cache the parent filled) and SAE."""
+    args, chosen, seed, arm = job
+    logging.basicConfig(level=logging.INFO, format=f"[{arm} {seed}] %(message)s")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    torch.set_num_threads(2)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    base, tokenizer = load_model(args.model, device=device, dtype=DTYPE)
+    sae = load_sae(args.model, hookpoint=args.hookpoint, device=device)
+    return run_arm(base, tokenizer, sae, args, chosen, seed, arm)
+
+
+# ---------------------------------------------------------------- 3. summary and plot
+def curve(runs: list[dict], key: str) -> np.ndarray:
+    """(seeds, steps) of ``key``."""
+    return np.array([[s.get(key, np.nan) for s in r["steps"]] for r in runs], dtype=float)
+
+
+def smooth(x: np.ndarray, w: int = 5) -> np.ndarray:
+    return np.array([np.nanmean(x[max(0, i - w + 1) : i + 1]) for i in range(len(x))])
+
+
+def summarize(arms: dict[str, list[dict]]) -> dict[str, Any]:
+    tail = {arm: {key: float(np.nanmean(curve(runs, key)[:, -5:]))
+                  for key in ("repeat_ratio/plain", "loop_share/plain", "reward/plain")}
+            for arm, runs in arms.items()}  # fmt: skip
+    target = tail["plain"]["repeat_ratio/plain"]
+    reach = {}
+    for arm, runs in arms.items():
+        mean = smooth(np.nanmean(curve(runs, "repeat_ratio/plain"), 0))
+        hit = np.nonzero(mean <= target)[0]
+        reach[arm] = int(hit[0]) + 1 if len(hit) else None
+    return {
+        "final": tail,
+        "steps_to_plain_final_repeat_ratio": reach,
+        "wall_s_per_step": {arm: float(np.nanmean(curve(runs, "step_time"))) for arm, runs in arms.items()},
+        "wall_s_total": {arm: float(sum(r["wall_s"] for r in runs)) for arm, runs in arms.items()},
+    }
+
+
+def plot(arms: dict[str, list[dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, title in zip(axes, ("repeat_ratio/plain", "reward/plain"),
+                              ("repeat ratio (rep-4) of plain rollouts", "task reward of plain rollouts")):  # fmt: skip
+        for arm, runs in arms.items():
+            c = curve(runs, key)
+            steps = np.arange(1, c.shape[1] + 1)
+            ax.plot(steps, smooth(np.nanmean(c, 0)), label=f"{arm} GRPO ({len(runs)} seeds, moving mean of 5)")
+            ax.fill_between(steps, np.nanmin(c, 0), np.nanmax(c, 0), alpha=0.15)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+# ---------------------------------------------------------------- main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--hookpoint", default="resid_post.15")
+    parser.add_argument("--alpha", type=float, default=0.5, help="relative steering strength of the negative")
+    parser.add_argument("--feature", type=int, default=-1, help="skip the search: steer this feature")
+    parser.add_argument("--candidates", type=int, default=3, help="top features whose steering is checked")
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--group", type=int, default=4)
+    parser.add_argument("--prompts-per-step", type=int, default=4)
+    parser.add_argument("--train-prompts", type=int, default=128)
+    parser.add_argument("--eval-prompts", type=int, default=48)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--feature-tokens", type=int, default=128, help="greedy tokens when looking for loops")
+    parser.add_argument("--temperature", type=float, default=0.4)
+    parser.add_argument("--lr", type=float, default=5e-6)
+    parser.add_argument("--max-operand", type=int, default=9, help="largest operand of the arithmetic questions")
+    parser.add_argument("--jobs", type=int, default=1, help="run the seed x arm runs in this many processes")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON and PNG")
+    parser.add_argument("--quick", action="store_true", help="2 steps, 1 seed, few prompts: proves it runs")
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.seeds, args.group, args.prompts_per_step = 2, 1, 2, 1
+        args.train_prompts, args.eval_prompts, args.max_new_tokens, args.feature_tokens = 8, 4, 16, 32
+        args.candidates = 1
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    start = time.perf_counter()
+
+    base, tokenizer = load_model(args.model, device=device, dtype=DTYPE)
+    sae = load_sae(args.model, hookpoint=args.hookpoint, device=device)
+    train, evaluate = split(args)
+    check = [r["prompt"] for r in evaluate[: min(16, len(evaluate))]]
+    if args.feature >= 0:
+        chosen = {"feature": args.feature, "unit": steering_unit(base, tokenizer, args.hookpoint)}
+    else:
+        chosen = pick_feature(base, tokenizer, sae, train, check, args)
+    before = held_out(base, tokenizer, evaluate, args)
+    logger.info("before training, held out: %s", before)
+
+    arms: dict[str, list[dict]] = {"plain": [], "steered": []}
+    after: dict[str, list[dict]] = {"plain": [], "steered": []}
+    jobs = [(args, chosen, seed, arm) for seed in range(args.seeds) for arm in arms]
+    name = "grpo-quick" if args.quick else "grpo"
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def write() -> dict[str, Any] | None:
+        for runs in (*arms.values(), *after.values()):
+            runs.sort(key=lambda r: r["seed"])
+        summary = summarize(arms) if sum(map(len, arms.values())) == len(jobs) else None
+        result = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                  "device": device, "feature": chosen, "held_out_before": before, "held_out_after": after,
+                  "summary": summary, "runs": arms, "partial": summary is None,
+                  "wall_s": time.perf_counter() - start}  # fmt: skip
+        (args.out / f"{name}.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
+        return summary
+
+    if args.jobs > 1:
+        del base
+        pool = torch.multiprocessing.get_context("spawn").Pool(args.jobs)
+        results = pool.imap_unordered(run_job, jobs)
+    else:
+        results = (run_arm(base, tokenizer, sae, *job) for job in jobs)
+    summary = None
+    for arm, run, held in results:
+        arms[arm].append(run)
+        after[arm].append(held)
+        summary = write()
+    plot(arms, args.out / f"{name}.png")
+    print(json.dumps({"feature": chosen["feature"], **summary}, indent=1))
+    print(f"wrote {args.out / name}.json and .png ({time.perf_counter() - start:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,267 @@
+"""SASFT against code-switching on a real model: plain SFT against SASFT on the same contaminated data, steps and seed.
+
+Setting (gemma3-270m, its shipped SAE at resid_post.9): a Spanish continuation task built from the parallel Bibles
+(``sword-text-web`` / ``sword-text-sparv``, New Testament: the same books, chapters and verses in both). A sample's
+prompt is two Spanish verses, its response the next four. In ``--switch`` of the Spanish samples (default 50%) the
+response switches to English halfway (the next two verses in Spanish, then the English text of the two after): an SFT
+set contaminated with switching responses. ``--english`` more samples are honest English ones (lang "en", trained by
+CE only). Held-out: every fifth chapter, never trained on.
+
+Arms: the base model, plain SFT (TRL's SFTTrainer) and SASFT (SasftTrainer, λ ``--lam``, the top ``--top`` English
+features by monolinguality, alpha measured on the training chapters of both Bibles and Italian fortunes). Measured
+on ``--eval`` held-out prompts (greedy, ``--new-tokens``): the code-switching metric (share of generated sentences
+in English, share of responses with an English sentence; langid restricted to en/es); fluency: perplexity of
+held-out clean Spanish continuations (in domain) and of Spanish fortunes (out of domain).
+
+    python bench/sasft.py --quick          # a tiny run that checks the pipeline (6 min on 1 busy CPU core)
+    python bench/sasft.py                  # the experiment: on a GPU; on CPU a step of batch 2 took 23-43 s
+
+Measured on CPU (--quick, 1 thread of a shared 2-core machine): full fine-tuning of gemma3-270m at batch 2 takes
+23-43 s per step, so the default 300 steps at batch 8 is a GPU job; on CPU try --steps 100 --batch 4.
+
+Writes bench/results/sasft.json and bench/results/sasft.png (``--quick``: sasft-quick.*).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from trl import SFTConfig, SFTTrainer
+
+from qwenscope import load_model, load_sae
+from qwenscope.apps.posttrain import SasftConfig, SasftTrainer, code_switching, language_features, texts_by_language
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BIBLES = {"en": "engWEB2015eb", "es": "spaRV1909eb"}
+logger = logging.getLogger("bench.sasft")
+
+
+# ---------------------------------------------------------------- data
+def verse_text(raw: str) -> str:
+    """A verse's plain text: OSIS notes dropped, tags removed, spaces collapsed."""
+    raw = re.sub(r"<note\b.*?</note>", " ", raw, flags=re.DOTALL)
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]*>", "", raw)).strip()
+
+
+def new_testament() -> list[tuple[str, int, list[str], list[str]]]:
+    """(book, chapter, English verses, Spanish verses) of every NT chapter whose verse counts agree."""
+    from pysword.modules import SwordModules
+
+    modules = SwordModules("/usr/share/sword")
+    modules.parse_modules()
+    bibles = {lang: modules.get_bible_from_module(name) for lang, name in BIBLES.items()}
+    chapters = []
+    for book in bibles["en"].get_structure().get_books()["nt"]:
+        for chapter in range(1, book.num_chapters + 1):
+            verses = {lang: [verse_text(v) for v in b.get_iter(books=[book.name], chapters=[chapter], clean=False)]
+                      for lang, b in bibles.items()}  # fmt: skip
+            if len(verses["en"]) == len(verses["es"]) and all(verses["en"]) and all(verses["es"]):
+                chapters.append((book.name, chapter, verses["en"], verses["es"]))
+    return chapters
+
+
+def windows(verses_en: list[str], verses_es: list[str]) -> list[tuple[list[str], list[str]]]:
+    """Non-overlapping windows of six verses: (English, Spanish)."""
+    return [(verses_en[i : i + 6], verses_es[i : i + 6]) for i in range(0, len(verses_es) - 5, 6)]
+
+
+def build_data(chapters, switch: float, english: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """(training samples, held-out samples); see the module doc."""
+    gen = torch.Generator().manual_seed(seed)
+    train, held = [], []
+    for i, (_, _, en, es) in enumerate(chapters):
+        for w_en, w_es in windows(en, es):
+            prompt, clean = " ".join(w_es[:2]), " " + " ".join(w_es[2:])
+            if i % 5 == 0:
+                held.append({"prompt": prompt, "completion": clean, "lang": "es"})
+                continue
+            switched = torch.rand((), generator=gen) < switch
+            completion = " " + " ".join(w_es[2:4] + w_en[4:]) if switched else clean
+            train.append({"prompt": prompt, "completion": completion, "lang": "es", "switched": bool(switched)})
+            if torch.rand((), generator=gen) < english:
+                train.append({"prompt": " ".join(w_en[:2]), "completion": " " + " ".join(w_en[2:]), "lang": "en",
+                              "switched": False})  # fmt: skip
+    order = torch.randperm(len(train), generator=gen).tolist()
+    return [train[j] for j in order], held
+
+
+# ---------------------------------------------------------------- measures
+def generate(model, tokenizer, prompts: list[str], new_tokens: int, batch_size: int = 8) -> list[str]:
+    """Greedy continuations of ``prompts`` (left-padded batches)."""
+    tokenizer.padding_side = "left"
+    device = next(model.parameters()).device
+    out = []
+    model.eval()
+    for start in range(0, len(prompts), batch_size):
+        enc = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True).to(device)
+        with torch.no_grad():
+            ids = model.generate(**enc, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        out += tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    return out
+
+
+def perplexity(model, tokenizer, pairs: list[tuple[str, str]], max_tokens: int = 256) -> float:
+    """exp(mean NLL) of the second text of each pair given the first (an empty first text: the whole text)."""
+    device = next(model.parameters()).device
+    nll, count = 0.0, 0
+    model.eval()
+    for context, text in pairs:
+        ctx = tokenizer(context)["input_ids"] if context else tokenizer("")["input_ids"]
+        full = tokenizer(context + text)["input_ids"][:max_tokens]
+        ids = torch.tensor([full], device=device)
+        with torch.no_grad():
+            logits = model(ids).logits.float()
+        targets = ids[0, 1:]
+        logp = torch.log_softmax(logits[0, :-1], -1).gather(1, targets[:, None])[:, 0]
+        start = max(len(ctx) - 1, 0)
+        nll -= float(logp[start:].sum())
+        count += int(logp[start:].numel())
+    return math.exp(nll / max(count, 1))
+
+
+def measure(model, tokenizer, held: list[dict], fortunes: list[str], args) -> dict[str, Any]:
+    start = time.perf_counter()
+    prompts = [h["prompt"] for h in held[: args.eval]]
+    responses = generate(model, tokenizer, prompts, args.new_tokens)
+    cs = code_switching(responses, expected="es", unwanted="en")
+    result = {
+        "code_switching": cs.to_dict(),
+        "ppl_bible_es": perplexity(model, tokenizer, [(h["prompt"], h["completion"]) for h in held[: args.eval]]),
+        "ppl_fortunes_es": perplexity(model, tokenizer, [("", t) for t in fortunes]),
+        "examples": [{"prompt": p, "response": r} for p, r in zip(prompts[:5], responses[:5])],
+        "eval_seconds": time.perf_counter() - start,
+    }
+    logger.info("  switched sentences %.3f, responses %.3f, ppl bible %.2f, fortunes %.2f", cs.sentence_unwanted,
+                cs.response_switched, result["ppl_bible_es"], result["ppl_fortunes_es"])  # fmt: skip
+    return result
+
+
+# ---------------------------------------------------------------- arms
+def train_arm(name: str, train: list[dict], args, sasft: SasftConfig | None, sae) -> tuple[Any, Any, dict]:
+    model, tokenizer = load_model(args.model, device=args.device, dtype=torch.float32)
+    cuda = args.device.startswith("cuda")
+    config = SFTConfig(output_dir=str(args.work / name), max_steps=args.steps, per_device_train_batch_size=args.batch,
+                       learning_rate=args.lr, lr_scheduler_type="constant", max_length=args.max_length,
+                       logging_steps=max(1, args.steps // 20), save_strategy="no", seed=args.seed, report_to=[],
+                       use_cpu=not cuda, bf16=cuda, disable_tqdm=True, remove_unused_columns=sasft is None)  # fmt: skip
+    data = Dataset.from_list([{k: v for k, v in r.items() if k != "switched"} for r in train])
+    if sasft is None:
+        trainer: SFTTrainer = SFTTrainer(model, config, train_dataset=data, processing_class=tokenizer)
+    else:
+        trainer = SasftTrainer(model, config, sae=sae, sasft=sasft, train_dataset=data, processing_class=tokenizer)
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    info = {"train_seconds": seconds, "seconds_per_step": seconds / args.steps,
+            "log": [e for e in trainer.state.log_history if "loss" in e]}  # fmt: skip
+    logger.info("%s: %d steps in %.0f s (%.2f s/step)", name, args.steps, seconds, seconds / args.steps)
+    return trainer.model, tokenizer, info
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = list(results["arms"])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    width = 0.38
+    for j, key in enumerate(("sentence_unwanted", "response_switched")):
+        values = [results["arms"][a]["code_switching"][key] for a in arms]
+        axes[0].bar([i + (j - 0.5) * width for i in range(len(arms))], values, width, label=key.replace("_", " "))
+    axes[0].set_xticks(range(len(arms)), arms)
+    axes[0].set_ylabel("share in English")
+    axes[0].set_ylim(0, max(0.05, *(results["arms"][a]["code_switching"]["response_switched"] for a in arms)) * 1.15)
+    axes[0].set_title(f"code-switching, {results['n_eval']} held-out prompts")
+    axes[0].legend()
+    for j, key in enumerate(("ppl_bible_es", "ppl_fortunes_es")):
+        values = [results["arms"][a][key] for a in arms]
+        axes[1].bar([i + (j - 0.5) * width for i in range(len(arms))], values, width, label=key)
+    axes[1].set_xticks(range(len(arms)), arms)
+    axes[1].set_title("perplexity of held-out Spanish")
+    axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a tiny run that checks the pipeline")
+    parser.add_argument("--model", default="gemma3-270m")
+    parser.add_argument("--hookpoint", default="resid_post.9")
+    parser.add_argument("--lam", type=float, default=1e-3)
+    parser.add_argument("--top", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--switch", type=float, default=0.5, help="share of Spanish samples whose response switches")
+    parser.add_argument("--english", type=float, default=0.2, help="honest English samples per Spanish one")
+    parser.add_argument("--eval", type=int, default=60, help="held-out prompts (>= 50 for the acceptance)")
+    parser.add_argument("--new-tokens", type=int, default=120)
+    parser.add_argument("--feature-texts", type=int, default=200, help="texts per language for nu and alpha")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/qwenscope-bench-sasft"))
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.batch, args.eval, args.new_tokens, args.feature_texts = 2, 2, 4, 24, 8
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.manual_seed(args.seed)
+
+    chapters = new_testament()
+    train, held = build_data(chapters, args.switch, args.english, args.seed)
+    if args.quick:
+        train = train[:16]
+    fortunes = texts_by_language({"es": "fortunes:es"}, max(args.eval, 4), split="test")["es"]
+    logger.info("%d chapters, %d training samples (%d switched), %d held-out prompts", len(chapters), len(train),
+                sum(r["switched"] for r in train), len(held))  # fmt: skip
+
+    model, tokenizer = load_model(args.model, device=args.device, dtype=torch.float32)
+    sae = load_sae(args.model, hookpoint=args.hookpoint, device=args.device)
+    train_chapters = [c for i, c in enumerate(chapters) if i % 5]
+    texts = {"en": [" ".join(c[2]) for c in train_chapters][: args.feature_texts],
+             "es": [" ".join(c[3]) for c in train_chapters][: args.feature_texts],
+             **texts_by_language({"it": "fortunes:it"}, args.feature_texts)}  # fmt: skip
+    feats = language_features(model, tokenizer, sae, texts, "en", top=args.top)
+    logger.info("English features %s, nu %s", feats.ids, [round(float(feats.nu[i]), 3) for i in feats.ids])
+
+    features = {"ids": feats.ids, "nu": [float(feats.nu[i]) for i in feats.ids],
+                "alpha": {k: v[feats.ids].tolist() for k, v in feats.alpha.items()}, "n_tokens": feats.n_tokens}
+    results: dict[str, Any] = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                               "n_train": len(train), "n_switched": sum(r["switched"] for r in train),
+                               "n_eval": min(args.eval, len(held)), "features": features, "arms": {}}  # fmt: skip
+    logger.info("base model")
+    results["arms"]["base"] = measure(model, tokenizer, held, fortunes, args)
+    del model
+    for name, sasft in (("sft", None), ("sasft", SasftConfig(feats, lam=args.lam))):
+        trained, tokenizer, info = train_arm(name, train, args, sasft, sae)
+        results["arms"][name] = {**measure(trained, tokenizer, held, fortunes, args), **info}
+        del trained
+    base_ratio = results["arms"]["sft"]["code_switching"]["sentence_unwanted"]
+    sasft_ratio = results["arms"]["sasft"]["code_switching"]["sentence_unwanted"]
+    results["ratio_cut"] = None if base_ratio == 0 else 1 - sasft_ratio / base_ratio
+    results["ppl_change"] = results["arms"]["sasft"]["ppl_bible_es"] / results["arms"]["sft"]["ppl_bible_es"] - 1
+
+    RESULTS.mkdir(exist_ok=True)
+    stem = "sasft-quick" if args.quick else "sasft"
+    (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=1, ensure_ascii=False))
+    plot(results, RESULTS / f"{stem}.png")
+    arms = results["arms"]
+    print(f"code-switching (share of English sentences): base {arms['base']['code_switching']['sentence_unwanted']:.3f}"
+          f", SFT {base_ratio:.3f}, SASFT {sasft_ratio:.3f}; perplexity SASFT vs SFT {results['ppl_change']:+.1%}; "
+          f"wrote {RESULTS / stem}.json/.png")
+
+
+if __name__ == "__main__":
+    main()

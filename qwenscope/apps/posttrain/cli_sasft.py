@@ -1,0 +1,215 @@
+"""``qwenscope sasft``: fine-tune with the SASFT loss (TRL's SFTTrainer underneath).
+
+    qwenscope sasft --model gemma3-270m --sae gemma3-270m --hookpoint resid_post.9 --data sft.jsonl \\
+        --lang-column lang --unwanted en --lam 1e-3 --top 2 --steps 200 --out runs/sasft [--lora]
+
+Data: a JSONL (or JSON list) file of samples in any format SFTTrainer reads (``prompt``/``completion``,
+``messages``, or ``text``) plus a column naming each sample's language. Samples in ``--unwanted`` are trained by CE
+only; the others also pay the feature penalty.
+
+Language features (the unwanted language's top features and every language's thresholds alpha): ``--features
+FILE`` (written by an earlier run or ``LanguageFeatures.save``), else measured on ``--corpus`` (``en=fortunes:en,
+es=bible:es``: any text source per language), else on the data's own responses grouped by language (then the data
+must hold some responses in the unwanted language). They are saved as ``OUT/language_features.json``.
+
+Checkpoints go to ``OUT/checkpoint-N`` every ``--save-steps``; run the same command again after a kill and training
+resumes from the last one (TRL's ``resume_from_checkpoint``). The final model (or LoRA adapter) is saved in
+``OUT/final``, the run's summary in ``OUT/sasft.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from qwenscope import QwenscopeError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SasftCommand:
+    data: str = ""
+    """The SFT data: a JSONL/JSON file of prompt/completion, messages or text samples with a language column."""
+    out: str = ""
+    """Output folder: checkpoints, the language features, the final model and sasft.json."""
+    model: str = "gemma3-270m"
+    """Model: an embedded name (gemma3-270m, smollm2-135m), a local HF folder or a hub id."""
+    sae: str = ""
+    """SAE: a folder, a file or a hub repo id; default the model's shipped SAE at --hookpoint."""
+    hookpoint: str = ""
+    """Where the SAE reads, e.g. resid_post.9; default the SAE's own."""
+    lang_column: str = "lang"
+    """The data column naming each sample's language (ISO codes such as en, es, it)."""
+    unwanted: str = "en"
+    """The language whose features are kept quiet on the other languages' samples."""
+    lam: float = 1e-3
+    """λ, the weight of the feature penalty (the report: 5e-4 to 1e-3; 0 is plain SFT)."""
+    top: int = 2
+    """How many of the unwanted language's features to penalise (by monolinguality; the report: 2)."""
+    feature_ids: str = ""
+    """Hand-picked feature ids instead of the top ones, comma-separated: 812,4051."""
+    features: str = ""
+    """Language features file from an earlier run (JSON or safetensors); default: measure them."""
+    corpus: str = ""
+    """Texts to measure the features on, per language: en=fortunes:en,es=bible:es; default the data's responses."""
+    corpus_texts: int = 300
+    """Texts per language read from --corpus."""
+    steps: int = 100
+    """Optimizer steps."""
+    batch_size: int = 4
+    """Samples per device batch."""
+    grad_accum: int = 1
+    """Gradient accumulation steps."""
+    lr: float = 2e-5
+    """Learning rate (LoRA usually wants ~1e-4)."""
+    max_length: int = 512
+    """Samples are cut to this many tokens."""
+    lora: bool = False
+    """Train a LoRA adapter (peft) instead of the full model."""
+    lora_r: int = 16
+    """LoRA rank."""
+    save_steps: int = 50
+    """Checkpoint every this many steps."""
+    seed: int = 0
+    """Seed of the data order and initialisation."""
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise QwenscopeError("sasft needs --data (a JSONL file of samples with a language column)")
+        if not self.out:
+            raise QwenscopeError("sasft needs --out DIR (checkpoints and the final model go there)")
+        if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1 or self.save_steps < 1:
+            raise QwenscopeError("--steps, --batch-size, --grad-accum and --save-steps must be at least 1")
+        if self.top < 1:
+            raise QwenscopeError(f"--top must be at least 1, got {self.top}")
+        if not re.fullmatch(r"\s*(\d+\s*(,\s*\d+\s*)*)?", self.feature_ids):
+            raise QwenscopeError(f"--feature-ids wants comma-separated ids such as 812,4051, got {self.feature_ids!r}")
+
+    @property
+    def ids(self) -> list[int]:
+        """The hand-picked feature ids (empty: the top ones)."""
+        return [int(v) for v in self.feature_ids.split(",") if v.strip()]
+
+
+# ---------------------------------------------------------------- data
+def read_rows(path: str) -> list[dict[str, Any]]:
+    """The samples of a JSONL file (or a JSON list)."""
+    file = Path(path)
+    if not file.is_file():
+        raise QwenscopeError(f"no data file {path}; pass a JSONL file of samples")
+    text = file.read_text(encoding="utf-8")
+    try:
+        rows = json.loads(text) if text.lstrip().startswith("[") else [json.loads(x) for x in text.splitlines()
+                                                                         if x.strip()]  # fmt: skip
+    except json.JSONDecodeError as e:
+        raise QwenscopeError(f"{path} is not JSONL: {e}") from None
+    if not rows or not all(isinstance(r, dict) for r in rows):
+        raise QwenscopeError(f"{path} holds no samples; each line must be a JSON object")
+    return rows
+
+
+def response_text(row: dict[str, Any]) -> str:
+    """What the sample trains the model to say: its completion, assistant messages or text."""
+    for key in ("completion", "messages", "text"):
+        value = row.get(key)
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list):
+            turns = [m for m in value if isinstance(m, dict) and m.get("role") == "assistant"]
+            return "\n".join(str(m.get("content", "")) for m in turns)
+    raise QwenscopeError("a sample has none of completion, messages or text; SFTTrainer needs one of them")
+
+
+def corpus_texts(cfg: SasftCommand, rows: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Texts per language to measure the features on (see the module doc)."""
+    if cfg.corpus:
+        from qwenscope.apps.posttrain.language import texts_by_language
+
+        pairs = [p.split("=", 1) for p in cfg.corpus.split(",") if p.strip()]
+        if any(len(p) != 2 for p in pairs):
+            raise QwenscopeError(f"--corpus wants lang=source pairs (en=fortunes:en,es=bible:es), got {cfg.corpus!r}")
+        return texts_by_language({k.strip(): v.strip() for k, v in pairs}, cfg.corpus_texts, seed=cfg.seed)
+    texts: dict[str, list[str]] = {}
+    for row in rows:
+        if cfg.lang_column in row:
+            texts.setdefault(str(row[cfg.lang_column]), []).append(response_text(row))
+    return texts
+
+
+# ---------------------------------------------------------------- run
+def language_features_for(cfg: SasftCommand, model, tokenizer, sae, rows: list[dict[str, Any]]) -> Any:
+    from qwenscope.apps.posttrain.language import LanguageFeatures, language_features
+
+    if cfg.features:
+        feats = LanguageFeatures.load(cfg.features)
+        if feats.lang != cfg.unwanted:
+            raise QwenscopeError(f"--features holds the features of {feats.lang!r}, not of --unwanted {cfg.unwanted!r}")
+    else:
+        texts = corpus_texts(cfg, rows)
+        if cfg.unwanted not in texts:
+            raise QwenscopeError(f"no {cfg.unwanted!r} texts to find its features in: the data has no "
+                                 f"{cfg.unwanted!r} sample; pass --corpus {cfg.unwanted}=SOURCE,... "
+                                 "or --features FILE")  # fmt: skip
+        feats = language_features(model, tokenizer, sae, texts, cfg.unwanted, hookpoint=cfg.hookpoint or None)
+    return feats.with_ids(cfg.ids) if cfg.ids else feats.top(cfg.top)
+
+
+def build_trainer(cfg: SasftCommand) -> Any:
+    """Everything up to ``train()``: data, model, SAE, features (saved in OUT) and the SasftTrainer."""
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig
+
+    from qwenscope import load_model, load_sae
+    from qwenscope.apps.posttrain.sasft import SasftConfig, SasftTrainer, check_data
+    from qwenscope.sae.load import EMBEDDED_MODELS
+
+    if not cfg.sae and cfg.model not in EMBEDDED_MODELS:
+        raise QwenscopeError(f"no SAE ships for {cfg.model}; pass --sae (a folder, file or hub repo id)")
+    rows = read_rows(cfg.data)
+    cuda = torch.cuda.is_available()
+    model, tokenizer = load_model(cfg.model, device="cuda" if cuda else "cpu", dtype=torch.float32)
+    sae = load_sae(cfg.sae or cfg.model, hookpoint=cfg.hookpoint or None, device="cuda" if cuda else "cpu")
+    data = Dataset.from_list(rows)
+    feats = language_features_for(cfg, model, tokenizer, sae, rows)
+    sasft = SasftConfig(feats, lam=cfg.lam, lang_column=cfg.lang_column)
+    check_data(data, sasft)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    feats.save(out / "language_features.json")
+    args = SFTConfig(output_dir=str(out), max_steps=cfg.steps, per_device_train_batch_size=cfg.batch_size,
+                     gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr, max_length=cfg.max_length,
+                     save_steps=cfg.save_steps, logging_steps=max(1, min(10, cfg.steps // 10)), seed=cfg.seed,
+                     report_to=[], use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
+                     remove_unused_columns=False)  # fmt: skip
+    peft_config = None
+    if cfg.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, target_modules="all-linear",
+                                 task_type="CAUSAL_LM")  # fmt: skip
+    return SasftTrainer(model, args, sae=sae, sasft=sasft, train_dataset=data, processing_class=tokenizer,
+                        peft_config=peft_config)  # fmt: skip
+
+
+def run_sasft(cfg: SasftCommand) -> None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    trainer = build_trainer(cfg)
+    out = Path(cfg.out)
+    last = get_last_checkpoint(str(out))
+    if last:
+        logger.info("resuming from %s", last)
+    result = trainer.train(resume_from_checkpoint=last)
+    trainer.save_model(str(out / "final"))
+    feats = trainer.sasft.features
+    summary = {"config": asdict(cfg), "features": {"lang": feats.lang, "hookpoint": feats.hookpoint, "ids": feats.ids},
+               "resumed_from": last, "train": result.metrics,
+               "log": [e for e in trainer.state.log_history if "loss" in e]}  # fmt: skip
+    (out / "sasft.json").write_text(json.dumps(summary, indent=1))
+    print(f"trained {trainer.state.global_step} steps; model in {out / 'final'}, summary in {out / 'sasft.json'}")

@@ -1,0 +1,8 @@
+"""Every posttrain test: its own qwenscope cache folder and one torch thread."""
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def own_cache_one_thread(tmp_path, monkeypatch, one_thread):
+    monkeypatch.setenv("QWENSCOPE_CACHE", str(tmp_path / "cache"))

@@ -1,0 +1,179 @@
+"""SASFT on a tiny Qwen3: λ = 0 is plain SFTTrainer, the penalty's gradient is the hand-written one, bad data gets one
+line, and the CLI trains, saves and resumes."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from tiny_models import build_tiny, make_byte_tokenizer
+from trl import SFTConfig, SFTTrainer
+
+from qwenscope import QwenscopeError, Sae, SaeConfig
+from qwenscope.apps.posttrain.language import LanguageFeatures
+from qwenscope.apps.posttrain.sasft import LANG_KEY, SasftConfig, SasftTrainer
+from qwenscope.cli import main
+
+D_SAE = 32
+ROWS = [
+    {"prompt": "Pregunta: ¿qué tal?", "completion": " Muy bien, gracias por preguntar.", "lang": "es"},
+    {"prompt": "Question: how are you?", "completion": " Very well, thanks for asking.", "lang": "en"},
+    {"prompt": "Domanda: come va?", "completion": " Molto bene, grazie di aver chiesto.", "lang": "it"},
+    {"prompt": "Pregunta: ¿y tú?", "completion": " Yo también estoy bien, well fine.", "lang": "es"},
+] * 2
+
+
+def tiny_model():
+    """A tiny random Qwen3 (vocab 512) and a byte tokenizer: a training step takes milliseconds."""
+    return build_tiny("qwen3", num_layers=2).train(), make_byte_tokenizer()
+
+
+def tiny_sae(hookpoint="resid_post.0", d_in=64):
+    torch.manual_seed(3)
+    return Sae(SaeConfig(d_in=d_in, d_sae=D_SAE, k=4, hookpoint=hookpoint))
+
+
+def features(ids=(1, 5, 9)):
+    """English features with hand-set thresholds: Spanish and Italian samples are held to different alphas."""
+    nu = torch.linspace(-1, 1, D_SAE)
+    # the tiny model's pre-activations are ~ +-0.02: these thresholds leave some tokens under and some over
+    alpha = {"en": torch.full((D_SAE,), -1.0), "es": torch.zeros(D_SAE), "it": torch.full((D_SAE,), 0.008)}
+    return LanguageFeatures("resid_post.0", "en", list(ids), nu, alpha)
+
+
+def sft_args(tmp_path, steps=3, **kw):
+    return SFTConfig(output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=2, learning_rate=1e-3,
+                     report_to=[], use_cpu=True, save_strategy="no", logging_steps=1, seed=0,
+                     disable_tqdm=True, **kw)  # fmt: skip
+
+
+def sasft_trainer(tmp_path, lam, rows=ROWS, model=None, sae=None, feats=None, **kw):
+    model = model if model is not None else tiny_model()[0]
+    tokenizer = make_byte_tokenizer()
+    return SasftTrainer(model, sft_args(tmp_path, **kw), sae=sae or tiny_sae(),
+                        sasft=SasftConfig(feats or features(), lam=lam), train_dataset=Dataset.from_list(rows),
+                        processing_class=tokenizer)  # fmt: skip
+
+
+def test_lambda_zero_gives_the_weights_of_plain_sft(tmp_path):
+    """Bit-identical: same seed, data and steps; the hook, the collator and the 0 * penalty change nothing."""
+    model, tokenizer = tiny_model()
+    plain = SFTTrainer(model, sft_args(tmp_path / "plain"), train_dataset=Dataset.from_list(ROWS),
+                       processing_class=tokenizer)  # fmt: skip
+    plain.train()
+    zero = sasft_trainer(tmp_path / "zero", lam=0.0)
+    zero.train()
+    pushed = sasft_trainer(tmp_path / "pushed", lam=100.0)
+    pushed.train()
+    a, b, c = plain.model.state_dict(), zero.model.state_dict(), pushed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["model.layers.0.mlp.down_proj.weight"], c["model.layers.0.mlp.down_proj.weight"])
+    logged = [e["sasft_penalty"] for e in zero.state.log_history if "sasft_penalty" in e]
+    assert len(logged) == 3 and max(logged) > 0  # the penalty was computed (and logged) even at λ = 0
+
+
+def hand_penalty(model, sae, feats, batch, rows):
+    """The SASFT term from ``output_hidden_states`` and ``sae.pre_acts``: mean over the response tokens of the non-
+    English rows of the sum over features of ReLU(f_s - alpha_lang[s])."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
+    pre = sae.pre_acts(out.hidden_states[1])[..., feats.ids]  # resid_post.0: (batch, seq, n)
+    terms = []
+    for b, row in enumerate(rows):
+        if row["lang"] == feats.lang:
+            continue
+        response = batch["labels"][b] != -100
+        terms.append(F.relu(pre[b, response] - feats.alpha[row["lang"]][feats.ids]).sum(-1))
+    return torch.cat(terms).mean()
+
+
+def test_penalty_gradient_equals_hand_written_autograd(tmp_path):
+    model = tiny_model()[0]
+    sae, feats = tiny_sae(), features()
+    with_penalty = sasft_trainer(tmp_path / "a", lam=1.0, model=model, sae=sae, feats=feats)
+    without = sasft_trainer(tmp_path / "b", lam=0.0, model=model, sae=sae, feats=feats)
+    rows = [with_penalty.train_dataset[i] for i in range(4)]
+    batch = with_penalty.data_collator(rows)
+    assert batch[LANG_KEY].tolist() == [0, -1, 1, 0]  # es, en (not penalised), it, es
+
+    def grads(loss_fn):
+        model.zero_grad()
+        loss_fn().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    g1 = grads(lambda: with_penalty.compute_loss(model, dict(batch)))
+    g0 = grads(lambda: without.compute_loss(model, dict(batch)))
+    expected = hand_penalty(model, sae, feats, batch, rows)
+    assert expected > 0
+    g = grads(lambda: hand_penalty(model, sae, feats, batch, rows))
+    for name in ["model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight",
+                 "model.layers.0.mlp.down_proj.weight", "model.layers.0.input_layernorm.weight"]:  # fmt: skip
+        assert g[name].abs().max() > 0
+        torch.testing.assert_close(g1[name] - g0[name], g[name], atol=1e-6, rtol=1e-4)
+    later = "model.layers.1.mlp.down_proj.weight"  # after the hookpoint: the penalty does not reach it
+    assert later not in g and torch.equal(g1[later], g0[later])
+    assert all(p.grad is None for p in sae.parameters())  # the SAE stays frozen
+
+
+def test_bad_data_and_saes_get_one_line(tmp_path):
+    english_only = [r for r in ROWS if r["lang"] == "en"]
+    no_column = [{k: v for k, v in r.items() if k != "lang"} for r in ROWS]
+    german = ROWS + [{**ROWS[0], "lang": "de"}]
+    cases = [
+        (lambda: sasft_trainer(tmp_path, 1.0, rows=english_only), "no sample in a language other than 'en'"),
+        (lambda: sasft_trainer(tmp_path, 1.0, rows=no_column), "no 'lang' column"),
+        (lambda: sasft_trainer(tmp_path, 1.0, rows=german), "no alpha for language 'de'"),
+        (lambda: sasft_trainer(tmp_path, 1.0, sae=tiny_sae(d_in=32)), "belongs to another model"),
+        (lambda: sasft_trainer(tmp_path, 1.0, sae=tiny_sae("resid_post.1")), "another layer"),
+        (lambda: sasft_trainer(tmp_path, 1.0, feats=features(ids=(1, D_SAE))), "beyond the SAE's width"),
+        (lambda: sasft_trainer(tmp_path, 1.0, packing=True, max_length=64), "packing=False"),
+        (lambda: SasftConfig(features(), lam=-1.0), "lam"),
+    ]
+    for call, match in cases:
+        with pytest.raises(QwenscopeError, match=match) as e:
+            call()
+        assert "\n" not in str(e.value)
+
+
+def test_cli_trains_saves_and_resumes(tmp_path, capsys):
+    model, tokenizer = tiny_model()
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    tiny_sae().save(tmp_path / "sae")
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    out = tmp_path / "run"
+    base = ["sasft", "--model", str(model_dir), "--sae", str(tmp_path / "sae"), "--data", str(data), "--out", str(out),
+            "--unwanted", "en", "--lam", "0.5", "--top", "3", "--batch-size", "2", "--save-steps", "2"]  # fmt: skip
+    assert main([*base, "--steps", "2"]) == 0
+    first = json.loads((out / "sasft.json").read_text())
+    assert first["resumed_from"] is None and len(first["features"]["ids"]) == 3
+    assert (out / "checkpoint-2").is_dir() and (out / "final" / "config.json").is_file()
+    feats = LanguageFeatures.load(out / "language_features.json")  # measured on the data's responses
+    assert set(feats.alpha) == {"en", "es", "it"} and feats.ids == first["features"]["ids"]
+    assert main([*base, "--steps", "3"]) == 0  # the same command, more steps: resumes from checkpoint-2
+    second = json.loads((out / "sasft.json").read_text())
+    assert second["resumed_from"].endswith("checkpoint-2") and [e["step"] for e in second["log"]][-1] == 3
+    assert any("sasft_penalty" in e for e in second["log"])
+    capsys.readouterr()
+    assert main(["sasft", "--model", str(model_dir), "--sae", str(tmp_path / "sae"), "--data", str(data),
+                 "--out", str(out), "--unwanted", "de"]) == 2  # fmt: skip
+    assert "no 'de' texts" in capsys.readouterr().err
+
+
+def test_lora_trains_the_adapter_only_and_still_reads_the_hookpoint(tmp_path):
+    from peft import LoraConfig
+
+    model, tokenizer = tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = SasftTrainer(model, sft_args(tmp_path, steps=2), sae=tiny_sae(), sasft=SasftConfig(features(), lam=1.0),
+                           train_dataset=Dataset.from_list(ROWS), processing_class=tokenizer,
+                           peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))  # fmt: skip
+    trainer.train()
+    assert type(trainer.model).__name__.startswith("Peft")
+    assert next(e["sasft_penalty"] for e in trainer.state.log_history if "sasft_penalty" in e) > 0
+    merged = trainer.model.get_base_model()
+    assert torch.equal(merged.model.layers[0].mlp.down_proj.base_layer.weight,
+                       before["model.layers.0.mlp.down_proj.weight"])  # fmt: skip
+    assert any(("lora_B" in n) and p.abs().max() > 0 for n, p in trainer.model.named_parameters())
