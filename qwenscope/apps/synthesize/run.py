@@ -130,17 +130,22 @@ class Output:
         self.records: list[dict[str, Any]] = []
         self.done: set[tuple[str, int]] = set()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.is_file() and self.path.stat().st_size:
-            self._resume()
+        has_data = self.path.is_file() and self.path.stat().st_size > 0
+        if self.state_path.is_file() and self.path.is_file():
+            self._resume()  # also a run that has verified nothing yet: its spent batches stay spent
+        elif has_data:
+            raise QwenscopeError(f"{self.path} already holds data but no {self.state_path.name}: not a synthesis run "
+                                 "this can resume; pass another --out or delete it")  # fmt: skip
         else:
             self.path.write_text("")
             self._save()
 
     def _resume(self) -> None:
-        if not self.state_path.is_file():
-            raise QwenscopeError(f"{self.path} already holds data but no {self.state_path.name}: not a synthesis run "
-                                 "this can resume; pass another --out or delete it")  # fmt: skip
-        state = json.loads(self.state_path.read_text())
+        try:
+            state = json.loads(self.state_path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise QwenscopeError(f"{self.state_path} is damaged ({e}); delete it and {self.path} to start over"
+                                 ) from None  # fmt: skip
         if state.get("settings") != self.settings:
             old = state.get("settings", {})
             diff = next((k for k in {**old, **self.settings} if old.get(k) != self.settings.get(k)), "version")

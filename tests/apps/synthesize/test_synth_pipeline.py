@@ -203,6 +203,21 @@ def test_a_killed_run_resumes_to_exactly_the_uninterrupted_records(model, tokeni
     assert read(killed) == expected and again.kept == summary.kept and abs(again.seconds - summary.seconds) < 0.01
 
 
+def test_a_run_that_verified_nothing_yet_resumes_too(model, tokenizer, sae, tmp_path, monkeypatch):
+    targets = common_targets(model, tokenizer, sae, 1)
+    out = tmp_path / "none.jsonl"
+    monkeypatch.setattr(run_module, "verify", lambda *a, **k: np.zeros((len(a[4]), len(a[5])), np.float32))
+    first = synthesize(model, tokenizer, sae, targets, "rude words", out, budget=3, gen=GEN, progress=False)
+    assert out.read_text() == "" and first.attempts == {targets[0].key: 3}
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("a finished run generated again")
+
+    monkeypatch.setattr(run_module, "generate_texts", no_generation)
+    again = synthesize(model, tokenizer, sae, targets, "rude words", out, budget=3, gen=GEN, progress=False)
+    assert again.attempts == first.attempts and again.covered == []
+
+
 def test_another_runs_output_is_refused(model, tokenizer, sae, tmp_path):
     targets = common_targets(model, tokenizer, sae, 1)
     out = tmp_path / "synth.jsonl"
