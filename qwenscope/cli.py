@@ -229,6 +229,12 @@ def _classify() -> tuple[tuple[type, ...], Callable[..., object]]:
     return (ClassifyConfig,), run_classify
 
 
+def _synthesize() -> tuple[tuple[type, ...], Callable[..., object]]:
+    from qwenscope.apps.synthesize.cli import SynthesizeConfig, run_synthesize
+
+    return (SynthesizeConfig,), run_synthesize
+
+
 def _grpo() -> tuple[tuple[type, ...], Callable[..., object]]:
     from qwenscope.apps.posttrain.cli_grpo import command
 
@@ -258,6 +264,7 @@ COMMANDS: dict[str, tuple[str, Getter, tuple[str, ...]]] = {
                    _benchmarks, ("action", "benchmarks")),
     "classify": ("toxicity (or any label) from a handful of SAE features, with probes and TF-IDF side by side",
                  _classify, ("action", "classifier")),
+    "synthesize": ("verified data aimed at the SAE features a seed corpus never activates", _synthesize, ()),
     "grpo": ("GRPO in TRL with one steered negative rollout per group (a repetition feature turned up)", _grpo, ()),
     "sasft": ("fine-tune with SASFT: SFT that keeps an unwanted language's SAE features quiet (TRL)", _sasft, ()),
     "demo": ("the main job on the embedded default model", _demo, ()),
