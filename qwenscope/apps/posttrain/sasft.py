@@ -70,11 +70,15 @@ class SasftConfig:
 
 # ---------------------------------------------------------------- the penalty
 def feature_pre_acts(sae: Sae, x: Tensor, ids: Tensor) -> Tensor:
-    """``sae.pre_acts(x)[..., ids]`` computed on the chosen columns only: (..., len(ids)), differentiable in x."""
-    x = x.to(sae.dtype)
+    """``sae.pre_acts(x)[..., ids]`` computed on the chosen columns only: (..., len(ids)), differentiable in x.
+
+    Always in float32: the SAE may be held in float16 (the shipped files are), and residual streams such as gemma3's
+    hold values beyond float16's range (65504), which became inf and made the penalty infinite in the first GPU run.
+    """
+    x = x.float()
     if sae.cfg.apply_b_dec_to_input:
-        x = x - sae.b_dec
-    return x @ sae.W_enc[:, ids] + sae.b_enc[ids]
+        x = x - sae.b_dec.float()
+    return x @ sae.W_enc[:, ids].float() + sae.b_enc[ids].float()
 
 
 def sasft_penalty(acts: Tensor, sae: Sae, ids: Tensor, alpha: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -86,9 +90,11 @@ def sasft_penalty(acts: Tensor, sae: Sae, ids: Tensor, alpha: Tensor, mask: Tens
     rows, cols = mask.nonzero(as_tuple=True)
     if rows.numel() == 0:
         return acts.sum() * 0.0, acts.new_zeros(())
-    f = feature_pre_acts(sae, acts[rows, cols], ids)  # (tokens, n)
-    excess = F.relu(f - alpha[rows].to(f.dtype))  # (tokens, n)
-    return excess.sum(-1).mean(), (excess > 0).any(-1).float().mean().detach()
+    # in float32 whatever the trainer's autocast (see feature_pre_acts)
+    with torch.autocast(device_type=acts.device.type, enabled=False):
+        f = feature_pre_acts(sae, acts[rows, cols].float(), ids)  # (tokens, n)
+        excess = F.relu(f - alpha[rows].float())  # (tokens, n)
+        return excess.sum(-1).mean(), (excess > 0).any(-1).float().mean().detach()
 
 
 # ---------------------------------------------------------------- data

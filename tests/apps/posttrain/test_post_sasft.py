@@ -177,3 +177,23 @@ def test_lora_trains_the_adapter_only_and_still_reads_the_hookpoint(tmp_path):
     assert torch.equal(merged.model.layers[0].mlp.down_proj.base_layer.weight,
                        before["model.layers.0.mlp.down_proj.weight"])  # fmt: skip
     assert any(("lora_B" in n) and p.abs().max() > 0 for n, p in trainer.model.named_parameters())
+
+
+def test_the_penalty_is_float32_for_a_float16_sae_and_residuals_beyond_its_range():
+    """gemma3's residual stream holds values beyond float16's 65504: a float16 SAE (as shipped) must not turn them into
+    an infinite penalty (the first H200 run logged one)."""
+    from qwenscope import Sae, SaeConfig
+    from qwenscope.apps.posttrain.sasft import sasft_penalty
+
+    torch.manual_seed(0)
+    sae32 = Sae(SaeConfig(d_in=8, d_sae=16, k=4))
+    sae16 = Sae(SaeConfig(d_in=8, d_sae=16, k=4)).half()
+    sae16.load_state_dict({k: v.half() for k, v in sae32.state_dict().items()})
+    x = torch.randn(2, 3, 8) * 7e4
+    ids, alpha, mask = torch.tensor([1, 5, 9]), torch.zeros(2, 3), torch.ones(2, 3, dtype=torch.bool)
+    p16, _ = sasft_penalty(x.clone().requires_grad_(), sae16, ids, alpha, mask)
+    ref = Sae(SaeConfig(d_in=8, d_sae=16, k=4))
+    ref.load_state_dict({k: v.half().float() for k, v in sae32.state_dict().items()})  # the same rounded weights
+    p32, _ = sasft_penalty(x, ref, ids, alpha, mask)
+    assert torch.isfinite(p16) and p16 > 0
+    torch.testing.assert_close(p16, p32, rtol=1e-5, atol=0)
