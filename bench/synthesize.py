@@ -1,10 +1,11 @@
 """Feature-targeted synthesis against plain generation, at equal generation budget, on real data.
 
 Seed: a 5% stratified draw (``--fraction``) of the discovery split of Debian's Spanish offensive fortunes against the
-ordinary ones (``fortunes_offensive("es")``, human-written and human-labelled). Target: "offensive / vulgar
-language". Inventory by contrast, from an independent description of the target: template sentences built from the Spanish profanity list of
-the PyPI package glin-profanity against the same templates with neutral words. Targets: the inventory features (top
-Δ first) that fire on no seed text. Generator and reader: gemma3-270m and its shipped SAE (resid_post.9).
+ordinary ones (``fortunes_offensive("es")``, human-written and human-labelled). Target: "offensive / vulgar language".
+Inventory by contrast, from an independent description of the target: template sentences built from the Spanish
+profanity list of the PyPI package glin-profanity against the same templates with neutral words. Targets: the
+inventory features (top Δ first) that fire on no seed text. Generator and reader: gemma3-270m and its shipped SAE
+(resid_post.9).
 
 Arms, each ``budget`` generations per target: prompt (the description plus snippets where the target fires in the
 profanity sentences), rewrite (a seed text to rewrite so it carries the target), each without and with the target
