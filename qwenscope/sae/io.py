@@ -33,6 +33,16 @@ def _expected_shapes(cfg: SaeConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def default_dtype(file_dtype: torch.dtype, device: str | torch.device) -> torch.dtype:
+    """The dtype an SAE stored as ``file_dtype`` is loaded in on ``device`` when none is asked for: the file's, except
+    float16 becomes float32 everywhere (the SAE casts its input to its dtype, and residual streams such as gemma3's
+    hold values beyond float16's 65504, which would become inf), and bfloat16 becomes float32 on the CPU (fast
+    matmuls there)."""
+    if file_dtype == torch.float16 or (file_dtype == torch.bfloat16 and torch.device(device).type == "cpu"):
+        return torch.float32
+    return file_dtype
+
+
 def build_sae(
     cfg: SaeConfig,
     tensors: dict[str, torch.Tensor],
@@ -43,7 +53,7 @@ def build_sae(
     """An `Sae` holding ``tensors`` (our names and layout), after checking names and shapes.
 
     Tensors are used as given where device and dtype already match (no copy; transposed views stay views).
-    ``dtype=None`` keeps the file's dtype, except that fp16/bf16 become fp32 on the CPU (fast matmuls there).
+    ``dtype=None``: ``default_dtype`` of the file's dtype.
     """
     expected = _expected_shapes(cfg)
     missing = sorted(set(expected) - set(tensors))
@@ -56,9 +66,7 @@ def build_sae(
                 f"for d_in={cfg.d_in}, d_sae={cfg.d_sae}; the file does not match its config"
             )
     if dtype is None:
-        dtype = tensors["W_enc"].dtype
-        if dtype in (torch.float16, torch.bfloat16) and torch.device(device).type == "cpu":
-            dtype = torch.float32
+        dtype = default_dtype(tensors["W_enc"].dtype, device)
     with torch.device("meta"):
         sae = Sae(cfg, dtype=dtype)
     state = {name: tensors[name].to(device=device, dtype=dtype) for name in expected}

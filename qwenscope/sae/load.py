@@ -47,7 +47,7 @@ def load_sae(
         hookpoint: which SAE, for sources holding one folder per hookpoint (``resid_post.3``, sparsify's ``layers.3``).
         device: where to put the weights.
         k: TopK k, only needed for Qwen-Scope files outside a folder named like their release.
-        dtype: weight dtype; default keeps the file's (fp16/bf16 become fp32 on the CPU).
+        dtype: weight dtype; default keeps the file's, except fp16 becomes fp32 (and bf16 on the CPU).
         revision: hub revision (branch, tag or commit) for repo ids.
     """
     layer, hookpoint = _layer_and_hookpoint(layer, hookpoint)

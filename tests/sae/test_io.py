@@ -35,6 +35,19 @@ def test_fp16_file_loads_as_fp32_on_cpu(tmp_path):
     assert load_sae(tmp_path, dtype=torch.float16).dtype == torch.float16
 
 
+def test_default_dtype_never_keeps_float16_whose_range_residuals_exceed():
+    from qwenscope.sae.io import default_dtype
+
+    assert default_dtype(torch.float16, "cpu") == torch.float32
+    assert default_dtype(torch.float16, "cuda") == torch.float32  # gemma3's residual stream exceeds 65504
+    assert default_dtype(torch.bfloat16, "cpu") == torch.float32
+    assert default_dtype(torch.bfloat16, "cuda") == torch.bfloat16
+    assert default_dtype(torch.float32, "cuda") == torch.float32
+    big = torch.full((1, 8), 7e4)
+    sae = Sae(SaeConfig(d_in=8, d_sae=16, k=2)).half()
+    assert not torch.isfinite(sae.pre_acts(big)).all()  # why: a float16 SAE turns such inputs into inf
+
+
 def test_truncated_file(tmp_path):
     Sae(SaeConfig(d_in=8, d_sae=16, k=2)).save(tmp_path)
     weights = tmp_path / "sae.safetensors"
