@@ -14,18 +14,25 @@ Bad requests (malformed JSON, unknown fields, unknown SAEs, feature ids beyond t
 with an OpenAI error body ``{"error": {"message", "type", "param", "code"}}``, never a 500. With ``api_key`` every
 route but /health needs ``Authorization: Bearer <key>``.
 
-Generation (``generate_rows``) takes a list of rows, each with its own steering and sampling, and runs them as one
-batch under ``steer_rows``; this step serves one request at a time (a lock, in a worker thread).
+``stream=true`` answers with server-sent events (``data: {chunk}``, then ``data: [DONE]``), OpenAI's chunk shapes,
+and a usage chunk with ``stream_options.include_usage``; a client that goes away cancels its row at the next token.
+
+Generation (``generate_rows``) takes a list of rows, each with its own steering and sampling (a per-row seeded
+sampler; temperature 0 is exactly ``model.generate``'s greedy decoding), and runs them as one batch under
+``steer_rows``; for now the server runs one request at a time (a lock, in a worker thread). Not yet: ``n > 1``,
+logprobs, dynamic batching, queue limits (429), the feature endpoints.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import secrets
 import threading
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -69,6 +76,10 @@ class Steering(_Strict):
     positions: Literal["all", "prompt", "generated"] = "all"
 
 
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
 class _Sampling(_Strict):
     model: str
     max_tokens: int | None = Field(default=None, ge=1)
@@ -78,6 +89,7 @@ class _Sampling(_Strict):
     stop: str | list[str] | None = None
     n: int = Field(default=1, ge=1)
     stream: bool = False
+    stream_options: StreamOptions | None = None
     user: str | None = None
     steering: list[Steering] = []
 
@@ -109,6 +121,8 @@ class Row:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     steering: list[SteerSpec] = field(default_factory=list)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    """Set it to stop the row at its next token (a client that went away)."""
 
 
 @dataclass
@@ -143,7 +157,8 @@ class _RowSampler:
 
 
 class _RowStops:
-    """Stopping criterion: row i is done once it has ``max_new_tokens`` tokens or its text holds a stop string."""
+    """Stopping criterion: row i is done once it has ``max_new_tokens`` tokens, its text holds a stop string, or it
+    is cancelled."""
 
     def __init__(self, rows: list[Row], tokenizer: Any, prompt_len: int) -> None:
         self.rows, self.tokenizer, self.prompt_len = rows, tokenizer, prompt_len
@@ -152,7 +167,7 @@ class _RowStops:
         done = torch.zeros(len(self.rows), dtype=torch.bool, device=input_ids.device)
         new = input_ids[:, self.prompt_len :]
         for i, row in enumerate(self.rows):
-            if new.shape[1] >= row.max_new_tokens:
+            if new.shape[1] >= row.max_new_tokens or row.cancel.is_set():
                 done[i] = True
             elif row.stop:
                 text = self.tokenizer.decode(new[i], skip_special_tokens=True)
@@ -160,9 +175,29 @@ class _RowStops:
         return done
 
 
+class _RowStreamer:
+    """A transformers streamer that hands every row's new tokens to ``on_token(row index, token id)``."""
+
+    def __init__(self, n_rows: int, on_token: Callable[[int, int], None]) -> None:
+        self.n_rows, self.on_token, self.prompt_seen = n_rows, on_token, False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:  # the first call hands over the prompt
+            self.prompt_seen = True
+            return
+        for i, tokens in enumerate(value.reshape(self.n_rows, -1).tolist()):
+            for t in tokens:
+                self.on_token(i, t)
+
+    def end(self) -> None:
+        pass
+
+
 @torch.no_grad()
-def generate_rows(model: nn.Module, tokenizer: Any, rows: list[Row]) -> list[RowResult]:
-    """Generate every row in one left-padded batch, each with its own steering (``steer_rows``) and sampling."""
+def generate_rows(model: nn.Module, tokenizer: Any, rows: list[Row],
+                  on_token: Callable[[int, int], None] | None = None) -> list[RowResult]:  # fmt: skip
+    """Generate every row in one left-padded batch, each with its own steering (``steer_rows``) and sampling;
+    ``on_token(row index, token id)`` sees each new token as it comes (tokens after a row stopped included)."""
     from transformers import LogitsProcessorList, StoppingCriteriaList
 
     if not rows:
@@ -174,7 +209,8 @@ def generate_rows(model: nn.Module, tokenizer: Any, rows: list[Row]) -> list[Row
     device = next(model.parameters()).device
     kwargs = {"max_new_tokens": max(r.max_new_tokens for r in rows), "do_sample": False, "pad_token_id": pad,
               "logits_processor": LogitsProcessorList([_RowSampler(rows)]),
-              "stopping_criteria": StoppingCriteriaList([_RowStops(rows, tokenizer, width)])}  # fmt: skip
+              "stopping_criteria": StoppingCriteriaList([_RowStops(rows, tokenizer, width)]),
+              "streamer": _RowStreamer(len(rows), on_token) if on_token else None}  # fmt: skip
     with steer_rows(model, [r.steering or None for r in rows]):
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)  # type: ignore[operator]
     return [_finish(row, out[i, width:].tolist(), tokenizer) for i, row in enumerate(rows)]
@@ -219,6 +255,7 @@ class Server:
         self.hookpoints = {sid: check_sae_fits(sae, model, None).name for sid, sae in self.saes.items()}
         self.lock = threading.Lock()
         self._units: dict[str, float] = {}
+        self._worker: asyncio.Future | None = None
 
     def find_sae(self, key: str) -> tuple[Sae, str]:
         if key in self.saes:
@@ -252,8 +289,6 @@ class Server:
     def row(self, req: _Sampling, input_ids: list[int]) -> Row:
         if req.n != 1:
             raise ApiError(400, "n > 1 is not supported yet; send n=1", "n")
-        if req.stream:
-            raise ApiError(400, "stream=true is not supported yet; send stream=false", "stream")
         if req.model != self.name:
             raise ApiError(404, f"model {req.model!r} is not served here; use {self.name!r}", "model",
                            "model_not_found")  # fmt: skip
@@ -284,6 +319,47 @@ class Server:
 
         return await asyncio.to_thread(work)
 
+    async def stream(self, row: Row) -> AsyncIterator[str | RowResult]:
+        """The row's text in pieces as it is generated, then its ``RowResult``; the pieces add up to its text.
+        Text that may still turn into a stop string or an unfinished character is held back. Closing the iterator
+        (a client that went away) cancels the row."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[int | RowResult | BaseException] = asyncio.Queue()
+
+        def on_token(i: int, token: int) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, token)
+
+        def work() -> None:
+            try:
+                with self.lock:
+                    result: RowResult | BaseException = generate_rows(self.model, self.tokenizer, [row], on_token)[0]
+            except Exception as e:  # handed to the stream, which reports it
+                result = e
+            loop.call_soon_threadsafe(queue.put_nowait, result)
+
+        hold = max((len(s) for s in row.stop), default=1) - 1
+        tokens: list[int] = []
+        sent = ""
+        self._worker = asyncio.ensure_future(asyncio.to_thread(work))  # referenced, so it is not collected
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if isinstance(item, RowResult):
+                    if item.text.startswith(sent) and len(item.text) > len(sent):
+                        yield item.text[len(sent) :]
+                    yield item
+                    return
+                tokens.append(item)
+                text = _finish(row, tokens, self.tokenizer).text
+                safe = text[: len(text) - hold].rstrip("\ufffd")
+                if len(safe) > len(sent) and safe.startswith(sent):
+                    yield safe[len(sent) :]
+                    sent = safe
+        finally:
+            row.cancel.set()  # a no-op once the row is done; the worker ends by itself
+
 
 def _usage(row: Row, result: RowResult) -> dict[str, int]:
     prompt = len(row.input_ids)
@@ -291,12 +367,32 @@ def _usage(row: Row, result: RowResult) -> dict[str, int]:
             "total_tokens": prompt + result.completion_tokens}  # fmt: skip
 
 
+def _sse(data: dict[str, Any] | str) -> str:
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
+
+
+async def _events(server: Server, row: Row, req: _Sampling, chunk: Callable[..., dict[str, Any]]) -> AsyncIterator[str]:
+    """Server-sent events of a streamed completion: ``chunk(delta text or None, finish_reason)`` shapes each one."""
+    try:
+        async for piece in server.stream(row):
+            if isinstance(piece, RowResult):
+                yield _sse(chunk(None, piece.finish_reason))
+                if req.stream_options and req.stream_options.include_usage:
+                    yield _sse(chunk(None, None) | {"choices": [], "usage": _usage(row, piece)})
+            else:
+                yield _sse(chunk(piece, None))
+    except Exception as e:  # the response has started: report it in the stream
+        logger.exception("streamed request failed")
+        yield _sse(error_body(f"internal error: {e}", "server_error"))
+    yield _sse("[DONE]")
+
+
 def create_app(model: nn.Module, tokenizer: Any, saes: dict[str, Sae], *, api_key: str | None = None,
                limits: Limits | None = None, model_name: str | None = None):  # fmt: skip
     """A FastAPI app serving ``model`` with ``saes`` (id -> SAE) for steering; see the module docstring."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import JSONResponse, StreamingResponse
     from starlette.exceptions import HTTPException
 
     name = model_name or str(getattr(model.config, "_name_or_path", "") or "qwenscope")
@@ -346,17 +442,37 @@ def create_app(model: nn.Module, tokenizer: Any, saes: dict[str, Sae], *, api_ke
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "qwenscope"}]}
 
-    @app.post("/v1/completions")
-    async def completions(req: CompletionRequest) -> dict[str, Any]:
+    def head(kind: str, prefix: str) -> dict[str, Any]:
+        return {"id": f"{prefix}-{secrets.token_hex(12)}", "object": kind, "created": int(time.time()), "model": name}
+
+    @app.post("/v1/completions", response_model=None)
+    async def completions(req: CompletionRequest) -> Any:  # a dict, or a StreamingResponse with stream=true
         row = server.row(req, list(tokenizer(req.prompt)["input_ids"]))
+        if req.stream:
+            top = head("text_completion", "cmpl")
+
+            def chunk(text: str | None, reason: str | None) -> dict[str, Any]:
+                return top | {"choices": [{"index": 0, "text": text or "", "logprobs": None, "finish_reason": reason}]}
+
+            return StreamingResponse(_events(server, row, req, chunk), media_type="text/event-stream")
         result = await server.run(row)
         choice = {"index": 0, "text": result.text, "logprobs": None, "finish_reason": result.finish_reason}
         return {"id": f"cmpl-{secrets.token_hex(12)}", "object": "text_completion", "created": int(time.time()),
                 "model": name, "choices": [choice], "usage": _usage(row, result)}  # fmt: skip
 
-    @app.post("/v1/chat/completions")
-    async def chat(req: ChatRequest) -> dict[str, Any]:
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat(req: ChatRequest) -> Any:  # a dict, or a StreamingResponse with stream=true
         row = server.row(req, server.encode_chat(req.messages))
+        if req.stream:
+            top = head("chat.completion.chunk", "chatcmpl")
+            started: list[bool] = []
+
+            def chunk(text: str | None, reason: str | None) -> dict[str, Any]:
+                delta = {} if text is None else {"content": text} | ({} if started else {"role": "assistant"})
+                started.append(True)
+                return top | {"choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}]}
+
+            return StreamingResponse(_events(server, row, req, chunk), media_type="text/event-stream")
         result = await server.run(row)
         choice = {"index": 0, "message": {"role": "assistant", "content": result.text}, "logprobs": None,
                   "finish_reason": result.finish_reason}  # fmt: skip

@@ -101,6 +101,29 @@ def test_seeded_sampling_repeats_and_stop_cuts(client):
     assert cut.finish_reason == "stop"
 
 
+def test_streamed_completion_adds_up_to_the_whole_one(client):
+    kwargs = {"model": NAME, "prompt": PROMPT, "max_tokens": 12, "temperature": 0, "extra_body": {"steering": STEER}}
+    whole = client.completions.create(**kwargs).choices[0]
+    chunks = list(client.completions.create(**kwargs, stream=True, stream_options={"include_usage": True}))
+    pieces = [c.choices[0].text for c in chunks if c.choices]
+    assert len([p for p in pieces if p]) > 1
+    assert "".join(pieces) == whole.text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.finish_reason
+    assert chunks[-1].usage.completion_tokens == 12
+
+
+def test_streamed_chat_with_a_stop_string(client):
+    kwargs = {"model": NAME, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 12, "temperature": 0}
+    plain = client.chat.completions.create(**kwargs).choices[0].message.content
+    stop = plain[4:6]
+    whole = client.chat.completions.create(**kwargs, stop=[stop]).choices[0]
+    chunks = list(client.chat.completions.create(**kwargs, stop=[stop], stream=True))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole.message.content
+    assert whole.message.content == plain[: plain.find(stop)]
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
 def _post(base_url: str, path: str, content: str, key: str | None = KEY) -> httpx.Response:
     headers = {"content-type": "application/json"} | ({"authorization": f"Bearer {key}"} if key else {})
     return httpx.post(f"{base_url}{path}", content=content, headers=headers, timeout=30)
