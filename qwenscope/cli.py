@@ -198,6 +198,12 @@ def _playground() -> tuple[tuple[type, ...], Callable[..., object]]:
     return (PlaygroundConfig,), run_playground
 
 
+def _serve() -> tuple[tuple[type, ...], Callable[..., object]]:
+    from qwenscope.serve.api import ServeConfig, run_serve
+
+    return (ServeConfig,), run_serve
+
+
 def _stats() -> tuple[tuple[type, ...], Callable[..., object]]:
     from qwenscope.features.run import StatsCommand, run_stats
     from qwenscope.features.stats import StatsConfig
@@ -260,6 +266,7 @@ COMMANDS: dict[str, tuple[str, Getter, tuple[str, ...]]] = {
     "steer": ("unsteered and steered generations side by side", _steer, ()),
     "dashboard": ("static HTML pages of SAE features with a searchable index (opens offline)", _dashboard, ()),
     "playground": ("a gradio app: features of a prompt, steering, unsteered vs steered", _playground, ()),
+    "serve": ("an OpenAI-compatible HTTP API with per-request feature steering", _serve, ()),
     "benchmarks": ("what benchmarks cover, their redundancy and overlap, and compressing them, from SAE features",
                    _benchmarks, ("action", "benchmarks")),
     "classify": ("toxicity (or any label) from a handful of SAE features, with probes and TF-IDF side by side",

@@ -1,0 +1,50 @@
+"""``generate_rows``: rows with different steering and sampling in one batch, each as if generated alone; and a
+stream that is closed early cancels its row."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from qwenscope.serve.api import Limits, Row, RowResult, Server, generate_rows
+from qwenscope.steer.steer import SteerSpec
+
+PROMPTS = ["The cat sat on the", "A river", "Numbers: 1, 2, 3,"]
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text)["input_ids"])
+
+
+def test_each_row_of_a_mixed_batch_equals_generating_it_alone(qwen3_parts, one_thread):
+    model, tokenizer, sae = qwen3_parts
+    steering = [[], [SteerSpec(sae, {3: 40.0})], [SteerSpec(sae, {5: -30.0}, positions="generated")]]
+    rows = [Row(_ids(tokenizer, p), 8, steering=s) for p, s in zip(PROMPTS, steering)]
+    rows.append(Row(_ids(tokenizer, PROMPTS[0]), 8, temperature=1.0, top_p=0.9, seed=3))
+    batched = generate_rows(model, tokenizer, rows)
+    alone = [generate_rows(model, tokenizer, [row])[0] for row in rows]
+    assert [r.text for r in batched] == [r.text for r in alone]
+    plain = generate_rows(model, tokenizer, [Row(_ids(tokenizer, PROMPTS[1]), 8)])[0]
+    assert plain.text != batched[1].text  # the steering of row 1 took effect
+    assert all(isinstance(r, RowResult) and r.completion_tokens == 8 for r in batched)
+
+
+def test_closing_a_stream_early_cancels_its_row(qwen3_parts):
+    model, tokenizer, sae = qwen3_parts
+    server = Server(model, tokenizer, {"l0": sae}, "tiny", Limits())
+    row = Row(_ids(tokenizer, PROMPTS[0]), 200)
+
+    async def first_piece() -> str | RowResult:
+        stream = server.stream(row)
+        piece = await stream.__anext__()
+        await stream.aclose()
+        return piece
+
+    assert isinstance(asyncio.run(first_piece()), str)
+    assert row.cancel.is_set()
+
+
+def test_limits_must_be_positive():
+    with pytest.raises(ValueError, match="positive"):
+        Limits(max_new_tokens=0)
