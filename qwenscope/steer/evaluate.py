@@ -44,7 +44,8 @@ class SweepRow:
         return asdict(self)
 
 
-def _prompt_batch(tokenizer: Any, prompts: Sequence[str], chat: bool) -> dict[str, Tensor]:
+def prompt_batch(tokenizer: Any, prompts: Sequence[str], chat: bool = True) -> dict[str, Tensor]:
+    """Left-padded token ids of ``prompts``, through the chat template when the tokenizer has one and ``chat``."""
     if not prompts or any(not p.strip() for p in prompts):
         raise QwenscopeError("prompts must be a non-empty list of non-empty texts")
     if chat and getattr(tokenizer, "chat_template", None):
@@ -70,7 +71,7 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_t
     batches: list[dict[str, Tensor]] = []
     outs: list[Tensor] = []
     for i in range(0, len(prompts), batch_size):
-        batch = _prompt_batch(tokenizer, prompts[i : i + batch_size], chat)
+        batch = prompt_batch(tokenizer, prompts[i : i + batch_size], chat)
         out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id)  # fmt: skip
         batches.append(batch)

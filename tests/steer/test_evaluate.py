@@ -9,7 +9,7 @@ from qwenscope import QwenscopeError
 from qwenscope.models.load import load_model
 from qwenscope.sae.load import load_sae
 from qwenscope.steer import generate_text
-from qwenscope.steer.evaluate import _prompt_batch, continuation_nll, generate_batch, sweep, sweep_choices
+from qwenscope.steer.evaluate import continuation_nll, generate_batch, prompt_batch, sweep, sweep_choices
 
 PROMPTS = ["Tell me a story", "hi", "What is the capital of France and why?"]
 
@@ -30,7 +30,7 @@ def test_batched_generation_equals_single(loaded):
 
 def test_continuation_nll_matches_direct_sum(loaded):
     model, tokenizer, _ = loaded
-    batch = _prompt_batch(tokenizer, ["Tell me a story"], chat=True)
+    batch = prompt_batch(tokenizer, ["Tell me a story"], chat=True)
     gen = torch.tensor([[11, 22, 33]])
     nll, n = continuation_nll(model, batch, gen, eos_ids={22})  # counts up to and including the first eos
     ids = torch.cat([batch["input_ids"], gen], 1)
@@ -54,7 +54,7 @@ def test_sweep_rates_and_zero_alpha_is_plain(loaded):
 
 def test_bad_prompts():
     with pytest.raises(QwenscopeError, match="non-empty list"):
-        _prompt_batch(None, [], chat=False)
+        prompt_batch(None, [], chat=False)
 
 
 def test_sweep_choices_equals_one_sweep_per_choice(loaded):

@@ -29,6 +29,7 @@ from qwenscope import QwenscopeError, Sae, check_sae_fits, get_activations, stee
 from qwenscope.apps.classify.pooled import MAX_TOKENS, pool_texts, tokenize_texts
 from qwenscope.features.labels import context_text
 from qwenscope.features.store import FeatureStore
+from qwenscope.steer.evaluate import prompt_batch
 
 Method = Literal["prompt", "rewrite", "plain"]
 METHODS: tuple[str, ...] = ("prompt", "rewrite", "plain")
@@ -189,26 +190,6 @@ class RowSampler(LogitsProcessor):
             top, order = probs.sort(descending=True)
         top = top.masked_fill((top.cumsum(0) - top) >= self.top_p, 0)
         return order[torch.multinomial(top, 1, generator=generator)[0]]
-
-
-def prompt_batch(tokenizer: Any, prompts: Sequence[str], chat: bool = True) -> dict[str, Tensor]:
-    """Left-padded token ids of ``prompts``, through the chat template when the tokenizer has one and ``chat``."""
-    if not prompts or any(not p.strip() for p in prompts):
-        raise QwenscopeError("prompts must be a non-empty list of non-empty texts")
-    kw: dict[str, Any] = {}
-    texts = list(prompts)
-    if chat and getattr(tokenizer, "chat_template", None):
-        texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                               add_generation_prompt=True) for p in prompts]  # fmt: skip
-        kw["add_special_tokens"] = False
-    side, pad = tokenizer.padding_side, tokenizer.pad_token
-    tokenizer.padding_side = "left"
-    if pad is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    try:
-        return dict(tokenizer(texts, return_tensors="pt", padding=True, **kw))
-    finally:
-        tokenizer.padding_side = side
 
 
 @torch.no_grad()
