@@ -19,6 +19,7 @@ never see the same document, whichever way the corpus is named or mixed. ``split
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import logging
@@ -112,6 +113,30 @@ def read_text(path: Path) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         return data.decode("latin-1")
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSONL file (plain or .gz, a UTF-8 byte-order mark allowed); one clear line for a bad line or
+    an unreadable file."""
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt", encoding="utf-8-sig") as handle:  # type: ignore[operator]
+            lines = handle.read().splitlines()
+    except (OSError, UnicodeDecodeError, EOFError) as e:
+        raise QwenscopeError(f"cannot read {path} ({type(e).__name__}: {e}); pass a readable JSONL file") from e
+    records = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise QwenscopeError(f"{path}, line {n}: not JSON ({e.msg}); a JSONL file holds one object per line") from e
+        if not isinstance(record, dict):
+            raise QwenscopeError(f"{path}, line {n}: a {type(record).__name__}, not an object; a JSONL file holds "
+                                 "one object per line")  # fmt: skip
+        records.append(record)
+    return records
 
 
 def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:

@@ -31,7 +31,6 @@ by row, the first half short); AIME 2025 by exam (I, II). HumanEval has none. A 
 from __future__ import annotations
 
 import csv
-import gzip
 import hashlib
 import importlib.util
 import json
@@ -43,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qwenscope.data.sources import read_jsonl
 from qwenscope.errors import QwenscopeError
 
 logger = logging.getLogger(__name__)
@@ -152,29 +152,6 @@ class Bundled:
     """Files -> records as (id, template fields, answer, meta)."""
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The records of a JSONL file (plain or .gz); one clear line for a bad line or an unreadable file."""
-    try:
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rt", encoding="utf-8") as handle:  # type: ignore[operator]
-            lines = handle.read().splitlines()
-    except (OSError, UnicodeDecodeError, EOFError) as e:
-        raise QwenscopeError(f"cannot read {path} ({type(e).__name__}: {e}); pass a readable JSONL file") from e
-    records = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise QwenscopeError(f"{path}, line {n}: not JSON ({e.msg}); a JSONL file holds one object per line") from e
-        if not isinstance(record, dict):
-            raise QwenscopeError(f"{path}, line {n}: a {type(record).__name__}, not an object; a JSONL file holds "
-                                 "one object per line")  # fmt: skip
-        records.append(record)
-    return records
-
-
 def _read_csv(path: Path) -> list[dict[str, Any]]:
     try:
         with open(path, newline="", encoding="utf-8") as handle:
@@ -185,11 +162,11 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
 
 def _humaneval(paths: list[Path]):
     return [(r["task_id"], r, r["canonical_solution"], {"entry_point": r["entry_point"]})
-            for r in _read_jsonl(paths[0])]  # fmt: skip
+            for r in read_jsonl(paths[0])]  # fmt: skip
 
 
 def _gsm8k(paths: list[Path]):
-    return [(f"gsm8k/{i}", r, r["answer"], {}) for i, r in enumerate(_read_jsonl(paths[0]))]
+    return [(f"gsm8k/{i}", r, r["answer"], {}) for i, r in enumerate(read_jsonl(paths[0]))]
 
 
 def _gpqa(paths: list[Path]):
@@ -206,7 +183,7 @@ def _gpqa(paths: list[Path]):
 
 def _aime(paths: list[Path]):
     return [(f"aime2025/{part}/{i + 1}", r, str(r["answer"]), {"part": part})
-            for part, path in zip(("I", "II"), paths) for i, r in enumerate(_read_jsonl(path))]  # fmt: skip
+            for part, path in zip(("I", "II"), paths) for i, r in enumerate(read_jsonl(path))]  # fmt: skip
 
 
 BUNDLED: dict[str, Bundled] = {
@@ -358,7 +335,7 @@ def _read_file(path: Path) -> list[dict[str, Any]]:
             raise QwenscopeError(f"{path} is not a JSON list of objects; pass one, or a JSONL file")
         return data
     if suffixes[-1:] == [".jsonl"] or suffixes[-2:] == [".jsonl", ".gz"]:
-        return _read_jsonl(path)
+        return read_jsonl(path)
     raise QwenscopeError(f"cannot tell the format of {path}: name it .jsonl, .jsonl.gz, .json or .csv")
 
 

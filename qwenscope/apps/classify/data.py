@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from qwenscope.data.sources import read_jsonl
 from qwenscope.errors import QwenscopeError
 
 logger = logging.getLogger(__name__)
@@ -189,7 +190,7 @@ def _file_records(path: Path) -> Iterator[dict[str, Any]]:
     if suffix in (".csv", ".tsv"):
         return _csv_records(path, "\t" if suffix == ".tsv" else ",")
     if suffix == ".jsonl":
-        return _jsonl_records(path)
+        return iter(read_jsonl(path))
     if suffix == ".json":
         return _json_records(path)
     raise QwenscopeError(f"cannot tell the format of {path}: name it .jsonl, .json, .csv or .tsv")
@@ -201,25 +202,6 @@ def _csv_records(path: Path, delimiter: str) -> Iterator[dict[str, Any]]:
             yield from csv.DictReader(handle, delimiter=delimiter)
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise QwenscopeError(f"cannot read {path} ({type(e).__name__}: {e}); pass a readable UTF-8 file") from None
-
-
-def _jsonl_records(path: Path) -> Iterator[dict[str, Any]]:
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise QwenscopeError(f"cannot read {path} ({type(e).__name__}: {e}); pass a readable UTF-8 file") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise QwenscopeError(f"{path}, line {number}: not JSON ({e.msg}); a JSONL file holds one object per "
-                                 "line") from None  # fmt: skip
-        if not isinstance(record, dict):
-            raise QwenscopeError(f"{path}, line {number}: a {type(record).__name__}, not an object; a JSONL file "
-                                 "holds one object per line")  # fmt: skip
-        yield record
 
 
 def _json_records(path: Path) -> Iterator[dict[str, Any]]:

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from qwenscope.data.sources import read_jsonl
 from qwenscope.errors import QwenscopeError
 
 logger = logging.getLogger(__name__)
@@ -99,21 +100,14 @@ def command() -> tuple[tuple[type, ...], Callable[..., object]]:
 
 def read_prompts(path: str) -> list[dict[str, Any]]:
     """Rows with a ``prompt`` (and any other columns) from a .txt or .jsonl file."""
-    text = Path(path).read_text(encoding="utf-8")
     if not path.endswith(".jsonl"):
-        rows: list[dict[str, Any]] = [{"prompt": line.strip()} for line in text.splitlines() if line.strip()]
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        rows: list[dict[str, Any]] = [{"prompt": line.strip()} for line in lines if line.strip()]
     else:
-        rows = []
-        for i, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise QwenscopeError(f"{path} line {i} is not JSON ({e.msg}); write one object per line") from None
-            if not isinstance(row, dict) or not str(row.get("prompt", "")).strip():
-                raise QwenscopeError(f'{path} line {i} has no "prompt"; write {{"prompt": "...", ...}} per line')
-            rows.append(row)
+        rows = read_jsonl(Path(path))
+        for i, row in enumerate(rows, 1):
+            if not str(row.get("prompt", "")).strip():
+                raise QwenscopeError(f'{path}: record {i} has no "prompt"; write {{"prompt": "...", ...}} per line')
     if not rows:
         raise QwenscopeError(f"{path} holds no prompts")
     return rows
