@@ -22,7 +22,8 @@ import torch
 
 from qwenscope import get_activations, load_model, load_sae
 from qwenscope.apps.benchmarks.data import load_benchmark
-from qwenscope.apps.benchmarks.features import FeatureSetConfig, SaeSpec, feature_sets, token_batches, tokenize
+from qwenscope.apps.benchmarks.features import FeatureSetConfig, SaeSpec, feature_sets, tokenize
+from qwenscope.data.tokens import token_batches
 
 
 def main() -> None:

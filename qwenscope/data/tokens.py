@@ -13,7 +13,8 @@ remaining rare huge-norm positions, as Qwen-Scope does.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -121,3 +122,35 @@ def norm_outlier_mask(acts: Tensor, m: float, *, valid: Tensor | None = None) ->
         return valid.clone()
     median = norms[valid].median()
     return valid & (norms <= m * median)
+
+
+@dataclass
+class TokenBatch:
+    """Right-padded token ids of some texts (``token_batches``)."""
+
+    rows: list[int]
+    """The texts' positions in the list given to ``token_batches``."""
+    input_ids: Tensor
+    attention_mask: Tensor
+    lengths: Tensor
+    """(batch,) real tokens per row."""
+
+
+def token_batches(ids: Sequence[Sequence[int]], batch_size: int, max_batch_tokens: int, pad_id: int = 0
+                  ) -> list[TokenBatch]:  # fmt: skip
+    """Batches of items of similar length (longest first), right-padded: a real token never sees a pad."""
+    order = sorted(range(len(ids)), key=lambda i: (-len(ids[i]), i))
+    batches, start = [], 0
+    while start < len(order):
+        longest = len(ids[order[start]])
+        size = max(1, min(batch_size, max_batch_tokens // longest))
+        rows = order[start : start + size]
+        width = max(len(ids[r]) for r in rows)
+        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for b, r in enumerate(rows):
+            input_ids[b, : len(ids[r])] = torch.tensor(ids[r])
+            mask[b, : len(ids[r])] = 1
+        batches.append(TokenBatch(rows, input_ids, mask, mask.sum(1)))
+        start += size
+    return batches

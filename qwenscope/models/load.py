@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import re
@@ -138,6 +139,22 @@ def model_name(model: PreTrainedModel) -> str:
     """
     name = str(getattr(model.config, "_name_or_path", "") or "").rstrip("/\\")
     return re.split(r"[/\\]", name)[-1] if name else str(model.config.model_type)
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """A short hash of a model's name and weights (strided samples of every tensor: milliseconds)."""
+    digest = hashlib.sha256(model_name(model).encode())  # type: ignore[arg-type]
+    for name, tensor in model.state_dict().items():
+        flat = tensor.detach().reshape(-1)
+        flat = flat[:: max(1, flat.numel() // 4096)]
+        digest.update(name.encode())
+        digest.update(flat.to(device="cpu", dtype=torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def cache_key(parts: dict[str, Any]) -> str:
+    """A short hash of JSON-able ``parts``: the name of a cached file under ``cache_dir()``."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
 def _resolve(name_or_path: str) -> str:

@@ -45,11 +45,12 @@ from torch import Tensor, nn
 from qwenscope import QwenscopeError, Sae, check_sae_fits, get_activations
 from qwenscope.apps.benchmarks.data import Benchmark, content_hash
 from qwenscope.atomic import atomic_write
+from qwenscope.data.tokens import TokenBatch, token_batches
 from qwenscope.features.density import MAX_DENSITY, check_max_density, dense_features
 from qwenscope.features.packed import sae_fingerprint
 from qwenscope.features.store import find_store
 from qwenscope.models.hookpoints import resolve_hookpoints
-from qwenscope.models.load import cache_dir, model_name
+from qwenscope.models.load import cache_dir, cache_key, model_fingerprint, model_name
 
 logger = logging.getLogger(__name__)
 
@@ -110,18 +111,6 @@ class FeatureSets:
 
 
 # ---------------------------------------------------------------- batching
-@dataclass
-class TokenBatch:
-    """Right-padded token ids of some items."""
-
-    rows: list[int]
-    """The items' positions in the benchmark."""
-    input_ids: Tensor
-    attention_mask: Tensor
-    lengths: Tensor
-    """(batch,) real tokens per row."""
-
-
 def tokenize(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     """Token ids of each text as the model sees it (with the tokenizer's special tokens, e.g. BOS)."""
     ids = tokenizer(list(texts), add_special_tokens=True)["input_ids"]
@@ -129,26 +118,6 @@ def tokenize(tokenizer, texts: Sequence[str]) -> list[list[int]]:
         if not row:
             raise QwenscopeError(f"item {i} has no tokens; every item needs a text")
     return [list(row) for row in ids]
-
-
-def token_batches(ids: Sequence[Sequence[int]], batch_size: int, max_batch_tokens: int, pad_id: int = 0
-                  ) -> list[TokenBatch]:  # fmt: skip
-    """Batches of items of similar length (longest first), right-padded: a real token never sees a pad."""
-    order = sorted(range(len(ids)), key=lambda i: (-len(ids[i]), i))
-    batches, start = [], 0
-    while start < len(order):
-        longest = len(ids[order[start]])
-        size = max(1, min(batch_size, max_batch_tokens // longest))
-        rows = order[start : start + size]
-        width = max(len(ids[r]) for r in rows)
-        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for b, r in enumerate(rows):
-            input_ids[b, : len(ids[r])] = torch.tensor(ids[r])
-            mask[b, : len(ids[r])] = 1
-        batches.append(TokenBatch(rows, input_ids, mask, mask.sum(1)))
-        start += size
-    return batches
 
 
 # ---------------------------------------------------------------- one pass
@@ -237,21 +206,6 @@ def drop_columns(matrix: sp.csr_matrix, columns: Sequence[int]) -> sp.csr_matrix
 # ---------------------------------------------------------------- cache
 def _model_name(model: nn.Module) -> str:
     return model_name(model)  # type: ignore[arg-type]
-
-
-def model_fingerprint(model: nn.Module) -> str:
-    """A short hash of a model's name and weights (strided samples of every tensor: milliseconds)."""
-    digest = hashlib.sha256(_model_name(model).encode())
-    for name, tensor in model.state_dict().items():
-        flat = tensor.detach().reshape(-1)
-        flat = flat[:: max(1, flat.numel() // 4096)]
-        digest.update(name.encode())
-        digest.update(flat.to(device="cpu", dtype=torch.float32).contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def cache_key(parts: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
 def _cache_path(key: str) -> Path:

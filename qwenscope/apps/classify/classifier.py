@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 
 from qwenscope import QwenscopeError, Sae, load_model, load_sae
-from qwenscope.apps.benchmarks.features import model_fingerprint
 from qwenscope.apps.classify.pooled import MAX_TOKENS, Pooled, pool_texts
 from qwenscope.apps.classify.rule import FeatureRule, check_labels, fit_rule
 from qwenscope.atomic import atomic_write
 from qwenscope.features.packed import sae_fingerprint
+from qwenscope.models.load import model_fingerprint
 
 FORMAT = "qwenscope-classifier"
 VERSION = 1

@@ -32,11 +32,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from qwenscope import QwenscopeError, Sae, check_sae_fits, get_activations
-from qwenscope.apps.benchmarks.features import cache_key, model_fingerprint, token_batches
 from qwenscope.atomic import atomic_write
+from qwenscope.data.tokens import token_batches
 from qwenscope.features.packed import sae_fingerprint
 from qwenscope.models.hookpoints import resolve_hookpoints
-from qwenscope.models.load import cache_dir
+from qwenscope.models.load import cache_dir, cache_key, model_fingerprint
 
 logger = logging.getLogger(__name__)
 

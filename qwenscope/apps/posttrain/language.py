@@ -31,9 +31,8 @@ import torch
 from torch import Tensor, nn
 
 from qwenscope import QwenscopeError, Sae, check_sae_fits, get_activations
-from qwenscope.apps.benchmarks.features import token_batches
 from qwenscope.atomic import atomic_write
-from qwenscope.data.tokens import special_token_ids
+from qwenscope.data.tokens import special_token_ids, token_batches
 from qwenscope.models.hookpoints import Hook
 
 logger = logging.getLogger(__name__)
