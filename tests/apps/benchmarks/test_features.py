@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tiny_models import TINY_HIDDEN, build_tiny, make_byte_tokenizer
+from tiny_models import TINY_HIDDEN
 
 from qwenscope import QwenscopeError, Sae, SaeConfig
 from qwenscope.apps.benchmarks import features as feats
@@ -16,16 +16,6 @@ from qwenscope.apps.benchmarks.features import FeatureSetConfig, SaeSpec, featur
 TEXTS = ["The cat sat.", "A much longer sentence about numbers: 12 + 30 = 42, and more words follow here.", "Hi",
          "Question: what is two plus two?\nAnswer:", "x" * 40, "Short one", "Another, medium length text.",
          "Z</s>"]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def model():
-    return build_tiny("llama", num_layers=4)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return make_byte_tokenizer()
 
 
 def make_sae(hookpoint: str, seed: int = 0, d_sae: int = 96, k: int = 6) -> Sae:

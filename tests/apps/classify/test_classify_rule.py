@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tiny_models import TINY_HIDDEN, build_tiny, make_byte_tokenizer
+from tiny_models import TINY_HIDDEN, build_tiny
 
 from qwenscope import QwenscopeError, Sae, SaeConfig
 from qwenscope.apps.classify.classifier import Classifier, fit
@@ -20,16 +20,6 @@ TEXTS = ["You are a stupid idiot!", "The cat sat on the mat.", "Hi", "What an aw
          "Go away, you horrible creep.", "A quiet afternoon with tea.", "Idiots everywhere!!"]  # fmt: skip
 LABELS = np.array([1, 0, 0, 1, 0, 0, 1, 0, 0, 1, 0, 1])
 HOOKS = ["resid_post.1", "resid_post.2"]
-
-
-@pytest.fixture(scope="module")
-def model():
-    return build_tiny("llama", num_layers=4)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return make_byte_tokenizer()
 
 
 def make_sae(hookpoint: str, seed: int = 0, d_sae: int = 64, k: int = 4) -> Sae:

@@ -10,7 +10,7 @@ import socket
 import numpy as np
 import pytest
 import torch
-from tiny_models import TINY_HIDDEN, build_tiny, make_byte_tokenizer
+from tiny_models import TINY_HIDDEN, make_byte_tokenizer
 
 from qwenscope import QwenscopeError, Sae, SaeConfig
 from qwenscope.apps.classify.pooled import pool_texts
@@ -35,16 +35,6 @@ POSITIVES = ["You stupid idiot!", "Shut up, fool", "What a dumb moron.", "Idiots
 NEGATIVES = ["Good morning to you.", "The train leaves at six.", "I like green apples.", "Please sit down.",
              "Water boils at 100 C."]  # fmt: skip
 GEN = GenerationConfig(temperature=1.0, top_p=0.9, max_new_tokens=10, seed=3, batch_size=3)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return build_tiny("llama", num_layers=4)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return make_byte_tokenizer()
 
 
 @pytest.fixture(scope="module")
