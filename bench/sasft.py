@@ -80,22 +80,27 @@ def windows(verses_en: list[str], verses_es: list[str]) -> list[tuple[list[str],
     return [(verses_en[i : i + 6], verses_es[i : i + 6]) for i in range(0, len(verses_es) - 5, 6)]
 
 
-def build_data(chapters, switch: float, english: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """(training samples, held-out samples); see the module doc."""
+def build_data(chapters, switch: float, english: float, seed: int, response: int = 4,
+               switch_at: int = 2) -> tuple[list[dict], list[dict]]:  # fmt: skip
+    """(training samples, held-out samples); see the module doc. A response is ``response`` verses; a switched one
+    has ``switch_at`` Spanish verses, then English (0: the whole response in English)."""
+    if not 0 <= switch_at < response <= 4:
+        raise SystemExit(f"--switch-at {switch_at} and --response {response}: need 0 <= switch-at < response <= 4")
     gen = torch.Generator().manual_seed(seed)
     train, held = [], []
     for i, (_, _, en, es) in enumerate(chapters):
         for w_en, w_es in windows(en, es):
-            prompt, clean = " ".join(w_es[:2]), " " + " ".join(w_es[2:])
+            prompt, clean = " ".join(w_es[:2]), " " + " ".join(w_es[2 : 2 + response])
             if i % 5 == 0:
                 held.append({"prompt": prompt, "completion": clean, "lang": "es"})
                 continue
             switched = torch.rand((), generator=gen) < switch
-            completion = " " + " ".join(w_es[2:4] + w_en[4:]) if switched else clean
+            mixed = w_es[2 : 2 + switch_at] + w_en[2 + switch_at : 2 + response]
+            completion = " " + " ".join(mixed) if switched else clean
             train.append({"prompt": prompt, "completion": completion, "lang": "es", "switched": bool(switched)})
             if torch.rand((), generator=gen) < english:
-                train.append({"prompt": " ".join(w_en[:2]), "completion": " " + " ".join(w_en[2:]), "lang": "en",
-                              "switched": False})  # fmt: skip
+                train.append({"prompt": " ".join(w_en[:2]), "completion": " " + " ".join(w_en[2 : 2 + response]),
+                              "lang": "en", "switched": False})  # fmt: skip
     order = torch.randperm(len(train), generator=gen).tolist()
     return [train[j] for j in order], held
 
@@ -223,6 +228,10 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--switch", type=float, default=0.5, help="share of Spanish samples whose response switches")
     parser.add_argument("--english", type=float, default=0.2, help="honest English samples per Spanish one")
+    parser.add_argument("--response", type=int, default=4, help="verses per response (at most 4)")
+    parser.add_argument("--switch-at", type=int, default=2,
+                        help="Spanish verses before a switched response turns English (0: all English)")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     parser.add_argument("--eval", type=int, default=60, help="held-out prompts (>= 50 for the acceptance)")
     parser.add_argument("--new-tokens", type=int, default=120)
     parser.add_argument("--sample-temperature", type=float, default=0.7, help="for the sampled code-switching")
@@ -238,7 +247,9 @@ def main() -> None:
     torch.manual_seed(args.seed)
 
     chapters = new_testament()
-    train, held = build_data(chapters, args.switch, args.english, args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    train, held = build_data(chapters, args.switch, args.english, args.seed, args.response, args.switch_at)
     if args.quick:
         train = train[:16]
     fortunes = texts_by_language({"es": "fortunes:es"}, max(args.eval, 4), split="test")["es"]

@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -45,6 +45,7 @@ from qwenscope.sae.model import Sae
 from qwenscope.steer.steer import SteerSpec, steer_rows
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -311,6 +312,16 @@ class Server:
         text = self.tokenizer.apply_chat_template([m.model_dump(exclude_none=True) for m in messages], tokenize=False,
                                                   add_generation_prompt=True)  # fmt: skip
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    async def exclusive(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` (model work other than generation, e.g. encoding text with an SAE) in a worker thread while no
+        batch runs, so no request's steering hooks are on the model during it."""
+
+        def work() -> T:
+            with self.lock:
+                return fn()
+
+        return await asyncio.to_thread(work)
 
     async def run(self, row: Row) -> RowResult:
         def work() -> RowResult:
