@@ -17,32 +17,41 @@ route but /health needs ``Authorization: Bearer <key>``.
 ``stream=true`` answers with server-sent events (``data: {chunk}``, then ``data: [DONE]``), OpenAI's chunk shapes,
 and a usage chunk with ``stream_options.include_usage``; a client that goes away cancels its row at the next token.
 
-Generation (``generate_rows``) takes a list of rows, each with its own steering and sampling (a per-row seeded
-sampler; temperature 0 is exactly ``model.generate``'s greedy decoding), and runs them as one batch under
-``steer_rows``; for now the server runs one request at a time (a lock, in a worker thread). Not yet: ``n > 1``,
-logprobs, dynamic batching, queue limits (429), the feature endpoints.
+Requests are batched (``batcher.Batcher``): rows that arrive within ``batch_window_ms`` of the oldest waiting one are
+generated together, up to ``max_batch``, each with its own steering and sampling (``rows.generate_rows``), so a
+greedy row gives the tokens it gives alone. A request with ``n`` asks for n rows. Past ``max_queue`` waiting rows a
+request gets a 429; a client that goes away (stream closed, or connection dropped while waiting) cancels its rows at
+their next token. The server holds no state beyond the model and SAEs it read at start: a killed server restarts
+clean. Not yet: logprobs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import logging
-import math
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from qwenscope.errors import QwenscopeError
+
+try:  # at module level: FastAPI resolves the routes' (string) annotations in this module's globals
+    from starlette.requests import Request
+except ImportError:  # the serve extra is missing; create_app says so when it imports fastapi
+    Request = Any  # type: ignore[misc,assignment]
 from qwenscope.sae.model import Sae
-from qwenscope.steer.steer import SteerSpec, steer_rows
+from qwenscope.serve.batcher import Batcher, Job, QueueFull
+from qwenscope.serve.rows import Row, RowResult, finish_row
+from qwenscope.steer.steer import SteerSpec
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -56,10 +65,18 @@ class Limits:
     """The largest ``max_tokens`` a request may ask for (also the default when it gives none)."""
     max_prompt_tokens: int = 4096
     """The longest prompt, in tokens."""
+    max_batch: int = 16
+    """The most rows generated together (a request with ``n`` asks for n rows; n may not exceed it)."""
+    max_queue: int = 64
+    """The most rows waiting for a batch; a request past it gets a 429."""
+    batch_window_ms: float = 10.0
+    """How long the first waiting row waits for others to share its batch."""
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1 or self.max_prompt_tokens < 1:
+        if min(self.max_new_tokens, self.max_prompt_tokens, self.max_batch, self.max_queue) < 1:
             raise QwenscopeError(f"limits must be positive, got {self}")
+        if not self.batch_window_ms >= 0:
+            raise QwenscopeError(f"batch_window_ms must be >= 0, got {self.batch_window_ms}")
 
 
 # ---------------------------------------------------------------- request models
@@ -109,128 +126,6 @@ class ChatRequest(_Sampling):
     messages: list[Message] = Field(min_length=1)
 
 
-# ---------------------------------------------------------------- generation
-@dataclass
-class Row:
-    """One sequence to generate: its prompt tokens, sampling settings and steering."""
-
-    input_ids: list[int]
-    max_new_tokens: int
-    temperature: float = 0.0
-    """0: greedy."""
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-    steering: list[SteerSpec] = field(default_factory=list)
-    cancel: threading.Event = field(default_factory=threading.Event)
-    """Set it to stop the row at its next token (a client that went away)."""
-
-
-@dataclass
-class RowResult:
-    text: str
-    completion_tokens: int
-    finish_reason: str
-    """"stop" (EOS or a stop string) or "length"."""
-
-
-class _RowSampler:
-    """A logits processor that samples each row with its own temperature, top-p and seeded generator, and leaves
-    greedy rows untouched; the chosen token is made the only finite logit, so greedy decoding picks it."""
-
-    def __init__(self, rows: list[Row]) -> None:
-        self.rows = rows
-        self.gens = [torch.Generator().manual_seed(r.seed if r.seed is not None else secrets.randbits(63))
-                     for r in rows]  # fmt: skip
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        for i, row in enumerate(self.rows):
-            if row.temperature == 0:
-                continue
-            probs = torch.softmax(scores[i].float().cpu() / row.temperature, dim=-1)
-            if row.top_p < 1.0:
-                sorted_p, order = probs.sort(descending=True)
-                drop = sorted_p.cumsum(0) - sorted_p >= row.top_p  # keep the smallest prefix reaching top_p
-                probs[order[drop]] = 0.0
-            token = int(torch.multinomial(probs, 1, generator=self.gens[i]))
-            scores[i] = torch.where(torch.arange(scores.shape[1], device=scores.device) == token, 0.0, -math.inf)
-        return scores
-
-
-class _RowStops:
-    """Stopping criterion: row i is done once it has ``max_new_tokens`` tokens, its text holds a stop string, or it
-    is cancelled."""
-
-    def __init__(self, rows: list[Row], tokenizer: Any, prompt_len: int) -> None:
-        self.rows, self.tokenizer, self.prompt_len = rows, tokenizer, prompt_len
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        done = torch.zeros(len(self.rows), dtype=torch.bool, device=input_ids.device)
-        new = input_ids[:, self.prompt_len :]
-        for i, row in enumerate(self.rows):
-            if new.shape[1] >= row.max_new_tokens or row.cancel.is_set():
-                done[i] = True
-            elif row.stop:
-                text = self.tokenizer.decode(new[i], skip_special_tokens=True)
-                done[i] = any(s in text for s in row.stop)
-        return done
-
-
-class _RowStreamer:
-    """A transformers streamer that hands every row's new tokens to ``on_token(row index, token id)``."""
-
-    def __init__(self, n_rows: int, on_token: Callable[[int, int], None]) -> None:
-        self.n_rows, self.on_token, self.prompt_seen = n_rows, on_token, False
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self.prompt_seen:  # the first call hands over the prompt
-            self.prompt_seen = True
-            return
-        for i, tokens in enumerate(value.reshape(self.n_rows, -1).tolist()):
-            for t in tokens:
-                self.on_token(i, t)
-
-    def end(self) -> None:
-        pass
-
-
-@torch.no_grad()
-def generate_rows(model: nn.Module, tokenizer: Any, rows: list[Row],
-                  on_token: Callable[[int, int], None] | None = None) -> list[RowResult]:  # fmt: skip
-    """Generate every row in one left-padded batch, each with its own steering (``steer_rows``) and sampling;
-    ``on_token(row index, token id)`` sees each new token as it comes (tokens after a row stopped included)."""
-    from transformers import LogitsProcessorList, StoppingCriteriaList
-
-    if not rows:
-        return []
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    width = max(len(r.input_ids) for r in rows)
-    ids = torch.tensor([[pad] * (width - len(r.input_ids)) + r.input_ids for r in rows])
-    mask = torch.tensor([[0] * (width - len(r.input_ids)) + [1] * len(r.input_ids) for r in rows])
-    device = next(model.parameters()).device
-    kwargs = {"max_new_tokens": max(r.max_new_tokens for r in rows), "do_sample": False, "pad_token_id": pad,
-              "logits_processor": LogitsProcessorList([_RowSampler(rows)]),
-              "stopping_criteria": StoppingCriteriaList([_RowStops(rows, tokenizer, width)]),
-              "streamer": _RowStreamer(len(rows), on_token) if on_token else None}  # fmt: skip
-    with steer_rows(model, [r.steering or None for r in rows]):
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)  # type: ignore[operator]
-    return [_finish(row, out[i, width:].tolist(), tokenizer) for i, row in enumerate(rows)]
-
-
-def _finish(row: Row, tokens: list[int], tokenizer: Any) -> RowResult:
-    """Cut a row's generated tokens at EOS (or the padding after it stopped), and its text at its first stop string."""
-    tokens = tokens[: row.max_new_tokens]
-    eos = tokenizer.eos_token_id
-    ends = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.pad_token_id}
-    end = next((j for j, t in enumerate(tokens) if t in ends), None)
-    count = len(tokens) if end is None else end + 1  # the EOS counts as generated
-    text = tokenizer.decode(tokens[:end], skip_special_tokens=True)
-    cuts = [text.find(s) for s in row.stop if s in text]
-    if cuts:
-        text = text[: min(cuts)]
-    return RowResult(text, count, "stop" if end is not None or cuts else "length")
-
-
 # ---------------------------------------------------------------- the app
 class ApiError(Exception):
     """A request the API refuses: answered with ``status`` and an OpenAI error body."""
@@ -247,7 +142,7 @@ def error_body(message: str, kind: str = "invalid_request_error", param: str | N
 
 
 class Server:
-    """The model, its SAEs and the request-to-rows logic behind the routes."""
+    """The model, its SAEs, the batcher and the request-to-rows logic behind the routes."""
 
     def __init__(self, model: nn.Module, tokenizer: Any, saes: dict[str, Sae], name: str, limits: Limits) -> None:
         from qwenscope.models.hookpoints import check_sae_fits
@@ -255,8 +150,12 @@ class Server:
         self.model, self.tokenizer, self.saes, self.name, self.limits = model, tokenizer, dict(saes), name, limits
         self.hookpoints = {sid: check_sae_fits(sae, model, None).name for sid, sae in self.saes.items()}
         self.lock = threading.Lock()
+        self.batcher = Batcher(model, tokenizer, self.lock, limits.max_batch, limits.max_queue,
+                               limits.batch_window_ms / 1000)  # fmt: skip
         self._units: dict[str, float] = {}
-        self._worker: asyncio.Future | None = None
+
+    def close(self) -> None:
+        self.batcher.close()
 
     def find_sae(self, key: str) -> tuple[Sae, str]:
         if key in self.saes:
@@ -267,18 +166,19 @@ class Server:
         known = ", ".join(self.saes) or "none loaded"
         raise ApiError(404, f"unknown SAE {key!r}; use an id or hookpoint from: {known}", "steering", "sae_not_found")
 
-    def unit(self, hookpoint: str) -> float:
+    async def unit(self, hookpoint: str) -> float:
+        """The hookpoint's steering unit (measured once, while no batch runs)."""
         from qwenscope.steer.strength import steering_unit
 
         if hookpoint not in self._units:
-            self._units[hookpoint] = steering_unit(self.model, self.tokenizer, hookpoint)
+            self._units[hookpoint] = await self.exclusive(lambda: steering_unit(self.model, self.tokenizer, hookpoint))
         return self._units[hookpoint]
 
-    def specs(self, steering: list[Steering]) -> list[SteerSpec]:
+    async def specs(self, steering: list[Steering]) -> list[SteerSpec]:
         specs = []
         for item in steering:
             sae, hookpoint = self.find_sae(item.sae)
-            unit = self.unit(hookpoint) if item.relative else None
+            unit = await self.unit(hookpoint) if item.relative else None
             positions = None if item.positions == "all" else item.positions
             try:
                 specs.append(SteerSpec(sae, item.features, mode=item.mode, positions=positions, relative=item.relative,
@@ -287,9 +187,10 @@ class Server:
                 raise ApiError(400, str(e), "steering") from None
         return specs
 
-    def row(self, req: _Sampling, input_ids: list[int]) -> Row:
-        if req.n != 1:
-            raise ApiError(400, "n > 1 is not supported yet; send n=1", "n")
+    async def rows(self, req: _Sampling, input_ids: list[int]) -> list[Row]:
+        """The ``n`` rows of a request (sampled rows seeded ``seed``, ``seed + 1``, ... when it gives a seed)."""
+        if req.n > self.limits.max_batch:
+            raise ApiError(400, f"n={req.n} is above this server's batch size of {self.limits.max_batch}", "n")
         if req.model != self.name:
             raise ApiError(404, f"model {req.model!r} is not served here; use {self.name!r}", "model",
                            "model_not_found")  # fmt: skip
@@ -302,9 +203,10 @@ class Server:
         if max_tokens > self.limits.max_new_tokens:
             raise ApiError(400, f"max_tokens={max_tokens} is above this server's limit of {self.limits.max_new_tokens}",
                            "max_tokens")  # fmt: skip
-        stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-        return Row(input_ids, max_tokens, req.temperature, req.top_p, req.seed, [s for s in stop if s],
-                   self.specs(req.steering))  # fmt: skip
+        stop = [s for s in ([req.stop] if isinstance(req.stop, str) else list(req.stop or [])) if s]
+        specs = await self.specs(req.steering)
+        return [Row(list(input_ids), max_tokens, req.temperature, req.top_p, None if req.seed is None else req.seed + k,
+                    list(stop), specs) for k in range(req.n)]  # fmt: skip
 
     def encode_chat(self, messages: list[Message]) -> list[int]:
         if not getattr(self.tokenizer, "chat_template", None):
@@ -323,75 +225,115 @@ class Server:
 
         return await asyncio.to_thread(work)
 
-    async def run(self, row: Row) -> RowResult:
-        def work() -> RowResult:
-            with self.lock:
-                return generate_rows(self.model, self.tokenizer, [row])[0]
+    def _submit(self, rows: list[Row], on_token: Callable[[int, int], None] | None,
+                on_done: Callable[[int, RowResult | BaseException], None]) -> None:  # fmt: skip
+        """Queue the rows (all or none: a 429 when the queue is full); the callbacks get the row's index."""
+        jobs = [Job(row, None if on_token is None else functools.partial(on_token, i), functools.partial(on_done, i))
+                for i, row in enumerate(rows)]  # fmt: skip
+        try:
+            self.batcher.submit(jobs)
+        except QueueFull as e:
+            raise ApiError(429, f"the server is busy: {e}", None, "rate_limit_exceeded", "rate_limit_error") from None
+        except QwenscopeError as e:
+            raise ApiError(503, str(e), None, "unavailable", "server_error") from None
 
-        return await asyncio.to_thread(work)
-
-    async def stream(self, row: Row) -> AsyncIterator[str | RowResult]:
-        """The row's text in pieces as it is generated, then its ``RowResult``; the pieces add up to its text.
-        Text that may still turn into a stop string or an unfinished character is held back. Closing the iterator
-        (a client that went away) cancels the row."""
+    async def run(self, rows: list[Row], gone: Callable[[], Awaitable[bool]] | None = None) -> list[RowResult]:
+        """The rows' results; ``gone()`` (polled while waiting) tells that the client went away: the rows are
+        cancelled at their next token."""
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[int | RowResult | BaseException] = asyncio.Queue()
+        futures: list[asyncio.Future[RowResult]] = [loop.create_future() for _ in rows]
 
-        def on_token(i: int, token: int) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, token)
+        def on_done(i: int, result: RowResult | BaseException) -> None:
+            loop.call_soon_threadsafe(_settle, futures[i], result)
 
-        def work() -> None:
-            try:
-                with self.lock:
-                    result: RowResult | BaseException = generate_rows(self.model, self.tokenizer, [row], on_token)[0]
-            except Exception as e:  # handed to the stream, which reports it
-                result = e
-            loop.call_soon_threadsafe(queue.put_nowait, result)
-
-        hold = max((len(s) for s in row.stop), default=1) - 1
-        tokens: list[int] = []
-        sent = ""
-        self._worker = asyncio.ensure_future(asyncio.to_thread(work))  # referenced, so it is not collected
+        self._submit(rows, None, on_done)
         try:
             while True:
-                item = await queue.get()
+                _, pending = await asyncio.wait(futures, timeout=0.5)
+                if not pending:
+                    return [f.result() for f in futures]
+                if gone is not None and await gone():
+                    logger.info("client went away: cancelling its %d row(s)", len(rows))
+                    gone = None
+                    for row in rows:
+                        row.cancel.set()
+        finally:
+            for row in rows:  # a no-op for finished rows; frees the slots of a request whose task was cancelled
+                row.cancel.set()
+
+    def stream(self, rows: list[Row]) -> AsyncIterator[tuple[int, str | RowResult]]:
+        """Queue the rows now (a 429 when the queue is full) and give ``(row index, piece)`` as they are generated:
+        text pieces that add up to the row's text, then its ``RowResult``. Text that may still turn into a stop
+        string or an unfinished character is held back. Closing the iterator (a client that went away) cancels the
+        rows."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[int, int | RowResult | BaseException]] = asyncio.Queue()
+
+        def put(i: int, item: int | RowResult | BaseException) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, (i, item))
+
+        self._submit(rows, put, put)
+        return self._pieces(rows, queue)
+
+    async def _pieces(self, rows: list[Row], queue: asyncio.Queue[tuple[int, int | RowResult | BaseException]]
+                      ) -> AsyncIterator[tuple[int, str | RowResult]]:  # fmt: skip
+        tokens: list[list[int]] = [[] for _ in rows]
+        sent = [""] * len(rows)
+        left = len(rows)
+        try:
+            while left:
+                i, item = await queue.get()
                 if isinstance(item, BaseException):
                     raise item
                 if isinstance(item, RowResult):
-                    if item.text.startswith(sent) and len(item.text) > len(sent):
-                        yield item.text[len(sent) :]
-                    yield item
-                    return
-                tokens.append(item)
-                text = _finish(row, tokens, self.tokenizer).text
+                    left -= 1
+                    if item.text.startswith(sent[i]) and len(item.text) > len(sent[i]):
+                        yield i, item.text[len(sent[i]) :]
+                    yield i, item
+                    continue
+                tokens[i].append(item)
+                text = finish_row(rows[i], tokens[i], self.tokenizer).text
+                hold = max((len(s) for s in rows[i].stop), default=1) - 1
                 safe = text[: len(text) - hold].rstrip("\ufffd")
-                if len(safe) > len(sent) and safe.startswith(sent):
-                    yield safe[len(sent) :]
-                    sent = safe
+                if len(safe) > len(sent[i]) and safe.startswith(sent[i]):
+                    yield i, safe[len(sent[i]) :]
+                    sent[i] = safe
         finally:
-            row.cancel.set()  # a no-op once the row is done; the worker ends by itself
+            for row in rows:  # a no-op for finished rows
+                row.cancel.set()
 
 
-def _usage(row: Row, result: RowResult) -> dict[str, int]:
-    prompt = len(row.input_ids)
-    return {"prompt_tokens": prompt, "completion_tokens": result.completion_tokens,
-            "total_tokens": prompt + result.completion_tokens}  # fmt: skip
+def _settle(future: asyncio.Future[RowResult], result: RowResult | BaseException) -> None:
+    if future.done():
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
+
+
+def _usage(rows: list[Row], results: list[RowResult]) -> dict[str, int]:
+    prompt, completion = len(rows[0].input_ids), sum(r.completion_tokens for r in results)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 def _sse(data: dict[str, Any] | str) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
 
 
-async def _events(server: Server, row: Row, req: _Sampling, chunk: Callable[..., dict[str, Any]]) -> AsyncIterator[str]:
-    """Server-sent events of a streamed completion: ``chunk(delta text or None, finish_reason)`` shapes each one."""
+async def _events(pieces: AsyncIterator[tuple[int, str | RowResult]], rows: list[Row], req: _Sampling,
+                  chunk: Callable[[int, str | None, str | None], dict[str, Any]]) -> AsyncIterator[str]:  # fmt: skip
+    """Server-sent events of a streamed completion: ``chunk(index, delta text or None, finish_reason)`` shapes each."""
+    results: list[RowResult] = []
     try:
-        async for piece in server.stream(row):
+        async for i, piece in pieces:
             if isinstance(piece, RowResult):
-                yield _sse(chunk(None, piece.finish_reason))
-                if req.stream_options and req.stream_options.include_usage:
-                    yield _sse(chunk(None, None) | {"choices": [], "usage": _usage(row, piece)})
+                results.append(piece)
+                yield _sse(chunk(i, None, piece.finish_reason))
             else:
-                yield _sse(chunk(piece, None))
+                yield _sse(chunk(i, piece, None))
+        if req.stream_options and req.stream_options.include_usage:
+            yield _sse(chunk(0, None, None) | {"choices": [], "usage": _usage(rows, results)})
     except Exception as e:  # the response has started: report it in the stream
         logger.exception("streamed request failed")
         yield _sse(error_body(f"internal error: {e}", "server_error"))
@@ -401,14 +343,19 @@ async def _events(server: Server, row: Row, req: _Sampling, chunk: Callable[...,
 def create_app(model: nn.Module, tokenizer: Any, saes: dict[str, Sae], *, api_key: str | None = None,
                limits: Limits | None = None, model_name: str | None = None):  # fmt: skip
     """A FastAPI app serving ``model`` with ``saes`` (id -> SAE) for steering; see the module docstring."""
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse
     from starlette.exceptions import HTTPException
 
     name = model_name or str(getattr(model.config, "_name_or_path", "") or "qwenscope")
     server = Server(model, tokenizer, saes, name, limits or Limits())
-    app = FastAPI(title="qwenscope", docs_url=None, redoc_url=None, openapi_url=None)
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        server.close()  # after the last request: the batcher's running batch finishes, waiting rows get an error
+
+    app = FastAPI(title="qwenscope", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.server = server
 
     @app.exception_handler(ApiError)
@@ -457,38 +404,39 @@ def create_app(model: nn.Module, tokenizer: Any, saes: dict[str, Sae], *, api_ke
         return {"id": f"{prefix}-{secrets.token_hex(12)}", "object": kind, "created": int(time.time()), "model": name}
 
     @app.post("/v1/completions", response_model=None)
-    async def completions(req: CompletionRequest) -> Any:  # a dict, or a StreamingResponse with stream=true
-        row = server.row(req, list(tokenizer(req.prompt)["input_ids"]))
+    async def completions(req: CompletionRequest, request: Request) -> Any:  # a dict, or a stream with stream=true
+        rows = await server.rows(req, list(tokenizer(req.prompt)["input_ids"]))
         if req.stream:
             top = head("text_completion", "cmpl")
 
-            def chunk(text: str | None, reason: str | None) -> dict[str, Any]:
-                return top | {"choices": [{"index": 0, "text": text or "", "logprobs": None, "finish_reason": reason}]}
+            def chunk(i: int, text: str | None, reason: str | None) -> dict[str, Any]:
+                return top | {"choices": [{"index": i, "text": text or "", "logprobs": None, "finish_reason": reason}]}
 
-            return StreamingResponse(_events(server, row, req, chunk), media_type="text/event-stream")
-        result = await server.run(row)
-        choice = {"index": 0, "text": result.text, "logprobs": None, "finish_reason": result.finish_reason}
-        return {"id": f"cmpl-{secrets.token_hex(12)}", "object": "text_completion", "created": int(time.time()),
-                "model": name, "choices": [choice], "usage": _usage(row, result)}  # fmt: skip
+            events = _events(server.stream(rows), rows, req, chunk)
+            return StreamingResponse(events, media_type="text/event-stream")
+        results = await server.run(rows, request.is_disconnected)
+        choices = [{"index": i, "text": r.text, "logprobs": None, "finish_reason": r.finish_reason}
+                   for i, r in enumerate(results)]  # fmt: skip
+        return head("text_completion", "cmpl") | {"choices": choices, "usage": _usage(rows, results)}
 
     @app.post("/v1/chat/completions", response_model=None)
-    async def chat(req: ChatRequest) -> Any:  # a dict, or a StreamingResponse with stream=true
-        row = server.row(req, server.encode_chat(req.messages))
+    async def chat(req: ChatRequest, request: Request) -> Any:  # a dict, or a stream with stream=true
+        rows = await server.rows(req, server.encode_chat(req.messages))
         if req.stream:
             top = head("chat.completion.chunk", "chatcmpl")
-            started: list[bool] = []
+            started: set[int] = set()
 
-            def chunk(text: str | None, reason: str | None) -> dict[str, Any]:
-                delta = {} if text is None else {"content": text} | ({} if started else {"role": "assistant"})
-                started.append(True)
-                return top | {"choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}]}
+            def chunk(i: int, text: str | None, reason: str | None) -> dict[str, Any]:
+                delta = {} if text is None else {"content": text} | ({} if i in started else {"role": "assistant"})
+                started.add(i)
+                return top | {"choices": [{"index": i, "delta": delta, "logprobs": None, "finish_reason": reason}]}
 
-            return StreamingResponse(_events(server, row, req, chunk), media_type="text/event-stream")
-        result = await server.run(row)
-        choice = {"index": 0, "message": {"role": "assistant", "content": result.text}, "logprobs": None,
-                  "finish_reason": result.finish_reason}  # fmt: skip
-        return {"id": f"chatcmpl-{secrets.token_hex(12)}", "object": "chat.completion", "created": int(time.time()),
-                "model": name, "choices": [choice], "usage": _usage(row, result)}  # fmt: skip
+            events = _events(server.stream(rows), rows, req, chunk)
+            return StreamingResponse(events, media_type="text/event-stream")
+        results = await server.run(rows, request.is_disconnected)
+        choices = [{"index": i, "message": {"role": "assistant", "content": r.text}, "logprobs": None,
+                    "finish_reason": r.finish_reason} for i, r in enumerate(results)]  # fmt: skip
+        return head("chat.completion", "chatcmpl") | {"choices": choices, "usage": _usage(rows, results)}
 
     return app
 
@@ -511,11 +459,20 @@ class ServeConfig:
     """The largest max_tokens a request may ask for."""
     max_prompt_tokens: int = 4096
     """The longest prompt, in tokens."""
+    max_batch: int = 16
+    """The most rows generated together (a request's n counts n rows)."""
+    max_queue: int = 64
+    """The most rows waiting for a batch; requests past it get a 429."""
+    batch_window_ms: float = 10.0
+    """How long the first waiting row waits for others to share its batch."""
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
             raise QwenscopeError(f"--port must be in 1..65535, got {self.port}")
-        Limits(self.max_new_tokens, self.max_prompt_tokens)
+        self.limits()
+
+    def limits(self) -> Limits:
+        return Limits(self.max_new_tokens, self.max_prompt_tokens, self.max_batch, self.max_queue, self.batch_window_ms)
 
 
 def run_serve(cfg: ServeConfig) -> None:
@@ -527,7 +484,7 @@ def run_serve(cfg: ServeConfig) -> None:
     model, tokenizer = load_model(cfg.model)
     saes = {source: load_sae(source) for source in cfg.sae or (cfg.model,)}
     app = create_app(model, tokenizer, saes, api_key=cfg.api_key, model_name=cfg.model,
-                     limits=Limits(cfg.max_new_tokens, cfg.max_prompt_tokens))  # fmt: skip
+                     limits=cfg.limits())  # fmt: skip
     logger.info("serving %s with SAEs %s on http://%s:%d/v1 (Ctrl-C stops it)", cfg.model, ", ".join(saes), cfg.host,
                 cfg.port)  # fmt: skip
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info")

@@ -3,9 +3,12 @@ from them, a free port, and a headless Chromium driven by selenium (skipped when
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
+import threading
+import time
 
 import pytest
 import torch
@@ -87,3 +90,24 @@ def browser():
     driver.set_page_load_timeout(60)
     yield driver
     driver.quit()
+
+
+@contextlib.contextmanager
+def running(app):
+    """Serve ``app`` with uvicorn in a thread on a free port; yields its base URL."""
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{free}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -7,7 +7,8 @@ import asyncio
 
 import pytest
 
-from qwenscope.serve.api import Limits, Row, RowResult, Server, generate_rows
+from qwenscope.serve.api import Limits, Server
+from qwenscope.serve.rows import Row, RowResult, generate_rows
 from qwenscope.steer.steer import SteerSpec
 
 PROMPTS = ["The cat sat on the", "A river", "Numbers: 1, 2, 3,"]
@@ -36,13 +37,16 @@ def test_closing_a_stream_early_cancels_its_row(qwen3_parts):
     row = Row(_ids(tokenizer, PROMPTS[0]), 200)
 
     async def first_piece() -> str | RowResult:
-        stream = server.stream(row)
-        piece = await stream.__anext__()
+        stream = server.stream([row])
+        index, piece = await stream.__anext__()
         await stream.aclose()
         return piece
 
-    assert isinstance(asyncio.run(first_piece()), str)
-    assert row.cancel.is_set()
+    try:
+        assert isinstance(asyncio.run(first_piece()), str)
+        assert row.cancel.is_set()
+    finally:
+        server.close()
 
 
 def test_limits_must_be_positive():

@@ -142,7 +142,7 @@ def _body(steering: str = "[]", extra: str = "") -> str:
         (_body('[{"sae": "l0", "features": {"128": 1.0}}]'), 400, "outside this SAE"),
         (_body('[{"sae": "l0", "features": {"1": NaN}}]'), 400, "features"),
         (_body('[{"sae": "l0", "features": {"1": 1.0}, "mode": "boost"}]'), 400, "mode"),
-        (_body(extra=', "n": 2'), 400, "not supported yet"),
+        (_body(extra=", \"n\": 99"), 400, "batch size"),
         (_body().replace('"max_tokens": 2', '"max_tokens": 99'), 400, "limit"),
     ],
 )
