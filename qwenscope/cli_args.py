@@ -62,10 +62,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, positional: t
             item = typing.get_args(tp)[0]
             kw["type"] = lambda text, item=item: tuple(item(v) for v in text.split(",") if v.strip())
             kw["metavar"] = "A,B,..."
-            default = ",".join(map(str, default)) if default is not None else None
-            if default is not None:
-                kw["help"] += f" (default: {default})"
-                default = tuple(item(v) for v in default.split(","))
+            if default:
+                kw["help"] += f" (default: {','.join(map(str, default))})"
         else:
             kw["type"] = tp if tp in (int, float, str) else str
         if f.name in positional:

@@ -107,3 +107,16 @@ def test_errors_are_one_line(tiny_qwen3, tmp_path, capsys):
     assert main(["features", "--model", str(tiny_qwen3), "--sae", str(tmp_path / "big"), "--text", "hi",
                  "--max-density", "0"]) == 2  # fmt: skip
     assert "--max-density is a share of tokens in (0, 1]" in capsys.readouterr().err
+
+
+def test_an_empty_tuple_default_parses_to_an_empty_tuple():
+    """`qwenscope serve` without --sae serves the model's default SAE: the empty default must not become ("",)."""
+    import argparse
+
+    from qwenscope.cli_args import add_dataclass_args, from_args
+    from qwenscope.serve.api import ServeConfig
+
+    parser = argparse.ArgumentParser()
+    add_dataclass_args(parser, ServeConfig)
+    assert from_args(ServeConfig, parser.parse_args([])).sae == ()
+    assert from_args(ServeConfig, parser.parse_args(["--sae", "a,b"])).sae == ("a", "b")
