@@ -14,13 +14,16 @@ Bad requests (malformed JSON, unknown fields, unknown SAEs, feature ids beyond t
 with an OpenAI error body ``{"error": {"message", "type", "param", "code"}}``, never a 500. With ``api_key`` every
 route but /health needs ``Authorization: Bearer <key>``.
 
+Feature routes (``qwenscope.serve.features_api``): POST /v1/features/encode (a text's top SAE features per token,
+with their labels) and GET /v1/features/{sae}/{id} (one feature's record from the SAE's feature store).
+
 ``stream=true`` answers with server-sent events (``data: {chunk}``, then ``data: [DONE]``), OpenAI's chunk shapes,
 and a usage chunk with ``stream_options.include_usage``; a client that goes away cancels its row at the next token.
 
 Generation (``generate_rows``) takes a list of rows, each with its own steering and sampling (a per-row seeded
 sampler; temperature 0 is exactly ``model.generate``'s greedy decoding), and runs them as one batch under
 ``steer_rows``; for now the server runs one request at a time (a lock, in a worker thread). Not yet: ``n > 1``,
-logprobs, dynamic batching, queue limits (429), the feature endpoints.
+logprobs, dynamic batching, queue limits (429).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -43,6 +46,9 @@ from torch import nn
 from qwenscope.errors import QwenscopeError
 from qwenscope.sae.model import Sae
 from qwenscope.steer.steer import SteerSpec, steer_rows
+
+if TYPE_CHECKING:
+    from qwenscope.features.store import FeatureStore
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -399,8 +405,10 @@ async def _events(server: Server, row: Row, req: _Sampling, chunk: Callable[...,
 
 
 def create_app(model: nn.Module, tokenizer: Any, saes: dict[str, Sae], *, api_key: str | None = None,
-               limits: Limits | None = None, model_name: str | None = None):  # fmt: skip
-    """A FastAPI app serving ``model`` with ``saes`` (id -> SAE) for steering; see the module docstring."""
+               limits: Limits | None = None, model_name: str | None = None,
+               stores: dict[str, FeatureStore | None] | None = None):  # fmt: skip
+    """A FastAPI app serving ``model`` with ``saes`` (id -> SAE) for steering and ``stores`` (id -> the SAE's
+    feature store, for labels and feature records); see the module docstring."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse
@@ -490,6 +498,9 @@ def create_app(model: nn.Module, tokenizer: Any, saes: dict[str, Sae], *, api_ke
         return {"id": f"chatcmpl-{secrets.token_hex(12)}", "object": "chat.completion", "created": int(time.time()),
                 "model": name, "choices": [choice], "usage": _usage(row, result)}  # fmt: skip
 
+    from qwenscope.serve.features_api import add_feature_routes
+
+    add_feature_routes(app, server, stores or {})
     return app
 
 
@@ -521,13 +532,15 @@ class ServeConfig:
 def run_serve(cfg: ServeConfig) -> None:
     import uvicorn
 
-    from qwenscope.models.load import load_model
+    from qwenscope.features.store import find_store
+    from qwenscope.models.load import load_model, model_name
     from qwenscope.sae.load import load_sae
 
     model, tokenizer = load_model(cfg.model)
     saes = {source: load_sae(source) for source in cfg.sae or (cfg.model,)}
+    stores = {source: find_store(model, tokenizer, sae, model_name(model), source) for source, sae in saes.items()}
     app = create_app(model, tokenizer, saes, api_key=cfg.api_key, model_name=cfg.model,
-                     limits=Limits(cfg.max_new_tokens, cfg.max_prompt_tokens))  # fmt: skip
+                     limits=Limits(cfg.max_new_tokens, cfg.max_prompt_tokens), stores=stores)  # fmt: skip
     logger.info("serving %s with SAEs %s on http://%s:%d/v1 (Ctrl-C stops it)", cfg.model, ", ".join(saes), cfg.host,
                 cfg.port)  # fmt: skip
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info")

@@ -1,11 +1,14 @@
-"""Fixtures for the playground tests: a tiny Qwen3 with the real Qwen3 tokenizer, a random SAE, a feature store built
-from them, a free port, and a headless Chromium driven by selenium (skipped when missing, unless required)."""
+"""Fixtures for the playground and API tests: a tiny Qwen3 with the real Qwen3 tokenizer, a random SAE, a feature
+store built from them, a free port, an app served by uvicorn, and a headless Chromium driven by selenium (skipped
+when missing, unless required)."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import socket
+import threading
+import time
 
 import pytest
 import torch
@@ -47,6 +50,32 @@ def port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def serve_app():
+    """``serve_app(app)`` runs an ASGI app on uvicorn in a thread on a free port and gives its base URL; the servers
+    it started stop when the test module ends."""
+    uvicorn = pytest.importorskip("uvicorn")
+    running = []
+
+    def start(app) -> str:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        running.append((server, thread))
+        deadline = time.time() + 20
+        while not server.started and time.time() < deadline:
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for server, thread in running:
+        server.should_exit = True
+        thread.join(10)
 
 
 def _browser_problem() -> str | None:
