@@ -44,21 +44,26 @@ _TEXT_BATCH = 16
 _DIRECTIONS_CHUNK = 4096
 
 
-def token_features(model, tokenizer, sae, hookpoint: str, text: str, top: int) -> list[dict[str, Any]]:
-    """Per token: its text and the ``top`` strongest features as (id, activation).
+def token_features(model, tokenizer, sae, hookpoint: str, text: str | Sequence[int], top: int,
+                   digits: int | None = 4) -> list[dict[str, Any]]:  # fmt: skip
+    """Per token of ``text`` (a string, or its token ids): {"pos", "token", "token_id", "features": [{"id", "act"}]},
+    the ``top`` strongest active features, strongest first, activations rounded to ``digits`` (None: as the SAE's
+    ``encode`` gives them).
 
     The tokens' texts are decoded jointly (``qwenscope.features.text``): a character split over several tokens is
     the text of the last of them, the others have ''.
     """
-    batch = tokenizer(text, return_tensors="pt")
-    acts = get_activations(model, batch, [hookpoint])[hookpoint][0]
+    inputs = tokenizer(text, return_tensors="pt") if isinstance(text, str) else torch.tensor([list(text)])
+    ids = (inputs if isinstance(inputs, Tensor) else inputs["input_ids"])[0].tolist()
+    acts = get_activations(model, inputs, [hookpoint])[hookpoint][0]
     with torch.no_grad():
         z = sae.encode(acts)
-    vals, ids = z.topk(min(top, sae.d_sae), dim=-1)
-    pieces = token_text(tokenizer).pieces(batch["input_ids"][0].tolist())
+    vals, top_ids = z.topk(min(top, sae.d_sae), dim=-1)
+    pieces = token_text(tokenizer).pieces(ids)
     return [
-        {"pos": i, "token": piece,
-         "features": [{"id": int(f), "act": round(float(v), 4)} for f, v in zip(ids[i], vals[i]) if v > 0]}
+        {"pos": i, "token": piece, "token_id": ids[i],
+         "features": [{"id": int(f), "act": float(v) if digits is None else round(float(v), digits)}
+                      for f, v in zip(top_ids[i], vals[i]) if v > 0]}
         for i, piece in enumerate(pieces)
     ]  # fmt: skip
 

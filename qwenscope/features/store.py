@@ -144,6 +144,11 @@ class FeatureStore:
         """(d_sae,) float32: each feature's mean activation when firing, 0 if it never fired (steering scales)."""
         return torch.tensor(self._features["mean_act"].to_numpy(dtype=np.float32))
 
+    def labels(self) -> dict[int, str]:
+        """``{feature: label}`` of the labelled features."""
+        return {int(f): label for f, label in zip(self._features["feature"], self._features["label"])
+                if isinstance(label, str)}  # fmt: skip
+
     def feature(self, i: int) -> FeatureInfo:
         if not 0 <= int(i) < self.d_sae:
             raise QwenscopeError(f"feature {i} is out of range; this store has ids 0..{self.d_sae - 1}")

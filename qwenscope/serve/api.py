@@ -14,6 +14,9 @@ Bad requests (malformed JSON, unknown fields, unknown SAEs, feature ids beyond t
 with an OpenAI error body ``{"error": {"message", "type", "param", "code"}}``, never a 500. With ``api_key`` every
 route but /health needs ``Authorization: Bearer <key>``.
 
+Feature routes (``qwenscope.serve.features_api``): POST /v1/features/encode (a text's top SAE features per token,
+with their labels) and GET /v1/features/{sae}/{id} (one feature's record from the SAE's feature store).
+
 ``stream=true`` answers with server-sent events (``data: {chunk}``, then ``data: [DONE]``), OpenAI's chunk shapes,
 and a usage chunk with ``stream_options.include_usage``; a client that goes away cancels its row at the next token.
 
@@ -37,7 +40,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
@@ -52,6 +55,9 @@ from qwenscope.sae.model import Sae
 from qwenscope.serve.batcher import Batcher, Job, QueueFull
 from qwenscope.serve.rows import Row, RowResult, finish_row
 from qwenscope.steer.steer import SteerSpec
+
+if TYPE_CHECKING:
+    from qwenscope.features.store import FeatureStore
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -341,8 +347,10 @@ async def _events(pieces: AsyncIterator[tuple[int, str | RowResult]], rows: list
 
 
 def create_app(model: nn.Module, tokenizer: Any, saes: dict[str, Sae], *, api_key: str | None = None,
-               limits: Limits | None = None, model_name: str | None = None):  # fmt: skip
-    """A FastAPI app serving ``model`` with ``saes`` (id -> SAE) for steering; see the module docstring."""
+               limits: Limits | None = None, model_name: str | None = None,
+               stores: dict[str, FeatureStore | None] | None = None):  # fmt: skip
+    """A FastAPI app serving ``model`` with ``saes`` (id -> SAE) for steering and ``stores`` (id -> the SAE's
+    feature store, for labels and feature records); see the module docstring."""
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse
@@ -438,6 +446,9 @@ def create_app(model: nn.Module, tokenizer: Any, saes: dict[str, Sae], *, api_ke
                     "finish_reason": r.finish_reason} for i, r in enumerate(results)]  # fmt: skip
         return head("chat.completion", "chatcmpl") | {"choices": choices, "usage": _usage(rows, results)}
 
+    from qwenscope.serve.features_api import add_feature_routes
+
+    add_feature_routes(app, server, stores or {})
     return app
 
 
@@ -478,13 +489,15 @@ class ServeConfig:
 def run_serve(cfg: ServeConfig) -> None:
     import uvicorn
 
-    from qwenscope.models.load import load_model
+    from qwenscope.features.store import find_store
+    from qwenscope.models.load import load_model, model_name
     from qwenscope.sae.load import load_sae
 
     model, tokenizer = load_model(cfg.model)
     saes = {source: load_sae(source) for source in cfg.sae or (cfg.model,)}
+    stores = {source: find_store(model, tokenizer, sae, model_name(model), source) for source, sae in saes.items()}
     app = create_app(model, tokenizer, saes, api_key=cfg.api_key, model_name=cfg.model,
-                     limits=cfg.limits())  # fmt: skip
+                     limits=cfg.limits(), stores=stores)  # fmt: skip
     logger.info("serving %s with SAEs %s on http://%s:%d/v1 (Ctrl-C stops it)", cfg.model, ", ".join(saes), cfg.host,
                 cfg.port)  # fmt: skip
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info")

@@ -51,9 +51,7 @@ class Playground:
         self.frequency = store.frequencies() if store is not None else None
         self.dense = dense_features(store, max_density) if store is not None else {}
         self.lock = threading.Lock()
-        table = store.table() if store is not None else None
-        pairs = zip(table["feature"], table["label"]) if table is not None else ()
-        self.labels: dict[int, str] = {int(f): label for f, label in pairs if isinstance(label, str)}
+        self.labels: dict[int, str] = store.labels() if store is not None else {}
         self._unit: float | None = None
 
     def unit(self) -> float:

@@ -1,5 +1,6 @@
-"""Fixtures for the playground tests: a tiny Qwen3 with the real Qwen3 tokenizer, a random SAE, a feature store built
-from them, a free port, and a headless Chromium driven by selenium (skipped when missing, unless required)."""
+"""Fixtures for the playground and API tests: a tiny Qwen3 with the real Qwen3 tokenizer, a random SAE, a feature
+store built from them, a free port, an app served by uvicorn, and a headless Chromium driven by selenium (skipped
+when missing, unless required)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,10 @@ import contextlib
 import os
 import shutil
 import socket
-import threading
-import time
 
 import pytest
 import torch
+from serving import running
 from tiny_models import tiny_qwen3
 
 from qwenscope import Sae, SaeConfig
@@ -52,6 +52,15 @@ def port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.fixture(scope="module")
+def serve_app():
+    """``serve_app(app)`` runs an ASGI app on uvicorn in a thread on a free port (``running``) and gives its base URL;
+    the servers it started stop when the test module ends."""
+    pytest.importorskip("uvicorn")
+    with contextlib.ExitStack() as stack:
+        yield lambda app: stack.enter_context(running(app))
+
+
 def _browser_problem() -> str | None:
     """Why a headless Chromium cannot be driven here, or None."""
     missing = [name for name, found in (("chromium", _chromium()), ("chromedriver", shutil.which("chromedriver")))
@@ -90,24 +99,3 @@ def browser():
     driver.set_page_load_timeout(60)
     yield driver
     driver.quit()
-
-
-@contextlib.contextmanager
-def running(app):
-    """Serve ``app`` with uvicorn in a thread on a free port; yields its base URL."""
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        free = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{free}"
-    finally:
-        server.should_exit = True
-        thread.join(10)

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from conftest import running
+from serving import running
 
 from qwenscope.serve.api import Limits, Server, create_app
 from qwenscope.serve.batcher import Batcher, Job

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
-
 import httpx
 import pytest
+from serving import running
 
 from qwenscope.serve.api import Limits, create_app
 from qwenscope.steer.generate import generate_text
@@ -32,18 +29,8 @@ def base_url(parts):
     """A running server (uvicorn in a thread on a free port) with an API key."""
     model, tokenizer, sae = parts
     app = create_app(model, tokenizer, {"l0": sae}, api_key=KEY, limits=Limits(max_new_tokens=16), model_name=NAME)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with running(app) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
