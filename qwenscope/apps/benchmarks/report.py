@@ -18,9 +18,6 @@ The results dict (every key but ``benchmarks`` optional)::
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +39,7 @@ from qwenscope.apps.benchmarks.measures import (
 )
 from qwenscope.atomic import atomic_write
 from qwenscope.errors import QwenscopeError
+from qwenscope.htmlpage import STYLE, escape, figure, num, png_img
 
 __all__ = ["build_results", "write_report"]
 
@@ -122,25 +120,8 @@ def _unique(m: Any, others: list[Any], n_unique: int, describe: Callable[[int], 
 # ---------------------------------------------------------------- plots
 
 
-def _figure(width: float, height: float) -> Any:
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise QwenscopeError("the HTML report needs matplotlib; pip install matplotlib") from None
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _png(fig: Any) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    return f'<img alt="" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode("ascii")}">'
-
-
 def _coverage_plot(benchmarks: dict[str, Any]) -> str:
-    fig = _figure(11.0, 4.2)
+    fig = figure(11.0, 4.2)
     axes = fig.subplots(1, 2)
     for i, (name, b) in enumerate(benchmarks.items()):
         cov = b["coverage"]
@@ -157,7 +138,7 @@ def _coverage_plot(benchmarks: dict[str, Any]) -> str:
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8, loc="lower right")
     fig.suptitle("Coverage curves (mean of random subsets; band: 95% of single subsets)", fontsize=11)
-    return _png(fig)
+    return png_img(fig)
 
 
 def _overlap_plot(ov: dict[str, Any]) -> str:
@@ -166,7 +147,7 @@ def _overlap_plot(ov: dict[str, Any]) -> str:
         raise QwenscopeError(f"the overlap matrix is {mat.shape} but names {len(names)} benchmarks: rebuild the "
                              "results")  # fmt: skip
     side = 2.5 + 0.8 * len(names)
-    fig = _figure(side + 1.2, side)
+    fig = figure(side + 1.2, side)
     ax = fig.add_subplot(1, 1, 1)
     im = ax.imshow(mat, vmin=0, vmax=1, cmap="viridis")
     for (r, c), v in np.ndenumerate(mat):
@@ -177,13 +158,13 @@ def _overlap_plot(ov: dict[str, Any]) -> str:
     ax.set_ylabel("D1")
     fig.colorbar(im, ax=ax, shrink=0.8)
     ax.set_title("Overlap O(D1 → D2) = |F(D1) ∩ F(D2)| / |F(D1)|", fontsize=10)
-    return _png(fig)
+    return png_img(fig)
 
 
 def _compression_plot(compression: dict[str, Any], benchmarks: dict[str, Any]) -> str:
     cols = min(3, len(compression))
     rows = math.ceil(len(compression) / cols)
-    fig = _figure(4.2 * cols, 3.4 * rows)
+    fig = figure(4.2 * cols, 3.4 * rows)
     for i, (name, c) in enumerate(compression.items()):
         ax = fig.add_subplot(rows, cols, i + 1)
         cov = benchmarks[name]["coverage"]
@@ -202,25 +183,10 @@ def _compression_plot(compression: dict[str, Any], benchmarks: dict[str, Any]) -
         ax.grid(alpha=0.3)
         if i == 0:
             ax.legend(fontsize=8, loc="lower right")
-    return _png(fig)
+    return png_img(fig)
 
 
 # ---------------------------------------------------------------- HTML
-
-STYLE = ("body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222}"
-         "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;"
-         "vertical-align:top;font-size:14px}th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:"
-         "tabular-nums}img{max-width:100%}.meta{color:#666}.ctx{font-family:monospace;font-size:12px;"
-         "white-space:pre-wrap;max-width:520px}")  # fmt: skip
-
-
-def _e(text: Any) -> str:
-    return html.escape(str(text), quote=True)
-
-
-def _num(x: Any, fmt: str = "{:.3f}") -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
-
 
 def _measures_table(results: dict[str, Any]) -> str:
     head = ("<tr><th>benchmark</th><th>items</th><th>|F(D)|</th><th>R̂</th><th>R</th><th>c at 10% of items</th>"
@@ -231,13 +197,13 @@ def _measures_table(results: dict[str, Any]) -> str:
         c = results.get("compression", {}).get(name)
         cov = b["coverage"]
         at10 = cov["mean"][min(len(cov["mean"]) - 1, max(0, math.ceil(0.1 * b["n_items"]) - 1))]
-        cells = [_e(name), b["n_items"], b["footprint"], _num(b["redundancy"]), _num(b.get("performance_redundancy")),
-                 _num(at10)]  # fmt: skip
+        cells = [escape(name), b["n_items"], b["footprint"], num(b["redundancy"]), num(b.get("performance_redundancy")),
+                 num(at10)]  # fmt: skip
         if c:
             cmp, med = c["comparison"], c["random_needed"]["median"]
-            band = f"{_num(cmp['random_kept_mean'])} [{_num(cmp['random_kept_low'])}, {_num(cmp['random_kept_high'])}]"
-            cells += [c["greedy_items"], _num(med, "{:.0f}"), _num(c["greedy_items"] / med, "{:.2f}"),
-                      _num(cmp["kept"]), band, _num(cmp.get("tau")), _num(cmp.get("random_tau_mean"))]  # fmt: skip
+            band = f"{num(cmp['random_kept_mean'])} [{num(cmp['random_kept_low'])}, {num(cmp['random_kept_high'])}]"
+            cells += [c["greedy_items"], num(med, "{:.0f}"), num(c["greedy_items"] / med, "{:.2f}"),
+                      num(cmp["kept"]), band, num(cmp.get("tau")), num(cmp.get("random_tau_mean"))]  # fmt: skip
         else:
             cells += ["-"] * 7
         rows.append("<tr>" + "".join(f"<td{'' if j == 0 else ' class=num'}>{v}</td>" for j, v in enumerate(cells))
@@ -247,23 +213,23 @@ def _measures_table(results: dict[str, Any]) -> str:
 
 def _matrix_table(ov: dict[str, Any]) -> str:
     names = ov["names"]
-    head = "<tr><th>D1 \\ D2</th>" + "".join(f"<th>{_e(n)}</th>" for n in names) + "</tr>"
-    rows = "".join(f"<tr><th>{_e(n)}</th>" + "".join(f"<td class=num>{v:.3f}</td>" for v in row) + "</tr>"
+    head = "<tr><th>D1 \\ D2</th>" + "".join(f"<th>{escape(n)}</th>" for n in names) + "</tr>"
+    rows = "".join(f"<tr><th>{escape(n)}</th>" + "".join(f"<td class=num>{v:.3f}</td>" for v in row) + "</tr>"
                    for n, row in zip(names, ov["matrix"]))  # fmt: skip
     return f"<table>{head}{rows}</table>"
 
 
 def _unique_table(name: str, rows: list[dict[str, Any]]) -> str:
     if not rows:
-        return f"<h3>{_e(name)}</h3><p class=meta>no feature unique to this benchmark</p>"
+        return f"<h3>{escape(name)}</h3><p class=meta>no feature unique to this benchmark</p>"
     body = "".join(
         f"<tr><td class=num>{r['feature']}</td><td class=num>{r['items']}</td><td class=num>"
-        f"{_num(r.get('density'), '{:.2e}')}</td><td>{_e(r.get('label') or '-')}</td>"
-        f"<td class=ctx>{'<br>'.join(_e(c) for c in r.get('contexts') or []) or '-'}</td>"
-        f"<td>{_e(', '.join(str(t) for t in r.get('logit_lens') or [])) or '-'}</td></tr>"
+        f"{num(r.get('density'), '{:.2e}')}</td><td>{escape(r.get('label') or '-')}</td>"
+        f"<td class=ctx>{'<br>'.join(escape(c) for c in r.get('contexts') or []) or '-'}</td>"
+        f"<td>{escape(', '.join(str(t) for t in r.get('logit_lens') or [])) or '-'}</td></tr>"
         for r in rows
     )
-    return (f"<h3>{_e(name)}: {len(rows)} shown</h3><table><tr><th>feature</th><th>items</th><th>density</th>"
+    return (f"<h3>{escape(name)}: {len(rows)} shown</h3><table><tr><th>feature</th><th>items</th><th>density</th>"
             f"<th>label</th><th>top contexts</th><th>logit lens</th></tr>{body}</table>")  # fmt: skip
 
 
@@ -274,13 +240,13 @@ def write_report(path: str | Path, results: dict[str, Any]) -> Path:
         raise QwenscopeError("results hold no benchmarks: pass the dict returned by build_results")
     title = results.get("title") or "Benchmark analysis"
     meta = results.get("meta") or {}
-    parts = [f"<h1>{_e(title)}</h1>"]
+    parts = [f"<h1>{escape(title)}</h1>"]
     if meta:
-        parts.append("<p class=meta>" + " · ".join(f"{_e(k)}: {_e(v)}" for k, v in meta.items()) + "</p>")
+        parts.append("<p class=meta>" + " · ".join(f"{escape(k)}: {escape(v)}" for k, v in meta.items()) + "</p>")
     parts += ["<h2>Measures</h2>", _measures_table(results)]
     if rho := results.get("rho"):
-        parts.append(f"<p>Spearman ρ(R, R̂) over {rho['n']} benchmarks: <b>{_num(rho['rho'])}</b> "
-                     f"(95% bootstrap interval {_num(rho['low'])} to {_num(rho['high'])})</p>")  # fmt: skip
+        parts.append(f"<p>Spearman ρ(R, R̂) over {rho['n']} benchmarks: <b>{num(rho['rho'])}</b> "
+                     f"(95% bootstrap interval {num(rho['low'])} to {num(rho['high'])})</p>")  # fmt: skip
     parts += ["<h2>Coverage</h2>", _coverage_plot(benchmarks)]
     if ov := results.get("overlap"):
         parts += ["<h2>Overlap</h2>", _overlap_plot(ov)]
@@ -294,7 +260,7 @@ def write_report(path: str | Path, results: dict[str, Any]) -> Path:
     if unique := results.get("unique"):
         parts.append("<h2>Features unique to each benchmark</h2>")
         parts += [_unique_table(name, rows) for name, rows in unique.items()]
-    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
+    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
             f"<style>{STYLE}</style></head>\n<body>\n{''.join(parts)}\n</body></html>\n")  # fmt: skip
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

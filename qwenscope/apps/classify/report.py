@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from qwenscope.apps.benchmarks.report import STYLE, _e, _figure, _num, _png
 from qwenscope.atomic import atomic_write
 from qwenscope.errors import QwenscopeError
+from qwenscope.htmlpage import STYLE, escape, figure, num, png_img
 
 __all__ = ["format_table", "write_report"]
 
@@ -58,8 +58,8 @@ def _used(row: dict[str, Any]) -> str:
 
 def _with_ci(row: dict[str, Any], key: str) -> str:
     value, ci = row.get(key), row.get(f"{key}_ci")
-    text = _num(value)
-    return text if value is None or not ci else f"{text} [{_num(ci[0])}, {_num(ci[1])}]"
+    text = num(value)
+    return text if value is None or not ci else f"{text} [{num(ci[0])}, {num(ci[1])}]"
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -90,7 +90,7 @@ def _k_plot(curve: dict[str, Any], baseline: dict[str, Any] | None) -> str:
     k, f1 = np.asarray(curve["k"], dtype=float), np.asarray(curve["f1"], dtype=float)
     if k.shape != f1.shape or not len(k):
         raise QwenscopeError(f"k_curve has {len(k)} K values and {len(f1)} F1 values: give one F1 per K")
-    fig = _figure(6.5, 3.8)
+    fig = figure(6.5, 3.8)
     ax = fig.add_subplot(1, 1, 1)
     if ci := curve.get("f1_ci"):
         lo_hi = np.asarray(ci, dtype=float)
@@ -108,12 +108,12 @@ def _k_plot(curve: dict[str, Any], baseline: dict[str, Any] | None) -> str:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title("F1 as K grows (band: bootstrap interval)", fontsize=10)
-    return _png(fig)
+    return png_img(fig)
 
 
 def _efficiency_plot(eff: dict[str, Any]) -> str:
     x = 100 * np.asarray(eff["fractions"], dtype=float)
-    fig = _figure(6.5, 3.8)
+    fig = figure(6.5, 3.8)
     ax = fig.add_subplot(1, 1, 1)
     for i, (name, f1) in enumerate(eff["methods"].items()):
         if len(f1) != len(x):
@@ -130,7 +130,7 @@ def _efficiency_plot(eff: dict[str, Any]) -> str:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title("Data efficiency", fontsize=10)
-    return _png(fig)
+    return png_img(fig)
 
 
 # ---------------------------------------------------------------- tables
@@ -146,8 +146,8 @@ def _comparison_table(rows: list[dict[str, Any]]) -> str:
     best = max((r["f1"] for r in rows if r.get("f1") is not None), default=None)
     head = ("<tr><th>method</th><th>K / features</th><th>precision</th><th>recall</th><th>F1</th><th>AUROC</th>"
             "<th>n</th></tr>")  # fmt: skip
-    body = "".join(_cells([_e(r["method"]), _e(_used(r)), *(_with_ci(r, m) for m in _METRICS),
-                           _num(r.get("n"), "{}")], bold=r.get("f1") is not None and r["f1"] == best)
+    body = "".join(_cells([escape(r["method"]), escape(_used(r)), *(_with_ci(r, m) for m in _METRICS),
+                           num(r.get("n"), "{}")], bold=r.get("f1") is not None and r["f1"] == best)
                    for r in rows)  # fmt: skip
     return f"<table>{head}{body}</table>"
 
@@ -160,7 +160,7 @@ def _efficiency_table(eff: dict[str, Any]) -> str:
         + "".join(f"<th>{f * 100:g}%{'' if n is None else f' ({n})'}</th>" for f, n in zip(fracs, n_train))
         + "</tr>"
     )
-    body = "".join(_cells([_e(name), *(_num(v) for v in f1)]) for name, f1 in eff["methods"].items())
+    body = "".join(_cells([escape(name), *(num(v) for v in f1)]) for name, f1 in eff["methods"].items())
     return f"<table>{head}{body}</table>"
 
 
@@ -168,8 +168,8 @@ def _transfer_table(rows: list[dict[str, Any]]) -> str:
     pairs = list(dict.fromkeys((str(r["train"]), str(r["test"])) for r in rows))
     methods = list(dict.fromkeys(str(r["method"]) for r in rows))
     cell = {(str(r["method"]), str(r["train"]), str(r["test"])): _with_ci(r, "f1") for r in rows}
-    head = "<tr><th>method</th>" + "".join(f"<th>{_e(a)} → {_e(b)}</th>" for a, b in pairs) + "</tr>"
-    body = "".join(_cells([_e(m), *(cell.get((m, a, b), "-") for a, b in pairs)]) for m in methods)
+    head = "<tr><th>method</th>" + "".join(f"<th>{escape(a)} → {escape(b)}</th>" for a, b in pairs) + "</tr>"
+    body = "".join(_cells([escape(m), *(cell.get((m, a, b), "-") for a, b in pairs)]) for m in methods)
     return f"<table>{head}{body}</table>"
 
 
@@ -177,9 +177,9 @@ def write_report(results: dict[str, Any], path: str | Path) -> Path:
     """Write ``results`` (layout in the module doc) as one self-contained HTML file; returns its path."""
     rows = _rows(results)
     title = results.get("title") or "Toxicity classification"
-    parts = [f"<h1>{_e(title)}</h1>"]
+    parts = [f"<h1>{escape(title)}</h1>"]
     if meta := results.get("meta"):
-        parts.append("<p class=meta>" + " · ".join(f"{_e(k)}: {_e(v)}" for k, v in meta.items()) + "</p>")
+        parts.append("<p class=meta>" + " · ".join(f"{escape(k)}: {escape(v)}" for k, v in meta.items()) + "</p>")
     parts += ["<h2>Comparison on the test split</h2>", _comparison_table(rows),
               "<p class=meta>Intervals: percentile bootstrap over the test examples. Bold: the highest "
               "F1.</p>"]  # fmt: skip
@@ -193,7 +193,7 @@ def write_report(results: dict[str, Any], path: str | Path) -> Path:
             raise QwenscopeError(f"a transfer row needs train, test, method and f1, got {missing[0]!r:.80}")
         parts += ["<h2>Cross-lingual transfer</h2><p class=meta>F1 on the test language of methods fit on the "
                   "train language.</p>", _transfer_table(transfer)]  # fmt: skip
-    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
+    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
             f"<style>{STYLE}</style></head>\n<body>\n{''.join(parts)}\n</body></html>\n")  # fmt: skip
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
