@@ -17,7 +17,12 @@ all-or-nothing per prompt, sampling measures the probability itself; fluency: pe
 continuations (in domain) and of Spanish fortunes (out of domain).
 
     python bench/sasft.py --quick          # a tiny run that checks the pipeline (6 min on 1 busy CPU core)
-    python bench/sasft.py                  # the experiment: on a GPU; on CPU a step of batch 2 took 23-43 s
+    python bench/sasft.py                  # the GPU setting: switch halfway, 300 steps at batch 8
+    python bench/sasft.py --device cpu --threads 2 --steps 80 --batch 8 --max-length 160 --response 2 \
+        --switch-at 0 --eval 50 --new-tokens 48 --lam 1e-2 5e-2 # the CPU setting (~2.5 h on 2 cores)
+
+In the CPU setting a switched response is wholly English (``--switch-at 0``: Spanish prompts answered in English) and
+two verses long: a switch the model learns within 80 steps, so plain SFT switches under greedy decoding too.
 
 Measured on CPU (--quick, 1 thread of a shared 2-core machine): full fine-tuning of gemma3-270m at batch 2 takes
 23-43 s per step, so the default 300 steps at batch 8 is a GPU job; on CPU try --steps 100 --batch 4.
@@ -187,6 +192,23 @@ def train_arm(name: str, train: list[dict], args, sasft: SasftConfig | None, sae
     return trainer.model, tokenizer, info
 
 
+SAME_DATA = ("model", "steps", "batch", "lr", "max_length", "switch", "english", "response", "switch_at", "eval",
+             "new_tokens", "sample_temperature", "seed")
+
+
+def reuse_arms(args, results: dict[str, Any]) -> dict[str, Any]:
+    """The base and sft arms of ``args.reuse``, when it was run on the same data, model and training settings."""
+    old = json.loads(args.reuse.read_text())
+    mine = results["config"]
+    differ = [k for k in SAME_DATA if old["config"].get(k, mine[k]) != mine[k]]
+    if differ or old["n_train"] != results["n_train"]:
+        raise SystemExit(f"--reuse {args.reuse}: run with other settings ({', '.join(differ) or 'n_train'}); "
+                         "rerun the baselines instead")  # fmt: skip
+    logger.info("base and sft arms taken from %s", args.reuse)
+    results["reused_from"] = str(args.reuse)
+    return {name: old["arms"][name] for name in ("base", "sft") if name in old["arms"]}
+
+
 def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -232,6 +254,9 @@ def main() -> None:
     parser.add_argument("--switch-at", type=int, default=2,
                         help="Spanish verses before a switched response turns English (0: all English)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    parser.add_argument("--reuse", type=Path, default=None,
+                        help="an earlier sasft.json of the same data and model: its base and sft arms are taken "
+                             "from it instead of being run again")  # fmt: skip
     parser.add_argument("--eval", type=int, default=60, help="held-out prompts (>= 50 for the acceptance)")
     parser.add_argument("--new-tokens", type=int, default=120)
     parser.add_argument("--sample-temperature", type=float, default=0.7, help="for the sampled code-switching")
@@ -277,12 +302,17 @@ def main() -> None:
         results["partial"] = partial
         (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1, ensure_ascii=False))
 
-    logger.info("base model")
-    results["arms"]["base"] = measure(model, tokenizer, held, fortunes, args)
-    write(partial=True)
+    reused = reuse_arms(args, results) if args.reuse else {}
+    results["arms"].update(reused)
+    if "base" not in reused:
+        logger.info("base model")
+        results["arms"]["base"] = measure(model, tokenizer, held, fortunes, args)
+        write(partial=True)
     del model
     sasft_arms = [(f"sasft-{lam:g}" if i else "sasft", SasftConfig(feats, lam=lam)) for i, lam in enumerate(args.lam)]
     for name, sasft in [("sft", None), *sasft_arms]:
+        if name in reused:
+            continue
         trained, tokenizer, info = train_arm(name, train, args, sasft, sae)
         results["arms"][name] = {**measure(trained, tokenizer, held, fortunes, args), **info}
         write(partial=True)
