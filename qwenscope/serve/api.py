@@ -195,8 +195,9 @@ class Server:
 
     async def rows(self, req: _Sampling, input_ids: list[int]) -> list[Row]:
         """The ``n`` rows of a request (sampled rows seeded ``seed``, ``seed + 1``, ... when it gives a seed)."""
-        if req.n > self.limits.max_batch:
-            raise ApiError(400, f"n={req.n} is above this server's batch size of {self.limits.max_batch}", "n")
+        most = min(self.limits.max_batch, self.limits.max_queue)  # n rows must fit one batch and the queue
+        if req.n > most:
+            raise ApiError(400, f"n={req.n} is above this server's batch size of {most}", "n")
         if req.model != self.name:
             raise ApiError(404, f"model {req.model!r} is not served here; use {self.name!r}", "model",
                            "model_not_found")  # fmt: skip

@@ -98,6 +98,8 @@ def test_a_full_queue_answers_429_and_the_server_carries_on(qwen3_parts):
         assert busy["code"] == "rate_limit_exceeded" and "retry later" in busy["message"]
         client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="x", max_retries=0)
         assert client.completions.create(model=NAME, prompt="hi", max_tokens=2).choices[0].text is not None
+        too_many = httpx.post(f"{base_url}/v1/completions", json=body | {"n": 2}, timeout=60)
+        assert too_many.status_code == 400 and "batch size of 1" in too_many.json()["error"]["message"]
 
 
 def test_a_short_row_is_answered_before_its_long_batch_mate_ends(qwen3_parts):
