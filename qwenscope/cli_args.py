@@ -17,7 +17,16 @@ T = TypeVar("T")
 
 @cache
 def field_docs(cls: type) -> dict[str, str]:
-    """The docstring under each field of a dataclass (``x: int = 1`` followed by ``\"\"\"help\"\"\"``)."""
+    """The docstring under each field of a dataclass (``x: int = 1`` followed by ``\"\"\"help\"\"\"``), inherited
+    fields included (a subclass's own docstring wins)."""
+    docs: dict[str, str] = {}
+    for base in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(base):
+            docs.update(_own_field_docs(base))
+    return docs
+
+
+def _own_field_docs(cls: type) -> dict[str, str]:
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     body = tree.body[0].body  # type: ignore[attr-defined]
     docs: dict[str, str] = {}

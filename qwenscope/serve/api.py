@@ -455,7 +455,9 @@ def create_app(model: nn.Module, tokenizer: Any, saes: dict[str, Sae], *, api_ke
 
 # ---------------------------------------------------------------- the command
 @dataclass
-class ServeConfig:
+class ServeConfig(Limits):
+    """Serve a model and its SAEs over an OpenAI-compatible API (the limits are ``Limits``' fields)."""
+
     model: str = "smollm2-135m"
     """Model: an embedded name (smollm2-135m, gemma3-270m), a local HF folder or a hub id."""
     sae: tuple[str, ...] = ()
@@ -467,24 +469,11 @@ class ServeConfig:
     """Port to serve on."""
     api_key: str | None = None
     """Require Authorization: Bearer <key> on every route but /health."""
-    max_new_tokens: int = 512
-    """The largest max_tokens a request may ask for."""
-    max_prompt_tokens: int = 4096
-    """The longest prompt, in tokens."""
-    max_batch: int = 16
-    """The most rows generated together (a request's n counts n rows)."""
-    max_queue: int = 64
-    """The most rows waiting for a batch; requests past it get a 429."""
-    batch_window_ms: float = 10.0
-    """How long the first waiting row waits for others to share its batch."""
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
             raise QwenscopeError(f"--port must be in 1..65535, got {self.port}")
-        self.limits()
-
-    def limits(self) -> Limits:
-        return Limits(self.max_new_tokens, self.max_prompt_tokens, self.max_batch, self.max_queue, self.batch_window_ms)
+        super().__post_init__()
 
 
 def run_serve(cfg: ServeConfig) -> None:
@@ -498,7 +487,7 @@ def run_serve(cfg: ServeConfig) -> None:
     saes = {source: load_sae(source) for source in cfg.sae or (cfg.model,)}
     stores = {source: find_store(model, tokenizer, sae, model_name(model), source) for source, sae in saes.items()}
     app = create_app(model, tokenizer, saes, api_key=cfg.api_key, model_name=cfg.model,
-                     limits=cfg.limits(), stores=stores)  # fmt: skip
+                     limits=cfg, stores=stores)  # fmt: skip
     logger.info("serving %s with SAEs %s on http://%s:%d/v1 (Ctrl-C stops it)", cfg.model, ", ".join(saes), cfg.host,
                 cfg.port)  # fmt: skip
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info")
