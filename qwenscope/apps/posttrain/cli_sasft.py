@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from qwenscope import QwenscopeError
+from qwenscope.data.sources import read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -102,15 +103,24 @@ def read_rows(path: str) -> list[dict[str, Any]]:
     file = Path(path)
     if not file.is_file():
         raise QwenscopeError(f"no data file {path}; pass a JSONL file of samples")
-    text = file.read_text(encoding="utf-8")
-    try:
-        rows = json.loads(text) if text.lstrip().startswith("[") else [json.loads(x) for x in text.splitlines()
-                                                                         if x.strip()]  # fmt: skip
-    except json.JSONDecodeError as e:
-        raise QwenscopeError(f"{path} is not JSONL: {e}") from None
+    if _first_char(file) == "[":
+        try:
+            rows = json.loads(file.read_text(encoding="utf-8-sig"))
+        except json.JSONDecodeError as e:
+            raise QwenscopeError(f"{path} is not a JSON list: {e}") from None
+    else:
+        rows = read_jsonl(file)  # one line per bad record
     if not rows or not all(isinstance(r, dict) for r in rows):
         raise QwenscopeError(f"{path} holds no samples; each line must be a JSON object")
     return rows
+
+
+def _first_char(file: Path) -> str:
+    """The file's first character that is not white space ("" for none)."""
+    with file.open(encoding="utf-8-sig") as handle:
+        while (char := handle.read(1)) and char.isspace():
+            pass
+    return char
 
 
 def response_text(row: dict[str, Any]) -> str:

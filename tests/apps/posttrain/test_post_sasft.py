@@ -197,3 +197,20 @@ def test_the_penalty_is_float32_for_a_float16_sae_and_residuals_beyond_its_range
     p32, _ = sasft_penalty(x, ref, ids, alpha, mask)
     assert torch.isfinite(p16) and p16 > 0
     torch.testing.assert_close(p16, p32, rtol=1e-5, atol=0)
+
+
+def test_read_rows_takes_jsonl_or_a_json_list_and_names_a_bad_line(tmp_path):
+    from qwenscope.apps.posttrain.cli_sasft import read_rows
+
+    rows = [{"prompt": "a", "completion": "b", "lang": "es"}, {"prompt": "c", "completion": "d", "lang": "en"}]
+    lines, listed = tmp_path / "rows.jsonl", tmp_path / "rows.json"
+    lines.write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n")
+    listed.write_text("  \n" + json.dumps(rows))
+    assert read_rows(str(lines)) == rows and read_rows(str(listed)) == rows
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(rows[0]) + "\n{oops\n")
+    with pytest.raises(QwenscopeError, match=r"bad.jsonl, line 2: not JSON"):
+        read_rows(str(bad))
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(QwenscopeError, match="holds no samples"):
+        read_rows(str(tmp_path / "empty.jsonl"))
