@@ -53,7 +53,7 @@ except ImportError:  # the serve extra is missing; create_app says so when it im
     Request = Any  # type: ignore[misc,assignment]
 from qwenscope.sae.model import Sae
 from qwenscope.serve.batcher import Batcher, Job, QueueFull
-from qwenscope.serve.rows import Row, RowResult, finish_row
+from qwenscope.serve.rows import Row, RowResult, end_tokens, finish_row
 from qwenscope.steer.steer import SteerSpec
 
 if TYPE_CHECKING:
@@ -286,6 +286,8 @@ class Server:
                       ) -> AsyncIterator[tuple[int, str | RowResult]]:  # fmt: skip
         tokens: list[list[int]] = [[] for _ in rows]
         sent = [""] * len(rows)
+        holds = [max((len(s) for s in row.stop), default=1) - 1 for row in rows]
+        ends = end_tokens(self.tokenizer)
         left = len(rows)
         try:
             while left:
@@ -299,9 +301,8 @@ class Server:
                     yield i, item
                     continue
                 tokens[i].append(item)
-                text = finish_row(rows[i], tokens[i], self.tokenizer).text
-                hold = max((len(s) for s in rows[i].stop), default=1) - 1
-                safe = text[: len(text) - hold].rstrip("\ufffd")
+                text = finish_row(rows[i], tokens[i], self.tokenizer, ends).text
+                safe = text[: len(text) - holds[i]].rstrip("\ufffd")
                 if len(safe) > len(sent[i]) and safe.startswith(sent[i]):
                     yield i, safe[len(sent[i]) :]
                     sent[i] = safe

@@ -80,7 +80,7 @@ class _RowStops:
                  on_finish: Callable[[int, RowResult], None] | None) -> None:  # fmt: skip
         self.rows, self.tokenizer, self.prompt_len, self.on_finish = rows, tokenizer, prompt_len, on_finish
         self.results: list[RowResult | None] = [None] * len(rows)
-        self.ends = _end_tokens(tokenizer)
+        self.ends = end_tokens(tokenizer)
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         new = input_ids[:, self.prompt_len :].tolist()
@@ -155,7 +155,8 @@ def _holds_stop(row: Row, tokens: list[int], tokenizer: Any) -> bool:
     return any(s in text for s in row.stop)
 
 
-def _end_tokens(tokenizer: Any) -> set[int]:
+def end_tokens(tokenizer: Any) -> set[int]:
+    """The token ids that end a row: EOS (one or several) and the padding."""
     eos = tokenizer.eos_token_id
     return {t for t in [*(eos if isinstance(eos, list) else [eos]), tokenizer.pad_token_id] if t is not None}
 
@@ -164,7 +165,7 @@ def finish_row(row: Row, tokens: list[int], tokenizer: Any, ends: set[int] | Non
     """A row's result from its generated tokens: cut at EOS (or the padding after it stopped), its text cut at its
     first stop string; "stop" when either cut, else "length"."""
     tokens = tokens[: row.max_new_tokens]
-    ends = _end_tokens(tokenizer) if ends is None else ends
+    ends = end_tokens(tokenizer) if ends is None else ends
     end = next((j for j, t in enumerate(tokens) if t in ends), None)
     count = len(tokens) if end is None else end + 1  # the EOS counts as generated
     text = tokenizer.decode(tokens[:end], skip_special_tokens=True)
