@@ -36,6 +36,7 @@ import argparse
 import copy
 import json
 import logging
+import os
 import random
 import tempfile
 import time
@@ -67,29 +68,44 @@ logger = logging.getLogger("bench.grpo")
 
 
 # ---------------------------------------------------------------- the task
-def arithmetic(n: int, seed: int, max_operand: int = 9) -> list[dict[str, Any]]:
-    """``n`` arithmetic questions with their answers, drawn deterministically, operands in 2..max_operand."""
+KINDS = ("sum", "marbles", "eggs", "explain", "apples")
+"""Question families: ``What is a + b?``, a subtraction word problem, a multiplication word problem, ``Add a and b,
+then explain your answer step by step.``, and a three-operand word problem (``apples``: smollm2-135m loops on it,
+11% of rollouts at temperature 0.3 and 192 tokens against ~0 for the others, measured on 16 prompts x 4)."""
+
+
+def arithmetic(n: int, seed: int, max_operand: int = 9, kinds: tuple[str, ...] = KINDS[:4]) -> list[dict[str, Any]]:
+    """``n`` arithmetic questions with their answers, drawn deterministically, operands in 2..max_operand, the
+    families ``kinds`` in turn."""
     rng = random.Random(seed)
     rows = []
     for i in range(n):
         a, b = rng.randint(2, max_operand), rng.randint(2, max_operand)
-        kind = i % 4
-        if kind == 0:
+        kind = kinds[i % len(kinds)]
+        if kind == "sum":
             rows.append({"prompt": f"What is {a} + {b}?", "answer": a + b})
-        elif kind == 1:
+        elif kind == "marbles":
             a, b = max(a, b), min(a, b)
             rows.append({"prompt": f"Tom has {a} marbles and gives {b} to his sister. How many marbles does he have "
                                    "now?", "answer": a - b})  # fmt: skip
-        elif kind == 2:
+        elif kind == "eggs":
             rows.append({"prompt": f"A box holds {a} rows of {b} eggs. How many eggs are in the box?", "answer": a * b})
-        else:
+        elif kind == "explain":
             rows.append({"prompt": f"Add {a} and {b}, then explain your answer step by step.", "answer": a + b})
+        elif kind == "apples":
+            c = rng.randint(2, max_operand)
+            rows.append({"prompt": f"Sara has {a + c} apples. She buys {b} more and then eats {c}. How many apples "
+                                   "does she have now?", "answer": a + b})  # fmt: skip
+        else:
+            raise SystemExit(f"unknown question kind {kind!r}; choose from {', '.join(KINDS)}")
     return rows
 
 
 def split(args) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(training questions, held-out questions): different draws."""
-    return arithmetic(args.train_prompts, 0, args.max_operand), arithmetic(args.eval_prompts, 1, args.max_operand)
+    kinds = tuple(args.kinds)
+    return (arithmetic(args.train_prompts, 0, args.max_operand, kinds),
+            arithmetic(args.eval_prompts, 1, args.max_operand, kinds))  # fmt: skip
 
 
 def accuracy(tokenizer, rows: list[dict[str, Any]], completions: list[list[int]]) -> float:
@@ -174,8 +190,8 @@ def run_job(job: tuple[Any, dict, int, str]) -> tuple[str, dict, dict]:
     args, chosen, seed, arm = job
     logging.basicConfig(level=logging.INFO, format=f"[{arm} {seed}] %(message)s")
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    torch.set_num_threads(2)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.set_num_threads(2 if device == "cuda" else max(1, (os.cpu_count() or 1) // args.jobs))  # no oversubscription
     base, tokenizer = load_model(args.model, device=device, dtype=DTYPE)
     sae = load_sae(args.model, hookpoint=args.hookpoint, device=device)
     return run_arm(base, tokenizer, sae, args, chosen, seed, arm)
@@ -249,6 +265,8 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.4)
     parser.add_argument("--lr", type=float, default=5e-6)
     parser.add_argument("--max-operand", type=int, default=9, help="largest operand of the arithmetic questions")
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS[:4]),
+                        help="question families, drawn in turn (apples: the one smollm2 loops on)")  # fmt: skip
     parser.add_argument("--jobs", type=int, default=1, help="run the seed x arm runs in this many processes")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON and PNG")
     parser.add_argument("--quick", action="store_true", help="2 steps, 1 seed, few prompts: proves it runs")

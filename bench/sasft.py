@@ -21,6 +21,9 @@ continuations (in domain) and of Spanish fortunes (out of domain).
     python bench/sasft.py --device cpu --threads 2 --steps 80 --batch 8 --max-length 160 --response 2 \
         --switch-at 0 --eval 50 --new-tokens 48 --lam 1e-2 5e-2 # the CPU setting (~2.5 h on 2 cores)
 
+``--freeze-after-hook`` trains only the decoder layers up to the hookpoint's in every arm (``--reuse`` then takes only
+the base arm from the earlier run).
+
 In the CPU setting a switched response is wholly English (``--switch-at 0``: Spanish prompts answered in English) and
 two verses long: a switch the model learns within 80 steps, so plain SFT switches under greedy decoding too.
 
@@ -48,8 +51,9 @@ import torch
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
-from qwenscope import load_model, load_sae
+from qwenscope import load_model, load_sae, resolve_hookpoint
 from qwenscope.apps.posttrain import SasftConfig, SasftTrainer, code_switching, language_features, texts_by_language
+from qwenscope.models.hookpoints import decoder_layers
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BIBLES = {"en": "engWEB2015eb", "es": "spaRV1909eb"}
@@ -171,6 +175,21 @@ def measure(model, tokenizer, held: list[dict], fortunes: list[str], args) -> di
 
 
 # ---------------------------------------------------------------- arms
+def train_up_to_hook(model, hookpoint: str) -> None:
+    """Freeze everything but the decoder layers up to the hookpoint's: the layers after it (and the tied embeddings
+    and head) keep reading the residual stream as the base model wrote it, so English output cannot be rebuilt
+    downstream of the penalised features."""
+    layer = resolve_hookpoint(model, hookpoint).layer
+    if layer is None:
+        raise SystemExit(f"--freeze-after-hook needs a hookpoint inside a decoder layer, got {hookpoint!r}")
+    model.requires_grad_(False)
+    for block in decoder_layers(model)[1][: layer + 1]:
+        block.requires_grad_(True)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info("training layers 0..%d only: %.1fM of %.1fM parameters", layer, trainable / 1e6,
+                sum(p.numel() for p in model.parameters()) / 1e6)  # fmt: skip
+
+
 def train_arm(name: str, train: list[dict], args, sasft: SasftConfig | None, sae) -> tuple[Any, Any, dict]:
     model, tokenizer = load_model(args.model, device=args.device, dtype=torch.float32)
     cuda = args.device.startswith("cuda")
@@ -178,6 +197,8 @@ def train_arm(name: str, train: list[dict], args, sasft: SasftConfig | None, sae
                        learning_rate=args.lr, lr_scheduler_type="constant", max_length=args.max_length,
                        logging_steps=max(1, args.steps // 20), save_strategy="no", seed=args.seed, report_to=[],
                        use_cpu=not cuda, bf16=cuda, disable_tqdm=True, remove_unused_columns=sasft is None)  # fmt: skip
+    if args.freeze_after_hook:
+        train_up_to_hook(model, args.hookpoint)
     data = Dataset.from_list([{k: v for k, v in r.items() if k != "switched"} for r in train])
     if sasft is None:
         trainer: SFTTrainer = SFTTrainer(model, config, train_dataset=data, processing_class=tokenizer)
@@ -194,6 +215,8 @@ def train_arm(name: str, train: list[dict], args, sasft: SasftConfig | None, sae
 
 SAME_DATA = ("model", "steps", "batch", "lr", "max_length", "switch", "english", "response", "switch_at", "eval",
              "new_tokens", "sample_temperature", "seed")
+SAME_TRAINING = ("freeze_after_hook", "hookpoint")
+"""Settings that change how the sft arm trains but not the base arm: another value reuses the base arm only."""
 
 
 def reuse_arms(args, results: dict[str, Any]) -> dict[str, Any]:
@@ -204,9 +227,12 @@ def reuse_arms(args, results: dict[str, Any]) -> dict[str, Any]:
     if differ or old["n_train"] != results["n_train"]:
         raise SystemExit(f"--reuse {args.reuse}: run with other settings ({', '.join(differ) or 'n_train'}); "
                          "rerun the baselines instead")  # fmt: skip
-    logger.info("base and sft arms taken from %s", args.reuse)
+    names = ["base", "sft"]
+    if any(old["config"].get(k, False) != mine[k] for k in SAME_TRAINING):
+        names = ["base"]  # the plain SFT arm trained otherwise: run it again
+    logger.info("%s arm(s) taken from %s", " and ".join(names), args.reuse)
     results["reused_from"] = str(args.reuse)
-    return {name: old["arms"][name] for name in ("base", "sft") if name in old["arms"]}
+    return {name: old["arms"][name] for name in names if name in old["arms"]}
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -253,6 +279,9 @@ def main() -> None:
     parser.add_argument("--response", type=int, default=4, help="verses per response (at most 4)")
     parser.add_argument("--switch-at", type=int, default=2,
                         help="Spanish verses before a switched response turns English (0: all English)")  # fmt: skip
+    parser.add_argument("--freeze-after-hook", action="store_true",
+                        help="every arm trains only the decoder layers up to the hookpoint's (the later layers, "
+                             "the embeddings and the head stay frozen)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     parser.add_argument("--reuse", type=Path, default=None,
                         help="an earlier sasft.json of the same data and model: its base and sft arms are taken "
