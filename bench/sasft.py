@@ -279,6 +279,8 @@ def main() -> None:
     parser.add_argument("--response", type=int, default=4, help="verses per response (at most 4)")
     parser.add_argument("--switch-at", type=int, default=2,
                         help="Spanish verses before a switched response turns English (0: all English)")  # fmt: skip
+    parser.add_argument("--positions", choices=("response", "predicting"), default="response",
+                        help="where the penalty reads: the response tokens, or the positions predicting them")
     parser.add_argument("--freeze-after-hook", action="store_true",
                         help="every arm trains only the decoder layers up to the hookpoint's (the later layers, "
                              "the embeddings and the head stay frozen)")  # fmt: skip
@@ -338,7 +340,8 @@ def main() -> None:
         results["arms"]["base"] = measure(model, tokenizer, held, fortunes, args)
         write(partial=True)
     del model
-    sasft_arms = [(f"sasft-{lam:g}" if i else "sasft", SasftConfig(feats, lam=lam)) for i, lam in enumerate(args.lam)]
+    sasft_arms = [(f"sasft-{lam:g}" if i else "sasft", SasftConfig(feats, lam=lam, positions=args.positions))
+                  for i, lam in enumerate(args.lam)]  # fmt: skip
     for name, sasft in [("sft", None), *sasft_arms]:
         if name in reused:
             continue

@@ -52,6 +52,9 @@ class SasftCommand:
     """λ, the weight of the feature penalty (the report: 5e-4 to 1e-3; 0 is plain SFT)."""
     top: int = 2
     """How many of the unwanted language's features to penalise (by monolinguality; the report: 2)."""
+    positions: str = "response"
+    """Where the penalty reads: response (the response tokens) or predicting (the positions that predict them, the
+    last prompt token included)."""
     feature_ids: str = ""
     """Hand-picked feature ids instead of the top ones, comma-separated: 812,4051."""
     features: str = ""
@@ -88,6 +91,10 @@ class SasftCommand:
             raise QwenscopeError("--steps, --batch-size, --grad-accum and --save-steps must be at least 1")
         if self.top < 1:
             raise QwenscopeError(f"--top must be at least 1, got {self.top}")
+        from qwenscope.apps.posttrain.sasft import POSITIONS  # trl: imported when the command runs anyway
+
+        if self.positions not in POSITIONS:
+            raise QwenscopeError(f"--positions {self.positions!r}: choose one of {', '.join(POSITIONS)}")
         if not re.fullmatch(r"\s*(\d+\s*(,\s*\d+\s*)*)?", self.feature_ids):
             raise QwenscopeError(f"--feature-ids wants comma-separated ids such as 812,4051, got {self.feature_ids!r}")
 
@@ -187,7 +194,7 @@ def build_trainer(cfg: SasftCommand) -> Any:
     sae = load_sae(cfg.sae or cfg.model, hookpoint=cfg.hookpoint or None, device="cuda" if cuda else "cpu")
     data = Dataset.from_list(rows)
     feats = language_features_for(cfg, model, tokenizer, sae, rows)
-    sasft = SasftConfig(feats, lam=cfg.lam, lang_column=cfg.lang_column)
+    sasft = SasftConfig(feats, lam=cfg.lam, lang_column=cfg.lang_column, positions=cfg.positions)
     check_data(data, sasft)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,8 @@
 
 - ``L``: the unwanted language (``features.lang``), ``S_L``: its features (``features.ids``);
 - ``R``: the response tokens (``labels != -100``, what TRL trains on) of the samples whose language ``j`` (a dataset
-  column) is not ``L``; samples in ``L`` are trained by CE only;
+  column) is not ``L``; samples in ``L`` are trained by CE only; ``positions="predicting"`` reads one position to
+  the left instead, where each response token is chosen;
 - ``f_s(x_t)``: the SAE pre-activation (``x @ W_enc[:, s] + b_enc[s]``, no ReLU, no TopK) of the activation at the
   hookpoint, read from the training forward itself (a forward hook; gradients flow into the model, the SAE is frozen);
 - ``alpha_j[s]``: feature s's mean pre-activation on language j (``LanguageFeatures.alpha``), so a feature only pays
@@ -47,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 LANG_KEY = "sasft_lang"
 """Batch key of each row's language index (-1: the unwanted language, not penalised)."""
+POSITIONS = ("response", "predicting")
+"""``SasftConfig.positions``: the response tokens' own positions, or the positions that predict them."""
 
 
 @dataclass
@@ -60,10 +63,16 @@ class SasftConfig:
     """λ, the weight of the feature penalty (the report: 5e-4 to 1e-3); 0 is plain SFT."""
     lang_column: str = "lang"
     """The dataset column naming each sample's language (the same codes as the features' alpha)."""
+    positions: str = "response"
+    """Where the penalty reads: ``response``, at the response tokens (``labels != -100``); ``predicting``, at the
+    positions that predict them (one to the left: the last prompt token pays, the last response token does not),
+    the states that choose each response token, including the first."""
 
     def __post_init__(self) -> None:
         if not self.lam >= 0:
             raise QwenscopeError(f"lam (λ) must be >= 0, got {self.lam}")
+        if self.positions not in POSITIONS:
+            raise QwenscopeError(f"positions={self.positions!r}: choose one of {', '.join(POSITIONS)}")
         if not self.lang_column:
             raise QwenscopeError("lang_column is empty; name the dataset column holding each sample's language")
 
@@ -203,7 +212,10 @@ class SasftTrainer(SFTTrainer):
     def penalty(self, acts: Tensor, labels: Tensor, lang: Tensor) -> tuple[Tensor, Tensor]:
         """P and the active share for one batch (see ``sasft_penalty``)."""
         lang = lang.to(acts.device)
-        mask = (labels.to(acts.device) != -100) & (lang >= 0)[:, None]
+        trained = labels.to(acts.device) != -100
+        if self.sasft.positions == "predicting":  # position t predicts token t + 1
+            trained = F.pad(trained[:, 1:], (0, 1), value=False)
+        mask = trained & (lang >= 0)[:, None]
         alpha = self.alpha_table[lang.clamp_min(0)]  # (batch, n); rows of L are masked out
         return sasft_penalty(acts, self.sae, self.feature_ids, alpha, mask)
 

@@ -48,12 +48,12 @@ def sft_args(tmp_path, steps=3, **kw):
                      disable_tqdm=True, **kw)  # fmt: skip
 
 
-def sasft_trainer(tmp_path, lam, rows=ROWS, model=None, sae=None, feats=None, **kw):
+def sasft_trainer(tmp_path, lam, rows=ROWS, model=None, sae=None, feats=None, positions="response", **kw):
     model = model if model is not None else tiny_model()[0]
     tokenizer = make_byte_tokenizer()
     return SasftTrainer(model, sft_args(tmp_path, **kw), sae=sae or tiny_sae(),
-                        sasft=SasftConfig(feats or features(), lam=lam), train_dataset=Dataset.from_list(rows),
-                        processing_class=tokenizer)  # fmt: skip
+                        sasft=SasftConfig(feats or features(), lam=lam, positions=positions),
+                        train_dataset=Dataset.from_list(rows), processing_class=tokenizer)  # fmt: skip
 
 
 def test_lambda_zero_gives_the_weights_of_plain_sft(tmp_path):
@@ -73,9 +73,10 @@ def test_lambda_zero_gives_the_weights_of_plain_sft(tmp_path):
     assert len(logged) == 3 and max(logged) > 0  # the penalty was computed (and logged) even at λ = 0
 
 
-def hand_penalty(model, sae, feats, batch, rows):
+def hand_penalty(model, sae, feats, batch, rows, positions="response"):
     """The SASFT term from ``output_hidden_states`` and ``sae.pre_acts``: mean over the response tokens of the non-
-    English rows of the sum over features of ReLU(f_s - alpha_lang[s])."""
+    English rows (``predicting``: the positions just before them) of the sum over features of
+    ReLU(f_s - alpha_lang[s])."""
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
     pre = sae.pre_acts(out.hidden_states[1])[..., feats.ids]  # resid_post.0: (batch, seq, n)
     terms = []
@@ -83,14 +84,20 @@ def hand_penalty(model, sae, feats, batch, rows):
         if row["lang"] == feats.lang:
             continue
         response = batch["labels"][b] != -100
+        if positions == "predicting":
+            first, last = response.nonzero()[[0, -1], 0].tolist()
+            assert response[first:last + 1].all()  # one response span: shift it one to the left
+            response = torch.zeros_like(response)
+            response[first - 1 : last] = True
         terms.append(F.relu(pre[b, response] - feats.alpha[row["lang"]][feats.ids]).sum(-1))
     return torch.cat(terms).mean()
 
 
-def test_penalty_gradient_equals_hand_written_autograd(tmp_path):
+@pytest.mark.parametrize("positions", ["response", "predicting"])
+def test_penalty_gradient_equals_hand_written_autograd(tmp_path, positions):
     model = tiny_model()[0]
     sae, feats = tiny_sae(), features()
-    with_penalty = sasft_trainer(tmp_path / "a", lam=1.0, model=model, sae=sae, feats=feats)
+    with_penalty = sasft_trainer(tmp_path / "a", lam=1.0, model=model, sae=sae, feats=feats, positions=positions)
     without = sasft_trainer(tmp_path / "b", lam=0.0, model=model, sae=sae, feats=feats)
     rows = [with_penalty.train_dataset[i] for i in range(4)]
     batch = with_penalty.data_collator(rows)
@@ -103,9 +110,9 @@ def test_penalty_gradient_equals_hand_written_autograd(tmp_path):
 
     g1 = grads(lambda: with_penalty.compute_loss(model, dict(batch)))
     g0 = grads(lambda: without.compute_loss(model, dict(batch)))
-    expected = hand_penalty(model, sae, feats, batch, rows)
+    expected = hand_penalty(model, sae, feats, batch, rows, positions)
     assert expected > 0
-    g = grads(lambda: hand_penalty(model, sae, feats, batch, rows))
+    g = grads(lambda: hand_penalty(model, sae, feats, batch, rows, positions))
     for name in ["model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight",
                  "model.layers.0.mlp.down_proj.weight", "model.layers.0.input_layernorm.weight"]:  # fmt: skip
         assert g[name].abs().max() > 0
@@ -128,6 +135,7 @@ def test_bad_data_and_saes_get_one_line(tmp_path):
         (lambda: sasft_trainer(tmp_path, 1.0, feats=features(ids=(1, D_SAE))), "beyond the SAE's width"),
         (lambda: sasft_trainer(tmp_path, 1.0, packing=True, max_length=64), "packing=False"),
         (lambda: SasftConfig(features(), lam=-1.0), "lam"),
+        (lambda: SasftConfig(features(), positions="prompt"), "choose one of response, predicting"),
     ]
     for call, match in cases:
         with pytest.raises(QwenscopeError, match=match) as e:
@@ -160,6 +168,8 @@ def test_cli_trains_saves_and_resumes(tmp_path, capsys):
     assert main(["sasft", "--model", str(model_dir), "--sae", str(tmp_path / "sae"), "--data", str(data),
                  "--out", str(out), "--unwanted", "de"]) == 2  # fmt: skip
     assert "no 'de' texts" in capsys.readouterr().err
+    assert main([*base, "--positions", "prompt"]) == 2
+    assert "--positions 'prompt': choose one of response, predicting" in capsys.readouterr().err
 
 
 def test_lora_trains_the_adapter_only_and_still_reads_the_hookpoint(tmp_path):
