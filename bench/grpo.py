@@ -38,6 +38,8 @@ import json
 import logging
 import os
 import random
+import signal
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -315,6 +317,8 @@ def main() -> None:
 
     if args.jobs > 1:
         del base
+        # a kill (SIGTERM) unwinds through the pool's exit, which terminates the workers instead of orphaning them
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         with torch.multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
             for result in pool.imap_unordered(run_job, jobs):
                 collect(*result)
