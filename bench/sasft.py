@@ -53,6 +53,7 @@ from trl import SFTConfig, SFTTrainer
 
 from qwenscope import load_model, load_sae, resolve_hookpoint
 from qwenscope.apps.posttrain import SasftConfig, SasftTrainer, code_switching, language_features, texts_by_language
+from qwenscope.apps.posttrain.sasft import POSITIONS
 from qwenscope.models.hookpoints import decoder_layers
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -279,7 +280,7 @@ def main() -> None:
     parser.add_argument("--response", type=int, default=4, help="verses per response (at most 4)")
     parser.add_argument("--switch-at", type=int, default=2,
                         help="Spanish verses before a switched response turns English (0: all English)")  # fmt: skip
-    parser.add_argument("--positions", choices=("response", "predicting"), default="response",
+    parser.add_argument("--positions", choices=POSITIONS, default="response",
                         help="where the penalty reads: the response tokens, or the positions predicting them")
     parser.add_argument("--freeze-after-hook", action="store_true",
                         help="every arm trains only the decoder layers up to the hookpoint's (the later layers, "
