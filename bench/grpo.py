@@ -72,8 +72,9 @@ logger = logging.getLogger("bench.grpo")
 # ---------------------------------------------------------------- the task
 KINDS = ("sum", "marbles", "eggs", "explain", "apples")
 """Question families: ``What is a + b?``, a subtraction word problem, a multiplication word problem, ``Add a and b,
-then explain your answer step by step.``, and a three-operand word problem (``apples``: smollm2-135m loops on it,
-11% of rollouts at temperature 0.3 and 192 tokens against ~0 for the others, measured on 16 prompts x 4)."""
+then explain your answer step by step.``, and a three-operand word problem (``apples``: smollm2-135m loops on it:
+11% of rollouts loop at temperature 0.3 and 192 tokens, against 2% for ``explain`` and 0% for ``eggs``; 0% for
+``sum`` at temperature 0.4; 16 prompts x 4 rollouts each)."""
 
 
 def arithmetic(n: int, seed: int, max_operand: int = 9, kinds: tuple[str, ...] = KINDS[:4]) -> list[dict[str, Any]]:

@@ -91,10 +91,9 @@ class SasftCommand:
             raise QwenscopeError("--steps, --batch-size, --grad-accum and --save-steps must be at least 1")
         if self.top < 1:
             raise QwenscopeError(f"--top must be at least 1, got {self.top}")
-        from qwenscope.apps.posttrain.sasft import POSITIONS  # trl: imported when the command runs anyway
+        from qwenscope.apps.posttrain.sasft import check_positions  # trl: imported when the command runs anyway
 
-        if self.positions not in POSITIONS:
-            raise QwenscopeError(f"--positions {self.positions!r}: choose one of {', '.join(POSITIONS)}")
+        check_positions(self.positions, "--positions ")  # before the model loads
         if not re.fullmatch(r"\s*(\d+\s*(,\s*\d+\s*)*)?", self.feature_ids):
             raise QwenscopeError(f"--feature-ids wants comma-separated ids such as 812,4051, got {self.feature_ids!r}")
 

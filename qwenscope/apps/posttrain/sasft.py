@@ -52,6 +52,12 @@ POSITIONS = ("response", "predicting")
 """``SasftConfig.positions``: the response tokens' own positions, or the positions that predict them."""
 
 
+def check_positions(positions: str, label: str = "positions=") -> None:
+    """One line when ``positions`` is not one of ``POSITIONS`` (``label`` names it as the caller's user wrote it)."""
+    if positions not in POSITIONS:
+        raise QwenscopeError(f"{label}{positions!r}: choose one of {', '.join(POSITIONS)}")
+
+
 @dataclass
 class SasftConfig:
     """What SASFT penalises and how hard."""
@@ -71,8 +77,7 @@ class SasftConfig:
     def __post_init__(self) -> None:
         if not self.lam >= 0:
             raise QwenscopeError(f"lam (λ) must be >= 0, got {self.lam}")
-        if self.positions not in POSITIONS:
-            raise QwenscopeError(f"positions={self.positions!r}: choose one of {', '.join(POSITIONS)}")
+        check_positions(self.positions)
         if not self.lang_column:
             raise QwenscopeError("lang_column is empty; name the dataset column holding each sample's language")
 
