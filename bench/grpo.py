@@ -5,10 +5,15 @@
    (``repetition.LoopRule``) rank the SAE's features at ``--hookpoint`` by activation at a token's last occurrence
    minus its first; of the top ``--candidates`` the one whose steering (``--alpha``, relative) raises the greedy
    repeat ratio most is kept.
-2. Training. For each seed, two runs from the same initial weights, prompts, reward, steps and seed: plain GRPO and
-   GRPO whose group of ``--group`` rollouts holds one rollout steered with that feature. The reward is the task's
-   (``grpo.answer_reward``: 1 when the last number is right), nothing about repetition. Logged per step: the repeat
-   ratio (rep-4) and loop share of the plain rollouts, the task reward of the plain rollouts, wall time.
+2. Training. For each seed, one run per arm from the same initial weights, prompts, reward, steps and seed
+   (``--arms``): ``plain`` GRPO; ``steered``, GRPO whose group of ``--group`` rollouts holds one rollout steered with
+   that feature, trained as off-policy data (its old log-probabilities are the steered model's, so PPO's ratio is
+   pi_theta / pi_steered and the clip bounds it); ``steered-ratio1``, the same rollouts trained with ratio 1 (old
+   log-probabilities = the policy's, the first version). The reward is the task's (``grpo.answer_reward``: 1 when
+   the last number is right), nothing about repetition. Logged per step: the repeat ratio (rep-4) and loop share of
+   the plain rollouts, the task reward of the plain rollouts, wall time. ``--reuse`` takes the arms this run does
+   not train from an earlier JSON of the same settings (one written before ``--arms`` existed names its ratio-1 arm
+   ``steered``).
 3. After training: greedy answers of held-out prompts (repeat ratio, loop share, accuracy).
 
 Why these defaults: smollm2-135m answers 2-digit questions right ~6% of the time at temperature 0.7, so nearly every
@@ -160,7 +165,8 @@ def train_run(base, tokenizer, sae, train: list[dict], args, *, seed: int, steer
         trainer.train()
         total = time.perf_counter() - start
     keys = ("repeat_ratio/plain", "loop_share/plain", "reward/plain", "repeat_ratio/steered", "reward/steered",
-            "reward", "step_time", "completions/mean_length")  # fmt: skip
+            "reward", "step_time", "completions/mean_length", "steered/logp_gap", "steered/below_clip",
+            "clip_ratio/low_mean")  # fmt: skip
     steps = [{"step": h["step"], **{k: h[k] for k in keys if k in h}} for h in trainer.state.log_history
              if "repeat_ratio/plain" in h]  # fmt: skip
     return {"seed": seed, "steps": steps, "wall_s": total, "model": trainer.model}
@@ -179,7 +185,8 @@ def run_arm(base, tokenizer, sae, args, chosen: dict, seed: int, arm: str) -> tu
     """One training run and its held-out measure: (arm, run without the model, held-out after)."""
     train, evaluate = split(args)
     steering = GrpoSteerConfig(feature=chosen["feature"], hookpoint=args.hookpoint, alpha=args.alpha,
-                               unit=chosen["unit"], enabled=arm == "steered")  # fmt: skip
+                               unit=chosen["unit"], enabled=arm != "plain",
+                               old_logprobs="plain" if arm == "steered-ratio1" else "steered")  # fmt: skip
     run = train_run(base, tokenizer, sae, train, args, seed=seed, steering=steering)
     after = {"seed": seed, **held_out(run.pop("model"), tokenizer, evaluate, args)}
     last = run["steps"][-1]
@@ -198,6 +205,26 @@ def run_job(job: tuple[Any, dict, int, str]) -> tuple[str, dict, dict]:
     base, tokenizer = load_model(args.model, device=device, dtype=DTYPE)
     sae = load_sae(args.model, hookpoint=args.hookpoint, device=device)
     return run_arm(base, tokenizer, sae, args, chosen, seed, arm)
+
+
+ARMS = ("plain", "steered", "steered-ratio1")
+SAME_SETTINGS = ("model", "hookpoint", "alpha", "feature", "steps", "seeds", "group", "prompts_per_step",
+                 "train_prompts", "eval_prompts", "max_new_tokens", "temperature", "lr", "max_operand",
+                 "kinds")  # fmt: skip
+
+
+def reused_arms(path: Path, args, skip: list[str]) -> tuple[dict[str, list[dict]], dict[str, list[dict]], dict]:
+    """(runs, held-out after, held-out before) of the arms of an earlier result that this run does not train."""
+    old = json.loads(path.read_text())
+    differ = [k for k in SAME_SETTINGS if old["settings"].get(k) != getattr(args, k)]
+    if differ:
+        raise SystemExit(f"--reuse {path}: other settings ({', '.join(differ)}); rerun those arms instead")
+    if old.get("partial"):
+        raise SystemExit(f"--reuse {path}: a partial result (a run was stopped); rerun those arms instead")
+    rename = {} if "arms" in old["settings"] else {"steered": "steered-ratio1"}  # written before --arms existed
+    runs = {rename.get(a, a): r for a, r in old["runs"].items() if rename.get(a, a) not in skip}
+    after = {rename.get(a, a): r for a, r in old["held_out_after"].items() if rename.get(a, a) not in skip}
+    return runs, after, old["held_out_before"]
 
 
 # ---------------------------------------------------------------- 3. summary and plot
@@ -270,6 +297,10 @@ def main() -> None:
     parser.add_argument("--max-operand", type=int, default=9, help="largest operand of the arithmetic questions")
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS[:4]),
                         help="question families, drawn in turn (apples: the one smollm2 loops on)")  # fmt: skip
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=["plain", "steered"],
+                        help="plain GRPO; steered negatives as off-policy data; the same with ratio 1")  # fmt: skip
+    parser.add_argument("--reuse", type=Path, default=None,
+                        help="an earlier JSON, same settings: keeps its arms that --arms does not name")  # fmt: skip
     parser.add_argument("--jobs", type=int, default=1, help="run the seed x arm runs in this many processes")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON and PNG")
     parser.add_argument("--quick", action="store_true", help="2 steps, 1 seed, few prompts: proves it runs")
@@ -278,6 +309,9 @@ def main() -> None:
         args.steps, args.seeds, args.group, args.prompts_per_step = 2, 1, 2, 1
         args.train_prompts, args.eval_prompts, args.max_new_tokens, args.feature_tokens = 8, 4, 16, 32
         args.candidates = 1
+    reuse = reused_arms(args.reuse, args, args.arms) if args.reuse is not None else None
+    if "plain" not in args.arms and (reuse is None or "plain" not in reuse[0]):
+        raise SystemExit("the summary compares against plain GRPO: add plain to --arms or --reuse a result that has it")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("transformers").setLevel(logging.ERROR)
     torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -295,16 +329,26 @@ def main() -> None:
     before = held_out(base, tokenizer, evaluate, args)
     logger.info("before training, held out: %s", before)
 
-    arms: dict[str, list[dict]] = {"plain": [], "steered": []}
-    after: dict[str, list[dict]] = {"plain": [], "steered": []}
-    jobs = [(args, chosen, seed, arm) for seed in range(args.seeds) for arm in arms]
+    arms: dict[str, list[dict]] = {arm: [] for arm in args.arms}
+    after: dict[str, list[dict]] = {arm: [] for arm in args.arms}
+    jobs = [(args, chosen, seed, arm) for seed in range(args.seeds) for arm in args.arms]
+    n_runs = len(jobs)
+    if reuse is not None:
+        old_runs, old_after, old_before = reuse
+        if old_before != before:
+            logger.warning("--reuse %s: held-out before training was %s there, %s here", args.reuse, old_before,
+                           before)  # fmt: skip
+        arms.update(old_runs)
+        after.update(old_after)
+        n_runs += sum(map(len, old_runs.values()))
+
     name = "grpo-quick" if args.quick else "grpo"
     args.out.mkdir(parents=True, exist_ok=True)
 
     def write() -> None:
         for runs in (*arms.values(), *after.values()):
             runs.sort(key=lambda r: r["seed"])
-        summary = summarize(arms) if sum(map(len, arms.values())) == len(jobs) else None
+        summary = summarize(arms) if sum(map(len, arms.values())) == n_runs else None
         result = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                   "device": device, "feature": chosen, "held_out_before": before, "held_out_after": after,
                   "summary": summary, "runs": arms, "partial": summary is None,

@@ -23,7 +23,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from qwenscope.data.sources import read_jsonl
 from qwenscope.errors import QwenscopeError
@@ -68,6 +68,9 @@ class GrpoCommand:
     """Which rollout of each group is steered (0..group-1)."""
     steered: bool = True
     """One steered negative per group; --no-steered: plain GRPO (the baseline; the same metrics are logged)."""
+    old_logprobs: Literal["steered", "plain"] = "steered"
+    """The steered rollout's old log-probabilities in PPO's ratio: the steered model's (off-policy data, clipped) or
+    the policy's own (ratio 1)."""
     lora: bool = False
     """Train LoRA adapters (peft, all linear layers) instead of all weights."""
     lora_rank: int = 16
@@ -182,7 +185,7 @@ def run_grpo(cfg: GrpoCommand, **overrides: Any) -> Any:
 
         sae = load_sae(cfg.sae or cfg.model, hookpoint=cfg.hookpoint or None)
         steering = GrpoSteerConfig(feature=cfg.feature, hookpoint=cfg.hookpoint or None, alpha=cfg.alpha,
-                                   steered_index=cfg.steered_index)  # fmt: skip
+                                   steered_index=cfg.steered_index, old_logprobs=cfg.old_logprobs)  # fmt: skip
     peft_config = None
     if cfg.lora:
         from peft import LoraConfig

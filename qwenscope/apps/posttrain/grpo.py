@@ -12,7 +12,12 @@ The hook: TRL's sampler already repeats each prompt G times in consecutive rows,
 generates the whole generation batch in ONE ``generate`` call. We wrap that call in ``steer_rows`` with the spec on
 the rows whose place in their group is ``steered_index`` (global row ``process_index * local_rows + i``, as TRL
 slices its gathered rewards), and ``None`` on the others, so plain rows are bit-identical to an unsteered batch.
-The steered rollout is then scored and trained on like any other: its log-probabilities are the plain policy's.
+The steered rollout is then scored and trained on like any other, with one difference (``old_logprobs="steered"``,
+the default): it was sampled from the steered model, not from the policy, so its "old" log-probabilities (TRL's
+``old_per_token_logps``, the denominator of PPO's ratio) are those of the steered forward. Its tokens then carry
+the importance weight ``pi_theta / pi_steered``, and PPO's clip zeroes the push on tokens the policy already finds
+far less likely than the steered model did: the negative pushes down only what the policy itself would still
+produce. ``old_logprobs="plain"`` trains it with ratio 1, as if the policy had sampled it (the first version).
 Written against trl 1.16.0, whose ``_generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
 has_tool_images)`` and ``_calculate_rewards(inputs, prompts, completions, completion_ids_list)`` we wrap (calling the
 original, copying nothing); a different trl version logs a warning. vLLM and continuous batching generate outside
@@ -20,7 +25,10 @@ this process's modules, so steering is refused there. Only training rollouts are
 
 Logged with TRL's metrics each step: ``reward`` (TRL's, all rollouts) and ours: ``reward/plain``,
 ``reward/steered``, ``repeat_ratio/plain``, ``repeat_ratio/steered``, ``loop_share/plain``, ``loop_share/steered``
-(rep-n and looping as in ``repetition.py``; without steering only the ``/plain`` ones, over all rollouts).
+(rep-n and looping as in ``repetition.py``; without steering only the ``/plain`` ones, over all rollouts);
+with ``old_logprobs="steered"`` also ``steered/logp_gap`` (mean log pi_steered - log pi_theta over the steered
+rollouts' tokens: how far off-policy the negative is) and ``steered/below_clip`` (the share of those tokens whose
+ratio starts below 1 - epsilon, so a negative advantage gives them no gradient).
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ import logging
 import math
 import re
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -67,6 +75,9 @@ class GrpoSteerConfig:
     """Which rollout of each group of G is steered (0..G-1; negative counts from the end)."""
     positions: Literal["all", "generated"] = "all"
     """Steer every position of the steered rollout, or only its generated tokens."""
+    old_logprobs: Literal["steered", "plain"] = "steered"
+    """The steered rollout's old log-probabilities (PPO's ratio denominator): the steered forward's (it is off-policy
+    data, weighted by pi_theta / pi_steered and bounded by the clip), or the policy's own (ratio 1)."""
     enabled: bool = True
     """False: plain GRPO (the same trainer and metrics, nothing steered) - the baseline."""
     n: int = 4
@@ -79,6 +90,8 @@ class GrpoSteerConfig:
             raise QwenscopeError(f"alpha={self.alpha!r}: pass a finite steering strength")
         if self.positions not in ("all", "generated"):
             raise QwenscopeError(f"positions={self.positions!r}: use all or generated")
+        if self.old_logprobs not in ("steered", "plain"):
+            raise QwenscopeError(f"old_logprobs={self.old_logprobs!r}: use steered or plain")
         if self.n < 1:
             raise QwenscopeError(f"n={self.n}: the n-gram size must be at least 1")
 
@@ -177,6 +190,51 @@ class SteeredGRPOTrainer(GRPOTrainer):
             )
         self._log_repetition(completion_ids, set(rows))
         return completion_ids, logprobs
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        if self.steering is not None and self.steering.old_logprobs == "steered":
+            rows = self._global_steered(len(output["completion_ids"]), self.num_generations,
+                                        self.accelerator.process_index * len(output["completion_ids"]))  # fmt: skip
+            if rows:
+                output["old_per_token_logps"] = self._behaviour_logps(output, rows)
+        return output
+
+    @torch.no_grad()
+    def _behaviour_logps(self, output: dict[str, Any], rows: list[int]) -> torch.Tensor:
+        """Old log-probabilities of the rollouts as sampled: the policy's for plain rows, the steered model's for the
+        steered ``rows``. One forward of the batch plus a copy of the steered rows, only the copies steered (per-row
+        steering leaves the other rows bit-identical to an unsteered forward)."""
+        assert self.spec is not None
+        prompt, completion = output["prompt_ids"], output["completion_ids"]
+        ids = torch.cat([prompt, completion], dim=1)
+        mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
+        index = torch.tensor(rows, device=ids.device)
+        ids, mask = torch.cat([ids, ids[index]]), torch.cat([mask, mask[index]])
+        spec = self.spec
+        if self.steering is not None and self.steering.positions == "generated":  # the whole sequence is one forward
+            spec = replace(spec, positions=slice(prompt.size(1), None))
+        per_row: list[SteerSpec | None] = [None] * len(completion) + [spec] * len(rows)
+        model = _base_model(self.accelerator.unwrap_model(self.model))
+        with steer_rows(model, per_row):
+            logps, _, _ = self._get_per_token_logps_and_entropies(self.model, ids, mask, completion.size(1),
+                                                                  batch_size=len(ids))  # fmt: skip
+        old, steered = logps[: len(completion)].clone(), logps[len(completion) :]
+        tokens = output["completion_mask"][index].bool()
+        gap = (steered - old[index])[tokens]
+        old[index] = steered
+        mode = "train" if self._training() else "eval"
+        self._metrics[mode]["steered/logp_gap"].append(self._gathered_mean(gap))
+        self._metrics[mode]["steered/below_clip"].append(
+            self._gathered_mean((-gap < math.log1p(-self.epsilon_low)).double())
+        )
+        return old
+
+    def _gathered_mean(self, values: torch.Tensor) -> float:
+        count = torch.tensor(values.numel(), dtype=torch.float64, device=values.device)
+        sums = torch.stack([values.double().sum(), count])
+        sums = self.accelerator.gather(sums[None]).sum(0)
+        return float(sums[0] / sums[1]) if sums[1] > 0 else float("nan")
 
     def _log_repetition(self, completion_ids: list[list[int]], rows: set[int]) -> None:
         """Mean rep-n and loop share of the plain and the steered rollouts, over all processes."""

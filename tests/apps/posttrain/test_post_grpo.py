@@ -2,6 +2,7 @@
 generation gives with the same seed; the metrics are logged; bad input gets one line; the CLI trains and resumes."""
 
 import json
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ from qwenscope.apps.posttrain.grpo import (
 )
 from qwenscope.apps.posttrain.repetition import repeat_ratio, strip_completion
 from qwenscope.cli_args import add_dataclass_args, from_args
+from qwenscope.steer.steer import steer
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore")]
 G = 3
@@ -86,6 +88,68 @@ def test_one_rollout_per_group_is_steered_the_others_are_plain(tmp_path, do_samp
     assert logged["reward/plain"] == pytest.approx((sum(rewards) - sum(rewards[1::G])) / (2 * G - 2))
 
 
+def make_trainer(tmp_path, steering: GrpoSteerConfig | None, do_sample: bool = True) -> SteeredGRPOTrainer:
+    args = GRPOConfig(output_dir=str(tmp_path), num_generations=G, per_device_train_batch_size=2 * G,
+                      max_completion_length=12, max_steps=1, report_to="none", bf16=False, use_cpu=True,
+                      save_strategy="no", seed=0, temperature=0.7, disable_tqdm=True,
+                      generation_kwargs={"do_sample": do_sample})  # fmt: skip
+    return SteeredGRPOTrainer(peaked_tiny(), reward_funcs=[lambda completions, **kw: [0.0] * len(completions)],
+                              args=args, train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+                              processing_class=make_byte_tokenizer(), sae=make_sae(), steering=steering)  # fmt: skip
+
+
+def completion_logps(trainer, out, row: int, steered: GrpoSteerConfig | None, positions=None) -> torch.Tensor:
+    """Hand-computed log-probabilities (at the trainer's temperature) of one row's completion tokens, alone, under
+    ``steer`` at ``positions`` when ``steered``; and whether each token is the argmax."""
+    ids = torch.cat([out["prompt_ids"][row], out["completion_ids"][row]])[None]
+    mask = torch.cat([out["prompt_mask"][row], out["completion_mask"][row]])[None]
+    n, tokens = out["completion_ids"].size(1), out["completion_ids"][row]
+    push = (steer(trainer.model, make_sae(), {steered.feature: steered.alpha}, relative=False, positions=positions)
+            if steered else nullcontext())  # fmt: skip
+    with torch.no_grad(), push:
+        logits = trainer.model(input_ids=ids, attention_mask=mask).logits[0, -n - 1 : -1] / trainer.temperature
+    logps = logits.log_softmax(-1).gather(-1, tokens[:, None])[:, 0]
+    keep = out["completion_mask"][row].bool()
+    return logps[keep], (logits.argmax(-1) == tokens)[keep]
+
+
+def test_the_steered_rollouts_old_logprobs_are_the_steered_models(tmp_path):
+    steering = GrpoSteerConfig(feature=7, alpha=300.0, relative=False, steered_index=1)
+    trainer = make_trainer(tmp_path, steering)
+    trainer.model.train()
+    out = trainer._generate_and_score_completions([{"prompt": p} for p in PROMPTS[:2] for _ in range(G)])
+    old = out["old_per_token_logps"]
+    for row in range(2 * G):
+        want, _ = completion_logps(trainer, out, row, steering if row % G == 1 else None)
+        assert old[row][out["completion_mask"][row].bool()] == pytest.approx(want.tolist(), abs=1e-4)
+    # the steered rows are far off-policy: the policy finds their tokens much less likely than the steered model did
+    metrics = trainer._metrics["train"]
+    assert metrics["steered/logp_gap"][-1] > 1.0
+    assert 0.0 < metrics["steered/below_clip"][-1] <= 1.0
+    # "plain": no old log-probabilities, so TRL's ratio is 1 on every token (the policy's own, detached)
+    trainer = make_trainer(tmp_path / "plain", GrpoSteerConfig(feature=7, alpha=300.0, relative=False,
+                                                               steered_index=1, old_logprobs="plain"))  # fmt: skip
+    trainer.model.train()
+    out = trainer._generate_and_score_completions([{"prompt": p} for p in PROMPTS[:2] for _ in range(G)])
+    assert out.get("old_per_token_logps") is None
+    assert "steered/logp_gap" not in trainer._metrics["train"]
+
+
+def test_steering_only_the_generated_tokens_scores_them_as_generated(tmp_path):
+    steering = GrpoSteerConfig(feature=7, alpha=300.0, relative=False, steered_index=0, positions="generated")
+    trainer = make_trainer(tmp_path, steering, do_sample=False)
+    trainer.model.train()
+    out = trainer._generate_and_score_completions([{"prompt": p} for p in PROMPTS[:2] for _ in range(G)])
+    prompt_len = out["prompt_ids"].size(1)
+    for row in (0, G):  # greedy: each generated token is the argmax of the model steered at the generated positions
+        want, argmax = completion_logps(trainer, out, row, steering, positions=slice(prompt_len, None))
+        assert bool(argmax.all())
+        old = out["old_per_token_logps"][row][out["completion_mask"][row].bool()]
+        assert old.tolist() == pytest.approx(want.tolist(), abs=1e-4)
+        everywhere, _ = completion_logps(trainer, out, row, steering)  # steering the prompt too scores otherwise
+        assert everywhere.tolist() != pytest.approx(want.tolist(), abs=1e-2)
+
+
 def test_lora_steers_the_model_under_the_adapters(tmp_path):
     from peft import LoraConfig
 
@@ -122,6 +186,8 @@ def test_bad_input_gets_one_line():
     other = Sae(SaeConfig(d_in=32, d_sae=48, k=8, hookpoint="resid_post.0", model="other-model"))
     with pytest.raises(QwenscopeError, match="belongs to another model"):
         check_steering(GrpoSteerConfig(feature=3), other, model, 4)
+    with pytest.raises(QwenscopeError, match="old_logprobs='policy': use steered or plain"):
+        GrpoSteerConfig(feature=3, old_logprobs="policy")  # type: ignore[arg-type]
     with pytest.raises(QwenscopeError, match="outside a group of 4"):
         check_steering(GrpoSteerConfig(feature=3, steered_index=4), sae, model, 4)
     with pytest.raises(QwenscopeError) as error:
@@ -159,6 +225,11 @@ def test_cli_refuses_bad_input_before_loading(folders, tmp_path):
     _, _, prompts = folders
     parsed = build_parser().parse_args(["--prompts", str(prompts), "--out", "o", "--group", "3", "--no-steered"])
     assert from_args(GrpoCommand, parsed).steered is False
+    parsed = build_parser().parse_args(["--prompts", str(prompts), "--out", "o", "--feature", "3",
+                                        "--old-logprobs", "plain"])  # fmt: skip
+    assert from_args(GrpoCommand, parsed).old_logprobs == "plain"
+    with pytest.raises(SystemExit):  # argparse's one line: invalid choice
+        build_parser().parse_args(["--prompts", str(prompts), "--out", "o", "--old-logprobs", "policy"])
     with pytest.raises(QwenscopeError, match="--group 1"):
         GrpoCommand(prompts=str(prompts), out=str(tmp_path / "o"), feature=3, group=1)
     with pytest.raises(QwenscopeError, match="--feature is required"):
@@ -190,3 +261,4 @@ def test_cli_trains_two_steps_and_a_rerun_resumes_from_the_checkpoint(folders, t
     assert [h["step"] for h in history if "loss" in h] == [1, 2, 3]  # the log of steps 1-2 was restored
     lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [h["step"] for h in lines if "repeat_ratio/steered" in h] == [1, 2, 3]
+    assert [h["step"] for h in lines if "steered/logp_gap" in h] == [1, 2, 3]  # off-policy negatives by default
