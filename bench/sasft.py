@@ -21,8 +21,9 @@ continuations (in domain) and of Spanish fortunes (out of domain).
     python bench/sasft.py --device cpu --threads 2 --steps 80 --batch 8 --max-length 160 --response 2 \
         --switch-at 0 --eval 50 --new-tokens 48 --lam 1e-2 5e-2 # the CPU setting (~2.5 h on 2 cores)
 
-``--freeze-after-hook`` trains only the decoder layers up to the hookpoint's in every arm (``--reuse`` then takes only
-the base arm from the earlier run).
+``--freeze-after-hook`` trains only the decoder layers up to the hookpoint's in every arm. ``--reuse`` takes the base
+and SFT arms from an earlier run of the same settings, only the base arm when the training data or schedule differ
+(``--switch``, ``--steps``, ``--freeze-after-hook``, ...).
 
 In the CPU setting a switched response is wholly English (``--switch-at 0``: Spanish prompts answered in English) and
 two verses long: a switch the model learns within 80 steps, so plain SFT switches under greedy decoding too.
@@ -214,22 +215,27 @@ def train_arm(name: str, train: list[dict], args, sasft: SasftConfig | None, sae
     return trainer.model, tokenizer, info
 
 
-SAME_DATA = ("model", "steps", "batch", "lr", "max_length", "switch", "english", "response", "switch_at", "eval",
-             "new_tokens", "sample_temperature", "seed")
+SAME_EVAL = ("model", "response", "eval", "new_tokens", "sample_temperature", "seed")
+"""Settings the base arm's measure depends on (the held-out prompts come before any random draw)."""
+SAME_DATA = ("steps", "batch", "lr", "max_length", "switch", "english", "switch_at")
+"""Settings of the training data and schedule: another value reuses the base arm only."""
 SAME_TRAINING = ("freeze_after_hook", "hookpoint")
 """Settings that change how the sft arm trains but not the base arm: another value reuses the base arm only."""
 
 
 def reuse_arms(args, results: dict[str, Any]) -> dict[str, Any]:
-    """The base and sft arms of ``args.reuse``, when it was run on the same data, model and training settings."""
+    """The base and sft arms of ``args.reuse``: both when it was run on the same data, model and training settings,
+    only the base arm when just the training data or schedule differ."""
     old = json.loads(args.reuse.read_text())
     mine = results["config"]
-    differ = [k for k in SAME_DATA if old["config"].get(k, mine[k]) != mine[k]]
-    if differ or old["n_train"] != results["n_train"]:
-        raise SystemExit(f"--reuse {args.reuse}: run with other settings ({', '.join(differ) or 'n_train'}); "
+    differ = [k for k in SAME_EVAL if old["config"].get(k, mine[k]) != mine[k]]
+    if differ:
+        raise SystemExit(f"--reuse {args.reuse}: measured with other settings ({', '.join(differ)}); "
                          "rerun the baselines instead")  # fmt: skip
     names = ["base", "sft"]
-    if any(old["config"].get(k, False) != mine[k] for k in SAME_TRAINING):
+    trained = [k for k in (*SAME_DATA, *SAME_TRAINING) if old["config"].get(k, False if k in SAME_TRAINING else mine[k])
+               != mine[k]]  # fmt: skip
+    if trained or old["n_train"] != results["n_train"]:
         names = ["base"]  # the plain SFT arm trained otherwise: run it again
     logger.info("%s arm(s) taken from %s", " and ".join(names), args.reuse)
     results["reused_from"] = str(args.reuse)
@@ -287,8 +293,8 @@ def main() -> None:
                              "the embeddings and the head stay frozen)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     parser.add_argument("--reuse", type=Path, default=None,
-                        help="an earlier sasft.json of the same data and model: its base and sft arms are taken "
-                             "from it instead of being run again")  # fmt: skip
+                        help="an earlier sasft.json of the same model and held-out settings: its base arm (and its "
+                             "sft arm, when the training data and schedule are the same) is taken from it")  # fmt: skip
     parser.add_argument("--eval", type=int, default=60, help="held-out prompts (>= 50 for the acceptance)")
     parser.add_argument("--new-tokens", type=int, default=120)
     parser.add_argument("--sample-temperature", type=float, default=0.7, help="for the sampled code-switching")
