@@ -208,6 +208,8 @@ def run_job(job: tuple[Any, dict, int, str]) -> tuple[str, dict, dict]:
 
 
 ARMS = ("plain", "steered", "steered-ratio1")
+LABELS = {"plain": "plain GRPO", "steered": "steered negatives, off-policy (clipped)",
+          "steered-ratio1": "steered negatives, ratio 1"}  # fmt: skip
 SAME_SETTINGS = ("model", "hookpoint", "alpha", "feature", "steps", "seeds", "group", "prompts_per_step",
                  "train_prompts", "eval_prompts", "max_new_tokens", "temperature", "lr", "max_operand",
                  "kinds")  # fmt: skip
@@ -267,7 +269,8 @@ def plot(arms: dict[str, list[dict]], path: Path) -> None:
         for arm, runs in arms.items():
             c = curve(runs, key)
             steps = np.arange(1, c.shape[1] + 1)
-            ax.plot(steps, smooth(np.nanmean(c, 0)), label=f"{arm} GRPO ({len(runs)} seeds, moving mean of 5)")
+            label = f"{LABELS.get(arm, arm)} ({len(runs)} seeds, moving mean of 5)"
+            ax.plot(steps, smooth(np.nanmean(c, 0)), label=label)
             ax.fill_between(steps, np.nanmin(c, 0), np.nanmax(c, 0), alpha=0.15)
         ax.set_title(title)
         ax.set_xlabel("step")
