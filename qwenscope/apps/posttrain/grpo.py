@@ -28,7 +28,7 @@ Logged with TRL's metrics each step: ``reward`` (TRL's, all rollouts) and ours: 
 (rep-n and looping as in ``repetition.py``; without steering only the ``/plain`` ones, over all rollouts);
 with ``old_logprobs="steered"`` also ``steered/logp_gap`` (mean log pi_steered - log pi_theta over the steered
 rollouts' tokens: how far off-policy the negative is) and ``steered/below_clip`` (the share of those tokens whose
-ratio starts below 1 - epsilon, so a negative advantage gives them no gradient).
+ratio starts below 1 - epsilon, so a negative advantage gives them no gradient), on training steps.
 """
 
 from __future__ import annotations
@@ -193,42 +193,42 @@ class SteeredGRPOTrainer(GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
-        if self.steering is not None and self.steering.old_logprobs == "steered":
-            rows = self._global_steered(len(output["completion_ids"]), self.num_generations,
-                                        self.accelerator.process_index * len(output["completion_ids"]))  # fmt: skip
-            if rows:
-                output["old_per_token_logps"] = self._behaviour_logps(output, rows)
+        steering = self.steering
+        if self.spec is None or steering is None or steering.old_logprobs != "steered" or not self._training():
+            return output
+        n = len(output["completion_ids"])
+        rows = self._global_steered(n, self.num_generations, self.accelerator.process_index * n)
+        gap = torch.zeros(0, device=output["completion_ids"].device)
+        if rows:  # a process may hold no steered row; every process still joins the metrics' gather below
+            output["old_per_token_logps"], gap = self._behaviour_logps(output, rows)
+        self._metrics["train"]["steered/logp_gap"].append(self._gathered_mean(gap))
+        self._metrics["train"]["steered/below_clip"].append(
+            self._gathered_mean((-gap < math.log1p(-self.epsilon_low)).double())
+        )
         return output
 
     @torch.no_grad()
-    def _behaviour_logps(self, output: dict[str, Any], rows: list[int]) -> torch.Tensor:
-        """Old log-probabilities of the rollouts as sampled: the policy's for plain rows, the steered model's for the
-        steered ``rows``. One forward of the batch plus a copy of the steered rows, only the copies steered (per-row
-        steering leaves the other rows bit-identical to an unsteered forward)."""
-        assert self.spec is not None
+    def _behaviour_logps(self, output: dict[str, Any], rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(old log-probabilities of the rollouts as sampled, log pi_steered - log pi_theta on the steered rows'
+        tokens): the policy's for plain rows (a no-grad forward, as TRL's own when generation and optimisation steps
+        are misaligned), the steered model's for the steered ``rows`` (a second forward of those rows, steered)."""
+        assert self.spec is not None and self.steering is not None
         prompt, completion = output["prompt_ids"], output["completion_ids"]
         ids = torch.cat([prompt, completion], dim=1)
         mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
-        index = torch.tensor(rows, device=ids.device)
-        ids, mask = torch.cat([ids, ids[index]]), torch.cat([mask, mask[index]])
+        chunk = self.args.per_device_train_batch_size
+        old, _, _ = self._get_per_token_logps_and_entropies(self.model, ids, mask, completion.size(1), chunk)
         spec = self.spec
-        if self.steering is not None and self.steering.positions == "generated":  # the whole sequence is one forward
+        if self.steering.positions == "generated":  # the whole sequence is one forward here
             spec = replace(spec, positions=slice(prompt.size(1), None))
-        per_row: list[SteerSpec | None] = [None] * len(completion) + [spec] * len(rows)
+        index = torch.tensor(rows, device=ids.device)
         model = _base_model(self.accelerator.unwrap_model(self.model))
-        with steer_rows(model, per_row):
-            logps, _, _ = self._get_per_token_logps_and_entropies(self.model, ids, mask, completion.size(1),
-                                                                  batch_size=len(ids))  # fmt: skip
-        old, steered = logps[: len(completion)].clone(), logps[len(completion) :]
-        tokens = output["completion_mask"][index].bool()
-        gap = (steered - old[index])[tokens]
+        with steer_rows(model, [spec] * len(rows)):  # the batch is the steered rows only, in one forward
+            steered, _, _ = self._get_per_token_logps_and_entropies(self.model, ids[index], mask[index],
+                                                                    completion.size(1), len(rows))  # fmt: skip
+        gap = (steered - old[index])[output["completion_mask"][index].bool()]
         old[index] = steered
-        mode = "train" if self._training() else "eval"
-        self._metrics[mode]["steered/logp_gap"].append(self._gathered_mean(gap))
-        self._metrics[mode]["steered/below_clip"].append(
-            self._gathered_mean((-gap < math.log1p(-self.epsilon_low)).double())
-        )
-        return old
+        return old, gap
 
     def _gathered_mean(self, values: torch.Tensor) -> float:
         count = torch.tensor(values.numel(), dtype=torch.float64, device=values.device)

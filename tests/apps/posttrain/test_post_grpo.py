@@ -2,6 +2,7 @@
 generation gives with the same seed; the metrics are logged; bad input gets one line; the CLI trains and resumes."""
 
 import json
+import math
 from contextlib import nullcontext
 
 import pytest
@@ -126,6 +127,12 @@ def test_the_steered_rollouts_old_logprobs_are_the_steered_models(tmp_path):
     metrics = trainer._metrics["train"]
     assert metrics["steered/logp_gap"][-1] > 1.0
     assert 0.0 < metrics["steered/below_clip"][-1] <= 1.0
+    # a process whose rows hold no steered rollout (groups split across processes) keeps TRL's ratio 1 and still
+    # joins the metrics' gather (all processes must), logging no value of its own
+    trainer._global_steered = lambda *args: []
+    out = trainer._generate_and_score_completions([{"prompt": p} for p in PROMPTS[:2] for _ in range(G)])
+    assert out.get("old_per_token_logps") is None
+    assert math.isnan(metrics["steered/logp_gap"][-1]) and len(metrics["steered/logp_gap"]) == 2
     # "plain": no old log-probabilities, so TRL's ratio is 1 on every token (the policy's own, detached)
     trainer = make_trainer(tmp_path / "plain", GrpoSteerConfig(feature=7, alpha=300.0, relative=False,
                                                                steered_index=1, old_logprobs="plain"))  # fmt: skip
