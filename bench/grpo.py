@@ -210,9 +210,9 @@ def run_job(job: tuple[Any, dict, int, str]) -> tuple[str, dict, dict]:
 ARMS = ("plain", "steered", "steered-ratio1")
 LABELS = {"plain": "plain GRPO", "steered": "steered negatives, off-policy (clipped)",
           "steered-ratio1": "steered negatives, ratio 1"}  # fmt: skip
-SAME_SETTINGS = ("model", "hookpoint", "alpha", "feature", "steps", "seeds", "group", "prompts_per_step",
-                 "train_prompts", "eval_prompts", "max_new_tokens", "temperature", "lr", "max_operand",
-                 "kinds")  # fmt: skip
+SAME_SETTINGS = ("model", "hookpoint", "alpha", "feature", "candidates", "feature_tokens", "steps", "seeds", "group",
+                 "prompts_per_step", "train_prompts", "eval_prompts", "max_new_tokens", "temperature", "lr",
+                 "max_operand", "kinds")  # fmt: skip
 
 
 def reused_arms(path: Path, args, skip: list[str]) -> tuple[dict[str, list[dict]], dict[str, list[dict]], dict]:

@@ -217,10 +217,10 @@ def train_arm(name: str, train: list[dict], args, sasft: SasftConfig | None, sae
 
 SAME_EVAL = ("model", "response", "eval", "new_tokens", "sample_temperature", "seed")
 """Settings the base arm's measure depends on (the held-out prompts come before any random draw)."""
-SAME_DATA = ("steps", "batch", "lr", "max_length", "switch", "english", "switch_at")
-"""Settings of the training data and schedule: another value reuses the base arm only."""
-SAME_TRAINING = ("freeze_after_hook", "hookpoint")
-"""Settings that change how the sft arm trains but not the base arm: another value reuses the base arm only."""
+SAME_TRAINING = {"steps": None, "batch": None, "lr": None, "max_length": None, "switch": None, "english": None,
+                 "switch_at": None, "freeze_after_hook": False, "hookpoint": None}  # fmt: skip
+"""Settings of the training data and schedule, each with the value an older JSON without it had (None: always
+written): another value reuses the base arm only."""
 
 
 def reuse_arms(args, results: dict[str, Any]) -> dict[str, Any]:
@@ -233,8 +233,7 @@ def reuse_arms(args, results: dict[str, Any]) -> dict[str, Any]:
         raise SystemExit(f"--reuse {args.reuse}: measured with other settings ({', '.join(differ)}); "
                          "rerun the baselines instead")  # fmt: skip
     names = ["base", "sft"]
-    trained = [k for k in (*SAME_DATA, *SAME_TRAINING) if old["config"].get(k, False if k in SAME_TRAINING else mine[k])
-               != mine[k]]  # fmt: skip
+    trained = [k for k, missing in SAME_TRAINING.items() if old["config"].get(k, missing) != mine[k]]
     if trained or old["n_train"] != results["n_train"]:
         names = ["base"]  # the plain SFT arm trained otherwise: run it again
     logger.info("%s arm(s) taken from %s", " and ".join(names), args.reuse)
