@@ -201,23 +201,26 @@ class SteeredGRPOTrainer(GRPOTrainer):
         gap = torch.zeros(0, device=output["completion_ids"].device)
         if rows:  # a process may hold no steered row; every process still joins the metrics' gather below
             output["old_per_token_logps"], gap = self._behaviour_logps(output, rows)
-        self._metrics["train"]["steered/logp_gap"].append(self._gathered_mean(gap))
-        self._metrics["train"]["steered/below_clip"].append(
-            self._gathered_mean((-gap < math.log1p(-self.epsilon_low)).double())
-        )
+        below = (-gap < math.log1p(-self.epsilon_low)).double()
+        mean_gap, mean_below = self._gathered_means(torch.stack([gap.double(), below], dim=1))
+        self._metrics["train"]["steered/logp_gap"].append(mean_gap)
+        self._metrics["train"]["steered/below_clip"].append(mean_below)
         return output
 
     @torch.no_grad()
     def _behaviour_logps(self, output: dict[str, Any], rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(old log-probabilities of the rollouts as sampled, log pi_steered - log pi_theta on the steered rows'
-        tokens): the policy's for plain rows (a no-grad forward, as TRL's own when generation and optimisation steps
-        are misaligned), the steered model's for the steered ``rows`` (a second forward of those rows, steered)."""
+        tokens): the policy's for plain rows (TRL's, or a no-grad forward as TRL's own), the steered model's for the
+        steered ``rows`` (a second forward of those rows, steered)."""
         assert self.spec is not None and self.steering is not None
         prompt, completion = output["prompt_ids"], output["completion_ids"]
         ids = torch.cat([prompt, completion], dim=1)
         mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
-        chunk = self.args.per_device_train_batch_size
-        old, _, _ = self._get_per_token_logps_and_entropies(self.model, ids, mask, completion.size(1), chunk)
+        old = output.get("old_per_token_logps")  # TRL's own, when generation and optimisation steps are misaligned
+        if old is None:
+            chunk = self.args.per_device_train_batch_size
+            old, _, _ = self._get_per_token_logps_and_entropies(self.model, ids, mask, completion.size(1), chunk)
+        old = old.clone()
         spec = self.spec
         if self.steering.positions == "generated":  # the whole sequence is one forward here
             spec = replace(spec, positions=slice(prompt.size(1), None))
@@ -230,11 +233,12 @@ class SteeredGRPOTrainer(GRPOTrainer):
         old[index] = steered
         return old, gap
 
-    def _gathered_mean(self, values: torch.Tensor) -> float:
-        count = torch.tensor(values.numel(), dtype=torch.float64, device=values.device)
-        sums = torch.stack([values.double().sum(), count])
+    def _gathered_means(self, values: torch.Tensor) -> list[float]:
+        """Per-column means of ``values`` (n, k) over every process's rows, in one gather (NaN where none has rows)."""
+        count = torch.full((1,), float(len(values)), dtype=torch.float64, device=values.device)
+        sums = torch.cat([values.double().sum(0), count])
         sums = self.accelerator.gather(sums[None]).sum(0)
-        return float(sums[0] / sums[1]) if sums[1] > 0 else float("nan")
+        return [float(x / sums[-1]) if sums[-1] > 0 else float("nan") for x in sums[:-1]]
 
     def _log_repetition(self, completion_ids: list[list[int]], rows: set[int]) -> None:
         """Mean rep-n and loop share of the plain and the steered rollouts, over all processes."""

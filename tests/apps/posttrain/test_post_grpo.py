@@ -89,11 +89,13 @@ def test_one_rollout_per_group_is_steered_the_others_are_plain(tmp_path, do_samp
     assert logged["reward/plain"] == pytest.approx((sum(rewards) - sum(rewards[1::G])) / (2 * G - 2))
 
 
-def make_trainer(tmp_path, steering: GrpoSteerConfig | None, do_sample: bool = True) -> SteeredGRPOTrainer:
+def make_trainer(tmp_path, steering: GrpoSteerConfig | None, do_sample: bool = True,
+                 steps_per_generation: int = 1) -> SteeredGRPOTrainer:  # fmt: skip
     args = GRPOConfig(output_dir=str(tmp_path), num_generations=G, per_device_train_batch_size=2 * G,
                       max_completion_length=12, max_steps=1, report_to="none", bf16=False, use_cpu=True,
                       save_strategy="no", seed=0, temperature=0.7, disable_tqdm=True,
-                      generation_kwargs={"do_sample": do_sample})  # fmt: skip
+                      generation_kwargs={"do_sample": do_sample},
+                      steps_per_generation=steps_per_generation)  # fmt: skip
     return SteeredGRPOTrainer(peaked_tiny(), reward_funcs=[lambda completions, **kw: [0.0] * len(completions)],
                               args=args, train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
                               processing_class=make_byte_tokenizer(), sae=make_sae(), steering=steering)  # fmt: skip
@@ -114,15 +116,18 @@ def completion_logps(trainer, out, row: int, steered: GrpoSteerConfig | None, po
     return logps[keep], (logits.argmax(-1) == tokens)[keep]
 
 
-def test_the_steered_rollouts_old_logprobs_are_the_steered_models(tmp_path):
+@pytest.mark.parametrize("steps_per_generation", [1, 2], ids=["aligned", "trl-computes-old"])
+def test_the_steered_rollouts_old_logprobs_are_the_steered_models(tmp_path, steps_per_generation):
     steering = GrpoSteerConfig(feature=7, alpha=300.0, relative=False, steered_index=1)
-    trainer = make_trainer(tmp_path, steering)
+    trainer = make_trainer(tmp_path, steering, steps_per_generation=steps_per_generation)
     trainer.model.train()
     out = trainer._generate_and_score_completions([{"prompt": p} for p in PROMPTS[:2] for _ in range(G)])
     old = out["old_per_token_logps"]
     for row in range(2 * G):
         want, _ = completion_logps(trainer, out, row, steering if row % G == 1 else None)
         assert old[row][out["completion_mask"][row].bool()] == pytest.approx(want.tolist(), abs=1e-4)
+    if steps_per_generation > 1:  # TRL computed the plain rows' old log-probabilities itself; the rest is the same
+        return
     # the steered rows are far off-policy: the policy finds their tokens much less likely than the steered model did
     metrics = trainer._metrics["train"]
     assert metrics["steered/logp_gap"][-1] > 1.0
