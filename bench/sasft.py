@@ -21,6 +21,10 @@ continuations (in domain) and of Spanish fortunes (out of domain).
     python bench/sasft.py --device cpu --threads 2 --steps 80 --batch 8 --max-length 160 --response 2 \
         --switch-at 0 --eval 50 --new-tokens 48 --lam 1e-2 5e-2 # the CPU setting (~2.5 h on 2 cores)
 
+``--more-hookpoints resid_post.14`` also penalises the top ``--top`` English features at those hookpoints (one SAE
+each, from ``--sae``: a folder of hookpoint folders, default the model's shipped SAEs); the plain SFT arm is the
+same, so ``--reuse`` takes it.
+
 ``--freeze-after-hook`` trains only the decoder layers up to the hookpoint's in every arm. ``--reuse`` takes the base
 and SFT arms from an earlier run of the same settings, only the base arm when the training data or schedule differ
 (``--switch``, ``--steps``, ``--freeze-after-hook``, ...).
@@ -192,7 +196,7 @@ def train_up_to_hook(model, hookpoint: str) -> None:
                 sum(p.numel() for p in model.parameters()) / 1e6)  # fmt: skip
 
 
-def train_arm(name: str, train: list[dict], args, sasft: SasftConfig | None, sae) -> tuple[Any, Any, dict]:
+def train_arm(name: str, train: list[dict], args, sasft: SasftConfig | None, saes: list) -> tuple[Any, Any, dict]:
     model, tokenizer = load_model(args.model, device=args.device, dtype=torch.float32)
     cuda = args.device.startswith("cuda")
     config = SFTConfig(output_dir=str(args.work / name), max_steps=args.steps, per_device_train_batch_size=args.batch,
@@ -205,7 +209,7 @@ def train_arm(name: str, train: list[dict], args, sasft: SasftConfig | None, sae
     if sasft is None:
         trainer: SFTTrainer = SFTTrainer(model, config, train_dataset=data, processing_class=tokenizer)
     else:
-        trainer = SasftTrainer(model, config, sae=sae, sasft=sasft, train_dataset=data, processing_class=tokenizer)
+        trainer = SasftTrainer(model, config, sae=saes, sasft=sasft, train_dataset=data, processing_class=tokenizer)
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
@@ -275,7 +279,10 @@ def main() -> None:
     parser.add_argument("--hookpoint", default="resid_post.9")
     parser.add_argument("--lam", type=float, nargs="+", default=[1e-3, 1e-2],
                         help="SASFT arm(s): the first is arm 'sasft', others 'sasft-<lam>'")  # fmt: skip
-    parser.add_argument("--top", type=int, default=2)
+    parser.add_argument("--more-hookpoints", nargs="*", default=[],
+                        help="penalise the top features at these hookpoints too (one SAE each, from --sae)")
+    parser.add_argument("--sae", default="", help="SAE source holding every hookpoint's (default: the shipped ones)")
+    parser.add_argument("--top", type=int, default=2, help="English features penalised per hookpoint")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=5e-5)
@@ -319,16 +326,24 @@ def main() -> None:
                 sum(r["switched"] for r in train), len(held))  # fmt: skip
 
     model, tokenizer = load_model(args.model, device=args.device, dtype=torch.float32)
-    sae = load_sae(args.model, hookpoint=args.hookpoint, device=args.device)
+    hookpoints = [args.hookpoint, *args.more_hookpoints]
+    saes = [load_sae(args.sae or args.model, hookpoint=h, device=args.device) for h in hookpoints]
     train_chapters = [c for i, c in enumerate(chapters) if i % 5]
     texts = {"en": [" ".join(c[2]) for c in train_chapters][: args.feature_texts],
              "es": [" ".join(c[3]) for c in train_chapters][: args.feature_texts],
              **texts_by_language({"it": "fortunes:it"}, args.feature_texts)}  # fmt: skip
-    feats = language_features(model, tokenizer, sae, texts, "en", top=args.top)
-    logger.info("English features %s, nu %s", feats.ids, [round(float(feats.nu[i]), 3) for i in feats.ids])
+    sets = [language_features(model, tokenizer, sae, texts, "en", top=args.top) for sae in saes]
+    for feats in sets:
+        logger.info("English features at %s: %s, nu %s", feats.hookpoint, feats.ids,
+                    [round(float(feats.nu[i]), 3) for i in feats.ids])  # fmt: skip
 
-    features = {"ids": feats.ids, "nu": [float(feats.nu[i]) for i in feats.ids],
+    def described(feats) -> dict[str, Any]:
+        return {"ids": feats.ids, "nu": [float(feats.nu[i]) for i in feats.ids],
                 "alpha": {k: v[feats.ids].tolist() for k, v in feats.alpha.items()}, "n_tokens": feats.n_tokens}
+
+    features = described(sets[0])  # the --hookpoint's, as before --more-hookpoints
+    if args.more_hookpoints:
+        features["more"] = {f.hookpoint: described(f) for f in sets[1:]}
     results: dict[str, Any] = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                                "n_train": len(train), "n_switched": sum(r["switched"] for r in train),
                                "n_eval": min(args.eval, len(held)), "features": features, "arms": {}}  # fmt: skip
@@ -346,12 +361,12 @@ def main() -> None:
         results["arms"]["base"] = measure(model, tokenizer, held, fortunes, args)
         write(partial=True)
     del model
-    sasft_arms = [(f"sasft-{lam:g}" if i else "sasft", SasftConfig(feats, lam=lam, positions=args.positions))
+    sasft_arms = [(f"sasft-{lam:g}" if i else "sasft", SasftConfig(sets, lam=lam, positions=args.positions))
                   for i, lam in enumerate(args.lam)]  # fmt: skip
     for name, sasft in [("sft", None), *sasft_arms]:
         if name in reused:
             continue
-        trained, tokenizer, info = train_arm(name, train, args, sasft, sae)
+        trained, tokenizer, info = train_arm(name, train, args, sasft, saes)
         results["arms"][name] = {**measure(trained, tokenizer, held, fortunes, args), **info}
         write(partial=True)
         del trained

@@ -12,6 +12,11 @@ FILE`` (written by an earlier run or ``LanguageFeatures.save``), else measured o
 es=bible:es``: any text source per language), else on the data's own responses grouped by language (then the data
 must hold some responses in the unwanted language). They are saved as ``OUT/language_features.json``.
 
+Several hookpoints: ``--hookpoint resid_post.9,resid_post.14`` penalises the top features of each (one SAE per
+hookpoint: ``--sae`` names one source holding them all, such as the model's shipped SAEs or a folder of hookpoint
+folders, or one per hookpoint, comma-separated; ``--features`` likewise one file per hookpoint). The features are
+then saved as ``OUT/language_features.<hookpoint>.json``.
+
 Checkpoints go to ``OUT/checkpoint-N`` every ``--save-steps``; run the same command again after a kill and training
 resumes from the last one (TRL's ``resume_from_checkpoint``). The final model (or LoRA adapter) is saved in
 ``OUT/final``, the run's summary in ``OUT/sasft.json``.
@@ -41,9 +46,11 @@ class SasftCommand:
     model: str = "gemma3-270m"
     """Model: an embedded name (gemma3-270m, smollm2-135m), a local HF folder or a hub id."""
     sae: str = ""
-    """SAE: a folder, a file or a hub repo id; default the model's shipped SAE at --hookpoint."""
+    """SAE: a folder, a file or a hub repo id (comma-separated: one per hookpoint); default the model's shipped SAE
+    at --hookpoint."""
     hookpoint: str = ""
-    """Where the SAE reads, e.g. resid_post.9; default the SAE's own."""
+    """Where the SAE reads, e.g. resid_post.9; comma-separated to penalise features at several (resid_post.9,
+    resid_post.14); default the SAE's own."""
     lang_column: str = "lang"
     """The data column naming each sample's language (ISO codes such as en, es, it)."""
     unwanted: str = "en"
@@ -56,9 +63,10 @@ class SasftCommand:
     """Where the penalty reads: response (the response tokens) or predicting (the positions that predict them, the
     last prompt token included)."""
     feature_ids: str = ""
-    """Hand-picked feature ids instead of the top ones, comma-separated: 812,4051."""
+    """Hand-picked feature ids instead of the top ones, comma-separated: 812,4051 (one hookpoint only)."""
     features: str = ""
-    """Language features file from an earlier run (JSON or safetensors); default: measure them."""
+    """Language features file from an earlier run (JSON or safetensors; comma-separated: one per hookpoint);
+    default: measure them."""
     corpus: str = ""
     """Texts to measure the features on, per language: en=fortunes:en,es=bible:es; default the data's responses."""
     corpus_texts: int = 300
@@ -96,11 +104,32 @@ class SasftCommand:
         check_positions(self.positions, "--positions ")  # before the model loads
         if not re.fullmatch(r"\s*(\d+\s*(,\s*\d+\s*)*)?", self.feature_ids):
             raise QwenscopeError(f"--feature-ids wants comma-separated ids such as 812,4051, got {self.feature_ids!r}")
+        n = len(self.hookpoints)
+        if n > 1 and self.ids:
+            raise QwenscopeError("--feature-ids picks the features of one hookpoint; with several, use --top or "
+                                 "--features (one file per hookpoint)")  # fmt: skip
+        saes, files = _split(self.sae), _split(self.features)
+        if len(saes) > 1 and len(saes) != n:
+            raise QwenscopeError(f"--sae names {len(saes)} SAEs for {n} hookpoint(s); give one per --hookpoint, in "
+                                 "the same order, or one source holding them all")  # fmt: skip
+        if files and len(files) != n:
+            raise QwenscopeError(f"--features names {len(files)} file(s) for {n} hookpoint(s); give one per "
+                                 "--hookpoint, in the same order")  # fmt: skip
 
     @property
     def ids(self) -> list[int]:
         """The hand-picked feature ids (empty: the top ones)."""
         return [int(v) for v in self.feature_ids.split(",") if v.strip()]
+
+    @property
+    def hookpoints(self) -> list[str]:
+        """The hookpoints asked for ([""]: the SAE's own)."""
+        return _split(self.hookpoint) or [""]
+
+
+def _split(value: str) -> list[str]:
+    """A comma-separated option's values (none for an empty one)."""
+    return [v.strip() for v in value.split(",") if v.strip()]
 
 
 # ---------------------------------------------------------------- data
@@ -158,21 +187,25 @@ def corpus_texts(cfg: SasftCommand, rows: list[dict[str, Any]]) -> dict[str, lis
 
 
 # ---------------------------------------------------------------- run
-def language_features_for(cfg: SasftCommand, model, tokenizer, sae, rows: list[dict[str, Any]]) -> Any:
+def language_features_for(cfg: SasftCommand, model, tokenizer, saes: list, rows: list[dict[str, Any]]) -> list:
+    """The penalised features at each hookpoint (one set per SAE): loaded from --features or measured."""
     from qwenscope.apps.posttrain.language import LanguageFeatures, language_features
 
     if cfg.features:
-        feats = LanguageFeatures.load(cfg.features)
-        if feats.lang != cfg.unwanted:
-            raise QwenscopeError(f"--features holds the features of {feats.lang!r}, not of --unwanted {cfg.unwanted!r}")
+        sets = [LanguageFeatures.load(f) for f in _split(cfg.features)]
+        for feats in sets:
+            if feats.lang != cfg.unwanted:
+                raise QwenscopeError(f"--features holds the features of {feats.lang!r}, not of --unwanted "
+                                     f"{cfg.unwanted!r}")  # fmt: skip
     else:
         texts = corpus_texts(cfg, rows)
         if cfg.unwanted not in texts:
             raise QwenscopeError(f"no {cfg.unwanted!r} texts to find its features in: the data has no "
                                  f"{cfg.unwanted!r} sample; pass --corpus {cfg.unwanted}=SOURCE,... "
                                  "or --features FILE")  # fmt: skip
-        feats = language_features(model, tokenizer, sae, texts, cfg.unwanted, hookpoint=cfg.hookpoint or None)
-    return feats.with_ids(cfg.ids) if cfg.ids else feats.top(cfg.top)
+        sets = [language_features(model, tokenizer, sae, texts, cfg.unwanted, hookpoint=hookpoint or None)
+                for sae, hookpoint in zip(saes, cfg.hookpoints)]  # fmt: skip
+    return [feats.with_ids(cfg.ids) if cfg.ids else feats.top(cfg.top) for feats in sets]
 
 
 def build_trainer(cfg: SasftCommand) -> Any:
@@ -190,14 +223,18 @@ def build_trainer(cfg: SasftCommand) -> Any:
     rows = read_rows(cfg.data)
     cuda = torch.cuda.is_available()
     model, tokenizer = load_model(cfg.model, device="cuda" if cuda else "cpu", dtype=torch.float32)
-    sae = load_sae(cfg.sae or cfg.model, hookpoint=cfg.hookpoint or None, device="cuda" if cuda else "cpu")
+    sources = _split(cfg.sae) or [cfg.model]
+    sources = sources * len(cfg.hookpoints) if len(sources) == 1 else sources
+    saes = [load_sae(source, hookpoint=hookpoint or None, device="cuda" if cuda else "cpu")
+            for source, hookpoint in zip(sources, cfg.hookpoints)]  # fmt: skip
     data = Dataset.from_list(rows)
-    feats = language_features_for(cfg, model, tokenizer, sae, rows)
-    sasft = SasftConfig(feats, lam=cfg.lam, lang_column=cfg.lang_column, positions=cfg.positions)
+    sets = language_features_for(cfg, model, tokenizer, saes, rows)
+    sasft = SasftConfig(sets, lam=cfg.lam, lang_column=cfg.lang_column, positions=cfg.positions)
     check_data(data, sasft)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    feats.save(out / "language_features.json")
+    for feats in sets:
+        feats.save(out / ("language_features.json" if len(sets) == 1 else f"language_features.{feats.hookpoint}.json"))
     args = SFTConfig(output_dir=str(out), max_steps=cfg.steps, per_device_train_batch_size=cfg.batch_size,
                      gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr, max_length=cfg.max_length,
                      save_steps=cfg.save_steps, logging_steps=max(1, min(10, cfg.steps // 10)), seed=cfg.seed,
@@ -209,7 +246,7 @@ def build_trainer(cfg: SasftCommand) -> Any:
 
         peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, target_modules="all-linear",
                                  task_type="CAUSAL_LM")  # fmt: skip
-    return SasftTrainer(model, args, sae=sae, sasft=sasft, train_dataset=data, processing_class=tokenizer,
+    return SasftTrainer(model, args, sae=saes, sasft=sasft, train_dataset=data, processing_class=tokenizer,
                         peft_config=peft_config)  # fmt: skip
 
 
@@ -223,8 +260,8 @@ def run_sasft(cfg: SasftCommand) -> None:
         logger.info("resuming from %s", last)
     result = trainer.train(resume_from_checkpoint=last)
     trainer.save_model(str(out / "final"))
-    feats = trainer.sasft.features
-    summary = {"config": asdict(cfg), "features": {"lang": feats.lang, "hookpoint": feats.hookpoint, "ids": feats.ids},
+    sets = [{"lang": f.lang, "hookpoint": f.hookpoint, "ids": f.ids} for f in trainer.sasft.feature_sets]
+    summary = {"config": asdict(cfg), "features": sets,
                "resumed_from": last, "train": result.metrics,
                "log": [e for e in trainer.state.log_history if "loss" in e]}  # fmt: skip
     (out / "sasft.json").write_text(json.dumps(summary, indent=1))

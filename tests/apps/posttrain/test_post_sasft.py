@@ -24,22 +24,22 @@ ROWS = [
 ] * 2
 
 
-def tiny_model():
+def tiny_model(num_layers=2):
     """A tiny random Qwen3 (vocab 512) and a byte tokenizer: a training step takes milliseconds."""
-    return build_tiny("qwen3", num_layers=2).train(), make_byte_tokenizer()
+    return build_tiny("qwen3", num_layers=num_layers).train(), make_byte_tokenizer()
 
 
-def tiny_sae(hookpoint="resid_post.0", d_in=64):
-    torch.manual_seed(3)
+def tiny_sae(hookpoint="resid_post.0", d_in=64, seed=3):
+    torch.manual_seed(seed)
     return Sae(SaeConfig(d_in=d_in, d_sae=D_SAE, k=4, hookpoint=hookpoint))
 
 
-def features(ids=(1, 5, 9)):
+def features(ids=(1, 5, 9), hookpoint="resid_post.0", lang="en"):
     """English features with hand-set thresholds: Spanish and Italian samples are held to different alphas."""
     nu = torch.linspace(-1, 1, D_SAE)
     # the tiny model's pre-activations are ~ +-0.02: these thresholds leave some tokens under and some over
     alpha = {"en": torch.full((D_SAE,), -1.0), "es": torch.zeros(D_SAE), "it": torch.full((D_SAE,), 0.008)}
-    return LanguageFeatures("resid_post.0", "en", list(ids), nu, alpha)
+    return LanguageFeatures(hookpoint, lang, list(ids), nu, alpha)
 
 
 def sft_args(tmp_path, steps=3, **kw):
@@ -78,7 +78,8 @@ def hand_penalty(model, sae, feats, batch, rows, positions="response"):
     English rows (``predicting``: the positions just before them) of the sum over features of
     ReLU(f_s - alpha_lang[s])."""
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
-    pre = sae.pre_acts(out.hidden_states[1])[..., feats.ids]  # resid_post.0: (batch, seq, n)
+    layer = int(feats.hookpoint.split(".")[1])
+    pre = sae.pre_acts(out.hidden_states[layer + 1])[..., feats.ids]  # resid_post.L: (batch, seq, n)
     terms = []
     for b, row in enumerate(rows):
         if row["lang"] == feats.lang:
@@ -122,6 +123,45 @@ def test_penalty_gradient_equals_hand_written_autograd(tmp_path, positions):
     assert all(p.grad is None for p in sae.parameters())  # the SAE stays frozen
 
 
+def test_two_hookpoints_add_their_penalties_and_log_each(tmp_path):
+    """Feature sets at resid_post.0 and resid_post.1, each with its SAE: the gradient is the hand-written sum of the
+    two terms, layer 1 now gets a penalty gradient, and each hookpoint's penalty is logged. (Three layers: the last
+    one's hidden state in ``output_hidden_states`` is after the final norm.)"""
+    model, tokenizer = tiny_model(num_layers=3)
+    saes = [tiny_sae(), tiny_sae("resid_post.1", seed=4)]
+    sets = [features(), features(ids=(2, 7), hookpoint="resid_post.1")]
+
+    def trainer(lam, path, steps=3):
+        return SasftTrainer(model, sft_args(tmp_path / path, steps=steps), sae=saes, sasft=SasftConfig(sets, lam=lam),
+                            train_dataset=Dataset.from_list(ROWS), processing_class=tokenizer)  # fmt: skip
+
+    both, none = trainer(1.0, "a"), trainer(0.0, "b")
+    rows = [both.train_dataset[i] for i in range(4)]
+    batch = both.data_collator(rows)
+
+    def grads(loss_fn):
+        model.zero_grad()
+        loss_fn().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    g1 = grads(lambda: both.compute_loss(model, dict(batch)))
+    g0 = grads(lambda: none.compute_loss(model, dict(batch)))
+    terms = [hand_penalty(model, sae, f, batch, rows) for sae, f in zip(saes, sets)]
+    assert min(terms) > 0
+    g = grads(lambda: sum(hand_penalty(model, sae, f, batch, rows) for sae, f in zip(saes, sets)))
+    for name in ["model.layers.0.mlp.down_proj.weight", "model.layers.1.mlp.down_proj.weight"]:
+        assert g[name].abs().max() > 0
+        torch.testing.assert_close(g1[name] - g0[name], g[name], atol=1e-6, rtol=1e-4)
+    later = "model.layers.2.mlp.down_proj.weight"
+    assert later not in g and torch.equal(g1[later], g0[later])
+    run = trainer(1.0, "c", steps=2)
+    run.train()
+    logged = next(e for e in run.state.log_history if "sasft_penalty" in e)
+    torch.testing.assert_close(logged["sasft_penalty"],
+                               logged["sasft_penalty/resid_post.0"] + logged["sasft_penalty/resid_post.1"])  # fmt: skip
+    assert logged["sasft_penalty/resid_post.1"] > 0
+
+
 def test_bad_data_and_saes_get_one_line(tmp_path):
     english_only = [r for r in ROWS if r["lang"] == "en"]
     no_column = [{k: v for k, v in r.items() if k != "lang"} for r in ROWS]
@@ -136,6 +176,14 @@ def test_bad_data_and_saes_get_one_line(tmp_path):
         (lambda: sasft_trainer(tmp_path, 1.0, packing=True, max_length=64), "packing=False"),
         (lambda: SasftConfig(features(), lam=-1.0), "lam"),
         (lambda: SasftConfig(features(), positions="prompt"), "choose one of response, predicting"),
+        (lambda: SasftConfig([features(), features(lang="es", hookpoint="resid_post.1")]), "different languages"),
+        (lambda: SasftConfig([features(), features(ids=(2,))]), "two feature sets at resid_post.0"),
+        (lambda: SasftConfig([]), "empty list"),
+        (lambda: SasftTrainer(tiny_model()[0], sft_args(tmp_path), sae=tiny_sae(),
+                              sasft=SasftConfig([features(), features(hookpoint="resid_post.1")]),
+                              train_dataset=Dataset.from_list(ROWS)), "one SAE per feature set"),
+        (lambda: sasft_trainer(tmp_path, 1.0, sae=[tiny_sae(), tiny_sae()],
+                               feats=[features(), features(hookpoint="resid_post.1")]), "another layer"),
     ]
     for call, match in cases:
         with pytest.raises(QwenscopeError, match=match) as e:
@@ -156,10 +204,10 @@ def test_cli_trains_saves_and_resumes(tmp_path, capsys):
             "--unwanted", "en", "--lam", "0.5", "--top", "3", "--batch-size", "2", "--save-steps", "2"]  # fmt: skip
     assert main([*base, "--steps", "2"]) == 0
     first = json.loads((out / "sasft.json").read_text())
-    assert first["resumed_from"] is None and len(first["features"]["ids"]) == 3
+    assert first["resumed_from"] is None and len(first["features"][0]["ids"]) == 3
     assert (out / "checkpoint-2").is_dir() and (out / "final" / "config.json").is_file()
     feats = LanguageFeatures.load(out / "language_features.json")  # measured on the data's responses
-    assert set(feats.alpha) == {"en", "es", "it"} and feats.ids == first["features"]["ids"]
+    assert set(feats.alpha) == {"en", "es", "it"} and feats.ids == first["features"][0]["ids"]
     assert main([*base, "--steps", "3"]) == 0  # the same command, more steps: resumes from checkpoint-2
     second = json.loads((out / "sasft.json").read_text())
     assert second["resumed_from"].endswith("checkpoint-2") and [e["step"] for e in second["log"]][-1] == 3
@@ -170,6 +218,32 @@ def test_cli_trains_saves_and_resumes(tmp_path, capsys):
     assert "no 'de' texts" in capsys.readouterr().err
     assert main([*base, "--positions", "prompt"]) == 2
     assert "--positions 'prompt': choose one of response, predicting" in capsys.readouterr().err
+
+
+def test_cli_penalises_several_hookpoints(tmp_path, capsys):
+    model, tokenizer = tiny_model()
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    tiny_sae().save(tmp_path / "sae0")
+    tiny_sae("resid_post.1", seed=4).save(tmp_path / "sae1")
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    out = tmp_path / "run"
+    base = ["sasft", "--model", str(tmp_path / "model"), "--data", str(data), "--out", str(out), "--lam", "0.5",
+            "--top", "2", "--batch-size", "2", "--steps", "2", "--hookpoint", "resid_post.0,resid_post.1"]  # fmt: skip
+    assert main([*base, "--sae", f"{tmp_path / 'sae0'},{tmp_path / 'sae1'}"]) == 0
+    summary = json.loads((out / "sasft.json").read_text())
+    assert [f["hookpoint"] for f in summary["features"]] == ["resid_post.0", "resid_post.1"]
+    for hookpoint in ("resid_post.0", "resid_post.1"):
+        assert LanguageFeatures.load(out / f"language_features.{hookpoint}.json").hookpoint == hookpoint
+    assert any(e.get("sasft_penalty/resid_post.1", 0) > 0 for e in summary["log"])
+    capsys.readouterr()
+    for extra, message in [(["--sae", str(tmp_path / "sae0")], "trained at resid_post.0, not at resid_post.1"),
+                           (["--sae", "a,b,c"], "--sae names 3 SAEs for 2 hookpoint(s)"),
+                           (["--sae", "a,b", "--feature-ids", "1,2"], "--feature-ids picks the features of one"),
+                           (["--sae", "a,b", "--features", "f.json"], "--features names 1 file(s) for 2")]:  # fmt: skip
+        assert main([*base, "--out", str(tmp_path / "bad"), *extra]) == 2
+        assert message in capsys.readouterr().err
 
 
 def test_lora_trains_the_adapter_only_and_still_reads_the_hookpoint(tmp_path):
