@@ -197,7 +197,8 @@ class Server:
         """The ``n`` rows of a request (sampled rows seeded ``seed``, ``seed + 1``, ... when it gives a seed)."""
         most = min(self.limits.max_batch, self.limits.max_queue)  # n rows must fit one batch and the queue
         if req.n > most:
-            raise ApiError(400, f"n={req.n} is above this server's batch size of {most}", "n")
+            limit = "batch size" if most == self.limits.max_batch else "queue size"
+            raise ApiError(400, f"n={req.n} is above this server's {limit} of {most}; ask for n <= {most}", "n")
         if req.model != self.name:
             raise ApiError(404, f"model {req.model!r} is not served here; use {self.name!r}", "model",
                            "model_not_found")  # fmt: skip

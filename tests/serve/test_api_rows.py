@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from qwenscope.serve.api import Limits, Server
+from qwenscope.serve.api import ApiError, CompletionRequest, Limits, Server
 from qwenscope.serve.rows import Row, RowResult, generate_rows
 from qwenscope.steer.steer import SteerSpec
 
@@ -52,3 +52,16 @@ def test_closing_a_stream_early_cancels_its_row(qwen3_parts):
 def test_limits_must_be_positive():
     with pytest.raises(ValueError, match="positive"):
         Limits(max_new_tokens=0)
+
+
+@pytest.mark.parametrize(("max_batch", "max_queue", "says"), [(2, 8, "batch size of 2"), (8, 2, "queue size of 2")])
+def test_n_above_the_batch_or_queue_names_the_limit_it_breaks(qwen3_parts, max_batch, max_queue, says):
+    model, tokenizer, sae = qwen3_parts
+    server = Server(model, tokenizer, {"l0": sae}, "tiny", Limits(max_batch=max_batch, max_queue=max_queue))
+    try:
+        with pytest.raises(ApiError) as e:
+            asyncio.run(server.rows(CompletionRequest(model="tiny", prompt="hi", n=3), _ids(tokenizer, "hi")))
+        assert e.value.status == 400 and says in str(e.value) and "n <= 2" in str(e.value)
+        assert len(asyncio.run(server.rows(CompletionRequest(model="tiny", prompt="hi", n=2), [1, 2]))) == 2
+    finally:
+        server.close()
