@@ -94,6 +94,13 @@ def hand_penalty(model, sae, feats, batch, rows, positions="response"):
     return torch.cat(terms).mean()
 
 
+def grads(model, loss_fn):
+    """The gradient of ``loss_fn()`` for every parameter it reaches."""
+    model.zero_grad()
+    loss_fn().backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
 @pytest.mark.parametrize("positions", ["response", "predicting"])
 def test_penalty_gradient_equals_hand_written_autograd(tmp_path, positions):
     model = tiny_model()[0]
@@ -104,16 +111,11 @@ def test_penalty_gradient_equals_hand_written_autograd(tmp_path, positions):
     batch = with_penalty.data_collator(rows)
     assert batch[LANG_KEY].tolist() == [0, -1, 1, 0]  # es, en (not penalised), it, es
 
-    def grads(loss_fn):
-        model.zero_grad()
-        loss_fn().backward()
-        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    g1 = grads(lambda: with_penalty.compute_loss(model, dict(batch)))
-    g0 = grads(lambda: without.compute_loss(model, dict(batch)))
+    g1 = grads(model, lambda: with_penalty.compute_loss(model, dict(batch)))
+    g0 = grads(model, lambda: without.compute_loss(model, dict(batch)))
     expected = hand_penalty(model, sae, feats, batch, rows, positions)
     assert expected > 0
-    g = grads(lambda: hand_penalty(model, sae, feats, batch, rows, positions))
+    g = grads(model, lambda: hand_penalty(model, sae, feats, batch, rows, positions))
     for name in ["model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight",
                  "model.layers.0.mlp.down_proj.weight", "model.layers.0.input_layernorm.weight"]:  # fmt: skip
         assert g[name].abs().max() > 0
@@ -139,16 +141,11 @@ def test_two_hookpoints_add_their_penalties_and_log_each(tmp_path):
     rows = [both.train_dataset[i] for i in range(4)]
     batch = both.data_collator(rows)
 
-    def grads(loss_fn):
-        model.zero_grad()
-        loss_fn().backward()
-        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    g1 = grads(lambda: both.compute_loss(model, dict(batch)))
-    g0 = grads(lambda: none.compute_loss(model, dict(batch)))
+    g1 = grads(model, lambda: both.compute_loss(model, dict(batch)))
+    g0 = grads(model, lambda: none.compute_loss(model, dict(batch)))
     terms = [hand_penalty(model, sae, f, batch, rows) for sae, f in zip(saes, sets)]
     assert min(terms) > 0
-    g = grads(lambda: sum(hand_penalty(model, sae, f, batch, rows) for sae, f in zip(saes, sets)))
+    g = grads(model, lambda: sum(hand_penalty(model, sae, f, batch, rows) for sae, f in zip(saes, sets)))
     for name in ["model.layers.0.mlp.down_proj.weight", "model.layers.1.mlp.down_proj.weight"]:
         assert g[name].abs().max() > 0
         torch.testing.assert_close(g1[name] - g0[name], g[name], atol=1e-6, rtol=1e-4)
