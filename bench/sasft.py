@@ -222,9 +222,9 @@ def train_arm(name: str, train: list[dict], args, sasft: SasftConfig | None, sae
 SAME_EVAL = ("model", "response", "eval", "new_tokens", "sample_temperature", "seed")
 """Settings the base arm's measure depends on (the held-out prompts come before any random draw)."""
 SAME_TRAINING = {"steps": None, "batch": None, "lr": None, "max_length": None, "switch": None, "english": None,
-                 "switch_at": None, "freeze_after_hook": False, "hookpoint": None}  # fmt: skip
+                 "switch_at": None, "freeze_after_hook": False}  # fmt: skip
 """Settings of the training data and schedule, each with the value an older JSON without it had (None: always
-written): another value reuses the base arm only."""
+written): another value reuses the base arm only. ``--hookpoint`` joins them under ``--freeze-after-hook``."""
 
 
 def reuse_arms(args, results: dict[str, Any]) -> dict[str, Any]:
@@ -238,6 +238,8 @@ def reuse_arms(args, results: dict[str, Any]) -> dict[str, Any]:
                          "rerun the baselines instead")  # fmt: skip
     names = ["base", "sft"]
     trained = [k for k, missing in SAME_TRAINING.items() if old["config"].get(k, missing) != mine[k]]
+    if mine["freeze_after_hook"] and old["config"]["hookpoint"] != mine["hookpoint"]:
+        trained.append("hookpoint")  # the plain SFT arm trained other layers
     if trained or old["n_train"] != results["n_train"]:
         names = ["base"]  # the plain SFT arm trained otherwise: run it again
     logger.info("%s arm(s) taken from %s", " and ".join(names), args.reuse)
