@@ -25,6 +25,9 @@ continuations (in domain) and of Spanish fortunes (out of domain).
 each, from ``--sae``: a folder of hookpoint folders, default the model's shipped SAEs); the plain SFT arm is the
 same, so ``--reuse`` takes it.
 
+``--train-seed`` changes only the training's seed (the order of the samples; ``--seed`` also draws the data and the
+sampling); ``--arms sasft`` trains the SASFT arm(s) alone, e.g. to see how far one arm moves across training seeds.
+
 ``--freeze-after-hook`` trains only the decoder layers up to the hookpoint's in every arm. ``--reuse`` takes the base
 and SFT arms from an earlier run of the same settings, only the base arm when the training data or schedule differ
 (``--switch``, ``--steps``, ``--freeze-after-hook``, ...).
@@ -196,12 +199,17 @@ def train_up_to_hook(model, hookpoint: str) -> None:
                 sum(p.numel() for p in model.parameters()) / 1e6)  # fmt: skip
 
 
+def train_seed(args) -> int:
+    """The trainer's seed (the order of the samples): ``--train-seed``, else ``--seed``."""
+    return args.seed if args.train_seed is None else args.train_seed
+
+
 def train_arm(name: str, train: list[dict], args, sasft: SasftConfig | None, saes: list) -> tuple[Any, Any, dict]:
     model, tokenizer = load_model(args.model, device=args.device, dtype=torch.float32)
     cuda = args.device.startswith("cuda")
     config = SFTConfig(output_dir=str(args.work / name), max_steps=args.steps, per_device_train_batch_size=args.batch,
                        learning_rate=args.lr, lr_scheduler_type="constant", max_length=args.max_length,
-                       logging_steps=max(1, args.steps // 20), save_strategy="no", seed=args.seed, report_to=[],
+                       logging_steps=max(1, args.steps // 20), save_strategy="no", seed=train_seed(args), report_to=[],
                        use_cpu=not cuda, bf16=cuda, disable_tqdm=True, remove_unused_columns=sasft is None)  # fmt: skip
     if args.freeze_after_hook:
         train_up_to_hook(model, args.hookpoint)
@@ -222,7 +230,7 @@ def train_arm(name: str, train: list[dict], args, sasft: SasftConfig | None, sae
 SAME_EVAL = ("model", "response", "eval", "new_tokens", "sample_temperature", "seed")
 """Settings the base arm's measure depends on (the held-out prompts come before any random draw)."""
 SAME_TRAINING = {"steps": None, "batch": None, "lr": None, "max_length": None, "switch": None, "english": None,
-                 "switch_at": None, "freeze_after_hook": False}  # fmt: skip
+                 "switch_at": None, "freeze_after_hook": False, "train_seed": None}  # fmt: skip
 """Settings of the training data and schedule, each with the value an older JSON without it had (None: always
 written): another value reuses the base arm only. ``--hookpoint`` joins them under ``--freeze-after-hook``."""
 
@@ -308,7 +316,11 @@ def main() -> None:
     parser.add_argument("--sample-temperature", type=float, default=0.7, help="for the sampled code-switching")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON and PNG")
     parser.add_argument("--feature-texts", type=int, default=200, help="texts per language for nu and alpha")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data draw, the training and the sampling")
+    parser.add_argument("--train-seed", type=int, default=None,
+                        help="another seed for the training alone (the order of the samples): the same data")
+    parser.add_argument("--arms", nargs="+", choices=["sft", "sasft"], default=["sft", "sasft"],
+                        help="arms to train (the base model is always measured or reused)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--work", type=Path, default=Path("/tmp/qwenscope-bench-sasft"))
     args = parser.parse_args()
@@ -366,30 +378,30 @@ def main() -> None:
     sasft_arms = [(f"sasft-{lam:g}" if i else "sasft", SasftConfig(sets, lam=lam, positions=args.positions))
                   for i, lam in enumerate(args.lam)]  # fmt: skip
     for name, sasft in [("sft", None), *sasft_arms]:
-        if name in reused:
+        if name in reused or name.split("-")[0] not in args.arms:
             continue
         trained, tokenizer, info = train_arm(name, train, args, sasft, saes)
         results["arms"][name] = {**measure(trained, tokenizer, held, fortunes, args), **info}
         write(partial=True)
         del trained
-    base_ratio = results["arms"]["sft"]["code_switching"]["sentence_unwanted"]
-    sasft_ratio = results["arms"]["sasft"]["code_switching"]["sentence_unwanted"]
-    results["ratio_cut"] = None if base_ratio == 0 else 1 - sasft_ratio / base_ratio
-    sampled = [results["arms"][arm]["code_switching_sampled"]["sentence_unwanted"] for arm in ("sft", "sasft")]
-    results["ratio_cut_sampled"] = None if sampled[0] == 0 else 1 - sampled[1] / sampled[0]
     results["all_arms"] = {
         name: {"sentence_unwanted": arm["code_switching"]["sentence_unwanted"], "ppl_bible_es": arm["ppl_bible_es"],
                "sentence_unwanted_sampled": arm["code_switching_sampled"]["sentence_unwanted"]}
         for name, arm in results["arms"].items()
     }  # fmt: skip
-    results["ppl_change"] = results["arms"]["sasft"]["ppl_bible_es"] / results["arms"]["sft"]["ppl_bible_es"] - 1
-
+    arms = results["arms"]
+    if "sft" in arms and "sasft" in arms:
+        base_ratio = arms["sft"]["code_switching"]["sentence_unwanted"]
+        sasft_ratio = arms["sasft"]["code_switching"]["sentence_unwanted"]
+        results["ratio_cut"] = None if base_ratio == 0 else 1 - sasft_ratio / base_ratio
+        sampled = [arms[arm]["code_switching_sampled"]["sentence_unwanted"] for arm in ("sft", "sasft")]
+        results["ratio_cut_sampled"] = None if sampled[0] == 0 else 1 - sampled[1] / sampled[0]
+        results["ppl_change"] = arms["sasft"]["ppl_bible_es"] / arms["sft"]["ppl_bible_es"] - 1
     write(partial=False)
     plot(results, args.out / f"{stem}.png")
-    arms = results["arms"]
-    print(f"code-switching (share of English sentences): base {arms['base']['code_switching']['sentence_unwanted']:.3f}"
-          f", SFT {base_ratio:.3f}, SASFT {sasft_ratio:.3f}; perplexity SASFT vs SFT {results['ppl_change']:+.1%}; "
-          f"wrote {args.out / stem}.json/.png")
+    summary = ", ".join(f"{name} {arm['code_switching']['sentence_unwanted']:.3f}" for name, arm in arms.items())
+    change = f"; perplexity SASFT vs SFT {results['ppl_change']:+.1%}" if "ppl_change" in results else ""
+    print(f"code-switching (share of English sentences): {summary}{change}; wrote {args.out / stem}.json/.png")
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@
   for firing more than it does on ordinary text of the sample's own language.
 
 Several hookpoints: ``SasftConfig(features=[feats_9, feats_14])`` with ``sae=[sae_9, sae_14]`` (in the same order)
-adds each hookpoint's term, ``P = P_9 + P_14``, over the same tokens; one layer's SAE alone lets the model write
-the language through directions it does not cover, or rebuild it in the layers after it.
+adds each hookpoint's term, ``P = P_9 + P_14``, over the same tokens (meant for a model that routes the language
+around one layer's features; on gemma3-270m layers 9 and 14 together switched more than layer 9 alone, see README).
 
 Normalisation: ``P`` is the mean, over the penalised response tokens of the micro-batch, of the sum over ``S_L``; a
 micro-batch without such a token adds 0. Under gradient accumulation ``P`` is divided by the accumulation steps
@@ -108,6 +108,7 @@ class SasftConfig:
     def lang(self) -> str:
         """L, the unwanted language."""
         return self.feature_sets[0].lang
+
 
 # ---------------------------------------------------------------- the penalty
 def feature_pre_acts(sae: Sae, x: Tensor, ids: Tensor) -> Tensor:
