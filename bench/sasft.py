@@ -252,6 +252,7 @@ def reuse_arms(args, results: dict[str, Any]) -> dict[str, Any]:
         names = ["base"]  # the plain SFT arm trained otherwise: run it again
     logger.info("%s arm(s) taken from %s", " and ".join(names), args.reuse)
     results["reused_from"] = str(args.reuse)
+    results["reused"] = [name for name in names if name in old["arms"]]
     return {name: old["arms"][name] for name in names if name in old["arms"]}
 
 
