@@ -108,7 +108,7 @@ class SasftCommand:
         if n > 1 and self.ids:
             raise QwenscopeError("--feature-ids picks the features of one hookpoint; with several, use --top or "
                                  "--features (one file per hookpoint)")  # fmt: skip
-        saes, files = _split(self.sae), _split(self.features)
+        saes, files = _split(self.sae), self.feature_files
         if len(saes) > 1 and len(saes) != n:
             raise QwenscopeError(f"--sae names {len(saes)} SAEs for {n} hookpoint(s); give one per --hookpoint, in "
                                  "the same order, or one source holding them all")  # fmt: skip
@@ -125,6 +125,17 @@ class SasftCommand:
     def hookpoints(self) -> list[str]:
         """The hookpoints asked for ([""]: the SAE's own)."""
         return _split(self.hookpoint) or [""]
+
+    @property
+    def sae_sources(self) -> list[str]:
+        """One SAE source per hookpoint (one --sae, or the model's shipped SAEs, serves them all)."""
+        sources = _split(self.sae) or [self.model]
+        return sources * len(self.hookpoints) if len(sources) == 1 else sources
+
+    @property
+    def feature_files(self) -> list[str]:
+        """The --features files, one per hookpoint (none: measure the features)."""
+        return _split(self.features)
 
 
 def _split(value: str) -> list[str]:
@@ -192,7 +203,7 @@ def language_features_for(cfg: SasftCommand, model, tokenizer, saes: list, rows:
     from qwenscope.apps.posttrain.language import LanguageFeatures, language_features
 
     if cfg.features:
-        sets = [LanguageFeatures.load(f) for f in _split(cfg.features)]
+        sets = [LanguageFeatures.load(f) for f in cfg.feature_files]
         for feats in sets:
             if feats.lang != cfg.unwanted:
                 raise QwenscopeError(f"--features holds the features of {feats.lang!r}, not of --unwanted "
@@ -223,10 +234,8 @@ def build_trainer(cfg: SasftCommand) -> Any:
     rows = read_rows(cfg.data)
     cuda = torch.cuda.is_available()
     model, tokenizer = load_model(cfg.model, device="cuda" if cuda else "cpu", dtype=torch.float32)
-    sources = _split(cfg.sae) or [cfg.model]
-    sources = sources * len(cfg.hookpoints) if len(sources) == 1 else sources
     saes = [load_sae(source, hookpoint=hookpoint or None, device="cuda" if cuda else "cpu")
-            for source, hookpoint in zip(sources, cfg.hookpoints)]  # fmt: skip
+            for source, hookpoint in zip(cfg.sae_sources, cfg.hookpoints)]  # fmt: skip
     data = Dataset.from_list(rows)
     sets = language_features_for(cfg, model, tokenizer, saes, rows)
     sasft = SasftConfig(sets, lam=cfg.lam, lang_column=cfg.lang_column, positions=cfg.positions)
