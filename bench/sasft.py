@@ -27,6 +27,7 @@ same, so ``--reuse`` takes it.
 
 ``--train-seed`` changes only the training's seed (the order of the samples; ``--seed`` also draws the data and the
 sampling); ``--arms sasft`` trains the SASFT arm(s) alone, e.g. to see how far one arm moves across training seeds.
+``bench/sasft_seeds.py`` gathers the runs of several training seeds into one table and plot.
 
 ``--freeze-after-hook`` trains only the decoder layers up to the hookpoint's in every arm. ``--reuse`` takes the base
 and SFT arms from an earlier run of the same settings, only the base arm when the training data or schedule differ
