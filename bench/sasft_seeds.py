@@ -42,7 +42,11 @@ def gather(paths: list[Path]) -> dict[str, dict[int, dict[str, Any]]]:
     arms: dict[str, dict[int, dict[str, Any]]] = {arm: {} for arm in ARMS}
     reference, first = None, None
     for path in paths:
+        if not path.is_file():
+            raise SystemExit(f"{path}: no such file; give the sasft.json files that bench/sasft.py wrote")
         run = json.loads(path.read_text())
+        if not isinstance(run, dict) or not {"config", "arms"} <= run.keys():
+            raise SystemExit(f"{path} is not a bench/sasft.py result (no config and arms)")
         if run.get("partial"):
             raise SystemExit(f"{path} is a partial run (stopped before its last arm): finish it or leave it out")
         settings = comparable(run["config"])

@@ -65,3 +65,11 @@ def test_needs_a_seed_with_both_arms(seeds, tmp_path):
             run(tmp_path / "b.json", 1, {"sasft": arm(0, 0, 1)})]
     with pytest.raises(SystemExit, match="no training seed has both"):
         seeds.summarise(seeds.gather(runs))
+
+
+def test_refuses_missing_and_foreign_files(seeds, tmp_path):
+    with pytest.raises(SystemExit, match="no such file"):
+        seeds.gather([tmp_path / "missing.json"])
+    (tmp_path / "other.json").write_text(json.dumps({"settings": {}}))
+    with pytest.raises(SystemExit, match="not a bench/sasft.py result"):
+        seeds.gather([tmp_path / "other.json"])
