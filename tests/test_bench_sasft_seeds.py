@@ -1,21 +1,16 @@
 """bench/sasft_seeds.py: gathers per-seed SASFT runs, pairs the arms by training seed, refuses mixed settings."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "sasft_seeds.py"
+from bench_scripts import bench_script
 
 
 @pytest.fixture(scope="module")
 def seeds():
-    spec = importlib.util.spec_from_file_location("bench_sasft_seeds", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    with bench_script("sasft_seeds") as module:
+        yield module
 
 
 def arm(greedy: float, sampled: float, ppl: float, n: int = 100) -> dict:

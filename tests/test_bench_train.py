@@ -1,24 +1,21 @@
 """Smoke test of bench/train.py: every library's step runs on the real shapes, trains, and the JSON is complete."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
+from bench_scripts import bench_script
 
 pytest.importorskip("sae_lens")
 pytest.importorskip("sparsify")
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "train.py"
+
+@pytest.fixture
+def bench():
+    with bench_script("train") as module:
+        yield module
 
 
-def test_bench_train_tiny_run(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("bench_train", BENCH)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bench_train", bench)  # dataclasses look their module up
-    spec.loader.exec_module(bench)
+def test_bench_train_tiny_run(tmp_path, bench):
     out = tmp_path / "train.json"
     argv = ["--synthetic", "--steps", "3", "--repeats", "1", "--batch-size", "256", "--peak-size", "128"]
     libs = ["qwenscope", "sparsify", "saelens"]  # saelens-sparse differs from saelens by one config flag

@@ -1,23 +1,13 @@
 """bench/benchmarks_perf.py: its checkpoint list (six checkpoints, every shipped SAE layer)."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-BENCH = Path(__file__).resolve().parents[3] / "bench" / "benchmarks_perf.py"
+from bench_scripts import bench_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("benchmarks_perf", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["benchmarks_perf"] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("benchmarks_perf", None)
+    with bench_script("benchmarks_perf") as module:
+        yield module
 
 
 def test_six_checkpoints_cover_every_shipped_sae_layer(bench):
