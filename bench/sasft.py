@@ -252,9 +252,9 @@ def reuse_arms(args, results: dict[str, Any]) -> dict[str, Any]:
     if trained or old["n_train"] != results["n_train"]:
         names = ["base"]  # the plain SFT arm trained otherwise: run it again
     logger.info("%s arm(s) taken from %s", " and ".join(names), args.reuse)
-    results["reused_from"] = str(args.reuse)
-    results["reused"] = [name for name in names if name in old["arms"]]
-    return {name: old["arms"][name] for name in names if name in old["arms"]}
+    reused = {name: old["arms"][name] for name in names if name in old["arms"]}
+    results["reused_from"], results["reused"] = str(args.reuse), list(reused)
+    return reused
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
