@@ -84,6 +84,11 @@ def counts(result: dict[str, Any], metric: str) -> tuple[int, int]:
     return round(block["sentence_unwanted"] * block["n_sentences"]), int(block["n_sentences"])
 
 
+def cut(before: float, after: float) -> float | None:
+    """1 − after / before: the share of plain SFT's ratio that SASFT removes (None when plain SFT's is 0)."""
+    return None if before == 0 else 1 - after / before
+
+
 def summarise(arms: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
     seeds = sorted(set(arms["sft"]) & set(arms["sasft"]))
     if not seeds:
@@ -103,13 +108,13 @@ def summarise(arms: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
         out["arms"][arm] = row
     for metric in METRICS:
         sft, sasft = out["arms"]["sft"][metric], out["arms"]["sasft"][metric]
-        cuts = [None if a == 0 else 1 - b / a for a, b in zip(sft["per_seed"], sasft["per_seed"])]
+        cuts = [cut(a, b) for a, b in zip(sft["per_seed"], sasft["per_seed"])]
         out["paired"][metric] = {
             "cut_per_seed": cuts,
             "sasft_lower": sum(b < a for a, b in zip(sft["per_seed"], sasft["per_seed"])),
             "sasft_higher": sum(b > a for a, b in zip(sft["per_seed"], sasft["per_seed"])),
-            "cut_of_medians": None if sft["median"] == 0 else 1 - sasft["median"] / sft["median"],
-            "cut_pooled": None if sft["pooled"] == 0 else 1 - sasft["pooled"] / sft["pooled"],
+            "cut_of_medians": cut(sft["median"], sasft["median"]),
+            "cut_pooled": cut(sft["pooled"], sasft["pooled"]),
         }
     ppl = [b / a - 1 for a, b in zip(out["arms"]["sft"]["ppl_bible_es"]["per_seed"],
                                      out["arms"]["sasft"]["ppl_bible_es"]["per_seed"])]  # fmt: skip
