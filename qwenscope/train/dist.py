@@ -6,6 +6,8 @@ Started by ``torchrun --nproc_per_node N -m qwenscope train ...``: NCCL on GPUs,
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -22,6 +24,19 @@ def init_from_env() -> bool:
     else:
         dist.init_process_group("gloo")
     return True
+
+
+@contextmanager
+def process_group() -> Iterator[bool]:
+    """``init_from_env`` for the block (yields whether ranks are joined), then leave the group if the block joined
+    it: a process that exits with gloo's threads still up can abort (SIGABRT) after its work is done."""
+    started = not (dist.is_available() and dist.is_initialized())
+    active = init_from_env()
+    try:
+        yield active
+    finally:
+        if active and started:
+            dist.destroy_process_group()
 
 
 def rank_and_world() -> tuple[int, int]:

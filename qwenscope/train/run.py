@@ -130,22 +130,23 @@ def _cache_batches(cmd: TrainCommand, cfg: TrainConfig):
 def run_train(cmd: TrainCommand, cfg: TrainConfig) -> None:
     from qwenscope.train import dist
 
-    dist.init_from_env()  # under torchrun: join the process group (gloo on CPU, NCCL on GPU)
-    if cmd.activations is not None:
-        d_in, model, batches = _cache_batches(cmd, cfg)
-        trainer = Trainer(cfg, d_in, cmd.out, model=model, report_to=cmd.report_to)
-        trainer.fit(batches(trainer.step))
-    else:
-        assert cmd.model is not None and cmd.hookpoints is not None
-        stream = _stream(cmd.model, cmd.hookpoints, cmd.dataset, seq_len=cmd.seq_len, forward_batch=cmd.forward_batch,
-                         out_batch=cfg.batch_size, outlier_m=cmd.outlier_m, seed=cfg.seed,
-                         max_tokens=cfg.steps * cfg.batch_size)  # fmt: skip
-        from qwenscope.models.hookpoints import hidden_size
+    with dist.process_group():  # under torchrun: join the process group (gloo on CPU, NCCL on GPU)
+        if cmd.activations is not None:
+            d_in, model, batches = _cache_batches(cmd, cfg)
+            trainer = Trainer(cfg, d_in, cmd.out, model=model, report_to=cmd.report_to)
+            trainer.fit(batches(trainer.step))
+        else:
+            assert cmd.model is not None and cmd.hookpoints is not None
+            stream = _stream(cmd.model, cmd.hookpoints, cmd.dataset, seq_len=cmd.seq_len,
+                             forward_batch=cmd.forward_batch, out_batch=cfg.batch_size, outlier_m=cmd.outlier_m,
+                             seed=cfg.seed, max_tokens=cfg.steps * cfg.batch_size)  # fmt: skip
+            from qwenscope.models.hookpoints import hidden_size
 
-        widths = {name: hidden_size(stream.model) for name in stream.hookpoint_names}
-        trainer = Trainer(cfg, widths, cmd.out, model=cmd.model, report_to=cmd.report_to)
-        if trainer.step:
-            logger.info("replaying the stream up to step %d (a cache makes resuming instant)", trainer.step)
-        trainer.fit(itertools.islice(iter(stream), trainer.step, None))
-    if dist.rank_and_world()[0] == 0 or cfg.distribute_modules:  # with --distribute-modules each rank has its own
+            widths = {name: hidden_size(stream.model) for name in stream.hookpoint_names}
+            trainer = Trainer(cfg, widths, cmd.out, model=cmd.model, report_to=cmd.report_to)
+            if trainer.step:
+                logger.info("replaying the stream up to step %d (a cache makes resuming instant)", trainer.step)
+            trainer.fit(itertools.islice(iter(stream), trainer.step, None))
+        rank = dist.rank_and_world()[0]
+    if rank == 0 or cfg.distribute_modules:  # with --distribute-modules each rank has its own
         print(f"SAEs in {cmd.out}: {', '.join(s.name for s in trainer.states)}")

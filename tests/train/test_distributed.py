@@ -54,3 +54,22 @@ def test_one_rank_per_hookpoint(tmp_path):
     for name, sae in single.items():  # each rank trained its hookpoint on the full batches: same SAE
         torch.testing.assert_close(load_sae(tmp_path / name).W_dec, sae.W_dec.detach(), atol=1e-6, rtol=1e-6)
     assert (tmp_path / "metrics-rank0.jsonl").is_file() and (tmp_path / "metrics-rank1.jsonl").is_file()
+
+
+def _group_worker(rank: int, world: int, port: int) -> None:
+    from qwenscope.train.dist import process_group
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))  # fmt: skip
+    with process_group() as active:  # as torchrun starts a rank: the block joins the group
+        assert active and dist.get_world_size() == world
+    assert not dist.is_initialized()  # and leaves it, so the process exits with no gloo threads up
+    dist.init_process_group("gloo")  # a group the caller made is the caller's to end
+    with process_group() as active:
+        assert active
+    assert dist.is_initialized()
+    dist.destroy_process_group()
+
+
+def test_process_group_leaves_only_the_group_it_joined():
+    mp.start_processes(_group_worker, args=(2, _free_port()), nprocs=2, start_method="spawn")

@@ -34,10 +34,12 @@ def test_torchrun_two_gloo_ranks_equal_one_process(cache, tmp_path):
     assert main([*TRAIN, "--activations", str(cache), "--out", str(tmp_path / "one")]) == 0
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "qwenscope", *TRAIN, "--activations",
-           str(cache), "--out", str(tmp_path / "two")]  # fmt: skip
+    logs = tmp_path / "logs"  # each rank's own stdout and stderr, so that a failing rank says why
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "--log-dir", str(logs), "--redirects", "3", "--tee",
+           "3", "-m", "qwenscope", *TRAIN, "--activations", str(cache), "--out", str(tmp_path / "two")]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    ranks = "\n".join(f"--- {f.relative_to(logs)}\n{f.read_text()[-3000:]}" for f in sorted(logs.rglob("std*.log")))
+    assert done.returncode == 0, f"{done.stderr[-2000:]}\n{ranks}"
     for name in ("resid_post.0", "resid_post.1"):
         one, two = load_sae(tmp_path / "one" / name), load_sae(tmp_path / "two" / name)
         for key, value in one.state_dict().items():
