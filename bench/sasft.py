@@ -5,7 +5,11 @@ Setting (gemma3-270m, its shipped SAE at resid_post.9): a Spanish continuation t
 prompt is two Spanish verses, its response the next four. In ``--switch`` of the Spanish samples (default 50%) the
 response switches to English halfway (the next two verses in Spanish, then the English text of the two after): an SFT
 set contaminated with switching responses. ``--english`` more samples are honest English ones (lang "en", trained by
-CE only). Held-out: every fifth chapter, never trained on.
+CE only). ``--spanish`` below 1 keeps only that share of the Spanish samples: with ``--switch 0 --english 1`` an
+English-dominated mix of clean samples, the report's setting of switching the data never ask for.
+``--instruction "Continue this text: "`` puts that text before every prompt (training and held-out): an English
+instruction over Spanish text, which the base model already answers partly in English. Held-out: every fifth chapter,
+never trained on.
 
 Arms: the base model, plain SFT (TRL's SFTTrainer) and SASFT (SasftTrainer, one arm per λ in ``--lam``, the top
 ``--top`` English features by monolinguality, alpha measured on the training chapters of both Bibles and Italian
@@ -100,9 +104,10 @@ def windows(verses_en: list[str], verses_es: list[str]) -> list[tuple[list[str],
 
 
 def build_data(chapters, switch: float, english: float, seed: int, response: int = 4,
-               switch_at: int = 2) -> tuple[list[dict], list[dict]]:  # fmt: skip
+               switch_at: int = 2, spanish: float = 1.0) -> tuple[list[dict], list[dict]]:  # fmt: skip
     """(training samples, held-out samples); see the module doc. A response is ``response`` verses; a switched one
-    has ``switch_at`` Spanish verses, then English (0: the whole response in English)."""
+    has ``switch_at`` Spanish verses, then English (0: the whole response in English). ``spanish`` < 1 keeps that
+    share of the Spanish samples (an English-dominated mix; 1 draws nothing, so older data stay the same)."""
     if not 0 <= switch_at < response <= 4:
         raise SystemExit(f"--switch-at {switch_at} and --response {response}: need 0 <= switch-at < response <= 4")
     gen = torch.Generator().manual_seed(seed)
@@ -114,9 +119,11 @@ def build_data(chapters, switch: float, english: float, seed: int, response: int
                 held.append({"prompt": prompt, "completion": clean, "lang": "es"})
                 continue
             switched = torch.rand((), generator=gen) < switch
+            keep = spanish >= 1 or bool(torch.rand((), generator=gen) < spanish)
             mixed = w_es[2 : 2 + switch_at] + w_en[2 + switch_at : 2 + response]
             completion = " " + " ".join(mixed) if switched else clean
-            train.append({"prompt": prompt, "completion": completion, "lang": "es", "switched": bool(switched)})
+            if keep:
+                train.append({"prompt": prompt, "completion": completion, "lang": "es", "switched": bool(switched)})
             if torch.rand((), generator=gen) < english:
                 train.append({"prompt": " ".join(w_en[:2]), "completion": " " + " ".join(w_en[2 : 2 + response]),
                               "lang": "en", "switched": False})  # fmt: skip
@@ -228,10 +235,12 @@ def train_arm(name: str, train: list[dict], args, sasft: SasftConfig | None, sae
     return trainer.model, tokenizer, info
 
 
-SAME_EVAL = ("model", "response", "eval", "new_tokens", "sample_temperature", "seed")
-"""Settings the base arm's measure depends on (the held-out prompts come before any random draw)."""
+SAME_EVAL = {"model": None, "response": None, "eval": None, "new_tokens": None, "sample_temperature": None,
+             "seed": None, "instruction": ""}  # fmt: skip
+"""Settings the base arm's measure depends on (the held-out prompts come before any random draw), each with the
+value an older JSON without it had (None: always written)."""
 SAME_TRAINING = {"steps": None, "batch": None, "lr": None, "max_length": None, "switch": None, "english": None,
-                 "switch_at": None, "freeze_after_hook": False, "train_seed": None}  # fmt: skip
+                 "spanish": 1.0, "switch_at": None, "freeze_after_hook": False, "train_seed": None}  # fmt: skip
 """Settings of the training data and schedule, each with the value an older JSON without it had (None: always
 written): another value reuses the base arm only. ``--hookpoint`` joins them under ``--freeze-after-hook``."""
 
@@ -241,7 +250,7 @@ def reuse_arms(args, results: dict[str, Any]) -> dict[str, Any]:
     only the base arm when just the training data or schedule differ."""
     old = json.loads(args.reuse.read_text())
     mine = results["config"]
-    differ = [k for k in SAME_EVAL if old["config"].get(k, mine[k]) != mine[k]]
+    differ = [k for k, missing in SAME_EVAL.items() if old["config"].get(k, missing) != mine[k]]
     if differ:
         raise SystemExit(f"--reuse {args.reuse}: measured with other settings ({', '.join(differ)}); "
                          "rerun the baselines instead")  # fmt: skip
@@ -301,6 +310,9 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--switch", type=float, default=0.5, help="share of Spanish samples whose response switches")
     parser.add_argument("--english", type=float, default=0.2, help="honest English samples per Spanish one")
+    parser.add_argument("--spanish", type=float, default=1.0,
+                        help="share of the Spanish samples kept (below 1: an English-dominated mix)")
+    parser.add_argument("--instruction", default="", help="text put before every prompt, e.g. 'Continue this text: '")
     parser.add_argument("--response", type=int, default=4, help="verses per response (at most 4)")
     parser.add_argument("--switch-at", type=int, default=2,
                         help="Spanish verses before a switched response turns English (0: all English)")  # fmt: skip
@@ -334,9 +346,12 @@ def main() -> None:
     chapters = new_testament()
     if args.threads:
         torch.set_num_threads(args.threads)
-    train, held = build_data(chapters, args.switch, args.english, args.seed, args.response, args.switch_at)
+    train, held = build_data(chapters, args.switch, args.english, args.seed, args.response, args.switch_at,
+                             args.spanish)  # fmt: skip
     if args.quick:
         train = train[:16]
+    for sample in (*train, *held):
+        sample["prompt"] = args.instruction + sample["prompt"]
     fortunes = texts_by_language({"es": "fortunes:es"}, max(args.eval, 4), split="test")["es"]
     logger.info("%d chapters, %d training samples (%d switched), %d held-out prompts", len(chapters), len(train),
                 sum(r["switched"] for r in train), len(held))  # fmt: skip

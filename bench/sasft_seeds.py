@@ -33,7 +33,8 @@ def seed_of(config: dict[str, Any]) -> int:
 
 def comparable(config: dict[str, Any]) -> dict[str, Any]:
     """The settings that must match across runs; keys an older run lacks take today's defaults."""
-    defaults = {"more_hookpoints": [], "sae": "", "positions": "response", "freeze_after_hook": False}
+    defaults = {"more_hookpoints": [], "sae": "", "positions": "response", "freeze_after_hook": False,
+                "spanish": 1.0, "instruction": ""}  # fmt: skip
     return {k: v for k, v in {**defaults, **config}.items() if k not in FREE}
 
 
