@@ -110,6 +110,8 @@ def build_data(chapters, switch: float, english: float, seed: int, response: int
     share of the Spanish samples (an English-dominated mix; 1 draws nothing, so older data stay the same)."""
     if not 0 <= switch_at < response <= 4:
         raise SystemExit(f"--switch-at {switch_at} and --response {response}: need 0 <= switch-at < response <= 4")
+    if not 0 < spanish <= 1:
+        raise SystemExit(f"--spanish {spanish}: give the share of Spanish samples kept, in (0, 1]")
     gen = torch.Generator().manual_seed(seed)
     train, held = [], []
     for i, (_, _, en, es) in enumerate(chapters):

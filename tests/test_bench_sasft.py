@@ -52,3 +52,9 @@ def test_reuse_refuses_a_base_arm_measured_on_other_prompts(sasft, tmp_path):
     assert list(reuse(sasft, tmp_path, {"instruction": None, "spanish": None})) == ["base", "sft"]
     # another Spanish share is other training data: the base arm only
     assert list(reuse(sasft, tmp_path, {"spanish": None}, spanish=0.2)) == ["base"]
+
+
+@pytest.mark.parametrize("share", [0.0, 1.5])
+def test_spanish_share_outside_0_1_is_refused(sasft, share):
+    with pytest.raises(SystemExit, match="--spanish"):
+        sasft.build_data(chapters(), 0.0, 1.0, 0, response=2, switch_at=0, spanish=share)

@@ -28,8 +28,8 @@ def init_from_env() -> bool:
 
 @contextmanager
 def process_group() -> Iterator[bool]:
-    """``init_from_env`` for the block (yields whether ranks are joined), then leave the group if the block joined
-    it: a process that exits with gloo's threads still up can abort (SIGABRT) after its work is done."""
+    """``init_from_env`` for the block (yields whether ranks are joined), then destroy the group if the block joined
+    it, as torch asks of every process before it exits (a group the caller made is left to the caller)."""
     started = not (dist.is_available() and dist.is_initialized())
     active = init_from_env()
     try:
