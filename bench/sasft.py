@@ -66,6 +66,7 @@ from trl import SFTConfig, SFTTrainer
 
 from qwenscope import load_model, load_sae, resolve_hookpoint
 from qwenscope.apps.posttrain import SasftConfig, SasftTrainer, code_switching, language_features, texts_by_language
+from qwenscope.apps.posttrain.codeswitch import only_in, word_switching
 from qwenscope.apps.posttrain.sasft import POSITIONS
 from qwenscope.models.hookpoints import decoder_layers
 
@@ -170,7 +171,8 @@ def perplexity(model, tokenizer, pairs: list[tuple[str, str]], max_tokens: int =
     return math.exp(nll / max(count, 1))
 
 
-def measure(model, tokenizer, held: list[dict], fortunes: list[str], args) -> dict[str, Any]:
+def measure(model, tokenizer, held: list[dict], fortunes: list[str], english_words: frozenset[str],
+            args) -> dict[str, Any]:  # fmt: skip
     start = time.perf_counter()
     prompts = [h["prompt"] for h in held[: args.eval]]
     batch = 32 if args.device.startswith("cuda") else 8
@@ -182,14 +184,18 @@ def measure(model, tokenizer, held: list[dict], fortunes: list[str], args) -> di
     result = {
         "code_switching": cs.to_dict(),
         "code_switching_sampled": cs_sampled.to_dict(),
+        "word_switching": word_switching(responses, english_words).to_dict(),
+        "word_switching_sampled": word_switching(sampled, english_words).to_dict(),
         "ppl_bible_es": perplexity(model, tokenizer, [(h["prompt"], h["completion"]) for h in held[: args.eval]]),
         "ppl_fortunes_es": perplexity(model, tokenizer, [("", t) for t in fortunes]),
         "examples": [{"prompt": p, "response": r, "sampled": q} for p, r, q in zip(prompts, responses, sampled)][:5],
         "eval_seconds": time.perf_counter() - start,
     }
-    logger.info("  switched sentences %.3f, responses %.3f (sampled %.3f, %.3f), ppl bible %.2f, fortunes %.2f",
-                cs.sentence_unwanted, cs.response_switched, cs_sampled.sentence_unwanted, cs_sampled.response_switched,
-                result["ppl_bible_es"], result["ppl_fortunes_es"])  # fmt: skip
+    logger.info("  switched sentences %.3f, responses %.3f (sampled %.3f, %.3f), English-only words %.4f (sampled "
+                "%.4f), ppl bible %.2f, fortunes %.2f", cs.sentence_unwanted, cs.response_switched,
+                cs_sampled.sentence_unwanted, cs_sampled.response_switched, result["word_switching"]["word_unwanted"],
+                result["word_switching_sampled"]["word_unwanted"], result["ppl_bible_es"],
+                result["ppl_fortunes_es"])  # fmt: skip
     return result
 
 
@@ -362,6 +368,8 @@ def main() -> None:
     hookpoints = [args.hookpoint, *args.more_hookpoints]
     saes = [load_sae(args.sae or args.model, hookpoint=h, device=args.device) for h in hookpoints]
     train_chapters = [c for i, c in enumerate(chapters) if i % 5]
+    # English-only words, from the training chapters of both Bibles: the word-level code-switching measure
+    english_words = only_in([" ".join(c[2]) for c in train_chapters], [" ".join(c[3]) for c in train_chapters])
     texts = {"en": [" ".join(c[2]) for c in train_chapters][: args.feature_texts],
              "es": [" ".join(c[3]) for c in train_chapters][: args.feature_texts],
              **texts_by_language({"it": "fortunes:it"}, args.feature_texts)}  # fmt: skip
@@ -391,7 +399,7 @@ def main() -> None:
     results["arms"].update(reused)
     if "base" not in reused:
         logger.info("base model")
-        results["arms"]["base"] = measure(model, tokenizer, held, fortunes, args)
+        results["arms"]["base"] = measure(model, tokenizer, held, fortunes, english_words, args)
         write(partial=True)
     del model
     sasft_arms = [(f"sasft-{lam:g}" if i else "sasft", SasftConfig(sets, lam=lam, positions=args.positions))
@@ -400,7 +408,7 @@ def main() -> None:
         if name in reused or name.split("-")[0] not in args.arms:
             continue
         trained, tokenizer, info = train_arm(name, train, args, sasft, saes)
-        results["arms"][name] = {**measure(trained, tokenizer, held, fortunes, args), **info}
+        results["arms"][name] = {**measure(trained, tokenizer, held, fortunes, english_words, args), **info}
         write(partial=True)
         del trained
     results["all_arms"] = {

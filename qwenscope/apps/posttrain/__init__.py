@@ -13,7 +13,7 @@ so the language features and the metric work without the ``[posttrain]`` extra's
 
 from typing import Any
 
-from qwenscope.apps.posttrain.codeswitch import CodeSwitch, code_switching
+from qwenscope.apps.posttrain.codeswitch import CodeSwitch, WordSwitch, code_switching, only_in, word_switching
 from qwenscope.apps.posttrain.language import LanguageFeatures, language_features, texts_by_language
 
 _LAZY = {"SasftConfig": "sasft", "SasftTrainer": "sasft", "sasft_penalty": "sasft"}
@@ -23,10 +23,13 @@ __all__ = [
     "LanguageFeatures",
     "SasftConfig",
     "SasftTrainer",
+    "WordSwitch",
     "code_switching",
     "language_features",
+    "only_in",
     "sasft_penalty",
     "texts_by_language",
+    "word_switching",
 ]
 
 

@@ -10,6 +10,14 @@ the unwanted and any ``languages`` given), which makes it far more reliable on s
 Sentences are cut at ``.!?`` (and their full-width forms) followed by a space, and at line breaks; pieces with fewer
 than ``min_letters`` letters (numbers, list markers, "OK.") are too short to identify and are skipped. A response
 with no identifiable piece counts in ``n_empty`` and in no share.
+
+Sentence-level identification misses a single word of the other language inside a sentence ("se *will* por la cual").
+``word_switching`` counts those: the share of words that only the unwanted language uses, by a word list built from
+text in both languages (``only_in``; a word never written in lower case there, a name, is left out):
+
+    words = only_in(english_texts, spanish_texts)
+    ws = word_switching(responses, words)
+    ws.word_unwanted          # share of words that are English-only
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from typing import Any
 
 from qwenscope import QwenscopeError
 
+_WORD = re.compile(r"[^\W\d_]+")
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|\n+")
 MIN_LETTERS = 12
 """Pieces with fewer letters than this are not identified."""
@@ -123,3 +132,61 @@ def code_switching(responses: Sequence[str], expected: str | Sequence[str], unwa
 
 def _share(count: int, total: int) -> float:
     return count / total if total else 0.0
+
+
+@dataclass
+class WordSwitch:
+    """Words of the unwanted language inside responses."""
+
+    n_responses: int
+    """Responses with at least one word (the denominator of ``response_with_word``)."""
+    n_words: int
+    """Words over all responses (the denominator of ``word_unwanted``)."""
+    word_unwanted: float
+    """Share of words that only the unwanted language uses."""
+    response_with_word: float
+    """Share of responses with at least one such word."""
+    top_words: list[str]
+    """The most frequent such words, most frequent first (at most 10)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def words(text: str) -> list[str]:
+    """The words of ``text``: runs of letters, as written."""
+    return _WORD.findall(text)
+
+
+def only_in(unwanted_texts: Sequence[str], expected_texts: Sequence[str]) -> frozenset[str]:
+    """Lower-case words written in lower case somewhere in ``unwanted_texts`` and in no case in ``expected_texts``:
+    the words only the unwanted language uses (names, never in lower case, are left out)."""
+    if not unwanted_texts or not expected_texts:
+        raise QwenscopeError("only_in needs texts in both languages; give some of each")
+    unwanted = {w for t in unwanted_texts for w in words(t) if w.islower()}
+    expected = {w.lower() for t in expected_texts for w in words(t)}
+    found = frozenset(unwanted - expected)
+    if not found:
+        raise QwenscopeError("no word is used only by the unwanted language in these texts; give more or other text")
+    return found
+
+
+def word_switching(responses: Sequence[str], unwanted_words: frozenset[str] | set[str]) -> WordSwitch:
+    """How many words of ``responses`` are in ``unwanted_words`` (compared in lower case; see ``only_in``)."""
+    if not responses:
+        raise QwenscopeError("no responses to measure; generate some first")
+    if not unwanted_words:
+        raise QwenscopeError("no unwanted words given; build them with only_in(unwanted_texts, expected_texts)")
+    counts: dict[str, int] = {}
+    n_words = n_responses = with_word = 0
+    for response in responses:
+        found = [w.lower() for w in words(response)]
+        n_words += len(found)
+        n_responses += bool(found)
+        hits = [w for w in found if w in unwanted_words]
+        with_word += bool(hits)
+        for w in hits:
+            counts[w] = counts.get(w, 0) + 1
+    top = sorted(counts, key=lambda w: (-counts[w], w))[:10]
+    return WordSwitch(n_responses=n_responses, n_words=n_words, word_unwanted=_share(sum(counts.values()), n_words),
+                      response_with_word=_share(with_word, n_responses), top_words=top)  # fmt: skip

@@ -3,7 +3,7 @@
 import pytest
 
 from qwenscope import QwenscopeError
-from qwenscope.apps.posttrain.codeswitch import code_switching, identify, sentences
+from qwenscope.apps.posttrain.codeswitch import code_switching, identify, only_in, sentences, word_switching
 
 SPANISH = "Hola, me llamo Juan y vivo en Madrid. Me gusta mucho leer libros de historia."
 SWITCHED = ("El tiempo hoy es muy bueno para pasear por el parque. Mañana vamos a visitar a mis abuelos en el pueblo. "
@@ -49,3 +49,35 @@ def test_bad_input_one_line():
         with pytest.raises(QwenscopeError, match=match) as e:
             call()
         assert "\n" not in str(e.value)
+
+
+BIBLE_EN = ["And he said unto them, the son of man will come so that all may see. Then Jesus went into Galilee."]
+BIBLE_ES = ["Y les dijo: he aquí, el hijo del hombre vendrá. Son muchos los que no ven. Entonces Jesús fué á Galilea."]
+
+
+def test_only_in_keeps_words_of_the_unwanted_language_alone():
+    words = only_in(BIBLE_EN, BIBLE_ES)
+    assert {"said", "will", "so", "the", "unto"} <= words
+    assert "he" not in words and "son" not in words  # Spanish writes them too ("he aquí", "son muchos")
+    assert "galilee" not in words and "jesus" not in words  # names, never in lower case
+
+
+def test_word_switching_counts_words_a_sentence_measure_misses():
+    words = only_in(BIBLE_EN, BIBLE_ES)
+    responses = ["Y el hijo del hombre will venir á Galilea, y los que no ven.", "Y Jesús fué á Galilea.", ""]
+    assert code_switching(responses[:2], expected="es", unwanted="en").sentence_unwanted == 0  # the sentence: Spanish
+    ws = word_switching(responses, words)
+    assert (ws.n_responses, ws.n_words, ws.top_words) == (2, 19, ["will"])
+    assert ws.word_unwanted == pytest.approx(1 / 19) and ws.response_with_word == 0.5
+    assert word_switching(["So The Son"], words).word_unwanted == pytest.approx(2 / 3)  # compared in lower case
+
+
+def test_word_switching_bad_input_one_line():
+    with pytest.raises(QwenscopeError, match="texts in both languages"):
+        only_in([], BIBLE_ES)
+    with pytest.raises(QwenscopeError, match="no word is used only"):
+        only_in(BIBLE_ES, BIBLE_ES)
+    with pytest.raises(QwenscopeError, match="no responses"):
+        word_switching([], {"the"})
+    with pytest.raises(QwenscopeError, match="only_in"):
+        word_switching(["hola"], set())
