@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -171,11 +171,12 @@ def only_in(unwanted_texts: Sequence[str], expected_texts: Sequence[str]) -> fro
     return found
 
 
-def word_switching(responses: Sequence[str], unwanted_words: frozenset[str] | set[str]) -> WordSwitch:
+def word_switching(responses: Sequence[str], unwanted_words: Iterable[str]) -> WordSwitch:
     """How many words of ``responses`` are in ``unwanted_words`` (compared in lower case; see ``only_in``)."""
     if not responses:
         raise QwenscopeError("no responses to measure; generate some first")
-    if not unwanted_words:
+    unwanted = {w.lower() for w in unwanted_words}
+    if not unwanted:
         raise QwenscopeError("no unwanted words given; build them with only_in(unwanted_texts, expected_texts)")
     counts: dict[str, int] = {}
     n_words = n_responses = with_word = 0
@@ -183,7 +184,7 @@ def word_switching(responses: Sequence[str], unwanted_words: frozenset[str] | se
         found = [w.lower() for w in words(response)]
         n_words += len(found)
         n_responses += bool(found)
-        hits = [w for w in found if w in unwanted_words]
+        hits = [w for w in found if w in unwanted]
         with_word += bool(hits)
         for w in hits:
             counts[w] = counts.get(w, 0) + 1

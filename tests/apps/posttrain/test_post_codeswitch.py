@@ -70,6 +70,7 @@ def test_word_switching_counts_words_a_sentence_measure_misses():
     assert (ws.n_responses, ws.n_words, ws.top_words) == (2, 19, ["will"])
     assert ws.word_unwanted == pytest.approx(1 / 19) and ws.response_with_word == 0.5
     assert word_switching(["So The Son"], words).word_unwanted == pytest.approx(2 / 3)  # compared in lower case
+    assert word_switching(["the will"], ["The", "WILL"]).word_unwanted == 1.0  # the given words too
 
 
 def test_word_switching_bad_input_one_line():
