@@ -6,7 +6,7 @@ prompt is two Spanish verses, its response the next four. In ``--switch`` of the
 response switches to English halfway (the next two verses in Spanish, then the English text of the two after): an SFT
 set contaminated with switching responses. ``--english`` more samples are honest English ones (lang "en", trained by
 CE only). ``--spanish`` below 1 keeps only that share of the Spanish samples: with ``--switch 0 --english 1`` an
-English-dominated mix of clean samples, the report's setting of switching the data never ask for.
+English-dominated mix of clean samples (nothing in the data asks for English on a Spanish prompt).
 ``--instruction "Continue this text: "`` puts that text before every prompt (training and held-out): an English
 instruction over Spanish text, which the base model already answers partly in English. Held-out: every fifth chapter,
 never trained on.
@@ -18,7 +18,8 @@ switch point and ~60 after): the code-switching metric (share of generated sente
 with an English sentence; langid restricted to en/es) of greedy responses and of sampled ones
 (``--sample-temperature``, seeded): greedy decoding turns a learned switching probability near 50% into
 all-or-nothing per prompt, sampling measures the probability itself; fluency: perplexity of held-out clean Spanish
-continuations (in domain) and of Spanish fortunes (out of domain).
+continuations (in domain) and of Spanish fortunes (out of domain). Also per arm: the share of English-only words
+(``word_switching``, word list from the training chapters of both Bibles), which sees a switch inside a sentence.
 
     python bench/sasft.py --quick          # a tiny run that checks the pipeline (6 min on 1 busy CPU core)
     python bench/sasft.py                  # the GPU setting: switch halfway, 300 steps at batch 8
