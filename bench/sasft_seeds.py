@@ -5,7 +5,9 @@ ratio more than the settings do, so a claim needs several orders per arm. Each i
 ``sft`` arm, the ``sasft`` arm or both at one training seed (``--train-seed N``; a run without it used ``--seed``);
 every input must share the settings that make the arms comparable (data, steps, λ, features, hookpoints). Per arm it
 reports each seed, the median and the pooled ratio (English sentences over all sentences of all seeds), and per seed
-the paired cut (1 − SASFT / SFT), which cancels what a sample order does to both arms alike.
+the paired cut (1 − SASFT / SFT), which cancels what a sample order does to both arms alike. Runs that measured
+English-only words (``word_switching``) get the same figures by word (over all words of all seeds), and the count of
+empty greedy answers per arm is listed: an answer that stops at once switches nothing, so it lowers neither ratio.
 
     python bench/sasft_seeds.py bench/results/sasft.json bench/results/sasft-trainseed1.json \
         bench/results/sasft-trainseed1-sft.json /tmp/sasft-trainseed2/sasft.json ... --out bench/results/sasft-seeds
@@ -23,8 +25,12 @@ RESULTS = Path(__file__).parent / "results"
 ARMS = ("sft", "sasft")
 # settings that may differ between the runs being gathered (they do not change what an arm trains on or how)
 FREE = {"train_seed", "arms", "reuse", "out", "threads", "device", "work", "quick"}
-METRICS = {"greedy": ("code_switching", "sentence_unwanted"),
-           "sampled": ("code_switching_sampled", "sentence_unwanted")}
+# metric: (block of an arm's result, its share, the count the share is of); the word metrics where every run has them
+METRICS = {"greedy": ("code_switching", "sentence_unwanted", "n_sentences"),
+           "sampled": ("code_switching_sampled", "sentence_unwanted", "n_sentences"),
+           "words, greedy": ("word_switching", "word_unwanted", "n_words"),
+           "words, sampled": ("word_switching_sampled", "word_unwanted", "n_words")}  # fmt: skip
+ALWAYS = ("greedy", "sampled")
 
 
 def seed_of(config: dict[str, Any]) -> int:
@@ -71,18 +77,23 @@ def gather(paths: list[Path]) -> dict[str, dict[int, dict[str, Any]]]:
 
 
 def _measured(result: dict[str, Any]) -> tuple:
-    return tuple(json.dumps(result[block], sort_keys=True) for block, _ in METRICS.values()) + (
+    return tuple(json.dumps(result.get(block), sort_keys=True) for block, _, _ in METRICS.values()) + (
         result["ppl_bible_es"],)
 
 
+def measured_metrics(results: list[dict[str, Any]]) -> list[str]:
+    """The sentence metrics, and the word ones when every result measured them (runs before word_switching did not)."""
+    return [m for m in METRICS if m in ALWAYS or all(METRICS[m][0] in r for r in results)]
+
+
 def value(result: dict[str, Any], metric: str) -> float:
-    block, key = METRICS[metric]
+    block, key, _ = METRICS[metric]
     return float(result[block][key])
 
 
 def counts(result: dict[str, Any], metric: str) -> tuple[int, int]:
-    block = result[METRICS[metric][0]]
-    return round(block["sentence_unwanted"] * block["n_sentences"]), int(block["n_sentences"])
+    block, key, total = METRICS[metric]
+    return round(result[block][key] * result[block][total]), int(result[block][total])
 
 
 def cut(before: float, after: float) -> float | None:
@@ -94,20 +105,22 @@ def summarise(arms: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
     seeds = sorted(set(arms["sft"]) & set(arms["sasft"]))
     if not seeds:
         raise SystemExit("no training seed has both a plain SFT and a SASFT result: add the missing arm's run")
-    out: dict[str, Any] = {"seeds": seeds, "arms": {}, "paired": {}}
+    metrics = measured_metrics([arms[arm][s] for arm in ARMS for s in seeds])
+    out: dict[str, Any] = {"seeds": seeds, "metrics": metrics, "arms": {}, "paired": {}}
     for arm in ARMS:
         row: dict[str, Any] = {}
-        for metric in METRICS:
+        for metric in metrics:
             per_seed = [value(arms[arm][s], metric) for s in seeds]
             english, total = (sum(c) for c in zip(*(counts(arms[arm][s], metric) for s in seeds)))
             row[metric] = {"per_seed": per_seed, "median": statistics.median(per_seed),
                            "mean": statistics.fmean(per_seed), "pooled": english / max(total, 1),
-                           "english_sentences": english, "sentences": total}  # fmt: skip
+                           "english": english, "total": total}  # fmt: skip
+        row["empty_greedy"] = [arms[arm][s]["code_switching"].get("n_empty") for s in seeds]
         ppl = [float(arms[arm][s]["ppl_bible_es"]) for s in seeds]
         row["ppl_bible_es"] = {"per_seed": ppl, "median": statistics.median(ppl)}
         row["seconds_per_step"] = [arms[arm][s].get("seconds_per_step") for s in seeds]
         out["arms"][arm] = row
-    for metric in METRICS:
+    for metric in metrics:
         sft, sasft = out["arms"]["sft"][metric], out["arms"]["sasft"][metric]
         cuts = [cut(a, b) for a, b in zip(sft["per_seed"], sasft["per_seed"])]
         out["paired"][metric] = {
@@ -128,11 +141,18 @@ def table(summary: dict[str, Any]) -> str:
     seeds = summary["seeds"]
     head = "| arm | " + " | ".join(f"seed {s}" for s in seeds) + " | median | pooled |"
     lines = [head, "|" + "---|" * (len(seeds) + 3)]
-    for metric in METRICS:
+    for metric in summary["metrics"]:
         for arm in ARMS:
             m = summary["arms"][arm][metric]
-            cells = " | ".join(f"{v:.3f}" for v in m["per_seed"])
-            lines.append(f"| {arm}, {metric} | {cells} | {m['median']:.3f} | {m['pooled']:.3f} |")
+            digits = 4 if metric.startswith("words") else 3
+            cells = " | ".join(f"{v:.{digits}f}" for v in m["per_seed"])
+            lines.append(f"| {arm}, {metric} | {cells} | {m['median']:.{digits}f} | {m['pooled']:.{digits}f} "
+                         f"({m['english']} of {m['total']}) |")  # fmt: skip
+    for arm in ARMS:
+        empty = summary["arms"][arm]["empty_greedy"]
+        if None not in empty:
+            lines.append(f"| {arm}, empty greedy answers | {' | '.join(map(str, empty))} | "
+                         f"{statistics.median(empty):g} | {sum(empty)} |")  # fmt: skip
     for arm in ARMS:
         m = summary["arms"][arm]["ppl_bible_es"]
         cells = " | ".join(f"{v:.2f}" for v in m["per_seed"])
@@ -147,9 +167,11 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     seeds = summary["seeds"]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    panels = [("greedy", "English sentences, greedy"), ("sampled", "English sentences, sampled (T 0.7)"),
-              ("ppl_bible_es", "perplexity, held-out Spanish verses")]  # fmt: skip
+    titles = {"greedy": "English sentences, greedy", "sampled": "English sentences, sampled (T 0.7)",
+              "words, greedy": "English-only words, greedy", "words, sampled": "English-only words, sampled",
+              "ppl_bible_es": "perplexity, held-out Spanish verses"}  # fmt: skip
+    panels = [(key, titles[key]) for key in [*summary["metrics"], "ppl_bible_es"]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 3.8))
     for ax, (key, title) in zip(axes, panels):
         for seed_index, seed in enumerate(seeds):
             pair = [summary["arms"][arm][key]["per_seed"][seed_index] for arm in ARMS]
@@ -177,7 +199,7 @@ def main() -> None:
     args.out.with_suffix(".json").write_text(json.dumps(summary, indent=1))
     plot(summary, args.out.with_suffix(".png"))
     print(table(summary))
-    for metric in METRICS:
+    for metric in summary["metrics"]:
         p = summary["paired"][metric]
         cut = "n/a" if p["cut_pooled"] is None else f"{p['cut_pooled']:+.0%}"
         print(f"{metric}: SASFT lower at {p['sasft_lower']} of {len(summary['seeds'])} seeds, higher at "

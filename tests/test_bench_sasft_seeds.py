@@ -41,6 +41,30 @@ def test_pairs_arms_by_training_seed(seeds, tmp_path):
     assert summary["paired"]["ppl_change_per_seed"] == pytest.approx([33 / 32 - 1, 31 / 30 - 1])
 
 
+def words(share: float, n: int) -> dict:
+    return {"word_unwanted": share, "n_words": n}
+
+
+def test_counts_english_words_and_empty_answers_where_every_run_measured_them(seeds, tmp_path):
+    sft, sasft = arm(0.0, 0.1, 40), arm(0.0, 0.0, 41)
+    for result, greedy, sampled, empty in ((sft, 0.0, 0.015, 31), (sasft, 0.0, 0.002, 15)):
+        result.update(word_switching=words(greedy, 500), word_switching_sampled=words(sampled, 1000))
+        result["code_switching"]["n_empty"] = empty
+    summary = seeds.summarise(seeds.gather([run(tmp_path / "a.json", 0, {"sft": sft, "sasft": sasft})]))
+    assert summary["metrics"] == ["greedy", "sampled", "words, greedy", "words, sampled"]
+    sampled = summary["arms"]["sft"]["words, sampled"]
+    assert (sampled["english"], sampled["total"]) == (15, 1000)
+    assert summary["paired"]["words, sampled"]["cut_pooled"] == pytest.approx(1 - 2 / 15)
+    assert summary["paired"]["words, greedy"]["cut_pooled"] is None  # plain SFT has no English word to cut
+    assert [summary["arms"][a]["empty_greedy"] for a in ("sft", "sasft")] == [[31], [15]]
+    assert "| sft, empty greedy answers | 31 | 31 | 31 |" in seeds.table(summary)
+    # a run from before the word measure: the sentence metrics alone, for every run gathered
+    older = run(tmp_path / "b.json", 1, {"sft": arm(0.1, 0.2, 40), "sasft": arm(0.1, 0.2, 40)})
+    summary = seeds.summarise(seeds.gather([tmp_path / "a.json", older]))
+    assert summary["metrics"] == ["greedy", "sampled"]
+    assert "empty greedy answers" not in seeds.table(summary)
+
+
 def test_refuses_runs_of_other_settings(seeds, tmp_path):
     runs = [run(tmp_path / "a.json", 0, {"sft": arm(0.4, 0.6, 32), "sasft": arm(0.2, 0.5, 33)}),
             run(tmp_path / "b.json", 1, {"sft": arm(0.4, 0.6, 32), "sasft": arm(0.2, 0.5, 33)}, lam=[0.05])]
