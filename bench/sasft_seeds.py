@@ -7,7 +7,8 @@ every input must share the settings that make the arms comparable (data, steps, 
 reports each seed, the median and the pooled ratio (English sentences over all sentences of all seeds), and per seed
 the paired cut (1 − SASFT / SFT), which cancels what a sample order does to both arms alike. Runs that measured
 English-only words (``word_switching``) get the same figures by word (over all words of all seeds), and the count of
-empty greedy answers per arm is listed: an answer that stops at once switches nothing, so it lowers neither ratio.
+empty greedy answers per arm is listed: an empty answer adds to neither count of a ratio, so a model that stops
+where it would have switched looks as if it had stayed in the expected language.
 
     python bench/sasft_seeds.py bench/results/sasft.json bench/results/sasft-trainseed1.json \
         bench/results/sasft-trainseed1-sft.json /tmp/sasft-trainseed2/sasft.json ... --out bench/results/sasft-seeds
