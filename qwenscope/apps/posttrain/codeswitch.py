@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -178,7 +179,7 @@ def word_switching(responses: Sequence[str], unwanted_words: Iterable[str]) -> W
     unwanted = {w.lower() for w in unwanted_words}
     if not unwanted:
         raise QwenscopeError("no unwanted words given; build them with only_in(unwanted_texts, expected_texts)")
-    counts: dict[str, int] = {}
+    counts: Counter[str] = Counter()
     n_words = n_responses = with_word = 0
     for response in responses:
         found = [w.lower() for w in words(response)]
@@ -186,8 +187,7 @@ def word_switching(responses: Sequence[str], unwanted_words: Iterable[str]) -> W
         n_responses += bool(found)
         hits = [w for w in found if w in unwanted]
         with_word += bool(hits)
-        for w in hits:
-            counts[w] = counts.get(w, 0) + 1
+        counts.update(hits)
     top = sorted(counts, key=lambda w: (-counts[w], w))[:10]
-    return WordSwitch(n_responses=n_responses, n_words=n_words, word_unwanted=_share(sum(counts.values()), n_words),
+    return WordSwitch(n_responses=n_responses, n_words=n_words, word_unwanted=_share(counts.total(), n_words),
                       response_with_word=_share(with_word, n_responses), top_words=top)  # fmt: skip
