@@ -182,11 +182,12 @@ def measure(model, tokenizer, held: list[dict], fortunes: list[str], english_wor
     torch.manual_seed(args.seed)
     sampled = generate(model, tokenizer, prompts, args.new_tokens, batch, args.sample_temperature)
     cs_sampled = code_switching(sampled, expected="es", unwanted="en")
+    ws, ws_sampled = word_switching(responses, english_words), word_switching(sampled, english_words)
     result = {
         "code_switching": cs.to_dict(),
         "code_switching_sampled": cs_sampled.to_dict(),
-        "word_switching": word_switching(responses, english_words).to_dict(),
-        "word_switching_sampled": word_switching(sampled, english_words).to_dict(),
+        "word_switching": ws.to_dict(),
+        "word_switching_sampled": ws_sampled.to_dict(),
         "ppl_bible_es": perplexity(model, tokenizer, [(h["prompt"], h["completion"]) for h in held[: args.eval]]),
         "ppl_fortunes_es": perplexity(model, tokenizer, [("", t) for t in fortunes]),
         "examples": [{"prompt": p, "response": r, "sampled": q} for p, r, q in zip(prompts, responses, sampled)][:5],
@@ -194,8 +195,8 @@ def measure(model, tokenizer, held: list[dict], fortunes: list[str], english_wor
     }
     logger.info("  switched sentences %.3f, responses %.3f (sampled %.3f, %.3f), English-only words %.4f (sampled "
                 "%.4f), ppl bible %.2f, fortunes %.2f", cs.sentence_unwanted, cs.response_switched,
-                cs_sampled.sentence_unwanted, cs_sampled.response_switched, result["word_switching"]["word_unwanted"],
-                result["word_switching_sampled"]["word_unwanted"], result["ppl_bible_es"],
+                cs_sampled.sentence_unwanted, cs_sampled.response_switched, ws.word_unwanted,
+                ws_sampled.word_unwanted, result["ppl_bible_es"],
                 result["ppl_fortunes_es"])  # fmt: skip
     return result
 
@@ -369,10 +370,10 @@ def main() -> None:
     hookpoints = [args.hookpoint, *args.more_hookpoints]
     saes = [load_sae(args.sae or args.model, hookpoint=h, device=args.device) for h in hookpoints]
     train_chapters = [c for i, c in enumerate(chapters) if i % 5]
-    # English-only words, from the training chapters of both Bibles: the word-level code-switching measure
-    english_words = only_in([" ".join(c[2]) for c in train_chapters], [" ".join(c[3]) for c in train_chapters])
-    texts = {"en": [" ".join(c[2]) for c in train_chapters][: args.feature_texts],
-             "es": [" ".join(c[3]) for c in train_chapters][: args.feature_texts],
+    bible_en = [" ".join(c[2]) for c in train_chapters]
+    bible_es = [" ".join(c[3]) for c in train_chapters]
+    english_words = only_in(bible_en, bible_es)  # English-only words: the word-level code-switching measure
+    texts = {"en": bible_en[: args.feature_texts], "es": bible_es[: args.feature_texts],
              **texts_by_language({"it": "fortunes:it"}, args.feature_texts)}  # fmt: skip
     sets = [language_features(model, tokenizer, sae, texts, "en", top=args.top) for sae in saes]
     for feats in sets:
