@@ -42,7 +42,8 @@ demo: setup
 	$(PY) -m qwenscope demo
 
 lint: setup
-	$(PY) -m ruff check qwenscope tests bench
+	$(PY) -m ruff check qwenscope tests bench scripts
+	$(PY) -m ruff format --check qwenscope tests bench scripts
 	$(PY) -m mypy
 
 test: lint

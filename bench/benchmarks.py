@@ -144,16 +144,24 @@ def main(argv: list[str] | None = None) -> int:
                     if filtered:
                         named = {n: without_columns(m, dense[hook]) for n, m in named.items()}
                     key = f"{model_name} {hook} {pooling} filter {'on' if filtered else 'off'}"
-                    results["runs"][key] = {"dropped": len(dense[hook]) if filtered else 0,
-                                            "seconds_feature_sets": seconds, **checks(named, args.seed)}  # fmt: skip
+                    results["runs"][key] = {
+                        "dropped": len(dense[hook]) if filtered else 0,
+                        "seconds_feature_sets": seconds,
+                        **checks(named, args.seed),
+                    }
                     r = results["runs"][key]
                     logging.info(
                         "%s: halves %.3f vs %.3f / %.3f (%s); R_hat %.3f -> %.3f twice (%s); greedy/random %s",
-                        key, r["halves"]["halves"], r["halves"]["gsm8k~humaneval"], r["halves"]["gsm8k~gpqa-diamond"],
-                        r["halves"]["holds"], r["duplicates"]["gsm8k"], r["duplicates"]["gsm8k_twice"],
+                        key,
+                        r["halves"]["halves"],
+                        r["halves"]["gsm8k~humaneval"],
+                        r["halves"]["gsm8k~gpqa-diamond"],
+                        r["halves"]["holds"],
+                        r["duplicates"]["gsm8k"],
+                        r["duplicates"]["gsm8k_twice"],
                         r["duplicates"]["holds"],
                         {n: f"{c['greedy']}/{c['random_median']:.0f}" for n, c in r["compression"].items()},
-                    )  # fmt: skip
+                    )
             save(results, Path(args.out))  # after every model and pooling: a killed run keeps what it measured
         del model
 
@@ -172,14 +180,18 @@ def save(results: dict[str, Any], out: Path) -> None:
 
 def table(results: dict[str, Any]) -> None:
     names = ", ".join(next(iter(results["runs"].values()))["compression"])
-    print(f"\n{'run':<42} {'halves':>7} {'~HE':>6} {'~GPQA':>6} {'R_hat':>6} {'twice':>6} {'mono+flat':>9}"
-          f"  greedy/random items for 90% ({names})")  # fmt: skip
+    print(
+        f"\n{'run':<42} {'halves':>7} {'~HE':>6} {'~GPQA':>6} {'R_hat':>6} {'twice':>6} {'mono+flat':>9}"
+        f"  greedy/random items for 90% ({names})"
+    )
     for key, r in results["runs"].items():
         h, d = r["halves"], r["duplicates"]
         cov = all(c["monotone"] and c["flattens"] for c in r["coverage"].values())
         comp = ", ".join(f"{c['greedy']}/{c['random_median']:.0f}" for c in r["compression"].values())
-        print(f"{key:<42} {h['halves']:>7.3f} {h['gsm8k~humaneval']:>6.3f} {h['gsm8k~gpqa-diamond']:>6.3f}"
-              f" {d['gsm8k']:>6.3f} {d['gsm8k_twice']:>6.3f} {cov!s:>9} {comp:>44}")  # fmt: skip
+        print(
+            f"{key:<42} {h['halves']:>7.3f} {h['gsm8k~humaneval']:>6.3f} {h['gsm8k~gpqa-diamond']:>6.3f}"
+            f" {d['gsm8k']:>6.3f} {d['gsm8k_twice']:>6.3f} {cov!s:>9} {comp:>44}"
+        )
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -205,8 +217,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
         x = np.arange(len(names))
         ax.bar(x - 0.2, [r["compression"][n]["greedy"] for n in names], 0.4, label="greedy")
         med = [r["compression"][n]["random_median"] for n in names]
-        err = [[m - r["compression"][n]["random_p5"] for n, m in zip(names, med)],
-               [r["compression"][n]["random_p95"] - m for n, m in zip(names, med)]]  # fmt: skip
+        err = [
+            [m - r["compression"][n]["random_p5"] for n, m in zip(names, med)],
+            [r["compression"][n]["random_p95"] - m for n, m in zip(names, med)],
+        ]
         ax.bar(x + 0.2, med, 0.4, yerr=err, label="random (median, 5-95%)")
         ax.set_xticks(x, names, fontsize=7)
         ax.set_ylabel("items to reach 90% of the footprint")

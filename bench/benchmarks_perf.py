@@ -90,10 +90,15 @@ def score_checkpoint(name: str, items: list[Any], keys: list[str], args: argpars
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     ScoreMatrix([name], keys, scores[None]).to_csv(args.out / file_name(name))
-    logger.info("%s: %d items, %d tokens in %.1f s (%.0f tokens/s)", name, len(items), tokens, seconds,
-                tokens / seconds)  # fmt: skip
-    timing: dict[str, Any] = {"seconds": seconds, "items": len(items), "tokens": tokens,
-                              "tokens_per_s": tokens / seconds}  # fmt: skip
+    logger.info(
+        "%s: %d items, %d tokens in %.1f s (%.0f tokens/s)", name, len(items), tokens, seconds, tokens / seconds
+    )
+    timing: dict[str, Any] = {
+        "seconds": seconds,
+        "items": len(items),
+        "tokens": tokens,
+        "tokens_per_s": tokens / seconds,
+    }
     if hookpoint is None and args.baseline_items > 0:  # items spread over the benchmarks
         sample = items[:: max(1, len(items) // args.baseline_items)][: args.baseline_items]
         timing["baseline"] = baseline(model, tokenizer, sample, min(args.batch_size, 4), args.baseline_repeats)
@@ -127,8 +132,10 @@ def plain_loglik(model: Any, tokenizer: Any, items: list[Any], batch_size: int) 
 
 def baseline(model: Any, tokenizer: Any, items: list[Any], batch_size: int, repeats: int) -> dict[str, Any]:
     """``answer_loglik`` against ``plain_loglik`` on the same items, interleaved, medians (this CPU is shared)."""
-    runs = {"answer_loglik": lambda: answer_loglik(model, tokenizer, items, batch_size),
-            "plain": lambda: plain_loglik(model, tokenizer, items, batch_size)}  # fmt: skip
+    runs = {
+        "answer_loglik": lambda: answer_loglik(model, tokenizer, items, batch_size),
+        "plain": lambda: plain_loglik(model, tokenizer, items, batch_size),
+    }
     times: dict[str, list[float]] = {name: [] for name in runs}
     last: dict[str, np.ndarray] = {}
     for _ in range(repeats):
@@ -137,9 +144,14 @@ def baseline(model: Any, tokenizer: Any, items: list[Any], batch_size: int, repe
             last[name] = run()
             times[name].append(time.perf_counter() - start)
     med = {name: float(np.median(t)) for name, t in times.items()}
-    return {"items": len(items), "batch_size": batch_size, "repeats": repeats, "median_s": med,
-            "speedup": med["plain"] / med["answer_loglik"],
-            "max_abs_diff": float(np.abs(last["answer_loglik"] - last["plain"]).max())}  # fmt: skip
+    return {
+        "items": len(items),
+        "batch_size": batch_size,
+        "repeats": repeats,
+        "median_s": med,
+        "speedup": med["plain"] / med["answer_loglik"],
+        "max_abs_diff": float(np.abs(last["answer_loglik"] - last["plain"]).max()),
+    }
 
 
 def already_scored(path: Path, keys: list[str]) -> bool:
@@ -156,17 +168,26 @@ def already_scored(path: Path, keys: list[str]) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--limit", type=int, default=None, help="score the first N items of each benchmark")
-    parser.add_argument("--checkpoints", default=",".join(CHECKPOINTS), help="comma-separated, of: "
-                        + ", ".join(CHECKPOINTS))  # fmt: skip
+    parser.add_argument(
+        "--checkpoints", default=",".join(CHECKPOINTS), help="comma-separated, of: " + ", ".join(CHECKPOINTS)
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--n-samples", type=int, default=200, help="random subsets per size n for R")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--baseline-items", type=int, default=16, help="items timed against plain full logits "
-                        "(per model, in the same run; 0 skips)")  # fmt: skip
+    parser.add_argument(
+        "--baseline-items",
+        type=int,
+        default=16,
+        help="items timed against plain full logits (per model, in the same run; 0 skips)",
+    )
     parser.add_argument("--baseline-repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=None, help="score files (default results/benchmark_scores, "
-                        "results/benchmark_scores_limit<N> with --limit)")  # fmt: skip
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="score files (default results/benchmark_scores, results/benchmark_scores_limit<N> with --limit)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="default results/benchmarks_perf[_limit<N>].json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -202,13 +223,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         versus = f"  {base['speedup']:.2f}x plain full logits ({base['items']} items)" if base else ""
         speed = f"{t['seconds']:>8.1f} s  {t['tokens']:>8d} tokens  {t['tokens_per_s']:>7.0f} tokens/s"
         print(f"{name:<32} {speed}{versus}")
-    save_json(args.json, {
-        "bench": "benchmarks_perf", "limit": args.limit, "device": args.device, "dtype": "float32",
-        "batch_size": args.batch_size, "n_samples": args.n_samples, "seed": args.seed, "checkpoints": checkpoints,
-        "score": "mean per-token log-likelihood of the reference answer (nats)", "timing": timing, "sets": results,
-        "estimator": ESTIMATOR, "torch": torch.__version__, "machine": platform.processor()
-        or platform.machine(), "threads": torch.get_num_threads(),
-    })  # fmt: skip
+    save_json(
+        args.json,
+        {
+            "bench": "benchmarks_perf",
+            "limit": args.limit,
+            "device": args.device,
+            "dtype": "float32",
+            "batch_size": args.batch_size,
+            "n_samples": args.n_samples,
+            "seed": args.seed,
+            "checkpoints": checkpoints,
+            "score": "mean per-token log-likelihood of the reference answer (nats)",
+            "timing": timing,
+            "sets": results,
+            "estimator": ESTIMATOR,
+            "torch": torch.__version__,
+            "machine": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+        },
+    )
     print(f"wrote {args.json} and the score files in {args.out}")
     return 0
 

@@ -67,8 +67,9 @@ def plot(out: dict[str, Any], path: Path) -> None:
             ax.annotate(name, (a, b), fontsize=6)
         ax.set_xlabel("R_hat (features)")
         ax.set_ylabel("R (performance, 6 checkpoints)")
-        ax.set_title(f"{key.replace(' filter on', '')}\nrho {run['rho']:.2f} [{run['low']:.2f}, {run['high']:.2f}]",
-                     fontsize=8)  # fmt: skip
+        ax.set_title(
+            f"{key.replace(' filter on', '')}\nrho {run['rho']:.2f} [{run['low']:.2f}, {run['high']:.2f}]", fontsize=8
+        )
     fig.tight_layout()
     fig.savefig(path, dpi=90)
 

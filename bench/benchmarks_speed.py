@@ -68,13 +68,25 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med["capture"] / med["features"]
     result = {
-        "model": args.model, "hookpoint": args.hookpoint, "benchmark": bench.name, "items": len(bench),
-        "tokens": n_tokens, "padded_tokens": padded, "batches": len(batches), "batch_size": args.batch_size,
-        "repeats": args.repeats, "times_s": times, "median_s": med,
-        "tokens_per_s": {k: n_tokens / v for k, v in med.items()}, "throughput_ratio": ratio, "goal": 0.8,
-        "footprint": int((first.matrix.sum(0) > 0).sum()), "dropped": len(first.meta["dropped"]),  # type: ignore[attr-defined]
-        "torch_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
-    }  # fmt: skip
+        "model": args.model,
+        "hookpoint": args.hookpoint,
+        "benchmark": bench.name,
+        "items": len(bench),
+        "tokens": n_tokens,
+        "padded_tokens": padded,
+        "batches": len(batches),
+        "batch_size": args.batch_size,
+        "repeats": args.repeats,
+        "times_s": times,
+        "median_s": med,
+        "tokens_per_s": {k: n_tokens / v for k, v in med.items()},
+        "throughput_ratio": ratio,
+        "goal": 0.8,
+        "footprint": int((first.matrix.sum(0) > 0).sum()),
+        "dropped": len(first.meta["dropped"]),  # type: ignore[attr-defined]
+        "torch_threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+    }
     print(f"\n{bench.name}: {len(bench)} items, {n_tokens} tokens ({padded} padded) in {len(batches)} batches")
     print(f"{'pass':<10} {'median s':>9} {'tokens/s':>9}")
     for k in ("capture", "features"):

@@ -69,15 +69,35 @@ def main() -> None:
     for name, t in med.items():
         speedup = med["full"] / t
         print(f"{name:<16} {t * 1000:>10.1f} {tokens / t:>10.0f} {speedup:>8.2f}x")
-        rows.append({"variant": name, "median_s": t, "tokens_per_s": tokens / t, "speedup_vs_full": speedup,
-                     "runs_s": times[name]})  # fmt: skip
+        rows.append(
+            {
+                "variant": name,
+                "median_s": t,
+                "tokens_per_s": tokens / t,
+                "speedup_vs_full": speedup,
+                "runs_s": times[name],
+            }
+        )
     out = Path(__file__).parent / "results" / "capture.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({
-        "bench": "capture", "model": args.model, "device": device, "batch": args.batch, "seq": args.seq,
-        "repeats": args.repeats, "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "machine": platform.machine(), "results": rows,
-    }, indent=1) + "\n")  # fmt: skip
+    out.write_text(
+        json.dumps(
+            {
+                "bench": "capture",
+                "model": args.model,
+                "device": device,
+                "batch": args.batch,
+                "seq": args.seq,
+                "repeats": args.repeats,
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+                "machine": platform.machine(),
+                "results": rows,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     print(f"wrote {out}")
 
 

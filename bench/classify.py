@@ -59,8 +59,11 @@ def length_row(train: Part, test: Part, hook: str) -> dict[str, Any]:
     x_te = np.log1p(test.pooled[hook].n_tokens)[:, None]
     clf = LogisticRegression(class_weight="balanced").fit(x_tr, train.labels)
     score = clf.decision_function(x_te)
-    return {"method": "length only", "hookpoint": "-", **classification_scores(test.labels, (score > 0).astype(int),
-                                                                                score)}  # fmt: skip
+    return {
+        "method": "length only",
+        "hookpoint": "-",
+        **classification_scores(test.labels, (score > 0).astype(int), score),
+    }
 
 
 def constant_row(test: Part) -> dict[str, Any]:
@@ -78,10 +81,16 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
     best_base = max(base, key=lambda r: r["f1"])
     eff = result["efficiency"]["methods"][RULE]
     at = dict(zip(result["efficiency"]["fractions"], eff))
-    return {"rule_f1": chosen["f1"], "rule_k": chosen["k"], "best_k_f1": best_k["f1"], "best_k": best_k["k"],
-            "best_baseline": best_base["method"], "best_baseline_f1": best_base["f1"],
-            "gap": best_base["f1"] - chosen["f1"], "f1_at_10pct_over_full": at.get(0.1, float("nan")) / at[1.0]
-            if at.get(1.0) else None}  # fmt: skip
+    return {
+        "rule_f1": chosen["f1"],
+        "rule_k": chosen["k"],
+        "best_k_f1": best_k["f1"],
+        "best_k": best_k["k"],
+        "best_baseline": best_base["method"],
+        "best_baseline_f1": best_base["f1"],
+        "gap": best_base["f1"] - chosen["f1"],
+        "f1_at_10pct_over_full": at.get(0.1, float("nan")) / at[1.0] if at.get(1.0) else None,
+    }
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -101,16 +110,26 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax.plot(curve["k"], curve["f1"], "o-", label="feature rule")
         others = [r for r in res["comparison"] if r["method"] != RULE]
         for i, r in enumerate(others):
-            ax.axhline(r["f1"], ls=":" if r["method"] in ("length only", "always toxic") else "--", lw=1.2,
-                       label=r["method"], color=f"C{i + 1}")  # fmt: skip
+            ax.axhline(
+                r["f1"],
+                ls=":" if r["method"] in ("length only", "always toxic") else "--",
+                lw=1.2,
+                label=r["method"],
+                color=f"C{i + 1}",
+            )
         ax.set(title=f"{m}, {lang}: F1 vs K", xlabel="K features", ylabel="test F1", ylim=(0, 1))
         ax.legend(fontsize=7)
         ax = fig.add_subplot(2, len(runs), len(runs) + col + 1)
         eff = res["efficiency"]
         for name, f1s in eff["methods"].items():
             ax.plot(eff["fractions"], f1s, "o-", label=name)
-        ax.set(xscale="log", title=f"{m}, {lang}: data efficiency", xlabel="share of discovery data",
-               ylabel="test F1 (median of 5)", ylim=(0, 1))  # fmt: skip
+        ax.set(
+            xscale="log",
+            title=f"{m}, {lang}: data efficiency",
+            xlabel="share of discovery data",
+            ylabel="test F1 (median of 5)",
+            ylim=(0, 1),
+        )
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -131,11 +150,14 @@ def run_model(model_id: str, args: argparse.Namespace) -> dict[str, Any]:
         res["summary"] = summary(res)
         res["seconds"] = time.perf_counter() - t0
         out[lang] = res
-        print(f"\n{model_id}, {lang}: discovery {len(train.texts)}, test {len(test.texts)}, "
-              f"hookpoint {res['hookpoint']}")
+        print(
+            f"\n{model_id}, {lang}: discovery {len(train.texts)}, test {len(test.texts)}, hookpoint {res['hookpoint']}"
+        )
         print(format_table(res["comparison"]))
-        write_report({"title": f"Offensive fortunes ({lang}), {model_id}", "meta": {"model": model_id, "lang": lang},
-                      **res}, RESULTS / f"classify-{model_id}-{lang}.html")  # fmt: skip
+        write_report(
+            {"title": f"Offensive fortunes ({lang}), {model_id}", "meta": {"model": model_id, "lang": lang}, **res},
+            RESULTS / f"classify-{model_id}-{lang}.html",
+        )
     rows = []
     for a, b in (("es", "it"), ("it", "es")):
         rows += transfer(split_parts[a][0], split_parts[b][1], a, b, seed=args.seed, n_boot=args.boot)
@@ -170,9 +192,11 @@ def main() -> None:
     for m, res in results["models"].items():
         for lang in LANGS:
             s = res[lang]["summary"]
-            print(f"  {m:<13} {lang}: rule F1 {s['rule_f1']:.3f} (K={s['rule_k']}), best K {s['best_k_f1']:.3f} "
-                  f"(K={s['best_k']}), best baseline {s['best_baseline']} {s['best_baseline_f1']:.3f}, gap "
-                  f"{s['gap']:+.3f}; F1 at 10% / 100% = {s['f1_at_10pct_over_full']:.3f}")  # fmt: skip
+            print(
+                f"  {m:<13} {lang}: rule F1 {s['rule_f1']:.3f} (K={s['rule_k']}), best K {s['best_k_f1']:.3f} "
+                f"(K={s['best_k']}), best baseline {s['best_baseline']} {s['best_baseline_f1']:.3f}, gap "
+                f"{s['gap']:+.3f}; F1 at 10% / 100% = {s['f1_at_10pct_over_full']:.3f}"
+            )
 
 
 if __name__ == "__main__":

@@ -40,8 +40,9 @@ def pair_counts(model, tokenizer, saes, hooks, cfg: StatsConfig, n_tokens: int):
     scored = [0] * len(saes)
     texts = iter_texts(cfg.dataset, split=cfg.split, seed=cfg.seed)
     for ids in batched(chunk_tokens(texts, tokenizer, cfg.seq_len), cfg.batch_size):
-        for i, (chunk_ids, acts, indices, n) in enumerate(encode_chunks_many(model, tokenizer, saes, hooks, ids,
-                                                                             cfg.outlier_m)):  # fmt: skip
+        for i, (chunk_ids, acts, indices, n) in enumerate(
+            encode_chunks_many(model, tokenizer, saes, hooks, ids, cfg.outlier_m)
+        ):
             flat = chunk_ids.reshape(-1)
             keep = acts[:, 0] > 0  # a scored position fires at least one feature (TopK): acts are zeroed elsewhere
             token_counts[i] += torch.bincount(flat[keep], minlength=vocab)
@@ -71,11 +72,17 @@ def bands(freq: torch.Tensor, count: torch.Tensor, kl: torch.Tensor, min_count: 
     for lo, hi in zip(BANDS, BANDS[1:]):
         inside = (freq >= lo) & (freq < hi) & (count >= min_count)
         values = kl[inside].tolist()
-        rows.append({"band": [lo, min(hi, 1.0)], "features": len(values),
-                     "median_kl_bits": statistics.median(values) if values else None,
-                     "share_under_1_bit": sum(v < 1 for v in values) / len(values) if values else None,
-                     "median_max_bits": statistics.median([-math.log2(f) for f in freq[inside].tolist()])
-                     if values else None})  # fmt: skip
+        rows.append(
+            {
+                "band": [lo, min(hi, 1.0)],
+                "features": len(values),
+                "median_kl_bits": statistics.median(values) if values else None,
+                "share_under_1_bit": sum(v < 1 for v in values) / len(values) if values else None,
+                "median_max_bits": statistics.median([-math.log2(f) for f in freq[inside].tolist()])
+                if values
+                else None,
+            }
+        )
     return rows
 
 
@@ -94,17 +101,32 @@ def main() -> None:
     t0 = time.perf_counter()
     keys, token_counts, scored = pair_counts(model, tokenizer, saes, hooks, cfg, args.tokens)
     seconds = time.perf_counter() - t0
-    result = {"bench": "density", "model": args.model, "dataset": args.dataset, "tokens": scored,
-              "min_count": args.min_count, "seconds": seconds, "torch": torch.__version__,
-              "machine": platform.machine(), "saes": {}}  # fmt: skip
+    result = {
+        "bench": "density",
+        "model": args.model,
+        "dataset": args.dataset,
+        "tokens": scored,
+        "min_count": args.min_count,
+        "seconds": seconds,
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "saes": {},
+    }
     for sae, hook, k, tc in zip(saes, hooks, keys, token_counts):
         freq, count, kl = information(torch.cat(k), tc, sae.d_sae, len(tokenizer))
         rows = bands(freq, count, kl, args.min_count)
-        result["saes"][hook] = {"d_sae": sae.d_sae, "bands": rows,
-                                "densest": [{"feature": int(f), "frequency": float(freq[f]), "kl_bits": float(kl[f])}
-                                            for f in freq.argsort(descending=True)[:10]]}  # fmt: skip
-        print(f"\n{args.model} {hook}: {scored[hooks.index(hook)]:,} scored tokens of {args.dataset}, features that "
-              f"fired >= {args.min_count} times")  # fmt: skip
+        result["saes"][hook] = {
+            "d_sae": sae.d_sae,
+            "bands": rows,
+            "densest": [
+                {"feature": int(f), "frequency": float(freq[f]), "kl_bits": float(kl[f])}
+                for f in freq.argsort(descending=True)[:10]
+            ],
+        }
+        print(
+            f"\n{args.model} {hook}: {scored[hooks.index(hook)]:,} scored tokens of {args.dataset}, features that "
+            f"fired >= {args.min_count} times"
+        )
         print(f"{'frequency band':>16} {'features':>8} {'median KL bits':>14} {'KL < 1 bit':>10} {'max bits':>8}")
         for r in rows:
             lo, hi = r["band"]
@@ -112,8 +134,13 @@ def main() -> None:
             under = "-" if r["share_under_1_bit"] is None else f"{r['share_under_1_bit']:.0%}"
             top = "-" if r["median_max_bits"] is None else f"{r['median_max_bits']:.1f}"
             print(f"{f'[{lo:g}, {hi:g})':>16} {r['features']:>8} {kl_text:>14} {under:>10} {top:>8}")
-        print("densest: " + ", ".join(f"#{d['feature']} p={d['frequency']:.2f} KL={d['kl_bits']:.2f}"
-                                      for d in result["saes"][hook]["densest"][:5]))  # fmt: skip
+        print(
+            "densest: "
+            + ", ".join(
+                f"#{d['feature']} p={d['frequency']:.2f} KL={d['kl_bits']:.2f}"
+                for d in result["saes"][hook]["densest"][:5]
+            )
+        )
     out = HERE / "results" / f"density_{args.model}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")

@@ -85,8 +85,9 @@ def main() -> None:
     model, tokenizer = load_model(args.model, device=device)
     sae = load_sae(args.sae or args.model, device=device)
     saes = {sae.cfg.hookpoint: sae}
-    chunks = itertools.islice(chunk_tokens(iter_texts("dataset-build:multi", split="test"), tokenizer, args.seq),
-                              args.batch * args.batches)  # fmt: skip
+    chunks = itertools.islice(
+        chunk_tokens(iter_texts("dataset-build:multi", split="test"), tokenizer, args.seq), args.batch * args.batches
+    )
     tokens = torch.stack(list(chunks))  # (batch * batches, seq)
     batches = tokens.split(args.batch)
 
@@ -110,37 +111,72 @@ def main() -> None:
     for repeat in range(args.repeats):  # interleaved, so drift hits every variant alike
         for name, fn in variants.items():
             times[name].append(timed(fn))
-        print(f"repeat {repeat + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1][0]:.1f} s" for k, v in times.items()),
-              file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"repeat {repeat + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1][0]:.1f} s" for k, v in times.items()),
+            file=sys.stderr,
+            flush=True,
+        )
 
     wall = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
     cpu = {k: statistics.median(c for _, c in v) for k, v in times.items()}
     scored = results["hookpoints"][sae.cfg.hookpoint]["n_scored_tokens"]
-    print(f"model {args.model} on {device}, {torch.get_num_threads()} threads, SAE {sae.cfg.hookpoint} d_sae "
-          f"{sae.d_sae} k {sae.cfg.k}, {args.batches} batches of {args.batch} x {args.seq} tokens ({scored} scored), "
-          f"median of {args.repeats}")  # fmt: skip
-    print(f"{'variant':<14} {'wall s':>8} {'scored tok/s':>13} {'vs forward':>11} {'CPU s':>8} "
-          f"{'vs forward (CPU)':>17}")  # fmt: skip
+    print(
+        f"model {args.model} on {device}, {torch.get_num_threads()} threads, SAE {sae.cfg.hookpoint} d_sae "
+        f"{sae.d_sae} k {sae.cfg.k}, {args.batches} batches of {args.batch} x {args.seq} tokens ({scored} scored), "
+        f"median of {args.repeats}"
+    )
+    print(
+        f"{'variant':<14} {'wall s':>8} {'scored tok/s':>13} {'vs forward':>11} {'CPU s':>8} {'vs forward (CPU)':>17}"
+    )
     rows = []
     for name in variants:
         ratio, cpu_ratio = wall["forward"] / wall[name], cpu["forward"] / cpu[name]
-        print(f"{name:<14} {wall[name]:>8.2f} {scored / wall[name]:>13.0f} {ratio:>10.2f}x {cpu[name]:>8.2f} "
-              f"{cpu_ratio:>16.2f}x")  # fmt: skip
-        rows.append({"variant": name, "median_s": wall[name], "scored_tokens_per_s": scored / wall[name],
-                     "ratio_vs_forward": ratio, "median_cpu_s": cpu[name], "ratio_vs_forward_cpu": cpu_ratio,
-                     "runs_s": [w for w, _ in times[name]], "runs_cpu_s": [c for _, c in times[name]]})  # fmt: skip
+        print(
+            f"{name:<14} {wall[name]:>8.2f} {scored / wall[name]:>13.0f} {ratio:>10.2f}x {cpu[name]:>8.2f} "
+            f"{cpu_ratio:>16.2f}x"
+        )
+        rows.append(
+            {
+                "variant": name,
+                "median_s": wall[name],
+                "scored_tokens_per_s": scored / wall[name],
+                "ratio_vs_forward": ratio,
+                "median_cpu_s": cpu[name],
+                "ratio_vs_forward_cpu": cpu_ratio,
+                "runs_s": [w for w, _ in times[name]],
+                "runs_cpu_s": [c for _, c in times[name]],
+            }
+        )
     if not args.no_old:
         print(f"evaluate_saes vs old: largest relative difference {diff:.1e} ({where or 'every metric identical'})")
     out = HERE / "results" / "eval.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({
-        "bench": "eval", "model": args.model, "device": device, "hookpoint": sae.cfg.hookpoint, "d_sae": sae.d_sae,
-        "k": sae.cfg.k, "batch": args.batch, "seq": args.seq, "batches": args.batches,
-        "scored_tokens": scored, "repeats": args.repeats, "max_rel_diff_vs_old": None if math.isnan(diff) else diff,
-        "max_rel_diff_at": where, "figures": results["hookpoints"][sae.cfg.hookpoint],
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
-        "results": rows,
-    }, indent=1) + "\n")  # fmt: skip
+    out.write_text(
+        json.dumps(
+            {
+                "bench": "eval",
+                "model": args.model,
+                "device": device,
+                "hookpoint": sae.cfg.hookpoint,
+                "d_sae": sae.d_sae,
+                "k": sae.cfg.k,
+                "batch": args.batch,
+                "seq": args.seq,
+                "batches": args.batches,
+                "scored_tokens": scored,
+                "repeats": args.repeats,
+                "max_rel_diff_vs_old": None if math.isnan(diff) else diff,
+                "max_rel_diff_at": where,
+                "figures": results["hookpoints"][sae.cfg.hookpoint],
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+                "machine": platform.machine(),
+                "results": rows,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     print(f"wrote {out}")
 
 

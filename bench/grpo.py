@@ -94,16 +94,25 @@ def arithmetic(n: int, seed: int, max_operand: int = 9, kinds: tuple[str, ...] =
             rows.append({"prompt": f"What is {a} + {b}?", "answer": a + b})
         elif kind == "marbles":
             a, b = max(a, b), min(a, b)
-            rows.append({"prompt": f"Tom has {a} marbles and gives {b} to his sister. How many marbles does he have "
-                                   "now?", "answer": a - b})  # fmt: skip
+            rows.append(
+                {
+                    "prompt": f"Tom has {a} marbles and gives {b} to his sister. How many marbles does he have now?",
+                    "answer": a - b,
+                }
+            )
         elif kind == "eggs":
             rows.append({"prompt": f"A box holds {a} rows of {b} eggs. How many eggs are in the box?", "answer": a * b})
         elif kind == "explain":
             rows.append({"prompt": f"Add {a} and {b}, then explain your answer step by step.", "answer": a + b})
         elif kind == "apples":
             c = rng.randint(2, max_operand)
-            rows.append({"prompt": f"Sara has {a + c} apples. She buys {b} more and then eats {c}. How many apples "
-                                   "does she have now?", "answer": a + b})  # fmt: skip
+            rows.append(
+                {
+                    "prompt": f"Sara has {a + c} apples. She buys {b} more and then eats {c}. How many apples "
+                    "does she have now?",
+                    "answer": a + b,
+                }
+            )
         else:
             raise SystemExit(f"unknown question kind {kind!r}; choose from {', '.join(KINDS)}")
     return rows
@@ -112,8 +121,10 @@ def arithmetic(n: int, seed: int, max_operand: int = 9, kinds: tuple[str, ...] =
 def split(args) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(training questions, held-out questions): different draws."""
     kinds = tuple(args.kinds)
-    return (arithmetic(args.train_prompts, 0, args.max_operand, kinds),
-            arithmetic(args.eval_prompts, 1, args.max_operand, kinds))  # fmt: skip
+    return (
+        arithmetic(args.train_prompts, 0, args.max_operand, kinds),
+        arithmetic(args.eval_prompts, 1, args.max_operand, kinds),
+    )
 
 
 def accuracy(tokenizer, rows: list[dict[str, Any]], completions: list[list[int]]) -> float:
@@ -136,15 +147,35 @@ def pick_feature(model, tokenizer, sae, train: list[dict], check: list[str], arg
     unit = steering_unit(model, tokenizer, args.hookpoint)
     checks = []
     for f in found.feature_ids:
-        c = steering_check(model, tokenizer, sae, f, check, alpha=args.alpha, hookpoint=args.hookpoint, unit=unit,
-                           max_new_tokens=args.feature_tokens)  # fmt: skip
-        checks.append({"feature": f, "score": float(found.scores[f]), "plain": c.plain._asdict(),
-                       "steered": c.steered._asdict()})  # fmt: skip
+        c = steering_check(
+            model,
+            tokenizer,
+            sae,
+            f,
+            check,
+            alpha=args.alpha,
+            hookpoint=args.hookpoint,
+            unit=unit,
+            max_new_tokens=args.feature_tokens,
+        )
+        checks.append(
+            {"feature": f, "score": float(found.scores[f]), "plain": c.plain._asdict(), "steered": c.steered._asdict()}
+        )
     best = max(checks, key=lambda c: c["steered"]["repeat_ratio"] - c["plain"]["repeat_ratio"])
-    logger.info("repetition feature %d: greedy repeat ratio %.3f -> %.3f when steered at alpha %g", best["feature"],
-                best["plain"]["repeat_ratio"], best["steered"]["repeat_ratio"], args.alpha)  # fmt: skip
-    return {"feature": best["feature"], "unit": unit, "looping": len(loops) if source == "looping" else 0,
-            "of_prompts": len(prompts), "candidates": checks}  # fmt: skip
+    logger.info(
+        "repetition feature %d: greedy repeat ratio %.3f -> %.3f when steered at alpha %g",
+        best["feature"],
+        best["plain"]["repeat_ratio"],
+        best["steered"]["repeat_ratio"],
+        args.alpha,
+    )
+    return {
+        "feature": best["feature"],
+        "unit": unit,
+        "looping": len(loops) if source == "looping" else 0,
+        "of_prompts": len(prompts),
+        "candidates": checks,
+    }
 
 
 # ---------------------------------------------------------------- 2. training
@@ -153,45 +184,91 @@ def train_run(base, tokenizer, sae, train: list[dict], args, *, seed: int, steer
     cuda = torch.cuda.is_available()
     dataset = Dataset.from_list([{**r, "prompt": [{"role": "user", "content": r["prompt"]}]} for r in train])
     with tempfile.TemporaryDirectory() as out:
-        config = GRPOConfig(output_dir=out, num_generations=args.group,
-                            per_device_train_batch_size=args.group * args.prompts_per_step,
-                            max_completion_length=args.max_new_tokens, max_steps=args.steps,
-                            learning_rate=args.lr, temperature=args.temperature, seed=seed, logging_steps=1,
-                            save_strategy="no", report_to="none", bf16=cuda, use_cpu=not cuda,
-                            disable_tqdm=True)  # fmt: skip
-        trainer = SteeredGRPOTrainer(model, reward_funcs=[answer_reward], args=config, train_dataset=dataset,
-                                     processing_class=tokenizer, sae=sae, steering=steering)  # fmt: skip
+        config = GRPOConfig(
+            output_dir=out,
+            num_generations=args.group,
+            per_device_train_batch_size=args.group * args.prompts_per_step,
+            max_completion_length=args.max_new_tokens,
+            max_steps=args.steps,
+            learning_rate=args.lr,
+            temperature=args.temperature,
+            seed=seed,
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            bf16=cuda,
+            use_cpu=not cuda,
+            disable_tqdm=True,
+        )
+        trainer = SteeredGRPOTrainer(
+            model,
+            reward_funcs=[answer_reward],
+            args=config,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            sae=sae,
+            steering=steering,
+        )
         start = time.perf_counter()
         trainer.train()
         total = time.perf_counter() - start
-    keys = ("repeat_ratio/plain", "loop_share/plain", "reward/plain", "repeat_ratio/steered", "reward/steered",
-            "reward", "step_time", "completions/mean_length", "steered/logp_gap", "steered/below_clip",
-            "clip_ratio/low_mean")  # fmt: skip
-    steps = [{"step": h["step"], **{k: h[k] for k in keys if k in h}} for h in trainer.state.log_history
-             if "repeat_ratio/plain" in h]  # fmt: skip
+    keys = (
+        "repeat_ratio/plain",
+        "loop_share/plain",
+        "reward/plain",
+        "repeat_ratio/steered",
+        "reward/steered",
+        "reward",
+        "step_time",
+        "completions/mean_length",
+        "steered/logp_gap",
+        "steered/below_clip",
+        "clip_ratio/low_mean",
+    )
+    steps = [
+        {"step": h["step"], **{k: h[k] for k in keys if k in h}}
+        for h in trainer.state.log_history
+        if "repeat_ratio/plain" in h
+    ]
     return {"seed": seed, "steps": steps, "wall_s": total, "model": trainer.model}
 
 
 def held_out(model, tokenizer, rows: list[dict], args) -> dict[str, float]:
     model.eval()
-    completions = generate_completions(model, tokenizer, render_prompts(tokenizer, [r["prompt"] for r in rows]),
-                                       max_new_tokens=args.max_new_tokens)  # fmt: skip
+    completions = generate_completions(
+        model, tokenizer, render_prompts(tokenizer, [r["prompt"] for r in rows]), max_new_tokens=args.max_new_tokens
+    )
     stats = repeat_stats(completions)
-    return {"repeat_ratio": stats.repeat_ratio, "loop_share": stats.loop_share,
-            "accuracy": accuracy(tokenizer, rows, completions)}  # fmt: skip
+    return {
+        "repeat_ratio": stats.repeat_ratio,
+        "loop_share": stats.loop_share,
+        "accuracy": accuracy(tokenizer, rows, completions),
+    }
 
 
 def run_arm(base, tokenizer, sae, args, chosen: dict, seed: int, arm: str) -> tuple[str, dict, dict]:
     """One training run and its held-out measure: (arm, run without the model, held-out after)."""
     train, evaluate = split(args)
-    steering = GrpoSteerConfig(feature=chosen["feature"], hookpoint=args.hookpoint, alpha=args.alpha,
-                               unit=chosen["unit"], enabled=arm != "plain",
-                               old_logprobs="plain" if arm == "steered-ratio1" else "steered")  # fmt: skip
+    steering = GrpoSteerConfig(
+        feature=chosen["feature"],
+        hookpoint=args.hookpoint,
+        alpha=args.alpha,
+        unit=chosen["unit"],
+        enabled=arm != "plain",
+        old_logprobs="plain" if arm == "steered-ratio1" else "steered",
+    )
     run = train_run(base, tokenizer, sae, train, args, seed=seed, steering=steering)
     after = {"seed": seed, **held_out(run.pop("model"), tokenizer, evaluate, args)}
     last = run["steps"][-1]
-    logger.info("seed %d %-7s: repeat ratio %.3f, reward %.3f at step %d (%.1f s/step)", seed, arm,
-                last["repeat_ratio/plain"], last["reward/plain"], last["step"], run["wall_s"] / args.steps)  # fmt: skip
+    logger.info(
+        "seed %d %-7s: repeat ratio %.3f, reward %.3f at step %d (%.1f s/step)",
+        seed,
+        arm,
+        last["repeat_ratio/plain"],
+        last["reward/plain"],
+        last["step"],
+        run["wall_s"] / args.steps,
+    )
     return arm, run, after
 
 
@@ -208,11 +285,30 @@ def run_job(job: tuple[Any, dict, int, str]) -> tuple[str, dict, dict]:
 
 
 ARMS = ("plain", "steered", "steered-ratio1")
-LABELS = {"plain": "plain GRPO", "steered": "steered negatives, off-policy (clipped)",
-          "steered-ratio1": "steered negatives, ratio 1"}  # fmt: skip
-SAME_SETTINGS = ("model", "hookpoint", "alpha", "feature", "candidates", "feature_tokens", "steps", "seeds", "group",
-                 "prompts_per_step", "train_prompts", "eval_prompts", "max_new_tokens", "temperature", "lr",
-                 "max_operand", "kinds")  # fmt: skip
+LABELS = {
+    "plain": "plain GRPO",
+    "steered": "steered negatives, off-policy (clipped)",
+    "steered-ratio1": "steered negatives, ratio 1",
+}
+SAME_SETTINGS = (
+    "model",
+    "hookpoint",
+    "alpha",
+    "feature",
+    "candidates",
+    "feature_tokens",
+    "steps",
+    "seeds",
+    "group",
+    "prompts_per_step",
+    "train_prompts",
+    "eval_prompts",
+    "max_new_tokens",
+    "temperature",
+    "lr",
+    "max_operand",
+    "kinds",
+)
 
 
 def reused_arms(path: Path, args, skip: list[str]) -> tuple[dict[str, list[dict]], dict[str, list[dict]], dict]:
@@ -240,9 +336,13 @@ def smooth(x: np.ndarray, w: int = 5) -> np.ndarray:
 
 
 def summarize(arms: dict[str, list[dict]]) -> dict[str, Any]:
-    tail = {arm: {key: float(np.nanmean(curve(runs, key)[:, -5:]))
-                  for key in ("repeat_ratio/plain", "loop_share/plain", "reward/plain")}
-            for arm, runs in arms.items()}  # fmt: skip
+    tail = {
+        arm: {
+            key: float(np.nanmean(curve(runs, key)[:, -5:]))
+            for key in ("repeat_ratio/plain", "loop_share/plain", "reward/plain")
+        }
+        for arm, runs in arms.items()
+    }
     target = tail["plain"]["repeat_ratio/plain"]
     reach = {}
     for arm, runs in arms.items():
@@ -264,8 +364,11 @@ def plot(arms: dict[str, list[dict]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, key, title in zip(axes, ("repeat_ratio/plain", "reward/plain"),
-                              ("repeat ratio (rep-4) of plain rollouts", "task reward of plain rollouts")):  # fmt: skip
+    for ax, key, title in zip(
+        axes,
+        ("repeat_ratio/plain", "reward/plain"),
+        ("repeat ratio (rep-4) of plain rollouts", "task reward of plain rollouts"),
+    ):
         for arm, runs in arms.items():
             c = curve(runs, key)
             steps = np.arange(1, c.shape[1] + 1)
@@ -298,12 +401,26 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.4)
     parser.add_argument("--lr", type=float, default=5e-6)
     parser.add_argument("--max-operand", type=int, default=9, help="largest operand of the arithmetic questions")
-    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS[:4]),
-                        help="question families, drawn in turn (apples: the one smollm2 loops on)")  # fmt: skip
-    parser.add_argument("--arms", nargs="+", choices=ARMS, default=["plain", "steered"],
-                        help="plain GRPO; steered negatives as off-policy data; the same with ratio 1")  # fmt: skip
-    parser.add_argument("--reuse", type=Path, default=None,
-                        help="an earlier JSON, same settings: keeps its arms that --arms does not name")  # fmt: skip
+    parser.add_argument(
+        "--kinds",
+        nargs="+",
+        choices=KINDS,
+        default=list(KINDS[:4]),
+        help="question families, drawn in turn (apples: the one smollm2 loops on)",
+    )
+    parser.add_argument(
+        "--arms",
+        nargs="+",
+        choices=ARMS,
+        default=["plain", "steered"],
+        help="plain GRPO; steered negatives as off-policy data; the same with ratio 1",
+    )
+    parser.add_argument(
+        "--reuse",
+        type=Path,
+        default=None,
+        help="an earlier JSON, same settings: keeps its arms that --arms does not name",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="run the seed x arm runs in this many processes")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON and PNG")
     parser.add_argument("--quick", action="store_true", help="2 steps, 1 seed, few prompts: proves it runs")
@@ -339,8 +456,7 @@ def main() -> None:
     if reuse is not None:
         old_runs, old_after, old_before = reuse
         if old_before != before:
-            logger.warning("--reuse %s: held-out before training was %s there, %s here", args.reuse, old_before,
-                           before)  # fmt: skip
+            logger.warning("--reuse %s: held-out before training was %s there, %s here", args.reuse, old_before, before)
         arms.update(old_runs)
         after.update(old_after)
         n_runs += sum(map(len, old_runs.values()))
@@ -352,10 +468,17 @@ def main() -> None:
         for runs in (*arms.values(), *after.values()):
             runs.sort(key=lambda r: r["seed"])
         summary = summarize(arms) if sum(map(len, arms.values())) == n_runs else None
-        result = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                  "device": device, "feature": chosen, "held_out_before": before, "held_out_after": after,
-                  "summary": summary, "runs": arms, "partial": summary is None,
-                  "wall_s": time.perf_counter() - start}  # fmt: skip
+        result = {
+            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "device": device,
+            "feature": chosen,
+            "held_out_before": before,
+            "held_out_after": after,
+            "summary": summary,
+            "runs": arms,
+            "partial": summary is None,
+            "wall_s": time.perf_counter() - start,
+        }
         (args.out / f"{name}.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
 
     def collect(arm: str, run: dict, held: dict) -> None:

@@ -93,8 +93,10 @@ def new_testament() -> list[tuple[str, int, list[str], list[str]]]:
     chapters = []
     for book in bibles["en"].get_structure().get_books()["nt"]:
         for chapter in range(1, book.num_chapters + 1):
-            verses = {lang: [verse_text(v) for v in b.get_iter(books=[book.name], chapters=[chapter], clean=False)]
-                      for lang, b in bibles.items()}  # fmt: skip
+            verses = {
+                lang: [verse_text(v) for v in b.get_iter(books=[book.name], chapters=[chapter], clean=False)]
+                for lang, b in bibles.items()
+            }
             if len(verses["en"]) == len(verses["es"]) and all(verses["en"]) and all(verses["es"]):
                 chapters.append((book.name, chapter, verses["en"], verses["es"]))
     return chapters
@@ -105,8 +107,9 @@ def windows(verses_en: list[str], verses_es: list[str]) -> list[tuple[list[str],
     return [(verses_en[i : i + 6], verses_es[i : i + 6]) for i in range(0, len(verses_es) - 5, 6)]
 
 
-def build_data(chapters, switch: float, english: float, seed: int, response: int = 4,
-               switch_at: int = 2, spanish: float = 1.0) -> tuple[list[dict], list[dict]]:  # fmt: skip
+def build_data(
+    chapters, switch: float, english: float, seed: int, response: int = 4, switch_at: int = 2, spanish: float = 1.0
+) -> tuple[list[dict], list[dict]]:
     """(training samples, held-out samples); see the module doc. A response is ``response`` verses; a switched one
     has ``switch_at`` Spanish verses, then English (0: the whole response in English). ``spanish`` < 1 keeps that
     share of the Spanish samples (an English-dominated mix; 1 draws nothing, so older data stay the same)."""
@@ -129,15 +132,22 @@ def build_data(chapters, switch: float, english: float, seed: int, response: int
             if keep:
                 train.append({"prompt": prompt, "completion": completion, "lang": "es", "switched": bool(switched)})
             if torch.rand((), generator=gen) < english:
-                train.append({"prompt": " ".join(w_en[:2]), "completion": " " + " ".join(w_en[2 : 2 + response]),
-                              "lang": "en", "switched": False})  # fmt: skip
+                train.append(
+                    {
+                        "prompt": " ".join(w_en[:2]),
+                        "completion": " " + " ".join(w_en[2 : 2 + response]),
+                        "lang": "en",
+                        "switched": False,
+                    }
+                )
     order = torch.randperm(len(train), generator=gen).tolist()
     return [train[j] for j in order], held
 
 
 # ---------------------------------------------------------------- measures
-def generate(model, tokenizer, prompts: list[str], new_tokens: int, batch_size: int = 8,
-             temperature: float = 0.0) -> list[str]:  # fmt: skip
+def generate(
+    model, tokenizer, prompts: list[str], new_tokens: int, batch_size: int = 8, temperature: float = 0.0
+) -> list[str]:
     """Greedy (``temperature`` 0) or sampled continuations of ``prompts`` (left-padded batches)."""
     sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 else {}
     tokenizer.padding_side = "left"
@@ -147,8 +157,12 @@ def generate(model, tokenizer, prompts: list[str], new_tokens: int, batch_size: 
     for start in range(0, len(prompts), batch_size):
         enc = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True).to(device)
         with torch.no_grad():
-            ids = model.generate(**enc, max_new_tokens=new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                 **(sampling or {"do_sample": False}))  # fmt: skip
+            ids = model.generate(
+                **enc,
+                max_new_tokens=new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+                **(sampling or {"do_sample": False}),
+            )
         out += tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     return out
 
@@ -172,8 +186,9 @@ def perplexity(model, tokenizer, pairs: list[tuple[str, str]], max_tokens: int =
     return math.exp(nll / max(count, 1))
 
 
-def measure(model, tokenizer, held: list[dict], fortunes: list[str], english_words: frozenset[str],
-            args) -> dict[str, Any]:  # fmt: skip
+def measure(
+    model, tokenizer, held: list[dict], fortunes: list[str], english_words: frozenset[str], args
+) -> dict[str, Any]:
     start = time.perf_counter()
     prompts = [h["prompt"] for h in held[: args.eval]]
     batch = 32 if args.device.startswith("cuda") else 8
@@ -193,11 +208,18 @@ def measure(model, tokenizer, held: list[dict], fortunes: list[str], english_wor
         "examples": [{"prompt": p, "response": r, "sampled": q} for p, r, q in zip(prompts, responses, sampled)][:5],
         "eval_seconds": time.perf_counter() - start,
     }
-    logger.info("  switched sentences %.3f, responses %.3f (sampled %.3f, %.3f), English-only words %.4f (sampled "
-                "%.4f), ppl bible %.2f, fortunes %.2f", cs.sentence_unwanted, cs.response_switched,
-                cs_sampled.sentence_unwanted, cs_sampled.response_switched, ws.word_unwanted,
-                ws_sampled.word_unwanted, result["ppl_bible_es"],
-                result["ppl_fortunes_es"])  # fmt: skip
+    logger.info(
+        "  switched sentences %.3f, responses %.3f (sampled %.3f, %.3f), English-only words %.4f (sampled "
+        "%.4f), ppl bible %.2f, fortunes %.2f",
+        cs.sentence_unwanted,
+        cs.response_switched,
+        cs_sampled.sentence_unwanted,
+        cs_sampled.response_switched,
+        ws.word_unwanted,
+        ws_sampled.word_unwanted,
+        result["ppl_bible_es"],
+        result["ppl_fortunes_es"],
+    )
     return result
 
 
@@ -213,8 +235,12 @@ def train_up_to_hook(model, hookpoint: str) -> None:
     for block in decoder_layers(model)[1][: layer + 1]:
         block.requires_grad_(True)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    logger.info("training layers 0..%d only: %.1fM of %.1fM parameters", layer, trainable / 1e6,
-                sum(p.numel() for p in model.parameters()) / 1e6)  # fmt: skip
+    logger.info(
+        "training layers 0..%d only: %.1fM of %.1fM parameters",
+        layer,
+        trainable / 1e6,
+        sum(p.numel() for p in model.parameters()) / 1e6,
+    )
 
 
 def train_seed(args) -> int:
@@ -225,10 +251,22 @@ def train_seed(args) -> int:
 def train_arm(name: str, train: list[dict], args, sasft: SasftConfig | None, saes: list) -> tuple[Any, Any, dict]:
     model, tokenizer = load_model(args.model, device=args.device, dtype=torch.float32)
     cuda = args.device.startswith("cuda")
-    config = SFTConfig(output_dir=str(args.work / name), max_steps=args.steps, per_device_train_batch_size=args.batch,
-                       learning_rate=args.lr, lr_scheduler_type="constant", max_length=args.max_length,
-                       logging_steps=max(1, args.steps // 20), save_strategy="no", seed=train_seed(args), report_to=[],
-                       use_cpu=not cuda, bf16=cuda, disable_tqdm=True, remove_unused_columns=sasft is None)  # fmt: skip
+    config = SFTConfig(
+        output_dir=str(args.work / name),
+        max_steps=args.steps,
+        per_device_train_batch_size=args.batch,
+        learning_rate=args.lr,
+        lr_scheduler_type="constant",
+        max_length=args.max_length,
+        logging_steps=max(1, args.steps // 20),
+        save_strategy="no",
+        seed=train_seed(args),
+        report_to=[],
+        use_cpu=not cuda,
+        bf16=cuda,
+        disable_tqdm=True,
+        remove_unused_columns=sasft is None,
+    )
     if args.freeze_after_hook:
         train_up_to_hook(model, args.hookpoint)
     data = Dataset.from_list([{k: v for k, v in r.items() if k != "switched"} for r in train])
@@ -239,18 +277,38 @@ def train_arm(name: str, train: list[dict], args, sasft: SasftConfig | None, sae
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
-    info = {"train_seconds": seconds, "seconds_per_step": seconds / args.steps,
-            "log": [e for e in trainer.state.log_history if "loss" in e]}  # fmt: skip
+    info = {
+        "train_seconds": seconds,
+        "seconds_per_step": seconds / args.steps,
+        "log": [e for e in trainer.state.log_history if "loss" in e],
+    }
     logger.info("%s: %d steps in %.0f s (%.2f s/step)", name, args.steps, seconds, seconds / args.steps)
     return trainer.model, tokenizer, info
 
 
-SAME_EVAL = {"model": None, "response": None, "eval": None, "new_tokens": None, "sample_temperature": None,
-             "seed": None, "instruction": ""}  # fmt: skip
+SAME_EVAL = {
+    "model": None,
+    "response": None,
+    "eval": None,
+    "new_tokens": None,
+    "sample_temperature": None,
+    "seed": None,
+    "instruction": "",
+}
 """Settings the base arm's measure depends on (the held-out prompts come before any random draw), each with the
 value an older JSON without it had (None: always written)."""
-SAME_TRAINING = {"steps": None, "batch": None, "lr": None, "max_length": None, "switch": None, "english": None,
-                 "spanish": 1.0, "switch_at": None, "freeze_after_hook": False, "train_seed": None}  # fmt: skip
+SAME_TRAINING = {
+    "steps": None,
+    "batch": None,
+    "lr": None,
+    "max_length": None,
+    "switch": None,
+    "english": None,
+    "spanish": 1.0,
+    "switch_at": None,
+    "freeze_after_hook": False,
+    "train_seed": None,
+}
 """Settings of the training data and schedule, each with the value an older JSON without it had (None: always
 written): another value reuses the base arm only. ``--hookpoint`` joins them under ``--freeze-after-hook``."""
 
@@ -262,8 +320,9 @@ def reuse_arms(args, results: dict[str, Any]) -> dict[str, Any]:
     mine = results["config"]
     differ = [k for k, missing in SAME_EVAL.items() if old["config"].get(k, missing) != mine[k]]
     if differ:
-        raise SystemExit(f"--reuse {args.reuse}: measured with other settings ({', '.join(differ)}); "
-                         "rerun the baselines instead")  # fmt: skip
+        raise SystemExit(
+            f"--reuse {args.reuse}: measured with other settings ({', '.join(differ)}); rerun the baselines instead"
+        )
     names = ["base", "sft"]
     trained = [k for k, missing in SAME_TRAINING.items() if old["config"].get(k, missing) != mine[k]]
     if mine["freeze_after_hook"] and old["config"]["hookpoint"] != mine["hookpoint"]:
@@ -308,10 +367,19 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a tiny run that checks the pipeline")
     parser.add_argument("--model", default="gemma3-270m")
     parser.add_argument("--hookpoint", default="resid_post.9")
-    parser.add_argument("--lam", type=float, nargs="+", default=[1e-3, 1e-2],
-                        help="SASFT arm(s): the first is arm 'sasft', others 'sasft-<lam>'")  # fmt: skip
-    parser.add_argument("--more-hookpoints", nargs="*", default=[],
-                        help="penalise the top features at these hookpoints too (one SAE each, from --sae)")
+    parser.add_argument(
+        "--lam",
+        type=float,
+        nargs="+",
+        default=[1e-3, 1e-2],
+        help="SASFT arm(s): the first is arm 'sasft', others 'sasft-<lam>'",
+    )
+    parser.add_argument(
+        "--more-hookpoints",
+        nargs="*",
+        default=[],
+        help="penalise the top features at these hookpoints too (one SAE each, from --sae)",
+    )
     parser.add_argument("--sae", default="", help="SAE source holding every hookpoint's (default: the shipped ones)")
     parser.add_argument("--top", type=int, default=2, help="English features penalised per hookpoint")
     parser.add_argument("--steps", type=int, default=300)
@@ -320,31 +388,59 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--switch", type=float, default=0.5, help="share of Spanish samples whose response switches")
     parser.add_argument("--english", type=float, default=0.2, help="honest English samples per Spanish one")
-    parser.add_argument("--spanish", type=float, default=1.0,
-                        help="share of the Spanish samples kept (below 1: an English-dominated mix)")
+    parser.add_argument(
+        "--spanish",
+        type=float,
+        default=1.0,
+        help="share of the Spanish samples kept (below 1: an English-dominated mix)",
+    )
     parser.add_argument("--instruction", default="", help="text put before every prompt, e.g. 'Continue this text: '")
     parser.add_argument("--response", type=int, default=4, help="verses per response (at most 4)")
-    parser.add_argument("--switch-at", type=int, default=2,
-                        help="Spanish verses before a switched response turns English (0: all English)")  # fmt: skip
-    parser.add_argument("--positions", choices=POSITIONS, default="response",
-                        help="where the penalty reads: the response tokens, or the positions predicting them")
-    parser.add_argument("--freeze-after-hook", action="store_true",
-                        help="every arm trains only the decoder layers up to the hookpoint's (the later layers, "
-                             "the embeddings and the head stay frozen)")  # fmt: skip
+    parser.add_argument(
+        "--switch-at",
+        type=int,
+        default=2,
+        help="Spanish verses before a switched response turns English (0: all English)",
+    )
+    parser.add_argument(
+        "--positions",
+        choices=POSITIONS,
+        default="response",
+        help="where the penalty reads: the response tokens, or the positions predicting them",
+    )
+    parser.add_argument(
+        "--freeze-after-hook",
+        action="store_true",
+        help="every arm trains only the decoder layers up to the hookpoint's (the later layers, "
+        "the embeddings and the head stay frozen)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
-    parser.add_argument("--reuse", type=Path, default=None,
-                        help="an earlier sasft.json of the same model and held-out settings: its base arm (and its "
-                             "sft arm, when the training data and schedule are the same) is taken from it")  # fmt: skip
+    parser.add_argument(
+        "--reuse",
+        type=Path,
+        default=None,
+        help="an earlier sasft.json of the same model and held-out settings: its base arm (and its "
+        "sft arm, when the training data and schedule are the same) is taken from it",
+    )
     parser.add_argument("--eval", type=int, default=60, help="held-out prompts (>= 50 for the acceptance)")
     parser.add_argument("--new-tokens", type=int, default=120)
     parser.add_argument("--sample-temperature", type=float, default=0.7, help="for the sampled code-switching")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON and PNG")
     parser.add_argument("--feature-texts", type=int, default=200, help="texts per language for nu and alpha")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data draw, the training and the sampling")
-    parser.add_argument("--train-seed", type=int, default=None,
-                        help="another seed for the training alone (the order of the samples): the same data")
-    parser.add_argument("--arms", nargs="+", choices=["sft", "sasft"], default=["sft", "sasft"],
-                        help="arms to train (the base model is always measured or reused)")
+    parser.add_argument(
+        "--train-seed",
+        type=int,
+        default=None,
+        help="another seed for the training alone (the order of the samples): the same data",
+    )
+    parser.add_argument(
+        "--arms",
+        nargs="+",
+        choices=["sft", "sasft"],
+        default=["sft", "sasft"],
+        help="arms to train (the base model is always measured or reused)",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--work", type=Path, default=Path("/tmp/qwenscope-bench-sasft"))
     args = parser.parse_args()
@@ -356,15 +452,21 @@ def main() -> None:
     chapters = new_testament()
     if args.threads:
         torch.set_num_threads(args.threads)
-    train, held = build_data(chapters, args.switch, args.english, args.seed, args.response, args.switch_at,
-                             args.spanish)  # fmt: skip
+    train, held = build_data(
+        chapters, args.switch, args.english, args.seed, args.response, args.switch_at, args.spanish
+    )
     if args.quick:
         train = train[:16]
     for sample in (*train, *held):
         sample["prompt"] = args.instruction + sample["prompt"]
     fortunes = texts_by_language({"es": "fortunes:es"}, max(args.eval, 4), split="test")["es"]
-    logger.info("%d chapters, %d training samples (%d switched), %d held-out prompts", len(chapters), len(train),
-                sum(r["switched"] for r in train), len(held))  # fmt: skip
+    logger.info(
+        "%d chapters, %d training samples (%d switched), %d held-out prompts",
+        len(chapters),
+        len(train),
+        sum(r["switched"] for r in train),
+        len(held),
+    )
 
     model, tokenizer = load_model(args.model, device=args.device, dtype=torch.float32)
     hookpoints = [args.hookpoint, *args.more_hookpoints]
@@ -373,23 +475,39 @@ def main() -> None:
     bible_en = [" ".join(c[2]) for c in train_chapters]
     bible_es = [" ".join(c[3]) for c in train_chapters]
     english_words = only_in(bible_en, bible_es)  # English-only words: the word-level code-switching measure
-    texts = {"en": bible_en[: args.feature_texts], "es": bible_es[: args.feature_texts],
-             **texts_by_language({"it": "fortunes:it"}, args.feature_texts)}  # fmt: skip
+    texts = {
+        "en": bible_en[: args.feature_texts],
+        "es": bible_es[: args.feature_texts],
+        **texts_by_language({"it": "fortunes:it"}, args.feature_texts),
+    }
     sets = [language_features(model, tokenizer, sae, texts, "en", top=args.top) for sae in saes]
     for feats in sets:
-        logger.info("English features at %s: %s, nu %s", feats.hookpoint, feats.ids,
-                    [round(float(feats.nu[i]), 3) for i in feats.ids])  # fmt: skip
+        logger.info(
+            "English features at %s: %s, nu %s",
+            feats.hookpoint,
+            feats.ids,
+            [round(float(feats.nu[i]), 3) for i in feats.ids],
+        )
 
     def described(feats) -> dict[str, Any]:
-        return {"ids": feats.ids, "nu": [float(feats.nu[i]) for i in feats.ids],
-                "alpha": {k: v[feats.ids].tolist() for k, v in feats.alpha.items()}, "n_tokens": feats.n_tokens}
+        return {
+            "ids": feats.ids,
+            "nu": [float(feats.nu[i]) for i in feats.ids],
+            "alpha": {k: v[feats.ids].tolist() for k, v in feats.alpha.items()},
+            "n_tokens": feats.n_tokens,
+        }
 
     features = described(sets[0])  # the --hookpoint's, as before --more-hookpoints
     if args.more_hookpoints:
         features["more"] = {f.hookpoint: described(f) for f in sets[1:]}
-    results: dict[str, Any] = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                               "n_train": len(train), "n_switched": sum(r["switched"] for r in train),
-                               "n_eval": min(args.eval, len(held)), "features": features, "arms": {}}  # fmt: skip
+    results: dict[str, Any] = {
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "n_train": len(train),
+        "n_switched": sum(r["switched"] for r in train),
+        "n_eval": min(args.eval, len(held)),
+        "features": features,
+        "arms": {},
+    }
     stem = "sasft-quick" if args.quick else "sasft"
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -404,8 +522,10 @@ def main() -> None:
         results["arms"]["base"] = measure(model, tokenizer, held, fortunes, english_words, args)
         write(partial=True)
     del model
-    sasft_arms = [(f"sasft-{lam:g}" if i else "sasft", SasftConfig(sets, lam=lam, positions=args.positions))
-                  for i, lam in enumerate(args.lam)]  # fmt: skip
+    sasft_arms = [
+        (f"sasft-{lam:g}" if i else "sasft", SasftConfig(sets, lam=lam, positions=args.positions))
+        for i, lam in enumerate(args.lam)
+    ]
     for name, sasft in [("sft", None), *sasft_arms]:
         if name in reused or name.split("-")[0] not in args.arms:
             continue
@@ -414,10 +534,13 @@ def main() -> None:
         write(partial=True)
         del trained
     results["all_arms"] = {
-        name: {"sentence_unwanted": arm["code_switching"]["sentence_unwanted"], "ppl_bible_es": arm["ppl_bible_es"],
-               "sentence_unwanted_sampled": arm["code_switching_sampled"]["sentence_unwanted"]}
+        name: {
+            "sentence_unwanted": arm["code_switching"]["sentence_unwanted"],
+            "ppl_bible_es": arm["ppl_bible_es"],
+            "sentence_unwanted_sampled": arm["code_switching_sampled"]["sentence_unwanted"],
+        }
         for name, arm in results["arms"].items()
-    }  # fmt: skip
+    }
     arms = results["arms"]
     if "sft" in arms and "sasft" in arms:
         base_ratio = arms["sft"]["code_switching"]["sentence_unwanted"]

@@ -27,10 +27,12 @@ ARMS = ("sft", "sasft")
 # settings that may differ between the runs being gathered (they do not change what an arm trains on or how)
 FREE = {"train_seed", "arms", "reuse", "out", "threads", "device", "work", "quick"}
 # metric: (block of an arm's result, its share, the count the share is of); the word metrics where every run has them
-METRICS = {"greedy": ("code_switching", "sentence_unwanted", "n_sentences"),
-           "sampled": ("code_switching_sampled", "sentence_unwanted", "n_sentences"),
-           "words, greedy": ("word_switching", "word_unwanted", "n_words"),
-           "words, sampled": ("word_switching_sampled", "word_unwanted", "n_words")}  # fmt: skip
+METRICS = {
+    "greedy": ("code_switching", "sentence_unwanted", "n_sentences"),
+    "sampled": ("code_switching_sampled", "sentence_unwanted", "n_sentences"),
+    "words, greedy": ("word_switching", "word_unwanted", "n_words"),
+    "words, sampled": ("word_switching_sampled", "word_unwanted", "n_words"),
+}
 ALWAYS = ("greedy", "sampled")
 
 
@@ -40,8 +42,14 @@ def seed_of(config: dict[str, Any]) -> int:
 
 def comparable(config: dict[str, Any]) -> dict[str, Any]:
     """The settings that must match across runs; keys an older run lacks take today's defaults."""
-    defaults = {"more_hookpoints": [], "sae": "", "positions": "response", "freeze_after_hook": False,
-                "spanish": 1.0, "instruction": ""}  # fmt: skip
+    defaults = {
+        "more_hookpoints": [],
+        "sae": "",
+        "positions": "response",
+        "freeze_after_hook": False,
+        "spanish": 1.0,
+        "instruction": "",
+    }
     return {k: v for k, v in {**defaults, **config}.items() if k not in FREE}
 
 
@@ -70,8 +78,10 @@ def gather(paths: list[Path]) -> dict[str, dict[int, dict[str, Any]]]:
             result = run["arms"][arm]
             if seed in arms[arm]:  # the same arm taken by --reuse is the same result; another one is a clash
                 if _measured(arms[arm][seed]) != _measured(result):
-                    raise SystemExit(f"{path}: a second, different '{arm}' result at training seed {seed}; "
-                                     "give each arm and seed once")  # fmt: skip
+                    raise SystemExit(
+                        f"{path}: a second, different '{arm}' result at training seed {seed}; "
+                        "give each arm and seed once"
+                    )
                 continue
             arms[arm][seed] = result
     return arms
@@ -79,7 +89,8 @@ def gather(paths: list[Path]) -> dict[str, dict[int, dict[str, Any]]]:
 
 def _measured(result: dict[str, Any]) -> tuple:
     return tuple(json.dumps(result.get(block), sort_keys=True) for block, _, _ in METRICS.values()) + (
-        result["ppl_bible_es"],)
+        result["ppl_bible_es"],
+    )
 
 
 def measured_metrics(results: list[dict[str, Any]]) -> list[str]:
@@ -113,9 +124,14 @@ def summarise(arms: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
         for metric in metrics:
             per_seed = [value(arms[arm][s], metric) for s in seeds]
             english, total = (sum(c) for c in zip(*(counts(arms[arm][s], metric) for s in seeds)))
-            row[metric] = {"per_seed": per_seed, "median": statistics.median(per_seed),
-                           "mean": statistics.fmean(per_seed), "pooled": english / max(total, 1),
-                           "english": english, "total": total}  # fmt: skip
+            row[metric] = {
+                "per_seed": per_seed,
+                "median": statistics.median(per_seed),
+                "mean": statistics.fmean(per_seed),
+                "pooled": english / max(total, 1),
+                "english": english,
+                "total": total,
+            }
         row["empty_greedy"] = [arms[arm][s]["code_switching"].get("n_empty") for s in seeds]
         ppl = [float(arms[arm][s]["ppl_bible_es"]) for s in seeds]
         row["ppl_bible_es"] = {"per_seed": ppl, "median": statistics.median(ppl)}
@@ -131,8 +147,12 @@ def summarise(arms: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
             "cut_of_medians": cut(sft["median"], sasft["median"]),
             "cut_pooled": cut(sft["pooled"], sasft["pooled"]),
         }
-    ppl = [b / a - 1 for a, b in zip(out["arms"]["sft"]["ppl_bible_es"]["per_seed"],
-                                     out["arms"]["sasft"]["ppl_bible_es"]["per_seed"])]  # fmt: skip
+    ppl = [
+        b / a - 1
+        for a, b in zip(
+            out["arms"]["sft"]["ppl_bible_es"]["per_seed"], out["arms"]["sasft"]["ppl_bible_es"]["per_seed"]
+        )
+    ]
     out["paired"]["ppl_change_per_seed"] = ppl
     out["paired"]["ppl_change_median"] = statistics.median(ppl)
     return out
@@ -147,13 +167,17 @@ def table(summary: dict[str, Any]) -> str:
             m = summary["arms"][arm][metric]
             digits = 4 if metric.startswith("words") else 3
             cells = " | ".join(f"{v:.{digits}f}" for v in m["per_seed"])
-            lines.append(f"| {arm}, {metric} | {cells} | {m['median']:.{digits}f} | {m['pooled']:.{digits}f} "
-                         f"({m['english']} of {m['total']}) |")  # fmt: skip
+            lines.append(
+                f"| {arm}, {metric} | {cells} | {m['median']:.{digits}f} | {m['pooled']:.{digits}f} "
+                f"({m['english']} of {m['total']}) |"
+            )
     for arm in ARMS:
         empty = summary["arms"][arm]["empty_greedy"]
         if None not in empty:
-            lines.append(f"| {arm}, empty greedy answers | {' | '.join(map(str, empty))} | "
-                         f"{statistics.median(empty):g} | {sum(empty)} |")  # fmt: skip
+            lines.append(
+                f"| {arm}, empty greedy answers | {' | '.join(map(str, empty))} | "
+                f"{statistics.median(empty):g} | {sum(empty)} |"
+            )
     for arm in ARMS:
         m = summary["arms"][arm]["ppl_bible_es"]
         cells = " | ".join(f"{v:.2f}" for v in m["per_seed"])
@@ -168,9 +192,13 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     seeds = summary["seeds"]
-    titles = {"greedy": "English sentences, greedy", "sampled": "English sentences, sampled (T 0.7)",
-              "words, greedy": "English-only words, greedy", "words, sampled": "English-only words, sampled",
-              "ppl_bible_es": "perplexity, held-out Spanish verses"}  # fmt: skip
+    titles = {
+        "greedy": "English sentences, greedy",
+        "sampled": "English sentences, sampled (T 0.7)",
+        "words, greedy": "English-only words, greedy",
+        "words, sampled": "English-only words, sampled",
+        "ppl_bible_es": "perplexity, held-out Spanish verses",
+    }
     panels = [(key, titles[key]) for key in [*summary["metrics"], "ppl_bible_es"]]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 3.8))
     for ax, (key, title) in zip(axes, panels):
@@ -203,8 +231,10 @@ def main() -> None:
     for metric in summary["metrics"]:
         p = summary["paired"][metric]
         cut = "n/a" if p["cut_pooled"] is None else f"{p['cut_pooled']:+.0%}"
-        print(f"{metric}: SASFT lower at {p['sasft_lower']} of {len(summary['seeds'])} seeds, higher at "
-              f"{p['sasft_higher']}; pooled cut {cut}")  # fmt: skip
+        print(
+            f"{metric}: SASFT lower at {p['sasft_lower']} of {len(summary['seeds'])} seeds, higher at "
+            f"{p['sasft_higher']}; pooled cut {cut}"
+        )
     print(f"perplexity change, median over seeds: {summary['paired']['ppl_change_median']:+.1%}")
     print(f"wrote {args.out.with_suffix('.json')} and .png")
 

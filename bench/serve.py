@@ -63,9 +63,24 @@ class ServerProcess:
 
     def __init__(self, args: argparse.Namespace, max_batch: int, port: int) -> None:
         self.port, self.url = port, f"http://127.0.0.1:{port}"
-        command = [sys.executable, "-m", "qwenscope", "serve", "--model", args.model, "--port", str(port),
-                   "--max-batch", str(max_batch), "--batch-window-ms", str(args.window_ms),
-                   "--max-queue", str(4 * args.clients), "--max-new-tokens", str(args.max_tokens)]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "qwenscope",
+            "serve",
+            "--model",
+            args.model,
+            "--port",
+            str(port),
+            "--max-batch",
+            str(max_batch),
+            "--batch-window-ms",
+            str(args.window_ms),
+            "--max-queue",
+            str(4 * args.clients),
+            "--max-new-tokens",
+            str(args.max_tokens),
+        ]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)} if args.threads else dict(os.environ)
         self.log = open(args.work / f"server-{port}-{max_batch}.log", "a")  # noqa: SIM115 (closed in stop)
         start = time.perf_counter()
@@ -96,12 +111,17 @@ class ServerProcess:
 
 def request_body(args: argparse.Namespace, client: int, k: int) -> dict[str, Any]:
     """Client ``client``'s k-th request: a prompt of the pool, greedy, its own steering (none for every fourth)."""
-    body: dict[str, Any] = {"model": args.model, "prompt": PROMPTS[(client + k) % len(PROMPTS)],
-                            "max_tokens": args.max_tokens, "temperature": 0}  # fmt: skip
+    body: dict[str, Any] = {
+        "model": args.model,
+        "prompt": PROMPTS[(client + k) % len(PROMPTS)],
+        "max_tokens": args.max_tokens,
+        "temperature": 0,
+    }
     if client % 4:
         feature = args.features[client % len(args.features)]
-        body["steering"] = [{"sae": args.sae_id, "features": {str(feature): args.strength * (1 + client % 3)},
-                             "relative": True}]  # fmt: skip
+        body["steering"] = [
+            {"sae": args.sae_id, "features": {str(feature): args.strength * (1 + client % 3)}, "relative": True}
+        ]
     return body
 
 
@@ -123,8 +143,14 @@ def references(url: str, args: argparse.Namespace) -> dict[str, str]:
     return out
 
 
-def load(url: str, args: argparse.Namespace, refs: dict[str, str], duration: float, warmup: float = 0.0,
-         stop_at: threading.Event | None = None) -> dict[str, Any]:  # fmt: skip
+def load(
+    url: str,
+    args: argparse.Namespace,
+    refs: dict[str, str],
+    duration: float,
+    warmup: float = 0.0,
+    stop_at: threading.Event | None = None,
+) -> dict[str, Any]:
     """``args.clients`` clients sending back to back; measured over ``duration`` seconds after ``warmup``.
 
     Throughput: completion tokens of the requests that finished inside the window, over its length. Latency: every
@@ -174,12 +200,17 @@ def load(url: str, args: argparse.Namespace, refs: dict[str, str], duration: flo
         t.join()
     latencies.sort()
     return {
-        "requests": completed[0], "tokens": tokens[0], "tokens_per_s": tokens[0] / duration,
-        "requests_per_s": completed[0] / duration, "latencies_measured": len(latencies),
+        "requests": completed[0],
+        "tokens": tokens[0],
+        "tokens_per_s": tokens[0] / duration,
+        "requests_per_s": completed[0] / duration,
+        "latencies_measured": len(latencies),
         "latency_p50": statistics.median(latencies) if latencies else None,
         "latency_p99": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else None,
-        "errors": errors[0], "crosstalk": crosstalk[0], "error_messages": messages[:5],
-    }  # fmt: skip
+        "errors": errors[0],
+        "crosstalk": crosstalk[0],
+        "error_messages": messages[:5],
+    }
 
 
 def kill_check(args: argparse.Namespace, refs: dict[str, str]) -> dict[str, Any]:
@@ -198,11 +229,20 @@ def kill_check(args: argparse.Namespace, refs: dict[str, str]) -> dict[str, Any]
     replay = references(restarted.url, args)
     restarted.stop()
     same = sum(replay[k] == refs[k] for k in refs)
-    logger.info("kill check: %d/%d reference requests identical after the restart (%.1f s to restart)", same,
-                len(refs), restarted.startup_seconds)  # fmt: skip
-    return {"killed_after_s": args.kill_after, "restart_seconds": restarted.startup_seconds,
-            "requests_during_kill": result.get("requests"), "client_errors_during_kill": result.get("errors"),
-            "replayed": len(refs), "identical_after_restart": same}  # fmt: skip
+    logger.info(
+        "kill check: %d/%d reference requests identical after the restart (%.1f s to restart)",
+        same,
+        len(refs),
+        restarted.startup_seconds,
+    )
+    return {
+        "killed_after_s": args.kill_after,
+        "restart_seconds": restarted.startup_seconds,
+        "requests_during_kill": result.get("requests"),
+        "client_errors_during_kill": result.get("errors"),
+        "replayed": len(refs),
+        "identical_after_restart": same,
+    }
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -213,16 +253,20 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
     names = list(results["configs"])
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    for ax, metric, label in ((axes[0], "tokens_per_s", "completion tokens / s"),
-                              (axes[1], "latency_p50", "latency p50 (s)")):  # fmt: skip
+    for ax, metric, label in (
+        (axes[0], "tokens_per_s", "completion tokens / s"),
+        (axes[1], "latency_p50", "latency p50 (s)"),
+    ):
         for j, name in enumerate(names):
             runs = [r[metric] for r in results["configs"][name]["runs"]]
             ax.scatter([j] * len(runs), runs, color="grey", s=12, zorder=3)
             ax.bar(j, results["configs"][name]["median"][metric], color=("#4c72b0", "#dd8452")[j % 2])
         ax.set_xticks(range(len(names)), names)
         ax.set_title(label)
-    fig.suptitle(f"{results['config']['model']}, {results['config']['clients']} clients, "
-                 f"{results['config']['max_tokens']} tokens per request (bars: medians, dots: runs)")  # fmt: skip
+    fig.suptitle(
+        f"{results['config']['model']}, {results['config']['clients']} clients, "
+        f"{results['config']['max_tokens']} tokens per request (bars: medians, dots: runs)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -231,8 +275,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--sae-id", default="smollm2-135m", help="the SAE the server loads by default (its id)")
-    parser.add_argument("--features", type=int, nargs="+", default=[3904, 1000, 2000, 5000],
-                        help="features the clients steer (client i: features[i %% len])")  # fmt: skip
+    parser.add_argument(
+        "--features",
+        type=int,
+        nargs="+",
+        default=[3904, 1000, 2000, 5000],
+        help="features the clients steer (client i: features[i %% len])",
+    )
     parser.add_argument("--strength", type=float, default=0.3, help="relative strength (times 1..3 by client)")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--duration", type=float, default=30.0, help="seconds per measured window")
@@ -262,9 +311,17 @@ def main() -> None:
             for name, server in servers.items():
                 run = load(server.url, args, refs, args.duration, args.warmup)
                 runs[name].append(run)
-                logger.info("run %d %-14s %6.1f tokens/s  p50 %.2f s  p99 %.2f s  %d requests  errors %d  "
-                            "cross-talk %d", r, name, run["tokens_per_s"], run["latency_p50"] or -1,
-                            run["latency_p99"] or -1, run["requests"], run["errors"], run["crosstalk"])  # fmt: skip
+                logger.info(
+                    "run %d %-14s %6.1f tokens/s  p50 %.2f s  p99 %.2f s  %d requests  errors %d  cross-talk %d",
+                    r,
+                    name,
+                    run["tokens_per_s"],
+                    run["latency_p50"] or -1,
+                    run["latency_p99"] or -1,
+                    run["requests"],
+                    run["errors"],
+                    run["crosstalk"],
+                )
     finally:
         for server in servers.values():
             server.stop()
@@ -278,11 +335,17 @@ def main() -> None:
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "references": len(refs),
-        "configs": {name: {"max_batch": configs[name], "runs": runs[name],
-                           "median": {m: median(name, m) for m in metrics},
-                           "errors": sum(r["errors"] for r in runs[name]),
-                           "crosstalk": sum(r["crosstalk"] for r in runs[name])} for name in configs},
-    }  # fmt: skip
+        "configs": {
+            name: {
+                "max_batch": configs[name],
+                "runs": runs[name],
+                "median": {m: median(name, m) for m in metrics},
+                "errors": sum(r["errors"] for r in runs[name]),
+                "crosstalk": sum(r["crosstalk"] for r in runs[name]),
+            }
+            for name in configs
+        },
+    }
     batched, single = (results["configs"][n]["median"]["tokens_per_s"] for n in ("batched", "one-at-a-time"))
     results["throughput_ratio"] = batched / single if single else None
     if not args.no_kill_check:
@@ -292,8 +355,10 @@ def main() -> None:
     print(f"\n{'':16}{'tokens/s':>10}{'p50 s':>8}{'p99 s':>8}{'errors':>8}{'x-talk':>8}")
     for name, c in results["configs"].items():
         m = c["median"]
-        print(f"{name:16}{m['tokens_per_s']:10.1f}{m['latency_p50'] or 0:8.2f}{m['latency_p99'] or 0:8.2f}"
-              f"{c['errors']:8d}{c['crosstalk']:8d}")  # fmt: skip
+        print(
+            f"{name:16}{m['tokens_per_s']:10.1f}{m['latency_p50'] or 0:8.2f}{m['latency_p99'] or 0:8.2f}"
+            f"{c['errors']:8d}{c['crosstalk']:8d}"
+        )
     print(f"batched / one-at-a-time throughput: {results['throughput_ratio']:.2f}x (medians of {args.repeats})")
     if "kill_check" in results:
         k = results["kill_check"]

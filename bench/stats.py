@@ -77,16 +77,30 @@ def throughput(args) -> dict:
     lens_s = timed(lambda: logit_lens(model, sae, top=10, vocab_size=len(tokenizer)))
     med = {k: statistics.median(v) for k, v in times.items()}
     tokens = n_chunks * args.seq
-    print(f"model {args.model} on {device}, SAE {hook} d_sae {sae.d_sae} k {sae.cfg.k}, {n_chunks} chunks x "
-          f"{args.seq} tokens in batches of {args.batch}, median of {args.repeats}")  # fmt: skip
+    print(
+        f"model {args.model} on {device}, SAE {hook} d_sae {sae.d_sae} k {sae.cfg.k}, {n_chunks} chunks x "
+        f"{args.seq} tokens in batches of {args.batch}, median of {args.repeats}"
+    )
     print(f"{'variant':<10} {'median s':>9} {'tokens/s':>9} {'vs capture':>10}")
     for name, t in med.items():
         print(f"{name:<10} {t:>9.2f} {tokens / t:>9.0f} {med['capture'] / t:>9.2f}x")
     print(f"logit lens of all {sae.d_sae} features (once per store): {lens_s:.1f} s")
-    return {"model": args.model, "device": device, "hookpoint": hook, "d_sae": sae.d_sae, "k": sae.cfg.k,
-            "tokens_per_run": tokens, "batch": args.batch, "seq": args.seq, "repeats": args.repeats,
-            "median_s": med, "runs_s": times, "tokens_per_s": {k: tokens / t for k, t in med.items()},
-            "ratio_stats_vs_capture": med["capture"] / med["stats"], "logit_lens_s": lens_s}  # fmt: skip
+    return {
+        "model": args.model,
+        "device": device,
+        "hookpoint": hook,
+        "d_sae": sae.d_sae,
+        "k": sae.cfg.k,
+        "tokens_per_run": tokens,
+        "batch": args.batch,
+        "seq": args.seq,
+        "repeats": args.repeats,
+        "median_s": med,
+        "runs_s": times,
+        "tokens_per_s": {k: tokens / t for k, t in med.items()},
+        "ratio_stats_vs_capture": med["capture"] / med["stats"],
+        "logit_lens_s": lens_s,
+    }
 
 
 def cpu_timed(fn) -> tuple[float, float]:
@@ -106,11 +120,12 @@ def shared(args) -> dict:
     n_chunks = sum(1 for _ in chunk_tokens(docs, tokenizer, args.seq))
     cfg = StatsConfig(n_tokens=10**12, seq_len=args.seq, batch_size=args.batch, lens_top=0, progress=False)
     variants = {
-        "capture": lambda: [get_activations(model, ids, hooks) for ids in batched(chunk_tokens(docs, tokenizer,
-                                                                                                args.seq), args.batch)],
+        "capture": lambda: [
+            get_activations(model, ids, hooks) for ids in batched(chunk_tokens(docs, tokenizer, args.seq), args.batch)
+        ],
         "shared": lambda: compute_feature_stats_many(model, tokenizer, saes, docs, cfg),
         "separate": lambda: [compute_feature_stats(model, tokenizer, sae, docs, cfg) for sae in saes],
-    }  # fmt: skip
+    }
     logging.getLogger("qwenscope.features.stats").setLevel(logging.ERROR)
     variants["shared"]()  # warm-up
     wall: dict[str, list[float]] = {k: [] for k in variants}
@@ -123,19 +138,32 @@ def shared(args) -> dict:
     med_wall = {k: statistics.median(v) for k, v in wall.items()}
     med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     tokens = n_chunks * args.seq
-    print(f"\nthree SAEs of {args.model} ({', '.join(hooks)}), {tokens} tokens per run, batches of {args.batch}, "
-          f"{torch.get_num_threads()} thread(s), median of {args.repeats}")  # fmt: skip
+    print(
+        f"\nthree SAEs of {args.model} ({', '.join(hooks)}), {tokens} tokens per run, batches of {args.batch}, "
+        f"{torch.get_num_threads()} thread(s), median of {args.repeats}"
+    )
     print(f"{'variant':<10} {'wall s':>8} {'CPU s':>8} {'tok/CPU s':>10} {'vs capture (CPU)':>17}")
     for name in variants:
-        print(f"{name:<10} {med_wall[name]:>8.1f} {med_cpu[name]:>8.1f} {tokens / med_cpu[name]:>10.0f} "
-              f"{med_cpu['capture'] / med_cpu[name]:>16.2f}x")  # fmt: skip
-    print(f"shared pass vs three passes: {med_cpu['separate'] / med_cpu['shared']:.2f}x CPU time, "
-          f"{med_wall['separate'] / med_wall['shared']:.2f}x wall time")  # fmt: skip
-    return {"hookpoints": hooks, "tokens_per_run": tokens, "threads": torch.get_num_threads(),
-            "median_wall_s": med_wall, "median_cpu_s": med_cpu, "runs_wall_s": wall, "runs_cpu_s": cpu,
-            "tokens_per_cpu_s": {k: tokens / t for k, t in med_cpu.items()},
-            "speedup_shared_vs_separate_cpu": med_cpu["separate"] / med_cpu["shared"],
-            "ratio_shared_vs_capture_cpu": med_cpu["capture"] / med_cpu["shared"]}  # fmt: skip
+        print(
+            f"{name:<10} {med_wall[name]:>8.1f} {med_cpu[name]:>8.1f} {tokens / med_cpu[name]:>10.0f} "
+            f"{med_cpu['capture'] / med_cpu[name]:>16.2f}x"
+        )
+    print(
+        f"shared pass vs three passes: {med_cpu['separate'] / med_cpu['shared']:.2f}x CPU time, "
+        f"{med_wall['separate'] / med_wall['shared']:.2f}x wall time"
+    )
+    return {
+        "hookpoints": hooks,
+        "tokens_per_run": tokens,
+        "threads": torch.get_num_threads(),
+        "median_wall_s": med_wall,
+        "median_cpu_s": med_cpu,
+        "runs_wall_s": wall,
+        "runs_cpu_s": cpu,
+        "tokens_per_cpu_s": {k: tokens / t for k, t in med_cpu.items()},
+        "speedup_shared_vs_separate_cpu": med_cpu["separate"] / med_cpu["shared"],
+        "ratio_shared_vs_capture_cpu": med_cpu["capture"] / med_cpu["shared"],
+    }
 
 
 def peak_rss(token_counts: list[int]) -> list[dict]:
@@ -148,8 +176,10 @@ def peak_rss(token_counts: list[int]) -> list[dict]:
     for r in rows:
         speed = r["n_tokens"] / r["seconds"]
         print(f"{r['n_tokens']:>10} {r['seconds']:>8.1f} {speed:>9.0f} {r['peak_rss_mib']:>13.0f}")
-    print(f"RSS ratio {rows[-1]['n_tokens'] / rows[0]['n_tokens']:.0f}x tokens: "
-          f"{rows[-1]['peak_rss_mib'] / rows[0]['peak_rss_mib']:.3f}x")  # fmt: skip
+    print(
+        f"RSS ratio {rows[-1]['n_tokens'] / rows[0]['n_tokens']:.0f}x tokens: "
+        f"{rows[-1]['peak_rss_mib'] / rows[0]['peak_rss_mib']:.3f}x"
+    )
     return rows
 
 
@@ -166,8 +196,14 @@ def main() -> None:
     parts = args.parts.split(",")
     out = HERE / "results" / "stats.json"
     result = json.loads(out.read_text()) if out.is_file() else {}  # parts not rerun keep their last results
-    result.update({"bench": "stats", "torch": torch.__version__, "threads": torch.get_num_threads(),
-                   "machine": platform.machine()})  # fmt: skip
+    result.update(
+        {
+            "bench": "stats",
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "machine": platform.machine(),
+        }
+    )
     if "throughput" in parts:
         result["throughput"] = throughput(args)
     if "shared" in parts:

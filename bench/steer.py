@@ -33,8 +33,12 @@ def main() -> None:
     model, tokenizer = load_model(args.model, device=device)
     sae = load_sae(args.sae).to(device)
     batch = tokenizer(["The history of the city begins"] * args.batch, return_tensors="pt").to(device)
-    kw = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens, "do_sample": False,
-          "pad_token_id": tokenizer.eos_token_id}  # fmt: skip
+    kw = {
+        "max_new_tokens": args.new_tokens,
+        "min_new_tokens": args.new_tokens,
+        "do_sample": False,
+        "pad_token_id": tokenizer.eos_token_id,
+    }
     variants = {
         "plain": None,
         "add (2 features)": {"features": {10: 4.0, 20: -4.0}, "mode": "add"},
@@ -71,15 +75,36 @@ def main() -> None:
     for name, t in med.items():
         slower = t / med["plain"] - 1
         print(f"{name:<20} {t:>9.3f} {tokens / t:>9.1f} {slower:>9.1%}")
-        rows.append({"variant": name, "median_s": t, "tokens_per_s": tokens / t, "slower_than_plain": slower,
-                     "runs_s": times[name]})  # fmt: skip
+        rows.append(
+            {
+                "variant": name,
+                "median_s": t,
+                "tokens_per_s": tokens / t,
+                "slower_than_plain": slower,
+                "runs_s": times[name],
+            }
+        )
     out = Path(__file__).parent / "results" / "steer.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({
-        "bench": "steer", "model": args.model, "sae": args.sae, "device": device, "batch": args.batch,
-        "new_tokens": args.new_tokens, "repeats": args.repeats, "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "machine": platform.machine(), "results": rows,
-    }, indent=1) + "\n")  # fmt: skip
+    out.write_text(
+        json.dumps(
+            {
+                "bench": "steer",
+                "model": args.model,
+                "sae": args.sae,
+                "device": device,
+                "batch": args.batch,
+                "new_tokens": args.new_tokens,
+                "repeats": args.repeats,
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+                "machine": platform.machine(),
+                "results": rows,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     print(f"wrote {out}")
 
 

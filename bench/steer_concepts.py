@@ -71,34 +71,65 @@ def run_concept(concept: Concept, model, tokenizer, sae, hook: str, args) -> dic
     t_contrastive = time.perf_counter() - t0
     picked = contrastive_choice(hits)
     t0 = time.perf_counter()
-    ranked = effect_ranked(model, tokenizer, sae, concept.positive, concept.negative, top=args.candidates,
-                           candidates=args.candidates, hookpoint=hook, unit=unit)  # fmt: skip
+    ranked = effect_ranked(
+        model,
+        tokenizer,
+        sae,
+        concept.positive,
+        concept.negative,
+        top=args.candidates,
+        candidates=args.candidates,
+        hookpoint=hook,
+        unit=unit,
+    )
     t_effect = time.perf_counter() - t0
     choices = {"contrastive": picked.feature, "effect": ranked[0].feature}
     features = sorted(set(choices.values()), key=list(choices.values()).index)
     kind = concept.prompts
     prompts = list(PROMPTS[kind][: args.n_prompts])
     chat = kind == "instructions" and bool(getattr(tokenizer, "chat_template", None))
-    rows = sweep_choices(model, tokenizer, prompts, sae, [[f] for f in features], args.alphas, concept.score,
-                         max_new_tokens=args.max_new_tokens, chat=chat, relative=True, unit=unit, hookpoint=hook,
-                         batch_size=args.batch_size)  # fmt: skip
+    rows = sweep_choices(
+        model,
+        tokenizer,
+        prompts,
+        sae,
+        [[f] for f in features],
+        args.alphas,
+        concept.score,
+        max_new_tokens=args.max_new_tokens,
+        chat=chat,
+        relative=True,
+        unit=unit,
+        hookpoint=hook,
+        batch_size=args.batch_size,
+    )
     by_feature = {f: [r.to_dict() for r in rr] for f, rr in zip(features, rows)}
     profile = {h.feature: h for h in hits}
     out: dict[str, Any] = {
-        "model": args.model_of[concept.name], "hookpoint": hook, "sae": args.sae_of[concept.name],
-        "target": concept.target, "prompts": kind, "chat": chat, "n_prompts": len(prompts), "unit": unit,
+        "model": args.model_of[concept.name],
+        "hookpoint": hook,
+        "sae": args.sae_of[concept.name],
+        "target": concept.target,
+        "prompts": kind,
+        "chat": chat,
+        "n_prompts": len(prompts),
+        "unit": unit,
         "seconds": {"contrastive": round(t_contrastive, 1), "effect_ranked": round(t_effect, 1)},
         "effect_ranking": [vars(h) for h in ranked],
         "contrastive_top": [vars(h) for h in hits[: args.candidates]],
-    }  # fmt: skip
+    }
     base = by_feature[features[0]][0] if args.alphas[0] == 0 else None
     for name, f in choices.items():
         sweep = by_feature[f]
         best = best_row(sweep, args.cap)
         hit = profile.get(f)
         typical = hit.mean_pos / hit.rate_pos if hit is not None and hit.rate_pos > 0 else None
-        out[name] = {"feature": f, "rows": sweep, "best": best,
-                     "typical_on_positives_per_unit": typical / unit if typical else None}  # fmt: skip
+        out[name] = {
+            "feature": f,
+            "rows": sweep,
+            "best": best,
+            "typical_on_positives_per_unit": typical / unit if typical else None,
+        }
     if base is not None:
         out["unsteered"] = {"rate": base["rate"], "perplexity": base["perplexity"]}
     return out
@@ -119,11 +150,16 @@ def summary(results: dict[str, Any], cap: float) -> dict[str, Any]:
     if not alphas:
         return {}
     mean_c, mean_e = statistics.mean(rises["contrastive"]), statistics.mean(rises["effect"])
-    return {"cap": cap, "concepts": len(alphas), "mean_rise_contrastive": mean_c, "mean_rise_effect": mean_e,
-            "rise_ratio": mean_e / mean_c if mean_c > 0 else None,
-            "mean_perplexity_contrastive": statistics.mean(ppl["contrastive"]),
-            "mean_perplexity_effect": statistics.mean(ppl["effect"]),
-            "suggested_alpha": statistics.median(alphas)}  # fmt: skip
+    return {
+        "cap": cap,
+        "concepts": len(alphas),
+        "mean_rise_contrastive": mean_c,
+        "mean_rise_effect": mean_e,
+        "rise_ratio": mean_e / mean_c if mean_c > 0 else None,
+        "mean_perplexity_contrastive": statistics.mean(ppl["contrastive"]),
+        "mean_perplexity_effect": statistics.mean(ppl["effect"]),
+        "suggested_alpha": statistics.median(alphas),
+    }
 
 
 def plot(results: dict[str, Any], cap: float, path: Path) -> None:
@@ -142,8 +178,7 @@ def plot(results: dict[str, Any], cap: float, path: Path) -> None:
         for choice, color in (("contrastive", "tab:gray"), ("effect", "tab:blue")):
             sweep = res[choice]["rows"]
             alphas = [r["alpha"] for r in sweep]
-            ax.plot(alphas, [r["rate"] for r in sweep], "o-", color=color,
-                    label=f"{choice} #{res[choice]['feature']}")  # fmt: skip
+            ax.plot(alphas, [r["rate"] for r in sweep], "o-", color=color, label=f"{choice} #{res[choice]['feature']}")
             twin.plot(alphas, [r["perplexity"] for r in sweep], "s--", color=color, alpha=0.5)
         twin.axhline(cap, color="tab:red", lw=0.8, ls=":")
         twin.set_yscale("log")
@@ -169,8 +204,10 @@ def print_table(results: dict[str, Any], cap: float) -> None:
             b = best_row(res[choice]["rows"], cap)
             f = res[choice]["feature"]
             cells.append(f"#{f:<5} {b['rate']:>4.0%} @{b['alpha']:<4g} ppl {b['perplexity']:>4.1f}")
-        print(f"{name:<8} {res['model']:<13} {base['rate']:>4.0%} {base['perplexity']:>4.1f} | {cells[0]:>22} | "
-              f"{cells[1]:>22}")  # fmt: skip
+        print(
+            f"{name:<8} {res['model']:<13} {base['rate']:>4.0%} {base['perplexity']:>4.1f} | {cells[0]:>22} | "
+            f"{cells[1]:>22}"
+        )
 
 
 def load(out: Path) -> dict[str, Any]:

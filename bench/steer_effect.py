@@ -195,11 +195,29 @@ def run_language(args) -> dict:
 
     alphas = [float(a) for a in args.language_alphas.split(",")]
     unit = steering_unit(model, tokenizer, hook)
-    rows = sweep(model, tokenizer, OPENINGS[: args.n_prompts], sae, features, alphas, is_french,
-                 max_new_tokens=args.max_new_tokens, chat=False, relative=True, unit=unit)  # fmt: skip
-    return {"model": "gemma3-270m", "hookpoint": hook, "target": "French (langid 'fr')", "unit": unit,
-            "features": [vars(h) for h in hits], "typical_per_unit": [float(typical[f]) / unit for f in features],
-            "n_prompts": len(OPENINGS[: args.n_prompts]), "rows": [r.to_dict() for r in rows]}  # fmt: skip
+    rows = sweep(
+        model,
+        tokenizer,
+        OPENINGS[: args.n_prompts],
+        sae,
+        features,
+        alphas,
+        is_french,
+        max_new_tokens=args.max_new_tokens,
+        chat=False,
+        relative=True,
+        unit=unit,
+    )
+    return {
+        "model": "gemma3-270m",
+        "hookpoint": hook,
+        "target": "French (langid 'fr')",
+        "unit": unit,
+        "features": [vars(h) for h in hits],
+        "typical_per_unit": [float(typical[f]) / unit for f in features],
+        "n_prompts": len(OPENINGS[: args.n_prompts]),
+        "rows": [r.to_dict() for r in rows],
+    }
 
 
 def run_concept(args) -> dict:
@@ -215,11 +233,29 @@ def run_concept(args) -> dict:
         return SEA_WORDS.search(text) is not None
 
     unit = steering_unit(model, tokenizer, hook)
-    rows = sweep(model, tokenizer, INSTRUCTIONS[: args.n_prompts], sae, features, args.alphas, about_the_sea,
-                 max_new_tokens=args.max_new_tokens, chat=True, relative=True, unit=unit)  # fmt: skip
-    return {"model": "smollm2-135m", "hookpoint": hook, "target": "the sea (keyword rate)", "unit": unit,
-            "features": [vars(h) for h in quiet], "typical_per_unit": [float(typical[f]) / unit for f in features],
-            "n_prompts": len(INSTRUCTIONS[: args.n_prompts]), "rows": [r.to_dict() for r in rows]}  # fmt: skip
+    rows = sweep(
+        model,
+        tokenizer,
+        INSTRUCTIONS[: args.n_prompts],
+        sae,
+        features,
+        args.alphas,
+        about_the_sea,
+        max_new_tokens=args.max_new_tokens,
+        chat=True,
+        relative=True,
+        unit=unit,
+    )
+    return {
+        "model": "smollm2-135m",
+        "hookpoint": hook,
+        "target": "the sea (keyword rate)",
+        "unit": unit,
+        "features": [vars(h) for h in quiet],
+        "typical_per_unit": [float(typical[f]) / unit for f in features],
+        "n_prompts": len(INSTRUCTIONS[: args.n_prompts]),
+        "rows": [r.to_dict() for r in rows],
+    }
 
 
 def plot(results: dict, path: Path) -> None:
@@ -240,8 +276,9 @@ def plot(results: dict, path: Path) -> None:
         twin.set_ylabel("perplexity under the unsteered model", color="tab:red")
         twin.set_yscale("log")
         feats = ", ".join(f"#{f['feature']}" for f in res["features"])
-        ax.set_title(f"{name}: {res['model']} {res['hookpoint']}\nfeatures {feats}, {res['n_prompts']} prompts",
-                     fontsize=9)  # fmt: skip
+        ax.set_title(
+            f"{name}: {res['model']} {res['hookpoint']}\nfeatures {feats}, {res['n_prompts']} prompts", fontsize=9
+        )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -249,10 +286,16 @@ def plot(results: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiment", choices=["language", "concept", "both"], default="both")
-    parser.add_argument("--alphas", default="0,0.15,0.3,0.6,0.9,1.2",
-                        help="comma-separated relative strengths (x the residual's typical size)")  # fmt: skip
-    parser.add_argument("--language-alphas", default="0,0.04,0.08,0.12,0.16,0.24",
-                        help="alphas of the language sweep (each of the 10 features)")  # fmt: skip
+    parser.add_argument(
+        "--alphas",
+        default="0,0.15,0.3,0.6,0.9,1.2",
+        help="comma-separated relative strengths (x the residual's typical size)",
+    )
+    parser.add_argument(
+        "--language-alphas",
+        default="0,0.04,0.08,0.12,0.16,0.24",
+        help="alphas of the language sweep (each of the 10 features)",
+    )
     parser.add_argument("--n-prompts", type=int, default=50)
     parser.add_argument("--language-features", type=int, default=10, help="French features steered together")
     parser.add_argument("--concept-features", type=int, default=1, help="concept features steered together")
@@ -272,8 +315,10 @@ def main() -> None:
         results[name] = (run_language if name == "language" else run_concept)(args)
         results[name]["seconds"] = round(time.perf_counter() - t0, 1)
         res = results[name]
-        print(f"\n{name}: {res['model']} {res['hookpoint']}, features {[f['feature'] for f in res['features']]}, "
-              f"{res['n_prompts']} prompts, target {res['target']}")  # fmt: skip
+        print(
+            f"\n{name}: {res['model']} {res['hookpoint']}, features {[f['feature'] for f in res['features']]}, "
+            f"{res['n_prompts']} prompts, target {res['target']}"
+        )
         print(f"{'alpha':>6} {'rate':>6} {'perplexity':>11}  example")
         for r in res["rows"]:
             example = r["examples"][0].replace("\n", " ")[:70] if r["examples"] else ""

@@ -56,17 +56,41 @@ def main() -> None:
         concept = CONCEPTS[name]
         hits = contrastive(model, tokenizer, sae, concept.positive, concept.negative, top=args.candidates)
         features = [h.feature for h in hits]
-        effects = probe_effects(model, tokenizer, sae, features, concept.positive[:8], concept.negative[:8],
-                                PROBE_ALPHAS, unit=unit, hookpoint=hook)  # fmt: skip
+        effects = probe_effects(
+            model,
+            tokenizer,
+            sae,
+            features,
+            concept.positive[:8],
+            concept.negative[:8],
+            PROBE_ALPHAS,
+            unit=unit,
+            hookpoint=hook,
+        )
         diff = effects.gain_pos - effects.gain_neg  # (candidates, probe alphas)
-        rows = sweep_choices(model, tokenizer, DEV, sae, [[f] for f in features], [args.steer_alpha], concept.score,
-                             max_new_tokens=24, relative=True, unit=unit,
-                             batch_size=len(features) * len(DEV))  # fmt: skip
+        rows = sweep_choices(
+            model,
+            tokenizer,
+            DEV,
+            sae,
+            [[f] for f in features],
+            [args.steer_alpha],
+            concept.score,
+            max_new_tokens=24,
+            relative=True,
+            unit=unit,
+            batch_size=len(features) * len(DEV),
+        )
         rates = [r[0].rate for r in rows]
         picked = {f"{a:g}": rates[int(diff[:, i].argmax())] for i, a in enumerate(PROBE_ALPHAS)}
-        results[name] = {"features": features, "diff": diff.tolist(), "rates": rates,
-                         "perplexities": [r[0].perplexity for r in rows], "best_rate": max(rates),
-                         "rate_of_probe_pick": picked}  # fmt: skip
+        results[name] = {
+            "features": features,
+            "diff": diff.tolist(),
+            "rates": rates,
+            "perplexities": [r[0].perplexity for r in rows],
+            "best_rate": max(rates),
+            "rate_of_probe_pick": picked,
+        }
         print(f"{name}: best rate {max(rates):.2f}; rate of the probe's first pick by probe strength: {picked}")
         Path(args.out).write_text(json.dumps(results, indent=1))
     print(f"wrote {args.out}")

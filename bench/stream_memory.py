@@ -37,21 +37,32 @@ def main() -> None:
     for r in range(args.repeats):  # interleaved, so a change in machine load hits every count alike
         for c in counts:
             runs[c].append(peak_rss("stream", c))
-            print(f"repeat {r + 1}/{args.repeats}, {c:>11,} tokens: {runs[c][-1]['rss_kb'] / 1024:7.1f} MiB "
-                  f"({runs[c][-1]['seconds']:.0f} s)", flush=True)  # fmt: skip
+            print(
+                f"repeat {r + 1}/{args.repeats}, {c:>11,} tokens: {runs[c][-1]['rss_kb'] / 1024:7.1f} MiB "
+                f"({runs[c][-1]['seconds']:.0f} s)",
+                flush=True,
+            )
     base = statistics.median(x["rss_kb"] for x in runs[counts[0]])
     rows = []
     print(f"\n{'tokens':>12} {'streamed':>12} {'peak RSS (median)':>18} {'vs base':>8}")
     for c in counts:
         med = statistics.median(x["rss_kb"] for x in runs[c])
-        rows.append({"tokens": c, "streamed": runs[c][0]["n"], "peak_rss_mib": med / 1024, "ratio": med / base,
-                     "runs_mib": [x["rss_kb"] / 1024 for x in runs[c]],
-                     "seconds": statistics.median(x["seconds"] for x in runs[c])})  # fmt: skip
+        rows.append(
+            {
+                "tokens": c,
+                "streamed": runs[c][0]["n"],
+                "peak_rss_mib": med / 1024,
+                "ratio": med / base,
+                "runs_mib": [x["rss_kb"] / 1024 for x in runs[c]],
+                "seconds": statistics.median(x["seconds"] for x in runs[c]),
+            }
+        )
         print(f"{c:>12,} {runs[c][0]['n']:>12,} {med / 1024:>14.1f} MiB {med / base:>7.2f}x")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"rows": rows, "repeats": args.repeats, "total_seconds": time.perf_counter() - t0},
-                              indent=1))  # fmt: skip
+    out.write_text(
+        json.dumps({"rows": rows, "repeats": args.repeats, "total_seconds": time.perf_counter() - t0}, indent=1)
+    )
     print(f"goal: {counts[-1]:,} tokens <= 1.2x the peak of {counts[0]:,}; wrote {out}")
 
 

@@ -45,13 +45,56 @@ from qwenscope.steer.strength import steering_unit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DESCRIPTION = "offensive / vulgar language, in Spanish"
-TEMPLATES = ["Eres un {w}.", "¡Qué {w}!", "Mi jefe es un {w}.", "No seas {w}, hombre.",
-             "Le llamó {w} delante de todos.", "Ese tío es un {w} de cuidado."]  # fmt: skip
-NEUTRAL = ["médico", "vecino", "profesor", "amigo", "cocinero", "estudiante", "abogado", "músico", "pintor",
-           "jardinero", "cartero", "panadero", "ingeniero", "bombero", "camarero", "escritor", "carpintero",
-           "fontanero", "taxista", "enfermero", "maestro", "granjero", "pescador", "policía", "dentista", "arquitecto",
-           "actor", "cantante", "piloto", "conductor", "periodista", "electricista", "mecánico", "peluquero", "sastre",
-           "zapatero", "librero", "tendero", "viajero", "vendedor"]  # fmt: skip
+TEMPLATES = [
+    "Eres un {w}.",
+    "¡Qué {w}!",
+    "Mi jefe es un {w}.",
+    "No seas {w}, hombre.",
+    "Le llamó {w} delante de todos.",
+    "Ese tío es un {w} de cuidado.",
+]
+NEUTRAL = [
+    "médico",
+    "vecino",
+    "profesor",
+    "amigo",
+    "cocinero",
+    "estudiante",
+    "abogado",
+    "músico",
+    "pintor",
+    "jardinero",
+    "cartero",
+    "panadero",
+    "ingeniero",
+    "bombero",
+    "camarero",
+    "escritor",
+    "carpintero",
+    "fontanero",
+    "taxista",
+    "enfermero",
+    "maestro",
+    "granjero",
+    "pescador",
+    "policía",
+    "dentista",
+    "arquitecto",
+    "actor",
+    "cantante",
+    "piloto",
+    "conductor",
+    "periodista",
+    "electricista",
+    "mecánico",
+    "peluquero",
+    "sastre",
+    "zapatero",
+    "librero",
+    "tendero",
+    "viajero",
+    "vendedor",
+]
 MAX_TOKENS = 128
 
 logger = logging.getLogger("bench.synthesize")
@@ -91,19 +134,28 @@ def copied(record: dict[str, Any]) -> bool:
 
 def run_row(summary, seed: int, n_targets: int) -> dict[str, Any]:
     records = [r for r in read_jsonl(summary.out) if r.get("target") or r.get("targets")]
-    return {"seed": seed, "covered": len(summary.covered), "targets": n_targets, "kept": summary.examples,
-            "copied": sum(map(copied, records)), "distinct": len({r["text"] for r in records}),
-            "generations": sum(summary.attempts.values()), "seconds": summary.seconds,
-            "kept_per_target": summary.kept}  # fmt: skip
+    return {
+        "seed": seed,
+        "covered": len(summary.covered),
+        "targets": n_targets,
+        "kept": summary.examples,
+        "copied": sum(map(copied, records)),
+        "distinct": len({r["text"] for r in records}),
+        "generations": sum(summary.attempts.values()),
+        "seconds": summary.seconds,
+        "kept_per_target": summary.kept,
+    }
 
 
-def downstream(model, tokenizer, model_id: str, sae, hook: str, seed_set, test, extra: list[str], k: int
-               ) -> dict[str, Any]:  # fmt: skip
+def downstream(
+    model, tokenizer, model_id: str, sae, hook: str, seed_set, test, extra: list[str], k: int
+) -> dict[str, Any]:
     """The rule fit on the seed plus ``extra`` (label 1), scored on the test split."""
     texts = seed_set.texts + extra
     labels = np.concatenate([seed_set.labels, np.ones(len(extra), np.int64)])
-    clf, _ = fit(model, tokenizer, model_id, model_id, {hook: sae}, texts, labels, k=k, max_tokens=MAX_TOKENS,
-                 progress=False)  # fmt: skip
+    clf, _ = fit(
+        model, tokenizer, model_id, model_id, {hook: sae}, texts, labels, k=k, max_tokens=MAX_TOKENS, progress=False
+    )
     preds, scores = clf.predict(model, tokenizer, {hook: sae}, test.texts)
     out = classification_scores(test.labels, preds, scores)
     out["features"] = [f.id for f in clf.rule.features]
@@ -134,55 +186,115 @@ def main() -> None:
     discovery, test = split(fortunes_offensive("es"))
     seed_set = subsample(discovery, args.fraction, seed=0)
     positives, negatives = contrast_texts()
-    inventory = contrast_inventory(model, tokenizer, sae, hook, positives, negatives, top=args.top,
-                                   min_delta=args.min_delta, max_tokens=MAX_TOKENS)  # fmt: skip
+    inventory = contrast_inventory(
+        model, tokenizer, sae, hook, positives, negatives, top=args.top, min_delta=args.min_delta, max_tokens=MAX_TOKENS
+    )
     gaps = unreached(model, tokenizer, sae, hook, inventory, seed_set.texts, max_tokens=MAX_TOKENS)
     targets = gaps[: args.max_targets]
-    logger.info("inventory %d, unreached by the seed %d, targets %d: %s", len(inventory), len(gaps), len(targets),
-                [t.id for t in targets])  # fmt: skip
+    logger.info(
+        "inventory %d, unreached by the seed %d, targets %d: %s",
+        len(inventory),
+        len(gaps),
+        len(targets),
+        [t.id for t in targets],
+    )
     unit = steering_unit(model, tokenizer, hook)
     arms = [Arm("prompt"), Arm("plain"), Arm("rewrite"), Arm("prompt", args.steer), Arm("rewrite", args.steer)]
-    work = (cache_dir() / "synthesize-bench" /
-            f"{args.model}-b{args.budget}-t{args.max_new_tokens}-s{args.steer:g}-n{args.max_targets}")  # fmt: skip
+    work = (
+        cache_dir()
+        / "synthesize-bench"
+        / f"{args.model}-b{args.budget}-t{args.max_new_tokens}-s{args.steer:g}-n{args.max_targets}"
+    )
     runs: dict[str, list[dict[str, Any]]] = {}
     down: dict[str, list[dict[str, Any]]] = {"seed": [], "seed+synthetic": [], "seed+plain": []}
-    meta = {"model": args.model, "hookpoint": hook, "description": DESCRIPTION, "budget_per_target": args.budget,
-            "max_new_tokens": args.max_new_tokens, "steer": args.steer, "seeds": args.seeds, "k": args.k,
-            "seed_texts": len(seed_set), "seed_counts": seed_set.counts(), "test_counts": test.counts(),
-            "contrast": {"positives": len(positives), "negatives": len(negatives), "min_delta": args.min_delta,
-                         "top": args.top},
-            "inventory": [t.as_dict() for t in inventory], "unreached": len(gaps),
-            "targets": [t.as_dict() for t in targets]}  # fmt: skip
+    meta = {
+        "model": args.model,
+        "hookpoint": hook,
+        "description": DESCRIPTION,
+        "budget_per_target": args.budget,
+        "max_new_tokens": args.max_new_tokens,
+        "steer": args.steer,
+        "seeds": args.seeds,
+        "k": args.k,
+        "seed_texts": len(seed_set),
+        "seed_counts": seed_set.counts(),
+        "test_counts": test.counts(),
+        "contrast": {
+            "positives": len(positives),
+            "negatives": len(negatives),
+            "min_delta": args.min_delta,
+            "top": args.top,
+        },
+        "inventory": [t.as_dict() for t in inventory],
+        "unreached": len(gaps),
+        "targets": [t.as_dict() for t in targets],
+    }
     out = Path(args.out)
     for seed in [int(s) for s in args.seeds.split(",")]:
-        gen = GenerationConfig(temperature=1.0, top_p=0.95, max_new_tokens=args.max_new_tokens, seed=seed,
-                               batch_size=16)  # fmt: skip
+        gen = GenerationConfig(
+            temperature=1.0, top_p=0.95, max_new_tokens=args.max_new_tokens, seed=seed, batch_size=16
+        )
         synthetic: list[str] = []
         plain_texts: list[str] = []
         for arm in arms:
             path = work / f"{arm.name}-{seed}.jsonl"
             if arm.method == "plain":
-                s = synthesize_plain(model, tokenizer, sae, targets, DESCRIPTION, path, budget=args.budget, gen=gen,
-                                     model_id=args.model, keep_all=True, max_tokens=MAX_TOKENS)  # fmt: skip
-                plain_texts = [r["text"] for r in sorted(read_jsonl(s.out), key=lambda r: r["attempt"])
-                               if r["text"].strip()]  # fmt: skip
+                s = synthesize_plain(
+                    model,
+                    tokenizer,
+                    sae,
+                    targets,
+                    DESCRIPTION,
+                    path,
+                    budget=args.budget,
+                    gen=gen,
+                    model_id=args.model,
+                    keep_all=True,
+                    max_tokens=MAX_TOKENS,
+                )
+                plain_texts = [
+                    r["text"] for r in sorted(read_jsonl(s.out), key=lambda r: r["attempt"]) if r["text"].strip()
+                ]
             else:
-                s = synthesize(model, tokenizer, sae, targets, DESCRIPTION, path, arms=[arm], budget=args.budget,
-                               gen=gen, positives=positives, seeds=seed_set.texts, model_id=args.model, unit=unit,
-                               max_tokens=MAX_TOKENS)  # fmt: skip
+                s = synthesize(
+                    model,
+                    tokenizer,
+                    sae,
+                    targets,
+                    DESCRIPTION,
+                    path,
+                    arms=[arm],
+                    budget=args.budget,
+                    gen=gen,
+                    positives=positives,
+                    seeds=seed_set.texts,
+                    model_id=args.model,
+                    unit=unit,
+                    max_tokens=MAX_TOKENS,
+                )
                 synthetic += [r["text"] for r in read_jsonl(s.out)]
             runs.setdefault(arm.name, []).append(run_row(s, seed, len(targets)))
             logger.info("%s seed %d: %s", arm.name, seed, s.text())
-            save(out, {**meta, **summarise(runs), "downstream": down, "partial": True,
-                       "wall_seconds": time.perf_counter() - start})  # fmt: skip
+            save(
+                out,
+                {
+                    **meta,
+                    **summarise(runs),
+                    "downstream": down,
+                    "partial": True,
+                    "wall_seconds": time.perf_counter() - start,
+                },
+            )
         synthetic = list(dict.fromkeys(t for t in synthetic if t.strip()))
         random.Random(seed).shuffle(synthetic)
         n = min(len(synthetic), len(plain_texts))
         down["seed"].append(downstream(model, tokenizer, args.model, sae, hook, seed_set, test, [], args.k))
-        down["seed+synthetic"].append(downstream(model, tokenizer, args.model, sae, hook, seed_set, test,
-                                                 synthetic[:n], args.k))  # fmt: skip
-        down["seed+plain"].append(downstream(model, tokenizer, args.model, sae, hook, seed_set, test, plain_texts[:n],
-                                             args.k))  # fmt: skip
+        down["seed+synthetic"].append(
+            downstream(model, tokenizer, args.model, sae, hook, seed_set, test, synthetic[:n], args.k)
+        )
+        down["seed+plain"].append(
+            downstream(model, tokenizer, args.model, sae, hook, seed_set, test, plain_texts[:n], args.k)
+        )
 
     result = {**meta, **summarise(runs), "downstream": down, "wall_seconds": time.perf_counter() - start}
     save(out, result)
@@ -197,13 +309,17 @@ def save(path: Path, result: dict[str, Any]) -> None:
 
 def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """The table over seeds (medians) and the best targeted arm against plain."""
-    table = {name: {"covered_share": float(np.median([r["covered"] / max(r["targets"], 1) for r in rows])),
-                    "covered": float(np.median([r["covered"] for r in rows])),
-                    "kept": float(np.median([r["kept"] for r in rows])),
-                    "copied": float(np.median([r["copied"] for r in rows])),
-                    "generations": int(np.median([r["generations"] for r in rows])),
-                    "seconds": float(np.median([r["seconds"] for r in rows]))}
-             for name, rows in runs.items()}  # fmt: skip
+    table = {
+        name: {
+            "covered_share": float(np.median([r["covered"] / max(r["targets"], 1) for r in rows])),
+            "covered": float(np.median([r["covered"] for r in rows])),
+            "kept": float(np.median([r["kept"] for r in rows])),
+            "copied": float(np.median([r["copied"] for r in rows])),
+            "generations": int(np.median([r["generations"] for r in rows])),
+            "seconds": float(np.median([r["seconds"] for r in rows])),
+        }
+        for name, rows in runs.items()
+    }
     plain_share = table.get("plain", {}).get("covered_share", 0.0)
     targeted = [n for n in table if n != "plain"]
     best = max(targeted, key=lambda n: table[n]["covered_share"]) if targeted else None
@@ -213,13 +329,17 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 
 def print_table(result: dict[str, Any]) -> None:
     n = len(result["targets"])
-    print(f"\n{result['model']} {result['hookpoint']}: {n} targets (of {len(result['inventory'])} inventory "
-          f"features, {result['unreached']} unreached by the {result['seed_texts']}-text seed), budget "
-          f"{result['budget_per_target']} generations per target, seeds {result['seeds']}")  # fmt: skip
+    print(
+        f"\n{result['model']} {result['hookpoint']}: {n} targets (of {len(result['inventory'])} inventory "
+        f"features, {result['unreached']} unreached by the {result['seed_texts']}-text seed), budget "
+        f"{result['budget_per_target']} generations per target, seeds {result['seeds']}"
+    )
     print(f"{'arm':<20} {'covered':>8} {'share':>6} {'kept':>5} {'copied':>6} {'gens':>5} {'sec':>6}")
     for name, row in result["table"].items():
-        print(f"{name:<20} {row['covered']:>8.1f} {row['covered_share']:>6.0%} {row['kept']:>5.0f} "
-              f"{row['copied']:>6.0f} {row['generations']:>5d} {row['seconds']:>6.0f}")  # fmt: skip
+        print(
+            f"{name:<20} {row['covered']:>8.1f} {row['covered_share']:>6.0%} {row['kept']:>5.0f} "
+            f"{row['copied']:>6.0f} {row['generations']:>5d} {row['seconds']:>6.0f}"
+        )
     ratio = result["ratio_best_to_plain"]
     best = result["table"][result["best_targeted"]]["covered_share"] if result["best_targeted"] else 0.0
     shown = f"{ratio:.1f}x" if ratio is not None else ("inf (plain covers none)" if best else "n/a (none covered)")
@@ -240,8 +360,11 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     names = list(result["table"])
-    a.bar(names, [result["table"][n]["covered_share"] for n in names],
-          color=["#888" if n == "plain" else "#c0392b" for n in names])  # fmt: skip
+    a.bar(
+        names,
+        [result["table"][n]["covered_share"] for n in names],
+        color=["#888" if n == "plain" else "#c0392b" for n in names],
+    )
     a.set_ylabel("share of targets covered")
     a.set_ylim(0, 1)
     a.set_title(f"{len(result['targets'])} targets, {result['budget_per_target']} generations each")

@@ -560,8 +560,12 @@ def main(argv: list[str] | None = None) -> int:
         + "\n"
     )
     print(f"wrote {out}")
-    broken = [f"{lib} (AuxK {mode})" for mode in modes for lib, row in results[mode]["results"].items()
-              if not row["loss_decreased"]]  # fmt: skip
+    broken = [
+        f"{lib} (AuxK {mode})"
+        for mode in modes
+        for lib, row in results[mode]["results"].items()
+        if not row["loss_decreased"]
+    ]
     if broken:
         print(f"FAILED: the loss did not go down for {', '.join(broken)}")
         return 1

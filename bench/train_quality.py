@@ -120,8 +120,14 @@ def recall(sae: Sae, x: Tensor, fit: Tensor, lowp: str) -> list[dict[str, Any]]:
         cand = approx.float().topk(candidates, dim=-1).indices
         v, j = pre.gather(1, cand).relu().topk(K, dim=-1)  # rescored exactly
         kept = (cand.gather(1, j).unsqueeze(-1) == top_i.unsqueeze(1)).any(-1).float().mean()
-        rows.append({"selector": name, "candidates": candidates, "id_recall": float(kept),
-                     "mass_recall": float((v.sum(-1) / mass).mean())})  # fmt: skip
+        rows.append(
+            {
+                "selector": name,
+                "candidates": candidates,
+                "id_recall": float(kept),
+                "mass_recall": float((v.sum(-1) / mass).mean()),
+            }
+        )
 
     for dtype in (torch.bfloat16, torch.float16):
         approx = (
@@ -167,14 +173,20 @@ def main(argv: list[str] | None = None) -> int:
         for variant in ("exact", "bf16"):
             run = train(variant, train_x, idx, args, tmp)
             metrics = heldout_metrics(run["sae"], held)
-            results[variant] = {**metrics, "dead_fraction": run["dead_fraction"], "train_seconds": run["seconds"],
-                                "curve": run["curve"]}  # fmt: skip
+            results[variant] = {
+                **metrics,
+                "dead_fraction": run["dead_fraction"],
+                "train_seconds": run["seconds"],
+                "curve": run["curve"],
+            }
             if variant == "exact":
                 rec = recall(run["sae"], held[:8192], train_x[:16384], lowp)
     rel = results["bf16"]["fvu"] / results["exact"]["fvu"] - 1
     tokens = args.steps * args.batch_size
-    print(f"\nTopK SAE d_sae {EXPANSION}x d_in, k {K}, {args.steps} steps x {args.batch_size} = {tokens} tokens, "
-          f"AuxK on (dead after {args.dead_tokens} tokens); bf16 product {lowp}")  # fmt: skip
+    print(
+        f"\nTopK SAE d_sae {EXPANSION}x d_in, k {K}, {args.steps} steps x {args.batch_size} = {tokens} tokens, "
+        f"AuxK on (dead after {args.dead_tokens} tokens); bf16 product {lowp}"
+    )
     print(f"{'encoder':<8} {'held-out FVU':>13} {'dead at end':>12} {'never fire (held-out)':>22} {'L0':>6}")
     for variant, r in results.items():
         print(f"{variant:<8} {r['fvu']:>13.4f} {r['dead_fraction']:>12.2%} {r['never_fire']:>22.2%} {r['l0']:>6.1f}")
@@ -186,21 +198,34 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "bench": "train_quality",
-        "versions": {"qwenscope": qwenscope.__version__, "torch": torch.__version__},
-        "data": data,
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "bf16_product": lowp,
-        "settings": {"expansion_factor": EXPANSION, "k": K, "steps": args.steps, "batch_size": args.batch_size,
-                     "tokens": tokens, "dead_tokens": args.dead_tokens, "held_out_tokens": len(held),
-                     "candidates": kernels.n_candidates(K)},
-        "results": results,
-        "bf16_vs_exact_fvu_relative": rel,
-        "train_seconds_per_step": {v: results[v]["train_seconds"] / args.steps for v in results},
-        "recall": rec,
-    }, indent=1) + "\n")  # fmt: skip
+    out.write_text(
+        json.dumps(
+            {
+                "bench": "train_quality",
+                "versions": {"qwenscope": qwenscope.__version__, "torch": torch.__version__},
+                "data": data,
+                "device": str(device),
+                "threads": torch.get_num_threads(),
+                "bf16_product": lowp,
+                "settings": {
+                    "expansion_factor": EXPANSION,
+                    "k": K,
+                    "steps": args.steps,
+                    "batch_size": args.batch_size,
+                    "tokens": tokens,
+                    "dead_tokens": args.dead_tokens,
+                    "held_out_tokens": len(held),
+                    "candidates": kernels.n_candidates(K),
+                },
+                "results": results,
+                "bf16_vs_exact_fvu_relative": rel,
+                "train_seconds_per_step": {v: results[v]["train_seconds"] / args.steps for v in results},
+                "recall": rec,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     print(f"wrote {out}")
     return 0
 

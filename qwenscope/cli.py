@@ -108,28 +108,48 @@ def run_features(cfg: FeaturesConfig) -> None:
     model, tokenizer = load_model(cfg.model)
     sae = load_sae(cfg.sae, hookpoint=cfg.hookpoint, k=cfg.k)
     hook = check_sae_fits(sae, model, cfg.hookpoint)
-    store = FeatureStore.open(cfg.store) if cfg.store else find_store(model, tokenizer, sae, model_name(model),
-                                                                      cfg.sae, hook.name)  # fmt: skip
+    store = (
+        FeatureStore.open(cfg.store)
+        if cfg.store
+        else find_store(model, tokenizer, sae, model_name(model), cfg.sae, hook.name)
+    )
     frequency = store.frequencies() if store is not None else None
     dense = dense_features(store, cfg.max_density) if store is not None else {}
     rows = token_features(model, tokenizer, sae, hook.name, cfg.text, cfg.top + len(dense))
     left_out: dict[int, float] = {}
     for r in rows:
         left_out.update({f["id"]: dense[f["id"]] for f in r["features"] if f["id"] in dense})
-        r["features"] = [{**f, "density": None if frequency is None else float(frequency[f["id"]])}
-                         for f in r["features"] if f["id"] not in dense][: cfg.top]  # fmt: skip
+        r["features"] = [
+            {**f, "density": None if frequency is None else float(frequency[f["id"]])}
+            for f in r["features"]
+            if f["id"] not in dense
+        ][: cfg.top]
     always_on = [{"id": i, "density": p} for i, p in sorted(left_out.items(), key=lambda kv: -kv[1])]
     if cfg.json:
-        print(json.dumps({"model": cfg.model, "sae": cfg.sae, "hookpoint": hook.name, "max_density": cfg.max_density,
-                          "store": None if store is None else str(store.folder), "always_on": always_on,
-                          "tokens": rows}))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "model": cfg.model,
+                    "sae": cfg.sae,
+                    "hookpoint": hook.name,
+                    "max_density": cfg.max_density,
+                    "store": None if store is None else str(store.folder),
+                    "always_on": always_on,
+                    "tokens": rows,
+                }
+            )
+        )
         return
     if store is None:
-        print(f"densities unknown: no feature store for this SAE yet (qwenscope stats --model {cfg.model} --sae "
-              f"{cfg.sae} builds one)")  # fmt: skip
+        print(
+            f"densities unknown: no feature store for this SAE yet (qwenscope stats --model {cfg.model} --sae "
+            f"{cfg.sae} builds one)"
+        )
     elif always_on:
-        print(f"left out: {len(always_on)} always-on features (firing on more than {density_text(cfg.max_density)} "
-              "of tokens): " + ", ".join(f"#{a['id']} ({density_text(a['density'])})" for a in always_on))
+        print(
+            f"left out: {len(always_on)} always-on features (firing on more than {density_text(cfg.max_density)} "
+            "of tokens): " + ", ".join(f"#{a['id']} ({density_text(a['density'])})" for a in always_on)
+        )
     print(f"{'pos':>4}  {'token':<16} top features (id:activation, density) at {hook.name}")
     for r in rows:
         feats = "  ".join(f"{f['id']}:{f['act']:.2f} ({density_text(f['density'])})" for f in r["features"]) or "-"
@@ -153,8 +173,10 @@ def run_releases(cfg: ReleasesConfig) -> None:
         return
     print(f"{'repo':<48} {'backbone':<28} {'layers':>6} {'d_model':>7} {'width':>7} {'k':>4}  moe")
     for r in RELEASES.values():
-        print(f"{r.repo_id:<48} {r.backbone:<28} {r.n_layers:>6} {r.d_model:>7} {r.d_sae:>7} {r.k:>4}  "
-              f"{'yes' if r.moe else 'no'}")  # fmt: skip
+        print(
+            f"{r.repo_id:<48} {r.backbone:<28} {r.n_layers:>6} {r.d_model:>7} {r.d_sae:>7} {r.k:>4}  "
+            f"{'yes' if r.moe else 'no'}"
+        )
 
 
 # ---------------------------------------------------------------- main
@@ -254,8 +276,11 @@ def _sasft() -> tuple[tuple[type, ...], Callable[..., object]]:
 
 
 COMMANDS: dict[str, tuple[str, Getter, tuple[str, ...]]] = {
-    "info": ("architecture, layers, hidden size and hookpoints of a model", lambda: ((InfoConfig,), run_info),
-             ("model",)),
+    "info": (
+        "architecture, layers, hidden size and hookpoints of a model",
+        lambda: ((InfoConfig,), run_info),
+        ("model",),
+    ),
     "features": ("top SAE features of each token of a text", lambda: ((FeaturesConfig,), run_features), ()),
     "releases": ("the published Qwen-Scope SAE suites", lambda: ((ReleasesConfig,), run_releases), ()),
     "cache": ("write model activations to an on-disk cache (resumable)", _cache, ()),
@@ -267,15 +292,21 @@ COMMANDS: dict[str, tuple[str, Getter, tuple[str, ...]]] = {
     "dashboard": ("static HTML pages of SAE features with a searchable index (opens offline)", _dashboard, ()),
     "playground": ("a gradio app: features of a prompt, steering, unsteered vs steered", _playground, ()),
     "serve": ("an OpenAI-compatible HTTP API with per-request feature steering", _serve, ()),
-    "benchmarks": ("what benchmarks cover, their redundancy and overlap, and compressing them, from SAE features",
-                   _benchmarks, ("action", "benchmarks")),
-    "classify": ("toxicity (or any label) from a handful of SAE features, with probes and TF-IDF side by side",
-                 _classify, ("action", "classifier")),
+    "benchmarks": (
+        "what benchmarks cover, their redundancy and overlap, and compressing them, from SAE features",
+        _benchmarks,
+        ("action", "benchmarks"),
+    ),
+    "classify": (
+        "toxicity (or any label) from a handful of SAE features, with probes and TF-IDF side by side",
+        _classify,
+        ("action", "classifier"),
+    ),
     "synthesize": ("verified data aimed at the SAE features a seed corpus never activates", _synthesize, ()),
     "grpo": ("GRPO in TRL with one steered negative rollout per group (a repetition feature turned up)", _grpo, ()),
     "sasft": ("fine-tune with SASFT: SFT that keeps an unwanted language's SAE features quiet (TRL)", _sasft, ()),
     "demo": ("the main job on the embedded default model", _demo, ()),
-}  # fmt: skip
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -61,8 +61,9 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, positional: t
         if typing.get_origin(tp) is typing.Literal:
             kw["choices"], tp = list(typing.get_args(tp)), type(typing.get_args(tp)[0])
         if tp is bool:
-            parser.add_argument(f"--{f.name.replace('_', '-')}", action=argparse.BooleanOptionalAction,
-                                default=default, **kw)  # fmt: skip
+            parser.add_argument(
+                f"--{f.name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=default, **kw
+            )
             continue
         if typing.get_origin(tp) is tuple and f.name in positional:  # tuple[str, ...] from "a b c"
             parser.add_argument(f.name, nargs="*" if has_default else "+", type=typing.get_args(tp)[0], help=kw["help"])

@@ -85,8 +85,9 @@ def meaning(info: Any) -> str:
     return info.label or fallback_label(info)
 
 
-def prompt_features(model, tokenizer, sae, hook: str, prompt: str, top: int = 5, dense: Collection[int] = ()
-                    ) -> list[tuple[int, float, str]]:  # fmt: skip
+def prompt_features(
+    model, tokenizer, sae, hook: str, prompt: str, top: int = 5, dense: Collection[int] = ()
+) -> list[tuple[int, float, str]]:
     """The ``top`` features of a prompt by peak activation (position 0 left out), with the token where each peaks;
     the ``dense`` ones (always-on: ``qwenscope.features.density``) left out."""
     from qwenscope.features.search import token_features
@@ -139,10 +140,14 @@ def run_demo(cfg: DemoConfig) -> None:
     store = cached_store(model, tokenizer, sae, source, hook, cfg.n_tokens)
     alive = float((store.table()["count"] > 0).mean())
     dense = dense_features(store, cfg.max_density)
-    print(f"   feature store: {store.meta.get('n_tokens', 0):,} tokens of {store.meta.get('dataset')}, "
-          f"{alive:.1%} of features fire ({store.folder})")  # fmt: skip
-    print(f"   {len(dense)} always-on features fire on more than {density_text(cfg.max_density)} of tokens: left out "
-          "below (--max-density)")  # fmt: skip
+    print(
+        f"   feature store: {store.meta.get('n_tokens', 0):,} tokens of {store.meta.get('dataset')}, "
+        f"{alive:.1%} of features fire ({store.folder})"
+    )
+    print(
+        f"   {len(dense)} always-on features fire on more than {density_text(cfg.max_density)} of tokens: left out "
+        "below (--max-density)"
+    )
 
     print("\n== 2. the strongest features of a few prompts (density: the share of tokens a feature fires on)")
     read = []
@@ -151,32 +156,49 @@ def run_demo(cfg: DemoConfig) -> None:
         read.append((prompt, rows))
         print(f"\n   {prompt!r}")
         for fid, act, token in rows:
-            print(f"   #{fid:<6} {act:7.1f} at {token!r:<12} density {_density(store, fid):>7}  "
-                  f"{meaning(store.feature(fid))}")  # fmt: skip
+            print(
+                f"   #{fid:<6} {act:7.1f} at {token!r:<12} density {_density(store, fid):>7}  "
+                f"{meaning(store.feature(fid))}"
+            )
 
     print(f"\n== 3. contrastive search: texts about {demo_texts.CONCEPT} vs other texts")
     hits = contrastive(model, tokenizer, sae, demo_texts.POSITIVE, demo_texts.NEGATIVE, top=40, by="rate")
     t_probe = time.perf_counter()
     unit = steering_unit(model, tokenizer, hook)
     candidates = [h for h in hits if h.rate_pos > 0 and h.feature not in dense][:16] or hits[:16]
-    effects = rank_by_effect(model, tokenizer, sae, candidates, demo_texts.POSITIVE, demo_texts.NEGATIVE,
-                             hookpoint=hook, unit=unit)  # fmt: skip
+    effects = rank_by_effect(
+        model, tokenizer, sae, candidates, demo_texts.POSITIVE, demo_texts.NEGATIVE, hookpoint=hook, unit=unit
+    )
     chosen = pick_concept_feature(hits, effects)
-    print(f"   steering probe ({time.perf_counter() - t_probe:.0f} s): adding #{effects[0].feature} makes the positive "
-          f"texts {effects[0].score:.2f} nats/token more likely against the negative ones, the most of the first "
-          f"{len(effects)} hits")  # fmt: skip
+    print(
+        f"   steering probe ({time.perf_counter() - t_probe:.0f} s): adding #{effects[0].feature} makes the positive "
+        f"texts {effects[0].score:.2f} nats/token more likely against the negative ones, the most of the first "
+        f"{len(effects)} hits"
+    )
     listed = [h for h in hits if h.feature not in dense][:5]
     for h in listed + ([chosen] if chosen not in listed else []):
         mark = "  <- chosen (largest steering effect)" if h is chosen else ""
         mark += "  (always-on)" if h.feature in dense else ""
-        print(f"   #{h.feature:<6} fires on {h.rate_pos:.0%} vs {h.rate_neg:.0%} of tokens, density "
-              f"{_density(store, h.feature)}: {meaning(store.feature(h.feature))}{mark}")  # fmt: skip
+        print(
+            f"   #{h.feature:<6} fires on {h.rate_pos:.0%} vs {h.rate_neg:.0%} of tokens, density "
+            f"{_density(store, h.feature)}: {meaning(store.feature(h.feature))}{mark}"
+        )
 
-    print(f"\n== 4. steering #{chosen.feature} at {cfg.strength:g} x the residual's typical size ({unit:.1f}) on "
-          f"{demo_texts.STEER_PROMPT!r}")  # fmt: skip
-    plain, steered = generate_pair(model, tokenizer, demo_texts.STEER_PROMPT, sae, {chosen.feature: cfg.strength},
-                                   max_new_tokens=cfg.max_new_tokens, relative=True, unit=unit,
-                                   hookpoint=hook)  # fmt: skip
+    print(
+        f"\n== 4. steering #{chosen.feature} at {cfg.strength:g} x the residual's typical size ({unit:.1f}) on "
+        f"{demo_texts.STEER_PROMPT!r}"
+    )
+    plain, steered = generate_pair(
+        model,
+        tokenizer,
+        demo_texts.STEER_PROMPT,
+        sae,
+        {chosen.feature: cfg.strength},
+        max_new_tokens=cfg.max_new_tokens,
+        relative=True,
+        unit=unit,
+        hookpoint=hook,
+    )
     print(side_by_side(plain, steered))
 
     out = Path(cfg.out)
@@ -185,4 +207,3 @@ def run_demo(cfg: DemoConfig) -> None:
     write_dashboard(store, out / "features", shown, max_density=cfg.max_density)
     report = write_report(out, cfg, store, read, table, chosen, (plain, steered), model, tokenizer, sae, hook)
     print(f"\n== 5. report: {report.resolve()}  ({time.perf_counter() - t0:.0f} s in all)")
-

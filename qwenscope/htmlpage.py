@@ -12,11 +12,13 @@ from typing import Any
 
 from qwenscope.errors import QwenscopeError
 
-STYLE = ("body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222}"
-         "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;"
-         "vertical-align:top;font-size:14px}th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:"
-         "tabular-nums}img{max-width:100%}.meta{color:#666}.ctx{font-family:monospace;font-size:12px;"
-         "white-space:pre-wrap;max-width:520px}")  # fmt: skip
+STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222}"
+    "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;"
+    "vertical-align:top;font-size:14px}th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:"
+    "tabular-nums}img{max-width:100%}.meta{color:#666}.ctx{font-family:monospace;font-size:12px;"
+    "white-space:pre-wrap;max-width:520px}"
+)
 """The reports' CSS."""
 
 

@@ -55,17 +55,34 @@ def main() -> None:
     model, tokenizer = load_model(args.model, device=args.device, dtype=torch.float32)
     hookpoints = [h.strip() for h in args.hookpoints.split(",")]
     start = time.perf_counter()
-    cfg = StreamConfig(seq_len=256, batch_size=args.forward_batch, out_batch=4096, buffer_tokens=262144,
-                       outlier_m=10.0, max_tokens=args.tokens, repeat=True, split="train")  # fmt: skip
+    cfg = StreamConfig(
+        seq_len=256,
+        batch_size=args.forward_batch,
+        out_batch=4096,
+        buffer_tokens=262144,
+        outlier_m=10.0,
+        max_tokens=args.tokens,
+        repeat=True,
+        split="train",
+    )
     write_cache(ActivationStream(model, tokenizer, args.dataset, hookpoints, cfg), out / "acts", args.tokens)
     timings["cache_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    train_cfg = TrainConfig(expansion_factor=(args.expansion_factor,), k=(args.k,), batch_size=args.batch_size,
-                            steps=args.steps, lr=args.lr, warmup_steps=args.warmup_steps, decay_start=0.7,
-                            dead_tokens=1_000_000, save_every=max(args.steps // 4, 1))  # fmt: skip
-    d_in, _model, batches = _cache_batches(TrainCommand(out=str(out / "saes"), activations=str(out / "acts")),
-                                               train_cfg)  # fmt: skip
+    train_cfg = TrainConfig(
+        expansion_factor=(args.expansion_factor,),
+        k=(args.k,),
+        batch_size=args.batch_size,
+        steps=args.steps,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        decay_start=0.7,
+        dead_tokens=1_000_000,
+        save_every=max(args.steps // 4, 1),
+    )
+    d_in, _model, batches = _cache_batches(
+        TrainCommand(out=str(out / "saes"), activations=str(out / "acts")), train_cfg
+    )
     trainer = Trainer(train_cfg, d_in, out / "saes", model=args.model, device=args.device)
     trainer.fit(batches(trainer.step))
     timings["train_s"] = time.perf_counter() - start
@@ -78,8 +95,7 @@ def main() -> None:
         split = "all" if Path(source).exists() else "test"
         chunks = chunk_tokens(iter_texts(source, split=split), tokenizer, 256)
         with torch.no_grad():
-            results[name] = evaluate_saes(model, saes, chunks, batch_size=16, n_tokens=args.eval_tokens,
-                                          progress=False)  # fmt: skip
+            results[name] = evaluate_saes(model, saes, chunks, batch_size=16, n_tokens=args.eval_tokens, progress=False)
         timings[f"eval_{name}_s"] = time.perf_counter() - start
     for hookpoint, sae in saes.items():
         folder = out / "ship" / hookpoint

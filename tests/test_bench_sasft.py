@@ -16,8 +16,10 @@ def sasft():
 
 def chapters(n: int = 20) -> list:
     """Fake parallel chapters of 12 verses each: (book, chapter, English verses, Spanish verses)."""
-    return [("Book", c, [f"verse {c}.{v}." for v in range(12)], [f"versículo {c}.{v}." for v in range(12)])
-            for c in range(n)]  # fmt: skip
+    return [
+        ("Book", c, [f"verse {c}.{v}." for v in range(12)], [f"versículo {c}.{v}." for v in range(12)])
+        for c in range(n)
+    ]
 
 
 def test_spanish_share_thins_only_the_spanish_samples(sasft):
@@ -32,10 +34,26 @@ def test_spanish_share_thins_only_the_spanish_samples(sasft):
 
 
 def reuse(sasft, tmp_path, old_config: dict, **mine):
-    config = {"model": "gemma3-270m", "response": 2, "eval": 50, "new_tokens": 48, "sample_temperature": 0.7,
-              "seed": 0, "instruction": "", "steps": 80, "batch": 8, "lr": 5e-5, "max_length": 160, "switch": 0.0,
-              "english": 1.0, "spanish": 1.0, "switch_at": 0, "freeze_after_hook": False, "train_seed": None,
-              "hookpoint": "resid_post.9"}  # fmt: skip
+    config = {
+        "model": "gemma3-270m",
+        "response": 2,
+        "eval": 50,
+        "new_tokens": 48,
+        "sample_temperature": 0.7,
+        "seed": 0,
+        "instruction": "",
+        "steps": 80,
+        "batch": 8,
+        "lr": 5e-5,
+        "max_length": 160,
+        "switch": 0.0,
+        "english": 1.0,
+        "spanish": 1.0,
+        "switch_at": 0,
+        "freeze_after_hook": False,
+        "train_seed": None,
+        "hookpoint": "resid_post.9",
+    }
     old = {**config, **old_config}
     for key in [k for k, v in old_config.items() if v is None]:
         del old[key]  # an older JSON, written before the setting existed

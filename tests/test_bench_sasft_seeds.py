@@ -14,22 +14,34 @@ def seeds():
 
 
 def arm(greedy: float, sampled: float, ppl: float, n: int = 100) -> dict:
-    return {"code_switching": {"sentence_unwanted": greedy, "n_sentences": n},
-            "code_switching_sampled": {"sentence_unwanted": sampled, "n_sentences": n}, "ppl_bible_es": ppl}
+    return {
+        "code_switching": {"sentence_unwanted": greedy, "n_sentences": n},
+        "code_switching_sampled": {"sentence_unwanted": sampled, "n_sentences": n},
+        "ppl_bible_es": ppl,
+    }
 
 
 def run(path: Path, train_seed, results: dict, **config) -> Path:
-    settings = {"seed": 0, "train_seed": train_seed, "lam": [0.01], "top": 32, "steps": 80, "out": str(path.parent),
-                **config}
+    settings = {
+        "seed": 0,
+        "train_seed": train_seed,
+        "lam": [0.01],
+        "top": 32,
+        "steps": 80,
+        "out": str(path.parent),
+        **config,
+    }
     path.write_text(json.dumps({"config": settings, "arms": {"base": arm(0, 0, 40), **results}, "partial": False}))
     return path
 
 
 def test_pairs_arms_by_training_seed(seeds, tmp_path):
-    runs = [run(tmp_path / "a.json", None, {"sft": arm(0.4, 0.6, 32), "sasft": arm(0.2, 0.5, 33)}),
-            run(tmp_path / "b.json", 1, {"sasft": arm(0.0, 0.2, 31)}, arms=["sasft"]),
-            # the plain arm of seed 1, with the seed-1 SASFT arm it took by --reuse (the same result, counted once)
-            run(tmp_path / "c.json", 1, {"sft": arm(0.1, 0.4, 30), "sasft": arm(0.0, 0.2, 31)}, arms=["sft"])]
+    runs = [
+        run(tmp_path / "a.json", None, {"sft": arm(0.4, 0.6, 32), "sasft": arm(0.2, 0.5, 33)}),
+        run(tmp_path / "b.json", 1, {"sasft": arm(0.0, 0.2, 31)}, arms=["sasft"]),
+        # the plain arm of seed 1, with the seed-1 SASFT arm it took by --reuse (the same result, counted once)
+        run(tmp_path / "c.json", 1, {"sft": arm(0.1, 0.4, 30), "sasft": arm(0.0, 0.2, 31)}, arms=["sft"]),
+    ]
     summary = seeds.summarise(seeds.gather(runs))
     assert summary["seeds"] == [0, 1]
     greedy = summary["arms"]["sasft"]["greedy"]
@@ -66,22 +78,28 @@ def test_counts_english_words_and_empty_answers_where_every_run_measured_them(se
 
 
 def test_refuses_runs_of_other_settings(seeds, tmp_path):
-    runs = [run(tmp_path / "a.json", 0, {"sft": arm(0.4, 0.6, 32), "sasft": arm(0.2, 0.5, 33)}),
-            run(tmp_path / "b.json", 1, {"sft": arm(0.4, 0.6, 32), "sasft": arm(0.2, 0.5, 33)}, lam=[0.05])]
+    runs = [
+        run(tmp_path / "a.json", 0, {"sft": arm(0.4, 0.6, 32), "sasft": arm(0.2, 0.5, 33)}),
+        run(tmp_path / "b.json", 1, {"sft": arm(0.4, 0.6, 32), "sasft": arm(0.2, 0.5, 33)}, lam=[0.05]),
+    ]
     with pytest.raises(SystemExit, match=r"b.json has other settings than .*a.json \(lam\)"):
         seeds.gather(runs)
 
 
 def test_refuses_two_different_results_for_one_arm_and_seed(seeds, tmp_path):
-    runs = [run(tmp_path / "a.json", 0, {"sft": arm(0.4, 0.6, 32)}),
-            run(tmp_path / "b.json", 0, {"sft": arm(0.3, 0.6, 32)})]
+    runs = [
+        run(tmp_path / "a.json", 0, {"sft": arm(0.4, 0.6, 32)}),
+        run(tmp_path / "b.json", 0, {"sft": arm(0.3, 0.6, 32)}),
+    ]
     with pytest.raises(SystemExit, match="second, different 'sft' result at training seed 0"):
         seeds.gather(runs)
 
 
 def test_needs_a_seed_with_both_arms(seeds, tmp_path):
-    runs = [run(tmp_path / "a.json", 0, {"sft": arm(0.4, 0.6, 32)}),
-            run(tmp_path / "b.json", 1, {"sasft": arm(0, 0, 1)})]
+    runs = [
+        run(tmp_path / "a.json", 0, {"sft": arm(0.4, 0.6, 32)}),
+        run(tmp_path / "b.json", 1, {"sasft": arm(0, 0, 1)}),
+    ]
     with pytest.raises(SystemExit, match="no training seed has both"):
         seeds.summarise(seeds.gather(runs))
 

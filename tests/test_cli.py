@@ -72,8 +72,21 @@ def test_features_show_densities_and_leave_out_always_on_ones(tiny_qwen3, tmp_pa
     assert "".join(t["token"] for t in data["tokens"]) == text  # whole characters, none broken
 
     (tmp_path / "docs.txt").write_text("\n\n".join(f"Line {i}: the cat sat on mat {i % 7}." for i in range(200)))
-    stats = ["stats", "--model", str(tiny_qwen3), "--sae", str(tmp_path / "sae"), "--dataset",
-             str(tmp_path / "docs.txt"), "--split", "all", "--n-tokens", "600", "--seq-len", "32"]  # fmt: skip
+    stats = [
+        "stats",
+        "--model",
+        str(tiny_qwen3),
+        "--sae",
+        str(tmp_path / "sae"),
+        "--dataset",
+        str(tmp_path / "docs.txt"),
+        "--split",
+        "all",
+        "--n-tokens",
+        "600",
+        "--seq-len",
+        "32",
+    ]
     assert main(stats) == 0
     assert f"always-on (density > {density_text(MAX_DENSITY)} of tokens): " in capsys.readouterr().out
     assert main([*args, "--json"]) == 0
@@ -81,8 +94,9 @@ def test_features_show_densities_and_leave_out_always_on_ones(tiny_qwen3, tmp_pa
     listed = [f for t in data["tokens"] for f in t["features"]]
     assert data["store"] and listed and all(f["id"] != 7 and 0 <= f["density"] <= MAX_DENSITY for f in listed)
     always_on = data["always_on"]  # densest first: the forced one, then random ones above the threshold
-    assert always_on[0]["id"] == 7 and always_on[0]["density"] > 0.9 and all(a["density"] > MAX_DENSITY
-                                                                               for a in always_on)  # fmt: skip
+    assert (
+        always_on[0]["id"] == 7 and always_on[0]["density"] > 0.9 and all(a["density"] > MAX_DENSITY for a in always_on)
+    )
     assert main([*args, "--max-density", "1", "--top", "4", "--json"]) == 0  # k=4: every firing feature
     everything = json.loads(capsys.readouterr().out)["tokens"]
     dense = {a["id"] for a in always_on}
@@ -99,13 +113,38 @@ def test_errors_are_one_line(tiny_qwen3, tmp_path, capsys):
     code = main(["features", "--model", str(tiny_qwen3), "--sae", str(tmp_path / "big"), "--text", "hi"])
     err = capsys.readouterr().err.strip().splitlines()[-1]  # above it: progress bars of the model load
     assert code == 2 and err.startswith("error: SAE width d_in=2048 does not match")
-    code = main(["features", "--model", str(tiny_qwen3), "--sae", str(tmp_path / "big"), "--text", "hi",
-                 "--hookpoint", "resid_post.7"])  # fmt: skip
+    code = main(
+        [
+            "features",
+            "--model",
+            str(tiny_qwen3),
+            "--sae",
+            str(tmp_path / "big"),
+            "--text",
+            "hi",
+            "--hookpoint",
+            "resid_post.7",
+        ]
+    )
     assert code == 2 and "layer 7 is out of range" in capsys.readouterr().err
     assert main(["features", "--model", str(tiny_qwen3), "--sae", str(tmp_path / "big"), "--text", " "]) == 2
     assert "--text is empty" in capsys.readouterr().err
-    assert main(["features", "--model", str(tiny_qwen3), "--sae", str(tmp_path / "big"), "--text", "hi",
-                 "--max-density", "0"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "features",
+                "--model",
+                str(tiny_qwen3),
+                "--sae",
+                str(tmp_path / "big"),
+                "--text",
+                "hi",
+                "--max-density",
+                "0",
+            ]
+        )
+        == 2
+    )
     assert "--max-density is a share of tokens in (0, 1]" in capsys.readouterr().err
 
 

@@ -31,8 +31,19 @@ def folders(tmp_path_factory):
 def test_demo_runs_end_to_end_and_writes_a_linked_report(folders, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("QWENSCOPE_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "report"
-    args = ["demo", "--model", str(folders / "model"), "--sae", str(folders / "sae"), "--n-tokens", "1000",
-            "--max-new-tokens", "6", "--out", str(out)]  # fmt: skip
+    args = [
+        "demo",
+        "--model",
+        str(folders / "model"),
+        "--sae",
+        str(folders / "sae"),
+        "--n-tokens",
+        "1000",
+        "--max-new-tokens",
+        "6",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     for step in ("== 1.", "== 2.", "== 3.", "== 4.", "== 5."):

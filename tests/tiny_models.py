@@ -237,8 +237,9 @@ def make_byte_tokenizer(chat: bool = False):
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
     extra = {"extra_special_tokens": ["<|user|>"]} if chat else {}
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>", pad_token="<pad>",
-                                        bos_token="<s>", **extra)  # fmt: skip
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="</s>", pad_token="<pad>", bos_token="<s>", **extra
+    )
     if chat:
         tokenizer.chat_template = BYTE_CHAT_TEMPLATE
     return tokenizer

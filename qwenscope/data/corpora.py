@@ -349,8 +349,9 @@ DEBIAN_REFERENCE_DIR = "/usr/share/debian-reference"
 class _HtmlText(html.parser.HTMLParser):
     """Paragraph-level text of an HTML page (scripts and styles dropped)."""
 
-    _BLOCKS = frozenset(("p", "div", "pre", "li", "h1", "h2", "h3", "h4", "h5", "h6", "tr", "dt", "dd", "table", "br",
-                         "title"))
+    _BLOCKS = frozenset(
+        ("p", "div", "pre", "li", "h1", "h2", "h3", "h4", "h5", "h6", "tr", "dt", "dd", "table", "br", "title")
+    )
 
     def __init__(self) -> None:
         super().__init__()

@@ -133,8 +133,9 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError as e:
             raise QwenscopeError(f"{path}, line {n}: not JSON ({e.msg}); a JSONL file holds one object per line") from e
         if not isinstance(record, dict):
-            raise QwenscopeError(f"{path}, line {n}: a {type(record).__name__}, not an object; a JSONL file holds "
-                                 "one object per line")  # fmt: skip
+            raise QwenscopeError(
+                f"{path}, line {n}: a {type(record).__name__}, not an object; a JSONL file holds one object per line"
+            )
         records.append(record)
     return records
 

@@ -136,8 +136,9 @@ class TokenBatch:
     """(batch,) real tokens per row."""
 
 
-def token_batches(ids: Sequence[Sequence[int]], batch_size: int, max_batch_tokens: int, pad_id: int = 0
-                  ) -> list[TokenBatch]:  # fmt: skip
+def token_batches(
+    ids: Sequence[Sequence[int]], batch_size: int, max_batch_tokens: int, pad_id: int = 0
+) -> list[TokenBatch]:
     """Batches of items of similar length (longest first), right-padded: a real token never sees a pad."""
     order = sorted(range(len(ids)), key=lambda i: (-len(ids[i]), i))
     batches, start = [], 0

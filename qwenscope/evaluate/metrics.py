@@ -174,9 +174,19 @@ class SaeMetrics:
         n = self.n_tokens
         if n == 0:
             nan = math.nan
-            return {"n_tokens": 0, "fvu": nan, "explained_variance": nan, "mse": nan, "l0": nan,
-                    "dead_fraction": nan, "n_dead": 0, "dense_fraction": nan, "n_dense": 0,
-                    "cosine_similarity": nan, "relative_norm": nan}  # fmt: skip
+            return {
+                "n_tokens": 0,
+                "fvu": nan,
+                "explained_variance": nan,
+                "mse": nan,
+                "l0": nan,
+                "dead_fraction": nan,
+                "n_dead": 0,
+                "dense_fraction": nan,
+                "n_dense": 0,
+                "cosine_similarity": nan,
+                "relative_norm": nan,
+            }
         fvu_ = self._sq_err / self._m2 if self._m2 > 0 else math.nan
         n_dense = int((self.counts.double() > self.dense_threshold * n).sum().item())
         n_dead = int((self.counts == 0).sum().item())

@@ -112,8 +112,9 @@ def iter_batches(
         mask = next(masks, None) if masks is not None else torch.ones_like(row, dtype=torch.bool)
         if mask is None or mask.shape != row.shape:
             got = "no mask" if mask is None else f"a mask of shape {tuple(mask.shape)}"
-            raise QwenscopeError(f"keep_mask must match tokens row by row; got {got} for a row of shape "
-                                 f"{tuple(row.shape)}")  # fmt: skip
+            raise QwenscopeError(
+                f"keep_mask must match tokens row by row; got {got} for a row of shape {tuple(row.shape)}"
+            )
         if row.numel() == 0:
             continue
         pending.append((row, mask.bool()))
@@ -198,8 +199,9 @@ def _scored_logprobs(model: nn.Module, batch: Batch) -> Tensor:
     device = next(model.parameters()).device
     positions = F.pad(batch.score, (0, 1))  # (b, s): predictions made at position t score token t + 1
     with logits_at(model, positions):
-        out = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.long().to(device),
-                    use_cache=False)  # fmt: skip
+        out = model(
+            input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.long().to(device), use_cache=False
+        )
     return F.log_softmax(out.logits[0].float(), dim=-1)
 
 
@@ -231,8 +233,10 @@ def _resolve_saes(model: nn.Module, saes: Mapping[str, Sae] | Sequence[Sae] | Sa
 @torch.no_grad()
 def _evaluate_batch(model: nn.Module, states: dict[str, _HookState], batch: Batch, clean: _Loss) -> None:
     shared = {st.shared for st in states.values() if st.shared is not None}
-    with capture(model, [st.hook for st in states.values()], stop=False, detach=True) as acts, \
-            record_outputs(model, shared) as outputs:  # fmt: skip
+    with (
+        capture(model, [st.hook for st in states.values()], stop=False, detach=True) as acts,
+        record_outputs(model, shared) as outputs,
+    ):
         clean_logp = _scored_logprobs(model, batch)
     ref = _Clean(clean_logp, clean_logp.exp())
     targets = batch.input_ids[:, 1:][batch.score].to(clean_logp.device)
@@ -273,16 +277,18 @@ def _summary(st: _HookState, clean: _Loss, n_scored: int) -> dict[str, Any]:
     if n_scored == 0:
         ce_clean = ce_sae = ce_zero = math.nan
     denominator = ce_zero - ce_clean
-    res.update({
-        "n_scored_tokens": n_scored,
-        "ce_clean": ce_clean,
-        "ce_sae": ce_sae,
-        "ce_zero": ce_zero,
-        "ce_loss_recovered": (ce_zero - ce_sae) / denominator if denominator != 0 else math.nan,
-        "delta_lm_loss": ce_sae - ce_clean,
-        "kl_div": st.spliced.kl / n if n_scored else math.nan,
-        "kl_div_zero": st.zero.kl / n if n_scored else math.nan,
-    })  # fmt: skip
+    res.update(
+        {
+            "n_scored_tokens": n_scored,
+            "ce_clean": ce_clean,
+            "ce_sae": ce_sae,
+            "ce_zero": ce_zero,
+            "ce_loss_recovered": (ce_zero - ce_sae) / denominator if denominator != 0 else math.nan,
+            "delta_lm_loss": ce_sae - ce_clean,
+            "kl_div": st.spliced.kl / n if n_scored else math.nan,
+            "kl_div_zero": st.zero.kl / n if n_scored else math.nan,
+        }
+    )
     return {k: _finite(v) for k, v in res.items()}
 
 
@@ -318,8 +324,10 @@ def evaluate_saes(
     named = _resolve_saes(model, saes)
     if n_tokens is not None and n_tokens < 1:
         raise QwenscopeError(f"n_tokens must be at least 1, got {n_tokens}")
-    states = {name: _HookState(sae, hook, SaeMetrics(sae.d_sae, dense_threshold), shared_layer(model, hook))
-              for name, (sae, hook) in named.items()}  # fmt: skip
+    states = {
+        name: _HookState(sae, hook, SaeMetrics(sae.d_sae, dense_threshold), shared_layer(model, hook))
+        for name, (sae, hook) in named.items()
+    }
     clean = _Loss()
     n_rows = n_seen = n_scored = 0
     batches = iter_batches(tokens, keep_mask, batch_size=batch_size, n_tokens=n_tokens, skip_first=skip_first)

@@ -81,9 +81,15 @@ def plot_results(results: dict[str, Any], path: str | Path) -> Path:
         heights = [v * scale if v is not None else 0.0 for v in values]
         bars = ax.bar(range(len(names)), heights, color=f"C{i}")
         for bar, v, h in zip(bars, values, heights):
-            ax.annotate("n/a" if v is None else f"{h:.3g}", (bar.get_x() + bar.get_width() / 2, h), ha="center",
-                        va="bottom" if h >= 0 else "top", fontsize=8, xytext=(0, 2 if h >= 0 else -2),
-                        textcoords="offset points")  # fmt: skip
+            ax.annotate(
+                "n/a" if v is None else f"{h:.3g}",
+                (bar.get_x() + bar.get_width() / 2, h),
+                ha="center",
+                va="bottom" if h >= 0 else "top",
+                fontsize=8,
+                xytext=(0, 2 if h >= 0 else -2),
+                textcoords="offset points",
+            )
         ax.set_title(title, fontsize=10)
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
         low = min(0.0, *heights)
@@ -94,8 +100,7 @@ def plot_results(results: dict[str, Any], path: str | Path) -> Path:
             ax.axhline(0, color="black", linewidth=0.6)
         ax.grid(axis="y", alpha=0.3)
     model = results.get("model")
-    fig.suptitle(f"SAE evaluation{f' on {model}' if model else ''}: {results.get('n_tokens', '?')} tokens",
-                 fontsize=11)  # fmt: skip
+    fig.suptitle(f"SAE evaluation{f' on {model}' if model else ''}: {results.get('n_tokens', '?')} tokens", fontsize=11)
     path = Path(path)
     fig.savefig(path, dpi=110)
     return path

@@ -111,8 +111,15 @@ def run_eval(cfg: EvalConfig, texts: Iterable[str] | None = None) -> dict[str, A
         split = "all" if Path(cfg.dataset).expanduser().exists() else "test"
     texts = iter_texts(cfg.dataset, split=split) if texts is None else texts
     chunks = chunk_tokens(texts, tokenizer, cfg.seq_len)
-    results = evaluate_saes(model, saes, chunks, batch_size=cfg.batch_size, n_tokens=cfg.n_tokens,
-                            skip_first=cfg.skip_first, dense_threshold=cfg.dense_threshold)  # fmt: skip
+    results = evaluate_saes(
+        model,
+        saes,
+        chunks,
+        batch_size=cfg.batch_size,
+        n_tokens=cfg.n_tokens,
+        skip_first=cfg.skip_first,
+        dense_threshold=cfg.dense_threshold,
+    )
     if results["n_tokens"] < cfg.n_tokens:
         logger.warning("the dataset ran out after %d of %d tokens", results["n_tokens"], cfg.n_tokens)
     results = {"model": cfg.model, "dataset": cfg.dataset, "config": asdict(cfg), **results}

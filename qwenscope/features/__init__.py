@@ -26,11 +26,20 @@ from qwenscope.features.stats import (
 )
 
 _LAZY = {
-    "Context": "store", "FeatureInfo": "store", "FeatureStore": "store", "feature_store_dir": "store",
-    "get_or_build_store": "store", "get_or_build_stores": "store", "find_store": "store", "HFLabeller": "labels",
-    "OpenAILabeller": "labels", "detection_score": "labels",
-    "fallback_label": "labels", "label_feature": "labels", "label_store": "labels",
-}  # fmt: skip
+    "Context": "store",
+    "FeatureInfo": "store",
+    "FeatureStore": "store",
+    "feature_store_dir": "store",
+    "get_or_build_store": "store",
+    "get_or_build_stores": "store",
+    "find_store": "store",
+    "HFLabeller": "labels",
+    "OpenAILabeller": "labels",
+    "detection_score": "labels",
+    "fallback_label": "labels",
+    "label_feature": "labels",
+    "label_store": "labels",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -131,10 +131,12 @@ def _num(x: float | None, digits: int = 3) -> str:
 
 def _page(title: str, body: str, script: str = "") -> str:
     js = f"<script>{script}</script>" if script else ""
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
-            f"<title>{_e(title)}</title><style>{STYLE}</style></head>\n"
-            f"<body>\n{body}\n{js}</body></html>\n")  # fmt: skip
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f"<title>{_e(title)}</title><style>{STYLE}</style></head>\n"
+        f"<body>\n{body}\n{js}</body></html>\n"
+    )
 
 
 def token_span(token: str, act: float, scale: float) -> str:
@@ -160,19 +162,24 @@ def histogram_svg(hist: Sequence[float], edges: Sequence[float], width: int = 56
     for i, h in enumerate(hist):
         bh = (height - pad) * h / top
         lo, hi = (edges[i], edges[i + 1]) if len(edges) > i + 1 else (i, i + 1)
-        bars.append(f'<rect class="bar" x="{1 + i * bar_w:.1f}" y="{height - pad - bh:.1f}" width="{bar_w * 0.9:.1f}"'
-                    f' height="{bh:.1f}"><title>{_num(lo)} to {_num(hi)}: {h:g}</title></rect>')  # fmt: skip
+        bars.append(
+            f'<rect class="bar" x="{1 + i * bar_w:.1f}" y="{height - pad - bh:.1f}" width="{bar_w * 0.9:.1f}"'
+            f' height="{bh:.1f}"><title>{_num(lo)} to {_num(hi)}: {h:g}</title></rect>'
+        )
     lo_label, hi_label = (_num(edges[0]), _num(edges[-1])) if edges else ("", "")
-    return (f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
-            f'aria-label="activation histogram">{"".join(bars)}'
-            f'<line class="axis" x1="0" y1="{height - pad}" x2="{width}" y2="{height - pad}"/>'
-            f'<text x="2" y="{height - 4}">{lo_label}</text>'
-            f'<text x="{width - 2}" y="{height - 4}" text-anchor="end">{hi_label}</text></svg>')  # fmt: skip
+    return (
+        f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="activation histogram">{"".join(bars)}'
+        f'<line class="axis" x1="0" y1="{height - pad}" x2="{width}" y2="{height - pad}"/>'
+        f'<text x="2" y="{height - 4}">{lo_label}</text>'
+        f'<text x="{width - 2}" y="{height - 4}" text-anchor="end">{hi_label}</text></svg>'
+    )
 
 
 def _lens_table(title: str, rows: Sequence[tuple[str, float]], cls: str) -> str:
-    cells = "".join(f'<tr><td><span class="tok">{_e(t)}</span></td><td class="num {cls}">{v:+.3f}</td></tr>'
-                    for t, v in rows)  # fmt: skip
+    cells = "".join(
+        f'<tr><td><span class="tok">{_e(t)}</span></td><td class="num {cls}">{v:+.3f}</td></tr>' for t, v in rows
+    )
     return f"<div><h3>{title}</h3><table>{cells or '<tr><td>-</td></tr>'}</table></div>"
 
 
@@ -200,31 +207,42 @@ def density_html(frequency: float, max_density: float) -> str:
     return f"{density_text(frequency)}{mark if frequency > max_density else ''}"
 
 
-def feature_body(info: FeatureInfo, edges: Sequence[float], meta: dict[str, Any] | None = None,
-                 max_density: float = MAX_DENSITY) -> str:  # fmt: skip
+def feature_body(
+    info: FeatureInfo, edges: Sequence[float], meta: dict[str, Any] | None = None, max_density: float = MAX_DENSITY
+) -> str:
     """Everything shown about one feature, as an HTML fragment (the styles it uses are ``STYLE``)."""
     scale = max(info.max_act, 1e-12)
-    contexts = "".join(f'<div class="ctx"><span class="max">{c.max_act:.2f}</span>'
-                       f"{context_html(c.tokens, c.acts, scale)}</div>" for c in info.contexts)  # fmt: skip
+    contexts = "".join(
+        f'<div class="ctx"><span class="max">{c.max_act:.2f}</span>{context_html(c.tokens, c.acts, scale)}</div>'
+        for c in info.contexts
+    )
     contexts = contexts or '<p class="meta">no contexts</p>'
     subtitle = f'<p class="meta">{_e(_meta_line(meta))}</p>' if meta else ""
-    return (f"<h1>Feature {info.id}</h1>{subtitle}{_label_html(info)}"
-            f'<div class="stats"><span>density <b>{density_html(info.frequency, max_density)}</b> of tokens</span>'
-            f"<span>count <b>{info.count}</b></span><span>mean act <b>{_num(info.mean_act)}</b></span>"
-            f"<span>max act <b>{_num(info.max_act)}</b></span></div>"
-            f"<h2>Activation histogram</h2>{histogram_svg(info.hist, edges)}"
-            f'<h2>Logit lens</h2><div class="lens">{_lens_table("promoted", info.promoted, "pos")}'
-            f'{_lens_table("suppressed", info.suppressed, "neg")}</div>'
-            f"<h2>Top contexts</h2>{contexts}")  # fmt: skip
+    return (
+        f"<h1>Feature {info.id}</h1>{subtitle}{_label_html(info)}"
+        f'<div class="stats"><span>density <b>{density_html(info.frequency, max_density)}</b> of tokens</span>'
+        f"<span>count <b>{info.count}</b></span><span>mean act <b>{_num(info.mean_act)}</b></span>"
+        f"<span>max act <b>{_num(info.max_act)}</b></span></div>"
+        f"<h2>Activation histogram</h2>{histogram_svg(info.hist, edges)}"
+        f'<h2>Logit lens</h2><div class="lens">{_lens_table("promoted", info.promoted, "pos")}'
+        f"{_lens_table('suppressed', info.suppressed, 'neg')}</div>"
+        f"<h2>Top contexts</h2>{contexts}"
+    )
 
 
-def feature_page(info: FeatureInfo, edges: Sequence[float], meta: dict[str, Any], nav: tuple[int | None, ...],
-                 max_density: float = MAX_DENSITY) -> str:  # fmt: skip
+def feature_page(
+    info: FeatureInfo,
+    edges: Sequence[float],
+    meta: dict[str, Any],
+    nav: tuple[int | None, ...],
+    max_density: float = MAX_DENSITY,
+) -> str:
     """The HTML page of one feature; ``nav`` = (previous id, next id) among the written pages."""
     prev_id, next_id = nav
     links = ['<a href="../index.html">index</a>']
-    links += [f'<a href="{i}.html">{word} #{i}</a>' for i, word in ((prev_id, "&larr;"), (next_id, "&rarr;"))
-              if i is not None]  # fmt: skip
+    links += [
+        f'<a href="{i}.html">{word} #{i}</a>' for i, word in ((prev_id, "&larr;"), (next_id, "&rarr;")) if i is not None
+    ]
     body = f'<div class="nav">{" &middot; ".join(links)}</div>{feature_body(info, edges, meta, max_density)}'
     return _page(f"Feature {info.id}", body)
 
@@ -252,24 +270,33 @@ def _index_row(info: FeatureInfo, max_density: float) -> str:
 
 def index_page(infos: Sequence[FeatureInfo], meta: dict[str, Any], d_sae: int, max_density: float = MAX_DENSITY) -> str:
     """The index: one row per written feature, filtered by the search box, sortable by clicking a header."""
-    heads = [("feature", "num"), ("label", ""), ("density", "num"), ("mean act", "num"), ("max act", "num"),
-             ("top tokens", "")]  # fmt: skip
+    heads = [
+        ("feature", "num"),
+        ("label", ""),
+        ("density", "num"),
+        ("mean act", "num"),
+        ("max act", "num"),
+        ("top tokens", ""),
+    ]
     head = "".join(f'<th class="sort {cls}">{name}</th>' for name, cls in heads)
     rows = "\n".join(_index_row(i, max_density) for i in infos)
     dense = sum(i.frequency > max_density for i in infos)
-    body = (f"<h1>SAE features</h1><p class=\"meta\">{_e(_meta_line(meta))} | d_sae {d_sae}</p>"
-            f'<p class="meta">density: the share of the tokens a feature fires on. {dense} of these features fire on '
-            f"more than {density_text(max_density)} of tokens: <span class=dense>always-on</span>, listed last "
-            "(they say little about any token; type always-on to list them)</p>"
-            f'<input id="q" type="search" placeholder="filter by feature id, label or token" autofocus>'
-            f'<p class="meta"><span id="count">{len(infos)}</span> of {len(infos)} features shown</p>'
-            f"<table><thead><tr>{head}</tr></thead><tbody id=\"rows\">\n{rows}\n</tbody></table>")  # fmt: skip
+    body = (
+        f'<h1>SAE features</h1><p class="meta">{_e(_meta_line(meta))} | d_sae {d_sae}</p>'
+        f'<p class="meta">density: the share of the tokens a feature fires on. {dense} of these features fire on '
+        f"more than {density_text(max_density)} of tokens: <span class=dense>always-on</span>, listed last "
+        "(they say little about any token; type always-on to list them)</p>"
+        f'<input id="q" type="search" placeholder="filter by feature id, label or token" autofocus>'
+        f'<p class="meta"><span id="count">{len(infos)}</span> of {len(infos)} features shown</p>'
+        f'<table><thead><tr>{head}</tr></thead><tbody id="rows">\n{rows}\n</tbody></table>'
+    )
     return _page("SAE features", body, _INDEX_JS)
 
 
 # ---------------------------------------------------------------- writing
-def default_features(store: FeatureStore, max_features: int = MAX_FEATURES, max_density: float = MAX_DENSITY
-                     ) -> list[int]:  # fmt: skip
+def default_features(
+    store: FeatureStore, max_features: int = MAX_FEATURES, max_density: float = MAX_DENSITY
+) -> list[int]:
     """The alive features (they fired at least once), most frequent first, those above ``max_density`` (always-on)
     after the others; at most ``max_features``."""
     table = store.table()
@@ -278,8 +305,13 @@ def default_features(store: FeatureStore, max_features: int = MAX_FEATURES, max_
     return [int(f) for f in alive["feature"].head(max_features)]
 
 
-def write_dashboard(store: FeatureStore, out_dir: str | Path, features: Sequence[int] | None = None,
-                    max_features: int = MAX_FEATURES, max_density: float = MAX_DENSITY) -> Path:  # fmt: skip
+def write_dashboard(
+    store: FeatureStore,
+    out_dir: str | Path,
+    features: Sequence[int] | None = None,
+    max_features: int = MAX_FEATURES,
+    max_density: float = MAX_DENSITY,
+) -> Path:
     """Write ``out_dir/index.html`` and ``out_dir/features/<id>.html``; returns the index's path. Given
     ``features`` keep their order; always-on ones (above ``max_density``) are marked."""
     check_max_density(max_density)
@@ -304,8 +336,15 @@ def write_dashboard(store: FeatureStore, out_dir: str | Path, features: Sequence
     return index
 
 
-def cached_store(model: Any, tokenizer: Any, sae: Any, sae_id: str, hookpoint: str | None = None,
-                 n_tokens: int | None = None, dataset: str | None = None) -> FeatureStore:  # fmt: skip
+def cached_store(
+    model: Any,
+    tokenizer: Any,
+    sae: Any,
+    sae_id: str,
+    hookpoint: str | None = None,
+    n_tokens: int | None = None,
+    dataset: str | None = None,
+) -> FeatureStore:
     """The SAE's cached feature store (``get_or_build_store``), built from ``n_tokens`` of ``dataset`` if needed;
     None for either means the StatsConfig default."""
     from qwenscope.features.stats import StatsConfig

@@ -58,8 +58,12 @@ class OpenAILabeller:
     def complete(self, prompt: str, max_tokens: int = 40) -> str:
         import httpx
 
-        body = {"model": self.model, "temperature": 0, "max_tokens": max_tokens,
-                "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]}  # fmt: skip
+        body = {
+            "model": self.model,
+            "temperature": 0,
+            "max_tokens": max_tokens,
+            "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}],
+        }
         try:
             response = self.client.post(self.url, json=body)
             response.raise_for_status()
@@ -128,8 +132,7 @@ def fallback_label(info: FeatureInfo) -> str:
     """A label without an LLM: the commonest max-activating tokens of the top contexts and the top promoted tokens."""
     if info.count == 0 or not info.contexts:
         return "dead feature (never fired)"
-    tops = Counter(piece_at(c.tokens, max(range(len(c.acts)), key=c.acts.__getitem__)) for c in info.contexts
-                   if c.acts)  # fmt: skip
+    tops = Counter(piece_at(c.tokens, max(range(len(c.acts)), key=c.acts.__getitem__)) for c in info.contexts if c.acts)
     fires = ", ".join(repr(t) for t, _ in tops.most_common(3))
     promotes = ", ".join(repr(t) for t, _ in info.promoted[:3])
     return f"fires on {fires}" + (f"; promotes {promotes}" if promotes else "")
@@ -137,8 +140,10 @@ def fallback_label(info: FeatureInfo) -> str:
 
 # ---------------------------------------------------------------- detection
 def applies(labeller: Labeller, label: str, text: str) -> bool:
-    prompt = (f"Feature description: {label}\nText: {text!r}\n"
-              "Does the description apply to some part of the text? Answer yes or no.")  # fmt: skip
+    prompt = (
+        f"Feature description: {label}\nText: {text!r}\n"
+        "Does the description apply to some part of the text? Answer yes or no."
+    )
     answer = re.sub(r"<think>.*?</think>", "", labeller.complete(prompt, max_tokens=5), flags=re.S)
     return answer.strip().lower().lstrip("\"'*").startswith("yes")
 

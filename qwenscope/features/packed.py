@@ -60,9 +60,13 @@ def trim(stats: FeatureStats, top_n: int, window_before: int, window_after: int)
     after = min(window_after, stats.top_tokens.shape[2] - 1 - stats.window_before)
     cut = slice(stats.window_before - before, stats.window_before + after + 1)
     n = min(top_n, stats.top_acts.shape[1])
-    return dataclasses.replace(stats, top_acts=stats.top_acts[:, :n].clone(), window_before=before,
-                               top_tokens=stats.top_tokens[:, :n, cut].clone(),
-                               top_token_acts=stats.top_token_acts[:, :n, cut].clone())  # fmt: skip
+    return dataclasses.replace(
+        stats,
+        top_acts=stats.top_acts[:, :n].clone(),
+        window_before=before,
+        top_tokens=stats.top_tokens[:, :n, cut].clone(),
+        top_token_acts=stats.top_token_acts[:, :n, cut].clone(),
+    )
 
 
 def _list(values: np.ndarray, kind: pa.DataType) -> pa.ListArray:
@@ -82,18 +86,31 @@ def save_stats(path: str | Path, stats: FeatureStats, meta: Mapping[str, Any]) -
     path = Path(path)
     d, n, w = stats.top_tokens.shape
     columns: dict[str, Any] = {
-        "count": pa.array(stats.count.numpy()), "act_sum": pa.array(stats.act_sum.numpy()),
-        "max_act": pa.array(stats.max_act.numpy()), "hist": _list(stats.hist.numpy(), pa.int64()),
+        "count": pa.array(stats.count.numpy()),
+        "act_sum": pa.array(stats.act_sum.numpy()),
+        "max_act": pa.array(stats.max_act.numpy()),
+        "hist": _list(stats.hist.numpy(), pa.int64()),
         "top_tokens": _list(stats.top_tokens.numpy().astype(np.int32), pa.int32()),
         "top_token_acts": _list(stats.top_token_acts.numpy(), pa.float32()),
-    }  # fmt: skip
+    }
     if stats.lens is not None:
         for name in LogitLens._fields:
             values = getattr(stats.lens, name).numpy()
-            columns[name] = _list(values.astype(np.int32), pa.int32()) if name.endswith("ids") else \
-                _list(values.astype(np.float16), pa.float16())  # fmt: skip
-    info = {**meta, "hookpoint": stats.hookpoint, "n_tokens": stats.n_tokens, "d_sae": d, "top_n": n, "window": w,
-            "window_before": stats.window_before, "hist_edges": [float(e) for e in stats.hist_edges]}  # fmt: skip
+            columns[name] = (
+                _list(values.astype(np.int32), pa.int32())
+                if name.endswith("ids")
+                else _list(values.astype(np.float16), pa.float16())
+            )
+    info = {
+        **meta,
+        "hookpoint": stats.hookpoint,
+        "n_tokens": stats.n_tokens,
+        "d_sae": d,
+        "top_n": n,
+        "window": w,
+        "window_before": stats.window_before,
+        "hist_edges": [float(e) for e in stats.hist_edges],
+    }
     table = pa.table(columns).replace_schema_metadata({_META_KEY: json.dumps(info, default=str).encode()})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -117,8 +134,9 @@ def _schema(path: Path) -> pa.Schema:
     try:
         return pq.read_schema(path)
     except (OSError, pa.ArrowException) as error:
-        raise QwenscopeError(f"cannot read feature statistics at {path} ({error}); rebuild with qwenscope stats") \
-            from None  # fmt: skip
+        raise QwenscopeError(
+            f"cannot read feature statistics at {path} ({error}); rebuild with qwenscope stats"
+        ) from None
 
 
 def load_stats(path: str | Path) -> tuple[FeatureStats, dict[str, Any]]:
@@ -131,10 +149,15 @@ def load_stats(path: str | Path) -> tuple[FeatureStats, dict[str, Any]]:
     lens = None
     if "promoted_ids" in table.column_names:
         top = len(table.column("promoted_ids")[0]) if d else 0
-        lens = LogitLens(*(torch.from_numpy(_array(col(name), (d, top), np.int64 if name.endswith("ids")
-                                                   else np.float32)) for name in LogitLens._fields))  # fmt: skip
+        lens = LogitLens(
+            *(
+                torch.from_numpy(_array(col(name), (d, top), np.int64 if name.endswith("ids") else np.float32))
+                for name in LogitLens._fields
+            )
+        )
     stats = FeatureStats(
-        hookpoint=meta["hookpoint"], n_tokens=int(meta["n_tokens"]),
+        hookpoint=meta["hookpoint"],
+        n_tokens=int(meta["n_tokens"]),
         count=torch.from_numpy(col("count").to_numpy().astype(np.int64)),
         act_sum=torch.from_numpy(col("act_sum").to_numpy().astype(np.float64)),
         max_act=torch.from_numpy(col("max_act").to_numpy().astype(np.float32)),
@@ -143,8 +166,9 @@ def load_stats(path: str | Path) -> tuple[FeatureStats, dict[str, Any]]:
         top_acts=token_acts[:, :, int(meta["window_before"])].clone(),
         top_tokens=torch.from_numpy(_array(col("top_tokens"), (d, n, w), np.int64)),
         top_token_acts=token_acts,
-        window_before=int(meta["window_before"]), lens=lens,
-    )  # fmt: skip
+        window_before=int(meta["window_before"]),
+        lens=lens,
+    )
     return stats, meta
 
 

@@ -102,8 +102,18 @@ def run_stats(cmd: StatsCommand, cfg: StatsConfig) -> None:
     folders = None
     if cmd.out:
         folders = [Path(cmd.out)] if len(hooks) == 1 else [Path(cmd.out) / h for h in hooks]
-    stores = get_or_build_stores(model, tokenizer, saes, model_name(model), [cmd.sae or cmd.model] * len(saes), cfg,
-                                 hookpoints=hooks, folders=folders, rebuild=cmd.rebuild, pack=cmd.pack)  # fmt: skip
+    stores = get_or_build_stores(
+        model,
+        tokenizer,
+        saes,
+        model_name(model),
+        [cmd.sae or cmd.model] * len(saes),
+        cfg,
+        hookpoints=hooks,
+        folders=folders,
+        rebuild=cmd.rebuild,
+        pack=cmd.pack,
+    )
     for n, store in enumerate(stores):
         if cmd.labels != "none":
             from qwenscope.features.labels import OpenAILabeller, label_store
@@ -123,19 +133,23 @@ def summary_lines(store, show: int, max_density: float = MAX_DENSITY) -> list[st
     table, meta = store.table(), store.meta
     alive = int((table["count"] > 0).sum())
     dense = int((table["frequency"] > max_density).sum())
-    lines = [f"feature store  {store.folder}",
-             f"model {meta.get('model')}, sae {meta.get('sae')} at {meta.get('hookpoint')}, "
-             f"{meta.get('n_tokens', 0):,} tokens of {meta.get('dataset')}",
-             f"alive {alive:,} / {store.d_sae:,} features ({alive / store.d_sae:.1%}) fired at least once; "
-             f"always-on (density > {density_text(max_density)} of tokens): {dense}"]  # fmt: skip
+    lines = [
+        f"feature store  {store.folder}",
+        f"model {meta.get('model')}, sae {meta.get('sae')} at {meta.get('hookpoint')}, "
+        f"{meta.get('n_tokens', 0):,} tokens of {meta.get('dataset')}",
+        f"alive {alive:,} / {store.d_sae:,} features ({alive / store.d_sae:.1%}) fired at least once; "
+        f"always-on (density > {density_text(max_density)} of tokens): {dense}",
+    ]
     if not show:
         return lines
     lines.append(f"\n{'feature':>7} {'density':>8} {'mean':>8} {'max':>8}  label (or what it fires on)")
     for i in table.sort_values("count", ascending=False, kind="stable").index[:show]:
         info = store.feature(int(i))
         mark = "  [always-on]" if info.frequency > max_density else ""
-        lines.append(f"{info.id:>7} {density_text(info.frequency):>8} {info.mean_act:>8.2f} {info.max_act:>8.2f}  "
-                     f"{info.label or fallback_label(info)}{mark}")  # fmt: skip
+        lines.append(
+            f"{info.id:>7} {density_text(info.frequency):>8} {info.mean_act:>8.2f} {info.max_act:>8.2f}  "
+            f"{info.label or fallback_label(info)}{mark}"
+        )
     return lines
 
 
@@ -226,12 +240,22 @@ def run_search(cfg: SearchConfig) -> None:
             found = by_token(model, tokenizer, sae, cfg.token, cfg.top)
             rows = [{"feature": f, "logit": round(v, 4)} for f, v in found]
         elif cfg.by == "effect":
-            ranked = effect_ranked(model, tokenizer, sae, cfg.texts("positive"), cfg.texts("negative"), cfg.top,
-                                   cfg.candidates, cfg.alpha_list(), hookpoint=hook)  # fmt: skip
+            ranked = effect_ranked(
+                model,
+                tokenizer,
+                sae,
+                cfg.texts("positive"),
+                cfg.texts("negative"),
+                cfg.top,
+                cfg.candidates,
+                cfg.alpha_list(),
+                hookpoint=hook,
+            )
             rows = [{k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(h).items()} for h in ranked]
         else:
-            hits = contrastive(model, tokenizer, sae, cfg.texts("positive"), cfg.texts("negative"), cfg.top,
-                               cfg.by, hook)  # fmt: skip
+            hits = contrastive(
+                model, tokenizer, sae, cfg.texts("positive"), cfg.texts("negative"), cfg.top, cfg.by, hook
+            )
             rows = [{k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(h).items()} for h in hits]
     if cfg.json:
         print(json.dumps(rows))
@@ -256,8 +280,14 @@ def _search_label(cfg: SearchConfig) -> list[dict[str, Any]]:
     rows = []
     for i in by_label(store, cfg.label, cfg.top):
         info = store.feature(i)
-        rows.append({"feature": i, "label": info.label, "frequency": round(info.frequency, 6),
-                     "promotes": [t for t, _ in info.promoted[:5]]})  # fmt: skip
+        rows.append(
+            {
+                "feature": i,
+                "label": info.label,
+                "frequency": round(info.frequency, 6),
+                "promotes": [t for t, _ in info.promoted[:5]],
+            }
+        )
     return rows
 
 

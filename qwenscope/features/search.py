@@ -44,8 +44,9 @@ _TEXT_BATCH = 16
 _DIRECTIONS_CHUNK = 4096
 
 
-def token_features(model, tokenizer, sae, hookpoint: str, text: str | Sequence[int], top: int,
-                   digits: int | None = 4) -> list[dict[str, Any]]:  # fmt: skip
+def token_features(
+    model, tokenizer, sae, hookpoint: str, text: str | Sequence[int], top: int, digits: int | None = 4
+) -> list[dict[str, Any]]:
     """Per token of ``text`` (a string, or its token ids): {"pos", "token", "token_id", "features": [{"id", "act"}]},
     the ``top`` strongest active features, strongest first, activations rounded to ``digits`` (None: as the SAE's
     ``encode`` gives them).
@@ -61,11 +62,18 @@ def token_features(model, tokenizer, sae, hookpoint: str, text: str | Sequence[i
     vals, top_ids = z.topk(min(top, sae.d_sae), dim=-1)
     pieces = token_text(tokenizer).pieces(ids)
     return [
-        {"pos": i, "token": piece, "token_id": ids[i],
-         "features": [{"id": int(f), "act": float(v) if digits is None else round(float(v), digits)}
-                      for f, v in zip(top_ids[i], vals[i]) if v > 0]}
+        {
+            "pos": i,
+            "token": piece,
+            "token_id": ids[i],
+            "features": [
+                {"id": int(f), "act": float(v) if digits is None else round(float(v), digits)}
+                for f, v in zip(top_ids[i], vals[i])
+                if v > 0
+            ],
+        }
         for i, piece in enumerate(pieces)
-    ]  # fmt: skip
+    ]
 
 
 @dataclass
@@ -105,8 +113,18 @@ def contrastive(
     rate_neg, mean_neg = firing_profile(model, tokenizer, sae, hook, negative, "negative")
     rate_diff, mean_diff = rate_pos - rate_neg, mean_pos - mean_neg
     order = (rate_diff if by == "rate" else mean_diff).argsort(descending=True, stable=True)[:top]
-    return [ContrastiveHit(int(f), float(rate_pos[f]), float(rate_neg[f]), float(mean_pos[f]), float(mean_neg[f]),
-                           float(rate_diff[f]), float(mean_diff[f])) for f in order]  # fmt: skip
+    return [
+        ContrastiveHit(
+            int(f),
+            float(rate_pos[f]),
+            float(rate_neg[f]),
+            float(mean_pos[f]),
+            float(mean_neg[f]),
+            float(rate_diff[f]),
+            float(mean_diff[f]),
+        )
+        for f in order
+    ]
 
 
 @dataclass
@@ -152,8 +170,9 @@ def effect_ranked(
         raise QwenscopeError(f"top and candidates must be at least 1, got {top} and {candidates}")
     hook = check_sae_fits(sae, model, hookpoint).name
     hits = contrastive(model, tokenizer, sae, positive, negative, candidates, by, hook)
-    ranked = rank_by_effect(model, tokenizer, sae, hits, positive, negative, alphas, hookpoint=hook, unit=unit,
-                            probe_texts=probe_texts)  # fmt: skip
+    ranked = rank_by_effect(
+        model, tokenizer, sae, hits, positive, negative, alphas, hookpoint=hook, unit=unit, probe_texts=probe_texts
+    )
     return ranked[:top]
 
 
@@ -175,15 +194,35 @@ def rank_by_effect(
     from qwenscope.steer.strength import steering_unit
 
     if not hits or probe_texts < 1:
-        raise QwenscopeError(f"rank_by_effect needs at least one hit and one probe text, got {len(hits)} and "
-                             f"{probe_texts}")  # fmt: skip
+        raise QwenscopeError(
+            f"rank_by_effect needs at least one hit and one probe text, got {len(hits)} and {probe_texts}"
+        )
     hook = check_sae_fits(sae, model, hookpoint).name
     unit = steering_unit(model, tokenizer, hook) if unit is None else unit
-    effects = probe_effects(model, tokenizer, sae, [h.feature for h in hits], list(positive)[:probe_texts],
-                            list(negative)[:probe_texts], alphas, unit=unit, hookpoint=hook)  # fmt: skip
+    effects = probe_effects(
+        model,
+        tokenizer,
+        sae,
+        [h.feature for h in hits],
+        list(positive)[:probe_texts],
+        list(negative)[:probe_texts],
+        alphas,
+        unit=unit,
+        hookpoint=hook,
+    )
     gain_pos, gain_neg = effects.gain_pos.mean(1), effects.gain_neg.mean(1)  # (n, n_alphas) -> (n,)
-    ranked = [EffectHit(h.feature, float(gain_pos[i] - gain_neg[i]), float(gain_pos[i]), float(gain_neg[i]),
-                        h.rate_pos, h.rate_neg, i) for i, h in enumerate(hits)]  # fmt: skip
+    ranked = [
+        EffectHit(
+            h.feature,
+            float(gain_pos[i] - gain_neg[i]),
+            float(gain_pos[i]),
+            float(gain_neg[i]),
+            h.rate_pos,
+            h.rate_neg,
+            i,
+        )
+        for i, h in enumerate(hits)
+    ]
     return sorted(ranked, key=lambda e: -e.score)
 
 
@@ -233,8 +272,9 @@ def by_token(model: nn.Module, tokenizer, sae: Sae, token: str, top: int = 10) -
         raise QwenscopeError(f"{token!r} is not one token: it tokenises to {pieces}; pass one of those tokens")
     head, weight = output_head(model)
     column = weight[ids[0]].float()  # (d,)
-    logits = torch.cat([unembed(model, sae.W_dec[s : s + _DIRECTIONS_CHUNK]) @ column
-                        for s in range(0, sae.d_sae, _DIRECTIONS_CHUNK)])  # fmt: skip
+    logits = torch.cat(
+        [unembed(model, sae.W_dec[s : s + _DIRECTIONS_CHUNK]) @ column for s in range(0, sae.d_sae, _DIRECTIONS_CHUNK)]
+    )
     bias = getattr(head, "bias", None)
     if isinstance(bias, Tensor):
         logits += bias[ids[0]].float()

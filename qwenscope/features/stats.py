@@ -202,8 +202,9 @@ def compute_feature_stats_many(
     with tqdm(total=cfg.n_tokens, unit="tok", desc="feature stats", disable=not cfg.progress) as bar:
         for ids in batched(chunk_tokens(texts, tokenizer, cfg.seq_len), cfg.batch_size):
             todo = [i for i, run in enumerate(running) if run.n_tokens < cfg.n_tokens]  # an SAE stops at n_tokens
-            codes = encode_chunks_many(model, tokenizer, [saes[i] for i in todo], [hooks[i] for i in todo], ids,
-                                       cfg.outlier_m)  # fmt: skip
+            codes = encode_chunks_many(
+                model, tokenizer, [saes[i] for i in todo], [hooks[i] for i in todo], ids, cfg.outlier_m
+            )
             before = min(run.n_tokens for run in running)
             for i, code in zip(todo, codes):
                 running[i].update(*code)
@@ -279,8 +280,9 @@ class RunningStats:
         self.act_sum = torch.zeros(d_sae, dtype=torch.float64, device=device)
         self.max_act = torch.zeros(d_sae, device=device)
         self.hist = torch.zeros(d_sae * cfg.hist_bins, dtype=torch.long, device=device)
-        self.edges = torch.logspace(math.log10(cfg.hist_min), math.log10(cfg.hist_max), cfg.hist_bins + 1,
-                                    device=device)  # fmt: skip
+        self.edges = torch.logspace(
+            math.log10(cfg.hist_min), math.log10(cfg.hist_max), cfg.hist_bins + 1, device=device
+        )
         self.top_acts = torch.full((d_sae, n), -math.inf, device=device)
         self.top_tokens = torch.full((d_sae, n, w), -1, dtype=torch.int32, device=device)
         self.top_token_acts = torch.zeros((d_sae, n, w), device=device)
@@ -350,11 +352,18 @@ class RunningStats:
 
     def result(self, hookpoint: str) -> FeatureStats:
         return FeatureStats(
-            hookpoint=hookpoint, n_tokens=self.n_tokens, count=self.count.cpu(), act_sum=self.act_sum.cpu(),
-            max_act=self.max_act.cpu(), hist=self.hist.view(self.d_sae, -1).cpu(), hist_edges=self.edges.cpu(),
-            top_acts=self.top_acts.clamp(min=0).cpu(), top_tokens=self.top_tokens.long().cpu(),
-            top_token_acts=self.top_token_acts.cpu(), window_before=self.cfg.window_before,
-        )  # fmt: skip
+            hookpoint=hookpoint,
+            n_tokens=self.n_tokens,
+            count=self.count.cpu(),
+            act_sum=self.act_sum.cpu(),
+            max_act=self.max_act.cpu(),
+            hist=self.hist.view(self.d_sae, -1).cpu(),
+            hist_edges=self.edges.cpu(),
+            top_acts=self.top_acts.clamp(min=0).cpu(),
+            top_tokens=self.top_tokens.long().cpu(),
+            top_token_acts=self.top_token_acts.cpu(),
+            window_before=self.cfg.window_before,
+        )
 
 
 # ---------------------------------------------------------------- logit lens
@@ -401,8 +410,9 @@ def logit_lens(model: nn.Module, sae: Sae, top: int = 10, vocab_size: int | None
     top = min(top, vocab)
     step = max(1, _LENS_CHUNK // weight.shape[0])
     parts: list[tuple[Tensor, ...]] = []
-    for start in tqdm(range(0, sae.d_sae, step), desc="logit lens", unit="chunk", leave=False,
-                      disable=sae.d_sae <= step):  # fmt: skip
+    for start in tqdm(
+        range(0, sae.d_sae, step), desc="logit lens", unit="chunk", leave=False, disable=sae.d_sae <= step
+    ):
         logits = head(unembed(model, sae.W_dec[start : start + step]).to(weight.dtype))[:, :vocab].float()
         up, down = logits.topk(top, dim=1), logits.topk(top, dim=1, largest=False)
         parts.append((up.indices, up.values, down.indices, down.values))

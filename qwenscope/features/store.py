@@ -102,8 +102,13 @@ class FeatureStore:
     def write(cls, folder: str | Path, stats: FeatureStats, tokenizer, meta: Mapping[str, Any]) -> FeatureStore:
         """Write ``stats`` (token ids decoded with ``tokenizer``) and ``meta`` as a store at ``folder``, atomically."""
         folder = Path(folder)
-        meta = {**meta, "hookpoint": meta.get("hookpoint") or stats.hookpoint, "n_tokens": stats.n_tokens,
-                "d_sae": stats.d_sae, "hist_edges": [float(e) for e in stats.hist_edges]}  # fmt: skip
+        meta = {
+            **meta,
+            "hookpoint": meta.get("hookpoint") or stats.hookpoint,
+            "n_tokens": stats.n_tokens,
+            "d_sae": stats.d_sae,
+            "hist_edges": [float(e) for e in stats.hist_edges],
+        }
         keys = {"model": str(meta.get("model", "")), "sae": str(meta.get("sae", ""))}
         text = token_text(tokenizer)
         features = _features_table(stats, text, **keys, hookpoint=meta["hookpoint"])
@@ -146,8 +151,11 @@ class FeatureStore:
 
     def labels(self) -> dict[int, str]:
         """``{feature: label}`` of the labelled features."""
-        return {int(f): label for f, label in zip(self._features["feature"], self._features["label"])
-                if isinstance(label, str)}  # fmt: skip
+        return {
+            int(f): label
+            for f, label in zip(self._features["feature"], self._features["label"])
+            if isinstance(label, str)
+        }
 
     def feature(self, i: int) -> FeatureInfo:
         if not 0 <= int(i) < self.d_sae:
@@ -155,20 +163,27 @@ class FeatureStore:
         row = self._features.iloc[int(i)]
         label, score = row["label"], row["label_score"]
         return FeatureInfo(
-            id=int(i), frequency=float(row["frequency"]), count=int(row["count"]), mean_act=float(row["mean_act"]),
-            max_act=float(row["max_act"]), hist=[float(c) for c in row["hist"]],
+            id=int(i),
+            frequency=float(row["frequency"]),
+            count=int(row["count"]),
+            mean_act=float(row["mean_act"]),
+            max_act=float(row["max_act"]),
+            hist=[float(c) for c in row["hist"]],
             promoted=_pairs(row["promoted_tokens"], row["promoted_values"]),
             suppressed=_pairs(row["suppressed_tokens"], row["suppressed_values"]),
-            label=None if _missing(label) else str(label), label_score=None if _missing(score) else float(score),
+            label=None if _missing(label) else str(label),
+            label_score=None if _missing(score) else float(score),
             contexts=self.contexts(int(i)),
-        )  # fmt: skip
+        )
 
     def contexts(self, i: int) -> list[Context]:
         """The top contexts of feature ``i``, strongest first."""
         table, starts = self._context_index()
         part = table.slice(int(starts[i]), int(starts[i + 1] - starts[i])).to_pydict()
-        return [Context(list(t), [float(a) for a in acts], float(m))
-                for t, acts, m in zip(part["tokens"], part["acts"], part["max_act"])]  # fmt: skip
+        return [
+            Context(list(t), [float(a) for a in acts], float(m))
+            for t, acts, m in zip(part["tokens"], part["acts"], part["max_act"])
+        ]
 
     def _context_index(self) -> tuple[pa.Table, np.ndarray]:
         """contexts.parquet (sorted by feature, rank) and the first row of every feature (d_sae + 1,)."""
@@ -205,10 +220,14 @@ class FeatureStore:
         text = self._texts()
         score = 4.0 * labels.str.contains(query.lower().strip(), regex=False)
         for word in words:
-            score += (2.0 * labels.str.contains(word, regex=False) + promoted.str.contains(word, regex=False)
-                      + 0.5 * text.str.contains(word, regex=False)) / len(words)  # fmt: skip
-        ranked = pd.DataFrame({"score": score, "label_score": frame["label_score"].fillna(0.0),
-                               "frequency": frame["frequency"]})  # fmt: skip
+            score += (
+                2.0 * labels.str.contains(word, regex=False)
+                + promoted.str.contains(word, regex=False)
+                + 0.5 * text.str.contains(word, regex=False)
+            ) / len(words)
+        ranked = pd.DataFrame(
+            {"score": score, "label_score": frame["label_score"].fillna(0.0), "frequency": frame["frequency"]}
+        )
         ranked = ranked[ranked["score"] > 0].sort_values(["score", "label_score", "frequency"], ascending=False)
         return [int(i) for i in ranked.index[:top]]
 
@@ -234,12 +253,16 @@ def _features_table(stats: FeatureStats, text: TokenText, model: str, sae: str, 
     lens = stats.lens
     top = lens.promoted_ids.shape[1] if lens is not None else 0
     columns: dict[str, Any] = {
-        "model": pa.array([model] * d), "sae": pa.array([sae] * d), "hookpoint": pa.array([hookpoint] * d),
-        "feature": pa.array(np.arange(d, dtype=np.int64)), "frequency": pa.array(stats.frequency.numpy()),
-        "count": pa.array(stats.count.numpy()), "mean_act": pa.array(stats.mean_act.float().numpy()),
+        "model": pa.array([model] * d),
+        "sae": pa.array([sae] * d),
+        "hookpoint": pa.array([hookpoint] * d),
+        "feature": pa.array(np.arange(d, dtype=np.int64)),
+        "frequency": pa.array(stats.frequency.numpy()),
+        "count": pa.array(stats.count.numpy()),
+        "mean_act": pa.array(stats.mean_act.float().numpy()),
         "max_act": pa.array(stats.max_act.numpy()),
         "hist": _lists(stats.hist.reshape(-1).numpy(), np.full(d, bins), pa.int64()),
-    }  # fmt: skip
+    }
     for side in ("promoted", "suppressed"):
         ids = getattr(lens, f"{side}_ids").numpy() if lens is not None else np.zeros((d, 0), np.int64)
         values = getattr(lens, f"{side}_values").numpy() if lens is not None else np.zeros((d, 0), np.float32)
@@ -258,13 +281,17 @@ def _contexts_table(stats: FeatureStats, text: TokenText, model: str, sae: str) 
     inside = tokens >= 0
     pieces = text.windows(tokens)  # decoded jointly per window: no character broken across tokens
     m = len(feature)
-    return pa.table({
-        "model": pa.array([model] * m, pa.string()), "sae": pa.array([sae] * m, pa.string()),
-        "feature": pa.array(feature.numpy()), "rank": pa.array(rank.numpy()),
-        "max_act": pa.array(stats.top_acts[feature, rank].numpy()),
-        "tokens": _lists(np.array([p for row in pieces for p in row], dtype=object), inside.sum(1), pa.string()),
-        "acts": _lists(acts[inside], inside.sum(1), pa.float32()),
-    })  # fmt: skip
+    return pa.table(
+        {
+            "model": pa.array([model] * m, pa.string()),
+            "sae": pa.array([sae] * m, pa.string()),
+            "feature": pa.array(feature.numpy()),
+            "rank": pa.array(rank.numpy()),
+            "max_act": pa.array(stats.top_acts[feature, rank].numpy()),
+            "tokens": _lists(np.array([p for row in pieces for p in row], dtype=object), inside.sum(1), pa.string()),
+            "acts": _lists(acts[inside], inside.sum(1), pa.float32()),
+        }
+    )
 
 
 def _pairs(tokens, values) -> list[tuple[str, float]]:
@@ -326,8 +353,9 @@ def get_or_build_store(
     has them) under the same conditions, decoded into the cache (seconds); else a new pass over ``cfg.dataset``.
     """
     folders = None if folder is None else [folder]
-    return get_or_build_stores(model, tokenizer, [sae], model_name, [sae_id], cfg, hookpoints=[hookpoint],
-                               folders=folders, rebuild=rebuild)[0]  # fmt: skip
+    return get_or_build_stores(
+        model, tokenizer, [sae], model_name, [sae_id], cfg, hookpoints=[hookpoint], folders=folders, rebuild=rebuild
+    )[0]
 
 
 def get_or_build_stores(
@@ -355,30 +383,45 @@ def get_or_build_stores(
     if pack and None in targets:
         bad = sae_ids[targets.index(None)]
         raise QwenscopeError(f"cannot pack statistics beside {bad}: pass a local SAE folder or an embedded model name")
-    places = [Path(f) for f in folders] if folders is not None else \
-        [feature_store_dir(model_name, sae_id, hook) for sae_id, hook in zip(sae_ids, hooks)]  # fmt: skip
-    metas = [{"model": model_name, "sae": sae_id, "hookpoint": hook, "sae_fingerprint": sae_fingerprint(sae)}
-             for sae, sae_id, hook in zip(saes, sae_ids, hooks)]  # fmt: skip
-    stores = [None if rebuild or pack else _existing(folder, target, meta, tokenizer, cfg)
-              for folder, target, meta in zip(places, targets, metas)]  # fmt: skip
+    places = (
+        [Path(f) for f in folders]
+        if folders is not None
+        else [feature_store_dir(model_name, sae_id, hook) for sae_id, hook in zip(sae_ids, hooks)]
+    )
+    metas = [
+        {"model": model_name, "sae": sae_id, "hookpoint": hook, "sae_fingerprint": sae_fingerprint(sae)}
+        for sae, sae_id, hook in zip(saes, sae_ids, hooks)
+    ]
+    stores = [
+        None if rebuild or pack else _existing(folder, target, meta, tokenizer, cfg)
+        for folder, target, meta in zip(places, targets, metas)
+    ]
     todo = [i for i, store in enumerate(stores) if store is None]
     if todo:
-        logger.info("building the feature stores of %s on %s at %s from %d tokens of %s",
-                    ", ".join(dict.fromkeys(sae_ids)), model_name, ", ".join(hooks[i] for i in todo), cfg.n_tokens,
-                    cfg.dataset)  # fmt: skip
-        computed = compute_feature_stats_many(model, tokenizer, [saes[i] for i in todo], None, cfg,
-                                              [hooks[i] for i in todo])  # fmt: skip
+        logger.info(
+            "building the feature stores of %s on %s at %s from %d tokens of %s",
+            ", ".join(dict.fromkeys(sae_ids)),
+            model_name,
+            ", ".join(hooks[i] for i in todo),
+            cfg.n_tokens,
+            cfg.dataset,
+        )
+        computed = compute_feature_stats_many(
+            model, tokenizer, [saes[i] for i in todo], None, cfg, [hooks[i] for i in todo]
+        )
         for i, stats in zip(todo, computed):
             meta, target = {**metas[i], **store_meta(cfg)}, targets[i]
             if pack and target is not None:
-                logger.info("packed the statistics of %s at %s into %s", sae_ids[i], hooks[i],
-                            save_stats(target, stats, meta))  # fmt: skip
+                logger.info(
+                    "packed the statistics of %s at %s into %s", sae_ids[i], hooks[i], save_stats(target, stats, meta)
+                )
             stores[i] = FeatureStore.write(places[i], stats, tokenizer, meta)
     return [s for s in stores if s is not None]
 
 
-def find_store(model: nn.Module, tokenizer, sae: Sae, model_name: str, sae_id: str, hookpoint: str | None = None
-               ) -> FeatureStore | None:  # fmt: skip
+def find_store(
+    model: nn.Module, tokenizer, sae: Sae, model_name: str, sae_id: str, hookpoint: str | None = None
+) -> FeatureStore | None:
     """A store of these SAE weights without a new pass: the cached one (whatever its settings), else the statistics
     shipped beside the SAE, decoded into the cache; None when there is neither."""
     from qwenscope.features.packed import sae_fingerprint, stats_file_for
@@ -389,8 +432,9 @@ def find_store(model: nn.Module, tokenizer, sae: Sae, model_name: str, sae_id: s
     return _existing(feature_store_dir(model_name, sae_id, hook), stats_file_for(sae_id, hook), meta, tokenizer, None)
 
 
-def _existing(folder: Path, shipped: Path | None, meta: dict[str, Any], tokenizer, cfg: StatsConfig | None
-              ) -> FeatureStore | None:  # fmt: skip
+def _existing(
+    folder: Path, shipped: Path | None, meta: dict[str, Any], tokenizer, cfg: StatsConfig | None
+) -> FeatureStore | None:
     """The store at ``folder``, else the one the ``shipped`` statistics give (decoded into ``folder``), when built
     for the SAE weights in ``meta`` with settings that serve ``cfg`` (None: any settings); else None."""
     from qwenscope.features.packed import load_stats, read_meta
@@ -409,8 +453,11 @@ def _existing(folder: Path, shipped: Path | None, meta: dict[str, Any], tokenize
     if shipped is None or not shipped.is_file():
         return None
     if not serves(read_meta(shipped)):
-        logger.warning("the feature statistics at %s belong to other SAE weights or settings: not used (to ship new "
-                       "ones: qwenscope stats --model M --sae S --pack)", shipped)  # fmt: skip
+        logger.warning(
+            "the feature statistics at %s belong to other SAE weights or settings: not used (to ship new "
+            "ones: qwenscope stats --model M --sae S --pack)",
+            shipped,
+        )
         return None
     stats, shipped_meta = load_stats(shipped)
     logger.info("decoding the feature statistics shipped at %s (%d tokens) into %s", shipped, stats.n_tokens, folder)

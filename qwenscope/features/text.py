@@ -69,8 +69,11 @@ class TokenText:
         steps = spec.get("decoders", [spec]) if spec else []
         kinds = {s.get("type") for s in steps}
         self.kind = "byte-level" if "ByteLevel" in kinds else "byte-fallback" if "ByteFallback" in kinds else "other"
-        self.swaps = [(s["pattern"]["String"], s["content"]) for s in steps
-                      if s.get("type") == "Replace" and "String" in s.get("pattern", {})]  # fmt: skip
+        self.swaps = [
+            (s["pattern"]["String"], s["content"])
+            for s in steps
+            if s.get("type") == "Replace" and "String" in s.get("pattern", {})
+        ]
         self.added = {int(i): str(t.content) for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items()}
         self._bytes: dict[int, bytes | None] = {}
         self._alone: dict[int, tuple[str, bool]] = {}

@@ -29,8 +29,12 @@ from qwenscope.sae.releases import Release
 Device = str | torch.device
 
 # ------------------------------------------------------------------ hookpoint names of other libraries
-_TL_HOOKS = {"hook_resid_post": "resid_post", "hook_resid_pre": "resid_pre", "hook_mlp_out": "mlp_out",
-             "hook_attn_out": "attn_out"}  # fmt: skip
+_TL_HOOKS = {
+    "hook_resid_post": "resid_post",
+    "hook_resid_pre": "resid_pre",
+    "hook_mlp_out": "mlp_out",
+    "hook_attn_out": "attn_out",
+}
 
 
 def hookpoint_from_foreign(name: str | None) -> str | None:
@@ -133,10 +137,13 @@ def read_qwenscope(
     if k is None:
         raise QwenscopeError(f"{path}: the TopK k is not recorded in the file; pass k= (Qwen-Scope uses 50 or 100)")
     cfg = SaeConfig(
-        d_in=d_in, d_sae=d_sae, k=k, activation="topk",
+        d_in=d_in,
+        d_sae=d_sae,
+        k=k,
+        activation="topk",
         hookpoint=f"resid_post.{layer}" if layer is not None else None,
         model=release.backbone if release else None,
-    )  # fmt: skip
+    )
     # Transposed views: no copy, and x @ W_enc computes exactly x @ W_enc_file.T as in the reference.
     tensors = {"W_enc": raw["W_enc"].T, "b_enc": raw["b_enc"], "W_dec": raw["W_dec"].T, "b_dec": raw["b_dec"]}
     return build_sae(cfg, tensors, path, device, dtype)
@@ -164,11 +171,14 @@ def read_saelens(folder: Path, device: Device = "cpu", dtype: torch.dtype | None
     meta = cfg.get("metadata") or {}
     k = cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k")
     sae_cfg = SaeConfig(
-        d_in=int(cfg["d_in"]), d_sae=int(cfg["d_sae"]), k=int(k) if k is not None else None, activation=act,
+        d_in=int(cfg["d_in"]),
+        d_sae=int(cfg["d_sae"]),
+        k=int(k) if k is not None else None,
+        activation=act,
         apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
         hookpoint=hookpoint_from_foreign(meta.get("hook_name") or cfg.get("hook_name")),
         model=meta.get("model_name") or cfg.get("model_name"),
-    )  # fmt: skip
+    )
     return build_sae(sae_cfg, t, folder, device, dtype)
 
 
@@ -212,9 +222,12 @@ def read_sparsify(folder: Path, device: Device = "cpu", dtype: torch.dtype | Non
         raise QwenscopeError(f"{folder}: sae.safetensors lacks encoder.weight / W_dec; not a sparsify SAE")
     d_sae, d_in = t["encoder.weight"].shape
     sae_cfg = SaeConfig(
-        d_in=d_in, d_sae=d_sae, k=int(cfg.get("k", 32)), activation="topk",
+        d_in=d_in,
+        d_sae=d_sae,
+        k=int(cfg.get("k", 32)),
+        activation="topk",
         apply_b_dec_to_input=not cfg.get("transcode", False),
         hookpoint=hookpoint_from_foreign(folder.name),
-    )  # fmt: skip
+    )
     tensors = {"W_enc": t["encoder.weight"].T, "b_enc": t["encoder.bias"], "W_dec": t["W_dec"], "b_dec": t["b_dec"]}
     return build_sae(sae_cfg, tensors, folder, device, dtype)

@@ -169,8 +169,9 @@ def _load_local(path: Path, layer: int | None, hookpoint: str | None, device, k,
                 return _load_local(path / sub, layer, None, device, k, dtype)
     subs = sorted(p.name for p in path.iterdir() if p.is_dir() and (p / CFG_FILE).is_file())
     if subs:
-        raise QwenscopeError(f"{path} holds SAEs for {', '.join(subs[:8])}{' ...' if len(subs) > 8 else ''}; "
-                             "pass hookpoint= to pick one")  # fmt: skip
+        raise QwenscopeError(
+            f"{path} holds SAEs for {', '.join(subs[:8])}{' ...' if len(subs) > 8 else ''}; pass hookpoint= to pick one"
+        )
     raise QwenscopeError(f"unknown SAE format in {path}; {_FORMATS_HELP}")
 
 
@@ -207,8 +208,9 @@ def _load_hub_unchecked(repo_id: str, layer, hookpoint, device, k, dtype, revisi
         logger.info("downloading %s from %s", filename, repo_id)
         file = Path(hf_hub_download(repo_id, filename, revision=revision))
         parsed = parse_repo_name(repo_id)
-        return read_qwenscope(file, k=k or (parsed[2] if parsed else None), release=release, layer=layer,
-                              device=device, dtype=dtype)  # fmt: skip
+        return read_qwenscope(
+            file, k=k or (parsed[2] if parsed else None), release=release, layer=layer, device=device, dtype=dtype
+        )
     files = HfApi().list_repo_files(repo_id, revision=revision)
     folders = {f.rsplit("/", 1)[0] if "/" in f else "" for f in files if f.rsplit("/", 1)[-1] == CFG_FILE}
     if hookpoint is not None:

@@ -136,14 +136,21 @@ class ChatRequest(_Sampling):
 class ApiError(Exception):
     """A request the API refuses: answered with ``status`` and an OpenAI error body."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error") -> None:  # fmt: skip
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        kind: str = "invalid_request_error",
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
 
 
-def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None,
-               code: str | None = None) -> dict[str, Any]:  # fmt: skip
+def error_body(
+    message: str, kind: str = "invalid_request_error", param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
@@ -156,8 +163,9 @@ class Server:
         self.model, self.tokenizer, self.saes, self.name, self.limits = model, tokenizer, dict(saes), name, limits
         self.hookpoints = {sid: check_sae_fits(sae, model, None).name for sid, sae in self.saes.items()}
         self.lock = threading.Lock()
-        self.batcher = Batcher(model, tokenizer, self.lock, limits.max_batch, limits.max_queue,
-                               limits.batch_window_ms / 1000)  # fmt: skip
+        self.batcher = Batcher(
+            model, tokenizer, self.lock, limits.max_batch, limits.max_queue, limits.batch_window_ms / 1000
+        )
         self._units: dict[str, float] = {}
 
     def close(self) -> None:
@@ -187,8 +195,11 @@ class Server:
             unit = await self.unit(hookpoint) if item.relative else None
             positions = None if item.positions == "all" else item.positions
             try:
-                specs.append(SteerSpec(sae, item.features, mode=item.mode, positions=positions, relative=item.relative,
-                                       unit=unit))  # fmt: skip
+                specs.append(
+                    SteerSpec(
+                        sae, item.features, mode=item.mode, positions=positions, relative=item.relative, unit=unit
+                    )
+                )
             except QwenscopeError as e:
                 raise ApiError(400, str(e), "steering") from None
         return specs
@@ -200,27 +211,46 @@ class Server:
             limit = "batch size" if most == self.limits.max_batch else "queue size"
             raise ApiError(400, f"n={req.n} is above this server's {limit} of {most}; ask for n <= {most}", "n")
         if req.model != self.name:
-            raise ApiError(404, f"model {req.model!r} is not served here; use {self.name!r}", "model",
-                           "model_not_found")  # fmt: skip
+            raise ApiError(
+                404, f"model {req.model!r} is not served here; use {self.name!r}", "model", "model_not_found"
+            )
         if len(input_ids) > self.limits.max_prompt_tokens:
-            raise ApiError(400, f"the prompt has {len(input_ids)} tokens; the limit is {self.limits.max_prompt_tokens}",
-                           "prompt", "context_length_exceeded")  # fmt: skip
+            raise ApiError(
+                400,
+                f"the prompt has {len(input_ids)} tokens; the limit is {self.limits.max_prompt_tokens}",
+                "prompt",
+                "context_length_exceeded",
+            )
         if not input_ids:
             raise ApiError(400, "the prompt is empty; send some text", "prompt")
         max_tokens = req.max_tokens or self.limits.max_new_tokens
         if max_tokens > self.limits.max_new_tokens:
-            raise ApiError(400, f"max_tokens={max_tokens} is above this server's limit of {self.limits.max_new_tokens}",
-                           "max_tokens")  # fmt: skip
+            raise ApiError(
+                400,
+                f"max_tokens={max_tokens} is above this server's limit of {self.limits.max_new_tokens}",
+                "max_tokens",
+            )
         stop = [s for s in ([req.stop] if isinstance(req.stop, str) else list(req.stop or [])) if s]
         specs = await self.specs(req.steering)
-        return [Row(list(input_ids), max_tokens, req.temperature, req.top_p, None if req.seed is None else req.seed + k,
-                    list(stop), specs) for k in range(req.n)]  # fmt: skip
+        return [
+            Row(
+                list(input_ids),
+                max_tokens,
+                req.temperature,
+                req.top_p,
+                None if req.seed is None else req.seed + k,
+                list(stop),
+                specs,
+            )
+            for k in range(req.n)
+        ]
 
     def encode_chat(self, messages: list[Message]) -> list[int]:
         if not getattr(self.tokenizer, "chat_template", None):
             raise ApiError(400, "this model's tokenizer has no chat template; use /v1/completions", "messages")
-        text = self.tokenizer.apply_chat_template([m.model_dump(exclude_none=True) for m in messages], tokenize=False,
-                                                  add_generation_prompt=True)  # fmt: skip
+        text = self.tokenizer.apply_chat_template(
+            [m.model_dump(exclude_none=True) for m in messages], tokenize=False, add_generation_prompt=True
+        )
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     async def exclusive(self, fn: Callable[[], T]) -> T:
@@ -233,11 +263,17 @@ class Server:
 
         return await asyncio.to_thread(work)
 
-    def _submit(self, rows: list[Row], on_token: Callable[[int, int], None] | None,
-                on_done: Callable[[int, RowResult | BaseException], None]) -> None:  # fmt: skip
+    def _submit(
+        self,
+        rows: list[Row],
+        on_token: Callable[[int, int], None] | None,
+        on_done: Callable[[int, RowResult | BaseException], None],
+    ) -> None:
         """Queue the rows (all or none: a 429 when the queue is full); the callbacks get the row's index."""
-        jobs = [Job(row, None if on_token is None else functools.partial(on_token, i), functools.partial(on_done, i))
-                for i, row in enumerate(rows)]  # fmt: skip
+        jobs = [
+            Job(row, None if on_token is None else functools.partial(on_token, i), functools.partial(on_done, i))
+            for i, row in enumerate(rows)
+        ]
         try:
             self.batcher.submit(jobs)
         except QueueFull as e:
@@ -283,8 +319,9 @@ class Server:
         self._submit(rows, put, put)
         return self._pieces(rows, queue)
 
-    async def _pieces(self, rows: list[Row], queue: asyncio.Queue[tuple[int, int | RowResult | BaseException]]
-                      ) -> AsyncIterator[tuple[int, str | RowResult]]:  # fmt: skip
+    async def _pieces(
+        self, rows: list[Row], queue: asyncio.Queue[tuple[int, int | RowResult | BaseException]]
+    ) -> AsyncIterator[tuple[int, str | RowResult]]:
         tokens: list[list[int]] = [[] for _ in rows]
         sent = [""] * len(rows)
         holds = [max((len(s) for s in row.stop), default=1) - 1 for row in rows]
@@ -330,8 +367,12 @@ def _sse(data: dict[str, Any] | str) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
 
 
-async def _events(pieces: AsyncIterator[tuple[int, str | RowResult]], rows: list[Row], req: _Sampling,
-                  chunk: Callable[[int, str | None, str | None], dict[str, Any]]) -> AsyncIterator[str]:  # fmt: skip
+async def _events(
+    pieces: AsyncIterator[tuple[int, str | RowResult]],
+    rows: list[Row],
+    req: _Sampling,
+    chunk: Callable[[int, str | None, str | None], dict[str, Any]],
+) -> AsyncIterator[str]:
     """Server-sent events of a streamed completion: ``chunk(index, delta text or None, finish_reason)`` shapes each."""
     results: list[RowResult] = []
     try:
@@ -349,9 +390,16 @@ async def _events(pieces: AsyncIterator[tuple[int, str | RowResult]], rows: list
     yield _sse("[DONE]")
 
 
-def create_app(model: nn.Module, tokenizer: Any, saes: dict[str, Sae], *, api_key: str | None = None,
-               limits: Limits | None = None, model_name: str | None = None,
-               stores: dict[str, FeatureStore | None] | None = None):  # fmt: skip
+def create_app(
+    model: nn.Module,
+    tokenizer: Any,
+    saes: dict[str, Sae],
+    *,
+    api_key: str | None = None,
+    limits: Limits | None = None,
+    model_name: str | None = None,
+    stores: dict[str, FeatureStore | None] | None = None,
+):
     """A FastAPI app serving ``model`` with ``saes`` (id -> SAE) for steering and ``stores`` (id -> the SAE's
     feature store, for labels and feature records); see the module docstring."""
     from fastapi import FastAPI
@@ -361,6 +409,7 @@ def create_app(model: nn.Module, tokenizer: Any, saes: dict[str, Sae], *, api_ke
 
     name = model_name or str(getattr(model.config, "_name_or_path", "") or "qwenscope")
     server = Server(model, tokenizer, saes, name, limits or Limits())
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
@@ -399,8 +448,10 @@ def create_app(model: nn.Module, tokenizer: Any, saes: dict[str, Sae], *, api_ke
         if api_key and request.url.path != "/health":
             given = request.headers.get("authorization", "")
             if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                return JSONResponse(error_body("missing or wrong API key: send Authorization: Bearer <key>",
-                                               code="invalid_api_key"), status_code=401)  # fmt: skip
+                return JSONResponse(
+                    error_body("missing or wrong API key: send Authorization: Bearer <key>", code="invalid_api_key"),
+                    status_code=401,
+                )
         return await call_next(request)
 
     @app.get("/health")
@@ -426,8 +477,10 @@ def create_app(model: nn.Module, tokenizer: Any, saes: dict[str, Sae], *, api_ke
             events = _events(server.stream(rows), rows, req, chunk)
             return StreamingResponse(events, media_type="text/event-stream")
         results = await server.run(rows, request.is_disconnected)
-        choices = [{"index": i, "text": r.text, "logprobs": None, "finish_reason": r.finish_reason}
-                   for i, r in enumerate(results)]  # fmt: skip
+        choices = [
+            {"index": i, "text": r.text, "logprobs": None, "finish_reason": r.finish_reason}
+            for i, r in enumerate(results)
+        ]
         return head("text_completion", "cmpl") | {"choices": choices, "usage": _usage(rows, results)}
 
     @app.post("/v1/chat/completions", response_model=None)
@@ -445,8 +498,15 @@ def create_app(model: nn.Module, tokenizer: Any, saes: dict[str, Sae], *, api_ke
             events = _events(server.stream(rows), rows, req, chunk)
             return StreamingResponse(events, media_type="text/event-stream")
         results = await server.run(rows, request.is_disconnected)
-        choices = [{"index": i, "message": {"role": "assistant", "content": r.text}, "logprobs": None,
-                    "finish_reason": r.finish_reason} for i, r in enumerate(results)]  # fmt: skip
+        choices = [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": r.text},
+                "logprobs": None,
+                "finish_reason": r.finish_reason,
+            }
+            for i, r in enumerate(results)
+        ]
         return head("chat.completion", "chatcmpl") | {"choices": choices, "usage": _usage(rows, results)}
 
     from qwenscope.serve.features_api import add_feature_routes
@@ -488,8 +548,8 @@ def run_serve(cfg: ServeConfig) -> None:
     model, tokenizer = load_model(cfg.model)
     saes = {source: load_sae(source) for source in cfg.sae or (cfg.model,)}
     stores = {source: find_store(model, tokenizer, sae, model_name(model), source) for source, sae in saes.items()}
-    app = create_app(model, tokenizer, saes, api_key=cfg.api_key, model_name=cfg.model,
-                     limits=cfg, stores=stores)  # fmt: skip
-    logger.info("serving %s with SAEs %s on http://%s:%d/v1 (Ctrl-C stops it)", cfg.model, ", ".join(saes), cfg.host,
-                cfg.port)  # fmt: skip
+    app = create_app(model, tokenizer, saes, api_key=cfg.api_key, model_name=cfg.model, limits=cfg, stores=stores)
+    logger.info(
+        "serving %s with SAEs %s on http://%s:%d/v1 (Ctrl-C stops it)", cfg.model, ", ".join(saes), cfg.host, cfg.port
+    )
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info")

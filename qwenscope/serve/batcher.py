@@ -48,11 +48,19 @@ class QueueFull(QwenscopeError):
 class Batcher:
     """The worker thread that batches rows; see the module doc."""
 
-    def __init__(self, model: nn.Module, tokenizer: Any, lock: threading.Lock, max_batch: int = 16,
-                 max_queue: int = 64, window: float = 0.01) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        lock: threading.Lock,
+        max_batch: int = 16,
+        max_queue: int = 64,
+        window: float = 0.01,
+    ) -> None:
         if max_batch < 1 or max_queue < 1 or window < 0:
-            raise QwenscopeError(f"need max_batch >= 1, max_queue >= 1, window >= 0; got {max_batch}, {max_queue}, "
-                                 f"{window}")  # fmt: skip
+            raise QwenscopeError(
+                f"need max_batch >= 1, max_queue >= 1, window >= 0; got {max_batch}, {max_queue}, {window}"
+            )
         self.model, self.tokenizer, self.lock = model, tokenizer, lock
         self.max_batch, self.max_queue, self.window = max_batch, max_queue, window
         self.batch_sizes: Counter[int] = Counter()
@@ -130,8 +138,9 @@ class Batcher:
         self.batch_sizes[len(jobs)] += 1
         try:
             with self.lock:
-                generate_rows(self.model, self.tokenizer, [j.row for j in jobs], on_token if streaming else None,
-                              on_finish)  # fmt: skip
+                generate_rows(
+                    self.model, self.tokenizer, [j.row for j in jobs], on_token if streaming else None, on_finish
+                )
         except Exception as e:  # handed to the rows' requests; the worker lives on
             logger.exception("a batch of %d rows failed", len(jobs))
             for i, job in enumerate(jobs):

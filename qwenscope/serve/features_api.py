@@ -55,44 +55,76 @@ def add_feature_routes(app: FastAPI, server: Server, stores: dict[str, FeatureSt
             raise ApiError(400, "the input is empty; send some text", "input")
         limit = server.limits.max_prompt_tokens
         if len(ids) > limit:
-            raise ApiError(400, f"the input has {len(ids)} tokens; the limit is {limit}", "input",
-                           "context_length_exceeded")  # fmt: skip
-        rows = await server.exclusive(lambda: token_features(server.model, server.tokenizer, sae, hookpoint, ids,
-                                                             req.top_k, digits=None))  # fmt: skip
+            raise ApiError(
+                400, f"the input has {len(ids)} tokens; the limit is {limit}", "input", "context_length_exceeded"
+            )
+        rows = await server.exclusive(
+            lambda: token_features(server.model, server.tokenizer, sae, hookpoint, ids, req.top_k, digits=None)
+        )
         names = labels.get(sid, {})
-        data = [{"index": r["pos"], "token": r["token"], "token_id": r["token_id"],
-                 "features": [{"id": f["id"], "activation": f["act"], "label": names.get(f["id"])}
-                              for f in r["features"]]} for r in rows]  # fmt: skip
-        return {"object": "list", "sae": sid, "hookpoint": hookpoint, "data": data,
-                "usage": {"prompt_tokens": len(ids)}}  # fmt: skip
+        data = [
+            {
+                "index": r["pos"],
+                "token": r["token"],
+                "token_id": r["token_id"],
+                "features": [
+                    {"id": f["id"], "activation": f["act"], "label": names.get(f["id"])} for f in r["features"]
+                ],
+            }
+            for r in rows
+        ]
+        return {
+            "object": "list",
+            "sae": sid,
+            "hookpoint": hookpoint,
+            "data": data,
+            "usage": {"prompt_tokens": len(ids)},
+        }
 
     @app.get("/v1/features/{path:path}")
     async def feature(path: str) -> dict[str, Any]:
         key, _, fid = path.rpartition("/")
         if not key:
-            raise ApiError(404, f"no route /v1/features/{path}; use /v1/features/{{sae}}/{{feature id}}",
-                           code="not_found")  # fmt: skip
+            raise ApiError(
+                404, f"no route /v1/features/{path}; use /v1/features/{{sae}}/{{feature id}}", code="not_found"
+            )
         sid, sae, hookpoint = _resolve(server, key)
         i = _feature_id(fid, sae)
         store = stores.get(sid)
         if store is None:
             build = f"qwenscope stats --model {server.name} --sae {sid}"
-            raise ApiError(404, f"SAE {sid!r} has no feature store; build one with: {build}, then restart the server",
-                           "sae", "feature_store_not_found")  # fmt: skip
+            raise ApiError(
+                404,
+                f"SAE {sid!r} has no feature store; build one with: {build}, then restart the server",
+                "sae",
+                "feature_store_not_found",
+            )
         record = dataclasses.asdict(await asyncio.to_thread(store.feature, i))  # the first one reads the contexts
-        return _finite({"object": "feature", "sae": sid, "hookpoint": hookpoint, **record,
-                        "density": record["frequency"], "hist_edges": store.hist_edges})  # fmt: skip
+        return _finite(
+            {
+                "object": "feature",
+                "sae": sid,
+                "hookpoint": hookpoint,
+                **record,
+                "density": record["frequency"],
+                "hist_edges": store.hist_edges,
+            }
+        )
 
 
 def _check_stores(server: Server, stores: dict[str, FeatureStore | None]) -> None:
     """Each store belongs to a served SAE and has its width (a QwenscopeError naming the mismatch otherwise)."""
     for sid, store in stores.items():
         if sid not in server.saes:
-            raise QwenscopeError(f"a feature store is given for {sid!r}, which is not one of the served SAEs: "
-                                 f"{', '.join(server.saes) or 'none'}")  # fmt: skip
+            raise QwenscopeError(
+                f"a feature store is given for {sid!r}, which is not one of the served SAEs: "
+                f"{', '.join(server.saes) or 'none'}"
+            )
         if store is not None and store.d_sae != server.saes[sid].d_sae:
-            raise QwenscopeError(f"the feature store at {store.folder} has {store.d_sae} features but SAE {sid!r} has "
-                                 f"{server.saes[sid].d_sae}; pass the store built for this SAE")  # fmt: skip
+            raise QwenscopeError(
+                f"the feature store at {store.folder} has {store.d_sae} features but SAE {sid!r} has "
+                f"{server.saes[sid].d_sae}; pass the store built for this SAE"
+            )
 
 
 def _resolve(server: Server, key: str) -> tuple[str, Sae, str]:
@@ -105,8 +137,11 @@ def _resolve(server: Server, key: str) -> tuple[str, Sae, str]:
 def _feature_id(text: str, sae: Sae) -> int:
     """The feature id in a path segment, checked against the SAE's width (a 400 otherwise)."""
     if not (re.fullmatch(r"-?[0-9]+", text) and 0 <= int(text) < sae.d_sae):
-        raise ApiError(400, f"feature id {text!r} is not a feature of this SAE; it has {sae.d_sae} features, ids "
-                       f"0..{sae.d_sae - 1}", "feature_id")  # fmt: skip
+        raise ApiError(
+            400,
+            f"feature id {text!r} is not a feature of this SAE; it has {sae.d_sae} features, ids 0..{sae.d_sae - 1}",
+            "feature_id",
+        )
     return int(text)
 
 

@@ -41,8 +41,15 @@ POSITIONS = ("all", "prompt", "generated")
 class Playground:
     """What the app does, without the app: analyse a prompt, describe a feature, generate with and without steering."""
 
-    def __init__(self, model: nn.Module, tokenizer: Any, sae: Sae, store: FeatureStore | None = None,
-                 hookpoint: str | None = None, max_density: float = MAX_DENSITY) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        sae: Sae,
+        store: FeatureStore | None = None,
+        hookpoint: str | None = None,
+        max_density: float = MAX_DENSITY,
+    ) -> None:
         from qwenscope.models.hookpoints import check_sae_fits
 
         self.model, self.tokenizer, self.sae, self.store = model, tokenizer, sae, store
@@ -101,14 +108,24 @@ class Playground:
         """An HTML card of one feature: label, statistics, histogram, logit lens and top contexts from the store."""
         fid = feature_id(feature, self.sae.d_sae)
         if self.store is None:
-            return (f"<p>Feature {fid} of {self.sae.d_sae}. Start the playground with a feature store (--store) to "
-                    f"see its label, top contexts and logit lens.</p>")  # fmt: skip
+            return (
+                f"<p>Feature {fid} of {self.sae.d_sae}. Start the playground with a feature store (--store) to "
+                f"see its label, top contexts and logit lens.</p>"
+            )
         from qwenscope.features.dashboard import feature_body
 
         return feature_body(self.store.feature(fid), list(self.store.hist_edges), max_density=self.max_density)
 
-    def generate(self, prompt: str, features: str, mode: str = "add", positions: str = "all",
-                 max_new_tokens: int = 40, relative: bool = False, chat: bool = True) -> tuple[str, str]:  # fmt: skip
+    def generate(
+        self,
+        prompt: str,
+        features: str,
+        mode: str = "add",
+        positions: str = "all",
+        max_new_tokens: int = 40,
+        relative: bool = False,
+        chat: bool = True,
+    ) -> tuple[str, str]:
         """(unsteered, steered) greedy continuations; ``features`` is "id:strength,..." (ablate: ids)."""
         from qwenscope.steer import SteerSpec, generate_pair, parse_features
 
@@ -118,10 +135,20 @@ class Playground:
             raise QwenscopeError(f"unknown positions {positions!r}; use one of {', '.join(POSITIONS)}")
         with self.lock:
             unit = self.unit() if relative else None
-            return generate_pair(self.model, self.tokenizer, prompt, self.sae, strengths,
-                                 max_new_tokens=int(max_new_tokens), chat=chat, mode=mode,
-                                 positions=None if positions == "all" else positions, hookpoint=self.hookpoint,
-                                 relative=relative, unit=unit)  # fmt: skip
+            return generate_pair(
+                self.model,
+                self.tokenizer,
+                prompt,
+                self.sae,
+                strengths,
+                max_new_tokens=int(max_new_tokens),
+                chat=chat,
+                mode=mode,
+                positions=None if positions == "all" else positions,
+                hookpoint=self.hookpoint,
+                relative=relative,
+                unit=unit,
+            )
 
     def find(self, positive: str, negative: str, top: int = 10, candidates: int = 16) -> list[list[Any]]:
         """Features that steer toward the concept of the ``positive`` texts (one per line) and away from the
@@ -132,10 +159,21 @@ class Playground:
         if not pos or not neg:
             raise QwenscopeError("write at least one text about the concept and one not about it, one per line")
         with self.lock:
-            hits = effect_ranked(self.model, self.tokenizer, self.sae, pos, neg, max(1, int(top)),
-                                 max(1, int(candidates)), hookpoint=self.hookpoint, unit=self.unit())  # fmt: skip
-        return [[h.feature, round(h.score, 3), round(h.rate_pos, 3), round(h.rate_neg, 3), self.label(h.feature) or ""]
-                for h in hits]  # fmt: skip
+            hits = effect_ranked(
+                self.model,
+                self.tokenizer,
+                self.sae,
+                pos,
+                neg,
+                max(1, int(top)),
+                max(1, int(candidates)),
+                hookpoint=self.hookpoint,
+                unit=self.unit(),
+            )
+        return [
+            [h.feature, round(h.score, 3), round(h.rate_pos, 3), round(h.rate_neg, 3), self.label(h.feature) or ""]
+            for h in hits
+        ]
 
 
 def rank_features(rows: list[dict[str, Any]]) -> list[int]:
@@ -185,20 +223,37 @@ def _guard(fn):
     return run
 
 
-def build_app(model: nn.Module, tokenizer: Any, sae: Sae, store: FeatureStore | None = None,
-              hookpoint: str | None = None, title: str | None = None, max_density: float = MAX_DENSITY
-              ) -> gr.Blocks:  # fmt: skip
+def build_app(
+    model: nn.Module,
+    tokenizer: Any,
+    sae: Sae,
+    store: FeatureStore | None = None,
+    hookpoint: str | None = None,
+    title: str | None = None,
+    max_density: float = MAX_DENSITY,
+) -> gr.Blocks:
     """The playground as a ``gr.Blocks`` app (launch it with ``app.launch()``; see the module doc)."""
     gr = _gradio()
     pg = Playground(model, tokenizer, sae, store, hookpoint, max_density)
     name = title or f"qwenscope playground: {getattr(model.config, '_name_or_path', '') or type(model).__name__}"
     with gr.Blocks(title="qwenscope playground", analytics_enabled=False) as app:
-        gr.Markdown(f"## {name}\nSAE with {sae.d_sae} features at `{pg.hookpoint}`"
-                    + ("" if store is None else f", feature store over {store.meta.get('n_tokens', '?')} tokens; "
-                       f"{len(pg.dense)} always-on features (denser than {density_text(pg.max_density)}) left out"))
+        gr.Markdown(
+            f"## {name}\nSAE with {sae.d_sae} features at `{pg.hookpoint}`"
+            + (
+                ""
+                if store is None
+                else f", feature store over {store.meta.get('n_tokens', '?')} tokens; "
+                f"{len(pg.dense)} always-on features (denser than {density_text(pg.max_density)}) left out"
+            )
+        )
         prompt = gr.Textbox(label="Prompt", lines=3, value="Tell me about the ocean.", elem_id="prompt")
-        features = gr.Textbox(label="Features to steer (id:strength, comma-separated; ablate: ids)",
-                              placeholder="e.g. 123:8,55:-4", elem_id="features", scale=3, render=False)  # fmt: skip
+        features = gr.Textbox(
+            label="Features to steer (id:strength, comma-separated; ablate: ids)",
+            placeholder="e.g. 123:8,55:-4",
+            elem_id="features",
+            scale=3,
+            render=False,
+        )
         _features_panel(gr, pg, prompt, features)
         relative = _steer_panel(gr, pg, prompt, features)
         _search_panel(gr, pg, features, relative)
@@ -215,15 +270,20 @@ def _steer_panel(gr: Any, pg: Playground, prompt: Any, features: Any) -> Any:
             positions = gr.Radio(list(POSITIONS), value="all", label="Positions", elem_id="positions")
         with gr.Row():
             max_new = gr.Slider(1, 256, value=40, step=1, label="New tokens", elem_id="max-new-tokens")
-            relative = gr.Checkbox(False, label="Relative strengths (x the residual's typical size; ~0.5 steers)",
-                                   elem_id="relative")  # fmt: skip
+            relative = gr.Checkbox(
+                False, label="Relative strengths (x the residual's typical size; ~0.5 steers)", elem_id="relative"
+            )
             chat = gr.Checkbox(has_chat, label="Chat template", visible=has_chat, elem_id="chat")
             go = gr.Button("Steer and generate", variant="primary", elem_id="steer-btn")
     with gr.Row():
         plain = gr.Textbox(label="Unsteered", lines=8, interactive=False, elem_id="unsteered")
         steered = gr.Textbox(label="Steered", lines=8, interactive=False, elem_id="steered")
-    go.click(_guard(pg.generate), [prompt, features, mode, positions, max_new, relative, chat], [plain, steered],
-             api_name="steer")  # fmt: skip
+    go.click(
+        _guard(pg.generate),
+        [prompt, features, mode, positions, max_new, relative, chat],
+        [plain, steered],
+        api_name="steer",
+    )
     return relative
 
 
@@ -236,8 +296,11 @@ def _search_panel(gr: Any, pg: Playground, features: Any, relative: Any) -> None
             positive = gr.Textbox(label="Texts about the concept (one per line)", lines=4, elem_id="search-pos")
             negative = gr.Textbox(label="Texts not about it (one per line)", lines=4, elem_id="search-neg")
         find = gr.Button("Find (contrastive candidates ranked by their steering effect)", elem_id="search-btn")
-        found = gr.Dataframe(headers=["feature", "score (nats/token)", "rate +", "rate -", "label"], interactive=False,
-                             elem_id="search-table")  # fmt: skip
+        found = gr.Dataframe(
+            headers=["feature", "score (nats/token)", "rate +", "rate -", "label"],
+            interactive=False,
+            elem_id="search-table",
+        )
         with gr.Row():
             pick = gr.Dropdown([], label="Feature", allow_custom_value=True, elem_id="search-pick", scale=2)
             strength = gr.Number(DEFAULT_STRENGTH, label="Relative strength", elem_id="search-strength")
@@ -265,9 +328,12 @@ def _features_panel(gr: Any, pg: Playground, prompt: Any, features: Any) -> None
             top = gr.Slider(1, 20, value=5, step=1, label="Features per token", elem_id="top")
             analyse = gr.Button("Analyse prompt", elem_id="analyse-btn")
         tokens = gr.HighlightedText(label="Tokens (by strongest feature)", elem_id="tokens")
-        table = gr.Dataframe(headers=["pos", "token", "top features (id:activation (density, label))"],
-                             elem_id="token-table",
-                             interactive=False, wrap=True)  # fmt: skip
+        table = gr.Dataframe(
+            headers=["pos", "token", "top features (id:activation (density, label))"],
+            elem_id="token-table",
+            interactive=False,
+            wrap=True,
+        )
         with gr.Row():
             pick = gr.Dropdown([], label="Feature", allow_custom_value=True, elem_id="pick", scale=2)
             strength = gr.Number(8.0, label="Strength", elem_id="strength")
@@ -281,8 +347,12 @@ def _features_panel(gr: Any, pg: Playground, prompt: Any, features: Any) -> None
 
     analyse.click(_guard(run_analysis), [prompt, top], [tokens, table, pick], api_name="analyse")
     pick.change(_guard(lambda f: "" if f in (None, "") else pg.describe(f)), [pick], [card], api_name="describe")
-    add.click(_guard(lambda text, f, s: add_feature(text or "", feature_id(f, sae_width), float(s or 0))),
-              [features, pick, strength], [features], api_name="add_feature")  # fmt: skip
+    add.click(
+        _guard(lambda text, f, s: add_feature(text or "", feature_id(f, sae_width), float(s or 0))),
+        [features, pick, strength],
+        [features],
+        api_name="add_feature",
+    )
 
 
 # ---------------------------------------------------------------- command
@@ -328,7 +398,14 @@ def run_playground(cfg: PlaygroundConfig) -> None:
         from qwenscope.features.dashboard import cached_store
 
         store = cached_store(model, tokenizer, sae, cfg.sae or cfg.model, cfg.hookpoint, cfg.n_tokens, cfg.dataset)
-    app = build_app(model, tokenizer, sae, store, cfg.hookpoint, title=f"qwenscope playground: {cfg.model}",
-                    max_density=cfg.max_density)  # fmt: skip
+    app = build_app(
+        model,
+        tokenizer,
+        sae,
+        store,
+        cfg.hookpoint,
+        title=f"qwenscope playground: {cfg.model}",
+        max_density=cfg.max_density,
+    )
     logger.info("serving the playground on http://%s:%d (Ctrl-C stops it)", cfg.host, cfg.port)
     app.launch(server_name=cfg.host, server_port=cfg.port, share=cfg.share)

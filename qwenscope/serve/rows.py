@@ -55,8 +55,9 @@ class _RowSampler:
 
     def __init__(self, rows: list[Row]) -> None:
         self.rows = rows
-        self.gens = [torch.Generator().manual_seed(r.seed if r.seed is not None else secrets.randbits(63))
-                     for r in rows]  # fmt: skip
+        self.gens = [
+            torch.Generator().manual_seed(r.seed if r.seed is not None else secrets.randbits(63)) for r in rows
+        ]
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         for i, row in enumerate(self.rows):
@@ -76,8 +77,9 @@ class _RowStops:
     """Stopping criterion: row i is done once it has ``max_new_tokens`` tokens, ends in EOS, its text holds a stop
     string, or it is cancelled; its result is computed then (``results[i]``) and handed to ``on_finish``."""
 
-    def __init__(self, rows: list[Row], tokenizer: Any, prompt_len: int,
-                 on_finish: Callable[[int, RowResult], None] | None) -> None:  # fmt: skip
+    def __init__(
+        self, rows: list[Row], tokenizer: Any, prompt_len: int, on_finish: Callable[[int, RowResult], None] | None
+    ) -> None:
         self.rows, self.tokenizer, self.prompt_len, self.on_finish = rows, tokenizer, prompt_len, on_finish
         self.results: list[RowResult | None] = [None] * len(rows)
         self.ends = end_tokens(tokenizer)
@@ -88,8 +90,9 @@ class _RowStops:
             if self.results[i] is None:
                 tokens = new[i]
                 if row.cancel.is_set():
-                    self.finish(i, RowResult(self.tokenizer.decode(tokens, skip_special_tokens=True), len(tokens),
-                                             "cancelled"))  # fmt: skip
+                    self.finish(
+                        i, RowResult(self.tokenizer.decode(tokens, skip_special_tokens=True), len(tokens), "cancelled")
+                    )
                     continue
                 done = len(tokens) >= row.max_new_tokens or (bool(tokens) and tokens[-1] in self.ends)
                 if done or (row.stop and _holds_stop(row, tokens, self.tokenizer)):
@@ -123,8 +126,13 @@ class _RowStreamer:
 
 
 @torch.no_grad()
-def generate_rows(model: nn.Module, tokenizer: Any, rows: list[Row], on_token: Callable[[int, int], None] | None = None,
-                  on_finish: Callable[[int, RowResult], None] | None = None) -> list[RowResult]:  # fmt: skip
+def generate_rows(
+    model: nn.Module,
+    tokenizer: Any,
+    rows: list[Row],
+    on_token: Callable[[int, int], None] | None = None,
+    on_finish: Callable[[int, RowResult], None] | None = None,
+) -> list[RowResult]:
     """Generate every row in one left-padded batch, each with its own steering (``steer_rows``) and sampling.
     ``on_token(row index, token id)`` sees each new token of a row as it comes, ``on_finish(row index, result)`` a
     row's result as soon as it stops (before the batch ends)."""
@@ -138,10 +146,14 @@ def generate_rows(model: nn.Module, tokenizer: Any, rows: list[Row], on_token: C
     mask = torch.tensor([[0] * (width - len(r.input_ids)) + [1] * len(r.input_ids) for r in rows])
     device = next(model.parameters()).device
     stops = _RowStops(rows, tokenizer, width, on_finish)
-    kwargs = {"max_new_tokens": max(r.max_new_tokens for r in rows), "do_sample": False, "pad_token_id": pad,
-              "logits_processor": LogitsProcessorList([_RowSampler(rows)]),
-              "stopping_criteria": StoppingCriteriaList([stops]),
-              "streamer": _RowStreamer(stops, on_token) if on_token else None}  # fmt: skip
+    kwargs = {
+        "max_new_tokens": max(r.max_new_tokens for r in rows),
+        "do_sample": False,
+        "pad_token_id": pad,
+        "logits_processor": LogitsProcessorList([_RowSampler(rows)]),
+        "stopping_criteria": StoppingCriteriaList([stops]),
+        "streamer": _RowStreamer(stops, on_token) if on_token else None,
+    }
     with steer_rows(model, [r.steering or None for r in rows]):
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)  # type: ignore[operator]
     for i, row in enumerate(rows):  # generate can end before the criterion saw a row finish (model-level EOS)

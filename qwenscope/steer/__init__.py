@@ -6,5 +6,13 @@ from qwenscope.steer.generate import generate_pair, generate_text, parse_feature
 from qwenscope.steer.steer import SteerSpec, steer, steer_rows
 from qwenscope.steer.strength import DEFAULT_STRENGTH, steering_unit
 
-__all__ = ["DEFAULT_STRENGTH", "SteerSpec", "generate_pair", "generate_text", "parse_features", "steer",
-           "steer_rows", "steering_unit"]  # fmt: skip
+__all__ = [
+    "DEFAULT_STRENGTH",
+    "SteerSpec",
+    "generate_pair",
+    "generate_text",
+    "parse_features",
+    "steer",
+    "steer_rows",
+    "steering_unit",
+]

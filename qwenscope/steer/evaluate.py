@@ -49,8 +49,10 @@ def prompt_batch(tokenizer: Any, prompts: Sequence[str], chat: bool = True) -> d
     if not prompts or any(not p.strip() for p in prompts):
         raise QwenscopeError("prompts must be a non-empty list of non-empty texts")
     if chat and getattr(tokenizer, "chat_template", None):
-        texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                               add_generation_prompt=True) for p in prompts]  # fmt: skip
+        texts = [
+            tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+            for p in prompts
+        ]
         kw: dict[str, Any] = {"add_special_tokens": False}
     else:
         texts, kw = list(prompts), {}
@@ -65,15 +67,22 @@ def prompt_batch(tokenizer: Any, prompts: Sequence[str], chat: bool = True) -> d
 
 
 @torch.no_grad()
-def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int = 32, chat: bool = True,
-                   batch_size: int = 16) -> tuple[list[dict[str, Tensor]], list[Tensor]]:  # fmt: skip
+def generate_batch(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    max_new_tokens: int = 32,
+    chat: bool = True,
+    batch_size: int = 16,
+) -> tuple[list[dict[str, Tensor]], list[Tensor]]:
     """Greedy continuations: (prompt batches, generated-id batches), batched and left-padded."""
     batches: list[dict[str, Tensor]] = []
     outs: list[Tensor] = []
     for i in range(0, len(prompts), batch_size):
         batch = prompt_batch(tokenizer, prompts[i : i + batch_size], chat)
-        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+        out = model.generate(
+            **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+        )
         batches.append(batch)
         outs.append(out[:, batch["input_ids"].shape[1] :])
     return batches, outs
@@ -89,8 +98,9 @@ def _generated_mask(gen: Tensor, eos_ids: set[int]) -> Tensor:
 
 
 @torch.no_grad()
-def continuation_nll_rows(model: Any, batch: dict[str, Tensor], gen: Tensor,
-                          eos_ids: set[int]) -> tuple[Tensor, Tensor]:  # fmt: skip
+def continuation_nll_rows(
+    model: Any, batch: dict[str, Tensor], gen: Tensor, eos_ids: set[int]
+) -> tuple[Tensor, Tensor]:
     """Per row: the negative log-likelihood of ``gen`` given the prompt, summed, and the number of scored tokens."""
     ids = torch.cat([batch["input_ids"], gen], dim=1)
     keep = _generated_mask(gen, eos_ids)
@@ -190,8 +200,9 @@ def sweep_choices(
             chunk = pairs[start : start + batch_size]
             delta = float(alpha) * vectors[[c for c, _ in chunk]][:, None, :]  # (b, 1, d)
             with splice(model, hook, partial(_shift, delta=delta)):
-                batches, outs = generate_batch(model, tokenizer, [prompts[p] for _, p in chunk], max_new_tokens,
-                                               chat, batch_size=len(chunk))  # fmt: skip
+                batches, outs = generate_batch(
+                    model, tokenizer, [prompts[p] for _, p in chunk], max_new_tokens, chat, batch_size=len(chunk)
+                )
             b_nll, b_n = continuation_nll_rows(model, batches[0], outs[0], eos)
             for i, (c, p) in enumerate(chunk):
                 texts[c, p] = tokenizer.decode(outs[0][i], skip_special_tokens=True)

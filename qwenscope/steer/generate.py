@@ -24,15 +24,17 @@ def encode_prompt(tokenizer: Any, prompt: str, chat: bool = True) -> dict[str, t
     if not prompt.strip():
         raise QwenscopeError("the prompt is empty; pass some text to generate from")
     if chat and getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)  # fmt: skip
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
         return dict(tokenizer(text, return_tensors="pt", add_special_tokens=False))
     return dict(tokenizer(prompt, return_tensors="pt"))
 
 
 @torch.no_grad()
-def generate_text(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 40, chat: bool = True,
-                  **generate_kwargs: Any) -> str:  # fmt: skip
+def generate_text(
+    model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 40, chat: bool = True, **generate_kwargs: Any
+) -> str:
     """Greedy (unless ``do_sample=True`` is passed) continuation of ``prompt``, decoded without special tokens."""
     batch = {k: v.to(model.device) for k, v in encode_prompt(tokenizer, prompt, chat).items()}
     kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": False}
@@ -136,9 +138,20 @@ def run_steer(cfg: SteerConfig) -> None:
 
         unit = steering_unit(model, tokenizer, check_sae_fits(sae, model, cfg.hookpoint).name)
     positions = None if cfg.positions == "all" else cfg.positions
-    plain, steered = generate_pair(model, tokenizer, cfg.prompt, sae, features, max_new_tokens=cfg.max_new_tokens,
-                                   chat=cfg.chat, mode=cfg.mode, positions=positions, hookpoint=cfg.hookpoint,
-                                   relative=cfg.relative, unit=unit)  # fmt: skip
+    plain, steered = generate_pair(
+        model,
+        tokenizer,
+        cfg.prompt,
+        sae,
+        features,
+        max_new_tokens=cfg.max_new_tokens,
+        chat=cfg.chat,
+        mode=cfg.mode,
+        positions=positions,
+        hookpoint=cfg.hookpoint,
+        relative=cfg.relative,
+        unit=unit,
+    )
     what = ", ".join(f"{f}:{s:g}" for f, s in features.items())
     scale = f" (x {unit:.4g}, the residual's typical size)" if unit is not None else ""
     print(f"prompt: {cfg.prompt!r}\nsteering {cfg.mode} {what}{scale}\n")

@@ -114,8 +114,10 @@ class _Tail:
             return None
         calls: list[tuple[nn.Module, tuple, dict]] = []
         seen: dict[str, Tensor] = {}
-        handles = [layer.register_forward_pre_hook(lambda m, a, k: calls.append((m, a, k)), with_kwargs=True)
-                   for layer in layers[resolved.layer + 1 :]]  # fmt: skip
+        handles = [
+            layer.register_forward_pre_hook(lambda m, a, k: calls.append((m, a, k)), with_kwargs=True)
+            for layer in layers[resolved.layer + 1 :]
+        ]
         handles.append(resolved.module.register_forward_hook(lambda m, a, out: seen.update(h=first_tensor(out))))
         handles.append(layers[-1].register_forward_hook(lambda m, a, out: seen.update(last=first_tensor(out))))
         try:
@@ -219,8 +221,11 @@ def probe_effects(
     device = next(model.parameters()).device
     ids, mask = texts.ids.to(device), texts.mask.to(device)
     tail = _Tail.record(model, hook, ids, mask) if fast else None
-    base = scored_logprobs(model, tail.final, ids, texts.scored) if tail else token_logprobs(model, ids, mask,
-                                                                                             texts.scored)  # fmt: skip
+    base = (
+        scored_logprobs(model, tail.final, ids, texts.scored)
+        if tail
+        else token_logprobs(model, ids, mask, texts.scored)
+    )
     dirs = sae.W_dec.detach()[torch.tensor(features, device=sae.W_dec.device)].float()
     dirs = (dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)).to(device)  # (F, d) unit directions
     per_chunk = max(1, batch_rows // n_texts)
@@ -240,5 +245,10 @@ def probe_effects(
             gains[start : start + c, a] = logp.view(c, n_texts) - base
     counts = texts.scored[:, 1:].sum(1).float()  # scored tokens per text
     pos, neg = texts.positive, ~texts.positive
-    return Effects(features, [float(a) for a in alphas], gains[..., pos].sum(-1) / counts[pos].sum(),
-                   gains[..., neg].sum(-1) / counts[neg].sum(), int(counts.sum()))  # fmt: skip
+    return Effects(
+        features,
+        [float(a) for a in alphas],
+        gains[..., pos].sum(-1) / counts[pos].sum(),
+        gains[..., neg].sum(-1) / counts[neg].sum(),
+        int(counts.sum()),
+    )

@@ -274,8 +274,9 @@ def steer(
 ) -> Iterator[None]:
     """Steer ``model`` inside the block; see the module docstring. Several specs may share a hookpoint."""
     if isinstance(sae, Sae):
-        specs = _specs(sae, features, mode=mode, positions=positions, hookpoint=hookpoint, relative=relative,
-                       unit=unit, rows=rows)  # fmt: skip
+        specs = _specs(
+            sae, features, mode=mode, positions=positions, hookpoint=hookpoint, relative=relative, unit=unit, rows=rows
+        )
     else:
         if rows is not None:
             raise QwenscopeError("with a list of SteerSpecs, give each its rows: SteerSpec(sae, features, rows=[0])")

@@ -59,8 +59,9 @@ class MetricsReport:
             id_file = out / name.replace("metrics", "wandb-id").removesuffix(".jsonl")  # one run per metrics file
             run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
             id_file.write_text(run_id)
-            self.wandb = wandb.init(project="qwenscope", name=out.name, id=run_id, resume="allow", dir=str(out),
-                                    config=dict(config or {}))  # fmt: skip
+            self.wandb = wandb.init(
+                project="qwenscope", name=out.name, id=run_id, resume="allow", dir=str(out), config=dict(config or {})
+            )
 
     def log(self, step: int, tokens: int, metrics: Mapping[str, Mapping[str, float]]) -> None:
         self.file.write(json.dumps({"step": step, "tokens": tokens, **metrics}) + "\n")

@@ -44,23 +44,50 @@ class CacheCommand:
     """Storage dtype of the shards: float16 or float32."""
 
 
-def _stream(model_name: str, hookpoints: str, dataset: str, *, seq_len: int, forward_batch: int, out_batch: int,
-            outlier_m: float, seed: int, max_tokens: int):  # fmt: skip
+def _stream(
+    model_name: str,
+    hookpoints: str,
+    dataset: str,
+    *,
+    seq_len: int,
+    forward_batch: int,
+    out_batch: int,
+    outlier_m: float,
+    seed: int,
+    max_tokens: int,
+):
     from qwenscope.data import ActivationStream, StreamConfig
     from qwenscope.models.load import load_model
 
     model, tokenizer = load_model(model_name)
-    cfg = StreamConfig(seq_len=seq_len, batch_size=forward_batch, out_batch=out_batch,
-                       buffer_tokens=max(out_batch * 8, 65536), outlier_m=outlier_m, seed=seed,
-                       max_tokens=max_tokens, repeat=True, split="train")  # fmt: skip
+    cfg = StreamConfig(
+        seq_len=seq_len,
+        batch_size=forward_batch,
+        out_batch=out_batch,
+        buffer_tokens=max(out_batch * 8, 65536),
+        outlier_m=outlier_m,
+        seed=seed,
+        max_tokens=max_tokens,
+        repeat=True,
+        split="train",
+    )
     return ActivationStream(model, tokenizer, dataset, hookpoints, cfg)
 
 
 def run_cache(cmd: CacheCommand) -> None:
     from qwenscope.data import write_cache
 
-    stream = _stream(cmd.model, cmd.hookpoints, cmd.dataset, seq_len=cmd.seq_len, forward_batch=cmd.forward_batch,
-                     out_batch=4096, outlier_m=cmd.outlier_m, seed=cmd.seed, max_tokens=cmd.tokens)  # fmt: skip
+    stream = _stream(
+        cmd.model,
+        cmd.hookpoints,
+        cmd.dataset,
+        seq_len=cmd.seq_len,
+        forward_batch=cmd.forward_batch,
+        out_batch=4096,
+        outlier_m=cmd.outlier_m,
+        seed=cmd.seed,
+        max_tokens=cmd.tokens,
+    )
     caches = write_cache(stream, cmd.out, cmd.tokens, dtype=cmd.dtype)
     for name, cache in caches.items():
         print(f"{name}: {cache.n_tokens} tokens of d_in={cache.d_in} in {cache.path}")
@@ -113,8 +140,9 @@ def _cache_batches(cmd: TrainCommand, cfg: TrainConfig):
     n_tokens = min(c.n_tokens for c in caches.values())
     epochs = math.ceil(cfg.steps * cfg.batch_size / n_tokens)
     if epochs > 1:
-        logger.info("%d steps x %d tokens = %d passes over the %d cached tokens", cfg.steps, cfg.batch_size, epochs,
-                    n_tokens)  # fmt: skip
+        logger.info(
+            "%d steps x %d tokens = %d passes over the %d cached tokens", cfg.steps, cfg.batch_size, epochs, n_tokens
+        )
 
     def batches(start: int) -> Iterator[dict[str, Tensor]]:
         its = {
@@ -137,9 +165,17 @@ def run_train(cmd: TrainCommand, cfg: TrainConfig) -> None:
             trainer.fit(batches(trainer.step))
         else:
             assert cmd.model is not None and cmd.hookpoints is not None
-            stream = _stream(cmd.model, cmd.hookpoints, cmd.dataset, seq_len=cmd.seq_len,
-                             forward_batch=cmd.forward_batch, out_batch=cfg.batch_size, outlier_m=cmd.outlier_m,
-                             seed=cfg.seed, max_tokens=cfg.steps * cfg.batch_size)  # fmt: skip
+            stream = _stream(
+                cmd.model,
+                cmd.hookpoints,
+                cmd.dataset,
+                seq_len=cmd.seq_len,
+                forward_batch=cmd.forward_batch,
+                out_batch=cfg.batch_size,
+                outlier_m=cmd.outlier_m,
+                seed=cfg.seed,
+                max_tokens=cfg.steps * cfg.batch_size,
+            )
             from qwenscope.models.hookpoints import hidden_size
 
             widths = {name: hidden_size(stream.model) for name in stream.hookpoint_names}

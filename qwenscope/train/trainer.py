@@ -190,9 +190,16 @@ class Trainer:
             main, aux = self._codes(s, x, k, dead, k_aux)
             aux_scale = min(num_dead / (sae.d_in // 2), 1.0)  # AuxK grows with the number of dead features
             step = kernels.loss_and_grads(
-                x, sae.W_enc, sae.b_dec, sae.W_dec, main, total_var,
-                aux=aux, aux_weight=cfg.auxk_alpha * aux_scale, b_dec_in_input=sae.cfg.apply_b_dec_to_input,
-            )  # fmt: skip
+                x,
+                sae.W_enc,
+                sae.b_dec,
+                sae.W_dec,
+                main,
+                total_var,
+                aux=aux,
+                aux_weight=cfg.auxk_alpha * aux_scale,
+                b_dec_in_input=sae.cfg.apply_b_dec_to_input,
+            )
             for p, g in zip((sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec), step.grads):
                 p.grad = dist.all_sum(g, ddp)  # each rank's loss is its share of the global one: the sum is the global
             for group in s.opt.param_groups:  # gradient (the W_dec projection is linear: it commutes with the sum)
@@ -264,8 +271,9 @@ class Trainer:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         log = MetricsReport(self.out, self.metrics_name, self.report_to, asdict(cfg)) if self.writes else None
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True,
-                   disable=self.rank != 0)  # fmt: skip
+        bar = tqdm(
+            total=cfg.steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True, disable=self.rank != 0
+        )
         try:
             for batch in batches:
                 if self.step >= cfg.steps:

@@ -266,8 +266,10 @@ def locale(tmp_path, monkeypatch):
     words_of = {"fr": ("Ouvrir le fichier", "Enregistrer sous"), "de": ("Datei öffnen", "Speichern unter")}
     for lang, words in words_of.items():
         (root / lang / "LC_MESSAGES").mkdir(parents=True)
-        _write_mo(root / lang / "LC_MESSAGES" / "app.mo",
-                  {"": meta, "Open the file": words[0], "Save as...": words[1], "x": "y"})  # fmt: skip
+        _write_mo(
+            root / lang / "LC_MESSAGES" / "app.mo",
+            {"": meta, "Open the file": words[0], "Save as...": words[1], "x": "y"},
+        )
     monkeypatch.setenv("QWENSCOPE_LOCALE", str(root))
     return root
 
@@ -275,8 +277,10 @@ def locale(tmp_path, monkeypatch):
 def test_gettext_catalogs(locale):
     assert list(iter_texts("gettext:fr", split="all")) == ["Ouvrir le fichier\nEnregistrer sous"]  # header, "y" dropped
     assert list(iter_texts("gettext:en", split="all")) == ["Open the file\nSave as..."]
-    assert list(iter_texts("gettext:all", split="all")) == ["Datei öffnen\nSpeichern unter",
-                                                            "Ouvrir le fichier\nEnregistrer sous"]  # fmt: skip
+    assert list(iter_texts("gettext:all", split="all")) == [
+        "Datei öffnen\nSpeichern unter",
+        "Ouvrir le fichier\nEnregistrer sous",
+    ]
     with pytest.raises(QwenscopeError, match="no gettext catalogs for 'xx'.*one of de, fr"):
         list(iter_texts("gettext:xx"))
 
@@ -287,8 +291,9 @@ def test_debian_reference_html_to_text(tmp_path, monkeypatch):
         "<p>Debian is a <b>free</b> operating\n system.</p><script>var x;</script><pre>$ ls</pre></body></html>"
     )
     monkeypatch.setenv("QWENSCOPE_DEBIAN_REFERENCE", str(tmp_path))
-    assert list(iter_texts("debian-doc:en", split="all")) == ["Intro\n\n1. Tutorials\n\nDebian is a free operating\n "
-                                                              "system.\n\n$ ls"]  # fmt: skip
+    assert list(iter_texts("debian-doc:en", split="all")) == [
+        "Intro\n\n1. Tutorials\n\nDebian is a free operating\n system.\n\n$ ls"
+    ]
     with pytest.raises(QwenscopeError, match="apt-get install debian-reference-fr"):
         list(iter_texts("debian-doc:fr"))
 

@@ -164,7 +164,8 @@ def test_hookpoints_are_resolved_once_per_pass_not_per_forward(tiny_llama, byte_
     resolve = hookpoints.resolve_hookpoint
     monkeypatch.setattr(hookpoints, "resolve_hookpoint", lambda model, name: calls.append(name) or resolve(model, name))
     forwards = []
-    monkeypatch.setattr(stream_module, "get_activations",
-                        lambda *a, **kw: forwards.append(1) or get_activations(*a, **kw))  # fmt: skip
+    monkeypatch.setattr(
+        stream_module, "get_activations", lambda *a, **kw: forwards.append(1) or get_activations(*a, **kw)
+    )
     list(ActivationStream(tiny_llama, byte_tokenizer, docs, HOOKS, _cfg()))
     assert len(forwards) > 3 and sorted(calls) == sorted(HOOKS)

@@ -43,8 +43,9 @@ class _State:
 
 def _logits(model, batch):
     device = next(model.parameters()).device
-    return model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.long().to(device),
-                 use_cache=False).logits  # fmt: skip
+    return model(
+        input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.long().to(device), use_cache=False
+    ).logits
 
 
 def _scored(logits, score):
@@ -72,9 +73,17 @@ def _batch(model, states: dict[str, _State], batch, clean: _Loss) -> None:
             loss.add(_scored(logits, batch.score), targets, clean_logp)
 
 
-def reference_evaluate_saes(model, saes: dict[str, Sae], tokens, *, keep_mask=None, batch_size: int = 8,
-                            n_tokens: int | None = None, skip_first: bool = True,
-                            dense_threshold: float = DENSE_THRESHOLD) -> dict[str, Any]:  # fmt: skip
+def reference_evaluate_saes(
+    model,
+    saes: dict[str, Sae],
+    tokens,
+    *,
+    keep_mask=None,
+    batch_size: int = 8,
+    n_tokens: int | None = None,
+    skip_first: bool = True,
+    dense_threshold: float = DENSE_THRESHOLD,
+) -> dict[str, Any]:
     """``evaluate_saes(model, saes, tokens, ...)`` computed the plain way (``saes``: ``{hookpoint: sae}``)."""
     states = {name: _State(sae, SaeMetrics(sae.d_sae, dense_threshold)) for name, sae in saes.items()}
     clean = _Loss()

@@ -94,8 +94,13 @@ def test_streaming_with_mask_and_leading_dims():
     x, x_hat, acts, ids = _random_batches(n=60)
     mask = torch.rand(60, generator=torch.Generator().manual_seed(1)) > 0.5
     m = SaeMetrics(d_sae=40)
-    m.update(x.reshape(6, 10, -1), x_hat.reshape(6, 10, -1), acts.reshape(6, 10, -1), ids.reshape(6, 10, -1),
-             mask=mask.reshape(6, 10))  # fmt: skip
+    m.update(
+        x.reshape(6, 10, -1),
+        x_hat.reshape(6, 10, -1),
+        acts.reshape(6, 10, -1),
+        ids.reshape(6, 10, -1),
+        mask=mask.reshape(6, 10),
+    )
     one = SaeMetrics(d_sae=40)
     one.update(x[mask], x_hat[mask], acts[mask], ids[mask])
     assert m.compute() == one.compute()

@@ -27,8 +27,10 @@ def test_report_files(tmp_path, llama, token_rows, identity_sae, zero_sae):
 
 
 def test_report_with_undefined_values(tmp_path):
-    results = {"n_tokens": 3, "hookpoints": {"a": {"explained_variance": None, "ce_loss_recovered": -0.5, "l0": 2.0,
-                                                   "dead_fraction": 1.0}}}  # fmt: skip
+    results = {
+        "n_tokens": 3,
+        "hookpoints": {"a": {"explained_variance": None, "ce_loss_recovered": -0.5, "l0": 2.0, "dead_fraction": 1.0}},
+    }
     _, png = write_report(results, tmp_path)
     assert png.read_bytes()[:8] == PNG_MAGIC
     assert " - " in format_table(results) + " "
@@ -52,8 +54,15 @@ def test_run_eval_end_to_end(tmp_path, monkeypatch, llama, identity_sae, zero_sa
     identity_sae(hookpoint="resid_post.0").save(tmp_path / "sae0")
     zero_sae(hookpoint="resid_post.1").save(tmp_path / "sae1")
     (tmp_path / "text.txt").write_text("\n\n".join(f"document number {i} with some words" for i in range(20)))
-    cfg = EvalConfig(sae=f"{tmp_path / 'sae0'},{tmp_path / 'sae1'}", dataset=str(tmp_path / "text.txt"),
-                     model="tiny", n_tokens=100, seq_len=16, batch_size=3, out=str(tmp_path / "out"))  # fmt: skip
+    cfg = EvalConfig(
+        sae=f"{tmp_path / 'sae0'},{tmp_path / 'sae1'}",
+        dataset=str(tmp_path / "text.txt"),
+        model="tiny",
+        n_tokens=100,
+        seq_len=16,
+        batch_size=3,
+        out=str(tmp_path / "out"),
+    )
     results = run_eval(cfg)
     assert results["n_tokens"] >= 100 and results["config"]["seq_len"] == 16 and results["model"] == "tiny"
     hps = results["hookpoints"]
@@ -71,7 +80,9 @@ def test_load_saes_pairs_sources_and_hookpoints(tmp_path, identity_sae):
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     assert list(load_saes(EvalConfig(sae=a, dataset="x"))) == ["resid_post.0"]
     assert list(load_saes(EvalConfig(sae=f"{a},{b}", dataset="x", hookpoints="resid_post.1,resid_post.0"))) == [
-        "resid_post.1", "resid_post.0"]  # fmt: skip
+        "resid_post.1",
+        "resid_post.0",
+    ]
     with pytest.raises(QwenscopeError, match="does not record its hookpoint"):
         load_saes(EvalConfig(sae=b, dataset="x"))
     with pytest.raises(QwenscopeError, match="2 SAE sources but 3 hookpoints"):
@@ -88,7 +99,11 @@ def test_config_is_a_cli_command():
     args = parser.parse_args(["--sae", "s", "--dataset", "d.txt", "--no-skip-first", "--n-tokens", "10"])
     cfg = from_args(EvalConfig, args)
     assert cfg.skip_first is False and cfg.n_tokens == 10 and cfg.hookpoints == "" and cfg.k is None
-    for bad, match in [({"n_tokens": 0}, "n-tokens"), ({"seq_len": 1}, "seq-len"), ({"sae": " , "}, "sae"),
-                       ({"dense_threshold": 1.5}, "dense-threshold")]:  # fmt: skip
+    for bad, match in [
+        ({"n_tokens": 0}, "n-tokens"),
+        ({"seq_len": 1}, "seq-len"),
+        ({"sae": " , "}, "sae"),
+        ({"dense_threshold": 1.5}, "dense-threshold"),
+    ]:
         with pytest.raises(QwenscopeError, match=match):
             EvalConfig(**{"sae": "s", "dataset": "d", **bad})

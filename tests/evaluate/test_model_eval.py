@@ -72,8 +72,10 @@ def _reference(model, sae, tokens, hookpoint):
             with splice(model, hookpoint, edit):
                 return model(input_ids=tokens).logits
 
-        lp = {name: F.log_softmax(lg[:, 1:-1], -1).flatten(0, 1)
-              for name, lg in [("clean", clean), ("sae", logits_with(x_hat)), ("zero", logits_with(0.0))]}  # fmt: skip
+        lp = {
+            name: F.log_softmax(lg[:, 1:-1], -1).flatten(0, 1)
+            for name, lg in [("clean", clean), ("sae", logits_with(x_hat)), ("zero", logits_with(0.0))]
+        }
     targets = tokens[:, 2:].flatten()
     ce = {name: F.nll_loss(v, targets).item() for name, v in lp.items()}
     kl = F.kl_div(lp["sae"], lp["clean"], log_target=True, reduction="batchmean").item()
@@ -223,5 +225,4 @@ def test_matches_plain_evaluation_with_first_tokens_and_soft_capped_logits(rando
     saes = {"resid_post.0": random_sae(hookpoint="resid_post.0"), "resid_post.1": random_sae(seed=1)}
     for skip_first in (True, False):
         fast = evaluate_saes(model, saes, token_rows, batch_size=4, skip_first=skip_first, **RUN)
-        assert_same_results(fast, reference_evaluate_saes(model, saes, token_rows, batch_size=4,
-                                                          skip_first=skip_first))  # fmt: skip
+        assert_same_results(fast, reference_evaluate_saes(model, saes, token_rows, batch_size=4, skip_first=skip_first))

@@ -35,8 +35,19 @@ def evil_tokenizer(byte_tokenizer):
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, llama, sae, docs, evil_tokenizer):
     texts = [f"{d} {EVIL} {d}" for d in docs]
-    cfg = StatsConfig(n_tokens=2000, seq_len=32, batch_size=8, top_n=4, window_before=5, window_after=2,
-                      hist_bins=8, hist_min=0.01, hist_max=10.0, lens_top=3, progress=False)  # fmt: skip
+    cfg = StatsConfig(
+        n_tokens=2000,
+        seq_len=32,
+        batch_size=8,
+        top_n=4,
+        window_before=5,
+        window_after=2,
+        hist_bins=8,
+        hist_min=0.01,
+        hist_max=10.0,
+        lens_top=3,
+        progress=False,
+    )
     stats = compute_feature_stats(llama, evil_tokenizer, sae, texts, cfg)
     meta = {"model": "tiny-llama", "sae": "random-sae", "dataset": "docs"}
     return FeatureStore.write(tmp_path_factory.mktemp("store") / "store", stats, evil_tokenizer, meta)
@@ -128,7 +139,7 @@ def test_index_search_data_has_ids_labels_and_tokens(store, tmp_path):
 def test_pieces():
     span = '<span class="t" style="background:rgba(242,153,0,0.50)" title="5.000">a&lt;b</span>'
     assert token_span("a<b", 5.0, 10.0) == span
-    assert 'style' not in token_span("x", 0.0, 10.0)
+    assert "style" not in token_span("x", 0.0, 10.0)
     svg = histogram_svg([0, 2, 1], [0.01, 0.1, 1.0, 10.0])
     assert svg.count('class="bar"') == 3 and 'height="0.0"' in svg
     assert parse_ids(" 3, 1,2 ") == [3, 1, 2]
@@ -150,12 +161,23 @@ def test_dashboard_command(tmp_path, monkeypatch, capsys, evil_tokenizer):
     evil_tokenizer.save_pretrained(tmp_path / "model")
     (tmp_path / "docs.txt").write_text("\n".join(f"line {i}: the cat sat on mat {i % 7}" for i in range(200)))
     Sae(SaeConfig(d_in=64, d_sae=32, k=4, hookpoint="resid_post.1")).save(tmp_path / "sae")
-    args = ["dashboard", "--model", str(tmp_path / "model"), "--sae", str(tmp_path / "sae"), "--out",
-            str(tmp_path / "dash"), "--n-tokens", "300", "--dataset", str(tmp_path / "docs.txt"),
-            "--features", "0,5"]  # fmt: skip
+    args = [
+        "dashboard",
+        "--model",
+        str(tmp_path / "model"),
+        "--sae",
+        str(tmp_path / "sae"),
+        "--out",
+        str(tmp_path / "dash"),
+        "--n-tokens",
+        "300",
+        "--dataset",
+        str(tmp_path / "docs.txt"),
+        "--features",
+        "0,5",
+    ]
     assert main(args) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "dash" / "index.html")
     assert sorted(p.name for p in (tmp_path / "dash" / "features").iterdir()) == ["0.html", "5.html"]
     assert main([*args[:-2], "--features", "0,x"]) == 2
     assert "cannot read feature ids '0,x'" in capsys.readouterr().err
-

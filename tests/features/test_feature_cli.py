@@ -24,9 +24,26 @@ def setup(tmp_path_factory, docs):
 
 
 def _stats_args(root) -> list[str]:
-    return ["stats", "--model", str(root / "model"), "--sae", str(root / "sae"), "--dataset", str(root / "docs.txt"),
-            "--split", "all", "--n-tokens", "600", "--seq-len", "32", "--top-n", "3", "--no-progress",
-            "--out", str(root / "store")]  # fmt: skip
+    return [
+        "stats",
+        "--model",
+        str(root / "model"),
+        "--sae",
+        str(root / "sae"),
+        "--dataset",
+        str(root / "docs.txt"),
+        "--split",
+        "all",
+        "--n-tokens",
+        "600",
+        "--seq-len",
+        "32",
+        "--top-n",
+        "3",
+        "--no-progress",
+        "--out",
+        str(root / "store"),
+    ]
 
 
 def test_stats_builds_labels_and_summarises(setup, capsys):
@@ -48,8 +65,25 @@ def test_search_modes(setup, capsys):
     hits = json.loads(capsys.readouterr().out)
     assert len(hits) == 4 and set(hits[0]) >= {"feature", "rate_pos", "rate_neg", "rate_diff", "mean_diff"}
     assert hits[0]["rate_diff"] >= hits[-1]["rate_diff"]
-    assert main([*base, "--positive", "w1 w2 w3 w4", "--negative-file", str(setup / "neg.txt"), "--by", "effect",
-                 "--candidates", "6", "--alphas", "0.5,1", "--json"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                *base,
+                "--positive",
+                "w1 w2 w3 w4",
+                "--negative-file",
+                str(setup / "neg.txt"),
+                "--by",
+                "effect",
+                "--candidates",
+                "6",
+                "--alphas",
+                "0.5,1",
+                "--json",
+            ]
+        )
+        == 0
+    )
     ranked = json.loads(capsys.readouterr().out)
     assert len(ranked) == 4 and set(ranked[0]) >= {"feature", "score", "gain_pos", "gain_neg", "rate_pos"}
     assert [r["score"] for r in ranked] == sorted((r["score"] for r in ranked), reverse=True)

@@ -64,11 +64,28 @@ def server():
 
 
 def _info(contexts=None, count=3) -> FeatureInfo:
-    contexts = contexts if contexts is not None else [
-        Context([" in", " Paris", "."], [0.0, 2.0, 0.1], 2.0), Context([" to", " Lyon"], [0.0, 1.5], 1.5),
-        Context([" Paris", " is"], [1.2, 0.0], 1.2)]  # fmt: skip
-    return FeatureInfo(7, 0.01, count, 1.5, 2.0, [0.0, 3.0], [(" France", 3.0), (" French", 2.0)], [(" the", -1.0)],
-                       None, None, contexts)  # fmt: skip
+    contexts = (
+        contexts
+        if contexts is not None
+        else [
+            Context([" in", " Paris", "."], [0.0, 2.0, 0.1], 2.0),
+            Context([" to", " Lyon"], [0.0, 1.5], 1.5),
+            Context([" Paris", " is"], [1.2, 0.0], 1.2),
+        ]
+    )
+    return FeatureInfo(
+        7,
+        0.01,
+        count,
+        1.5,
+        2.0,
+        [0.0, 3.0],
+        [(" France", 3.0), (" French", 2.0)],
+        [(" the", -1.0)],
+        None,
+        None,
+        contexts,
+    )
 
 
 def test_openai_labeller_request_shape_and_answers(server):

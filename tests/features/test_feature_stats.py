@@ -18,8 +18,20 @@ HOOK = "resid_post.1"
 
 
 def _cfg(**changes) -> StatsConfig:
-    base = dict(n_tokens=10**9, seq_len=32, batch_size=4, top_n=5, window_before=6, window_after=2, hist_bins=8,
-                hist_min=0.01, hist_max=10.0, lens_top=3, outlier_m=3.0, progress=False)  # fmt: skip
+    base = dict(
+        n_tokens=10**9,
+        seq_len=32,
+        batch_size=4,
+        top_n=5,
+        window_before=6,
+        window_after=2,
+        hist_bins=8,
+        hist_min=0.01,
+        hist_max=10.0,
+        lens_top=3,
+        outlier_m=3.0,
+        progress=False,
+    )
     return StatsConfig(**{**base, **changes})
 
 
@@ -152,7 +164,8 @@ def test_hookpoint_is_resolved_once_not_per_forward(llama, byte_tokenizer, sae, 
     calls, forwards = [], []
     resolve = hookpoints.resolve_hookpoint
     monkeypatch.setattr(hookpoints, "resolve_hookpoint", lambda model, name: calls.append(name) or resolve(model, name))
-    monkeypatch.setattr(stats_module, "get_activations",
-                        lambda *a, **kw: forwards.append(1) or get_activations(*a, **kw))  # fmt: skip
+    monkeypatch.setattr(
+        stats_module, "get_activations", lambda *a, **kw: forwards.append(1) or get_activations(*a, **kw)
+    )
     compute_feature_stats(llama, byte_tokenizer, sae, docs, _cfg(lens_top=0))
     assert len(forwards) > 1 and calls == [HOOK]

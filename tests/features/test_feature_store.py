@@ -22,8 +22,9 @@ META = {"model": "tiny-llama", "sae": "random", "dataset": "docs"}
 
 
 def _cfg(**changes) -> StatsConfig:
-    base = dict(seq_len=32, batch_size=4, top_n=4, window_before=5, window_after=2, hist_bins=6, lens_top=3,
-                progress=False)  # fmt: skip
+    base = dict(
+        seq_len=32, batch_size=4, top_n=4, window_before=5, window_after=2, hist_bins=6, lens_top=3, progress=False
+    )
     return StatsConfig(**{**base, **changes})
 
 
@@ -107,8 +108,9 @@ def test_get_or_build_caches_and_rebuilds(llama, byte_tokenizer, sae, tmp_path, 
 def test_killed_write_leaves_the_old_store(built, byte_tokenizer, tmp_path, monkeypatch):
     stats, _ = built
     store = FeatureStore.write(tmp_path / "s", stats, byte_tokenizer, META)
-    monkeypatch.setattr("qwenscope.features.store.pq.write_table",
-                        lambda table, path, **kw: (_ for _ in ()).throw(KeyboardInterrupt()))  # fmt: skip
+    monkeypatch.setattr(
+        "qwenscope.features.store.pq.write_table", lambda table, path, **kw: (_ for _ in ()).throw(KeyboardInterrupt())
+    )
     with pytest.raises(KeyboardInterrupt):
         FeatureStore.write(tmp_path / "s", stats, byte_tokenizer, {**META, "model": "other"})
     assert json.loads((store.folder / "meta.json").read_text())["model"] == "tiny-llama"

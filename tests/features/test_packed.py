@@ -28,8 +28,17 @@ TENSORS = ("count", "act_sum", "max_act", "hist", "hist_edges", "top_acts", "top
 
 
 def _cfg(**changes) -> StatsConfig:
-    base = dict(n_tokens=600, seq_len=32, batch_size=4, top_n=5, window_before=6, window_after=2, hist_bins=8,
-                lens_top=3, progress=False)  # fmt: skip
+    base = dict(
+        n_tokens=600,
+        seq_len=32,
+        batch_size=4,
+        top_n=5,
+        window_before=6,
+        window_after=2,
+        hist_bins=8,
+        lens_top=3,
+        progress=False,
+    )
     return StatsConfig(**{**base, **changes})
 
 
@@ -93,8 +102,10 @@ def test_shipped_statistics_are_used_for_the_same_weights_only(llama, byte_token
     assert (tmp_path / "sae" / STATS_FILE).is_file()
 
     monkeypatch.setenv("QWENSCOPE_CACHE", str(tmp_path / "fresh"))  # a new user: nothing cached
-    monkeypatch.setattr("qwenscope.features.store.compute_feature_stats_many",
-                        lambda *a, **k: pytest.fail("a pass ran though the statistics ship with the SAE"))  # fmt: skip
+    monkeypatch.setattr(
+        "qwenscope.features.store.compute_feature_stats_many",
+        lambda *a, **k: pytest.fail("a pass ran though the statistics ship with the SAE"),
+    )
     caplog.set_level("INFO")
     shipped = get_or_build_store(llama, byte_tokenizer, sae, "tiny", source, _cfg(n_tokens=100))
     assert "decoding the feature statistics shipped" in caplog.text and shipped.meta["shipped"]
@@ -134,11 +145,33 @@ def test_stats_command_packs_several_hookpoints_in_one_pass(tmp_path, monkeypatc
     (tmp_path / "docs.txt").write_text("\n\n".join(f"line {i}: the cat sat on mat {i % 7} " * 3 for i in range(80)))
     calls = []
     real = compute_feature_stats_many
-    monkeypatch.setattr("qwenscope.features.store.compute_feature_stats_many",
-                        lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))  # fmt: skip
-    args = ["stats", "--model", str(tmp_path / "model"), "--sae", str(tmp_path / "saes"), "--hookpoint",
-            "resid_post.0,resid_post.1", "--dataset", str(tmp_path / "docs.txt"), "--split", "all", "--n-tokens",
-            "500", "--seq-len", "32", "--top-n", "3", "--lens-top", "2", "--pack", "--show", "3"]  # fmt: skip
+    monkeypatch.setattr(
+        "qwenscope.features.store.compute_feature_stats_many", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k)
+    )
+    args = [
+        "stats",
+        "--model",
+        str(tmp_path / "model"),
+        "--sae",
+        str(tmp_path / "saes"),
+        "--hookpoint",
+        "resid_post.0,resid_post.1",
+        "--dataset",
+        str(tmp_path / "docs.txt"),
+        "--split",
+        "all",
+        "--n-tokens",
+        "500",
+        "--seq-len",
+        "32",
+        "--top-n",
+        "3",
+        "--lens-top",
+        "2",
+        "--pack",
+        "--show",
+        "3",
+    ]
     assert main(args) == 0
     assert calls == [2]  # one pass for both SAEs
     out = capsys.readouterr().out

@@ -28,6 +28,7 @@ def test_shipped_sae_has_its_statistics(model, hook):
     assert meta["sae_fingerprint"] == sae_fingerprint(load_sae(model, hookpoint=hook)), "stale: rebuild (module doc)"
     assert meta["hookpoint"] == hook and meta["n_tokens"] >= 1_000_000
     defaults = dataclasses.asdict(StatsConfig())
-    assert {k: v for k, v in meta["config"].items() if k not in RESULT_FREE} == \
-        {k: v for k, v in defaults.items() if k not in RESULT_FREE}  # fmt: skip
+    assert {k: v for k, v in meta["config"].items() if k not in RESULT_FREE} == {
+        k: v for k, v in defaults.items() if k not in RESULT_FREE
+    }
     assert path.stat().st_size < 6 * 2**20  # a few MB beside a ~21-26 MB SAE

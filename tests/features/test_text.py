@@ -114,8 +114,9 @@ def test_store_contexts_and_lens_have_no_broken_character(tmp_path):
     model, tokenizer = tiny_qwen3()
     sae = make_sae(d_sae=64, k=4, hookpoint="resid_post.0")
     docs = [f"{i}: " + TEXT[i % 7 :] + " " + TEXT[: i % 11] for i in range(40)]
-    cfg = StatsConfig(n_tokens=10**6, seq_len=24, batch_size=4, top_n=6, window_before=5, window_after=2,
-                      lens_top=5, progress=False)  # fmt: skip
+    cfg = StatsConfig(
+        n_tokens=10**6, seq_len=24, batch_size=4, top_n=6, window_before=5, window_after=2, lens_top=5, progress=False
+    )
     stats = compute_feature_stats(model, tokenizer, sae, docs, cfg)
     store = FeatureStore.write(tmp_path / "store", stats, tokenizer, {"model": "tiny", "sae": "random"})
     stream = tokenizer.eos_token.join(docs)

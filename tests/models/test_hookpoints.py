@@ -43,8 +43,10 @@ def test_qwen3_5_attention_kind_follows_the_layer():
 
     model = build_tiny("qwen3_5_vl")
     paths = [resolve_hookpoint(model, f"attn_out.{i}").module_path for i in range(4)]
-    assert paths == [f"model.language_model.layers.{i}.{m}" for i, m in
-                     enumerate(["linear_attn", "linear_attn", "linear_attn", "self_attn"])]  # fmt: skip
+    assert paths == [
+        f"model.language_model.layers.{i}.{m}"
+        for i, m in enumerate(["linear_attn", "linear_attn", "linear_attn", "self_attn"])
+    ]
     assert resolve_hookpoint(model, "resid_post.2").module_path == "model.language_model.layers.2"
 
 
@@ -57,7 +59,10 @@ def test_raw_module_paths_and_globs(tiny):
     names = [h.name for h in resolve_hookpoints(model, "resid_post.*")]
     assert names == [f"resid_post.{i}" for i in range(4)]
     assert [h.name for h in resolve_hookpoints(model, "resid_post.[1-2], mlp_out.0")] == [
-        "resid_post.1", "resid_post.2", "mlp_out.0"]  # fmt: skip
+        "resid_post.1",
+        "resid_post.2",
+        "mlp_out.0",
+    ]
     with torch.no_grad():
         acts = get_activations(model, inputs, [f"{path}.1.mlp", "mlp_out.1"])
     if arch != "gemma3":  # Gemma's mlp_out is the post-feedforward norm's output

@@ -17,8 +17,10 @@ def test_skipped_layers_give_the_same_logits_without_running(tiny, last):
         with record_outputs(model, [last]) as outputs:
             full = model(**inputs, use_cache=False).logits
         ran = []
-        handles = [layer.input_layernorm.register_forward_hook(lambda m, a, o, i=i: ran.append(i))
-                   for i, layer in enumerate(layers)]  # fmt: skip
+        handles = [
+            layer.input_layernorm.register_forward_hook(lambda m, a, o, i=i: ran.append(i))
+            for i, layer in enumerate(layers)
+        ]
         try:
             with skip_layers(model, last, outputs[last]):
                 partial = model(**inputs, use_cache=False).logits
@@ -72,11 +74,21 @@ def test_logits_at_selects_rows_of_the_full_logits(softcap):
     assert not model.lm_head._forward_pre_hooks
 
 
-@pytest.mark.parametrize(("hookpoint", "shared"), [
-    ("resid_post.2", 2), ("resid_pre.2", 1), ("mlp_out.2", 1), ("attn_out.0", None), ("resid_pre.0", None),
-    ("model.layers.3", 3), ("model.layers.3.input", 2), ("model.layers.1.mlp.down_proj", 0),
-    ("model.embed_tokens", None), ("model.norm", None),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("hookpoint", "shared"),
+    [
+        ("resid_post.2", 2),
+        ("resid_pre.2", 1),
+        ("mlp_out.2", 1),
+        ("attn_out.0", None),
+        ("resid_pre.0", None),
+        ("model.layers.3", 3),
+        ("model.layers.3.input", 2),
+        ("model.layers.1.mlp.down_proj", 0),
+        ("model.embed_tokens", None),
+        ("model.norm", None),
+    ],
+)
 def test_shared_layer(hookpoint, shared):
     model = build_tiny("qwen3", num_layers=4)
     assert shared_layer(model, resolve_hookpoint(model, hookpoint)) == shared

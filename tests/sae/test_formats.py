@@ -132,8 +132,9 @@ def test_saelens_sae_matches_saelens(tmp_path, arch):
     sae_lens = pytest.importorskip("sae_lens")
     meta = sae_lens.saes.sae.SAEMetadata(hook_name="blocks.3.hook_resid_post", model_name="tiny-model")
     if arch.startswith("topk"):
-        cfg = sae_lens.TopKSAEConfig(d_in=32, d_sae=96, k=6, rescale_acts_by_decoder_norm=arch == "topk_rescaled",
-                                     metadata=meta)  # fmt: skip
+        cfg = sae_lens.TopKSAEConfig(
+            d_in=32, d_sae=96, k=6, rescale_acts_by_decoder_norm=arch == "topk_rescaled", metadata=meta
+        )
         theirs = sae_lens.TopKSAE(cfg)
     elif arch == "standard":
         theirs = sae_lens.StandardSAE(sae_lens.StandardSAEConfig(d_in=32, d_sae=96, metadata=meta))
@@ -176,8 +177,13 @@ def test_gemmascope_npz(tmp_path):
     folder = tmp_path / "gemma-scope-2b-pt-res" / "layer_12" / "width_16k" / "average_l0_40"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    p = {"W_enc": rng.normal(size=(32, 64)), "W_dec": rng.normal(size=(64, 32)), "b_enc": rng.normal(size=64),
-         "b_dec": rng.normal(size=32), "threshold": rng.uniform(0, 1, size=64)}  # fmt: skip
+    p = {
+        "W_enc": rng.normal(size=(32, 64)),
+        "W_dec": rng.normal(size=(64, 32)),
+        "b_enc": rng.normal(size=64),
+        "b_dec": rng.normal(size=32),
+        "threshold": rng.uniform(0, 1, size=64),
+    }
     np.savez(folder / "params.npz", **{k: v.astype(np.float32) for k, v in p.items()})
     sae = load_sae(folder)
     assert sae.cfg.activation == "jumprelu" and sae.cfg.hookpoint == "resid_post.12"

@@ -11,8 +11,14 @@ from qwenscope import QwenscopeError, Sae, SaeConfig, load_sae
 @pytest.mark.parametrize("activation", ["topk", "jumprelu"])
 def test_round_trip_is_bit_exact(tmp_path, activation):
     torch.manual_seed(0)
-    cfg = SaeConfig(d_in=8, d_sae=32, k=4 if activation == "topk" else None, activation=activation,
-                    hookpoint="resid_post.2", model="tiny")  # fmt: skip
+    cfg = SaeConfig(
+        d_in=8,
+        d_sae=32,
+        k=4 if activation == "topk" else None,
+        activation=activation,
+        hookpoint="resid_post.2",
+        model="tiny",
+    )
     sae = Sae(cfg)
     with torch.no_grad():
         for p in sae.parameters():

@@ -9,8 +9,11 @@ from qwenscope import QwenscopeError, Sae, SaeConfig
 
 def make(activation="topk", d_in=16, d_sae=64, k=4, seed=0, **kw) -> Sae:
     torch.manual_seed(seed)
-    sae = Sae(SaeConfig(d_in=d_in, d_sae=d_sae, k=k if activation in ("topk", "batchtopk") else None,
-                        activation=activation, **kw))  # fmt: skip
+    sae = Sae(
+        SaeConfig(
+            d_in=d_in, d_sae=d_sae, k=k if activation in ("topk", "batchtopk") else None, activation=activation, **kw
+        )
+    )
     with torch.no_grad():
         sae.W_enc.normal_()
         sae.b_enc.normal_(std=0.5)

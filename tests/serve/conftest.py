@@ -20,8 +20,10 @@ from qwenscope.features.store import FeatureStore
 
 HOOK = "resid_post.0"
 ANIMALS, PLACES = ["cat", "dog", "bird", "fish"] * 15, ["river", "tower", "park"] * 20
-DOCS = [f"Note {i}: the {a} sat near the {p} <b>bold</b> at {i % 13} o'clock." for i, (a, p) in
-        enumerate(zip(ANIMALS, PLACES))]  # fmt: skip
+DOCS = [
+    f"Note {i}: the {a} sat near the {p} <b>bold</b> at {i % 13} o'clock."
+    for i, (a, p) in enumerate(zip(ANIMALS, PLACES))
+]
 
 
 @pytest.fixture(scope="session")
@@ -37,8 +39,19 @@ def qwen3_parts():
 @pytest.fixture(scope="session")
 def qwen3_store(qwen3_parts, tmp_path_factory) -> FeatureStore:
     model, tokenizer, sae = qwen3_parts
-    cfg = StatsConfig(n_tokens=400, seq_len=32, batch_size=8, top_n=3, window_before=4, window_after=1, hist_bins=8,
-                      hist_min=0.01, hist_max=10.0, lens_top=3, progress=False)  # fmt: skip
+    cfg = StatsConfig(
+        n_tokens=400,
+        seq_len=32,
+        batch_size=8,
+        top_n=3,
+        window_before=4,
+        window_after=1,
+        hist_bins=8,
+        hist_min=0.01,
+        hist_max=10.0,
+        lens_top=3,
+        progress=False,
+    )
     stats = compute_feature_stats(model, tokenizer, sae, DOCS, cfg)
     meta = {"model": "tiny-qwen3", "sae": "random", "dataset": "notes"}
     return FeatureStore.write(tmp_path_factory.mktemp("store") / "store", stats, tokenizer, meta)
@@ -63,8 +76,9 @@ def serve_app():
 
 def _browser_problem() -> str | None:
     """Why a headless Chromium cannot be driven here, or None."""
-    missing = [name for name, found in (("chromium", _chromium()), ("chromedriver", shutil.which("chromedriver")))
-               if not found]  # fmt: skip
+    missing = [
+        name for name, found in (("chromium", _chromium()), ("chromedriver", shutil.which("chromedriver"))) if not found
+    ]
     if missing:
         return f"{' and '.join(missing)} not found; install with: apt-get install chromium chromium-driver (make setup)"
     try:
@@ -92,8 +106,13 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = str(_chromium())
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1280,2000"):  # fmt: skip
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,2000",
+    ):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
     driver.set_page_load_timeout(60)

@@ -36,8 +36,13 @@ def _steering(i: int) -> list[dict]:
 
 
 def _complete(base_url: str, i: int) -> str:
-    body = {"model": NAME, "prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": 8, "temperature": 0,
-            "steering": _steering(i)}  # fmt: skip
+    body = {
+        "model": NAME,
+        "prompt": PROMPTS[i % len(PROMPTS)],
+        "max_tokens": 8,
+        "temperature": 0,
+        "steering": _steering(i),
+    }
     response = httpx.post(f"{base_url}/v1/completions", json=body, timeout=120)
     assert response.status_code == 200, response.text
     return response.json()["choices"][0]["text"]
@@ -78,8 +83,9 @@ def test_n_choices_are_the_seeded_single_requests(qwen3_parts):
             for choice in chunk.choices:
                 pieces[choice.index] += choice.text
         assert [pieces[k] for k in range(3)] == singles
-        chat = client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "hi"}], n=2, seed=1,
-                                              max_tokens=4, temperature=1.0)  # fmt: skip
+        chat = client.chat.completions.create(
+            model=NAME, messages=[{"role": "user", "content": "hi"}], n=2, seed=1, max_tokens=4, temperature=1.0
+        )
         assert [c.index for c in chat.choices] == [0, 1]
 
 
@@ -90,8 +96,9 @@ def test_a_full_queue_answers_429_and_the_server_carries_on(qwen3_parts):
     body = {"model": NAME, "prompt": PROMPTS[0], "max_tokens": 64, "temperature": 0}
     with running(app) as base_url:
         with ThreadPoolExecutor(6) as pool:
-            responses = list(pool.map(lambda _: httpx.post(f"{base_url}/v1/completions", json=body, timeout=120),
-                                      range(6)))  # fmt: skip
+            responses = list(
+                pool.map(lambda _: httpx.post(f"{base_url}/v1/completions", json=body, timeout=120), range(6))
+            )
         codes = sorted(r.status_code for r in responses)
         assert 429 in codes and 200 in codes, codes
         busy = next(r for r in responses if r.status_code == 429).json()["error"]

@@ -21,14 +21,34 @@ def test_serve_command_serves_the_model_with_its_sae(tmp_path, monkeypatch):
     Sae(SaeConfig(d_in=64, d_sae=32, k=4, hookpoint="resid_post.1")).save(tmp_path / "sae")
     served = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.update(app=app, **kw))
-    assert main(["serve", "--model", str(model_dir), "--sae", str(tmp_path / "sae"), "--port", "8123",
-                 "--api-key", "k", "--max-new-tokens", "4"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "serve",
+                "--model",
+                str(model_dir),
+                "--sae",
+                str(tmp_path / "sae"),
+                "--port",
+                "8123",
+                "--api-key",
+                "k",
+                "--max-new-tokens",
+                "4",
+            ]
+        )
+        == 0
+    )
     assert served["port"] == 8123
     client = TestClient(served["app"])
     headers = {"authorization": "Bearer k"}
     assert client.get("/v1/models", headers=headers).json()["data"][0]["id"] == str(model_dir)
-    body = {"model": str(model_dir), "prompt": "hello", "max_tokens": 4,
-            "steering": [{"sae": "resid_post.1", "features": {"5": 10.0}}]}  # fmt: skip
+    body = {
+        "model": str(model_dir),
+        "prompt": "hello",
+        "max_tokens": 4,
+        "steering": [{"sae": "resid_post.1", "features": {"5": 10.0}}],
+    }
     response = client.post("/v1/completions", json=body, headers=headers)
     assert response.status_code == 200, response.text
     assert response.json()["usage"]["completion_tokens"] <= 4

@@ -40,28 +40,50 @@ def test_the_embedded_model_served_through_the_openai_client(embedded, app, one_
     with running(app) as base_url:
         client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="x", max_retries=0)
         question = "What is the capital of France?"
-        chat = client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": question}],
-                                              max_tokens=12, temperature=0)  # fmt: skip
+        chat = client.chat.completions.create(
+            model=NAME, messages=[{"role": "user", "content": question}], max_tokens=12, temperature=0
+        )
         assert chat.choices[0].message.content == generate_text(model, tokenizer, question, max_new_tokens=12)
         assert "Paris" in chat.choices[0].message.content
 
         prompt = "The capital of France is"
         plain = client.completions.create(model=NAME, prompt=prompt, max_tokens=10, temperature=0).choices[0].text
-        streamed = "".join(c.choices[0].text for c in client.completions.create(
-            model=NAME, prompt=prompt, max_tokens=10, temperature=0, stream=True) if c.choices)  # fmt: skip
+        streamed = "".join(
+            c.choices[0].text
+            for c in client.completions.create(model=NAME, prompt=prompt, max_tokens=10, temperature=0, stream=True)
+            if c.choices
+        )
         assert streamed == plain == generate_text(model, tokenizer, prompt, max_new_tokens=10, chat=False)
-        steered = client.completions.create(model=NAME, prompt=prompt, max_tokens=10, temperature=0,
-                                            extra_body=_steer(3904, 0.8)).choices[0].text  # fmt: skip
+        steered = (
+            client.completions.create(
+                model=NAME, prompt=prompt, max_tokens=10, temperature=0, extra_body=_steer(3904, 0.8)
+            )
+            .choices[0]
+            .text
+        )
         assert steered != plain
 
-        requests = [(p, None if i % 3 == 0 else _steer(1000 * i + 7, 0.6)) for i, p in
-                    enumerate(["The capital of France is", "Once upon a time", "My favourite food is",
-                               "The river flows", "In 1999, the", "Dear friend,"])]  # fmt: skip
+        requests = [
+            (p, None if i % 3 == 0 else _steer(1000 * i + 7, 0.6))
+            for i, p in enumerate(
+                [
+                    "The capital of France is",
+                    "Once upon a time",
+                    "My favourite food is",
+                    "The river flows",
+                    "In 1999, the",
+                    "Dear friend,",
+                ]
+            )
+        ]
 
         def ask(request):
             p, extra = request
-            return client.completions.create(model=NAME, prompt=p, max_tokens=8, temperature=0,
-                                             extra_body=extra).choices[0].text  # fmt: skip
+            return (
+                client.completions.create(model=NAME, prompt=p, max_tokens=8, temperature=0, extra_body=extra)
+                .choices[0]
+                .text
+            )
 
         alone = [ask(r) for r in requests]
         server: Server = app.state.server

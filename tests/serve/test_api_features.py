@@ -57,9 +57,15 @@ def l1_sae() -> Sae:
 @pytest.fixture(scope="module")
 def base_url(qwen3_parts, labelled_store, l1_sae, serve_app) -> str:
     model, tokenizer, sae = qwen3_parts
-    app = create_app(model, tokenizer, {SID: sae, "l1": l1_sae}, api_key=KEY, model_name=NAME,
-                     limits=Limits(max_new_tokens=64, max_prompt_tokens=MAX_PROMPT),
-                     stores={SID: labelled_store, "l1": None})  # fmt: skip
+    app = create_app(
+        model,
+        tokenizer,
+        {SID: sae, "l1": l1_sae},
+        api_key=KEY,
+        model_name=NAME,
+        limits=Limits(max_new_tokens=64, max_prompt_tokens=MAX_PROMPT),
+        stores={SID: labelled_store, "l1": None},
+    )
     return serve_app(app)
 
 
@@ -85,8 +91,12 @@ def test_encode_gives_the_saes_top_features_per_token_with_labels(base_url, qwen
     assert response.status_code == 200, response.text
     body = response.json()
     ids = tokenizer(PROMPT)["input_ids"]
-    assert (body["object"], body["sae"], body["hookpoint"], body["usage"]) == ("list", SID, HOOK,
-                                                                               {"prompt_tokens": len(ids)})  # fmt: skip
+    assert (body["object"], body["sae"], body["hookpoint"], body["usage"]) == (
+        "list",
+        SID,
+        HOOK,
+        {"prompt_tokens": len(ids)},
+    )
     assert [t["index"] for t in body["data"]] == list(range(len(ids)))
     assert [t["token_id"] for t in body["data"]] == ids
     assert "".join(t["token"] for t in body["data"]) == PROMPT
@@ -183,8 +193,14 @@ def test_encode_during_a_steered_generation_is_unaffected(base_url, qwen3_parts)
     first, chunks = threading.Event(), []
 
     def stream() -> None:
-        body = {"model": NAME, "prompt": PROMPT, "max_tokens": 40, "temperature": 0, "stream": True,
-                "steering": [{"sae": SID, "features": {"3": 40.0}}]}  # fmt: skip
+        body = {
+            "model": NAME,
+            "prompt": PROMPT,
+            "max_tokens": 40,
+            "temperature": 0,
+            "stream": True,
+            "steering": [{"sae": SID, "features": {"3": 40.0}}],
+        }
         with httpx.stream("POST", f"{base_url}/v1/completions", json=body, headers=AUTH, timeout=60) as response:
             for line in response.iter_lines():
                 if line.startswith("data: {"):

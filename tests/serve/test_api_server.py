@@ -56,8 +56,9 @@ def test_greedy_completion_equals_plain_generate(client, parts, one_thread):
 
 def test_greedy_chat_equals_plain_generate(client, parts):
     model, tokenizer, _ = parts
-    out = client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": PROMPT}], max_tokens=8,
-                                         temperature=0)  # fmt: skip
+    out = client.chat.completions.create(
+        model=NAME, messages=[{"role": "user", "content": PROMPT}], max_tokens=8, temperature=0
+    )
     assert out.choices[0].message.role == "assistant"
     assert out.choices[0].message.content
     assert out.choices[0].message.content == generate_text(model, tokenizer, PROMPT, max_new_tokens=8, chat=True)
@@ -129,7 +130,7 @@ def _body(steering: str = "[]", extra: str = "") -> str:
         (_body('[{"sae": "l0", "features": {"128": 1.0}}]'), 400, "outside this SAE"),
         (_body('[{"sae": "l0", "features": {"1": NaN}}]'), 400, "features"),
         (_body('[{"sae": "l0", "features": {"1": 1.0}, "mode": "boost"}]'), 400, "mode"),
-        (_body(extra=", \"n\": 99"), 400, "batch size"),
+        (_body(extra=', "n": 99'), 400, "batch size"),
         (_body().replace('"max_tokens": 2', '"max_tokens": 99'), 400, "limit"),
     ],
 )

@@ -29,8 +29,11 @@ def test_analyse_shows_every_token_with_its_top_features(pg, qwen3_parts):
     assert "".join(t for t, _ in highlighted) == PROMPT and len(table) == len(rows) == 4
     assert [label for _, label in highlighted] == [f"#{r['features'][0]['id']}" for r in rows]
     assert table[1][:2] == [1, "' me'"] and table[1][2].startswith(f"{rows[1]['features'][0]['id']}:")
-    best = {f["id"]: max(g["act"] for r in rows[1:] for g in r["features"] if g["id"] == f["id"])
-            for r in rows[1:] for f in r["features"]}  # fmt: skip  (position 0, the attention sink, ranks last)
+    best = {
+        f["id"]: max(g["act"] for r in rows[1:] for g in r["features"] if g["id"] == f["id"])
+        for r in rows[1:]
+        for f in r["features"]
+    }  # position 0, the attention sink, ranks last
     only_first = [f["id"] for f in rows[0]["features"] if f["id"] not in best]
     assert seen[: len(best)] == sorted(best, key=lambda i: -best[i]) and seen[len(best) :] == only_first
 
@@ -47,8 +50,16 @@ def test_generate_plain_is_greedy_and_steering_changes_it(pg, qwen3_parts):
 def test_relative_strengths_are_fractions_of_the_residual_size(pg, qwen3_parts):
     model, tokenizer, sae = qwen3_parts
     got = pg.generate(PROMPT, "7:3", relative=True, max_new_tokens=6)  # no feature store needed
-    want = generate_pair(model, tokenizer, PROMPT, sae, {7: 3.0}, max_new_tokens=6, relative=True,
-                         unit=steering_unit(model, tokenizer, HOOK))  # fmt: skip
+    want = generate_pair(
+        model,
+        tokenizer,
+        PROMPT,
+        sae,
+        {7: 3.0},
+        max_new_tokens=6,
+        relative=True,
+        unit=steering_unit(model, tokenizer, HOOK),
+    )
     assert got == want and pg.unit() == steering_unit(model, tokenizer, HOOK)
 
 

@@ -69,8 +69,9 @@ def test_steering_in_the_browser(browser, served, qwen3_parts, qwen3_store):
     assert steered == Playground(model, tokenizer, sae).generate(PROMPT, f"{top}:60", max_new_tokens=8)[1]
 
 
-_VISIBLE_ROWS = ("return [...document.querySelectorAll('#rows tr')]"
-                 ".filter(r => r.offsetParent).map(r => r.dataset.search)")
+_VISIBLE_ROWS = (
+    "return [...document.querySelectorAll('#rows tr')].filter(r => r.offsetParent).map(r => r.dataset.search)"
+)
 _MAX_COLUMN = "return [...document.querySelectorAll('#rows tr')].map(r => parseFloat(r.cells[4].dataset.v))"
 
 

@@ -43,8 +43,7 @@ def test_continuation_nll_matches_direct_sum(loaded):
 
 def test_sweep_rates_and_zero_alpha_is_plain(loaded):
     model, tokenizer, sae = loaded
-    rows = sweep(model, tokenizer, PROMPTS, sae, [3], alphas=[0.0, 80.0], score=lambda t: len(t) > 0,
-                 max_new_tokens=5)  # fmt: skip
+    rows = sweep(model, tokenizer, PROMPTS, sae, [3], alphas=[0.0, 80.0], score=lambda t: len(t) > 0, max_new_tokens=5)
     assert [r.alpha for r in rows] == [0.0, 80.0]
     plain = [generate_text(model, tokenizer, p, max_new_tokens=5) for p in PROMPTS]
     assert rows[0].examples == plain
@@ -71,7 +70,8 @@ def test_sweep_choices_equals_one_sweep_per_choice(loaded):
 def test_sweep_choices_relative_strengths(loaded):
     model, tokenizer, sae = loaded
     norm = float(sae.W_dec[3].norm())
-    rel = sweep_choices(model, tokenizer, PROMPTS, sae, [[3]], [2.0], lambda t: True, max_new_tokens=4,
-                        relative=True, unit=30.0)[0]  # fmt: skip
+    rel = sweep_choices(
+        model, tokenizer, PROMPTS, sae, [[3]], [2.0], lambda t: True, max_new_tokens=4, relative=True, unit=30.0
+    )[0]
     absolute = sweep(model, tokenizer, PROMPTS, sae, [3], [2.0 * 30.0 / norm], lambda t: True, max_new_tokens=4)
     assert rel[0].examples == absolute[0].examples

@@ -20,8 +20,19 @@ def test_generate_pair_plain_matches_generate_and_steering_changes_it(folders):
 
 
 def test_steer_cli_side_by_side(folders, capsys):
-    args = ["steer", "--model", str(folders[0]), "--sae", str(folders[1]), "--features", "3:60,5:-10",
-            "--prompt", "Tell me a story", "--max-new-tokens", "6"]  # fmt: skip
+    args = [
+        "steer",
+        "--model",
+        str(folders[0]),
+        "--sae",
+        str(folders[1]),
+        "--features",
+        "3:60,5:-10",
+        "--prompt",
+        "Tell me a story",
+        "--max-new-tokens",
+        "6",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "steering add 3:60, 5:-10" in out and "unsteered" in out and " | steered" in out

@@ -38,8 +38,17 @@ def planted(model, tokenizer, feature: int) -> Sae:
 def test_planted_unembedding_feature_ranks_first(tokenizer):
     model = build_tiny("llama", num_layers=3)
     sae = planted(model, tokenizer, 7)
-    hits = effect_ranked(model, tokenizer, sae, POSITIVE, NEGATIVE, top=5, candidates=sae.d_sae,
-                         alphas=(0.5, 1.0), unit=steering_unit(model, tokenizer, "resid_post.1", NEGATIVE))  # fmt: skip
+    hits = effect_ranked(
+        model,
+        tokenizer,
+        sae,
+        POSITIVE,
+        NEGATIVE,
+        top=5,
+        candidates=sae.d_sae,
+        alphas=(0.5, 1.0),
+        unit=steering_unit(model, tokenizer, "resid_post.1", NEGATIVE),
+    )
     assert hits[0].feature == 7
     assert hits[0].gain_pos > 0 and hits[0].score > 2 * hits[1].score
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)

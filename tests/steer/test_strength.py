@@ -19,8 +19,10 @@ def parts():
 
 def test_unit_is_the_median_distance_from_the_mean_without_position_zero(parts):
     model, tokenizer = parts
-    rows = [get_activations(model, tokenizer(t, return_tensors="pt"), ["resid_post.0"])["resid_post.0"][0, 1:]
-            for t in TEXTS]  # fmt: skip
+    rows = [
+        get_activations(model, tokenizer(t, return_tensors="pt"), ["resid_post.0"])["resid_post.0"][0, 1:]
+        for t in TEXTS
+    ]
     acts = torch.cat(rows)
     want = float((acts - acts.mean(0)).norm(dim=-1).median())
     assert steering_unit(model, tokenizer, "resid_post.0", TEXTS) == pytest.approx(want, rel=1e-5)

@@ -14,13 +14,25 @@ from qwenscope.train import TrainConfig, Trainer
 
 def _batches():
     g = torch.Generator().manual_seed(7)
-    return [{"resid_post.0": torch.randn(128, 32, generator=g), "resid_post.1": torch.randn(128, 32, generator=g)}
-            for _ in range(12)]  # fmt: skip
+    return [
+        {"resid_post.0": torch.randn(128, 32, generator=g), "resid_post.1": torch.randn(128, 32, generator=g)}
+        for _ in range(12)
+    ]
 
 
 def _cfg(**kw):
-    return TrainConfig(expansion_factor=(4,), k=(4,), batch_size=128, steps=12, lr=2e-3, warmup_steps=2,
-                       dead_tokens=256, save_every=5, log_every=1, **kw)  # fmt: skip
+    return TrainConfig(
+        expansion_factor=(4,),
+        k=(4,),
+        batch_size=128,
+        steps=12,
+        lr=2e-3,
+        warmup_steps=2,
+        dead_tokens=256,
+        save_every=5,
+        log_every=1,
+        **kw,
+    )
 
 
 def _worker(rank: int, world: int, port: int, out: str, modules: bool) -> None:
@@ -59,8 +71,9 @@ def test_one_rank_per_hookpoint(tmp_path):
 def _group_worker(rank: int, world: int, port: int) -> None:
     from qwenscope.train.dist import process_group
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-                      LOCAL_RANK=str(rank))  # fmt: skip
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank)
+    )
     with process_group() as active:  # as torchrun starts a rank: the block joins the group
         assert active and dist.get_world_size() == world
     assert not dist.is_initialized()  # and leaves it, so the process exits with no gloo threads up

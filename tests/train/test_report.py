@@ -17,8 +17,9 @@ def _batches(n=6, seed=0):
 
 
 def _cfg(steps=6):
-    return TrainConfig(expansion_factor=(2,), k=(4,), batch_size=64, steps=steps, warmup_steps=1, log_every=2,
-                       save_every=3)  # fmt: skip
+    return TrainConfig(
+        expansion_factor=(2,), k=(4,), batch_size=64, steps=steps, warmup_steps=1, log_every=2, save_every=3
+    )
 
 
 def _jsonl(out):

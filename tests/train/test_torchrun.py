@@ -13,8 +13,25 @@ from tiny_models import save_tiny_qwen3
 from qwenscope import load_sae
 from qwenscope.cli import main
 
-TRAIN = ["train", "--expansion-factor", "2", "--k", "4", "--batch-size", "256", "--steps", "8", "--lr", "2e-3",
-         "--warmup-steps", "2", "--save-every", "4", "--dead-tokens", "512"]  # fmt: skip
+TRAIN = [
+    "train",
+    "--expansion-factor",
+    "2",
+    "--k",
+    "4",
+    "--batch-size",
+    "256",
+    "--steps",
+    "8",
+    "--lr",
+    "2e-3",
+    "--warmup-steps",
+    "2",
+    "--save-every",
+    "4",
+    "--dead-tokens",
+    "512",
+]
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +40,19 @@ def cache(tmp_path_factory):
     save_tiny_qwen3(root / "model")
     docs = [f"Document {i}: " + " ".join(f"word{(i * 7 + j) % 53}" for j in range(60)) for i in range(60)]
     (root / "docs.txt").write_text("\n\n".join(docs), encoding="utf-8")
-    args = ["cache", "--model", str(root / "model"), "--hookpoints", "resid_post.0,resid_post.1", "--dataset",
-            str(root / "docs.txt"), "--tokens", "2048", "--out", str(root / "acts")]  # fmt: skip
+    args = [
+        "cache",
+        "--model",
+        str(root / "model"),
+        "--hookpoints",
+        "resid_post.0,resid_post.1",
+        "--dataset",
+        str(root / "docs.txt"),
+        "--tokens",
+        "2048",
+        "--out",
+        str(root / "acts"),
+    ]
     assert main(args) == 0
     return root / "acts"
 
@@ -35,8 +63,25 @@ def test_torchrun_two_gloo_ranks_equal_one_process(cache, tmp_path):
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     logs = tmp_path / "logs"  # each rank's own stdout and stderr, so that a failing rank says why
-    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "--log-dir", str(logs), "--redirects", "3", "--tee",
-           "3", "-m", "qwenscope", *TRAIN, "--activations", str(cache), "--out", str(tmp_path / "two")]  # fmt: skip
+    cmd = [
+        torchrun,
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "--log-dir",
+        str(logs),
+        "--redirects",
+        "3",
+        "--tee",
+        "3",
+        "-m",
+        "qwenscope",
+        *TRAIN,
+        "--activations",
+        str(cache),
+        "--out",
+        str(tmp_path / "two"),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     ranks = "\n".join(f"--- {f.relative_to(logs)}\n{f.read_text()[-3000:]}" for f in sorted(logs.rglob("std*.log")))
     assert done.returncode == 0, f"{done.stderr[-2000:]}\n{ranks}"

@@ -113,8 +113,17 @@ def test_init_from_continues_a_trained_sae(tmp_path):
     """--init-from starts from trained weights (fine-tuning): step 0 keeps them, b_dec included, and training
     from there beats a fresh start after the same few steps; a shape mismatch is a one-line error."""
     dirs, batches = synthetic(60, 512)
-    cfg = TrainConfig(expansion_factor=(16,), k=(8,), batch_size=512, steps=50, lr=1e-2, warmup_steps=5,
-                      dead_tokens=20_000, save_every=10_000, log_every=1)  # fmt: skip
+    cfg = TrainConfig(
+        expansion_factor=(16,),
+        k=(8,),
+        batch_size=512,
+        steps=50,
+        lr=1e-2,
+        warmup_steps=5,
+        dead_tokens=20_000,
+        save_every=10_000,
+        log_every=1,
+    )
     trained = Trainer(cfg, {"resid_post.0": 64}, tmp_path / "a").fit(batches[:50])["resid_post.0"]
     short = TrainConfig(**{**cfg.to_dict(), "steps": 3, "init_from": str(tmp_path / "a")})
     tuner = Trainer(short, {"resid_post.0": 64}, tmp_path / "b")
@@ -134,8 +143,17 @@ def test_bf16_encoder_trains_the_same_sae(tmp_path, activation):
     _, batches = synthetic(12, 256, d_in=32, n_true=128)
     saes = {}
     for encoder in ("exact", "bf16"):
-        cfg = TrainConfig(expansion_factor=(4,), k=(4,), activation=activation, batch_size=256, steps=12, lr=1e-3,
-                          warmup_steps=2, dead_tokens=512, encoder=encoder)  # fmt: skip
+        cfg = TrainConfig(
+            expansion_factor=(4,),
+            k=(4,),
+            activation=activation,
+            batch_size=256,
+            steps=12,
+            lr=1e-3,
+            warmup_steps=2,
+            dead_tokens=512,
+            encoder=encoder,
+        )
         saes[encoder] = Trainer(cfg, {"resid_post.0": 32}, tmp_path / encoder).fit(batches)["resid_post.0"]
     for name, p in saes["exact"].state_dict().items():
         torch.testing.assert_close(saes["bf16"].state_dict()[name], p, atol=1e-5, rtol=1e-5, msg=name)

@@ -31,13 +31,28 @@ from qwenscope.apps.benchmarks.data import (
 from qwenscope.apps.benchmarks.features import FeatureSetConfig, FeatureSets, SaeSpec, feature_sets
 
 _LAZY = {
-    **dict.fromkeys(("footprint", "coverage_exact", "coverage_mc", "Coverage", "redundancy", "overlap",
-                     "symmetric_overlap", "overlap_matrix", "unique_features", "kendall_tau", "spearman",
-                     "performance_redundancy", "spearman_interval"), "measures"),
+    **dict.fromkeys(
+        (
+            "footprint",
+            "coverage_exact",
+            "coverage_mc",
+            "Coverage",
+            "redundancy",
+            "overlap",
+            "symmetric_overlap",
+            "overlap_matrix",
+            "unique_features",
+            "kendall_tau",
+            "spearman",
+            "performance_redundancy",
+            "spearman_interval",
+        ),
+        "measures",
+    ),
     **dict.fromkeys(("greedy_cover", "random_needed", "compare_with_random", "export_subset"), "compress"),
     "write_report": "report",
     **dict.fromkeys(("ScoreMatrix", "load_scores", "answer_loglik"), "scores"),
-}  # fmt: skip
+}
 """Names of the other modules, imported when first used (``from qwenscope.apps.benchmarks import redundancy``)."""
 
 

@@ -91,8 +91,9 @@ class BenchmarksConfig:
     def __post_init__(self) -> None:
         check_max_density(self.max_density)
         if self.action != "list" and not self.benchmarks:
-            raise QwenscopeError(f"benchmarks {self.action} needs benchmarks: bundled names (qwenscope benchmarks "
-                                 "list) or files")  # fmt: skip
+            raise QwenscopeError(
+                f"benchmarks {self.action} needs benchmarks: bundled names (qwenscope benchmarks list) or files"
+            )
         if self.action == "overlap" and len(self.benchmarks) < 2 and not self.subsets:
             raise QwenscopeError("benchmarks overlap needs two or more benchmarks")
         if not 0 < self.target <= 1:
@@ -134,8 +135,9 @@ def load_all(cfg: BenchmarksConfig) -> tuple[list[Any], list[Any]]:
 
     out, tops, names = [], [], set()
     for spec in cfg.benchmarks:
-        bench = load_benchmark(spec, template=cfg.template or None, text_field=cfg.text_field,
-                               id_field=cfg.id_field or None)  # fmt: skip
+        bench = load_benchmark(
+            spec, template=cfg.template or None, text_field=cfg.text_field, id_field=cfg.id_field or None
+        )
         tops.append(bench)
         for b in [bench, *(subsets(bench).values() if cfg.subsets else [])]:
             name, n = b.name, 2
@@ -155,8 +157,10 @@ def load_score_groups(cfg: BenchmarksConfig, benches: list[Any], tops: list[Any]
 
     groups = [[p.strip() for p in g.split(",") if p.strip()] for g in cfg.scores.split(";")]
     if len(groups) != len(cfg.benchmarks):
-        raise QwenscopeError(f"--scores has {len(groups)} group(s) for {len(cfg.benchmarks)} benchmark(s); give one "
-                             "group of files per benchmark, separated by ';'")  # fmt: skip
+        raise QwenscopeError(
+            f"--scores has {len(groups)} group(s) for {len(cfg.benchmarks)} benchmark(s); give one "
+            "group of files per benchmark, separated by ';'"
+        )
     loaded = {
         top.name: load_scores(paths, top.ids, metric=cfg.metric or None) for top, paths in zip(tops, groups) if paths
     }  # an empty group: no scores for that benchmark
@@ -191,9 +195,12 @@ def describer(model, tokenizer, spec, hookpoint: str):
 
     def describe(i: int) -> dict[str, Any]:
         info = store.feature(i)
-        return {"label": info.label, "density": info.frequency,
-                "contexts": ["".join(c.tokens) for c in info.contexts[:3]],
-                "logit_lens": [t for t, _ in info.promoted[:8]]}  # fmt: skip
+        return {
+            "label": info.label,
+            "density": info.frequency,
+            "contexts": ["".join(c.tokens) for c in info.contexts[:3]],
+            "logit_lens": [t for t, _ in info.promoted[:8]],
+        }
 
     return describe
 
@@ -209,8 +216,9 @@ def analyse(cfg: BenchmarksConfig) -> dict[str, Any]:
     scores = load_score_groups(cfg, benches, tops) if cfg.action in ("redundancy", "compress") else {}
     model, tokenizer = load_model(cfg.model)
     specs = load_saes(cfg, model, tokenizer)
-    fcfg = FeatureSetConfig(pooling=cfg.pooling, max_density=cfg.max_density, batch_size=cfg.batch_size,
-                            cache=cfg.cache)  # fmt: skip
+    fcfg = FeatureSetConfig(
+        pooling=cfg.pooling, max_density=cfg.max_density, batch_size=cfg.batch_size, cache=cfg.cache
+    )
     per_bench = [feature_sets(model, tokenizer, b, specs, fcfg) for b in benches]  # one pass per benchmark
     out: dict[str, Any] = {
         "model": cfg.model,
@@ -224,11 +232,24 @@ def analyse(cfg: BenchmarksConfig) -> dict[str, Any]:
         sets = {b.name: fs[j] for b, fs in zip(benches, per_bench)}
         hook = next(iter(sets.values())).hookpoint
         named = {name: fs.matrix for name, fs in sets.items()}
-        meta = {"model": cfg.model, "sae": spec.sae_id, "hookpoint": hook, "pooling": cfg.pooling,
-                "max_density": cfg.max_density}  # fmt: skip
-        results = build_results(named, target=cfg.target, n_samples=cfg.samples, seed=cfg.seed, scores=scores,
-                                n_unique=cfg.unique, describe=describer(model, tokenizer, spec, hook), meta=meta,
-                                title=f"Benchmarks at {hook} ({cfg.model}, {spec.sae_id})")  # fmt: skip
+        meta = {
+            "model": cfg.model,
+            "sae": spec.sae_id,
+            "hookpoint": hook,
+            "pooling": cfg.pooling,
+            "max_density": cfg.max_density,
+        }
+        results = build_results(
+            named,
+            target=cfg.target,
+            n_samples=cfg.samples,
+            seed=cfg.seed,
+            scores=scores,
+            n_unique=cfg.unique,
+            describe=describer(model, tokenizer, spec, hook),
+            meta=meta,
+            title=f"Benchmarks at {hook} ({cfg.model}, {spec.sae_id})",
+        )
         if cfg.html:
             path = Path(cfg.html)
             if len(specs) > 1:
@@ -245,8 +266,10 @@ def analyse(cfg: BenchmarksConfig) -> dict[str, Any]:
 
 def _measures(action: str, results: dict[str, Any], sets: dict[str, Any]) -> dict[str, Any]:
     b = results["benchmarks"]
-    out: dict[str, Any] = {"items": {n: r["n_items"] for n, r in b.items()},
-                           "footprint": {n: r["footprint"] for n, r in b.items()}}  # fmt: skip
+    out: dict[str, Any] = {
+        "items": {n: r["n_items"] for n, r in b.items()},
+        "footprint": {n: r["footprint"] for n, r in b.items()},
+    }
     if action == "footprint":
         out["unique"] = results["unique"]
     elif action == "overlap":
@@ -256,13 +279,16 @@ def _measures(action: str, results: dict[str, Any], sets: dict[str, Any]) -> dic
         out["redundancy"] = {n: r["redundancy"] for n, r in b.items()}
         out["coverage"] = {n: r["coverage"] for n, r in b.items()}
         if any("performance_redundancy" in r for r in b.values()):
-            out["performance_redundancy"] = {n: r["performance_redundancy"] for n, r in b.items()
-                                             if "performance_redundancy" in r}  # fmt: skip
+            out["performance_redundancy"] = {
+                n: r["performance_redundancy"] for n, r in b.items() if "performance_redundancy" in r
+            }
         if "rho" in results:
             out["rho"] = results["rho"]
     elif action == "compress":
-        out["compression"] = {n: {**c, "subset_ids": [sets[n].ids[i] for i in c["greedy_order"]]}
-                              for n, c in results["compression"].items()}  # fmt: skip
+        out["compression"] = {
+            n: {**c, "subset_ids": [sets[n].ids[i] for i in c["greedy_order"]]}
+            for n, c in results["compression"].items()
+        }
     return out
 
 
@@ -272,8 +298,9 @@ def _export(cfg: BenchmarksConfig, benches: list[Any], results: dict[str, Any], 
     if len(benches) != 1 or n_hooks != 1:
         raise QwenscopeError("--out exports the subset of one benchmark at one hookpoint; pass just one of each")
     order = results["compression"][benches[0].name]["greedy_order"]
-    logger.info("wrote %d of %d items to %s", len(order), len(benches[0]), export_subset(benches[0].items, order,
-                                                                                       cfg.out))  # fmt: skip
+    logger.info(
+        "wrote %d of %d items to %s", len(order), len(benches[0]), export_subset(benches[0].items, order, cfg.out)
+    )
 
 
 def run_benchmarks(cfg: BenchmarksConfig) -> None:
@@ -286,8 +313,10 @@ def run_benchmarks(cfg: BenchmarksConfig) -> None:
         print(json.dumps(out))
         return
     for hook, m in out["hookpoints"].items():
-        print(f"{cfg.model} at {hook} ({out['sae']}), pooling {cfg.pooling}, max density {cfg.max_density}: "
-              f"{len(m['dropped'])} always-on features dropped")  # fmt: skip
+        print(
+            f"{cfg.model} at {hook} ({out['sae']}), pooling {cfg.pooling}, max density {cfg.max_density}: "
+            f"{len(m['dropped'])} always-on features dropped"
+        )
         print_tables(cfg.action, m)
 
 
@@ -295,8 +324,10 @@ def print_tables(action: str, m: dict[str, Any]) -> None:
     names = list(m["items"])
     width = max(12, *map(len, names))
     head = f"  {'benchmark':<{width}} {'items':>6} {'|F(D)|':>7} {'|F(x)|':>7}"
-    extra = {"redundancy": f" {'R_hat':>6} {'c_n at 10%':>10} {'R':>6}",
-             "compress": f" {'greedy':>6} {'random (95%)':>16} {'kept':>5} {'random kept':>11} {'tau':>5}"}  # fmt: skip
+    extra = {
+        "redundancy": f" {'R_hat':>6} {'c_n at 10%':>10} {'R':>6}",
+        "compress": f" {'greedy':>6} {'random (95%)':>16} {'kept':>5} {'random kept':>11} {'tau':>5}",
+    }
     print(head + extra.get(action, ""))
     for n in names:
         row = f"  {n:<{width}} {m['items'][n]:>6} {m['footprint'][n]:>7} {m['features_per_item'][n]:>7.1f}"

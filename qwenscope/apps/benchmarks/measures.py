@@ -70,8 +70,12 @@ class Coverage:
 
     def as_dict(self) -> dict[str, list[float] | list[int]]:
         """Plain lists, for JSON."""
-        return {"ns": [int(n) for n in self.ns], "mean": self.mean.tolist(), "low": self.low.tolist(),
-                "high": self.high.tolist()}  # fmt: skip
+        return {
+            "ns": [int(n) for n in self.ns],
+            "mean": self.mean.tolist(),
+            "low": self.low.tolist(),
+            "high": self.high.tolist(),
+        }
 
 
 # ---------------------------------------------------------------- input
@@ -85,8 +89,10 @@ def as_matrix(m: Any, name: str = "benchmark") -> sp.csr_matrix:
     try:
         csr = sp.csr_matrix(m, dtype=bool)
     except (TypeError, ValueError) as exc:
-        raise QwenscopeError(f"{name}: feature sets must be a 2-D bool matrix (items x features), got "
-                             f"{type(m).__name__} ({str(exc).splitlines()[0] if str(exc) else 'unreadable'})") from None
+        raise QwenscopeError(
+            f"{name}: feature sets must be a 2-D bool matrix (items x features), got "
+            f"{type(m).__name__} ({str(exc).splitlines()[0] if str(exc) else 'unreadable'})"
+        ) from None
     if csr.shape[0] == 0:
         raise QwenscopeError(f"{name} has no items: give a benchmark with at least one item")
     if csr.shape[1] == 0:
@@ -99,15 +105,18 @@ def as_matrix(m: Any, name: str = "benchmark") -> sp.csr_matrix:
 def _nonempty(csr: sp.csr_matrix, name: str) -> int:
     size = int(np.count_nonzero(feature_counts(csr)))
     if size == 0:
-        raise QwenscopeError(f"{name} has an empty footprint (no feature fires on any item): check the hookpoint "
-                             "and the density filter")  # fmt: skip
+        raise QwenscopeError(
+            f"{name} has an empty footprint (no feature fires on any item): check the hookpoint and the density filter"
+        )
     return size
 
 
 def _same_width(a: sp.csr_matrix, b: sp.csr_matrix, names: tuple[str, str]) -> None:
     if a.shape[1] != b.shape[1]:
-        raise QwenscopeError(f"{names[0]} has {a.shape[1]} feature columns but {names[1]} has {b.shape[1]}: compare "
-                             "feature sets of the same SAE")  # fmt: skip
+        raise QwenscopeError(
+            f"{names[0]} has {a.shape[1]} feature columns but {names[1]} has {b.shape[1]}: compare "
+            "feature sets of the same SAE"
+        )
 
 
 def _sizes(ns: Sequence[int] | np.ndarray | None, n_items: int) -> np.ndarray:
@@ -117,8 +126,9 @@ def _sizes(ns: Sequence[int] | np.ndarray | None, n_items: int) -> np.ndarray:
     if out.ndim != 1 or out.size == 0 or not np.issubdtype(out.dtype, np.integer):
         raise QwenscopeError("ns must be a non-empty list of integer subset sizes")
     if out.min() < 1 or out.max() > n_items:
-        raise QwenscopeError(f"subset sizes must lie in 1..{n_items} (the number of items), got "
-                             f"{out.min()}..{out.max()}")  # fmt: skip
+        raise QwenscopeError(
+            f"subset sizes must lie in 1..{n_items} (the number of items), got {out.min()}..{out.max()}"
+        )
     return out.astype(np.int64)
 
 
@@ -158,8 +168,12 @@ def coverage_exact(m: Any, ns: Sequence[int] | np.ndarray | None = None) -> np.n
     n = sizes[:, None].astype(np.float64)  # (len(ns), 1)
     rest = n_items - d[None, :]  # N - d_j, (1, n_distinct)
     possible = rest >= n  # C(N - d, n) > 0
-    log_ratio = (gammaln(np.where(possible, rest, n) + 1) - gammaln(np.where(possible, rest - n, 0) + 1)
-                 - gammaln(n_items + 1) + gammaln(n_items - n + 1))  # fmt: skip
+    log_ratio = (
+        gammaln(np.where(possible, rest, n) + 1)
+        - gammaln(np.where(possible, rest - n, 0) + 1)
+        - gammaln(n_items + 1)
+        + gammaln(n_items - n + 1)
+    )
     miss = np.where(possible, np.exp(np.minimum(log_ratio, 0.0)), 0.0)  # P(feature j absent from S)
     return ((1.0 - miss) @ mult) / size
 
@@ -195,8 +209,9 @@ def _random_ranks(n_items: int, n_samples: int, seed: int) -> np.ndarray:
     return rng.permuted(np.tile(np.arange(n_items), (n_samples, 1)), axis=1)
 
 
-def coverage_mc(m: Any, ns: Sequence[int] | np.ndarray | None = None, n_samples: int = 200, seed: int = 0,
-                level: float = 0.95) -> Coverage:  # fmt: skip
+def coverage_mc(
+    m: Any, ns: Sequence[int] | np.ndarray | None = None, n_samples: int = 200, seed: int = 0, level: float = 0.95
+) -> Coverage:
     """c_n estimated from ``n_samples`` seeded random subsets of each size, with a percentile band.
 
     Each sample is a random order of the items; its first n items are a uniform random subset of size n, so one
@@ -211,8 +226,12 @@ def coverage_mc(m: Any, ns: Sequence[int] | np.ndarray | None = None, n_samples:
         raise QwenscopeError(f"n_samples must be at least 1, got {n_samples}")
     tail = (1.0 - _level(level)) / 2 * 100
     curves = _prefix_curves(csr.tocsc(), _random_ranks(csr.shape[0], n_samples, seed))[:, sizes - 1] / size
-    return Coverage(ns=sizes, mean=curves.mean(axis=0), low=np.percentile(curves, tail, axis=0),
-                    high=np.percentile(curves, 100 - tail, axis=0))  # fmt: skip
+    return Coverage(
+        ns=sizes,
+        mean=curves.mean(axis=0),
+        low=np.percentile(curves, tail, axis=0),
+        high=np.percentile(curves, 100 - tail, axis=0),
+    )
 
 
 def redundancy(m: Any) -> float:
@@ -234,8 +253,10 @@ def overlap(a: Any, b: Any) -> float:
     """Asymmetric O(a -> b) = |F(a) ∩ F(b)| / |F(a)|: the share of a's footprint that b also exercises."""
     fa, fb = _footprint_mask(a, "the first benchmark"), _footprint_mask(b, "the second benchmark")
     if fa.size != fb.size:
-        raise QwenscopeError(f"the first benchmark has {fa.size} feature columns but the second has {fb.size}: "
-                             "compare feature sets of the same SAE")  # fmt: skip
+        raise QwenscopeError(
+            f"the first benchmark has {fa.size} feature columns but the second has {fb.size}: "
+            "compare feature sets of the same SAE"
+        )
     return float(np.count_nonzero(fa & fb) / np.count_nonzero(fa))
 
 
@@ -243,8 +264,10 @@ def symmetric_overlap(a: Any, b: Any) -> float:
     """|F(a) ∩ F(b)| / min(|F(a)|, |F(b)|): 1 when one footprint contains the other."""
     fa, fb = _footprint_mask(a, "the first benchmark"), _footprint_mask(b, "the second benchmark")
     if fa.size != fb.size:
-        raise QwenscopeError(f"the first benchmark has {fa.size} feature columns but the second has {fb.size}: "
-                             "compare feature sets of the same SAE")  # fmt: skip
+        raise QwenscopeError(
+            f"the first benchmark has {fa.size} feature columns but the second has {fb.size}: "
+            "compare feature sets of the same SAE"
+        )
     return float(np.count_nonzero(fa & fb) / min(np.count_nonzero(fa), np.count_nonzero(fb)))
 
 
@@ -256,8 +279,10 @@ def overlap_matrix(named: dict[str, Any], symmetric: bool = False) -> tuple[list
     masks = [_footprint_mask(named[k], k) for k in names]
     for k, mask in zip(names[1:], masks[1:]):
         if mask.size != masks[0].size:
-            raise QwenscopeError(f"{names[0]} has {masks[0].size} feature columns but {k} has {mask.size}: compare "
-                                 "feature sets of the same SAE")  # fmt: skip
+            raise QwenscopeError(
+                f"{names[0]} has {masks[0].size} feature columns but {k} has {mask.size}: compare "
+                "feature sets of the same SAE"
+            )
     fp = np.stack(masks).astype(np.float64)  # (B, d_sae)
     inter = fp @ fp.T
     sizes = fp.sum(axis=1)
@@ -284,8 +309,9 @@ def unique_features(target: Any, others: Sequence[Any]) -> np.ndarray:
 def _vectors(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
     xa, ya = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if xa.ndim != 1 or xa.shape != ya.shape:
-        raise QwenscopeError(f"rank correlation needs two 1-D sequences of the same length, got shapes "
-                             f"{xa.shape} and {ya.shape}")  # fmt: skip
+        raise QwenscopeError(
+            f"rank correlation needs two 1-D sequences of the same length, got shapes {xa.shape} and {ya.shape}"
+        )
     if xa.size < 2:
         raise QwenscopeError(f"rank correlation needs at least 2 values, got {xa.size}")
     if not (np.isfinite(xa).all() and np.isfinite(ya).all()):
@@ -342,8 +368,9 @@ def spearman(x: Any, y: Any) -> float:
     return float(np.clip(_pearson(_rank(xa), _rank(ya)), -1.0, 1.0))
 
 
-def spearman_interval(x: Any, y: Any, n_boot: int = 2000, seed: int = 0, level: float = 0.95
-                      ) -> tuple[float, float, float]:  # fmt: skip
+def spearman_interval(
+    x: Any, y: Any, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float, float]:
     """(rho, low, high): Spearman rho of x and y (e.g. R and R_hat per benchmark) with a percentile bootstrap interval
     from ``n_boot`` seeded resamples of the pairs (benchmarks) with replacement. Resamples where one side is constant
     have no rho and are left out."""
@@ -374,8 +401,9 @@ def _score_matrix(scores: Any) -> np.ndarray:
     return arr
 
 
-def performance_redundancy(scores: Any, ns: Sequence[int] | np.ndarray | None = None, n_samples: int = 200,
-                           seed: int = 0) -> float:  # fmt: skip
+def performance_redundancy(
+    scores: Any, ns: Sequence[int] | np.ndarray | None = None, n_samples: int = 200, seed: int = 0
+) -> float:
     """R(D) = (1/|ns|) sum_{n in ns} E_{|S|=n}[Kendall-tau(p, p_hat(S))], ns default 1..N.
 
     ``scores`` is (n_models, n_items) (or a ``ScoreMatrix``); p = each model's mean score over all items, p_hat(S)

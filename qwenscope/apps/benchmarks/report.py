@@ -47,10 +47,17 @@ __all__ = ["build_results", "write_report"]
 # ---------------------------------------------------------------- results
 
 
-def build_results(named: dict[str, Any], target: float = 0.9, n_samples: int = 200, seed: int = 0,
-                  scores: dict[str, Any] | None = None, n_unique: int = 20,
-                  describe: Callable[[int], dict[str, Any]] | None = None, meta: dict[str, Any] | None = None,
-                  title: str = "Benchmark analysis") -> dict[str, Any]:  # fmt: skip
+def build_results(
+    named: dict[str, Any],
+    target: float = 0.9,
+    n_samples: int = 200,
+    seed: int = 0,
+    scores: dict[str, Any] | None = None,
+    n_unique: int = 20,
+    describe: Callable[[int], dict[str, Any]] | None = None,
+    meta: dict[str, Any] | None = None,
+    title: str = "Benchmark analysis",
+) -> dict[str, Any]:
     """Every measure for the named feature matrices (one SAE), as the dict ``write_report`` draws.
 
     ``scores``: per-item score matrices for some benchmarks (``(n_models, n_items)`` or ``ScoreMatrix``), adding R,
@@ -77,16 +84,21 @@ def build_results(named: dict[str, Any], target: float = 0.9, n_samples: int = 2
         out["symmetric_overlap"] = {"names": names, "matrix": overlap_matrix(mats, symmetric=True)[1].tolist()}
     with_r = [b for b in out["benchmarks"].values() if "performance_redundancy" in b]
     if len(with_r) >= 3:
-        rho, low, high = spearman_interval([b["performance_redundancy"] for b in with_r],
-                                           [b["redundancy"] for b in with_r], seed=seed)  # fmt: skip
+        rho, low, high = spearman_interval(
+            [b["performance_redundancy"] for b in with_r], [b["redundancy"] for b in with_r], seed=seed
+        )
         out["rho"] = {"rho": rho, "low": low, "high": high, "n": len(with_r)}
     return out
 
 
 def _benchmark(m: Any, n_samples: int, seed: int, scores: Any) -> dict[str, Any]:
     cov = coverage_mc(m, n_samples=n_samples, seed=seed)
-    res = {"n_items": int(m.shape[0]), "footprint": int(np.count_nonzero(feature_counts(m))),
-           "redundancy": redundancy(m), "coverage": cov.as_dict()}  # fmt: skip
+    res = {
+        "n_items": int(m.shape[0]),
+        "footprint": int(np.count_nonzero(feature_counts(m))),
+        "redundancy": redundancy(m),
+        "coverage": cov.as_dict(),
+    }
     if scores is not None:
         res["performance_redundancy"] = performance_redundancy(scores, n_samples=n_samples, seed=seed)
     return res
@@ -98,15 +110,23 @@ def _compression(m: Any, target: float, n_samples: int, seed: int, scores: Any) 
     k = len(greedy_cover(m, target=target))
     needed = random_needed(m, target, n_samples=n_samples, seed=seed)
     comparison = compare_with_random(m, order[:k], n_samples=n_samples, seed=seed, scores=scores)
-    return {"target": float(target), "greedy_items": k, "greedy_order": [int(i) for i in order[:k]],
-            "greedy_curve": curve.tolist(),
-            "random_needed": {"median": float(np.median(needed)), "low": float(np.percentile(needed, 2.5)),
-                              "high": float(np.percentile(needed, 97.5))},
-            "comparison": comparison.as_dict()}  # fmt: skip
+    return {
+        "target": float(target),
+        "greedy_items": k,
+        "greedy_order": [int(i) for i in order[:k]],
+        "greedy_curve": curve.tolist(),
+        "random_needed": {
+            "median": float(np.median(needed)),
+            "low": float(np.percentile(needed, 2.5)),
+            "high": float(np.percentile(needed, 97.5)),
+        },
+        "comparison": comparison.as_dict(),
+    }
 
 
-def _unique(m: Any, others: list[Any], n_unique: int, describe: Callable[[int], dict[str, Any]] | None
-            ) -> list[dict[str, Any]]:  # fmt: skip
+def _unique(
+    m: Any, others: list[Any], n_unique: int, describe: Callable[[int], dict[str, Any]] | None
+) -> list[dict[str, Any]]:
     counts = feature_counts(m)
     rows = []
     for fid in unique_features(m, others)[:n_unique]:
@@ -144,8 +164,9 @@ def _coverage_plot(benchmarks: dict[str, Any]) -> str:
 def _overlap_plot(ov: dict[str, Any]) -> str:
     names, mat = list(ov["names"]), np.asarray(ov["matrix"], dtype=float)
     if mat.shape != (len(names), len(names)):
-        raise QwenscopeError(f"the overlap matrix is {mat.shape} but names {len(names)} benchmarks: rebuild the "
-                             "results")  # fmt: skip
+        raise QwenscopeError(
+            f"the overlap matrix is {mat.shape} but names {len(names)} benchmarks: rebuild the results"
+        )
     side = 2.5 + 0.8 * len(names)
     fig = figure(side + 1.2, side)
     ax = fig.add_subplot(1, 1, 1)
@@ -176,8 +197,9 @@ def _compression_plot(compression: dict[str, Any], benchmarks: dict[str, Any]) -
         ax.axvline(c["random_needed"]["median"], color="C7", linewidth=0.7, linestyle="--")
         ax.set_xscale("log")
         ax.set_ylim(0, 1.02)
-        ax.set_title(f"{name}: {c['greedy_items']} vs {c['random_needed']['median']:.0f} items for "
-                     f"{c['target']:.0%}", fontsize=9)  # fmt: skip
+        ax.set_title(
+            f"{name}: {c['greedy_items']} vs {c['random_needed']['median']:.0f} items for {c['target']:.0%}", fontsize=9
+        )
         ax.set_xlabel("items (log)", fontsize=8)
         ax.set_ylabel("share of |F(D)| kept", fontsize=8)
         ax.grid(alpha=0.3)
@@ -188,34 +210,53 @@ def _compression_plot(compression: dict[str, Any], benchmarks: dict[str, Any]) -
 
 # ---------------------------------------------------------------- HTML
 
+
 def _measures_table(results: dict[str, Any]) -> str:
-    head = ("<tr><th>benchmark</th><th>items</th><th>|F(D)|</th><th>R̂</th><th>R</th><th>c at 10% of items</th>"
-            "<th>greedy items</th><th>random items (median)</th><th>greedy / random</th><th>kept by greedy</th>"
-            "<th>random same size</th><th>τ greedy</th><th>τ random</th></tr>")  # fmt: skip
+    head = (
+        "<tr><th>benchmark</th><th>items</th><th>|F(D)|</th><th>R̂</th><th>R</th><th>c at 10% of items</th>"
+        "<th>greedy items</th><th>random items (median)</th><th>greedy / random</th><th>kept by greedy</th>"
+        "<th>random same size</th><th>τ greedy</th><th>τ random</th></tr>"
+    )
     rows = []
     for name, b in results["benchmarks"].items():
         c = results.get("compression", {}).get(name)
         cov = b["coverage"]
         at10 = cov["mean"][min(len(cov["mean"]) - 1, max(0, math.ceil(0.1 * b["n_items"]) - 1))]
-        cells = [escape(name), b["n_items"], b["footprint"], num(b["redundancy"]), num(b.get("performance_redundancy")),
-                 num(at10)]  # fmt: skip
+        cells = [
+            escape(name),
+            b["n_items"],
+            b["footprint"],
+            num(b["redundancy"]),
+            num(b.get("performance_redundancy")),
+            num(at10),
+        ]
         if c:
             cmp, med = c["comparison"], c["random_needed"]["median"]
             band = f"{num(cmp['random_kept_mean'])} [{num(cmp['random_kept_low'])}, {num(cmp['random_kept_high'])}]"
-            cells += [c["greedy_items"], num(med, "{:.0f}"), num(c["greedy_items"] / med, "{:.2f}"),
-                      num(cmp["kept"]), band, num(cmp.get("tau")), num(cmp.get("random_tau_mean"))]  # fmt: skip
+            cells += [
+                c["greedy_items"],
+                num(med, "{:.0f}"),
+                num(c["greedy_items"] / med, "{:.2f}"),
+                num(cmp["kept"]),
+                band,
+                num(cmp.get("tau")),
+                num(cmp.get("random_tau_mean")),
+            ]
         else:
             cells += ["-"] * 7
-        rows.append("<tr>" + "".join(f"<td{'' if j == 0 else ' class=num'}>{v}</td>" for j, v in enumerate(cells))
-                    + "</tr>")  # fmt: skip
+        rows.append(
+            "<tr>" + "".join(f"<td{'' if j == 0 else ' class=num'}>{v}</td>" for j, v in enumerate(cells)) + "</tr>"
+        )
     return f"<table>{head}{''.join(rows)}</table>"
 
 
 def _matrix_table(ov: dict[str, Any]) -> str:
     names = ov["names"]
     head = "<tr><th>D1 \\ D2</th>" + "".join(f"<th>{escape(n)}</th>" for n in names) + "</tr>"
-    rows = "".join(f"<tr><th>{escape(n)}</th>" + "".join(f"<td class=num>{v:.3f}</td>" for v in row) + "</tr>"
-                   for n, row in zip(names, ov["matrix"]))  # fmt: skip
+    rows = "".join(
+        f"<tr><th>{escape(n)}</th>" + "".join(f"<td class=num>{v:.3f}</td>" for v in row) + "</tr>"
+        for n, row in zip(names, ov["matrix"])
+    )
     return f"<table>{head}{rows}</table>"
 
 
@@ -229,8 +270,10 @@ def _unique_table(name: str, rows: list[dict[str, Any]]) -> str:
         f"<td>{escape(', '.join(str(t) for t in r.get('logit_lens') or [])) or '-'}</td></tr>"
         for r in rows
     )
-    return (f"<h3>{escape(name)}: {len(rows)} shown</h3><table><tr><th>feature</th><th>items</th><th>density</th>"
-            f"<th>label</th><th>top contexts</th><th>logit lens</th></tr>{body}</table>")  # fmt: skip
+    return (
+        f"<h3>{escape(name)}: {len(rows)} shown</h3><table><tr><th>feature</th><th>items</th><th>density</th>"
+        f"<th>label</th><th>top contexts</th><th>logit lens</th></tr>{body}</table>"
+    )
 
 
 def write_report(path: str | Path, results: dict[str, Any]) -> Path:
@@ -245,8 +288,10 @@ def write_report(path: str | Path, results: dict[str, Any]) -> Path:
         parts.append("<p class=meta>" + " · ".join(f"{escape(k)}: {escape(v)}" for k, v in meta.items()) + "</p>")
     parts += ["<h2>Measures</h2>", _measures_table(results)]
     if rho := results.get("rho"):
-        parts.append(f"<p>Spearman ρ(R, R̂) over {rho['n']} benchmarks: <b>{num(rho['rho'])}</b> "
-                     f"(95% bootstrap interval {num(rho['low'])} to {num(rho['high'])})</p>")  # fmt: skip
+        parts.append(
+            f"<p>Spearman ρ(R, R̂) over {rho['n']} benchmarks: <b>{num(rho['rho'])}</b> "
+            f"(95% bootstrap interval {num(rho['low'])} to {num(rho['high'])})</p>"
+        )
     parts += ["<h2>Coverage</h2>", _coverage_plot(benchmarks)]
     if ov := results.get("overlap"):
         parts += ["<h2>Overlap</h2>", _overlap_plot(ov)]
@@ -260,8 +305,10 @@ def write_report(path: str | Path, results: dict[str, Any]) -> Path:
     if unique := results.get("unique"):
         parts.append("<h2>Features unique to each benchmark</h2>")
         parts += [_unique_table(name, rows) for name, rows in unique.items()]
-    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
-            f"<style>{STYLE}</style></head>\n<body>\n{''.join(parts)}\n</body></html>\n")  # fmt: skip
+    page = (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
+        f"<style>{STYLE}</style></head>\n<body>\n{''.join(parts)}\n</body></html>\n"
+    )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))

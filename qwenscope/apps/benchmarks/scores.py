@@ -62,8 +62,20 @@ logger = logging.getLogger(__name__)
 
 LONG_COLUMNS = ("model", "id", "score")
 """The columns that make a CSV long (one row per model and item)."""
-_NOT_METRICS = {"doc_id", "doc", "target", "arguments", "resps", "filtered_resps", "filter", "metrics", "doc_hash",
-                "prompt_hash", "target_hash", "task_name"}  # fmt: skip
+_NOT_METRICS = {
+    "doc_id",
+    "doc",
+    "target",
+    "arguments",
+    "resps",
+    "filtered_resps",
+    "filter",
+    "metrics",
+    "doc_hash",
+    "prompt_hash",
+    "target_hash",
+    "task_name",
+}
 _HEAD_ROWS = 512
 """Rows of hidden states sent through the LM head at once (512 x 262k fp32 logits = 0.5 GB for gemma)."""
 
@@ -91,8 +103,10 @@ class ScoreMatrix:
                 raise QwenscopeError(f"{what} {dup!r} appears twice in a score matrix; give each one a unique name")
         if not np.isfinite(self.scores).all():
             m, i = np.argwhere(~np.isfinite(self.scores))[0]
-            raise QwenscopeError(f"score of model {self.models[m]!r} on item {self.item_ids[i]!r} is "
-                                 f"{self.scores[m, i]}; every score must be a finite number")  # fmt: skip
+            raise QwenscopeError(
+                f"score of model {self.models[m]!r} on item {self.item_ids[i]!r} is "
+                f"{self.scores[m, i]}; every score must be a finite number"
+            )
 
     def select(self, item_ids: Sequence[str]) -> ScoreMatrix:
         """The columns of ``item_ids`` (a benchmark subset), in that order."""
@@ -100,8 +114,10 @@ class ScoreMatrix:
         absent = [str(i) for i in item_ids if str(i) not in where]
         if absent:
             examples = ", ".join(repr(i) for i in absent[:2])
-            raise QwenscopeError(f"{len(absent)} of the {len(item_ids)} items have no scores (e.g. {examples}); "
-                                 "score the whole benchmark first")  # fmt: skip
+            raise QwenscopeError(
+                f"{len(absent)} of the {len(item_ids)} items have no scores (e.g. {examples}); "
+                "score the whole benchmark first"
+            )
         cols = [where[str(i)] for i in item_ids]
         return ScoreMatrix(self.models, [self.item_ids[j] for j in cols], self.scores[:, cols])
 
@@ -113,8 +129,10 @@ class ScoreMatrix:
         ids = matrices[0].item_ids
         for m in matrices[1:]:
             if m.item_ids != ids:
-                raise QwenscopeError(f"score matrices cover different items ({len(ids)} vs {len(m.item_ids)}, or "
-                                     "another order); score the same benchmark")  # fmt: skip
+                raise QwenscopeError(
+                    f"score matrices cover different items ({len(ids)} vs {len(m.item_ids)}, or "
+                    "another order); score the same benchmark"
+                )
         return cls([n for m in matrices for n in m.models], list(ids), np.concatenate([m.scores for m in matrices]))
 
     def to_csv(self, path: str | Path) -> Path:
@@ -138,8 +156,10 @@ def _check_ids(item_ids: list[str], found: list[str], source: str) -> None:
         parts.append(f"{len(missing)} items have no score (e.g. {', '.join(repr(i) for i in missing[:2])})")
     if unknown:
         parts.append(f"{len(unknown)} ids are not in the benchmark (e.g. {', '.join(repr(i) for i in unknown[:2])})")
-    raise QwenscopeError(f"{source} does not match the benchmark's {len(expected)} items: {'; '.join(parts)}; "
-                         "score the same benchmark (all of its items, ids as the benchmark names them)")  # fmt: skip
+    raise QwenscopeError(
+        f"{source} does not match the benchmark's {len(expected)} items: {'; '.join(parts)}; "
+        "score the same benchmark (all of its items, ids as the benchmark names them)"
+    )
 
 
 def _as_float(value: Any, where: str) -> float:
@@ -179,8 +199,10 @@ def _read_csv(path: Path, item_ids: list[str]) -> ScoreMatrix:
         id_col = "id" if "id" in columns else columns[0]
         models = [c for c in columns if c != id_col]
         if not models:
-            raise QwenscopeError(f"score file {path} has no score columns; write 'id' and one column per model, or "
-                                 f"the long form with columns {', '.join(LONG_COLUMNS)}")  # fmt: skip
+            raise QwenscopeError(
+                f"score file {path} has no score columns; write 'id' and one column per model, or "
+                f"the long form with columns {', '.join(LONG_COLUMNS)}"
+            )
         ids = frame[id_col].tolist()
         if len(set(ids)) != len(ids):
             dup = next(i for i in ids if ids.count(i) > 1)
@@ -204,8 +226,10 @@ def _pick_metric(record: dict[str, Any], metric: str | None, path: Path) -> str:
     if listed:
         return str(listed[0])
     if not numeric:
-        raise QwenscopeError(f"{path}: no numeric metric in its records (fields: {', '.join(record)}); is it an "
-                             "lm-eval --log_samples file?")  # fmt: skip
+        raise QwenscopeError(
+            f"{path}: no numeric metric in its records (fields: {', '.join(record)}); is it an "
+            "lm-eval --log_samples file?"
+        )
     return numeric[0]
 
 
@@ -218,8 +242,9 @@ def _read_lm_eval(path: Path, item_ids: list[str], metric: str | None, filter_na
         lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         records = [json.loads(line) for line in lines]
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise QwenscopeError(f"could not read {path} as JSONL ({type(error).__name__}); pass an lm-eval "
-                             "--log_samples file") from None  # fmt: skip
+        raise QwenscopeError(
+            f"could not read {path} as JSONL ({type(error).__name__}); pass an lm-eval --log_samples file"
+        ) from None
     if not records or not all(isinstance(r, dict) and "doc_id" in r for r in records):
         raise QwenscopeError(f"{path} is not an lm-eval --log_samples file: its records need a 'doc_id' field")
     filters = list(dict.fromkeys(r.get("filter") for r in records))
@@ -280,8 +305,9 @@ def _text_answer(item: Any, index: int) -> tuple[str, str]:
         text, answer = item
         name = f"#{index}"
     else:
-        raise QwenscopeError(f"item #{index} is a {type(item).__name__}; pass items with text and answer, or "
-                             "(text, answer) pairs")  # fmt: skip
+        raise QwenscopeError(
+            f"item #{index} is a {type(item).__name__}; pass items with text and answer, or (text, answer) pairs"
+        )
     if not isinstance(answer, str) or not answer.strip():
         raise QwenscopeError(f"item {name} has no reference answer; answer_loglik scores items with an answer")
     if not isinstance(text, str) or not text:
@@ -335,8 +361,9 @@ def _replace_with_sae(sae: Sae, keep: Tensor):
 
 
 @torch.no_grad()
-def _batch_loglik(model: nn.Module, rows: list[tuple[list[int], int]], pad_id: int, sae: Sae | None, hook: Any,
-                  skip_first: bool) -> Tensor:  # fmt: skip
+def _batch_loglik(
+    model: nn.Module, rows: list[tuple[list[int], int]], pad_id: int, sae: Sae | None, hook: Any, skip_first: bool
+) -> Tensor:
     """Mean answer log-likelihood of each row (float64, on the CPU)."""
     head, trunk = _head_and_trunk(model)
     device = next(model.parameters()).device

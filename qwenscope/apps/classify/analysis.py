@@ -71,36 +71,57 @@ def fit_chosen(train: Part, ks: Sequence[int] = KS, choose: str = "top1-diff") -
     return rule, list(ks)[int(np.argmax(f1s))]
 
 
-def _row(method: str, y: np.ndarray, pred: np.ndarray, score: np.ndarray | None, n_boot: int, seed: int,
-         **extra: Any) -> dict[str, Any]:  # fmt: skip
+def _row(
+    method: str, y: np.ndarray, pred: np.ndarray, score: np.ndarray | None, n_boot: int, seed: int, **extra: Any
+) -> dict[str, Any]:
     return {"method": method, **extra, **classification_scores(y, pred, score, n_boot=n_boot, seed=seed)}
 
 
-def rule_rows(rule: FeatureRule, chosen: int, test: Part, ks: Sequence[int] = KS, n_boot: int = 1000, seed: int = 0
-              ) -> list[dict[str, Any]]:  # fmt: skip
+def rule_rows(
+    rule: FeatureRule, chosen: int, test: Part, ks: Sequence[int] = KS, n_boot: int = 1000, seed: int = 0
+) -> list[dict[str, Any]]:
     """One row per K: the rule's first K features on ``test``."""
     fires = test.fires()
     rows = []
     for k in ks:
         sub = rule.top(k)
         score = sub.score(fires)
-        rows.append(_row(RULE, test.labels, (score > 0).astype(np.int64), score.astype(float), n_boot, seed, k=k,
-                         hookpoint=",".join(sub.hookpoints), chosen=k == chosen))  # fmt: skip
+        rows.append(
+            _row(
+                RULE,
+                test.labels,
+                (score > 0).astype(np.int64),
+                score.astype(float),
+                n_boot,
+                seed,
+                k=k,
+                hookpoint=",".join(sub.hookpoints),
+                chosen=k == chosen,
+            )
+        )
     return rows
 
 
-def baseline_rows(train: Part, test: Part, hook: str, names: Sequence[str] = tuple(BASELINES), seed: int = 0,
-                  n_boot: int = 1000) -> list[dict[str, Any]]:  # fmt: skip
+def baseline_rows(
+    train: Part, test: Part, hook: str, names: Sequence[str] = tuple(BASELINES), seed: int = 0, n_boot: int = 1000
+) -> list[dict[str, Any]]:
     """One row per baseline, fit on ``train`` and scored on ``test`` at ``hook``."""
     fitted = fit_baselines(list(names), train.inputs(hook), train.labels, seed=seed)
     x = test.inputs(hook)
-    return [_row(name, test.labels, b.predict(x), b.score(x), n_boot, seed, hookpoint=hook)
-            for name, b in fitted.items()]  # fmt: skip
+    return [
+        _row(name, test.labels, b.predict(x), b.score(x), n_boot, seed, hookpoint=hook) for name, b in fitted.items()
+    ]
 
 
-def compare(train: Part, test: Part, ks: Sequence[int] = KS, choose: str = "top1-diff",
-            baselines: Sequence[str] = tuple(BASELINES), seed: int = 0, n_boot: int = 1000
-            ) -> dict[str, Any]:  # fmt: skip
+def compare(
+    train: Part,
+    test: Part,
+    ks: Sequence[int] = KS,
+    choose: str = "top1-diff",
+    baselines: Sequence[str] = tuple(BASELINES),
+    seed: int = 0,
+    n_boot: int = 1000,
+) -> dict[str, Any]:
     """The comparison table (the rule at every K, then every baseline) and the F1-vs-K curve."""
     if len(test.texts) == 0:
         raise QwenscopeError("the test part is empty; give test data (or a larger set to split)")
@@ -109,10 +130,15 @@ def compare(train: Part, test: Part, ks: Sequence[int] = KS, choose: str = "top1
     hook = rule.features[0].hookpoint
     rows += baseline_rows(train, test, hook, baselines, seed, n_boot)
     curve = [r for r in rows if r["method"] == RULE]
-    return {"comparison": rows, "rule": rule.as_dict(), "k_chosen": chosen, "hookpoint": hook,
-            "k_curve": {"k": [r["k"] for r in curve], "f1": [r["f1"] for r in curve],
-                        "f1_ci": [r["f1_ci"] for r in curve]},
-            "n_train": len(train.texts), "n_test": len(test.texts)}  # fmt: skip
+    return {
+        "comparison": rows,
+        "rule": rule.as_dict(),
+        "k_chosen": chosen,
+        "hookpoint": hook,
+        "k_curve": {"k": [r["k"] for r in curve], "f1": [r["f1"] for r in curve], "f1_ci": [r["f1_ci"] for r in curve]},
+        "n_train": len(train.texts),
+        "n_test": len(test.texts),
+    }
 
 
 def stratified(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -128,9 +154,15 @@ def stratified(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(keep))
 
 
-def efficiency(train: Part, test: Part, fractions: Sequence[float] = FRACTIONS, seeds: Sequence[int] = (0, 1, 2, 3, 4),
-               ks: Sequence[int] = KS, choose: str = "top1-diff", baselines: Sequence[str] = tuple(BASELINES)
-               ) -> dict[str, Any]:  # fmt: skip
+def efficiency(
+    train: Part,
+    test: Part,
+    fractions: Sequence[float] = FRACTIONS,
+    seeds: Sequence[int] = (0, 1, 2, 3, 4),
+    ks: Sequence[int] = KS,
+    choose: str = "top1-diff",
+    baselines: Sequence[str] = tuple(BASELINES),
+) -> dict[str, Any]:
     """Test F1 of every method fit on a stratified share of the discovery data: the median over ``seeds`` (one draw
     at 100%), with the lowest and highest. The rule keeps the hookpoint and K it picks on each share."""
     per: dict[str, list[list[float]]] = {}
@@ -145,15 +177,26 @@ def efficiency(train: Part, test: Part, fractions: Sequence[float] = FRACTIONS, 
                 runs.setdefault(name, []).append(_f1(test.labels, b.predict(test.inputs(hook))))
         for name, values in runs.items():
             per.setdefault(name, []).append(values)
-    return {"fractions": list(fractions), "n_train": [len(stratified(train.labels, f, 0)) for f in fractions],
-            "methods": {n: [float(np.median(v)) for v in vs] for n, vs in per.items()},
-            "low": {n: [float(np.min(v)) for v in vs] for n, vs in per.items()},
-            "high": {n: [float(np.max(v)) for v in vs] for n, vs in per.items()}}  # fmt: skip
+    return {
+        "fractions": list(fractions),
+        "n_train": [len(stratified(train.labels, f, 0)) for f in fractions],
+        "methods": {n: [float(np.median(v)) for v in vs] for n, vs in per.items()},
+        "low": {n: [float(np.min(v)) for v in vs] for n, vs in per.items()},
+        "high": {n: [float(np.max(v)) for v in vs] for n, vs in per.items()},
+    }
 
 
-def transfer(train: Part, test: Part, train_name: str, test_name: str, ks: Sequence[int] = KS,
-             choose: str = "top1-diff", baselines: Sequence[str] = tuple(BASELINES), seed: int = 0,
-             n_boot: int = 1000) -> list[dict[str, Any]]:  # fmt: skip
+def transfer(
+    train: Part,
+    test: Part,
+    train_name: str,
+    test_name: str,
+    ks: Sequence[int] = KS,
+    choose: str = "top1-diff",
+    baselines: Sequence[str] = tuple(BASELINES),
+    seed: int = 0,
+    n_boot: int = 1000,
+) -> list[dict[str, Any]]:
     """Rows for methods fit on ``train`` (one language) and tested on ``test`` (another): the rule at its chosen K
     and every baseline."""
     result = compare(train, test, ks, choose, baselines, seed, n_boot)

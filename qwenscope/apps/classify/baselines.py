@@ -57,8 +57,9 @@ class Inputs:
             self.acts = np.asarray(self.acts, dtype=np.float32)
         for name, value in (("sae", self.sae), ("acts", self.acts)):
             if value is not None and (value.ndim != 2 or value.shape[0] != n):
-                raise QwenscopeError(f"Inputs.{name} has shape {value.shape} but there are {n} texts: give one row "
-                                     "per text")  # fmt: skip
+                raise QwenscopeError(
+                    f"Inputs.{name} has shape {value.shape} but there are {n} texts: give one row per text"
+                )
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -67,8 +68,11 @@ class Inputs:
         """The examples at ``rows`` (indices or a boolean mask), in that order."""
         idx = np.asarray(rows)
         idx = np.flatnonzero(idx) if idx.dtype == bool else idx.astype(np.int64)
-        return Inputs([self.texts[i] for i in idx], None if self.sae is None else self.sae[idx],
-                      None if self.acts is None else self.acts[idx])  # fmt: skip
+        return Inputs(
+            [self.texts[i] for i in idx],
+            None if self.sae is None else self.sae[idx],
+            None if self.acts is None else self.acts[idx],
+        )
 
 
 class Baseline(Protocol):
@@ -91,8 +95,9 @@ def _labels(y: Any, n: int, name: str) -> np.ndarray:
         raise QwenscopeError(f"{name}: labels must be 0/1 or true/false")
     arr = arr.astype(np.int64)
     if arr.min() == arr.max():
-        raise QwenscopeError(f"{name}: the training labels are all {arr[0]}: give both toxic (1) and clean (0) "
-                             "examples")  # fmt: skip
+        raise QwenscopeError(
+            f"{name}: the training labels are all {arr[0]}: give both toxic (1) and clean (0) examples"
+        )
     return arr
 
 
@@ -102,14 +107,18 @@ def _fit_logreg(X: Any, y: np.ndarray, seed: int, Cs: Sequence[float], folds: in
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
-    model = LogisticRegression(C=1.0, class_weight="balanced", solver="liblinear", max_iter=max_iter,
-                               random_state=seed)  # fmt: skip
+    model = LogisticRegression(C=1.0, class_weight="balanced", solver="liblinear", max_iter=max_iter, random_state=seed)
     k = min(folds, int(np.bincount(y).min()))
     if k < 2 or len(Cs) < 2:
         logger.info("%s: %d examples of the rarer class, too few to cross-validate C: C = 1", name, k)
         return model.fit(X, y)
-    search = GridSearchCV(model, {"C": list(Cs)}, scoring="f1", cv=StratifiedKFold(k, shuffle=True, random_state=seed),
-                          error_score="raise")  # fmt: skip
+    search = GridSearchCV(
+        model,
+        {"C": list(Cs)},
+        scoring="f1",
+        cv=StratifiedKFold(k, shuffle=True, random_state=seed),
+        error_score="raise",
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedMetricWarning)  # a fold where nothing is predicted toxic: F1 = 0
         search.fit(X, y)
@@ -144,8 +153,9 @@ class _Probe:
         X = self._input(x)
         labels = _labels(y, len(x), self.name)
         self.transform_ = self._transform()
-        self.model_ = _fit_logreg(self.transform_.fit_transform(X), labels, self.seed, self.Cs, self.folds,
-                                  self.max_iter, self.name)  # fmt: skip
+        self.model_ = _fit_logreg(
+            self.transform_.fit_transform(X), labels, self.seed, self.Cs, self.folds, self.max_iter, self.name
+        )
         return self
 
     def score(self, x: Inputs) -> np.ndarray:
@@ -161,8 +171,10 @@ class _Probe:
 def _width(name: str, what: str, X: Any, fitted: Any) -> None:
     want = getattr(fitted, "n_features_in_", None)
     if want is not None and X.shape[1] != want:
-        raise QwenscopeError(f"{name} was fit on {want} {what} but got {X.shape[1]}: use the same model, SAE and "
-                             "hookpoint for training and test")  # fmt: skip
+        raise QwenscopeError(
+            f"{name} was fit on {want} {what} but got {X.shape[1]}: use the same model, SAE and "
+            "hookpoint for training and test"
+        )
 
 
 @dataclass
@@ -174,8 +186,10 @@ class SaeProbe(_Probe):
 
     def _input(self, x: Inputs) -> Any:
         if x.sae is None:
-            raise QwenscopeError("sae-probe needs the pooled SAE features (Inputs.sae), which are missing: encode the "
-                                 "texts with the SAE or drop sae-probe")  # fmt: skip
+            raise QwenscopeError(
+                "sae-probe needs the pooled SAE features (Inputs.sae), which are missing: encode the "
+                "texts with the SAE or drop sae-probe"
+            )
         _width(self.name, "SAE features", x.sae, self.transform_)
         return x.sae
 
@@ -193,8 +207,10 @@ class ActProbe(_Probe):
 
     def _input(self, x: Inputs) -> Any:
         if x.acts is None:
-            raise QwenscopeError("act-probe needs the pooled activations (Inputs.acts), which are missing: capture "
-                                 "the hookpoint or drop act-probe")  # fmt: skip
+            raise QwenscopeError(
+                "act-probe needs the pooled activations (Inputs.acts), which are missing: capture "
+                "the hookpoint or drop act-probe"
+            )
         _width(self.name, "activation dimensions", x.acts, self.transform_)
         return x.acts
 
@@ -227,8 +243,14 @@ class TfidfProbe(_Probe):
     def _transform(self) -> Any:
         from sklearn.feature_extraction.text import TfidfVectorizer
 
-        return TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, lowercase=True,
-                               max_features=self.max_features, dtype=np.float32)  # fmt: skip
+        return TfidfVectorizer(
+            analyzer="char_wb",
+            ngram_range=(2, 5),
+            sublinear_tf=True,
+            lowercase=True,
+            max_features=self.max_features,
+            dtype=np.float32,
+        )
 
 
 @dataclass
@@ -244,12 +266,16 @@ class DiffMeans:
 
     def _input(self, x: Inputs) -> np.ndarray:
         if x.acts is None:
-            raise QwenscopeError("diff-means needs the pooled activations (Inputs.acts), which are missing: capture "
-                                 "the hookpoint or drop diff-means")  # fmt: skip
+            raise QwenscopeError(
+                "diff-means needs the pooled activations (Inputs.acts), which are missing: capture "
+                "the hookpoint or drop diff-means"
+            )
         if self.direction_ is not None and x.acts.shape[1] != len(self.direction_):
-            raise QwenscopeError(f"diff-means was fit on {len(self.direction_)} activation dimensions but got "
-                                 f"{x.acts.shape[1]}: use the same model and hookpoint for training and "
-                                 "test")  # fmt: skip
+            raise QwenscopeError(
+                f"diff-means was fit on {len(self.direction_)} activation dimensions but got "
+                f"{x.acts.shape[1]}: use the same model and hookpoint for training and "
+                "test"
+            )
         return x.acts.astype(np.float64)
 
     def fit(self, x: Inputs, y: np.ndarray) -> DiffMeans:

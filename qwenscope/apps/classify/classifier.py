@@ -54,9 +54,17 @@ class Classifier:
 
     # ---------------------------------------------------------------- files
     def as_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": VERSION, "model": self.model, "model_fingerprint": self.model_fingerprint,
-                "sae": self.sae, "saes": self.saes, "max_tokens": self.max_tokens, "rule": self.rule.as_dict(),
-                "meta": self.meta}  # fmt: skip
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "model": self.model,
+            "model_fingerprint": self.model_fingerprint,
+            "sae": self.sae,
+            "saes": self.saes,
+            "max_tokens": self.max_tokens,
+            "rule": self.rule.as_dict(),
+            "meta": self.meta,
+        }
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -72,18 +80,28 @@ class Classifier:
         try:
             d = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise QwenscopeError(f"{path} is not a classifier file ({e}); fit one with `qwenscope classify fit`"
-                                 ) from None  # fmt: skip
+            raise QwenscopeError(
+                f"{path} is not a classifier file ({e}); fit one with `qwenscope classify fit`"
+            ) from None
         if not isinstance(d, dict) or d.get("format") != FORMAT:
-            raise QwenscopeError(f"{path} is not a qwenscope classifier (no \"format\": \"{FORMAT}\"); fit one with "
-                                 "`qwenscope classify fit`")  # fmt: skip
+            raise QwenscopeError(
+                f'{path} is not a qwenscope classifier (no "format": "{FORMAT}"); fit one with `qwenscope classify fit`'
+            )
         if d.get("version") != VERSION:
-            raise QwenscopeError(f"{path} has classifier format version {d.get('version')}; this qwenscope reads "
-                                 f"version {VERSION}: refit it")  # fmt: skip
+            raise QwenscopeError(
+                f"{path} has classifier format version {d.get('version')}; this qwenscope reads "
+                f"version {VERSION}: refit it"
+            )
         try:
-            return cls(d["model"], d["sae"], dict(d["saes"]), FeatureRule.from_dict(d["rule"]),
-                       d.get("model_fingerprint", ""), int(d.get("max_tokens", MAX_TOKENS)),
-                       dict(d.get("meta", {})))  # fmt: skip
+            return cls(
+                d["model"],
+                d["sae"],
+                dict(d["saes"]),
+                FeatureRule.from_dict(d["rule"]),
+                d.get("model_fingerprint", ""),
+                int(d.get("max_tokens", MAX_TOKENS)),
+                dict(d.get("meta", {})),
+            )
         except (KeyError, TypeError, ValueError) as e:
             raise QwenscopeError(f"{path} is a damaged classifier file (bad or missing {e}); refit it") from None
 
@@ -98,25 +116,45 @@ class Classifier:
     def check_parts(self, model: Any, saes: dict[str, Sae]) -> None:
         """One clear line when ``model`` or ``saes`` are not those the classifier was fit with."""
         if self.model_fingerprint and model_fingerprint(model) != self.model_fingerprint:
-            raise QwenscopeError(f"this classifier was fit with the model {self.model}, not the one given; load "
-                                 f"{self.model} (or refit the classifier on this model)")  # fmt: skip
+            raise QwenscopeError(
+                f"this classifier was fit with the model {self.model}, not the one given; load "
+                f"{self.model} (or refit the classifier on this model)"
+            )
         for hook in self.rule.hookpoints:
             if hook not in saes:
                 raise QwenscopeError(f"the classifier reads {hook}; pass the SAE for it")
             if sae_fingerprint(saes[hook]) != self.saes.get(hook):
-                raise QwenscopeError(f"the SAE given at {hook} is not the one this classifier was fit with "
-                                     f"({self.sae}); pass --sae {self.sae} or refit the classifier")  # fmt: skip
+                raise QwenscopeError(
+                    f"the SAE given at {hook} is not the one this classifier was fit with "
+                    f"({self.sae}); pass --sae {self.sae} or refit the classifier"
+                )
 
     # ---------------------------------------------------------------- predictions
-    def pool(self, model: Any, tokenizer: Any, saes: dict[str, Sae], texts: Sequence[str], progress: bool = False,
-             cache: bool = True) -> dict[str, Pooled]:  # fmt: skip
+    def pool(
+        self,
+        model: Any,
+        tokenizer: Any,
+        saes: dict[str, Sae],
+        texts: Sequence[str],
+        progress: bool = False,
+        cache: bool = True,
+    ) -> dict[str, Pooled]:
         hooks = self.rule.hookpoints
-        pooled = pool_texts(model, tokenizer, texts, [saes[h] for h in hooks], hooks, max_tokens=self.max_tokens,
-                            progress=progress, cache=cache)  # fmt: skip
+        pooled = pool_texts(
+            model,
+            tokenizer,
+            texts,
+            [saes[h] for h in hooks],
+            hooks,
+            max_tokens=self.max_tokens,
+            progress=progress,
+            cache=cache,
+        )
         return dict(zip(hooks, pooled))
 
-    def predict(self, model: Any, tokenizer: Any, saes: dict[str, Sae], texts: Sequence[str], progress: bool = False
-                ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    def predict(
+        self, model: Any, tokenizer: Any, saes: dict[str, Sae], texts: Sequence[str], progress: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(predictions 0/1, scores = how many kept features fire) for ``texts``."""
         self.check_parts(model, saes)
         fires = {h: p.fires for h, p in self.pool(model, tokenizer, saes, texts, progress).items()}
@@ -124,17 +162,42 @@ class Classifier:
         return (scores > 0).astype(np.int64), scores
 
 
-def fit(model: Any, tokenizer: Any, model_id: str, sae_id: str, saes: dict[str, Sae], texts: Sequence[str],
-        labels: np.ndarray, *, k: int = 5, choose: str = "top1-diff", max_tokens: int = MAX_TOKENS,
-        meta: dict[str, Any] | None = None, progress: bool = True) -> tuple[Classifier, dict[str, Pooled]]:  # fmt: skip
+def fit(
+    model: Any,
+    tokenizer: Any,
+    model_id: str,
+    sae_id: str,
+    saes: dict[str, Sae],
+    texts: Sequence[str],
+    labels: np.ndarray,
+    *,
+    k: int = 5,
+    choose: str = "top1-diff",
+    max_tokens: int = MAX_TOKENS,
+    meta: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> tuple[Classifier, dict[str, Pooled]]:
     """Fit the rule on discovery ``texts``/``labels`` with the SAEs at their hookpoints (``saes``: hookpoint -> SAE).
     Returns the classifier and the pooled features of the discovery texts."""
     y = check_labels(labels, len(texts))
     hooks = list(saes)
-    pooled = dict(zip(hooks, pool_texts(model, tokenizer, texts, [saes[h] for h in hooks], hooks,
-                                        max_tokens=max_tokens, progress=progress)))  # fmt: skip
+    pooled = dict(
+        zip(
+            hooks,
+            pool_texts(
+                model, tokenizer, texts, [saes[h] for h in hooks], hooks, max_tokens=max_tokens, progress=progress
+            ),
+        )
+    )
     rule = fit_rule({h: p.fires for h, p in pooled.items()}, y, k=k, choose=choose)
     info = {"n_pos": int(y.sum()), "n_neg": int((1 - y).sum()), "k": k, "choose": choose, **(meta or {})}
-    clf = Classifier(model_id, sae_id, {h: sae_fingerprint(saes[h]) for h in rule.hookpoints}, rule,
-                     model_fingerprint(model), max_tokens, info)  # fmt: skip
+    clf = Classifier(
+        model_id,
+        sae_id,
+        {h: sae_fingerprint(saes[h]) for h in rule.hookpoints},
+        rule,
+        model_fingerprint(model),
+        max_tokens,
+        info,
+    )
     return clf, pooled

@@ -81,15 +81,18 @@ class ClassifyConfig:
 
     def __post_init__(self) -> None:
         if self.action in ("predict", "eval") and not self.classifier:
-            raise QwenscopeError(f"classify {self.action} needs the classifier file: qwenscope classify {self.action} "
-                                 "CLF.json ...")  # fmt: skip
+            raise QwenscopeError(
+                f"classify {self.action} needs the classifier file: qwenscope classify {self.action} CLF.json ..."
+            )
         if self.action in ("fit", "eval", "compare") and not self.data:
-            raise QwenscopeError(f"classify {self.action} needs --data (a JSONL/CSV file with text and label columns, "
-                                 "hf:NAME or fortunes-off:es)")  # fmt: skip
+            raise QwenscopeError(
+                f"classify {self.action} needs --data (a JSONL/CSV file with text and label columns, "
+                "hf:NAME or fortunes-off:es)"
+            )
         if self.action == "fit" and not self.out:
             raise QwenscopeError("classify fit needs --out CLF.json (where to save the classifier)")
         if self.action == "predict" and not (self.text or self.data):
-            raise QwenscopeError("classify predict needs --text \"...\" or --data FILE")
+            raise QwenscopeError('classify predict needs --text "..." or --data FILE')
         if not 1 <= self.k <= 100:
             raise QwenscopeError(f"--k is how many features the rule keeps, 1-10 as in the report; got {self.k}")
 
@@ -136,8 +139,19 @@ def run_fit(cfg: ClassifyConfig) -> dict[str, Any]:
     data = load_data(cfg, cfg.data, "discovery")
     check_binary(data, cfg.data)  # before the model loads
     model, tokenizer, sae_id, saes = load_parts(cfg)
-    clf, _ = fit(model, tokenizer, cfg.model or DEFAULT_MODEL, sae_id, saes, data.texts, data.labels, k=cfg.k,
-                 choose=cfg.choose, max_tokens=cfg.max_tokens, meta={"data": cfg.data, "part": cfg.part})  # fmt: skip
+    clf, _ = fit(
+        model,
+        tokenizer,
+        cfg.model or DEFAULT_MODEL,
+        sae_id,
+        saes,
+        data.texts,
+        data.labels,
+        k=cfg.k,
+        choose=cfg.choose,
+        max_tokens=cfg.max_tokens,
+        meta={"data": cfg.data, "part": cfg.part},
+    )
     clf.save(cfg.out)
     return clf.as_dict()
 
@@ -190,8 +204,7 @@ def run_compare(cfg: ClassifyConfig) -> dict[str, Any]:
     n = len(train.texts)
     whole = Part(texts, np.concatenate([train.labels, test.labels]), dict(zip(hooks, pooled)))
     result = compare(whole.rows(range(n)), whole.rows(range(n, len(texts))), choose=cfg.choose, seed=cfg.seed)
-    result["meta"] = {"model": cfg.model or DEFAULT_MODEL, "sae": sae_id, "data": cfg.data,
-                      "test": cfg.test or "split"}
+    result["meta"] = {"model": cfg.model or DEFAULT_MODEL, "sae": sae_id, "data": cfg.data, "test": cfg.test or "split"}
     if cfg.html:
         from qwenscope.apps.classify.report import write_report
 
@@ -220,8 +233,10 @@ def run_classify(cfg: ClassifyConfig) -> None:
             return
         print(f"wrote {cfg.out}: {len(out['rule']['features'])} features")
         for f in out["rule"]["features"]:
-            print(f"  {f['hookpoint']}#{f['id']}: Δ {f['delta']:+.3f} (fires on {f['p_pos']:.1%} of toxic, "
-                  f"{f['p_neg']:.1%} of clean)")  # fmt: skip
+            print(
+                f"  {f['hookpoint']}#{f['id']}: Δ {f['delta']:+.3f} (fires on {f['p_pos']:.1%} of toxic, "
+                f"{f['p_neg']:.1%} of clean)"
+            )
     elif cfg.action == "predict":
         records = run_predict(cfg)
         print(json.dumps(records)) if cfg.json else print_records(records)

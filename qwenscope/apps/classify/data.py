@@ -109,8 +109,9 @@ def check_binary(data: LabelledSet, what: str, *, fix: str | None = None) -> Non
     for label, other in ((1, 0), (0, 1)):
         if counts[other] == 0:
             hint = fix or f"add examples labelled {other}, or check --label-column and --positive"
-            raise QwenscopeError(f"{what} holds only label {label} ({counts[label]} examples); a classifier needs "
-                                 f"both classes: {hint}")  # fmt: skip
+            raise QwenscopeError(
+                f"{what} holds only label {label} ({counts[label]} examples); a classifier needs both classes: {hint}"
+            )
 
 
 # ---------------------------------------------------------------- loading
@@ -131,31 +132,37 @@ def load_labelled(
     else:
         path = Path(spec).expanduser()
         if not path.is_file():
-            raise QwenscopeError(f"no labelled data at {spec!r}: not a file, hf:NAME[@SPLIT] or fortunes-off:es/it; "
-                                 "check the path")  # fmt: skip
+            raise QwenscopeError(
+                f"no labelled data at {spec!r}: not a file, hf:NAME[@SPLIT] or fortunes-off:es/it; check the path"
+            )
         records, source, name = _file_records(path), str(path), path.name.split(".")[0]
     wanted = frozenset(p.strip().lower() for p in positive)
     examples = _examples(records, source, text_column, label_column, wanted)
     return LabelledSet(name, examples, source)
 
 
-def _examples(records: Iterable[dict[str, Any]], source: str, text_column: str, label_column: str,
-              positive: frozenset[str]) -> list[Example]:  # fmt: skip
+def _examples(
+    records: Iterable[dict[str, Any]], source: str, text_column: str, label_column: str, positive: frozenset[str]
+) -> list[Example]:
     examples, empty, rows = [], 0, 0
     for row, record in enumerate(records):
         rows += 1
         for column in (text_column, label_column):
             if column not in record:
                 where = source if row == 0 else f"{source} row {row}"
-                raise QwenscopeError(f"{where} has no column {column!r} (its columns: {', '.join(map(str, record))}); "
-                                     "name the right ones with --text-column/--label-column")  # fmt: skip
+                raise QwenscopeError(
+                    f"{where} has no column {column!r} (its columns: {', '.join(map(str, record))}); "
+                    "name the right ones with --text-column/--label-column"
+                )
         text = record[text_column]
         if text is None or (isinstance(text, str) and not text.strip()):
             empty += 1
             continue
         if not isinstance(text, str):
-            raise QwenscopeError(f"{source} row {row}: the text column {text_column!r} holds a "
-                                 f"{type(text).__name__}, not a string; name the text with --text-column")  # fmt: skip
+            raise QwenscopeError(
+                f"{source} row {row}: the text column {text_column!r} holds a "
+                f"{type(text).__name__}, not a string; name the text with --text-column"
+            )
         label = parse_label(record[label_column], positive, f"{source} row {row}")
         examples.append(Example(text, label, {"source": source, "row": row}))
     if rows == 0:
@@ -181,8 +188,10 @@ def parse_label(value: Any, positive: frozenset[str] = frozenset(), where: str =
         return 1
     if key in NEGATIVE_LABELS:
         return 0
-    raise QwenscopeError(f"{where}: the label {value!r} is not one of 1/0, true/false, yes/no, toxic/clean; fix the "
-                         "value, or pass --positive VALUE (every other value then counts as 0)")  # fmt: skip
+    raise QwenscopeError(
+        f"{where}: the label {value!r} is not one of 1/0, true/false, yes/no, toxic/clean; fix the "
+        "value, or pass --positive VALUE (every other value then counts as 0)"
+    )
 
 
 def _file_records(path: Path) -> Iterator[dict[str, Any]]:
@@ -235,16 +244,17 @@ def _hf_records(spec: str) -> tuple[Iterator[dict[str, Any]], str, str]:
             loaded = datasets.load_dataset(name, config or None, split=split_name or None, streaming=True)
     except Exception as e:  # datasets raises many types (DatasetNotFoundError, ValueError for a bad split, ...)
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise QwenscopeError(f"cannot load the dataset {target!r} ({reason}); check the name, config and split, or "
-                             "pass a local file") from None  # fmt: skip
+        raise QwenscopeError(
+            f"cannot load the dataset {target!r} ({reason}); check the name, config and split, or pass a local file"
+        ) from None
     if isinstance(loaded, (datasets.DatasetDict, datasets.IterableDatasetDict)):
         if split_name and split_name not in loaded:
-            raise QwenscopeError(f"the dataset {target!r} has no split {split_name!r}; its splits: "
-                                 f"{', '.join(loaded)}")  # fmt: skip
+            raise QwenscopeError(f"the dataset {target!r} has no split {split_name!r}; its splits: {', '.join(loaded)}")
         pick = split_name or ("train" if "train" in loaded else next(iter(loaded)) if len(loaded) == 1 else None)
         if pick is None:
-            raise QwenscopeError(f"the dataset {target!r} has the splits {', '.join(loaded)}; pick one: "
-                                 f"hf:{target}@SPLIT")  # fmt: skip
+            raise QwenscopeError(
+                f"the dataset {target!r} has the splits {', '.join(loaded)}; pick one: hf:{target}@SPLIT"
+            )
         loaded, split_name = loaded[pick], pick
     short = target.rstrip("/").split("/")[-1].split(":")[0] + (f"@{split_name}" if split_name else "")
     return (dict(row) for row in loaded), f"hf:{target}" + (f"@{split_name}" if split_name else ""), short
@@ -257,8 +267,10 @@ def fortunes_offensive(lang: str, *, seed: int = 0) -> LabelledSet:
 
     lang = lang.strip()
     if lang not in FORTUNE_LANGUAGES:
-        raise QwenscopeError(f"no offensive fortunes in {lang!r}; Debian has them in {', '.join(FORTUNE_LANGUAGES)} "
-                             "(fortunes-off:es, fortunes-off:it)")  # fmt: skip
+        raise QwenscopeError(
+            f"no offensive fortunes in {lang!r}; Debian has them in {', '.join(FORTUNE_LANGUAGES)} "
+            "(fortunes-off:es, fortunes-off:it)"
+        )
     root = fortunes_dir()
     source = f"fortunes-off:{lang}"
 
@@ -278,10 +290,17 @@ def fortunes_offensive(lang: str, *, seed: int = 0) -> LabelledSet:
     kept = [[e for k, e in found.items() if k not in both] for found in (offensive, ordinary)]
     size = min(map(len, kept))
     rng = random.Random(seed)
-    balanced = [side if len(side) == size else [side[i] for i in sorted(rng.sample(range(len(side)), size))]
-                for side in kept]  # fmt: skip
-    logger.info("%s: %d offensive and %d ordinary unique entries, %d in both dropped; %d of each kept", source,
-                len(offensive), len(ordinary), len(both), size)  # fmt: skip
+    balanced = [
+        side if len(side) == size else [side[i] for i in sorted(rng.sample(range(len(side)), size))] for side in kept
+    ]
+    logger.info(
+        "%s: %d offensive and %d ordinary unique entries, %d in both dropped; %d of each kept",
+        source,
+        len(offensive),
+        len(ordinary),
+        len(both),
+        size,
+    )
     data = LabelledSet(source, balanced[0] + balanced[1], f"{root}/off/{lang} vs {root}/{lang}")
     check_binary(data, source, fix=f"reinstall them with: apt-get install fortunes-{lang} fortunes-{lang}-off")
     return data
@@ -310,8 +329,11 @@ def split(
         sides[side].append(replace(example, meta={**example.meta, "split": side}))
     parts = tuple(LabelledSet(f"{data.name}/{side}", sides[side], data.source) for side in SPLIT_NAMES)
     for part, side in zip(parts, SPLIT_NAMES):
-        check_binary(part, f"the {side} split of {data.name}",
-                     fix=f"pass more data of each label or another test fraction (now {test_fraction})")  # fmt: skip
+        check_binary(
+            part,
+            f"the {side} split of {data.name}",
+            fix=f"pass more data of each label or another test fraction (now {test_fraction})",
+        )
     return parts[0], parts[1]
 
 

@@ -24,8 +24,9 @@ from qwenscope.atomic import atomic_write
 from qwenscope.features.text import token_text
 
 
-def _token_hits(model: Any, clf: Classifier, saes: dict[str, Sae], ids: list[int], special: set[int]
-                ) -> list[list[dict[str, Any]]]:  # fmt: skip
+def _token_hits(
+    model: Any, clf: Classifier, saes: dict[str, Sae], ids: list[int], special: set[int]
+) -> list[list[dict[str, Any]]]:
     """Per token, the kept features active there as {hookpoint, id, act}."""
     hooks = clf.rule.hookpoints
     device = next(model.parameters()).device
@@ -40,13 +41,15 @@ def _token_hits(model: Any, clf: Classifier, saes: dict[str, Sae], ids: list[int
             z = saes[hook].encode(acts[hook][0].to(saes[hook].device))[:, kept].float().cpu()  # (tokens, kept)
         for pos, row in enumerate(z):
             if counted[pos]:
-                hits[pos] += [{"hookpoint": hook, "id": int(f), "act": round(float(v), 4)}
-                              for f, v in zip(kept, row) if v > 0]  # fmt: skip
+                hits[pos] += [
+                    {"hookpoint": hook, "id": int(f), "act": round(float(v), 4)} for f, v in zip(kept, row) if v > 0
+                ]
     return hits
 
 
-def explain(clf: Classifier, model: Any, tokenizer: Any, saes: dict[str, Sae], texts: Sequence[str]
-            ) -> list[dict[str, Any]]:  # fmt: skip
+def explain(
+    clf: Classifier, model: Any, tokenizer: Any, saes: dict[str, Sae], texts: Sequence[str]
+) -> list[dict[str, Any]]:
     """One record per text: the prediction, the score and, per token, the kept features that fired there."""
     clf.check_parts(model, saes)
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
@@ -77,23 +80,34 @@ def _text_html(record: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def render_html(records: Sequence[dict[str, Any]], features: Sequence[dict[str, Any]] = (), title: str = "Why toxic"
-                ) -> str:  # fmt: skip
+def render_html(
+    records: Sequence[dict[str, Any]], features: Sequence[dict[str, Any]] = (), title: str = "Why toxic"
+) -> str:
     """A self-contained page: each text with the tokens where a kept feature fired highlighted (hover for which)."""
-    rows = "".join(f"<tr><td>{html.escape(str(f['hookpoint']))}#{f['id']}</td><td>{f['delta']:+.3f}</td>"
-                   f"<td>{f['p_pos']:.3f}</td><td>{f['p_neg']:.3f}</td>"
-                   f"<td>{html.escape(str(f.get('label', '')))}</td></tr>"
-                   for f in features)  # fmt: skip
-    table = ("<h2>Kept features</h2><table><tr><th>feature</th><th>Δ</th><th>P(fires|toxic)</th>"
-             f"<th>P(fires|clean)</th><th>label</th></tr>{rows}</table>") if rows else ""  # fmt: skip
+    rows = "".join(
+        f"<tr><td>{html.escape(str(f['hookpoint']))}#{f['id']}</td><td>{f['delta']:+.3f}</td>"
+        f"<td>{f['p_pos']:.3f}</td><td>{f['p_neg']:.3f}</td>"
+        f"<td>{html.escape(str(f.get('label', '')))}</td></tr>"
+        for f in features
+    )
+    table = (
+        (
+            "<h2>Kept features</h2><table><tr><th>feature</th><th>Δ</th><th>P(fires|toxic)</th>"
+            f"<th>P(fires|clean)</th><th>label</th></tr>{rows}</table>"
+        )
+        if rows
+        else ""
+    )
     body = "".join(
         f'<h3>text {i + 1}: <span class="{"pos" if r["prediction"] else "neg"}">'
-        f'{"toxic" if r["prediction"] else "clean"}</span> ({r["score"]} feature(s) fired)</h3>'
+        f"{'toxic' if r['prediction'] else 'clean'}</span> ({r['score']} feature(s) fired)</h3>"
         f'<div class="t">{_text_html(r)}</div>'
         for i, r in enumerate(records)
     )
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>{table}{body}</body></html>")  # fmt: skip
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>{table}{body}</body></html>"
+    )
 
 
 def write_html(records: Sequence[dict[str, Any]], path: str | Path, features: Sequence[dict[str, Any]] = ()) -> Path:

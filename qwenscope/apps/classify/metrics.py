@@ -75,8 +75,9 @@ def _interval(values: np.ndarray, level: float) -> list[float] | None:
     return [float(lo), float(hi)]
 
 
-def classification_scores(y_true: Any, y_pred: Any, score: Any = None, *, n_boot: int = 1000, seed: int = 0,
-                          level: float = 0.95) -> dict[str, Any]:  # fmt: skip
+def classification_scores(
+    y_true: Any, y_pred: Any, score: Any = None, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict[str, Any]:
     """Precision, recall, F1 (positive class 1) and AUROC of ``score`` (higher = positive; None without it), each
     with a percentile-bootstrap interval at ``level`` over the test examples.
 
@@ -109,12 +110,23 @@ def classification_scores(y_true: Any, y_pred: Any, score: Any = None, *, n_boot
         parts.append(np.stack([*stats, auc]))
     b_prec, b_rec, b_f1, b_auc = np.concatenate(parts, axis=1)
     out: dict[str, Any] = {
-        "precision": float(precision[0]), "recall": float(recall[0]), "f1": float(f1[0]),
-        "precision_ci": _interval(b_prec, level), "recall_ci": _interval(b_rec, level),
-        "f1_ci": _interval(b_f1, level), "auroc": None, "auroc_ci": None,
-        "n": len(y), "n_pos": int(y.sum()), "tp": int(tp[0]), "fp": int(fp[0]), "fn": int(fn[0]), "tn": int(tn[0]),
-        "n_boot": n_boot, "level": level,
-    }  # fmt: skip
+        "precision": float(precision[0]),
+        "recall": float(recall[0]),
+        "f1": float(f1[0]),
+        "precision_ci": _interval(b_prec, level),
+        "recall_ci": _interval(b_rec, level),
+        "f1_ci": _interval(b_f1, level),
+        "auroc": None,
+        "auroc_ci": None,
+        "n": len(y),
+        "n_pos": int(y.sum()),
+        "tp": int(tp[0]),
+        "fp": int(fp[0]),
+        "fn": int(fn[0]),
+        "tn": int(tn[0]),
+        "n_boot": n_boot,
+        "level": level,
+    }
     if auroc_of is not None:
         out["auroc"] = float(_auroc(np.ones((1, len(y)), np.int32), y, auroc_of)[0])
         out["auroc_ci"] = _interval(b_auc, level)

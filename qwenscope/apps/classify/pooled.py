@@ -100,9 +100,16 @@ def _pool_batch(sae: Sae, acts: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
     return out.reshape(acts.shape[0], sae.d_sae), mean
 
 
-def compute_pooled(model: nn.Module, saes: Sequence[Sae], hookpoints: Sequence[str], ids: Sequence[Sequence[int]],
-                   special_ids: Sequence[int] = (), batch_size: int = 16, max_batch_tokens: int = 4096,
-                   progress: bool = False) -> list[Pooled]:  # fmt: skip
+def compute_pooled(
+    model: nn.Module,
+    saes: Sequence[Sae],
+    hookpoints: Sequence[str],
+    ids: Sequence[Sequence[int]],
+    special_ids: Sequence[int] = (),
+    batch_size: int = 16,
+    max_batch_tokens: int = 4096,
+    progress: bool = False,
+) -> list[Pooled]:
     """The pooled features of token-id lists under each (SAE, hookpoint), from one early-stopped forward per batch."""
     hooks = resolve_hookpoints(model, list(dict.fromkeys(hookpoints)))
     device = next(model.parameters()).device
@@ -155,14 +162,30 @@ def _save_cached(key: str, pooled: Pooled) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     m = pooled.max_acts
     buffer = io.BytesIO()
-    np.savez(buffer, data=m.data, indices=m.indices, indptr=m.indptr, shape=np.array(m.shape),
-             mean_acts=pooled.mean_acts, n_tokens=pooled.n_tokens)  # fmt: skip
+    np.savez(
+        buffer,
+        data=m.data,
+        indices=m.indices,
+        indptr=m.indptr,
+        shape=np.array(m.shape),
+        mean_acts=pooled.mean_acts,
+        n_tokens=pooled.n_tokens,
+    )
     atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
 
 
-def pool_texts(model: nn.Module, tokenizer, texts: Sequence[str], saes: Sequence[Sae],
-               hookpoints: Sequence[str | None] | None = None, *, max_tokens: int = MAX_TOKENS,
-               batch_size: int = 16, cache: bool = True, progress: bool = True) -> list[Pooled]:  # fmt: skip
+def pool_texts(
+    model: nn.Module,
+    tokenizer,
+    texts: Sequence[str],
+    saes: Sequence[Sae],
+    hookpoints: Sequence[str | None] | None = None,
+    *,
+    max_tokens: int = MAX_TOKENS,
+    batch_size: int = 16,
+    cache: bool = True,
+    progress: bool = True,
+) -> list[Pooled]:
     """The pooled features of ``texts`` under each SAE (one ``Pooled`` each, in order): cached results where they
     exist, one early-stopped pass for the rest. ``hookpoints``: where each SAE reads (default: its own record)."""
     if not saes:
@@ -179,10 +202,18 @@ def pool_texts(model: nn.Module, tokenizer, texts: Sequence[str], saes: Sequence
     out = [_load_cached(k, h, len(ids)) if cache else None for k, h in zip(keys, hooks)]
     todo = [i for i, p in enumerate(out) if p is None]
     if todo:
-        logger.info("reading %d texts (%d tokens) at %s", len(ids), sum(map(len, ids)),
-                    ", ".join(hooks[i] for i in todo))
-        computed = compute_pooled(model, [saes[i] for i in todo], [hooks[i] for i in todo], ids, special,
-                                  batch_size=batch_size, progress=progress)  # fmt: skip
+        logger.info(
+            "reading %d texts (%d tokens) at %s", len(ids), sum(map(len, ids)), ", ".join(hooks[i] for i in todo)
+        )
+        computed = compute_pooled(
+            model,
+            [saes[i] for i in todo],
+            [hooks[i] for i in todo],
+            ids,
+            special,
+            batch_size=batch_size,
+            progress=progress,
+        )
         for i, pooled in zip(todo, computed):
             out[i] = pooled
             if cache:

@@ -42,8 +42,10 @@ _METRICS = ("precision", "recall", "f1", "auroc")
 def _rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     rows = results.get("comparison")
     if not isinstance(rows, list) or not rows:
-        raise QwenscopeError("results hold no comparison rows: give results['comparison'] as a list of "
-                             "{method, precision, recall, f1, ...}")  # fmt: skip
+        raise QwenscopeError(
+            "results hold no comparison rows: give results['comparison'] as a list of "
+            "{method, precision, recall, f1, ...}"
+        )
     for row in rows:
         if not isinstance(row, dict) or "method" not in row or "f1" not in row:
             raise QwenscopeError(f"a comparison row needs at least 'method' and 'f1', got {row!r:.80}")
@@ -138,17 +140,26 @@ def _efficiency_plot(eff: dict[str, Any]) -> str:
 
 def _cells(cells: list[Any], bold: bool = False) -> str:
     tag = ("<b>", "</b>") if bold else ("", "")
-    return "<tr>" + "".join(f"<td{'' if j == 0 else ' class=num'}>{tag[0]}{v}{tag[1]}</td>"
-                            for j, v in enumerate(cells)) + "</tr>"  # fmt: skip
+    return (
+        "<tr>"
+        + "".join(f"<td{'' if j == 0 else ' class=num'}>{tag[0]}{v}{tag[1]}</td>" for j, v in enumerate(cells))
+        + "</tr>"
+    )
 
 
 def _comparison_table(rows: list[dict[str, Any]]) -> str:
     best = max((r["f1"] for r in rows if r.get("f1") is not None), default=None)
-    head = ("<tr><th>method</th><th>K / features</th><th>precision</th><th>recall</th><th>F1</th><th>AUROC</th>"
-            "<th>n</th></tr>")  # fmt: skip
-    body = "".join(_cells([escape(r["method"]), escape(_used(r)), *(_with_ci(r, m) for m in _METRICS),
-                           num(r.get("n"), "{}")], bold=r.get("f1") is not None and r["f1"] == best)
-                   for r in rows)  # fmt: skip
+    head = (
+        "<tr><th>method</th><th>K / features</th><th>precision</th><th>recall</th><th>F1</th><th>AUROC</th>"
+        "<th>n</th></tr>"
+    )
+    body = "".join(
+        _cells(
+            [escape(r["method"]), escape(_used(r)), *(_with_ci(r, m) for m in _METRICS), num(r.get("n"), "{}")],
+            bold=r.get("f1") is not None and r["f1"] == best,
+        )
+        for r in rows
+    )
     return f"<table>{head}{body}</table>"
 
 
@@ -180,9 +191,11 @@ def write_report(results: dict[str, Any], path: str | Path) -> Path:
     parts = [f"<h1>{escape(title)}</h1>"]
     if meta := results.get("meta"):
         parts.append("<p class=meta>" + " · ".join(f"{escape(k)}: {escape(v)}" for k, v in meta.items()) + "</p>")
-    parts += ["<h2>Comparison on the test split</h2>", _comparison_table(rows),
-              "<p class=meta>Intervals: percentile bootstrap over the test examples. Bold: the highest "
-              "F1.</p>"]  # fmt: skip
+    parts += [
+        "<h2>Comparison on the test split</h2>",
+        _comparison_table(rows),
+        "<p class=meta>Intervals: percentile bootstrap over the test examples. Bold: the highest F1.</p>",
+    ]
     if curve := results.get("k_curve"):
         parts += ["<h2>F1 as K grows</h2>", _k_plot(curve, _best_baseline(results, curve))]
     if eff := results.get("efficiency"):
@@ -191,10 +204,15 @@ def write_report(results: dict[str, Any], path: str | Path) -> Path:
         missing = [r for r in transfer if not {"train", "test", "method", "f1"} <= set(r)]
         if missing:
             raise QwenscopeError(f"a transfer row needs train, test, method and f1, got {missing[0]!r:.80}")
-        parts += ["<h2>Cross-lingual transfer</h2><p class=meta>F1 on the test language of methods fit on the "
-                  "train language.</p>", _transfer_table(transfer)]  # fmt: skip
-    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
-            f"<style>{STYLE}</style></head>\n<body>\n{''.join(parts)}\n</body></html>\n")  # fmt: skip
+        parts += [
+            "<h2>Cross-lingual transfer</h2><p class=meta>F1 on the test language of methods fit on the "
+            "train language.</p>",
+            _transfer_table(transfer),
+        ]
+    page = (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
+        f"<style>{STYLE}</style></head>\n<body>\n{''.join(parts)}\n</body></html>\n"
+    )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))

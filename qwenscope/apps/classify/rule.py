@@ -61,8 +61,10 @@ class FeatureRule:
             ids = [f.id for f in self.features if f.hookpoint == hook]
             matrix = fires[hook]
             if max(ids) >= matrix.shape[1]:
-                raise QwenscopeError(f"the rule keeps feature {max(ids)} at {hook} but the SAE there has "
-                                     f"{matrix.shape[1]} features: is this the SAE it was fit with?")  # fmt: skip
+                raise QwenscopeError(
+                    f"the rule keeps feature {max(ids)} at {hook} but the SAE there has "
+                    f"{matrix.shape[1]} features: is this the SAE it was fit with?"
+                )
             counts = np.asarray((sp.csr_matrix(matrix, dtype=bool)[:, ids] != 0).sum(axis=1)).ravel()
             total = counts if total is None else total + counts
         assert total is not None
@@ -94,8 +96,10 @@ def check_labels(labels: np.ndarray, n: int) -> np.ndarray:
     if not np.isin(y, (0, 1)).all():
         raise QwenscopeError("labels must be 0 or 1")
     if y.min() == y.max():
-        raise QwenscopeError(f"the discovery data holds only label {int(y[0])} ({n} examples); the rule needs "
-                             "both toxic and clean examples")  # fmt: skip
+        raise QwenscopeError(
+            f"the discovery data holds only label {int(y[0])} ({n} examples); the rule needs "
+            "both toxic and clean examples"
+        )
     return y.astype(np.int64)
 
 
@@ -122,8 +126,9 @@ def check_k(k: int) -> int:
     return k
 
 
-def fit_rule(fires: Mapping[str, sp.csr_matrix], labels: np.ndarray, k: int = 5, choose: Choose | str = "top1-diff"
-             ) -> FeatureRule:  # fmt: skip
+def fit_rule(
+    fires: Mapping[str, sp.csr_matrix], labels: np.ndarray, k: int = 5, choose: Choose | str = "top1-diff"
+) -> FeatureRule:
     """The rule of the top ``k`` features by Δ (see the module doc). ``choose``: top1-diff, combine, or a hookpoint."""
     check_k(k)
     if not fires:

@@ -158,13 +158,23 @@ def grpo_args(cfg: GrpoCommand, **overrides: Any):
 
     cuda = torch.cuda.is_available()
     kwargs: dict[str, Any] = {
-        "output_dir": cfg.out, "num_generations": cfg.group,
+        "output_dir": cfg.out,
+        "num_generations": cfg.group,
         "per_device_train_batch_size": cfg.group * cfg.prompts_per_step,
-        "max_completion_length": cfg.max_new_tokens, "max_steps": cfg.steps, "learning_rate": cfg.learning_rate,
-        "beta": cfg.beta, "temperature": cfg.temperature, "save_steps": cfg.save_steps, "save_total_limit": 2,
-        "seed": cfg.seed, "logging_steps": 1, "report_to": "none", "bf16": cuda, "use_cpu": not cuda,
+        "max_completion_length": cfg.max_new_tokens,
+        "max_steps": cfg.steps,
+        "learning_rate": cfg.learning_rate,
+        "beta": cfg.beta,
+        "temperature": cfg.temperature,
+        "save_steps": cfg.save_steps,
+        "save_total_limit": 2,
+        "seed": cfg.seed,
+        "logging_steps": 1,
+        "report_to": "none",
+        "bf16": cuda,
+        "use_cpu": not cuda,
         "disable_tqdm": True,
-    }  # fmt: skip
+    }
     kwargs.update(overrides)
     return GRPOConfig(**kwargs)
 
@@ -184,17 +194,30 @@ def run_grpo(cfg: GrpoCommand, **overrides: Any) -> Any:
         from qwenscope.sae.load import load_sae
 
         sae = load_sae(cfg.sae or cfg.model, hookpoint=cfg.hookpoint or None)
-        steering = GrpoSteerConfig(feature=cfg.feature, hookpoint=cfg.hookpoint or None, alpha=cfg.alpha,
-                                   steered_index=cfg.steered_index, old_logprobs=cfg.old_logprobs)  # fmt: skip
+        steering = GrpoSteerConfig(
+            feature=cfg.feature,
+            hookpoint=cfg.hookpoint or None,
+            alpha=cfg.alpha,
+            steered_index=cfg.steered_index,
+            old_logprobs=cfg.old_logprobs,
+        )
     peft_config = None
     if cfg.lora:
         from peft import LoraConfig
 
-        peft_config = LoraConfig(r=cfg.lora_rank, lora_alpha=2 * cfg.lora_rank, target_modules="all-linear",
-                                 task_type="CAUSAL_LM")  # fmt: skip
-    trainer = SteeredGRPOTrainer(model, reward_funcs=[reward], args=grpo_args(cfg, **overrides),
-                                 train_dataset=_dataset(rows, tokenizer), processing_class=tokenizer,
-                                 peft_config=peft_config, sae=sae, steering=steering)  # fmt: skip
+        peft_config = LoraConfig(
+            r=cfg.lora_rank, lora_alpha=2 * cfg.lora_rank, target_modules="all-linear", task_type="CAUSAL_LM"
+        )
+    trainer = SteeredGRPOTrainer(
+        model,
+        reward_funcs=[reward],
+        args=grpo_args(cfg, **overrides),
+        train_dataset=_dataset(rows, tokenizer),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        sae=sae,
+        steering=steering,
+    )
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "grpo.json").write_text(json.dumps({"command": asdict(cfg), "unit": trainer.unit}, indent=2) + "\n")

@@ -106,15 +106,21 @@ class SasftCommand:
             raise QwenscopeError(f"--feature-ids wants comma-separated ids such as 812,4051, got {self.feature_ids!r}")
         n = len(self.hookpoints)
         if n > 1 and self.ids:
-            raise QwenscopeError("--feature-ids picks the features of one hookpoint; with several, use --top or "
-                                 "--features (one file per hookpoint)")  # fmt: skip
+            raise QwenscopeError(
+                "--feature-ids picks the features of one hookpoint; with several, use --top or "
+                "--features (one file per hookpoint)"
+            )
         saes, files = _split(self.sae), self.feature_files
         if len(saes) > 1 and len(saes) != n:
-            raise QwenscopeError(f"--sae names {len(saes)} SAEs for {n} hookpoint(s); give one per --hookpoint, in "
-                                 "the same order, or one source holding them all")  # fmt: skip
+            raise QwenscopeError(
+                f"--sae names {len(saes)} SAEs for {n} hookpoint(s); give one per --hookpoint, in "
+                "the same order, or one source holding them all"
+            )
         if files and len(files) != n:
-            raise QwenscopeError(f"--features names {len(files)} file(s) for {n} hookpoint(s); give one per "
-                                 "--hookpoint, in the same order")  # fmt: skip
+            raise QwenscopeError(
+                f"--features names {len(files)} file(s) for {n} hookpoint(s); give one per "
+                "--hookpoint, in the same order"
+            )
 
     @property
     def ids(self) -> list[int]:
@@ -206,16 +212,21 @@ def language_features_for(cfg: SasftCommand, model, tokenizer, saes: list, rows:
         sets = [LanguageFeatures.load(f) for f in cfg.feature_files]
         for feats in sets:
             if feats.lang != cfg.unwanted:
-                raise QwenscopeError(f"--features holds the features of {feats.lang!r}, not of --unwanted "
-                                     f"{cfg.unwanted!r}")  # fmt: skip
+                raise QwenscopeError(
+                    f"--features holds the features of {feats.lang!r}, not of --unwanted {cfg.unwanted!r}"
+                )
     else:
         texts = corpus_texts(cfg, rows)
         if cfg.unwanted not in texts:
-            raise QwenscopeError(f"no {cfg.unwanted!r} texts to find its features in: the data has no "
-                                 f"{cfg.unwanted!r} sample; pass --corpus {cfg.unwanted}=SOURCE,... "
-                                 "or --features FILE")  # fmt: skip
-        sets = [language_features(model, tokenizer, sae, texts, cfg.unwanted, hookpoint=hookpoint or None)
-                for sae, hookpoint in zip(saes, cfg.hookpoints)]  # fmt: skip
+            raise QwenscopeError(
+                f"no {cfg.unwanted!r} texts to find its features in: the data has no "
+                f"{cfg.unwanted!r} sample; pass --corpus {cfg.unwanted}=SOURCE,... "
+                "or --features FILE"
+            )
+        sets = [
+            language_features(model, tokenizer, sae, texts, cfg.unwanted, hookpoint=hookpoint or None)
+            for sae, hookpoint in zip(saes, cfg.hookpoints)
+        ]
     return [feats.with_ids(cfg.ids) if cfg.ids else feats.top(cfg.top) for feats in sets]
 
 
@@ -234,8 +245,10 @@ def build_trainer(cfg: SasftCommand) -> Any:
     rows = read_rows(cfg.data)
     cuda = torch.cuda.is_available()
     model, tokenizer = load_model(cfg.model, device="cuda" if cuda else "cpu", dtype=torch.float32)
-    saes = [load_sae(source, hookpoint=hookpoint or None, device="cuda" if cuda else "cpu")
-            for source, hookpoint in zip(cfg.sae_sources, cfg.hookpoints)]  # fmt: skip
+    saes = [
+        load_sae(source, hookpoint=hookpoint or None, device="cuda" if cuda else "cpu")
+        for source, hookpoint in zip(cfg.sae_sources, cfg.hookpoints)
+    ]
     data = Dataset.from_list(rows)
     sets = language_features_for(cfg, model, tokenizer, saes, rows)
     sasft = SasftConfig(sets, lam=cfg.lam, lang_column=cfg.lang_column, positions=cfg.positions)
@@ -244,19 +257,31 @@ def build_trainer(cfg: SasftCommand) -> Any:
     out.mkdir(parents=True, exist_ok=True)
     for feats in sets:
         feats.save(out / ("language_features.json" if len(sets) == 1 else f"language_features.{feats.hookpoint}.json"))
-    args = SFTConfig(output_dir=str(out), max_steps=cfg.steps, per_device_train_batch_size=cfg.batch_size,
-                     gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr, max_length=cfg.max_length,
-                     save_steps=cfg.save_steps, logging_steps=max(1, min(10, cfg.steps // 10)), seed=cfg.seed,
-                     report_to=[], use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
-                     remove_unused_columns=False)  # fmt: skip
+    args = SFTConfig(
+        output_dir=str(out),
+        max_steps=cfg.steps,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr,
+        max_length=cfg.max_length,
+        save_steps=cfg.save_steps,
+        logging_steps=max(1, min(10, cfg.steps // 10)),
+        seed=cfg.seed,
+        report_to=[],
+        use_cpu=not cuda,
+        bf16=cuda and torch.cuda.is_bf16_supported(),
+        remove_unused_columns=False,
+    )
     peft_config = None
     if cfg.lora:
         from peft import LoraConfig
 
-        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, target_modules="all-linear",
-                                 task_type="CAUSAL_LM")  # fmt: skip
-    return SasftTrainer(model, args, sae=saes, sasft=sasft, train_dataset=data, processing_class=tokenizer,
-                        peft_config=peft_config)  # fmt: skip
+        peft_config = LoraConfig(
+            r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, target_modules="all-linear", task_type="CAUSAL_LM"
+        )
+    return SasftTrainer(
+        model, args, sae=saes, sasft=sasft, train_dataset=data, processing_class=tokenizer, peft_config=peft_config
+    )
 
 
 def run_sasft(cfg: SasftCommand) -> None:
@@ -270,8 +295,12 @@ def run_sasft(cfg: SasftCommand) -> None:
     result = trainer.train(resume_from_checkpoint=last)
     trainer.save_model(str(out / "final"))
     sets = [{"lang": f.lang, "hookpoint": f.hookpoint, "ids": f.ids} for f in trainer.sasft.feature_sets]
-    summary = {"config": asdict(cfg), "features": sets,
-               "resumed_from": last, "train": result.metrics,
-               "log": [e for e in trainer.state.log_history if "loss" in e]}  # fmt: skip
+    summary = {
+        "config": asdict(cfg),
+        "features": sets,
+        "resumed_from": last,
+        "train": result.metrics,
+        "log": [e for e in trainer.state.log_history if "loss" in e],
+    }
     (out / "sasft.json").write_text(json.dumps(summary, indent=1))
     print(f"trained {trainer.state.global_step} steps; model in {out / 'final'}, summary in {out / 'sasft.json'}")

@@ -75,8 +75,9 @@ def identify(texts: Sequence[str], languages: Sequence[str]) -> list[str]:
     """langid's language of each text, chosen among ``languages`` only (ISO 639-1 codes such as en, es, it)."""
     unknown = sorted(set(languages) - set(_full_classes()))
     if unknown:
-        raise QwenscopeError(f"langid does not know the language code {unknown[0]!r}; use ISO 639-1 codes such as "
-                             "en, es, it, de, fr")  # fmt: skip
+        raise QwenscopeError(
+            f"langid does not know the language code {unknown[0]!r}; use ISO 639-1 codes such as en, es, it, de, fr"
+        )
     ident = _identifier()
     ident.set_languages(sorted(set(languages)))
     try:
@@ -98,8 +99,14 @@ def sentences(text: str, min_letters: int = MIN_LETTERS) -> list[str]:
     return [p for p in pieces if sum(c.isalpha() for c in p) >= min_letters]
 
 
-def code_switching(responses: Sequence[str], expected: str | Sequence[str], unwanted: str, *,
-                   languages: Sequence[str] = (), min_letters: int = MIN_LETTERS) -> CodeSwitch:  # fmt: skip
+def code_switching(
+    responses: Sequence[str],
+    expected: str | Sequence[str],
+    unwanted: str,
+    *,
+    languages: Sequence[str] = (),
+    min_letters: int = MIN_LETTERS,
+) -> CodeSwitch:
     """Code-switching of ``responses`` whose language should be ``expected`` (one code, or one per response)."""
     if not responses:
         raise QwenscopeError("no responses to measure; generate some first")
@@ -189,5 +196,10 @@ def word_switching(responses: Sequence[str], unwanted_words: Iterable[str]) -> W
         with_word += bool(hits)
         counts.update(hits)
     top = sorted(counts, key=lambda w: (-counts[w], w))[:10]
-    return WordSwitch(n_responses=n_responses, n_words=n_words, word_unwanted=_share(counts.total(), n_words),
-                      response_with_word=_share(with_word, n_responses), top_words=top)  # fmt: skip
+    return WordSwitch(
+        n_responses=n_responses,
+        n_words=n_words,
+        word_unwanted=_share(counts.total(), n_words),
+        response_with_word=_share(with_word, n_responses),
+        top_words=top,
+    )

@@ -138,11 +138,13 @@ def _base_model(model: nn.Module) -> nn.Module:
 class SteeredGRPOTrainer(GRPOTrainer):
     """``GRPOTrainer`` whose training rollouts have one steered negative per group; all other arguments are TRL's."""
 
-    def __init__(self, *args: Any, sae: Sae | None = None, steering: GrpoSteerConfig | None = None,
-                 **kwargs: Any) -> None:  # fmt: skip
+    def __init__(
+        self, *args: Any, sae: Sae | None = None, steering: GrpoSteerConfig | None = None, **kwargs: Any
+    ) -> None:
         if trl.__version__ != TRL_VERSION:
-            logger.warning("SteeredGRPOTrainer was written against trl %s; this is trl %s", TRL_VERSION,
-                           trl.__version__)  # fmt: skip
+            logger.warning(
+                "SteeredGRPOTrainer was written against trl %s; this is trl %s", TRL_VERSION, trl.__version__
+            )
         if steering is not None and steering.enabled and sae is None:
             raise QwenscopeError("steered negatives need the SAE of the repetition feature: pass sae=")
         super().__init__(*args, **kwargs)
@@ -166,9 +168,14 @@ class SteeredGRPOTrainer(GRPOTrainer):
             from qwenscope.steer.strength import steering_unit
 
             unit = steering_unit(model, self.processing_class, hookpoint)
-        spec = SteerSpec(sae, {steering.feature: steering.alpha}, hookpoint=hookpoint,
-                         positions=None if steering.positions == "all" else "generated",
-                         relative=steering.relative, unit=unit)  # fmt: skip
+        spec = SteerSpec(
+            sae,
+            {steering.feature: steering.alpha},
+            hookpoint=hookpoint,
+            positions=None if steering.positions == "all" else "generated",
+            relative=steering.relative,
+            unit=unit,
+        )
         return spec, unit
 
     def _training(self) -> bool:
@@ -227,8 +234,9 @@ class SteeredGRPOTrainer(GRPOTrainer):
         index = torch.tensor(rows, device=ids.device)
         model = _base_model(self.accelerator.unwrap_model(self.model))
         with steer_rows(model, [spec] * len(rows)):  # the batch is the steered rows only, in one forward
-            steered, _, _ = self._get_per_token_logps_and_entropies(self.model, ids[index], mask[index],
-                                                                    completion.size(1), len(rows))  # fmt: skip
+            steered, _, _ = self._get_per_token_logps_and_entropies(
+                self.model, ids[index], mask[index], completion.size(1), len(rows)
+            )
         gap = (steered - old[index])[output["completion_mask"][index].bool()]
         old[index] = steered
         return old, gap

@@ -62,8 +62,10 @@ class LanguageFeatures:
         check_feature_ids(self.ids, self.d_sae)
         for lang, a in self.alpha.items():
             if a.shape != self.nu.shape:
-                raise QwenscopeError(f"alpha[{lang!r}] has shape {tuple(a.shape)} but nu has {tuple(self.nu.shape)}; "
-                                     "both hold one value per feature of the same SAE")  # fmt: skip
+                raise QwenscopeError(
+                    f"alpha[{lang!r}] has shape {tuple(a.shape)} but nu has {tuple(self.nu.shape)}; "
+                    "both hold one value per feature of the same SAE"
+                )
 
     @property
     def d_sae(self) -> int:
@@ -86,8 +88,10 @@ class LanguageFeatures:
     def thresholds(self, lang: str) -> Tensor:
         """float32 (len(ids),): ``alpha[lang]`` of the chosen features."""
         if lang not in self.alpha:
-            raise QwenscopeError(f"no alpha for language {lang!r}: the features were measured on "
-                                 f"{', '.join(self.alpha)}; add {lang!r} texts to the corpus")  # fmt: skip
+            raise QwenscopeError(
+                f"no alpha for language {lang!r}: the features were measured on "
+                f"{', '.join(self.alpha)}; add {lang!r} texts to the corpus"
+            )
         return self.alpha[lang][self.ids]
 
     # ---------------------------------------------------------------- io
@@ -119,7 +123,7 @@ class LanguageFeatures:
             with safe_open(str(path), "pt") as f:
                 data = json.loads((f.metadata() or {})["meta"])
                 nu = f.get_tensor("nu")
-                alpha = {k[len("alpha."):]: f.get_tensor(k) for k in f.keys() if k.startswith("alpha.")}  # noqa: SIM118
+                alpha = {k[len("alpha.") :]: f.get_tensor(k) for k in f.keys() if k.startswith("alpha.")}  # noqa: SIM118
         return cls(data["hookpoint"], data["lang"], list(data["ids"]), nu, alpha, dict(data.get("n_tokens", {})))
 
 
@@ -141,16 +145,20 @@ def check_sae_at(sae: Sae, model: nn.Module, hookpoint: str | None) -> Hook:
     """``check_sae_fits``, and an error (not a warning) when the SAE records another hookpoint than ``hookpoint``."""
     hook = check_sae_fits(sae, model, hookpoint)
     if sae.cfg.hookpoint and hook.name != sae.cfg.hookpoint:
-        raise QwenscopeError(f"the SAE was trained at {sae.cfg.hookpoint}, not at {hook.name}: it belongs to another "
-                             f"layer; load the SAE of {hook.name} or pass hookpoint={sae.cfg.hookpoint!r}")  # fmt: skip
+        raise QwenscopeError(
+            f"the SAE was trained at {sae.cfg.hookpoint}, not at {hook.name}: it belongs to another "
+            f"layer; load the SAE of {hook.name} or pass hookpoint={sae.cfg.hookpoint!r}"
+        )
     return hook
 
 
 def check_corpus(texts: Mapping[str, Sequence[str]], lang: str) -> None:
     """One clear error for fewer than two languages, a language without text, or ``lang`` missing."""
     if len(texts) < 2:
-        raise QwenscopeError(f"monolinguality compares languages: got {len(texts)} ({', '.join(texts) or 'none'}); "
-                             "pass texts of at least two languages")  # fmt: skip
+        raise QwenscopeError(
+            f"monolinguality compares languages: got {len(texts)} ({', '.join(texts) or 'none'}); "
+            "pass texts of at least two languages"
+        )
     empty = [k for k, v in texts.items() if not any(t.strip() for t in v)]
     if empty:
         raise QwenscopeError(f"no text for language {empty[0]!r}; give every language some texts")
@@ -158,8 +166,16 @@ def check_corpus(texts: Mapping[str, Sequence[str]], lang: str) -> None:
         raise QwenscopeError(f"no texts for {lang!r}, the language whose features are asked; got {', '.join(texts)}")
 
 
-def language_sums(model: nn.Module, tokenizer, sae: Sae, hook: Hook, texts: Sequence[str], *,
-                  max_tokens: int = MAX_TOKENS, batch_size: int = 8) -> tuple[Tensor, Tensor, int]:  # fmt: skip
+def language_sums(
+    model: nn.Module,
+    tokenizer,
+    sae: Sae,
+    hook: Hook,
+    texts: Sequence[str],
+    *,
+    max_tokens: int = MAX_TOKENS,
+    batch_size: int = 8,
+) -> tuple[Tensor, Tensor, int]:
     """(sum of activations (d_sae,), sum of pre-activations (d_sae,), tokens) over the kept tokens of ``texts``."""
     texts = [t for t in texts if t.strip()]
     ids = [row[:max_tokens] for row in tokenizer(texts, add_special_tokens=True)["input_ids"]]
@@ -181,9 +197,18 @@ def language_sums(model: nn.Module, tokenizer, sae: Sae, hook: Hook, texts: Sequ
     return act_sum, pre_sum, count
 
 
-def language_features(model: nn.Module, tokenizer, sae: Sae, texts: Mapping[str, Sequence[str]], lang: str, *,
-                      hookpoint: str | None = None, top: int = 2, max_tokens: int = MAX_TOKENS,
-                      batch_size: int = 8) -> LanguageFeatures:  # fmt: skip
+def language_features(
+    model: nn.Module,
+    tokenizer,
+    sae: Sae,
+    texts: Mapping[str, Sequence[str]],
+    lang: str,
+    *,
+    hookpoint: str | None = None,
+    top: int = 2,
+    max_tokens: int = MAX_TOKENS,
+    batch_size: int = 8,
+) -> LanguageFeatures:
     """Monolinguality ``nu`` of every feature for ``lang``, its ``top`` features and ``alpha`` per language."""
     hook = check_sae_at(sae, model, hookpoint)
     check_corpus(texts, lang)
@@ -191,8 +216,9 @@ def language_features(model: nn.Module, tokenizer, sae: Sae, texts: Mapping[str,
     alpha: dict[str, Tensor] = {}
     n_tokens: dict[str, int] = {}
     for name, group in texts.items():
-        act_sum, pre_sum, n = language_sums(model, tokenizer, sae, hook, group, max_tokens=max_tokens,
-                                            batch_size=batch_size)  # fmt: skip
+        act_sum, pre_sum, n = language_sums(
+            model, tokenizer, sae, hook, group, max_tokens=max_tokens, batch_size=batch_size
+        )
         if n == 0:
             raise QwenscopeError(f"the texts of {name!r} have no token past the first; give longer texts")
         mean_act[name], alpha[name], n_tokens[name] = act_sum / n, (pre_sum / n).float(), n
@@ -202,8 +228,9 @@ def language_features(model: nn.Module, tokenizer, sae: Sae, texts: Mapping[str,
     return LanguageFeatures(hook.name, lang, top_ids(nu, top), nu, alpha, n_tokens)
 
 
-def texts_by_language(sources: Mapping[str, str], n: int, *, split: str = "train", seed: int = 0,
-                      min_chars: int = 20) -> dict[str, list[str]]:  # fmt: skip
+def texts_by_language(
+    sources: Mapping[str, str], n: int, *, split: str = "train", seed: int = 0, min_chars: int = 20
+) -> dict[str, list[str]]:
     """Up to ``n`` texts per language from named offline sources, e.g. ``{"en": "fortunes:en", "es": "bible:es"}``
     (any ``qwenscope.data.sources.iter_texts`` name and split; texts shorter than ``min_chars`` are skipped)."""
     from qwenscope.data.sources import iter_texts

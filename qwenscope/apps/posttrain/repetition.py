@@ -120,8 +120,10 @@ def render_prompts(tokenizer: Any, prompts: Sequence[str], chat: bool = True) ->
     if isinstance(prompts, str) or not prompts or any(not p.strip() for p in prompts):
         raise QwenscopeError("pass a list of non-empty prompts")
     if chat and getattr(tokenizer, "chat_template", None):
-        texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                               add_generation_prompt=True) for p in prompts]  # fmt: skip
+        texts = [
+            tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+            for p in prompts
+        ]
         return [list(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
     return [list(tokenizer(p)["input_ids"]) for p in prompts]
 
@@ -151,9 +153,12 @@ def generate_completions(
             mask[i, width - len(p) :] = 1
         with steer(model, [spec]) if spec is not None else nullcontext():
             seqs = model.generate(  # type: ignore[operator]
-                input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
-                max_new_tokens=max_new_tokens, pad_token_id=pad,
-            )  # fmt: skip
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=pad,
+            )
         stops = stop_ids(tokenizer)
         out += [strip_completion(row[width:].tolist(), stops) for row in seqs]
     return out
@@ -178,8 +183,9 @@ def looping_generations(
 ) -> list[Generation]:
     """The greedy generations of ``prompts`` that loop (``rule``); logs how many of them did."""
     prompt_ids = render_prompts(tokenizer, prompts, chat)
-    completions = generate_completions(model, tokenizer, prompt_ids, max_new_tokens=max_new_tokens,
-                                       batch_size=batch_size)  # fmt: skip
+    completions = generate_completions(
+        model, tokenizer, prompt_ids, max_new_tokens=max_new_tokens, batch_size=batch_size
+    )
     loops = [Generation(p, c) for p, c in zip(prompt_ids, completions) if loop_period(c, rule)]
     logger.info("%d of %d greedy generations loop", len(loops), len(prompts))
     return loops
@@ -238,8 +244,12 @@ def rank_repetition_features(
         )
     scores = (total / n_tokens).float()
     best: list[int] = scores.topk(min(top, sae.d_sae)).indices.tolist()
-    logger.info("repetition features over %d repeated tokens of %d generations: %s", n_tokens, len(generations),
-                ", ".join(f"{f} ({scores[f]:.3g})" for f in best[:5]))  # fmt: skip
+    logger.info(
+        "repetition features over %d repeated tokens of %d generations: %s",
+        n_tokens,
+        len(generations),
+        ", ".join(f"{f} ({scores[f]:.3g})" for f in best[:5]),
+    )
     return RepetitionFeatures(best, scores, n_tokens, len(generations))
 
 
@@ -277,6 +287,13 @@ def steering_check(
     kw: dict[str, Any] = {"max_new_tokens": max_new_tokens, "batch_size": batch_size}
     plain = repeat_stats(generate_completions(model, tokenizer, prompt_ids, **kw), n)
     steered = repeat_stats(generate_completions(model, tokenizer, prompt_ids, spec=spec, **kw), n)
-    logger.info("feature %d at alpha %g: repeat ratio %.3f -> %.3f, loops %.2f -> %.2f", feature, alpha,
-                plain.repeat_ratio, steered.repeat_ratio, plain.loop_share, steered.loop_share)  # fmt: skip
+    logger.info(
+        "feature %d at alpha %g: repeat ratio %.3f -> %.3f, loops %.2f -> %.2f",
+        feature,
+        alpha,
+        plain.repeat_ratio,
+        steered.repeat_ratio,
+        plain.loop_share,
+        steered.loop_share,
+    )
     return SteeringCheck(plain, steered)

@@ -91,13 +91,17 @@ class SasftConfig:
             raise QwenscopeError("features is an empty list; pass the language features of at least one hookpoint")
         langs = sorted({f.lang for f in sets})
         if len(langs) > 1:
-            raise QwenscopeError(f"the feature sets are of different languages ({', '.join(langs)}); SASFT keeps one "
-                                 "unwanted language quiet: pass features of one language")  # fmt: skip
+            raise QwenscopeError(
+                f"the feature sets are of different languages ({', '.join(langs)}); SASFT keeps one "
+                "unwanted language quiet: pass features of one language"
+            )
         hookpoints = [f.hookpoint for f in sets]
         twice = sorted({h for h in hookpoints if hookpoints.count(h) > 1})
         if twice:
-            raise QwenscopeError(f"two feature sets at {twice[0]}; merge their ids into one set per hookpoint "
-                                 "(LanguageFeatures.with_ids)")  # fmt: skip
+            raise QwenscopeError(
+                f"two feature sets at {twice[0]}; merge their ids into one set per hookpoint "
+                "(LanguageFeatures.with_ids)"
+            )
 
     @property
     def feature_sets(self) -> list[LanguageFeatures]:
@@ -162,8 +166,10 @@ class LanguageCollator:
         unknown = sorted({str(e[self.column]) for e in examples} - set(self.index))
         if unknown:
             have = ", ".join(self.index)
-            raise QwenscopeError(f"sample language {unknown[0]!r} has no alpha in the language features; measure "
-                                 f"the features on texts of {unknown[0]!r} too (have: {have})")  # fmt: skip
+            raise QwenscopeError(
+                f"sample language {unknown[0]!r} has no alpha in the language features; measure "
+                f"the features on texts of {unknown[0]!r} too (have: {have})"
+            )
         batch[LANG_KEY] = torch.tensor([self.index[str(e[self.column])] for e in examples], dtype=torch.long)
         return batch
 
@@ -172,17 +178,23 @@ def check_data(dataset: Any, cfg: SasftConfig) -> list[str]:
     """The languages of the penalised samples (sorted); one clear error if there is none or one lacks alpha."""
     columns = getattr(dataset, "column_names", None)
     if columns is None:
-        raise QwenscopeError("SASFT needs a datasets.Dataset (with column_names) to check the languages up front; "
-                             "materialise an IterableDataset with Dataset.from_list or from_generator")  # fmt: skip
+        raise QwenscopeError(
+            "SASFT needs a datasets.Dataset (with column_names) to check the languages up front; "
+            "materialise an IterableDataset with Dataset.from_list or from_generator"
+        )
     if cfg.lang_column not in columns:
-        raise QwenscopeError(f"the training data has no {cfg.lang_column!r} column (has: {', '.join(columns)}); "
-                             "add each sample's language or pass lang_column=")  # fmt: skip
+        raise QwenscopeError(
+            f"the training data has no {cfg.lang_column!r} column (has: {', '.join(columns)}); "
+            "add each sample's language or pass lang_column="
+        )
     unwanted = cfg.lang
     langs = sorted({str(v) for v in dataset[cfg.lang_column]} - {unwanted})
     if not langs:
-        raise QwenscopeError(f"no sample in a language other than {unwanted!r}: SASFT penalises {unwanted!r} features "
-                             f"on the other languages' samples; add samples whose {cfg.lang_column} is not "
-                             f"{unwanted!r}")  # fmt: skip
+        raise QwenscopeError(
+            f"no sample in a language other than {unwanted!r}: SASFT penalises {unwanted!r} features "
+            f"on the other languages' samples; add samples whose {cfg.lang_column} is not "
+            f"{unwanted!r}"
+        )
     for feats in cfg.feature_sets:
         for lang in langs:
             feats.thresholds(lang)  # raises when alpha lacks it
@@ -201,22 +213,34 @@ class SasftTrainer(SFTTrainer):
     SAE at ``sasft.features.hookpoint``; with several feature sets, one SAE per set in the same order) and ``sasft``
     (SasftConfig); the rest is SFTTrainer's."""
 
-    def __init__(self, model: Any, args: Any = None, *, sae: Sae | Sequence[Sae], sasft: SasftConfig,
-                 train_dataset: Any = None, **kwargs: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: Any,
+        args: Any = None,
+        *,
+        sae: Sae | Sequence[Sae],
+        sasft: SasftConfig,
+        train_dataset: Any = None,
+        **kwargs: Any,
+    ) -> None:
         langs = check_data(train_dataset, sasft)
         if args is not None and (getattr(args, "packing", False) or getattr(args, "padding_free", False)):
             raise QwenscopeError("SASFT needs each sample's rows apart: set packing=False and padding_free=False")
         sets = sasft.feature_sets
         saes = [sae] if isinstance(sae, Sae) else list(sae)
         if len(saes) != len(sets):
-            raise QwenscopeError(f"{len(sets)} feature set(s) ({', '.join(f.hookpoint for f in sets)}) but "
-                                 f"{len(saes)} SAE(s); pass one SAE per feature set, in the same order")  # fmt: skip
+            raise QwenscopeError(
+                f"{len(sets)} feature set(s) ({', '.join(f.hookpoint for f in sets)}) but "
+                f"{len(saes)} SAE(s); pass one SAE per feature set, in the same order"
+            )
         for feats, one in zip(sets, saes):
             check_feature_ids(feats.ids, one.d_sae)
             if feats.d_sae != one.d_sae:
-                raise QwenscopeError(f"the language features at {feats.hookpoint} were measured with an SAE of width "
-                                     f"{feats.d_sae}, this one has {one.d_sae}: pass the SAE the features come "
-                                     "from")  # fmt: skip
+                raise QwenscopeError(
+                    f"the language features at {feats.hookpoint} were measured with an SAE of width "
+                    f"{feats.d_sae}, this one has {one.d_sae}: pass the SAE the features come "
+                    "from"
+                )
             if isinstance(model, nn.Module):  # checked before SFTTrainer prepares the data (a model name: after)
                 check_sae_at(one, _base_model(model), feats.hookpoint)
         super().__init__(model, args, train_dataset=train_dataset, **kwargs)
@@ -238,11 +262,13 @@ class SasftTrainer(SFTTrainer):
         if len(sets) > 1:
             self._sasft_logs |= {f"sasft_penalty/{h.name}": [] for h in self.hooks}
         where = ", ".join(f"{h.name} ({len(f.ids)})" for h, f in zip(self.hooks, sets))
-        logger.info("SASFT: λ=%g, features of %r at %s, penalised languages %s", sasft.lam, sasft.lang, where,
-                    ", ".join(langs))  # fmt: skip
+        logger.info(
+            "SASFT: λ=%g, features of %r at %s, penalised languages %s", sasft.lam, sasft.lang, where, ", ".join(langs)
+        )
 
-    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
-                     num_items_in_batch: Any = None) -> Any:  # fmt: skip
+    def compute_loss(
+        self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
         lang = inputs.pop(LANG_KEY, None)
         if lang is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -282,8 +308,10 @@ class SasftTrainer(SFTTrainer):
         if not mask.any():
             zero = first.new_zeros(())
             return [a.sum() * 0.0 for a in acts], zero
-        excess = [feature_excess(a, sae, ids, table[lang.clamp_min(0)], mask)  # rows of L are masked out
-                  for a, sae, ids, table in zip(acts, self.saes, self.feature_ids, self.alpha_tables)]  # fmt: skip
+        excess = [
+            feature_excess(a, sae, ids, table[lang.clamp_min(0)], mask)  # rows of L are masked out
+            for a, sae, ids, table in zip(acts, self.saes, self.feature_ids, self.alpha_tables)
+        ]
         active = (torch.cat(excess, -1) > 0).any(-1).float().mean().detach()
         return [e.sum(-1).mean() for e in excess], active
 
@@ -293,4 +321,3 @@ class SasftTrainer(SFTTrainer):
                 logs[key] = sum(values) / len(values)
                 values.clear()
         super().log(logs, start_time)
-

@@ -121,16 +121,27 @@ def target_prompt(description: str, snippets: Sequence[str] = (), template: str 
     return template.format(description=description.strip(), examples=_examples(snippets))
 
 
-def rewrite_prompt(description: str, seed_text: str, snippets: Sequence[str] = (), template: str = REWRITE_TEMPLATE
-                   ) -> str:  # fmt: skip
+def rewrite_prompt(
+    description: str, seed_text: str, snippets: Sequence[str] = (), template: str = REWRITE_TEMPLATE
+) -> str:
     """The prompt of the "rewrite" method: rewrite ``seed_text`` so that it carries the target."""
     seed = " ".join(seed_text.split())
     return template.format(description=description.strip(), examples=_examples(snippets), seed=seed)
 
 
 @torch.no_grad()
-def text_snippets(model: Any, tokenizer: Any, sae: Sae, hookpoint: str | None, feature: int, texts: Sequence[str], *,
-                  n: int = 3, window: int = 8, max_tokens: int = MAX_TOKENS) -> list[str]:  # fmt: skip
+def text_snippets(
+    model: Any,
+    tokenizer: Any,
+    sae: Sae,
+    hookpoint: str | None,
+    feature: int,
+    texts: Sequence[str],
+    *,
+    n: int = 3,
+    window: int = 8,
+    max_tokens: int = MAX_TOKENS,
+) -> list[str]:
     """The tokens around the feature's max activation (``window`` each side) in the ``n`` texts where it fires most."""
     if not texts or n < 1:
         return []
@@ -193,18 +204,38 @@ class RowSampler(LogitsProcessor):
 
 
 @torch.no_grad()
-def generate_texts(model: Any, tokenizer: Any, prompts: Sequence[str], seeds: Sequence[int], gen: GenerationConfig,
-                   steering: Steering | None = None) -> list[str]:  # fmt: skip
+def generate_texts(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    gen: GenerationConfig,
+    steering: Steering | None = None,
+) -> list[str]:
     """One sampled continuation per prompt (row ``i`` drawn with ``seeds[i]``), decoded without special tokens."""
     if len(seeds) != len(prompts):
         raise QwenscopeError(f"{len(seeds)} seeds for {len(prompts)} prompts; give one per prompt")
     batch = {k: v.to(model.device) for k, v in prompt_batch(tokenizer, prompts, gen.chat).items()}
     sampler = RowSampler(seeds, gen.temperature, gen.top_p)
-    context = (steer(model, steering.sae, {steering.id: steering.strength}, relative=True, unit=steering.unit,
-                     positions="generated") if steering is not None else nullcontext())  # fmt: skip
+    context = (
+        steer(
+            model,
+            steering.sae,
+            {steering.id: steering.strength},
+            relative=True,
+            unit=steering.unit,
+            positions="generated",
+        )
+        if steering is not None
+        else nullcontext()
+    )
     with context:
-        out = model.generate(**batch, max_new_tokens=gen.max_new_tokens, do_sample=False,
-                             logits_processor=LogitsProcessorList([sampler]),
-                             pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+        out = model.generate(
+            **batch,
+            max_new_tokens=gen.max_new_tokens,
+            do_sample=False,
+            logits_processor=LogitsProcessorList([sampler]),
+            pad_token_id=tokenizer.pad_token_id,
+        )
     new = out[:, batch["input_ids"].shape[1] :]
     return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]

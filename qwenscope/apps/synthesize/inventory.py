@@ -62,14 +62,26 @@ def check_ids(ids: Iterable[int], sae: Sae) -> None:
 
 
 # ---------------------------------------------------------------- contrast
-def contrast_inventory(model: Any, tokenizer: Any, sae: Sae, hookpoint: str | None, positives: Sequence[str],
-                       negatives: Sequence[str], *, top: int = 20, min_delta: float = 0.2,
-                       max_tokens: int = MAX_TOKENS, progress: bool = False) -> list[Target]:  # fmt: skip
+def contrast_inventory(
+    model: Any,
+    tokenizer: Any,
+    sae: Sae,
+    hookpoint: str | None,
+    positives: Sequence[str],
+    negatives: Sequence[str],
+    *,
+    top: int = 20,
+    min_delta: float = 0.2,
+    max_tokens: int = MAX_TOKENS,
+    progress: bool = False,
+) -> list[Target]:
     """Up to ``top`` features of largest ``Δ`` between ``positives`` and ``negatives``, with ``Δ >= min_delta`` (and
     ``Δ > 0``: a feature as frequent on both sides says nothing about the target)."""
     if not positives or not negatives:
-        raise QwenscopeError("the contrast inventory needs positive and negative texts; pass --positives and "
-                             "--negatives (or use --inventory label)")  # fmt: skip
+        raise QwenscopeError(
+            "the contrast inventory needs positive and negative texts; pass --positives and "
+            "--negatives (or use --inventory label)"
+        )
     if top < 1:
         raise QwenscopeError(f"--top must be at least 1, got {top}")
     hook = check_sae_fits(sae, model, hookpoint).name
@@ -78,11 +90,23 @@ def contrast_inventory(model: Any, tokenizer: Any, sae: Sae, hookpoint: str | No
     pooled = pool_texts(model, tokenizer, texts, [sae], [hook], max_tokens=max_tokens, progress=progress)[0]
     ranked = rank(pooled.fires, labels, hook, top)
     n_pos, n_neg = len(positives), len(negatives)
-    out = [Target(hook, f.id, round(f.delta, 4), f"contrast: Δ={f.delta:+.3f} (fires on {round(f.p_pos * n_pos)}/"
-                  f"{n_pos} positives, {round(f.p_neg * n_neg)}/{n_neg} negatives)")
-           for f in ranked if f.delta >= min_delta and f.delta > 0]  # fmt: skip
-    logger.info("contrast inventory: %d features with Δ >= %.2f (best Δ %.3f)", len(out), min_delta,
-                ranked[0].delta if ranked else float("nan"))  # fmt: skip
+    out = [
+        Target(
+            hook,
+            f.id,
+            round(f.delta, 4),
+            f"contrast: Δ={f.delta:+.3f} (fires on {round(f.p_pos * n_pos)}/"
+            f"{n_pos} positives, {round(f.p_neg * n_neg)}/{n_neg} negatives)",
+        )
+        for f in ranked
+        if f.delta >= min_delta and f.delta > 0
+    ]
+    logger.info(
+        "contrast inventory: %d features with Δ >= %.2f (best Δ %.3f)",
+        len(out),
+        min_delta,
+        ranked[0].delta if ranked else float("nan"),
+    )
     return out
 
 
@@ -99,8 +123,7 @@ def label_inventory(store: FeatureStore, query: str, hookpoint: str, top: int = 
 
 # ---------------------------------------------------------------- judge
 def judge_prompt(description: str, label: str | None, contexts: Sequence[str]) -> str:
-    lines = [f"Target: {description}",
-             "A feature of a language model fires on the tokens marked << >> in these texts:"]  # fmt: skip
+    lines = [f"Target: {description}", "A feature of a language model fires on the tokens marked << >> in these texts:"]
     lines += [f"{i + 1}. {c!r}" for i, c in enumerate(contexts)]
     if label:
         lines.append(f"Its label: {label}")
@@ -123,15 +146,26 @@ def check_judge(labeller: Labeller) -> None:
     try:
         labeller.client.post(labeller.url, json=body).raise_for_status()
     except httpx.HTTPStatusError as e:
-        raise QwenscopeError(f"the judge endpoint {labeller.url} answered HTTP {e.response.status_code}; check "
-                             f"--judge-url and --judge-model, or {FALLBACK}") from None  # fmt: skip
+        raise QwenscopeError(
+            f"the judge endpoint {labeller.url} answered HTTP {e.response.status_code}; check "
+            f"--judge-url and --judge-model, or {FALLBACK}"
+        ) from None
     except httpx.HTTPError as e:
-        raise QwenscopeError(f"the judge endpoint {labeller.url} is unreachable ({type(e).__name__}); {FALLBACK}"
-                             ) from None  # fmt: skip
+        raise QwenscopeError(
+            f"the judge endpoint {labeller.url} is unreachable ({type(e).__name__}); {FALLBACK}"
+        ) from None
 
 
-def judge_inventory(labeller: Labeller, store: FeatureStore, description: str, candidates: Sequence[int],
-                    hookpoint: str, *, n_contexts: int = 5, progress: bool = False) -> list[Target]:  # fmt: skip
+def judge_inventory(
+    labeller: Labeller,
+    store: FeatureStore,
+    description: str,
+    candidates: Sequence[int],
+    hookpoint: str,
+    *,
+    n_contexts: int = 5,
+    progress: bool = False,
+) -> list[Target]:
     """The ``candidates`` the judge says detect ``description``, from their labels and top contexts in ``store``."""
     if not description.strip():
         raise QwenscopeError("--description is empty; say what the synthesised data should contain")
@@ -152,8 +186,16 @@ def judge_inventory(labeller: Labeller, store: FeatureStore, description: str, c
 
 
 # ---------------------------------------------------------------- the seed's gaps
-def seed_counts(model: Any, tokenizer: Any, sae: Sae, hookpoint: str | None, seed_texts: Sequence[str], *,
-                max_tokens: int = MAX_TOKENS, progress: bool = False) -> np.ndarray:  # fmt: skip
+def seed_counts(
+    model: Any,
+    tokenizer: Any,
+    sae: Sae,
+    hookpoint: str | None,
+    seed_texts: Sequence[str],
+    *,
+    max_tokens: int = MAX_TOKENS,
+    progress: bool = False,
+) -> np.ndarray:
     """(d_sae,) on how many seed texts each feature fires."""
     if not seed_texts:
         raise QwenscopeError("the seed corpus is empty; pass --seed with at least one text")
@@ -162,13 +204,22 @@ def seed_counts(model: Any, tokenizer: Any, sae: Sae, hookpoint: str | None, see
     return np.asarray(pooled.fires.sum(axis=0)).ravel()
 
 
-def unreached(model: Any, tokenizer: Any, sae: Sae, hookpoint: str | None, targets: Sequence[Target],
-              seed_texts: Sequence[str], *, max_tokens: int = MAX_TOKENS, progress: bool = False
-              ) -> list[Target]:  # fmt: skip
+def unreached(
+    model: Any,
+    tokenizer: Any,
+    sae: Sae,
+    hookpoint: str | None,
+    targets: Sequence[Target],
+    seed_texts: Sequence[str],
+    *,
+    max_tokens: int = MAX_TOKENS,
+    progress: bool = False,
+) -> list[Target]:
     """The ``targets`` that fire on no seed text: what the seed corpus lacks."""
     check_ids((t.id for t in targets), sae)
     counts = seed_counts(model, tokenizer, sae, hookpoint, seed_texts, max_tokens=max_tokens, progress=progress)
     out = [t for t in targets if counts[t.id] == 0]
-    logger.info("%d of %d inventory features fire on none of the %d seed texts", len(out), len(targets),
-                len(seed_texts))  # fmt: skip
+    logger.info(
+        "%d of %d inventory features fire on none of the %d seed texts", len(out), len(targets), len(seed_texts)
+    )
     return out

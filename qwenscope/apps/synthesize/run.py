@@ -91,15 +91,24 @@ class Summary:
         return sum(1 for r in _read_records(self.out) if r.get("target") or r.get("targets"))
 
     def as_dict(self) -> dict[str, Any]:
-        return {"out": str(self.out), "arms": self.arms, "targets": [t.as_dict() for t in self.targets],
-                "covered": self.covered, "attempts": self.attempts, "kept": self.kept,
-                "examples": self.examples, "seconds": round(self.seconds, 1)}  # fmt: skip
+        return {
+            "out": str(self.out),
+            "arms": self.arms,
+            "targets": [t.as_dict() for t in self.targets],
+            "covered": self.covered,
+            "attempts": self.attempts,
+            "kept": self.kept,
+            "examples": self.examples,
+            "seconds": round(self.seconds, 1),
+        }
 
     def text(self) -> str:
         n, c = len(self.targets), len(self.covered)
         share = f" ({c / n:.0%})" if n else ""
-        return (f"{n} targets, {c} covered{share}, {self.examples} examples kept from "
-                f"{sum(self.attempts.values())} generations ({', '.join(self.arms)}) -> {self.out}")  # fmt: skip
+        return (
+            f"{n} targets, {c} covered{share}, {self.examples} examples kept from "
+            f"{sum(self.attempts.values())} generations ({', '.join(self.arms)}) -> {self.out}"
+        )
 
 
 # ---------------------------------------------------------------- the output and its state
@@ -134,8 +143,10 @@ class Output:
         if self.state_path.is_file() and self.path.is_file():
             self._resume()  # also a run that has verified nothing yet: its spent batches stay spent
         elif has_data:
-            raise QwenscopeError(f"{self.path} already holds data but no {self.state_path.name}: not a synthesis run "
-                                 "this can resume; pass another --out or delete it")  # fmt: skip
+            raise QwenscopeError(
+                f"{self.path} already holds data but no {self.state_path.name}: not a synthesis run "
+                "this can resume; pass another --out or delete it"
+            )
         else:
             self.path.write_text("")
             self._save()
@@ -144,18 +155,22 @@ class Output:
         try:
             state = json.loads(self.state_path.read_text())
         except (OSError, json.JSONDecodeError) as e:
-            raise QwenscopeError(f"{self.state_path} is damaged ({e}); delete it and {self.path} to start over"
-                                 ) from None  # fmt: skip
+            raise QwenscopeError(
+                f"{self.state_path} is damaged ({e}); delete it and {self.path} to start over"
+            ) from None
         if state.get("settings") != self.settings:
             old = state.get("settings", {})
             diff = next((k for k in {**old, **self.settings} if old.get(k) != self.settings.get(k)), "version")
-            raise QwenscopeError(f"{self.path} holds a run with other settings ({diff} differs); pass another --out, "
-                                 "or delete it and its .state.json to start over")  # fmt: skip
+            raise QwenscopeError(
+                f"{self.path} holds a run with other settings ({diff} differs); pass another --out, "
+                "or delete it and its .state.json to start over"
+            )
         self.batches, self.attempts = dict(state["batches"]), dict(state["attempts"])
         self.seconds = float(state.get("seconds", 0.0))
         self._load_records()
-        logger.info("resuming %s: %d examples, %d generations spent", self.path, len(self.records),
-                    sum(self.attempts.values()))  # fmt: skip
+        logger.info(
+            "resuming %s: %d examples, %d generations spent", self.path, len(self.records), sum(self.attempts.values())
+        )
 
     def _load_records(self) -> None:
         """Read the records written so far; a last line cut short by a kill is dropped."""
@@ -180,8 +195,13 @@ class Output:
             self.done.add(record_key(record))
 
     def _save(self) -> None:
-        state = {"version": STATE_VERSION, "settings": self.settings, "batches": self.batches,
-                 "attempts": self.attempts, "seconds": round(self.seconds, 3)}  # fmt: skip
+        state = {
+            "version": STATE_VERSION,
+            "settings": self.settings,
+            "batches": self.batches,
+            "attempts": self.attempts,
+            "seconds": round(self.seconds, 3),
+        }
         atomic_write(self.state_path, lambda tmp: tmp.write_text(json.dumps(state, indent=1) + "\n"))
 
     def write(self, record: dict[str, Any]) -> bool:
@@ -249,8 +269,15 @@ def plain_batches(total: int, size: int) -> list[Batch]:
 
 
 def _generator(model_id: str, gen: GenerationConfig, sampling_seed: int) -> dict[str, Any]:
-    return {"model": model_id, "temperature": gen.temperature, "top_p": gen.top_p, "seed": gen.seed,
-            "max_new_tokens": gen.max_new_tokens, "chat": gen.chat, "sampling_seed": sampling_seed}  # fmt: skip
+    return {
+        "model": model_id,
+        "temperature": gen.temperature,
+        "top_p": gen.top_p,
+        "seed": gen.seed,
+        "max_new_tokens": gen.max_new_tokens,
+        "chat": gen.chat,
+        "sampling_seed": sampling_seed,
+    }
 
 
 def _check(model: Any, sae: Sae, targets: Sequence[Target], budget: int, description: str) -> str:
@@ -266,13 +293,32 @@ def _check(model: Any, sae: Sae, targets: Sequence[Target], budget: int, descrip
     return hook
 
 
-def _settings(mode: str, model_id: str, sae: Sae, hook: str, targets: Sequence[Target], arms: Sequence[Arm],
-              budget: int, description: str, gen: GenerationConfig, max_tokens: int) -> dict[str, Any]:  # fmt: skip
+def _settings(
+    mode: str,
+    model_id: str,
+    sae: Sae,
+    hook: str,
+    targets: Sequence[Target],
+    arms: Sequence[Arm],
+    budget: int,
+    description: str,
+    gen: GenerationConfig,
+    max_tokens: int,
+) -> dict[str, Any]:
     from qwenscope.features.packed import sae_fingerprint
 
-    return {"mode": mode, "description": description, "model": model_id, "sae": sae_fingerprint(sae), "hookpoint": hook,
-            "targets": [t.key for t in targets], "arms": [a.name for a in arms], "budget": budget,
-            "generation": gen.as_dict(), "max_tokens": max_tokens}  # fmt: skip
+    return {
+        "mode": mode,
+        "description": description,
+        "model": model_id,
+        "sae": sae_fingerprint(sae),
+        "hookpoint": hook,
+        "targets": [t.key for t in targets],
+        "arms": [a.name for a in arms],
+        "budget": budget,
+        "generation": gen.as_dict(),
+        "max_tokens": max_tokens,
+    }
 
 
 def _loop(out: Output, batches: Sequence[Batch], step: Callable[[Batch], None], progress: bool, desc: str) -> None:
@@ -290,11 +336,26 @@ def _loop(out: Output, batches: Sequence[Batch], step: Callable[[Batch], None], 
 
 
 # ---------------------------------------------------------------- targeted
-def synthesize(model: Any, tokenizer: Any, sae: Sae, targets: Sequence[Target], description: str, out: str | Path, *,
-               arms: Sequence[Arm] = (Arm("prompt"),), budget: int = 8, gen: GenerationConfig | None = None,
-               positives: Sequence[str] = (), seeds: Sequence[str] = (), store: FeatureStore | None = None,
-               model_id: str = "", unit: float | None = None, n_snippets: int = 3, max_tokens: int = MAX_TOKENS,
-               progress: bool = True) -> Summary:  # fmt: skip
+def synthesize(
+    model: Any,
+    tokenizer: Any,
+    sae: Sae,
+    targets: Sequence[Target],
+    description: str,
+    out: str | Path,
+    *,
+    arms: Sequence[Arm] = (Arm("prompt"),),
+    budget: int = 8,
+    gen: GenerationConfig | None = None,
+    positives: Sequence[str] = (),
+    seeds: Sequence[str] = (),
+    store: FeatureStore | None = None,
+    model_id: str = "",
+    unit: float | None = None,
+    n_snippets: int = 3,
+    max_tokens: int = MAX_TOKENS,
+    progress: bool = True,
+) -> Summary:
     """Generate up to ``budget`` candidates per target with ``arms`` in turn; write each verified one to ``out``.
 
     Snippets for the prompts come from ``positives`` (where the target fires most), else from ``store``'s top
@@ -324,10 +385,13 @@ def synthesize(model: Any, tokenizer: Any, sae: Sae, targets: Sequence[Target], 
     def step(batch: Batch) -> None:
         rows = [(t, a) for t, a in batch.rows if t is not None]
         rewrite = batch.arm.method == "rewrite"
-        seed_texts = [seeds[derive_seed(gen.seed, t.key, a, "seed-text") % len(seeds)] if rewrite else None
-                      for t, a in rows]  # fmt: skip
-        prompts = [rewrite_prompt(description, s, snippets(t)) if s is not None
-                   else target_prompt(description, snippets(t)) for (t, _), s in zip(rows, seed_texts)]  # fmt: skip
+        seed_texts = [
+            seeds[derive_seed(gen.seed, t.key, a, "seed-text") % len(seeds)] if rewrite else None for t, a in rows
+        ]
+        prompts = [
+            rewrite_prompt(description, s, snippets(t)) if s is not None else target_prompt(description, snippets(t))
+            for (t, _), s in zip(rows, seed_texts)
+        ]
         row_seeds = [derive_seed(gen.seed, t.key, a) for t, a in rows]
         first = rows[0][0]
         steering = Steering(sae, first.id, batch.arm.strength, float(unit or 0)) if batch.arm.steered else None
@@ -338,11 +402,21 @@ def synthesize(model: Any, tokenizer: Any, sae: Sae, targets: Sequence[Target], 
         for i, ((t, a), text, prompt, seed_text, row_seed) in enumerate(made):
             act = acts[i, ids.index(t.id)]
             if act > 0:
-                output.write({"text": text, "target": {"hookpoint": t.hookpoint, "id": t.id},
-                              "method": batch.arm.method, "steered": batch.arm.steered, "strength": batch.arm.strength,
-                              "activation": round(float(act), 5), "generator": _generator(model_id, gen, row_seed),
-                              "seed_text": seed_text, "attempt": a, "prompt": prompt,
-                              "description": description})  # fmt: skip
+                output.write(
+                    {
+                        "text": text,
+                        "target": {"hookpoint": t.hookpoint, "id": t.id},
+                        "method": batch.arm.method,
+                        "steered": batch.arm.steered,
+                        "strength": batch.arm.strength,
+                        "activation": round(float(act), 5),
+                        "generator": _generator(model_id, gen, row_seed),
+                        "seed_text": seed_text,
+                        "attempt": a,
+                        "prompt": prompt,
+                        "description": description,
+                    }
+                )
 
     _loop(output, targeted_batches(targets, arms, budget, gen.batch_size), step, progress, "synthesising")
     kept = {t.key: 0 for t in targets}
@@ -353,10 +427,21 @@ def synthesize(model: Any, tokenizer: Any, sae: Sae, targets: Sequence[Target], 
 
 
 # ---------------------------------------------------------------- the plain baseline
-def synthesize_plain(model: Any, tokenizer: Any, sae: Sae, targets: Sequence[Target], description: str,
-                     out: str | Path, *, budget: int = 8, gen: GenerationConfig | None = None, model_id: str = "",
-                     keep_all: bool = False, max_tokens: int = MAX_TOKENS, progress: bool = True
-                     ) -> Summary:  # fmt: skip
+def synthesize_plain(
+    model: Any,
+    tokenizer: Any,
+    sae: Sae,
+    targets: Sequence[Target],
+    description: str,
+    out: str | Path,
+    *,
+    budget: int = 8,
+    gen: GenerationConfig | None = None,
+    model_id: str = "",
+    keep_all: bool = False,
+    max_tokens: int = MAX_TOKENS,
+    progress: bool = True,
+) -> Summary:
     """``budget`` x len(targets) generations from the description alone, each checked against every target; the
     ones that fire some target are written (with the targets they fire). ``keep_all``: write the others too (their
     ``targets`` empty), e.g. to use the untargeted generations themselves as data."""
@@ -374,13 +459,27 @@ def synthesize_plain(model: Any, tokenizer: Any, sae: Sae, targets: Sequence[Tar
         texts = generate_texts(model, tokenizer, [prompt] * len(attempts), row_seeds, gen)
         acts = verify(model, tokenizer, sae, hook, texts, ids, max_tokens=max_tokens)
         for a, text, row, row_seed in zip(attempts, texts, acts, row_seeds):
-            hits: list[dict[str, Any]] = [{"hookpoint": t.hookpoint, "id": t.id, "activation": round(float(v), 5)}
-                                          for t, v in zip(targets, row) if v > 0]  # fmt: skip
+            hits: list[dict[str, Any]] = [
+                {"hookpoint": t.hookpoint, "id": t.id, "activation": round(float(v), 5)}
+                for t, v in zip(targets, row)
+                if v > 0
+            ]
             if hits or keep_all:
-                output.write({"text": text, "targets": hits, "method": "plain", "steered": False, "strength": 0.0,
-                              "activation": max((h["activation"] for h in hits), default=0.0),
-                              "generator": _generator(model_id, gen, row_seed), "seed_text": None, "attempt": a,
-                              "prompt": prompt, "description": description})  # fmt: skip
+                output.write(
+                    {
+                        "text": text,
+                        "targets": hits,
+                        "method": "plain",
+                        "steered": False,
+                        "strength": 0.0,
+                        "activation": max((h["activation"] for h in hits), default=0.0),
+                        "generator": _generator(model_id, gen, row_seed),
+                        "seed_text": None,
+                        "attempt": a,
+                        "prompt": prompt,
+                        "description": description,
+                    }
+                )
 
     _loop(output, plain_batches(budget * len(targets), gen.batch_size), step, progress, "plain generations")
     kept = {t.key: 0 for t in targets}
@@ -476,8 +575,10 @@ class SynthesizeConfig:
             if self.inventory == "contrast" and not (self.positives and self.negatives):
                 raise QwenscopeError("--inventory contrast needs --positives and --negatives (or --inventory label)")
             if self.inventory == "judge" and not self.judge_model:
-                raise QwenscopeError("--inventory judge needs --judge-model: the model an OpenAI-compatible "
-                                     "--judge-url serves, or a local HF model")  # fmt: skip
+                raise QwenscopeError(
+                    "--inventory judge needs --judge-model: the model an OpenAI-compatible "
+                    "--judge-url serves, or a local HF model"
+                )
         _ = self.generation  # validates the sampling settings before the model loads
 
     @property
@@ -494,8 +595,9 @@ class SynthesizeConfig:
 
     @property
     def generation(self) -> GenerationConfig:
-        return GenerationConfig(self.temperature, self.top_p, self.max_new_tokens, self.sample_seed, self.batch_size,
-                                self.chat)  # fmt: skip
+        return GenerationConfig(
+            self.temperature, self.top_p, self.max_new_tokens, self.sample_seed, self.batch_size, self.chat
+        )
 
 
 def read_texts(spec: str, text_field: str = "text", limit: int | None = None) -> list[str]:
@@ -518,8 +620,16 @@ def read_texts(spec: str, text_field: str = "text", limit: int | None = None) ->
     return out
 
 
-def _inventory(cfg: SynthesizeConfig, model: Any, tokenizer: Any, sae: Sae, hook: str, positives: list[str],
-               negatives: list[str], judge: Any) -> tuple[list[Target], FeatureStore | None]:  # fmt: skip
+def _inventory(
+    cfg: SynthesizeConfig,
+    model: Any,
+    tokenizer: Any,
+    sae: Sae,
+    hook: str,
+    positives: list[str],
+    negatives: list[str],
+    judge: Any,
+) -> tuple[list[Target], FeatureStore | None]:
     """The inventory and the feature store it read (label and judge; their snippets come from it)."""
     if cfg.features:
         try:
@@ -529,9 +639,18 @@ def _inventory(cfg: SynthesizeConfig, model: Any, tokenizer: Any, sae: Sae, hook
         check_ids(ids, sae)
         return [Target(hook, i, 1.0, "given") for i in ids], None
     if cfg.inventory == "contrast":
-        found = contrast_inventory(model, tokenizer, sae, hook, positives, negatives, top=cfg.top,
-                                   min_delta=cfg.min_delta, max_tokens=cfg.max_tokens,
-                                   progress=cfg.progress)  # fmt: skip
+        found = contrast_inventory(
+            model,
+            tokenizer,
+            sae,
+            hook,
+            positives,
+            negatives,
+            top=cfg.top,
+            min_delta=cfg.min_delta,
+            max_tokens=cfg.max_tokens,
+            progress=cfg.progress,
+        )
         return found, None
     store = _store(cfg, model, tokenizer, sae, hook)
     query = cfg.query or cfg.description
@@ -539,8 +658,12 @@ def _inventory(cfg: SynthesizeConfig, model: Any, tokenizer: Any, sae: Sae, hook
         return label_inventory(store, query, hook, cfg.top), store
     candidates = [t.id for t in label_inventory(store, query, hook, cfg.candidates)]
     if positives and negatives:
-        candidates += [t.id for t in contrast_inventory(model, tokenizer, sae, hook, positives, negatives,
-                                                        top=cfg.candidates, min_delta=cfg.min_delta)]  # fmt: skip
+        candidates += [
+            t.id
+            for t in contrast_inventory(
+                model, tokenizer, sae, hook, positives, negatives, top=cfg.candidates, min_delta=cfg.min_delta
+            )
+        ]
     return judge_inventory(judge, store, cfg.description, candidates, hook, progress=cfg.progress), store
 
 
@@ -550,9 +673,11 @@ def _store(cfg: SynthesizeConfig, model: Any, tokenizer: Any, sae: Sae, hook: st
 
     store = find_store(model, tokenizer, sae, model_name(model), cfg.sae or cfg.model, hook)
     if store is None:
-        raise QwenscopeError(f"no feature store for this SAE: --inventory {cfg.inventory} reads its labels and "
-                             f"contexts; build one with `qwenscope stats --model {cfg.model}`, or use --inventory "
-                             "contrast")  # fmt: skip
+        raise QwenscopeError(
+            f"no feature store for this SAE: --inventory {cfg.inventory} reads its labels and "
+            f"contexts; build one with `qwenscope stats --model {cfg.model}`, or use --inventory "
+            "contrast"
+        )
     return store
 
 
@@ -586,8 +711,33 @@ def run(cfg: SynthesizeConfig) -> Summary:
         logger.warning("the seed already activates every inventory feature: nothing to synthesise")
     gen = cfg.generation
     if cfg.methods == ["plain"]:
-        return synthesize_plain(model, tokenizer, sae, targets, cfg.description, cfg.out, budget=cfg.budget, gen=gen,
-                                model_id=cfg.model, max_tokens=cfg.max_tokens, progress=cfg.progress)  # fmt: skip
-    return synthesize(model, tokenizer, sae, targets, cfg.description, cfg.out, arms=cfg.arms, budget=cfg.budget,
-                      gen=gen, positives=positives, seeds=seeds, store=store, model_id=cfg.model,
-                      max_tokens=cfg.max_tokens, progress=cfg.progress)  # fmt: skip
+        return synthesize_plain(
+            model,
+            tokenizer,
+            sae,
+            targets,
+            cfg.description,
+            cfg.out,
+            budget=cfg.budget,
+            gen=gen,
+            model_id=cfg.model,
+            max_tokens=cfg.max_tokens,
+            progress=cfg.progress,
+        )
+    return synthesize(
+        model,
+        tokenizer,
+        sae,
+        targets,
+        cfg.description,
+        cfg.out,
+        arms=cfg.arms,
+        budget=cfg.budget,
+        gen=gen,
+        positives=positives,
+        seeds=seeds,
+        store=store,
+        model_id=cfg.model,
+        max_tokens=cfg.max_tokens,
+        progress=cfg.progress,
+    )

@@ -19,15 +19,31 @@ from qwenscope.apps.classify.pooled import MAX_TOKENS, pool_texts
 from qwenscope.apps.synthesize.inventory import check_ids
 
 
-def verify(model: Any, tokenizer: Any, sae: Sae, hookpoint: str | None, texts: Sequence[str], features: Sequence[int],
-           *, max_tokens: int = MAX_TOKENS) -> np.ndarray:  # fmt: skip
+def verify(
+    model: Any,
+    tokenizer: Any,
+    sae: Sae,
+    hookpoint: str | None,
+    texts: Sequence[str],
+    features: Sequence[int],
+    *,
+    max_tokens: int = MAX_TOKENS,
+) -> np.ndarray:
     """(len(texts), len(features)) float32: each feature's largest activation on each text (0: it does not fire)."""
     check_ids(features, sae)
     out = np.zeros((len(texts), len(features)), np.float32)
     rows = [i for i, t in enumerate(texts) if t.strip()]
     if rows and len(features):
         hook = check_sae_fits(sae, model, hookpoint).name
-        pooled = pool_texts(model, tokenizer, [texts[i] for i in rows], [sae], [hook], max_tokens=max_tokens,
-                            cache=False, progress=False)[0]  # fmt: skip
+        pooled = pool_texts(
+            model,
+            tokenizer,
+            [texts[i] for i in rows],
+            [sae],
+            [hook],
+            max_tokens=max_tokens,
+            cache=False,
+            progress=False,
+        )[0]
         out[rows] = pooled.max_acts[:, list(features)].toarray()
     return out

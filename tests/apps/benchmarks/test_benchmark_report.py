@@ -24,8 +24,11 @@ def feature_sets(n_items: int, cols: slice, seed: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def named():
-    return {"math": feature_sets(40, slice(0, 120), 0), "code <x>": feature_sets(25, slice(80, 200), 1),
-            "tiny": feature_sets(6, slice(0, 60), 2)}  # fmt: skip
+    return {
+        "math": feature_sets(40, slice(0, 120), 0),
+        "code <x>": feature_sets(25, slice(80, 200), 1),
+        "tiny": feature_sets(6, slice(0, 60), 2),
+    }
 
 
 def test_build_results_holds_the_measures(named):

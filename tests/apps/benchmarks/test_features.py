@@ -13,9 +13,16 @@ from qwenscope.apps.benchmarks import features as feats
 from qwenscope.apps.benchmarks.data import Benchmark, Item
 from qwenscope.apps.benchmarks.features import FeatureSetConfig, SaeSpec, feature_sets
 
-TEXTS = ["The cat sat.", "A much longer sentence about numbers: 12 + 30 = 42, and more words follow here.", "Hi",
-         "Question: what is two plus two?\nAnswer:", "x" * 40, "Short one", "Another, medium length text.",
-         "Z</s>"]  # fmt: skip
+TEXTS = [
+    "The cat sat.",
+    "A much longer sentence about numbers: 12 + 30 = 42, and more words follow here.",
+    "Hi",
+    "Question: what is two plus two?\nAnswer:",
+    "x" * 40,
+    "Short one",
+    "Another, medium length text.",
+    "Z</s>",
+]
 
 
 def make_sae(hookpoint: str, seed: int = 0, d_sae: int = 96, k: int = 6) -> Sae:
@@ -64,8 +71,11 @@ def test_batched_feature_sets_equal_item_by_item_and_a_plain_forward(model, toke
 
 
 def test_one_early_stopped_pass_reads_several_hookpoints(model, tokenizer):
-    saes = [SaeSpec(make_sae("resid_post.0", 1), "a"), SaeSpec(make_sae("resid_post.2", 2), "b"),
-            SaeSpec(make_sae("resid_post.2", 3), "c")]  # fmt: skip
+    saes = [
+        SaeSpec(make_sae("resid_post.0", 1), "a"),
+        SaeSpec(make_sae("resid_post.2", 2), "b"),
+        SaeSpec(make_sae("resid_post.2", 3), "c"),
+    ]
     calls = {"layer0": 0, "layer3": 0, "lm_head": 0}
 
     def counter(name: str):
@@ -113,8 +123,9 @@ def test_density_filter_drops_the_dense_features_of_the_store(model, tokenizer, 
     assert (kept.matrix.toarray() == left).all() and every.meta["dropped"] == []
     densities = np.zeros(96)
     densities[[5, 9]] = [0.9, 0.3]
-    [given] = feature_sets(model, tokenizer, bench(), [SaeSpec(sae, "x", densities=densities)],
-                           FeatureSetConfig(max_density=0.5))  # fmt: skip
+    [given] = feature_sets(
+        model, tokenizer, bench(), [SaeSpec(sae, "x", densities=densities)], FeatureSetConfig(max_density=0.5)
+    )
     assert given.meta["dropped"] == [5] and given.matrix[:, 9].nnz == every.matrix[:, 9].nnz
 
 

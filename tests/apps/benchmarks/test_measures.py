@@ -41,8 +41,15 @@ def random_sets(n_items: int, d_sae: int, density: float, seed: int) -> np.ndarr
 def brute_coverage(m: np.ndarray) -> np.ndarray:
     """c_n as the mean of |F(S)| / |F(D)| over every subset S of size n."""
     n_items, size = m.shape[0], m.any(axis=0).sum()
-    return np.array([np.mean([m[list(s)].any(axis=0).sum() for s in itertools.combinations(range(n_items), n)])
-                     for n in range(1, n_items + 1)]) / size  # fmt: skip
+    return (
+        np.array(
+            [
+                np.mean([m[list(s)].any(axis=0).sum() for s in itertools.combinations(range(n_items), n)])
+                for n in range(1, n_items + 1)
+            ]
+        )
+        / size
+    )
 
 
 @pytest.mark.parametrize(("n_items", "density", "seed"), [(5, 0.3, 0), (8, 0.15, 1), (12, 0.1, 2), (12, 0.05, 3)])

@@ -64,10 +64,19 @@ def _lm_eval_file(folder, docs, metric_values, filters=("strict-match",), listed
     with path.open("w") as handle:
         for f_index, flt in enumerate(filters):
             for doc in docs:
-                record = {"doc_id": doc, "doc": {"question": f"q{doc}"}, "target": "1", "arguments": {},
-                          "resps": [["x"]], "filtered_resps": ["x"], "filter": flt, "doc_hash": "h",
-                          "exact_match": float(metric_values[doc] if f_index == 0 else 1 - metric_values[doc]),
-                          "acc": 0.5, **(extra or {})}  # fmt: skip
+                record = {
+                    "doc_id": doc,
+                    "doc": {"question": f"q{doc}"},
+                    "target": "1",
+                    "arguments": {},
+                    "resps": [["x"]],
+                    "filtered_resps": ["x"],
+                    "filter": flt,
+                    "doc_hash": "h",
+                    "exact_match": float(metric_values[doc] if f_index == 0 else 1 - metric_values[doc]),
+                    "acc": 0.5,
+                    **(extra or {}),
+                }
                 if listed:
                     record["metrics"] = ["exact_match"]
                 handle.write(json.dumps(record) + "\n")
@@ -95,11 +104,13 @@ def test_lm_eval_without_metrics_list_takes_the_first_numeric_field(tmp_path):
     [
         (lambda d: _lm_eval_file(d / "m", range(3), SCORES[0]), r"3 items have no score \(e.g. 'q/3', 'q/4'\)"),
         (lambda d: _lm_eval_file(d / "m", range(8), np.zeros(8)), r"2 ids are not in the benchmark \(e.g. 'doc_id 6'"),
-        (lambda d: _write_wide(d / "w.csv", ["q/0", "q/1", "x", "y", "z"], ["m"], np.zeros((1, 5))),
-         r"benchmark's 6 items: 4 items have no score \(e.g. 'q/2', 'q/3'\); 3 ids are not in the benchmark "
-         r"\(e.g. 'x', 'y'\)"),
+        (
+            lambda d: _write_wide(d / "w.csv", ["q/0", "q/1", "x", "y", "z"], ["m"], np.zeros((1, 5))),
+            r"benchmark's 6 items: 4 items have no score \(e.g. 'q/2', 'q/3'\); 3 ids are not in the benchmark "
+            r"\(e.g. 'x', 'y'\)",
+        ),
     ],
-)  # fmt: skip
+)
 def test_ids_that_do_not_match_the_benchmark(tmp_path, make, match):
     with pytest.raises(QwenscopeError, match=match) as error:
         load_scores(make(tmp_path), IDS)

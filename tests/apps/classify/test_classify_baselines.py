@@ -53,9 +53,13 @@ def test_fit_is_deterministic_given_the_seed(data):
 
 @pytest.mark.parametrize(
     ("name", "drop", "needle"),
-    [("sae-probe", "sae", r"Inputs\.sae"), ("act-probe", "acts", r"Inputs\.acts"),
-     ("diff-means", "acts", r"Inputs\.acts"), ("tfidf", "texts", r"Inputs\.texts")],
-)  # fmt: skip
+    [
+        ("sae-probe", "sae", r"Inputs\.sae"),
+        ("act-probe", "acts", r"Inputs\.acts"),
+        ("diff-means", "acts", r"Inputs\.acts"),
+        ("tfidf", "texts", r"Inputs\.texts"),
+    ],
+)
 def test_missing_input_is_one_line(data, name, drop, needle):
     train, y_train, *_ = data
     parts = {"texts": train.texts, "sae": train.sae, "acts": train.acts}

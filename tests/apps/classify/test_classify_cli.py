@@ -57,8 +57,9 @@ def test_fit_predict_eval_compare(setup, capsys, tmp_path):
     assert code == 0, err
     saved = json.loads(clf.read_text())
     assert len(saved["rule"]["features"]) == 3 and saved["model"] == str(model)
-    code, out, err = run(["predict", str(clf), "--text", "you stupid idiot", "--json", "--html",
-                          str(tmp_path / "why.html")], capsys)  # fmt: skip
+    code, out, err = run(
+        ["predict", str(clf), "--text", "you stupid idiot", "--json", "--html", str(tmp_path / "why.html")], capsys
+    )
     assert code == 0, err
     [record] = json.loads(out)
     assert record["prediction"] in (0, 1) and (tmp_path / "why.html").is_file()
@@ -68,14 +69,39 @@ def test_fit_predict_eval_compare(setup, capsys, tmp_path):
     assert code == 0, err
     scores = json.loads(out)
     assert {"precision", "recall", "f1", "f1_ci", "auroc"} <= set(scores) and scores["n"] == 20
-    code, out, err = run(["compare", "--data", str(root / "train.jsonl"), "--test", str(root / "test.csv"),
-                          "--text-column", "content", "--label-column", "toxic", *common, "--json"],
-                         capsys)  # fmt: skip
+    code, out, err = run(
+        [
+            "compare",
+            "--data",
+            str(root / "train.jsonl"),
+            "--test",
+            str(root / "test.csv"),
+            "--text-column",
+            "content",
+            "--label-column",
+            "toxic",
+            *common,
+            "--json",
+        ],
+        capsys,
+    )
     # the two files name their columns differently: compare reads both with the same flags, so one of them fails
     assert code == 2 and "column" in err and err.count("error:") == 1
     (root / "test.jsonl").write_text("\n".join(json.dumps(r) for r in rows(20, 1)) + "\n")
-    code, out, err = run(["compare", "--data", str(root / "train.jsonl"), "--test", str(root / "test.jsonl"),
-                          *common, "--json", "--html", str(tmp_path / "report.html")], capsys)  # fmt: skip
+    code, out, err = run(
+        [
+            "compare",
+            "--data",
+            str(root / "train.jsonl"),
+            "--test",
+            str(root / "test.jsonl"),
+            *common,
+            "--json",
+            "--html",
+            str(tmp_path / "report.html"),
+        ],
+        capsys,
+    )
     assert code == 0, err
     result = json.loads(out)
     methods = [r["method"] for r in result["comparison"]]

@@ -36,8 +36,24 @@ def _synthetic(n: int, positive_every: int = 2) -> LabelledSet:
 
 # ---------------------------------------------------------------- files and labels
 def test_jsonl_labels_in_every_spelling(tmp_path):
-    values = [1, 0, True, False, "yes", "No", "toxic", "clean", " Offensive ", "neutral", "non-toxic", "1", "0",
-              "TRUE", "false", 1.0]  # fmt: skip
+    values = [
+        1,
+        0,
+        True,
+        False,
+        "yes",
+        "No",
+        "toxic",
+        "clean",
+        " Offensive ",
+        "neutral",
+        "non-toxic",
+        "1",
+        "0",
+        "TRUE",
+        "false",
+        1.0,
+    ]
     path = _jsonl(tmp_path / "comments.jsonl", [{"text": f"t{i}", "label": v} for i, v in enumerate(values)])
     data = load_labelled(str(path))
     assert data.labels.tolist() == [1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 0, 1, 0, 1, 0, 1]
@@ -58,8 +74,12 @@ def test_csv_tsv_and_json_with_other_column_names(tmp_path):
 
 
 def test_positive_values_make_every_other_value_clean(tmp_path):
-    rows = [{"text": "a", "label": "hate"}, {"text": "b", "label": "Insult"}, {"text": "c", "label": "none"},
-            {"text": "d", "label": "toxic"}]  # fmt: skip
+    rows = [
+        {"text": "a", "label": "hate"},
+        {"text": "b", "label": "Insult"},
+        {"text": "c", "label": "none"},
+        {"text": "d", "label": "toxic"},
+    ]
     data = load_labelled(str(_jsonl(tmp_path / "x.jsonl", rows)), positive=["hate", "insult"])
     assert data.labels.tolist() == [1, 1, 0, 0]
 
@@ -75,8 +95,11 @@ def test_bad_label_names_the_row_and_the_value(tmp_path):
 
 def test_missing_columns_list_the_columns_and_the_flags(tmp_path):
     path = _jsonl(tmp_path / "x.jsonl", [{"comment": "a", "toxic": 1}])
-    with pytest.raises(QwenscopeError, match=r"has no column 'text' \(its columns: comment, toxic\); .*"
-                                             r"--text-column/--label-column"):  # fmt: skip
+    with pytest.raises(
+        QwenscopeError,
+        match=r"has no column 'text' \(its columns: comment, toxic\); .*"
+        r"--text-column/--label-column",
+    ):
         load_labelled(str(path))
     with pytest.raises(QwenscopeError, match=r"has no column 'label' \(its columns: comment, toxic\)"):
         load_labelled(str(path), text_column="comment")
@@ -147,8 +170,11 @@ PINNED_EMPTY_FRACTION = 0.2205201538207053
 
 def test_split_needs_both_classes_on_both_sides():
     data = LabelledSet("tiny", [Example(f"clean {i}", 0) for i in range(30)] + [Example("the only toxic one", 1)], "m")
-    with pytest.raises(QwenscopeError, match=r"the (test|discovery) split of tiny holds only label 0 .*another test "
-                                             r"fraction"):  # fmt: skip
+    with pytest.raises(
+        QwenscopeError,
+        match=r"the (test|discovery) split of tiny holds only label 0 .*another test "
+        r"fraction",
+    ):
         split(data)
     with pytest.raises(QwenscopeError, match="test fraction 1.0 is outside"):
         split(_synthetic(10), test_fraction=1.0)
@@ -205,8 +231,13 @@ def test_fortunes_offensive_dedups_drops_overlap_and_balances(fortunes, caplog):
     assert len(negatives) == 3 and len({e.text for e in negatives}) == 3
     assert all(e.text.startswith("Refrán limpio") for e in negatives)  # no es/off entry, no shared text
     assert data.counts() == {1: 3, 0: 3} and data.name == "fortunes-off:es"
-    assert positives[2].meta == {"source": "fortunes-off:es", "package": "fortunes-es-off",
-                                 "file": "off/es/off/camioneros.fortunes", "index": 3, "lang": "es"}  # fmt: skip
+    assert positives[2].meta == {
+        "source": "fortunes-off:es",
+        "package": "fortunes-es-off",
+        "file": "off/es/off/camioneros.fortunes",
+        "index": 3,
+        "lang": "es",
+    }
     assert {e.meta["package"] for e in negatives} == {"fortunes-es"}
     assert {e.meta["file"] for e in negatives} <= {"es/vida.fortunes", "es/varios.fortunes"}
     entries = {(f.relative_to(fortunes).as_posix(), i): text for f, i, text in corpora.fortune_entries("es")}
@@ -240,8 +271,10 @@ def test_installed_offensive_fortunes(lang, monkeypatch):
 # ---------------------------------------------------------------- hf: datasets, read locally
 def test_hf_saved_dataset_in_the_textdetox_layout(tmp_path):
     datasets = pytest.importorskip("datasets")
-    splits = {lang: datasets.Dataset.from_dict({"text": [f"{lang} bueno", f"{lang} malo", ""], "toxic": [0, 1, 0]})
-              for lang in ("es", "it")}  # fmt: skip
+    splits = {
+        lang: datasets.Dataset.from_dict({"text": [f"{lang} bueno", f"{lang} malo", ""], "toxic": [0, 1, 0]})
+        for lang in ("es", "it")
+    }
     datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "textdetox"))
     data = load_labelled(f"hf:{tmp_path / 'textdetox'}@it", label_column="toxic")
     assert data.texts == ["it bueno", "it malo"] and data.labels.tolist() == [0, 1]

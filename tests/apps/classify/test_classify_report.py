@@ -33,14 +33,22 @@ def results():
         "title": "Offensive fortunes",
         "meta": {"model": "gemma3-270m", "hookpoint": "resid_post.9"},
         "comparison": comparison,
-        "k_curve": {"k": list(range(1, 11)), "f1": list(np.linspace(0.5, 0.8, 10)),
-                    "f1_ci": [[f - 0.05, f + 0.05] for f in np.linspace(0.5, 0.8, 10)]},
-        "efficiency": {"fractions": [0.01, 0.1, 0.5, 1.0], "n_train": [12, 120, 600, 1200],
-                       "methods": {"feature rule": [0.4, 0.7, 0.78, 0.8], "sae-probe": [0.3, 0.6, 0.8, 0.85]}},
-        "transfer": [{"train": "es", "test": "it", "method": "feature rule", "f1": 0.61, "f1_ci": [0.5, 0.7]},
-                     {"train": "it", "test": "es", "method": "feature rule", "f1": 0.55},
-                     {"train": "es", "test": "it", "method": "tfidf <char>", "f1": 0.432}],
-    }  # fmt: skip
+        "k_curve": {
+            "k": list(range(1, 11)),
+            "f1": list(np.linspace(0.5, 0.8, 10)),
+            "f1_ci": [[f - 0.05, f + 0.05] for f in np.linspace(0.5, 0.8, 10)],
+        },
+        "efficiency": {
+            "fractions": [0.01, 0.1, 0.5, 1.0],
+            "n_train": [12, 120, 600, 1200],
+            "methods": {"feature rule": [0.4, 0.7, 0.78, 0.8], "sae-probe": [0.3, 0.6, 0.8, 0.85]},
+        },
+        "transfer": [
+            {"train": "es", "test": "it", "method": "feature rule", "f1": 0.61, "f1_ci": [0.5, 0.7]},
+            {"train": "it", "test": "es", "method": "feature rule", "f1": 0.55},
+            {"train": "es", "test": "it", "method": "tfidf <char>", "f1": 0.432},
+        ],
+    }
 
 
 def test_report_holds_the_table_values_and_the_plots(results, tmp_path):
@@ -69,10 +77,13 @@ def test_comparison_alone_draws_no_plot(results, tmp_path):
 
 @pytest.mark.parametrize(
     ("bad", "needle"),
-    [({}, "no comparison"), ({"comparison": [{"method": "x"}]}, "'f1'"),
-     ({"comparison": [{"method": "x", "f1": 0.5}], "k_curve": {"k": [1, 2], "f1": [0.5]}}, "one F1 per K"),
-     ({"comparison": [{"method": "x", "f1": 0.5}], "transfer": [{"train": "es", "f1": 0.5}]}, "transfer row")],
-)  # fmt: skip
+    [
+        ({}, "no comparison"),
+        ({"comparison": [{"method": "x"}]}, "'f1'"),
+        ({"comparison": [{"method": "x", "f1": 0.5}], "k_curve": {"k": [1, 2], "f1": [0.5]}}, "one F1 per K"),
+        ({"comparison": [{"method": "x", "f1": 0.5}], "transfer": [{"train": "es", "f1": 0.5}]}, "transfer row"),
+    ],
+)
 def test_bad_results_are_one_line(bad, needle, tmp_path):
     with pytest.raises(QwenscopeError, match=needle) as err:
         write_report(bad, tmp_path / "r.html")

@@ -15,9 +15,20 @@ from qwenscope.apps.classify.explain import explain, render_html
 from qwenscope.apps.classify.pooled import pool_texts
 from qwenscope.apps.classify.rule import firing_rates, fit_rule
 
-TEXTS = ["You are a stupid idiot!", "The cat sat on the mat.", "Hi", "What an awful, dumb thing to say, moron.",
-         "x" * 40, "Lovely weather today, isn't it?", "Shut up, fool", "Numbers: 12 + 30 = 42.", "Z</s>",
-         "Go away, you horrible creep.", "A quiet afternoon with tea.", "Idiots everywhere!!"]  # fmt: skip
+TEXTS = [
+    "You are a stupid idiot!",
+    "The cat sat on the mat.",
+    "Hi",
+    "What an awful, dumb thing to say, moron.",
+    "x" * 40,
+    "Lovely weather today, isn't it?",
+    "Shut up, fool",
+    "Numbers: 12 + 30 = 42.",
+    "Z</s>",
+    "Go away, you horrible creep.",
+    "A quiet afternoon with tea.",
+    "Idiots everywhere!!",
+]
 LABELS = np.array([1, 0, 0, 1, 0, 0, 1, 0, 0, 1, 0, 1])
 HOOKS = ["resid_post.1", "resid_post.2"]
 

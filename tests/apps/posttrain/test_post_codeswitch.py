@@ -6,8 +6,10 @@ from qwenscope import QwenscopeError
 from qwenscope.apps.posttrain.codeswitch import code_switching, identify, only_in, sentences, word_switching
 
 SPANISH = "Hola, me llamo Juan y vivo en Madrid. Me gusta mucho leer libros de historia."
-SWITCHED = ("El tiempo hoy es muy bueno para pasear por el parque. Mañana vamos a visitar a mis abuelos en el pueblo. "
-            "However, I think it will rain later.")  # fmt: skip
+SWITCHED = (
+    "El tiempo hoy es muy bueno para pasear por el parque. Mañana vamos a visitar a mis abuelos en el pueblo. "
+    "However, I think it will rain later."
+)
 ENGLISH = "I really do not know what you are talking about, my friend."
 
 
@@ -36,7 +38,9 @@ def test_language_id_is_restricted_to_the_languages_involved():
     assert identify([italian], ["en", "es", "it"]) == ["it"]
     assert identify([italian], ["en", "es"])[0] in ("en", "es")  # Italian is not among the choices
     assert sentences("Uno. Dos tres cuatro cinco seis siete.\nOtra línea con bastantes letras") == [
-        "Dos tres cuatro cinco seis siete.", "Otra línea con bastantes letras"]
+        "Dos tres cuatro cinco seis siete.",
+        "Otra línea con bastantes letras",
+    ]
 
 
 def test_bad_input_one_line():

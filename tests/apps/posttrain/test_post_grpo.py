@@ -53,14 +53,33 @@ def train(tmp_path, steering: GrpoSteerConfig | None, *, do_sample: bool, steps:
         seen.append(completion_ids)
         return [float(len(set(c))) for c in completion_ids]
 
-    args = GRPOConfig(output_dir=str(tmp_path), num_generations=G, per_device_train_batch_size=2 * G,
-                      max_completion_length=12, max_steps=steps, logging_steps=1, report_to="none", bf16=False,
-                      use_cpu=True, save_strategy="no", learning_rate=1e-3, seed=0, shuffle_dataset=False,
-                      generation_kwargs={"do_sample": do_sample}, disable_tqdm=True)  # fmt: skip
-    trainer = SteeredGRPOTrainer(peaked_tiny(), reward_funcs=[distinct_reward],
-                                 args=args, train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
-                                 processing_class=make_byte_tokenizer(), sae=make_sae(), steering=steering,
-                                 peft_config=peft_config)  # fmt: skip
+    args = GRPOConfig(
+        output_dir=str(tmp_path),
+        num_generations=G,
+        per_device_train_batch_size=2 * G,
+        max_completion_length=12,
+        max_steps=steps,
+        logging_steps=1,
+        report_to="none",
+        bf16=False,
+        use_cpu=True,
+        save_strategy="no",
+        learning_rate=1e-3,
+        seed=0,
+        shuffle_dataset=False,
+        generation_kwargs={"do_sample": do_sample},
+        disable_tqdm=True,
+    )
+    trainer = SteeredGRPOTrainer(
+        peaked_tiny(),
+        reward_funcs=[distinct_reward],
+        args=args,
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+        processing_class=make_byte_tokenizer(),
+        sae=make_sae(),
+        steering=steering,
+        peft_config=peft_config,
+    )
     trainer.train()
     return seen, trainer
 
@@ -78,8 +97,15 @@ def test_one_rollout_per_group_is_steered_the_others_are_plain(tmp_path, do_samp
         else:
             assert steered[i] == plain[i]  # same seed, same tokens: the plain rows are untouched
     logged = trainer.state.log_history[0]
-    for key in ("reward", "reward/plain", "reward/steered", "repeat_ratio/plain", "repeat_ratio/steered",
-                "loop_share/plain", "loop_share/steered"):  # fmt: skip
+    for key in (
+        "reward",
+        "reward/plain",
+        "reward/steered",
+        "repeat_ratio/plain",
+        "repeat_ratio/steered",
+        "loop_share/plain",
+        "loop_share/steered",
+    ):
         assert key in logged
     ratios = [repeat_ratio(strip_completion(c, [EOS_ID, PAD_ID]), 4) for c in steered]
     assert logged["repeat_ratio/steered"] == pytest.approx(sum(ratios[1::G]) / 2)
@@ -89,16 +115,34 @@ def test_one_rollout_per_group_is_steered_the_others_are_plain(tmp_path, do_samp
     assert logged["reward/plain"] == pytest.approx((sum(rewards) - sum(rewards[1::G])) / (2 * G - 2))
 
 
-def make_trainer(tmp_path, steering: GrpoSteerConfig | None, do_sample: bool = True,
-                 steps_per_generation: int = 1) -> SteeredGRPOTrainer:  # fmt: skip
-    args = GRPOConfig(output_dir=str(tmp_path), num_generations=G, per_device_train_batch_size=2 * G,
-                      max_completion_length=12, max_steps=1, report_to="none", bf16=False, use_cpu=True,
-                      save_strategy="no", seed=0, temperature=0.7, disable_tqdm=True,
-                      generation_kwargs={"do_sample": do_sample},
-                      steps_per_generation=steps_per_generation)  # fmt: skip
-    return SteeredGRPOTrainer(peaked_tiny(), reward_funcs=[lambda completions, **kw: [0.0] * len(completions)],
-                              args=args, train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
-                              processing_class=make_byte_tokenizer(), sae=make_sae(), steering=steering)  # fmt: skip
+def make_trainer(
+    tmp_path, steering: GrpoSteerConfig | None, do_sample: bool = True, steps_per_generation: int = 1
+) -> SteeredGRPOTrainer:
+    args = GRPOConfig(
+        output_dir=str(tmp_path),
+        num_generations=G,
+        per_device_train_batch_size=2 * G,
+        max_completion_length=12,
+        max_steps=1,
+        report_to="none",
+        bf16=False,
+        use_cpu=True,
+        save_strategy="no",
+        seed=0,
+        temperature=0.7,
+        disable_tqdm=True,
+        generation_kwargs={"do_sample": do_sample},
+        steps_per_generation=steps_per_generation,
+    )
+    return SteeredGRPOTrainer(
+        peaked_tiny(),
+        reward_funcs=[lambda completions, **kw: [0.0] * len(completions)],
+        args=args,
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+        processing_class=make_byte_tokenizer(),
+        sae=make_sae(),
+        steering=steering,
+    )
 
 
 def completion_logps(trainer, out, row: int, steered: GrpoSteerConfig | None, positions=None) -> torch.Tensor:
@@ -107,8 +151,11 @@ def completion_logps(trainer, out, row: int, steered: GrpoSteerConfig | None, po
     ids = torch.cat([out["prompt_ids"][row], out["completion_ids"][row]])[None]
     mask = torch.cat([out["prompt_mask"][row], out["completion_mask"][row]])[None]
     n, tokens = out["completion_ids"].size(1), out["completion_ids"][row]
-    push = (steer(trainer.model, make_sae(), {steered.feature: steered.alpha}, relative=False, positions=positions)
-            if steered else nullcontext())  # fmt: skip
+    push = (
+        steer(trainer.model, make_sae(), {steered.feature: steered.alpha}, relative=False, positions=positions)
+        if steered
+        else nullcontext()
+    )
     with torch.no_grad(), push:
         logits = trainer.model(input_ids=ids, attention_mask=mask).logits[0, -n - 1 : -1] / trainer.temperature
     logps = logits.log_softmax(-1).gather(-1, tokens[:, None])[:, 0]
@@ -139,8 +186,10 @@ def test_the_steered_rollouts_old_logprobs_are_the_steered_models(tmp_path, step
     assert out.get("old_per_token_logps") is None
     assert math.isnan(metrics["steered/logp_gap"][-1]) and len(metrics["steered/logp_gap"]) == 2
     # "plain": no old log-probabilities, so TRL's ratio is 1 on every token (the policy's own, detached)
-    trainer = make_trainer(tmp_path / "plain", GrpoSteerConfig(feature=7, alpha=300.0, relative=False,
-                                                               steered_index=1, old_logprobs="plain"))  # fmt: skip
+    trainer = make_trainer(
+        tmp_path / "plain",
+        GrpoSteerConfig(feature=7, alpha=300.0, relative=False, steered_index=1, old_logprobs="plain"),
+    )
     trainer.model.train()
     out = trainer._generate_and_score_completions([{"prompt": p} for p in PROMPTS[:2] for _ in range(G)])
     assert out.get("old_per_token_logps") is None
@@ -237,8 +286,9 @@ def test_cli_refuses_bad_input_before_loading(folders, tmp_path):
     _, _, prompts = folders
     parsed = build_parser().parse_args(["--prompts", str(prompts), "--out", "o", "--group", "3", "--no-steered"])
     assert from_args(GrpoCommand, parsed).steered is False
-    parsed = build_parser().parse_args(["--prompts", str(prompts), "--out", "o", "--feature", "3",
-                                        "--old-logprobs", "plain"])  # fmt: skip
+    parsed = build_parser().parse_args(
+        ["--prompts", str(prompts), "--out", "o", "--feature", "3", "--old-logprobs", "plain"]
+    )
     assert from_args(GrpoCommand, parsed).old_logprobs == "plain"
     with pytest.raises(SystemExit):  # argparse's one line: invalid choice
         build_parser().parse_args(["--prompts", str(prompts), "--out", "o", "--old-logprobs", "policy"])
@@ -256,11 +306,24 @@ def test_cli_trains_two_steps_and_a_rerun_resumes_from_the_checkpoint(folders, t
     model_dir, sae_dir, prompts = folders
     out, calls = tmp_path / "run", tmp_path / "calls.txt"
     reward = tmp_path / "counting_reward.py"  # a user's reward file that notes each call (one per step)
-    reward.write_text(f"def reward(completions, **kw):\n    open({str(calls)!r}, 'a').write('call\\n')\n"
-                      "    return [float(len(c)) for c in completions]\n")  # fmt: skip
-    cfg = GrpoCommand(prompts=str(prompts), out=str(out), feature=7, model=str(model_dir), sae=str(sae_dir),
-                      alpha=2.0, steps=2, group=G, save_steps=1, max_new_tokens=8, learning_rate=1e-3,
-                      reward=f"{reward}:reward")  # fmt: skip
+    reward.write_text(
+        f"def reward(completions, **kw):\n    open({str(calls)!r}, 'a').write('call\\n')\n"
+        "    return [float(len(c)) for c in completions]\n"
+    )
+    cfg = GrpoCommand(
+        prompts=str(prompts),
+        out=str(out),
+        feature=7,
+        model=str(model_dir),
+        sae=str(sae_dir),
+        alpha=2.0,
+        steps=2,
+        group=G,
+        save_steps=1,
+        max_new_tokens=8,
+        learning_rate=1e-3,
+        reward=f"{reward}:reward",
+    )
     trainer = run_grpo(cfg)
     assert trainer.state.global_step == 2 and (out / "checkpoint-2").is_dir()
     assert len(calls.read_text().splitlines()) == 2

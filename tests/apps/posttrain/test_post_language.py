@@ -82,8 +82,10 @@ def test_bad_input_one_line(setup):
         (lambda: language_features(model, tokenizer, sae, {**TEXTS, "de": [" "]}, "en"), "no text for language 'de'"),
         (lambda: language_features(model, tokenizer, sae, TEXTS, "fr"), "no texts for 'fr'"),
         (lambda: language_features(model, tokenizer, other_model, TEXTS, "en"), "another model"),
-        (lambda: language_features(model, tokenizer, other_layer, TEXTS, "en", hookpoint="resid_post.0"),
-         "another layer"),
+        (
+            lambda: language_features(model, tokenizer, other_layer, TEXTS, "en", hookpoint="resid_post.0"),
+            "another layer",
+        ),
         (lambda: feats.with_ids([3, 48]), "beyond the SAE's width d_sae=48"),
         (lambda: feats.thresholds("de"), "no alpha for language 'de'"),
         (lambda: LanguageFeatures.load("/nonexistent.json"), "no language features"),

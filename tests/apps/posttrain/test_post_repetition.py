@@ -78,8 +78,12 @@ def test_ranking_equals_a_brute_force_loop(tiny):
     model, _, sae = tiny
     gen = torch.Generator().manual_seed(1)
     sizes = ((4, 15), (6, 20), (3, 9))
-    gens = [Generation(torch.randint(3, 40, (n,), generator=gen).tolist(),
-                       torch.randint(3, 12, (m,), generator=gen).tolist()) for n, m in sizes]  # fmt: skip
+    gens = [
+        Generation(
+            torch.randint(3, 40, (n,), generator=gen).tolist(), torch.randint(3, 12, (m,), generator=gen).tolist()
+        )
+        for n, m in sizes
+    ]
     found = rank_repetition_features(model, sae, gens, top=5)
 
     total, count = torch.zeros(sae.d_sae, dtype=torch.float64), 0

@@ -43,24 +43,40 @@ def features(ids=(1, 5, 9), hookpoint="resid_post.0", lang="en"):
 
 
 def sft_args(tmp_path, steps=3, **kw):
-    return SFTConfig(output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=2, learning_rate=1e-3,
-                     report_to=[], use_cpu=True, save_strategy="no", logging_steps=1, seed=0,
-                     disable_tqdm=True, **kw)  # fmt: skip
+    return SFTConfig(
+        output_dir=str(tmp_path),
+        max_steps=steps,
+        per_device_train_batch_size=2,
+        learning_rate=1e-3,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        logging_steps=1,
+        seed=0,
+        disable_tqdm=True,
+        **kw,
+    )
 
 
 def sasft_trainer(tmp_path, lam, rows=ROWS, model=None, sae=None, feats=None, positions="response", **kw):
     model = model if model is not None else tiny_model()[0]
     tokenizer = make_byte_tokenizer()
-    return SasftTrainer(model, sft_args(tmp_path, **kw), sae=sae or tiny_sae(),
-                        sasft=SasftConfig(feats or features(), lam=lam, positions=positions),
-                        train_dataset=Dataset.from_list(rows), processing_class=tokenizer)  # fmt: skip
+    return SasftTrainer(
+        model,
+        sft_args(tmp_path, **kw),
+        sae=sae or tiny_sae(),
+        sasft=SasftConfig(feats or features(), lam=lam, positions=positions),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+    )
 
 
 def test_lambda_zero_gives_the_weights_of_plain_sft(tmp_path):
     """Bit-identical: same seed, data and steps; the hook, the collator and the 0 * penalty change nothing."""
     model, tokenizer = tiny_model()
-    plain = SFTTrainer(model, sft_args(tmp_path / "plain"), train_dataset=Dataset.from_list(ROWS),
-                       processing_class=tokenizer)  # fmt: skip
+    plain = SFTTrainer(
+        model, sft_args(tmp_path / "plain"), train_dataset=Dataset.from_list(ROWS), processing_class=tokenizer
+    )
     plain.train()
     zero = sasft_trainer(tmp_path / "zero", lam=0.0)
     zero.train()
@@ -87,7 +103,7 @@ def hand_penalty(model, sae, feats, batch, rows, positions="response"):
         response = batch["labels"][b] != -100
         if positions == "predicting":
             first, last = response.nonzero()[[0, -1], 0].tolist()
-            assert response[first:last + 1].all()  # one response span: shift it one to the left
+            assert response[first : last + 1].all()  # one response span: shift it one to the left
             response = torch.zeros_like(response)
             response[first - 1 : last] = True
         terms.append(F.relu(pre[b, response] - feats.alpha[row["lang"]][feats.ids]).sum(-1))
@@ -116,8 +132,12 @@ def test_penalty_gradient_equals_hand_written_autograd(tmp_path, positions):
     expected = hand_penalty(model, sae, feats, batch, rows, positions)
     assert expected > 0
     g = grads(model, lambda: hand_penalty(model, sae, feats, batch, rows, positions))
-    for name in ["model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight",
-                 "model.layers.0.mlp.down_proj.weight", "model.layers.0.input_layernorm.weight"]:  # fmt: skip
+    for name in [
+        "model.embed_tokens.weight",
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.0.mlp.down_proj.weight",
+        "model.layers.0.input_layernorm.weight",
+    ]:
         assert g[name].abs().max() > 0
         torch.testing.assert_close(g1[name] - g0[name], g[name], atol=1e-6, rtol=1e-4)
     later = "model.layers.1.mlp.down_proj.weight"  # after the hookpoint: the penalty does not reach it
@@ -134,8 +154,14 @@ def test_two_hookpoints_add_their_penalties_and_log_each(tmp_path):
     sets = [features(), features(ids=(2, 7), hookpoint="resid_post.1")]
 
     def trainer(lam, path, steps=3):
-        return SasftTrainer(model, sft_args(tmp_path / path, steps=steps), sae=saes, sasft=SasftConfig(sets, lam=lam),
-                            train_dataset=Dataset.from_list(ROWS), processing_class=tokenizer)  # fmt: skip
+        return SasftTrainer(
+            model,
+            sft_args(tmp_path / path, steps=steps),
+            sae=saes,
+            sasft=SasftConfig(sets, lam=lam),
+            train_dataset=Dataset.from_list(ROWS),
+            processing_class=tokenizer,
+        )
 
     both, none = trainer(1.0, "a"), trainer(0.0, "b")
     rows = [both.train_dataset[i] for i in range(4)]
@@ -154,8 +180,9 @@ def test_two_hookpoints_add_their_penalties_and_log_each(tmp_path):
     run = trainer(1.0, "c", steps=2)
     run.train()
     logged = next(e for e in run.state.log_history if "sasft_penalty" in e)
-    torch.testing.assert_close(logged["sasft_penalty"],
-                               logged["sasft_penalty/resid_post.0"] + logged["sasft_penalty/resid_post.1"])  # fmt: skip
+    torch.testing.assert_close(
+        logged["sasft_penalty"], logged["sasft_penalty/resid_post.0"] + logged["sasft_penalty/resid_post.1"]
+    )
     assert logged["sasft_penalty/resid_post.1"] > 0
 
 
@@ -176,11 +203,22 @@ def test_bad_data_and_saes_get_one_line(tmp_path):
         (lambda: SasftConfig([features(), features(lang="es", hookpoint="resid_post.1")]), "different languages"),
         (lambda: SasftConfig([features(), features(ids=(2,))]), "two feature sets at resid_post.0"),
         (lambda: SasftConfig([]), "empty list"),
-        (lambda: SasftTrainer(tiny_model()[0], sft_args(tmp_path), sae=tiny_sae(),
-                              sasft=SasftConfig([features(), features(hookpoint="resid_post.1")]),
-                              train_dataset=Dataset.from_list(ROWS)), "one SAE per feature set"),
-        (lambda: sasft_trainer(tmp_path, 1.0, sae=[tiny_sae(), tiny_sae()],
-                               feats=[features(), features(hookpoint="resid_post.1")]), "another layer"),
+        (
+            lambda: SasftTrainer(
+                tiny_model()[0],
+                sft_args(tmp_path),
+                sae=tiny_sae(),
+                sasft=SasftConfig([features(), features(hookpoint="resid_post.1")]),
+                train_dataset=Dataset.from_list(ROWS),
+            ),
+            "one SAE per feature set",
+        ),
+        (
+            lambda: sasft_trainer(
+                tmp_path, 1.0, sae=[tiny_sae(), tiny_sae()], feats=[features(), features(hookpoint="resid_post.1")]
+            ),
+            "another layer",
+        ),
     ]
     for call, match in cases:
         with pytest.raises(QwenscopeError, match=match) as e:
@@ -197,8 +235,27 @@ def test_cli_trains_saves_and_resumes(tmp_path, capsys):
     data = tmp_path / "sft.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     out = tmp_path / "run"
-    base = ["sasft", "--model", str(model_dir), "--sae", str(tmp_path / "sae"), "--data", str(data), "--out", str(out),
-            "--unwanted", "en", "--lam", "0.5", "--top", "3", "--batch-size", "2", "--save-steps", "2"]  # fmt: skip
+    base = [
+        "sasft",
+        "--model",
+        str(model_dir),
+        "--sae",
+        str(tmp_path / "sae"),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--unwanted",
+        "en",
+        "--lam",
+        "0.5",
+        "--top",
+        "3",
+        "--batch-size",
+        "2",
+        "--save-steps",
+        "2",
+    ]
     assert main([*base, "--steps", "2"]) == 0
     first = json.loads((out / "sasft.json").read_text())
     assert first["resumed_from"] is None and len(first["features"][0]["ids"]) == 3
@@ -210,8 +267,24 @@ def test_cli_trains_saves_and_resumes(tmp_path, capsys):
     assert second["resumed_from"].endswith("checkpoint-2") and [e["step"] for e in second["log"]][-1] == 3
     assert any("sasft_penalty" in e for e in second["log"])
     capsys.readouterr()
-    assert main(["sasft", "--model", str(model_dir), "--sae", str(tmp_path / "sae"), "--data", str(data),
-                 "--out", str(out), "--unwanted", "de"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "sasft",
+                "--model",
+                str(model_dir),
+                "--sae",
+                str(tmp_path / "sae"),
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--unwanted",
+                "de",
+            ]
+        )
+        == 2
+    )
     assert "no 'de' texts" in capsys.readouterr().err
     assert main([*base, "--positions", "prompt"]) == 2
     assert "--positions 'prompt': choose one of response, predicting" in capsys.readouterr().err
@@ -226,8 +299,25 @@ def test_cli_penalises_several_hookpoints(tmp_path, capsys):
     data = tmp_path / "sft.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     out = tmp_path / "run"
-    base = ["sasft", "--model", str(tmp_path / "model"), "--data", str(data), "--out", str(out), "--lam", "0.5",
-            "--top", "2", "--batch-size", "2", "--steps", "2", "--hookpoint", "resid_post.0,resid_post.1"]  # fmt: skip
+    base = [
+        "sasft",
+        "--model",
+        str(tmp_path / "model"),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--lam",
+        "0.5",
+        "--top",
+        "2",
+        "--batch-size",
+        "2",
+        "--steps",
+        "2",
+        "--hookpoint",
+        "resid_post.0,resid_post.1",
+    ]
     assert main([*base, "--sae", f"{tmp_path / 'sae0'},{tmp_path / 'sae1'}"]) == 0
     summary = json.loads((out / "sasft.json").read_text())
     assert [f["hookpoint"] for f in summary["features"]] == ["resid_post.0", "resid_post.1"]
@@ -235,10 +325,12 @@ def test_cli_penalises_several_hookpoints(tmp_path, capsys):
         assert LanguageFeatures.load(out / f"language_features.{hookpoint}.json").hookpoint == hookpoint
     assert any(e.get("sasft_penalty/resid_post.1", 0) > 0 for e in summary["log"])
     capsys.readouterr()
-    for extra, message in [(["--sae", str(tmp_path / "sae0")], "trained at resid_post.0, not at resid_post.1"),
-                           (["--sae", "a,b,c"], "--sae names 3 SAEs for 2 hookpoint(s)"),
-                           (["--sae", "a,b", "--feature-ids", "1,2"], "--feature-ids picks the features of one"),
-                           (["--sae", "a,b", "--features", "f.json"], "--features names 1 file(s) for 2")]:  # fmt: skip
+    for extra, message in [
+        (["--sae", str(tmp_path / "sae0")], "trained at resid_post.0, not at resid_post.1"),
+        (["--sae", "a,b,c"], "--sae names 3 SAEs for 2 hookpoint(s)"),
+        (["--sae", "a,b", "--feature-ids", "1,2"], "--feature-ids picks the features of one"),
+        (["--sae", "a,b", "--features", "f.json"], "--features names 1 file(s) for 2"),
+    ]:
         assert main([*base, "--out", str(tmp_path / "bad"), *extra]) == 2
         assert message in capsys.readouterr().err
 
@@ -248,15 +340,22 @@ def test_lora_trains_the_adapter_only_and_still_reads_the_hookpoint(tmp_path):
 
     model, tokenizer = tiny_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    trainer = SasftTrainer(model, sft_args(tmp_path, steps=2), sae=tiny_sae(), sasft=SasftConfig(features(), lam=1.0),
-                           train_dataset=Dataset.from_list(ROWS), processing_class=tokenizer,
-                           peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))  # fmt: skip
+    trainer = SasftTrainer(
+        model,
+        sft_args(tmp_path, steps=2),
+        sae=tiny_sae(),
+        sasft=SasftConfig(features(), lam=1.0),
+        train_dataset=Dataset.from_list(ROWS),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"),
+    )
     trainer.train()
     assert type(trainer.model).__name__.startswith("Peft")
     assert next(e["sasft_penalty"] for e in trainer.state.log_history if "sasft_penalty" in e) > 0
     merged = trainer.model.get_base_model()
-    assert torch.equal(merged.model.layers[0].mlp.down_proj.base_layer.weight,
-                       before["model.layers.0.mlp.down_proj.weight"])  # fmt: skip
+    assert torch.equal(
+        merged.model.layers[0].mlp.down_proj.base_layer.weight, before["model.layers.0.mlp.down_proj.weight"]
+    )
     assert any(("lora_B" in n) and p.abs().max() > 0 for n, p in trainer.model.named_parameters())
 
 

@@ -37,11 +37,38 @@ def setup(tmp_path_factory):
 
 
 def synth(root, out, *extra: str, capsys) -> dict:
-    code = main(["synthesize", "--seed", str(root / "seed.txt"), "--positives", str(root / "pos.jsonl"),
-                 "--negatives", str(root / "neg.txt"), "--description", "rude words", "--model", str(root / "model"),
-                 "--sae", str(root / "saes"), "--hookpoint", "resid_post.1", "--min-delta", "0.1", "--top", "40",
-                 "--budget", "2", "--max-new-tokens", "6", "--out", str(out), "--json", "--no-progress",
-                 *extra])  # fmt: skip
+    code = main(
+        [
+            "synthesize",
+            "--seed",
+            str(root / "seed.txt"),
+            "--positives",
+            str(root / "pos.jsonl"),
+            "--negatives",
+            str(root / "neg.txt"),
+            "--description",
+            "rude words",
+            "--model",
+            str(root / "model"),
+            "--sae",
+            str(root / "saes"),
+            "--hookpoint",
+            "resid_post.1",
+            "--min-delta",
+            "0.1",
+            "--top",
+            "40",
+            "--budget",
+            "2",
+            "--max-new-tokens",
+            "6",
+            "--out",
+            str(out),
+            "--json",
+            "--no-progress",
+            *extra,
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     return json.loads(captured.out)

@@ -32,8 +32,13 @@ from qwenscope.cli import main
 HOOK = "resid_post.2"
 SEEDS = ["The cat sat on the mat.", "A quiet afternoon with tea.", "Numbers: 12 + 30 = 42.", "Lovely weather today."]
 POSITIVES = ["You stupid idiot!", "Shut up, fool", "What a dumb moron.", "Idiots everywhere!!", "Go away, creep."]
-NEGATIVES = ["Good morning to you.", "The train leaves at six.", "I like green apples.", "Please sit down.",
-             "Water boils at 100 C."]  # fmt: skip
+NEGATIVES = [
+    "Good morning to you.",
+    "The train leaves at six.",
+    "I like green apples.",
+    "Please sit down.",
+    "Water boils at 100 C.",
+]
 GEN = GenerationConfig(temperature=1.0, top_p=0.9, max_new_tokens=10, seed=3, batch_size=3)
 
 
@@ -126,8 +131,22 @@ def test_records_carry_provenance_and_their_activation(model, tokenizer, sae, tm
     targets = common_targets(model, tokenizer, sae)
     out = tmp_path / "synth.jsonl"
     arms = [Arm("prompt"), Arm("rewrite", 0.5)]
-    summary = synthesize(model, tokenizer, sae, targets, "rude words", out, arms=arms, budget=6, gen=GEN,
-                         positives=POSITIVES, seeds=SEEDS, model_id="tiny", unit=1.0, progress=False)  # fmt: skip
+    summary = synthesize(
+        model,
+        tokenizer,
+        sae,
+        targets,
+        "rude words",
+        out,
+        arms=arms,
+        budget=6,
+        gen=GEN,
+        positives=POSITIVES,
+        seeds=SEEDS,
+        model_id="tiny",
+        unit=1.0,
+        progress=False,
+    )
     records = read(out)
     assert records and summary.examples == len(records) and summary.covered
     assert summary.attempts == {t.key: 6 for t in targets} and summary.seconds > 0
@@ -153,8 +172,18 @@ def test_plain_baseline_checks_every_target(model, tokenizer, sae, tmp_path):
         fires = brute_fires(model, tokenizer, sae, r["text"])
         assert {h["id"] for h in r["targets"]} == {t.id for t in targets if fires[t.id]}
     assert sum(summary.kept.values()) == sum(len(r["targets"]) for r in records)
-    every = synthesize_plain(model, tokenizer, sae, targets, "rude words", tmp_path / "all.jsonl", budget=2, gen=GEN,
-                             keep_all=True, progress=False)  # fmt: skip
+    every = synthesize_plain(
+        model,
+        tokenizer,
+        sae,
+        targets,
+        "rude words",
+        tmp_path / "all.jsonl",
+        budget=2,
+        gen=GEN,
+        keep_all=True,
+        progress=False,
+    )
     assert len(read(tmp_path / "all.jsonl")) == 2 * len(targets)  # every generation, verified or not
     assert every.kept == summary.kept and every.examples == summary.examples == len(records)
 
@@ -162,8 +191,15 @@ def test_plain_baseline_checks_every_target(model, tokenizer, sae, tmp_path):
 # ---------------------------------------------------------------- resume
 def test_a_killed_run_resumes_to_exactly_the_uninterrupted_records(model, tokenizer, sae, tmp_path, monkeypatch):
     targets = common_targets(model, tokenizer, sae)
-    kw = {"arms": [Arm("prompt"), Arm("rewrite", 0.5)], "budget": 6, "gen": GEN, "positives": POSITIVES,
-          "seeds": SEEDS, "unit": 1.0, "progress": False}  # fmt: skip
+    kw = {
+        "arms": [Arm("prompt"), Arm("rewrite", 0.5)],
+        "budget": 6,
+        "gen": GEN,
+        "positives": POSITIVES,
+        "seeds": SEEDS,
+        "unit": 1.0,
+        "progress": False,
+    }
     whole = tmp_path / "whole.jsonl"
     synthesize(model, tokenizer, sae, targets, "rude words", whole, **kw)
     expected = read(whole)
@@ -230,8 +266,21 @@ def closed_port() -> int:
 def test_an_unreachable_judge_names_the_fallback_in_one_line(tmp_path, capsys):
     seed = tmp_path / "seed.txt"
     seed.write_text("one text\n")
-    code = main(["synthesize", "--seed", str(seed), "--description", "rude words", "--inventory", "judge",
-                 "--judge-url", f"http://127.0.0.1:{closed_port()}/v1", "--judge-model", "m"])  # fmt: skip
+    code = main(
+        [
+            "synthesize",
+            "--seed",
+            str(seed),
+            "--description",
+            "rude words",
+            "--inventory",
+            "judge",
+            "--judge-url",
+            f"http://127.0.0.1:{closed_port()}/v1",
+            "--judge-model",
+            "m",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err
     assert "unreachable" in err and "--inventory contrast" in err and "--judge-model <local HF model>" in err
@@ -249,8 +298,16 @@ def test_bad_input_gets_one_clear_line(model, tokenizer, sae, tmp_path):
     with pytest.raises(QwenscopeError, match="feature 99 is beyond"):
         verify(model, tokenizer, sae, HOOK, ["text"], [99])
     with pytest.raises(QwenscopeError, match="rewrite method needs seed texts"):
-        synthesize(model, tokenizer, sae, [Target(HOOK, 1, 1.0, "")], "rude", tmp_path / "r.jsonl",
-                   arms=[Arm("rewrite")], progress=False)  # fmt: skip
+        synthesize(
+            model,
+            tokenizer,
+            sae,
+            [Target(HOOK, 1, 1.0, "")],
+            "rude",
+            tmp_path / "r.jsonl",
+            arms=[Arm("rewrite")],
+            progress=False,
+        )
     with pytest.raises(QwenscopeError, match="plain is the untargeted baseline"):
         SynthesizeConfig(seed="s.txt", description="rude", method="prompt,plain", features="1")
     with pytest.raises(QwenscopeError, match="needs --positives and --negatives"):
