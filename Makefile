@@ -42,8 +42,8 @@ demo: setup
 	$(PY) -m qwenscope demo
 
 lint: setup
-	$(PY) -m ruff check qwenscope tests bench scripts
-	$(PY) -m ruff format --check qwenscope tests bench scripts
+	$(PY) -m ruff check qwenscope tests bench experiments scripts
+	$(PY) -m ruff format --check qwenscope tests bench experiments scripts
 	$(PY) -m mypy
 
 test: lint
@@ -53,7 +53,7 @@ test-fast: lint
 	$(PY) -m pytest -q -m "not slow"
 
 bench: setup
-	$(PY) bench/capture.py
+	$(PY) bench/perf/capture.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

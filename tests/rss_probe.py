@@ -1,5 +1,5 @@
-"""Peak memory of streaming work, each run in a fresh interpreter: for the memory tests and bench/stream_memory.py,
-bench/stats.py. A probe streams ``tokens`` tokens of a repeated corpus through a tiny random Llama with the byte
+"""Peak memory of streaming work, each run in a fresh interpreter: for the memory tests and bench/perf/stream_memory.py,
+bench/perf/stats.py. A probe streams ``tokens`` tokens of a repeated corpus through a tiny random Llama with the byte
 tokenizer and prints what it streamed, its peak RSS (``ru_maxrss``) and its time."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""bench/sasft_seeds.py: gathers per-seed SASFT runs, pairs the arms by training seed, refuses mixed settings."""
+"""experiments/sasft/sasft_seeds.py: gathers per-seed SASFT runs, pairs the arms by training seed, refuses mixed settings."""
 
 import json
 from pathlib import Path
@@ -108,5 +108,5 @@ def test_refuses_missing_and_foreign_files(seeds, tmp_path):
     with pytest.raises(SystemExit, match="no such file"):
         seeds.gather([tmp_path / "missing.json"])
     (tmp_path / "other.json").write_text(json.dumps({"settings": {}}))
-    with pytest.raises(SystemExit, match="not a bench/sasft.py result"):
+    with pytest.raises(SystemExit, match="not a experiments/sasft/sasft.py result"):
         seeds.gather([tmp_path / "other.json"])

@@ -1,4 +1,4 @@
-"""Smoke test of bench/train.py: every library's step runs on the real shapes, trains, and the JSON is complete."""
+"""Smoke test of bench/perf/train.py: every library's step runs on the real shapes, trains, and the JSON is complete."""
 
 import json
 

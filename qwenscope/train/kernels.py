@@ -137,7 +137,7 @@ def candidate_code(
 
     The values are exact; the selection is exact whenever the true top k are among the candidates (k + 8 of them for
     k 32: on smollm2 resid_post.15 with the shipped SAE, a bf16 product keeps all of the exact top 32,
-    ``bench/train_quality.py``).
+    ``bench/perf/train_quality.py``).
     """
     n, m = approx.shape
     c = min(n_candidates(k), m)

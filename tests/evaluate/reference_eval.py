@@ -1,7 +1,7 @@
 """The plain evaluation that ``evaluate_saes`` must match to float noise: per batch, one full clean forward and, per
 hookpoint, two more full forwards (SAE-spliced, zero-ablated), the LM head at every position, log-softmax over the
 scored rows afterwards. This is the package's computation before the fast path (partial forwards, the head at the
-scored positions only); the tests compare every metric of the two, and bench/eval.py times both.
+scored positions only); the tests compare every metric of the two, and bench/perf/eval.py times both.
 
 Batching, the summary and the reconstruction metrics are the package's own (``iter_batches``, ``_summary``,
 ``SaeMetrics``): what differs is only how the per-batch losses are computed.

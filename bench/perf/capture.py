@@ -3,7 +3,7 @@
 Same model (smollm2-135m, fp32, CPU unless CUDA is there), same batch, interleaved runs in one process; medians.
 Goal (issue 2): >= 2.5x at L = 7 and >= 1.6x at L = 15.
 
-    .venv/bin/python bench/capture.py [--batch 4] [--seq 256] [--repeats 7]
+    .venv/bin/python bench/perf/capture.py [--batch 4] [--seq 256] [--repeats 7]
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ the hookpoint, the SAE at each item's last token, the sparse matrix, the density
 ``get_activations`` over the same right-padded batches (the forward, stopped after the hookpoint). Interleaved
 repeats, medians; throughput = real (non-pad) tokens per second; goal: features >= 0.8x capture.
 
-    .venv/bin/python bench/benchmarks_speed.py [--repeats 3] [--limit N] [--batch-size 16]
+    .venv/bin/python bench/perf/benchmarks_speed.py [--repeats 3] [--limit N] [--batch-size 16]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="first N items only (quick runs)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default="bench/results/benchmarks_speed.json")
+    parser.add_argument("--out", default="bench/perf/results/benchmarks_speed.json")
     args = parser.parse_args()
 
     model, tokenizer = load_model(args.model)

@@ -1,14 +1,14 @@
 """Does the feature redundancy R_hat rank benchmarks as their performance redundancy R does? rho(R, R_hat).
 
-Pairs the two results files: R per benchmark set from ``bench/benchmarks_perf.py`` (six checkpoints' per-item
-answer log-likelihoods; ``bench/results/benchmarks_perf.json``) and R_hat per benchmark set from
-``bench/benchmarks.py`` (``bench/results/benchmarks.json``), over the sets both have (the four benchmarks and their
+Pairs the two results files: R per benchmark set from ``experiments/benchmark_redundancy/benchmarks_perf.py`` (six checkpoints' per-item
+answer log-likelihoods; ``experiments/benchmark_redundancy/results/benchmarks_perf.json``) and R_hat per benchmark set from
+``experiments/benchmark_redundancy/benchmarks.py`` (``experiments/benchmark_redundancy/results/benchmarks.json``), over the sets both have (the four benchmarks and their
 natural subsets), and reports Spearman rho with a bootstrap interval (resampling the sets) for every SAE and
 setting. The report claims about 0.85 over 17 benchmarks and 26 checkpoints.
 
-    .venv/bin/python bench/benchmarks_rho.py
+    .venv/bin/python experiments/benchmark_redundancy/benchmarks_rho.py
 
-Writes bench/results/benchmarks_rho.json and bench/results/benchmarks_rho.png.
+Writes experiments/benchmark_redundancy/results/benchmarks_rho.json and experiments/benchmark_redundancy/results/benchmarks_rho.png.
 """
 
 from __future__ import annotations

@@ -4,10 +4,10 @@ Each count runs in a fresh process (peak RSS = ru_maxrss) streaming two hookpoin
 repeated corpus (the model's size does not change the stream's buffering; a real model would take hours for 10M
 tokens on a CPU). The baseline is the 1M-token run of the same invocation.
 
-    .venv/bin/python bench/stream_memory.py                  # 1M and 10M tokens, 3 repeats each
-    .venv/bin/python bench/stream_memory.py --tokens 100000,1000000 --repeats 1
+    .venv/bin/python bench/perf/stream_memory.py                  # 1M and 10M tokens, 3 repeats each
+    .venv/bin/python bench/perf/stream_memory.py --tokens 100000,1000000 --repeats 1
 
-Writes bench/results/stream_memory.json.
+Writes bench/perf/results/stream_memory.json.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "bench" / "perf" / "results"
 sys.path.insert(0, str(ROOT / "tests"))
 from rss_probe import peak_rss  # noqa: E402  (the probe the memory tests run)
 

@@ -34,9 +34,9 @@ of the features (10%, a random subset) is marked dead in each library's own coun
 since fired; SAELens: steps since fired), so every library does the full AuxK work (k_aux = d_in / 2 = 288 dead
 features per token) on the same dead set; nothing dies on its own within a short run.
 
-    .venv/bin/python bench/train.py --activations ACTS/resid_post.15 [--steps 10] [--repeats 3] [--batch-size 4096]
-    .venv/bin/python bench/train.py --synthetic            # random activations when no cache exists
-    python bench/train.py --synthetic --d-in 2048 --batch-size 8192 --device cuda \
+    .venv/bin/python bench/perf/train.py --activations ACTS/resid_post.15 [--steps 10] [--repeats 3] [--batch-size 4096]
+    .venv/bin/python bench/perf/train.py --synthetic            # random activations when no cache exists
+    python bench/perf/train.py --synthetic --d-in 2048 --batch-size 8192 --device cuda \
         --libraries qwenscope,qwenscope-bf16,sparsify,sparsify-autocast
 
 In a git worktree, run it with PYTHONPATH=. so that the worktree's qwenscope is measured (the path is printed).

@@ -13,7 +13,7 @@ resid_post.25 as the baseline; same documents, interleaved, medians, in wall tim
 Memory: ``compute_feature_stats`` on a tiny random Llama (tests/tiny_models.py, byte tokenizer, d_sae 1024) over two
 token counts, each in a fresh spawned process; peak RSS must not grow with the token count.
 
-    .venv/bin/python bench/stats.py [--batch 8] [--seq 256] [--batches 3] [--repeats 3] [--rss-tokens 100000,1000000]
+    .venv/bin/python bench/perf/stats.py [--batch 8] [--seq 256] [--batches 3] [--repeats 3] [--rss-tokens 100000,1000000]
         [--parts throughput,shared,rss]
 """
 
@@ -35,7 +35,7 @@ from qwenscope.data import chunk_tokens, iter_texts
 from qwenscope.features.stats import StatsConfig, batched, compute_feature_stats, compute_feature_stats_many, logit_lens
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE.parents[1] / "tests"))
 from capture import timed  # noqa: E402  (bench/ is on sys.path when a script in it runs)
 from rss_probe import peak_rss as probe_rss  # noqa: E402  (the probe the memory test runs)
 

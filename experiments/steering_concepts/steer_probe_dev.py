@@ -1,14 +1,14 @@
 """Which probe strength ranks steering features best? The development check behind effect_ranked's default.
 
-For each concept (bench/concepts.py), the first 12 contrastive candidates are probed (``probe_effects``: gain_pos -
+For each concept (experiments/steering_concepts/concepts.py), the first 12 contrastive candidates are probed (``probe_effects``: gain_pos -
 gain_neg, nats per token) at relative strengths 0.25, 0.5 and 0.75, and each is steered alone at 0.5 on 12
-development chat prompts (bench/steer_effect.py's, none of them bench/steer_concepts.py's evaluation prompts; 24
+development chat prompts (experiments/steering_effect/steer_effect.py's, none of them experiments/steering_concepts/steer_concepts.py's evaluation prompts; 24
 new tokens). For each probe strength it reports the rate of the candidate the probe ranks first, against the best
 rate of any candidate.
 
-    .venv/bin/python bench/steer_probe_dev.py                     # sea, music, food, space (~20 min on 2 cores)
+    .venv/bin/python experiments/steering_concepts/steer_probe_dev.py                     # sea, music, food, space (~20 min on 2 cores)
 
-Writes bench/results/steer_probe_dev.json.
+Writes experiments/steering_concepts/results/steer_probe_dev.json.
 """
 
 from __future__ import annotations

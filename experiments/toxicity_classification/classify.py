@@ -10,10 +10,10 @@ activation probe, difference-in-means and TF-IDF, with bootstrap intervals; a le
 alone gets: offensive fortunes differ in length) and "always toxic" (F1 2/3 on balanced data: the floor); the
 data-efficiency curve (1/10/50/100% of discovery, median of 5 draws); and cross-lingual transfer (es -> it, it -> es).
 
-    python bench/classify.py                      # both models; ~10 min on 2 CPU cores (pooled features cached)
-    python bench/classify.py --models gemma3-270m
+    python experiments/toxicity_classification/classify.py                      # both models; ~10 min on 2 CPU cores (pooled features cached)
+    python experiments/toxicity_classification/classify.py --models gemma3-270m
 
-Writes bench/results/classify.json, bench/results/classify.png and one HTML report per model and language.
+Writes experiments/toxicity_classification/results/classify.json, experiments/toxicity_classification/results/classify.png and one HTML report per model and language.
 """
 
 from __future__ import annotations
@@ -173,7 +173,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--boot", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--draws", type=int, default=5, help="random draws per share of discovery data")
-    parser.add_argument("--replot", action="store_true", help="only redraw the plot from bench/results/classify.json")
+    parser.add_argument(
+        "--replot",
+        action="store_true",
+        help="only redraw the plot from experiments/toxicity_classification/results/classify.json",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.manual_seed(args.seed)

@@ -27,11 +27,11 @@ step where the steered arm's curve (moving mean of 5) reaches plain GRPO's final
 time per step and in total. The goal: steered negatives reach plain's final repeat ratio in half the steps or fewer,
 with no lower task reward.
 
-    python bench/grpo.py --quick                  # proves it runs: 2 steps, 1 seed, few prompts (~2 min on 2 cores)
-    python bench/grpo.py                          # 3 seeds x 2 arms x 60 steps (GPU advised; ~5 s/step on 2 cores)
-    python bench/grpo.py --jobs 6 --out /tmp/o    # the six runs in parallel processes (GPU)
+    python experiments/grpo/grpo.py --quick                  # proves it runs: 2 steps, 1 seed, few prompts (~2 min on 2 cores)
+    python experiments/grpo/grpo.py                          # 3 seeds x 2 arms x 60 steps (GPU advised; ~5 s/step on 2 cores)
+    python experiments/grpo/grpo.py --jobs 6 --out /tmp/o    # the six runs in parallel processes (GPU)
 
-Writes bench/results/grpo.json and grpo.png (grpo-quick.* with --quick; ``--out`` another folder), the JSON also
+Writes experiments/grpo/results/grpo.json and grpo.png (grpo-quick.* with --quick; ``--out`` another folder), the JSON also
 after each finished run (``"partial": true``).
 """
 

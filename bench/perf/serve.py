@@ -14,10 +14,10 @@ Then the kill check: a batched server under the same load is killed with SIGKILL
 port, and every reference request is sent again: the outputs must equal the references (nothing the server serves
 depends on state a crash can corrupt).
 
-    .venv/bin/python bench/serve.py                       # 16 clients, 3 x 30 s per configuration, ~12 min
-    .venv/bin/python bench/serve.py --clients 4 --duration 5 --repeats 1     # a quick check
+    .venv/bin/python bench/perf/serve.py                       # 16 clients, 3 x 30 s per configuration, ~12 min
+    .venv/bin/python bench/perf/serve.py --clients 4 --duration 5 --repeats 1     # a quick check
 
-Writes bench/results/serve.json and serve.png (``--out`` another folder); medians over the repeats.
+Writes bench/perf/results/serve.json and serve.png (``--out`` another folder); medians over the repeats.
 """
 
 from __future__ import annotations

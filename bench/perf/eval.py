@@ -16,7 +16,7 @@ Interleaved runs in one process; medians of wall-clock time and of this process'
 on a machine shared with other jobs). Before timing, the two evaluations' figures are compared (largest relative
 difference over every metric). Goal (issue 8): ``evaluate_saes`` >= 0.3x a plain forward.
 
-    .venv/bin/python bench/eval.py [--batch 4] [--seq 256] [--batches 2] [--repeats 5] [--threads N] [--no-old]
+    .venv/bin/python bench/perf/eval.py [--batch 4] [--seq 256] [--batches 2] [--repeats 5] [--threads N] [--no-old]
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from qwenscope.data import chunk_tokens, iter_texts
 from qwenscope.evaluate import evaluate_saes
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
-sys.path.insert(0, str(HERE.parent / "tests" / "evaluate"))
+sys.path.insert(0, str(HERE.parents[1] / "tests"))
+sys.path.insert(0, str(HERE.parents[1] / "tests" / "evaluate"))
 from reference_eval import reference_evaluate_saes  # noqa: E402  (the plain evaluation the tests compare with)
 
 

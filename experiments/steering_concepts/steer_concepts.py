@@ -1,6 +1,6 @@
 """Does the effect-ranked feature steer better than the contrastive one? Six concepts, 50 held-out prompts each.
 
-For each concept (``bench/concepts.py``: its own positive and negative texts, a scorer, held-out prompts):
+For each concept (``experiments/steering_concepts/concepts.py``: its own positive and negative texts, a scorer, held-out prompts):
 
 * contrastive choice: the rule the demo used before effect ranking: of the contrastive hits by firing-rate difference,
   the strongest that stays silent (<= 2% of tokens) on the negative texts;
@@ -15,13 +15,13 @@ The best strength of a choice is the one with the highest rate among those whose
 producing garbage. The search texts and the evaluation prompts share nothing, and nothing here was tuned on the
 evaluation prompts.
 
-    .venv/bin/python bench/steer_concepts.py                                   # all six (~1-2 h on 2 shared cores)
-    .venv/bin/python bench/steer_concepts.py --concepts sea,music --alphas 0,0.3,0.6
-    .venv/bin/python bench/steer_concepts.py --model smollm2-135m --sae PATH --hookpoint resid_post.15  # a new SAE
+    .venv/bin/python experiments/steering_concepts/steer_concepts.py                                   # all six (~1-2 h on 2 shared cores)
+    .venv/bin/python experiments/steering_concepts/steer_concepts.py --concepts sea,music --alphas 0,0.3,0.6
+    .venv/bin/python experiments/steering_concepts/steer_concepts.py --model smollm2-135m --sae PATH --hookpoint resid_post.15  # a new SAE
 
 English concepts run on smollm2-135m ``resid_post.15`` and French on gemma3-270m ``resid_post.9`` unless --model /
---sae / --hookpoint say otherwise (then every chosen concept runs there). Writes bench/results/steer_concepts.json
-(merged with earlier runs, keyed by concept) and bench/results/steer_concepts.png.
+--sae / --hookpoint say otherwise (then every chosen concept runs there). Writes experiments/steering_concepts/results/steer_concepts.json
+(merged with earlier runs, keyed by concept) and experiments/steering_concepts/results/steer_concepts.png.
 """
 
 from __future__ import annotations

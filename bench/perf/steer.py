@@ -3,7 +3,7 @@
 Greedy, fixed length (``min_new_tokens`` = ``max_new_tokens``), the same prompt; plain, ``add`` and ``clamp``
 steering interleaved in one process; medians. Goal (issue 4): steering at most 5% slower than plain generate.
 
-    .venv/bin/python bench/steer.py [--new-tokens 64] [--batch 1] [--repeats 7]
+    .venv/bin/python bench/perf/steer.py [--new-tokens 64] [--batch 1] [--repeats 7]
 """
 
 from __future__ import annotations

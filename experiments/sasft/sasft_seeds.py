@@ -1,6 +1,6 @@
-"""Plain SFT against SASFT over several training seeds: gathers ``bench/sasft.py`` results into one table and plot.
+"""Plain SFT against SASFT over several training seeds: gathers ``experiments/sasft/sasft.py`` results into one table and plot.
 
-One ``bench/sasft.py`` run trains each arm at one order of the samples; the order alone moves an arm's code-switching
+One ``experiments/sasft/sasft.py`` run trains each arm at one order of the samples; the order alone moves an arm's code-switching
 ratio more than the settings do, so a claim needs several orders per arm. Each input is a ``sasft.json`` holding the
 ``sft`` arm, the ``sasft`` arm or both at one training seed (``--train-seed N``; a run without it used ``--seed``);
 every input must share the settings that make the arms comparable (data, steps, λ, features, hookpoints). Per arm it
@@ -10,8 +10,8 @@ English-only words (``word_switching``) get the same figures by word (over all w
 empty greedy answers per arm is listed: an empty answer adds to neither count of a ratio, so a model that stops
 where it would have switched looks as if it had stayed in the expected language.
 
-    python bench/sasft_seeds.py bench/results/sasft.json bench/results/sasft-trainseed1.json \
-        bench/results/sasft-trainseed1-sft.json /tmp/sasft-trainseed2/sasft.json ... --out bench/results/sasft-seeds
+    python experiments/sasft/sasft_seeds.py experiments/sasft/results/sasft.json experiments/sasft/results/sasft-trainseed1.json \
+        experiments/sasft/results/sasft-trainseed1-sft.json /tmp/sasft-trainseed2/sasft.json ... --out experiments/sasft/results/sasft-seeds
 """
 
 from __future__ import annotations
@@ -59,10 +59,10 @@ def gather(paths: list[Path]) -> dict[str, dict[int, dict[str, Any]]]:
     reference, first = None, None
     for path in paths:
         if not path.is_file():
-            raise SystemExit(f"{path}: no such file; give the sasft.json files that bench/sasft.py wrote")
+            raise SystemExit(f"{path}: no such file; give the sasft.json files that experiments/sasft/sasft.py wrote")
         run = json.loads(path.read_text())
         if not isinstance(run, dict) or not {"config", "arms"} <= run.keys():
-            raise SystemExit(f"{path} is not a bench/sasft.py result (no config and arms)")
+            raise SystemExit(f"{path} is not a experiments/sasft/sasft.py result (no config and arms)")
         if run.get("partial"):
             raise SystemExit(f"{path} is a partial run (stopped before its last arm): finish it or leave it out")
         settings = comparable(run["config"])

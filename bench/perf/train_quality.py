@@ -14,7 +14,7 @@ Two parts, on real activations (a ``qwenscope cache`` folder):
    selector keeps (and the share of the exact top-k activation mass), for bf16 and fp16 products (same emulation)
    and for a low-rank product on the top-r principal directions of the activations (the "rank-r" rows).
 
-    .venv/bin/python bench/train_quality.py --activations ACTS/resid_post.15 [--steps 200] [--batch-size 4096]
+    .venv/bin/python bench/perf/train_quality.py --activations ACTS/resid_post.15 [--steps 200] [--batch-size 4096]
 """
 
 from __future__ import annotations
