@@ -36,7 +36,7 @@ features per token) on the same dead set; nothing dies on its own within a short
 
     .venv/bin/python bench/perf/train.py --activations ACTS/resid_post.15 [--steps 10] [--repeats 3] [--batch-size 4096]
     .venv/bin/python bench/perf/train.py --synthetic            # random activations when no cache exists
-    python bench/perf/train.py --synthetic --d-in 2048 --batch-size 8192 --device cuda \
+    .venv/bin/python bench/perf/train.py --synthetic --d-in 2048 --batch-size 8192 --device cuda \
         --libraries qwenscope,qwenscope-bf16,sparsify,sparsify-autocast
 
 In a git worktree, run it with PYTHONPATH=. so that the worktree's qwenscope is measured (the path is printed).

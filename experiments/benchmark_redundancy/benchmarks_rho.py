@@ -1,14 +1,16 @@
 """Does the feature redundancy R_hat rank benchmarks as their performance redundancy R does? rho(R, R_hat).
 
-Pairs the two results files: R per benchmark set from ``experiments/benchmark_redundancy/benchmarks_perf.py`` (six checkpoints' per-item
-answer log-likelihoods; ``experiments/benchmark_redundancy/results/benchmarks_perf.json``) and R_hat per benchmark set from
-``experiments/benchmark_redundancy/benchmarks.py`` (``experiments/benchmark_redundancy/results/benchmarks.json``), over the sets both have (the four benchmarks and their
-natural subsets), and reports Spearman rho with a bootstrap interval (resampling the sets) for every SAE and
-setting. The report claims about 0.85 over 17 benchmarks and 26 checkpoints.
+Pairs the two results files: R per benchmark set from ``experiments/benchmark_redundancy/benchmarks_perf.py`` (six
+checkpoints' per-item answer log-likelihoods; ``experiments/benchmark_redundancy/results/benchmarks_perf.json``) and
+R_hat per benchmark set from ``experiments/benchmark_redundancy/benchmarks.py``
+(``experiments/benchmark_redundancy/results/benchmarks.json``), over the sets both have (the four benchmarks and their
+natural subsets), and reports Spearman rho with a bootstrap interval (resampling the sets) for every SAE and setting.
+The report claims about 0.85 over 17 benchmarks and 26 checkpoints.
 
     .venv/bin/python experiments/benchmark_redundancy/benchmarks_rho.py
 
-Writes experiments/benchmark_redundancy/results/benchmarks_rho.json and experiments/benchmark_redundancy/results/benchmarks_rho.png.
+Writes experiments/benchmark_redundancy/results/benchmarks_rho.json and
+experiments/benchmark_redundancy/results/benchmarks_rho.png.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ proportions (its firing says nothing about which token it is), at most ``-log2 p
 frequency bands; per band: how many, the median information, and the share with under 1 bit. Features that fired
 fewer than ``--min-count`` times are left out (their KL is mostly sampling noise).
 
-    .venv/bin/python experiments/feature_density/density.py --model smollm2-135m --hookpoints resid_post.3,resid_post.15,resid_post.25
+    .venv/bin/python experiments/feature_density/density.py --model smollm2-135m --hookpoints \
+        resid_post.3,resid_post.15,resid_post.25
     .venv/bin/python experiments/feature_density/density.py --model gemma3-270m --hookpoints resid_post.9
 """
 

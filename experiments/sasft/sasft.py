@@ -21,10 +21,13 @@ all-or-nothing per prompt, sampling measures the probability itself; fluency: pe
 continuations (in domain) and of Spanish fortunes (out of domain). Also per arm: the share of English-only words
 (``word_switching``, word list from the training chapters of both Bibles), which sees a switch inside a sentence.
 
-    python experiments/sasft/sasft.py --quick          # a tiny run that checks the pipeline (6 min on 1 busy CPU core)
-    python experiments/sasft/sasft.py                  # the GPU setting: switch halfway, 300 steps at batch 8
-    python experiments/sasft/sasft.py --device cpu --threads 2 --steps 80 --batch 8 --max-length 160 --response 2 \
-        --switch-at 0 --eval 50 --new-tokens 48 --lam 1e-2 5e-2 # the CPU setting (~2.5 h on 2 cores)
+    # a tiny run that checks the pipeline (6 min on 1 busy CPU core)
+    .venv/bin/python experiments/sasft/sasft.py --quick
+    # the GPU setting: switch halfway, 300 steps at batch 8
+    .venv/bin/python experiments/sasft/sasft.py
+    # the CPU setting (~2.5 h on 2 cores)
+    .venv/bin/python experiments/sasft/sasft.py --device cpu --threads 2 --steps 80 --batch 8 --max-length 160 \
+        --response 2 --switch-at 0 --eval 50 --new-tokens 48 --lam 1e-2 5e-2
 
 ``--more-hookpoints resid_post.14`` also penalises the top ``--top`` English features at those hookpoints (one SAE
 each, from ``--sae``: a folder of hookpoint folders, default the model's shipped SAEs); the plain SFT arm is the
@@ -44,9 +47,9 @@ two verses long: a switch the model learns within 80 steps, so plain SFT switche
 Measured on CPU (--quick, 1 thread of a shared 2-core machine): full fine-tuning of gemma3-270m at batch 2 takes
 23-43 s per step, so the default 300 steps at batch 8 is a GPU job; on CPU try --steps 100 --batch 4.
 
-Writes experiments/sasft/results/sasft.json and experiments/sasft/results/sasft.png (``--quick``: sasft-quick.*; ``--out`` another folder),
-the JSON also after each arm (``"partial": true``). The Bibles are read from ``$QWENSCOPE_SWORD`` (default
-/usr/share/sword).
+Writes experiments/sasft/results/sasft.json and experiments/sasft/results/sasft.png (``--quick``: sasft-quick.*;
+``--out`` another folder), the JSON also after each arm (``"partial": true``). The Bibles are read from
+``$QWENSCOPE_SWORD`` (default /usr/share/sword).
 """
 
 from __future__ import annotations

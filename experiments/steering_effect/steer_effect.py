@@ -13,7 +13,8 @@ texts is recorded too, in the same unit, as ``typical_per_unit``.) Alpha 0 is th
 run. Fluency cost: perplexity of each continuation under the unsteered model. Greedy decoding, so every figure
 is deterministic.
 
-    .venv/bin/python experiments/steering_effect/steer_effect.py                        # both experiments (~15 min on 2 cores)
+    # both experiments (~15 min on 2 cores)
+    .venv/bin/python experiments/steering_effect/steer_effect.py
     .venv/bin/python experiments/steering_effect/steer_effect.py --experiment concept --alphas 0,0.3,0.6
 
 Writes experiments/steering_effect/results/steer_effect.json and experiments/steering_effect/results/steer_effect.png.

@@ -14,11 +14,14 @@ checked against every target). Measured: the share of targets covered by verifie
 rule (K features, ``qwenscope.apps.classify.classifier.fit``) fit on the seed alone, the seed plus the synthetic
 examples, or the seed plus as many plain generations (label 1), scored on the held-out test split.
 
-    python experiments/synthesis/synthesize.py                    # ~15-20 min on 2 shared CPU cores
-    python experiments/synthesis/synthesize.py --seeds 0,1,2      # medians over sampling seeds (3x the generation time)
+    # ~15-20 min on 2 shared CPU cores
+    .venv/bin/python experiments/synthesis/synthesize.py
+    # medians over sampling seeds (3x the generation time)
+    .venv/bin/python experiments/synthesis/synthesize.py --seeds 0,1,2
 
 Generations are written (resumably) under ``cache_dir()/synthesize-bench``; a killed bench continues where it stopped.
-Writes experiments/synthesis/results/synthesize.json and experiments/synthesis/results/synthesize.png and prints the table.
+Writes experiments/synthesis/results/synthesize.json and experiments/synthesis/results/synthesize.png and prints the
+table.
 """
 
 from __future__ import annotations

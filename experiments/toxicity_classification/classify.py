@@ -10,10 +10,12 @@ activation probe, difference-in-means and TF-IDF, with bootstrap intervals; a le
 alone gets: offensive fortunes differ in length) and "always toxic" (F1 2/3 on balanced data: the floor); the
 data-efficiency curve (1/10/50/100% of discovery, median of 5 draws); and cross-lingual transfer (es -> it, it -> es).
 
-    python experiments/toxicity_classification/classify.py                      # both models; ~10 min on 2 CPU cores (pooled features cached)
-    python experiments/toxicity_classification/classify.py --models gemma3-270m
+    # both models; ~10 min on 2 CPU cores (pooled features cached)
+    .venv/bin/python experiments/toxicity_classification/classify.py
+    .venv/bin/python experiments/toxicity_classification/classify.py --models gemma3-270m
 
-Writes experiments/toxicity_classification/results/classify.json, experiments/toxicity_classification/results/classify.png and one HTML report per model and language.
+Writes experiments/toxicity_classification/results/classify.json,
+experiments/toxicity_classification/results/classify.png and one HTML report per model and language.
 """
 
 from __future__ import annotations
