@@ -47,7 +47,6 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.metadata
-import json
 import math
 import os
 import platform
@@ -516,48 +515,45 @@ def main(argv: list[str] | None = None) -> int:
     print(f"fp32 matmul peak ({args.peak_size}^3, median of {len(peak_runs)}): {peak:.1f} GFLOP/s")
     print(f"FLOPs/step = {FLOPS_FORMULA}\ndense-equivalent convention: {DENSE_FORMULA}")
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "bench": "train",
-                "versions": versions(),
-                "threads": torch.get_num_threads(),
-                "device": str(device),
-                "machine": machine_info(device),
-                "data": data,
-                "settings": {
-                    "d_in": d_in,
-                    "d_sae": d_sae,
-                    "k": k,
-                    "activation": "topk",
-                    "dtype": "float32",
-                    "batch_size": B,
-                    "steps_per_run": args.steps,
-                    "repeats": args.repeats,
-                    "optimizer": "torch Adam",
-                    "lr": lr_for(d_sae),
-                    "lr_schedule": "constant (no warm-up, no decay)",
-                    "auxk_alpha": AUXK_ALPHA,
-                    "auxk_modes": modes,
-                    "dead_tokens": DEAD_TOKENS,
-                    "auxk_on_dead_features": n_dead,
-                    "auxk_on_k_aux": k_aux,
-                    "libraries": libs,
-                },
-                "auxk": results,
-                "peak": {
-                    "matmul": f"{args.peak_size}x{args.peak_size} @ {args.peak_size}x{args.peak_size} fp32",
-                    "runs_gflops_per_s": peak_runs,
-                    "median_gflops_per_s": peak,
-                },
-                "flops_formula": FLOPS_FORMULA,
-                "dense_equivalent_formula": DENSE_FORMULA,
+    from qwenscope.experiment import write_result  # qwenscope is imported late here, as above
+
+    out = write_result(
+        args.out,
+        {
+            "bench": "train",
+            "versions": versions(),
+            "threads": torch.get_num_threads(),
+            "device": str(device),
+            "machine": machine_info(device),
+            "data": data,
+            "settings": {
+                "d_in": d_in,
+                "d_sae": d_sae,
+                "k": k,
+                "activation": "topk",
+                "dtype": "float32",
+                "batch_size": B,
+                "steps_per_run": args.steps,
+                "repeats": args.repeats,
+                "optimizer": "torch Adam",
+                "lr": lr_for(d_sae),
+                "lr_schedule": "constant (no warm-up, no decay)",
+                "auxk_alpha": AUXK_ALPHA,
+                "auxk_modes": modes,
+                "dead_tokens": DEAD_TOKENS,
+                "auxk_on_dead_features": n_dead,
+                "auxk_on_k_aux": k_aux,
+                "libraries": libs,
             },
-            indent=1,
-        )
-        + "\n"
+            "auxk": results,
+            "peak": {
+                "matmul": f"{args.peak_size}x{args.peak_size} @ {args.peak_size}x{args.peak_size} fp32",
+                "runs_gflops_per_s": peak_runs,
+                "median_gflops_per_s": peak,
+            },
+            "flops_formula": FLOPS_FORMULA,
+            "dense_equivalent_formula": DENSE_FORMULA,
+        },
     )
     print(f"wrote {out}")
     broken = [

@@ -30,7 +30,6 @@ experiments/benchmark_redundancy/results/benchmarks.png (coverage curves, greedy
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -46,6 +45,7 @@ from qwenscope.apps.benchmarks.compress import greedy_cover, random_needed
 from qwenscope.apps.benchmarks.data import list_benchmarks, load_benchmark, subsets
 from qwenscope.apps.benchmarks.features import FeatureSetConfig, SaeSpec, dense_ids, feature_sets
 from qwenscope.apps.benchmarks.measures import coverage_exact, footprint, redundancy, symmetric_overlap
+from qwenscope.experiment import write_result
 from qwenscope.features.density import MAX_DENSITY
 
 RESULTS = Path(__file__).parent / "results"
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def save(results: dict[str, Any], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1) + "\n")
+    write_result(out, results)
 
 
 def table(results: dict[str, Any]) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from qwenscope.apps.benchmarks.measures import spearman_interval
+from qwenscope.experiment import write_result
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         rho, low, high = spearman_interval(x, y, n_boot=args.n_boot, seed=0)
         out["runs"][key] = {"sets": names, "R_hat": y.tolist(), "rho": rho, "low": low, "high": high}
         print(f"{key:<44} {len(names):>4} {rho:>13.3f} {f'[{low:.2f}, {high:.2f}]':>16}")
-    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    write_result(Path(args.out), out)
     plot(out, Path(args.out).with_suffix(".png"))
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.png')}")
     return 0

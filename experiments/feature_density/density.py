@@ -16,7 +16,6 @@ fewer than ``--min-count`` times are left out (their KL is mostly sampling noise
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import statistics
@@ -27,6 +26,7 @@ import torch
 
 from qwenscope import load_model, load_sae
 from qwenscope.data import chunk_tokens, iter_texts
+from qwenscope.experiment import write_result
 from qwenscope.features.stats import StatsConfig, batched, encode_chunks_many
 
 HERE = Path(__file__).resolve().parent
@@ -144,7 +144,7 @@ def main() -> None:
         )
     out = HERE / "results" / f"density_{args.model}.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    write_result(out, result)
     print(f"wrote {out} ({seconds:.0f} s)")
 
 

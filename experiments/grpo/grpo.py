@@ -68,6 +68,7 @@ from qwenscope.apps.posttrain.repetition import (
     repeat_stats,
     steering_check,
 )
+from qwenscope.experiment import write_result
 from qwenscope.steer.strength import steering_unit
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -481,7 +482,7 @@ def main() -> None:
             "partial": summary is None,
             "wall_s": time.perf_counter() - start,
         }
-        (args.out / f"{name}.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
+        write_result(args.out / f"{name}.json", result, default=float)
 
     def collect(arm: str, run: dict, held: dict) -> None:
         arms[arm].append(run)

@@ -72,6 +72,7 @@ from qwenscope import load_model, load_sae, resolve_hookpoint
 from qwenscope.apps.posttrain import SasftConfig, SasftTrainer, code_switching, language_features, texts_by_language
 from qwenscope.apps.posttrain.codeswitch import only_in, word_switching
 from qwenscope.apps.posttrain.sasft import POSITIONS
+from qwenscope.experiment import write_result
 from qwenscope.models.hookpoints import decoder_layers
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -516,7 +517,7 @@ def main() -> None:
 
     def write(partial: bool) -> None:
         results["partial"] = partial
-        (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1, ensure_ascii=False))
+        write_result(args.out / f"{stem}.json", results, ensure_ascii=False)
 
     reused = reuse_arms(args, results) if args.reuse else {}
     results["arms"].update(reused)

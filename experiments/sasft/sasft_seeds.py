@@ -24,6 +24,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from qwenscope.experiment import write_result
+
 RESULTS = Path(__file__).parent / "results"
 ARMS = ("sft", "sasft")
 # settings that may differ between the runs being gathered (they do not change what an arm trains on or how)
@@ -227,7 +229,7 @@ def main() -> None:
     summary = summarise(gather(args.runs))
     summary["runs"] = [str(p) for p in args.runs]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(summary, indent=1))
+    write_result(args.out.with_suffix(".json"), summary)
     plot(summary, args.out.with_suffix(".png"))
     print(table(summary))
     for metric in summary["metrics"]:

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from qwenscope import load_sae
-from qwenscope.experiment import load_script
+from qwenscope.experiment import load_script, write_result
 from qwenscope.features.search import contrastive, effect_ranked
 from qwenscope.models.hookpoints import check_sae_fits
 from qwenscope.models.load import load_model
@@ -215,9 +215,10 @@ def print_table(results: dict[str, Any], cap: float) -> None:
 
 
 def load(out: Path) -> dict[str, Any]:
-    """The concepts' results in ``out`` (without the summary)."""
+    """The concepts' results in ``out`` (without the summary and the environment block)."""
     results = json.loads(out.read_text()) if out.exists() else {}
     results.pop("summary", None)
+    results.pop("environment", None)
     return results
 
 
@@ -226,7 +227,7 @@ def save(out: Path, name: str, result: dict[str, Any], cap: float) -> None:
     results = {**load(out), name: result}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({**results, "summary": summary(results, cap)}, indent=1, ensure_ascii=False))
+    write_result(tmp, {**results, "summary": summary(results, cap)}, ensure_ascii=False)
     tmp.replace(out)
 
 

@@ -15,14 +15,13 @@ Writes experiments/steering_concepts/results/steer_probe_dev.json.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
 import torch
 
 from qwenscope import load_sae
-from qwenscope.experiment import load_script
+from qwenscope.experiment import load_script, write_result
 from qwenscope.features.search import contrastive
 from qwenscope.models.load import load_model
 from qwenscope.steer.evaluate import sweep_choices
@@ -93,7 +92,7 @@ def main() -> None:
             "rate_of_probe_pick": picked,
         }
         print(f"{name}: best rate {max(rates):.2f}; rate of the probe's first pick by probe strength: {picked}")
-        Path(args.out).write_text(json.dumps(results, indent=1))
+        write_result(Path(args.out), results)
     print(f"wrote {args.out}")
 
 

@@ -34,6 +34,7 @@ import torch
 from qwenscope import load_sae
 from qwenscope.data.sources import iter_texts
 from qwenscope.demo_texts import NEGATIVE, POSITIVE
+from qwenscope.experiment import write_result
 from qwenscope.features.search import contrastive, firing_profile
 from qwenscope.models.load import load_model
 from qwenscope.steer.evaluate import sweep
@@ -325,7 +326,7 @@ def main() -> None:
             example = r["examples"][0].replace("\n", " ")[:70] if r["examples"] else ""
             print(f"{r['alpha']:>6g} {r['rate']:>6.0%} {r['perplexity']:>11.1f}  {example}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1, ensure_ascii=False))
+    write_result(out, results, ensure_ascii=False)
     plot({k: results[k] for k in ("language", "concept") if k in results}, out.with_suffix(".png"))
     print(f"\nwrote {out} and {out.with_suffix('.png')}")
 

@@ -43,6 +43,7 @@ from qwenscope.apps.classify.metrics import classification_scores
 from qwenscope.apps.synthesize.generate import Arm, GenerationConfig
 from qwenscope.apps.synthesize.inventory import contrast_inventory, unreached
 from qwenscope.apps.synthesize.run import synthesize, synthesize_plain
+from qwenscope.experiment import write_result
 from qwenscope.models.load import cache_dir
 from qwenscope.steer.strength import steering_unit
 
@@ -307,7 +308,7 @@ def main() -> None:
 
 def save(path: Path, result: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+    write_result(path, result, ensure_ascii=False)
 
 
 def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:

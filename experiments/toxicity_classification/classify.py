@@ -36,6 +36,7 @@ from qwenscope.apps.classify.data import fortunes_offensive, split
 from qwenscope.apps.classify.metrics import classification_scores
 from qwenscope.apps.classify.pooled import pool_texts
 from qwenscope.apps.classify.report import format_table, write_report
+from qwenscope.experiment import write_result
 from qwenscope.sae.load import embedded_saes
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -192,7 +193,7 @@ def main() -> None:
     for model_id in args.models.split(","):
         results["models"][model_id] = run_model(model_id, args)
     results["seconds"] = time.perf_counter() - t0
-    (RESULTS / "classify.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_result(RESULTS / "classify.json", results)
     plot(results, RESULTS / "classify.png")
     print("\nsummary (feature rule at the K chosen on discovery against the best baseline):")
     for m, res in results["models"].items():
