@@ -63,6 +63,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from qwenscope.experiment import add_common_args, set_threads, write_result
+
 LIBRARIES = ("qwenscope", "sparsify", "saelens", "saelens-sparse")
 OPTIONAL = ("qwenscope-bf16", "sparsify-autocast")  # bf16 encoders: for a GPU (~300x slower on an AVX2 CPU)
 HOOKPOINT = "resid_post.15"
@@ -386,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dead-fraction", type=float, default=0.1, help="AuxK on: share of the features marked dead before each step"
     )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_common_args(parser, device="auto")
     parser.add_argument("--peak-size", type=int, default=4096, help="n of the n x n @ n x n peak matmul")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "train.json"))
     args = parser.parse_args(argv)
@@ -397,8 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"bad --libraries {unknown} or a non-positive --steps/--repeats/--batch-size")
     if not 0 < args.dead_fraction <= 1:
         parser.error("--dead-fraction must be in (0, 1]")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     device = torch.device(args.device)
     modes = ["off", "on"] if args.auxk == "both" else [args.auxk]
 
@@ -514,8 +515,6 @@ def main(argv: list[str] | None = None) -> int:
     print("\n(losses are each library's own: fvu + auxk for qwenscope and sparsify, per-token MSE for SAELens)")
     print(f"fp32 matmul peak ({args.peak_size}^3, median of {len(peak_runs)}): {peak:.1f} GFLOP/s")
     print(f"FLOPs/step = {FLOPS_FORMULA}\ndense-equivalent convention: {DENSE_FORMULA}")
-
-    from qwenscope.experiment import write_result  # qwenscope is imported late here, as above
 
     out = write_result(
         args.out,

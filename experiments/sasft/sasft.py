@@ -72,7 +72,7 @@ from qwenscope import load_model, load_sae, resolve_hookpoint
 from qwenscope.apps.posttrain import SasftConfig, SasftTrainer, code_switching, language_features, texts_by_language
 from qwenscope.apps.posttrain.codeswitch import only_in, word_switching
 from qwenscope.apps.posttrain.sasft import POSITIONS
-from qwenscope.experiment import write_result
+from qwenscope.experiment import add_common_args, set_threads, write_result
 from qwenscope.models.hookpoints import decoder_layers
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -445,7 +445,7 @@ def main() -> None:
         default=["sft", "sasft"],
         help="arms to train (the base model is always measured or reused)",
     )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_common_args(parser, device="auto")
     parser.add_argument("--work", type=Path, default=Path("/tmp/qwenscope-bench-sasft"))
     args = parser.parse_args()
     if args.quick:
@@ -454,8 +454,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
 
     chapters = new_testament()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     train, held = build_data(
         chapters, args.switch, args.english, args.seed, args.response, args.switch_at, args.spanish
     )

@@ -39,10 +39,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from qwenscope import load_sae
-from qwenscope.experiment import load_script, write_result
+from qwenscope.experiment import load_script, set_threads, write_result
 from qwenscope.features.search import contrastive, effect_ranked
 from qwenscope.models.hookpoints import check_sae_fits
 from qwenscope.models.load import load_model
@@ -248,7 +246,7 @@ def main() -> None:
     args = parser.parse_args()
     args.alphas = sorted(float(a) for a in args.alphas.split(","))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     names = [c.strip() for c in args.concepts.split(",") if c.strip()]
     unknown = [n for n in names if n not in CONCEPTS]
     if unknown:

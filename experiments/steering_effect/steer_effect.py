@@ -34,7 +34,7 @@ import torch
 from qwenscope import load_sae
 from qwenscope.data.sources import iter_texts
 from qwenscope.demo_texts import NEGATIVE, POSITIVE
-from qwenscope.experiment import write_result
+from qwenscope.experiment import set_threads, write_result
 from qwenscope.features.search import contrastive, firing_profile
 from qwenscope.models.load import load_model
 from qwenscope.steer.evaluate import sweep
@@ -307,8 +307,7 @@ def main() -> None:
     args = parser.parse_args()
     args.alphas = [float(a) for a in args.alphas.split(",")]
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}
     todo = ["language", "concept"] if args.experiment == "both" else [args.experiment]
