@@ -5,9 +5,10 @@ Every script answers one question against a baseline and writes a JSON result; t
 * ``add_common_args(parser, device=..., threads=..., repeats=..., seed=..., out=...)`` adds the usual flags with the
   script's own defaults (a ``None`` default leaves the flag out); ``set_threads(n)`` applies ``--threads`` (0: torch's
   choice); ``default_device()`` is ``"cuda"`` when there is one, else ``"cpu"``.
-* ``environment()`` describes the machine and software (date, git commit, Python/torch/transformers versions, CPU
-  model and ``torch.backends.cpu.get_cpu_capability()``, ``ATEN_CPU_CAPABILITY``, threads, GPU); ``write_result``
-  writes a result dict as JSON with that block added under ``"environment"``.
+* ``environment()`` describes the machine and software (date, git commit and whether the tree had edits,
+  Python/torch/transformers versions, CPU model and ``torch.backends.cpu.get_cpu_capability()``,
+  ``ATEN_CPU_CAPABILITY``, threads, GPU); ``write_result`` writes a result dict as JSON with that block added under
+  ``"environment"``.
 * ``timed(fn)`` is the wall-clock seconds of ``fn()`` (CUDA synchronised before and after); ``timed_cpu(fn)`` adds the
   CPU seconds of this process; ``interleaved(variants, repeats)`` runs every variant once per repeat, in turn, so
   drift in machine load hits them alike; ``medians(runs)`` is the median of each variant's runs.
@@ -140,10 +141,11 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _git_commit() -> str | None:
+def _git(*args: str) -> str | None:
+    """The output of ``git args`` in the checkout this package was imported from; ``None`` outside one."""
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
+            ["git", *args],
             cwd=Path(__file__).resolve().parent,
             capture_output=True,
             text=True,
@@ -152,7 +154,7 @@ def _git_commit() -> str | None:
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    return out.stdout.strip()
 
 
 def _version(package: str) -> str | None:
@@ -164,9 +166,11 @@ def _version(package: str) -> str | None:
 
 def environment() -> dict[str, Any]:
     """The machine and software a result was measured on (JSON-able)."""
+    commit = _git("rev-parse", "HEAD")
     env: dict[str, Any] = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": _git_commit(),
+        "git_commit": commit or None,
+        "git_dirty": None if commit is None else bool(_git("status", "--porcelain", "--untracked-files=no")),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": _version("transformers"),

@@ -27,6 +27,7 @@ from qwenscope.experiment import (
 ENV_KEYS = {
     "date",
     "git_commit",
+    "git_dirty",
     "python",
     "torch",
     "transformers",
