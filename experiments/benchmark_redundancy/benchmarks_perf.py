@@ -39,6 +39,7 @@ from qwenscope.apps.benchmarks.data import load_benchmark, subsets
 from qwenscope.apps.benchmarks.measures import performance_redundancy
 from qwenscope.apps.benchmarks.scores import ScoreMatrix, answer_loglik, encode_items, load_scores
 from qwenscope.atomic import atomic_write
+from qwenscope.experiment import write_result
 
 logger = logging.getLogger("benchmarks_perf")
 
@@ -111,7 +112,7 @@ def score_checkpoint(name: str, items: list[Any], keys: list[str], args: argpars
 
 def save_json(path: Path, content: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(content, indent=2)))
+    atomic_write(path, lambda tmp: write_result(tmp, content))  # with the environment block
 
 
 @torch.no_grad()
