@@ -7,16 +7,14 @@ the hookpoint, the SAE at each item's last token, the sparse matrix, the density
 repeats, medians; throughput = real (non-pad) tokens per second; goal: features >= 0.8x capture.
 
     .venv/bin/python bench/perf/benchmarks_speed.py [--repeats 3] [--limit N] [--batch-size 16]
+
+Writes bench/perf/results/benchmarks_speed.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import statistics
-import time
-from pathlib import Path
 
 import torch
 
@@ -24,6 +22,7 @@ from qwenscope import get_activations, load_model, load_sae
 from qwenscope.apps.benchmarks.data import load_benchmark
 from qwenscope.apps.benchmarks.features import FeatureSetConfig, SaeSpec, feature_sets, tokenize
 from qwenscope.data.tokens import token_batches
+from qwenscope.experiment import add_common_args, interleaved, medians, write_result
 
 
 def main() -> None:
@@ -33,8 +32,7 @@ def main() -> None:
     parser.add_argument("--benchmark", default="gsm8k")
     parser.add_argument("--limit", type=int, default=0, help="first N items only (quick runs)")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default="bench/perf/results/benchmarks_speed.json")
+    add_common_args(parser, repeats=3, out="bench/perf/results/benchmarks_speed.json")
     args = parser.parse_args()
 
     model, tokenizer = load_model(args.model)
@@ -58,14 +56,13 @@ def main() -> None:
 
     first = features()  # warm-up; also decodes the shipped feature statistics once
     capture()
-    times: dict[str, list[float]] = {"features": [], "capture": []}
-    for r in range(args.repeats):  # interleaved, so drift on the shared CPU hits both alike
-        for name, fn in (("capture", capture), ("features", features)):
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-            print(f"repeat {r + 1}/{args.repeats} {name}: {times[name][-1]:.1f} s", flush=True)
-    med = {k: statistics.median(v) for k, v in times.items()}
+
+    def progress(r: int, times: dict[str, list[float]]) -> None:
+        print(", ".join(f"repeat {r + 1}/{args.repeats} {k}: {v[-1]:.1f} s" for k, v in times.items()), flush=True)
+
+    # interleaved, so drift on the shared CPU hits both alike
+    times = interleaved({"capture": capture, "features": features}, args.repeats, progress=progress)
+    med = medians(times)
     ratio = med["capture"] / med["features"]
     result = {
         "model": args.model,
@@ -92,8 +89,7 @@ def main() -> None:
     for k in ("capture", "features"):
         print(f"{k:<10} {med[k]:>9.1f} {n_tokens / med[k]:>9.0f}")
     print(f"feature sets at {ratio:.2f}x the plain capture throughput (goal >= 0.8x)")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {write_result(args.out, result)}")
 
 
 if __name__ == "__main__":

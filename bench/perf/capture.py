@@ -4,30 +4,20 @@ Same model (smollm2-135m, fp32, CPU unless CUDA is there), same batch, interleav
 Goal (issue 2): >= 2.5x at L = 7 and >= 1.6x at L = 15.
 
     .venv/bin/python bench/perf/capture.py [--batch 4] [--seq 256] [--repeats 7]
+
+Writes bench/perf/results/capture.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
 from qwenscope import get_activations, load_model
-
-
-def timed(fn) -> float:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
+from qwenscope.experiment import add_common_args, default_device, interleaved, medians, write_result
 
 
 def main() -> None:
@@ -36,10 +26,10 @@ def main() -> None:
     parser.add_argument("--layers", default="7,15")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=7)
+    add_common_args(parser, repeats=7, out=Path(__file__).parent / "results" / "capture.json")
     args = parser.parse_args()
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     model, tokenizer = load_model(args.model, device=device)
     ids = torch.randint(0, len(tokenizer), (args.batch, args.seq), generator=torch.Generator().manual_seed(0))
     ids = ids.to(device)
@@ -53,15 +43,14 @@ def main() -> None:
         for layer in layers:  # correctness first: the capture is the same tensor
             got = get_activations(model, ids, [f"resid_post.{layer}"])[f"resid_post.{layer}"]
             assert torch.equal(got, reference[layer + 1]), f"capture at layer {layer} differs from hidden_states"
-        times: dict[str, list[float]] = {"full": [], **{f"resid_post.{layer}": [] for layer in layers}}
+        variants = {"full": full}
+        for layer in layers:
+            hp = f"resid_post.{layer}"
+            variants[hp] = lambda hp=hp: get_activations(model, ids, [hp])
         full(), get_activations(model, ids, [f"resid_post.{layers[0]}"])  # warm-up
-        for _ in range(args.repeats):  # interleaved, so drift hits every variant alike
-            times["full"].append(timed(full))
-            for layer in layers:
-                hp = f"resid_post.{layer}"
-                times[hp].append(timed(lambda hp=hp: get_activations(model, ids, [hp])))
+        times = interleaved(variants, args.repeats)  # interleaved, so drift hits every variant alike
 
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = medians(times)
     tokens = args.batch * args.seq
     print(f"model {args.model} on {device}, batch {args.batch} x {args.seq} tokens, median of {args.repeats}")
     print(f"{'variant':<16} {'median ms':>10} {'tokens/s':>10} {'speed-up':>9}")
@@ -78,25 +67,20 @@ def main() -> None:
                 "runs_s": times[name],
             }
         )
-    out = Path(__file__).parent / "results" / "capture.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "bench": "capture",
-                "model": args.model,
-                "device": device,
-                "batch": args.batch,
-                "seq": args.seq,
-                "repeats": args.repeats,
-                "torch": torch.__version__,
-                "threads": torch.get_num_threads(),
-                "machine": platform.machine(),
-                "results": rows,
-            },
-            indent=1,
-        )
-        + "\n"
+    out = write_result(
+        args.out,
+        {
+            "bench": "capture",
+            "model": args.model,
+            "device": device,
+            "batch": args.batch,
+            "seq": args.seq,
+            "repeats": args.repeats,
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "machine": platform.machine(),
+            "results": rows,
+        },
     )
     print(f"wrote {out}")
 

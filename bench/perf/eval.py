@@ -8,7 +8,7 @@ same token batches (held-out text of dataset-build:multi packed into chunks) for
 | ``forward`` | ``model(input_ids, attention_mask)``: one full forward, the LM head at every position |
 | ``evaluate_saes`` | the package: a clean forward, then SAE-spliced and zero-ablated forwards from the hookpoint |
 |  | on; the LM head at the scored positions only |
-| ``old`` | the plain evaluation it replaced (tests/evaluate/reference_eval.py): three full forwards |
+| ``old`` | the plain evaluation it replaced (bench/perf/reference_eval.py): three full forwards |
 
 Throughput is scored tokens per second (the positions whose next-token loss counts: all but each row's first and
 last); the ratio is ``forward``'s time over the variant's on the same batches (1 = as fast as a plain forward).
@@ -16,19 +16,20 @@ Interleaved runs in one process; medians of wall-clock time and of this process'
 on a machine shared with other jobs). Before timing, the two evaluations' figures are compared (largest relative
 difference over every metric). Goal (issue 8): ``evaluate_saes`` >= 0.3x a plain forward.
 
-    .venv/bin/python bench/perf/eval.py [--batch 4] [--seq 256] [--batches 2] [--repeats 5] [--threads N] [--no-old]
+    .venv/bin/python bench/perf/eval.py [--batch 4] [--seq 256] [--batches 2] [--repeats 5] [--threads N]
+        [--no-old]
+
+Writes bench/perf/results/eval.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -36,22 +37,21 @@ import torch
 from qwenscope import load_model, load_sae
 from qwenscope.data import chunk_tokens, iter_texts
 from qwenscope.evaluate import evaluate_saes
+from qwenscope.experiment import (
+    add_common_args,
+    default_device,
+    interleaved,
+    load_script,
+    set_threads,
+    timed_cpu,
+    write_result,
+)
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[1] / "tests"))
-sys.path.insert(0, str(HERE.parents[1] / "tests" / "evaluate"))
-from reference_eval import reference_evaluate_saes  # noqa: E402  (the plain evaluation the tests compare with)
 
 
-def timed(fn) -> tuple[float, float]:
-    """(wall-clock seconds, CPU seconds of this process) of ``fn()``."""
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    wall, cpu = time.perf_counter(), time.process_time()
-    fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - wall, time.process_time() - cpu
+# the plain evaluation it replaced, beside this script: the baseline
+reference_evaluate_saes = load_script(HERE / "reference_eval.py").reference_evaluate_saes
 
 
 def max_rel_diff(new: dict, old: dict) -> tuple[float, str]:
@@ -74,14 +74,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--batches", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    add_common_args(parser, repeats=5, threads=0, out=HERE / "results" / "eval.json")
     parser.add_argument("--no-old", action="store_true", help="skip the old evaluation (the slowest variant)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     model, tokenizer = load_model(args.model, device=device)
     sae = load_sae(args.sae or args.model, device=device)
     saes = {sae.cfg.hookpoint: sae}
@@ -107,15 +105,16 @@ def main() -> None:
     results = new()  # warm-up, and the figures to compare
     diff, where = max_rel_diff(results, old()) if not args.no_old else (math.nan, "")
     forward()
-    times: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
-    for repeat in range(args.repeats):  # interleaved, so drift hits every variant alike
-        for name, fn in variants.items():
-            times[name].append(timed(fn))
+
+    def progress(repeat: int, times: dict[str, list[tuple[float, float]]]) -> None:
         print(
             f"repeat {repeat + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1][0]:.1f} s" for k, v in times.items()),
             file=sys.stderr,
             flush=True,
         )
+
+    # interleaved, so drift hits every variant alike
+    times = interleaved(variants, args.repeats, timer=timed_cpu, progress=progress)
 
     wall = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
     cpu = {k: statistics.median(c for _, c in v) for k, v in times.items()}
@@ -149,33 +148,28 @@ def main() -> None:
         )
     if not args.no_old:
         print(f"evaluate_saes vs old: largest relative difference {diff:.1e} ({where or 'every metric identical'})")
-    out = HERE / "results" / "eval.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "bench": "eval",
-                "model": args.model,
-                "device": device,
-                "hookpoint": sae.cfg.hookpoint,
-                "d_sae": sae.d_sae,
-                "k": sae.cfg.k,
-                "batch": args.batch,
-                "seq": args.seq,
-                "batches": args.batches,
-                "scored_tokens": scored,
-                "repeats": args.repeats,
-                "max_rel_diff_vs_old": None if math.isnan(diff) else diff,
-                "max_rel_diff_at": where,
-                "figures": results["hookpoints"][sae.cfg.hookpoint],
-                "torch": torch.__version__,
-                "threads": torch.get_num_threads(),
-                "machine": platform.machine(),
-                "results": rows,
-            },
-            indent=1,
-        )
-        + "\n"
+    out = write_result(
+        args.out,
+        {
+            "bench": "eval",
+            "model": args.model,
+            "device": device,
+            "hookpoint": sae.cfg.hookpoint,
+            "d_sae": sae.d_sae,
+            "k": sae.cfg.k,
+            "batch": args.batch,
+            "seq": args.seq,
+            "batches": args.batches,
+            "scored_tokens": scored,
+            "repeats": args.repeats,
+            "max_rel_diff_vs_old": None if math.isnan(diff) else diff,
+            "max_rel_diff_at": where,
+            "figures": results["hookpoints"][sae.cfg.hookpoint],
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "machine": platform.machine(),
+            "results": rows,
+        },
     )
     print(f"wrote {out}")
 

@@ -38,6 +38,8 @@ from typing import Any
 
 import httpx
 
+from qwenscope.experiment import write_result
+
 RESULTS = Path(__file__).resolve().parent / "results"
 PROMPTS = [
     "The history of the printing press began",
@@ -350,7 +352,7 @@ def main() -> None:
     results["throughput_ratio"] = batched / single if single else None
     if not args.no_kill_check:
         results["kill_check"] = kill_check(args, refs)
-    (args.out / "serve.json").write_text(json.dumps(results, indent=1))
+    write_result(args.out / "serve.json", results)
     plot(results, args.out / "serve.png")
     print(f"\n{'':16}{'tokens/s':>10}{'p50 s':>8}{'p99 s':>8}{'errors':>8}{'x-talk':>8}")
     for name, c in results["configs"].items():

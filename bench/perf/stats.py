@@ -10,11 +10,14 @@ pass (one forward up to layer 25 serves all three) against three ``compute_featu
 resid_post.25 as the baseline; same documents, interleaved, medians, in wall time and in CPU time of the process
 (stable on a machine shared with other jobs; run with OMP_NUM_THREADS=1 there).
 
-Memory: ``compute_feature_stats`` on a tiny random Llama (tests/tiny_models.py, byte tokenizer, d_sae 1024) over two
-token counts, each in a fresh spawned process; peak RSS must not grow with the token count.
+Memory: ``compute_feature_stats`` on a tiny random Llama (``qwenscope.experiment.PROBES["stats"]``, the tests' tiny
+Llama, byte tokenizer, d_sae 1024) over two token counts, each in a fresh spawned process; peak RSS must not grow with
+the token count.
 
-    .venv/bin/python bench/perf/stats.py [--batch 8] [--seq 256] [--batches 3] [--repeats 3] [--rss-tokens 100000,1000000]
-        [--parts throughput,shared,rss]
+    .venv/bin/python bench/perf/stats.py [--batch 8] [--seq 256] [--batches 3] [--repeats 3]
+        [--rss-tokens 100000,1000000] [--parts throughput,shared,rss]
+
+Writes bench/perf/results/stats.json (parts not rerun keep their last figures).
 """
 
 from __future__ import annotations
@@ -23,21 +26,25 @@ import argparse
 import json
 import logging
 import platform
-import statistics
-import sys
-import time
 from pathlib import Path
 
 import torch
 
 from qwenscope import get_activations, load_model, load_sae
 from qwenscope.data import chunk_tokens, iter_texts
+from qwenscope.experiment import (
+    add_common_args,
+    default_device,
+    interleaved,
+    medians,
+    probe_rss,
+    timed,
+    timed_cpu,
+    write_result,
+)
 from qwenscope.features.stats import StatsConfig, batched, compute_feature_stats, compute_feature_stats_many, logit_lens
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[1] / "tests"))
-from capture import timed  # noqa: E402  (bench/ is on sys.path when a script in it runs)
-from rss_probe import peak_rss as probe_rss  # noqa: E402  (the probe the memory test runs)
 
 
 def documents(tokenizer, n_chunks: int, seq: int) -> list[str]:
@@ -53,7 +60,7 @@ def documents(tokenizer, n_chunks: int, seq: int) -> list[str]:
 
 
 def throughput(args) -> dict:
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     model, tokenizer = load_model(args.model, device=device)
     sae = load_sae(args.model, device=device)
     hook = sae.cfg.hookpoint
@@ -69,13 +76,10 @@ def throughput(args) -> dict:
         compute_feature_stats(model, tokenizer, sae, docs, cfg)
 
     logging.getLogger("qwenscope.features.stats").setLevel(logging.ERROR)  # "the text ran out": on purpose
-    capture(), stats()  # warm-up
-    times: dict[str, list[float]] = {"capture": [], "stats": []}
-    for _ in range(args.repeats):  # interleaved, so drift hits both alike
-        times["capture"].append(timed(capture))
-        times["stats"].append(timed(stats))
+    # warm-up, then interleaved, so drift hits both alike
+    times = interleaved({"capture": capture, "stats": stats}, args.repeats, warmup=True)
     lens_s = timed(lambda: logit_lens(model, sae, top=10, vocab_size=len(tokenizer)))
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = medians(times)
     tokens = n_chunks * args.seq
     print(
         f"model {args.model} on {device}, SAE {hook} d_sae {sae.d_sae} k {sae.cfg.k}, {n_chunks} chunks x "
@@ -103,16 +107,8 @@ def throughput(args) -> dict:
     }
 
 
-def cpu_timed(fn) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process) of ``fn()``. On a machine shared with other jobs, CPU time is the
-    stable measure of the work (with one thread it is the compute alone); wall time is what a user waits."""
-    c0, t0 = time.process_time(), time.perf_counter()
-    fn()
-    return time.perf_counter() - t0, time.process_time() - c0
-
-
 def shared(args) -> dict:
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     model, tokenizer = load_model(args.model, device=device)
     hooks = ["resid_post.3", "resid_post.15", "resid_post.25"]
     saes = [load_sae(args.model, hookpoint=h, device=device) for h in hooks]
@@ -128,15 +124,11 @@ def shared(args) -> dict:
     }
     logging.getLogger("qwenscope.features.stats").setLevel(logging.ERROR)
     variants["shared"]()  # warm-up
-    wall: dict[str, list[float]] = {k: [] for k in variants}
-    cpu: dict[str, list[float]] = {k: [] for k in variants}
-    for _ in range(args.repeats):
-        for name, fn in variants.items():
-            w, c = cpu_timed(fn)
-            wall[name].append(w)
-            cpu[name].append(c)
-    med_wall = {k: statistics.median(v) for k, v in wall.items()}
-    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
+    # CPU time is the stable measure on a machine shared with other jobs (with one thread it is the compute alone)
+    runs = interleaved(variants, args.repeats, timer=timed_cpu)
+    wall = {k: [w for w, _ in v] for k, v in runs.items()}
+    cpu = {k: [c for _, c in v] for k, v in runs.items()}
+    med_wall, med_cpu = medians(wall), medians(cpu)
     tokens = n_chunks * args.seq
     print(
         f"\nthree SAEs of {args.model} ({', '.join(hooks)}), {tokens} tokens per run, batches of {args.batch}, "
@@ -189,12 +181,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--batches", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=3)
+    add_common_args(parser, repeats=3, out=HERE / "results" / "stats.json")
     parser.add_argument("--rss-tokens", default="100000,1000000")
     parser.add_argument("--parts", default="throughput,shared,rss")
     args = parser.parse_args()
     parts = args.parts.split(",")
-    out = HERE / "results" / "stats.json"
+    out = Path(args.out)
     result = json.loads(out.read_text()) if out.is_file() else {}  # parts not rerun keep their last results
     result.update(
         {
@@ -212,8 +204,8 @@ def main() -> None:
         rss = peak_rss([int(n) for n in args.rss_tokens.split(",")])
         result["peak_rss"] = rss
         result["rss_ratio"] = rss[-1]["peak_rss_mib"] / rss[0]["peak_rss_mib"]
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    result.pop("environment", None)  # the environment of this run
+    write_result(out, result)
     print(f"wrote {out}")
 
 

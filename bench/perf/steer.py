@@ -4,20 +4,20 @@ Greedy, fixed length (``min_new_tokens`` = ``max_new_tokens``), the same prompt;
 steering interleaved in one process; medians. Goal (issue 4): steering at most 5% slower than plain generate.
 
     .venv/bin/python bench/perf/steer.py [--new-tokens 64] [--batch 1] [--repeats 7]
+
+Writes bench/perf/results/steer.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
 from qwenscope import load_model, load_sae, steer
+from qwenscope.experiment import add_common_args, default_device, interleaved, medians, write_result
 
 
 def main() -> None:
@@ -26,10 +26,10 @@ def main() -> None:
     parser.add_argument("--sae", default="smollm2-135m")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=7)
+    add_common_args(parser, repeats=7, out=Path(__file__).parent / "results" / "steer.json")
     args = parser.parse_args()
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     model, tokenizer = load_model(args.model, device=device)
     sae = load_sae(args.sae).to(device)
     batch = tokenizer(["The history of the city begins"] * args.batch, return_tensors="pt").to(device)
@@ -45,29 +45,19 @@ def main() -> None:
         "clamp (2 features)": {"features": {10: 4.0, 20: 0.0}, "mode": "clamp"},
     }
 
-    def run(spec):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
+    def run(spec) -> None:
         with torch.no_grad():
             if spec is None:
                 out = model.generate(**batch, **kw)
             else:
                 with steer(model, sae, spec["features"], mode=spec["mode"]):
                     out = model.generate(**batch, **kw)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
         assert out.shape[1] == batch["input_ids"].shape[1] + args.new_tokens
-        return time.perf_counter() - t0
 
-    for spec in variants.values():  # warm-up
-        run(spec)
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(args.repeats):  # interleaved, so drift hits every variant alike
-        for name, spec in variants.items():
-            times[name].append(run(spec))
-
-    med = {k: statistics.median(v) for k, v in times.items()}
+    # warm-up, then interleaved, so drift hits every variant alike
+    calls = {name: (lambda spec=spec: run(spec)) for name, spec in variants.items()}
+    times = interleaved(calls, args.repeats, warmup=True)
+    med = medians(times)
     tokens = args.batch * args.new_tokens
     print(f"model {args.model} on {device}, batch {args.batch}, {args.new_tokens} new tokens, median of {args.repeats}")
     print(f"{'variant':<20} {'median s':>9} {'tokens/s':>9} {'slower by':>10}")
@@ -84,26 +74,21 @@ def main() -> None:
                 "runs_s": times[name],
             }
         )
-    out = Path(__file__).parent / "results" / "steer.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "bench": "steer",
-                "model": args.model,
-                "sae": args.sae,
-                "device": device,
-                "batch": args.batch,
-                "new_tokens": args.new_tokens,
-                "repeats": args.repeats,
-                "torch": torch.__version__,
-                "threads": torch.get_num_threads(),
-                "machine": platform.machine(),
-                "results": rows,
-            },
-            indent=1,
-        )
-        + "\n"
+    out = write_result(
+        args.out,
+        {
+            "bench": "steer",
+            "model": args.model,
+            "sae": args.sae,
+            "device": device,
+            "batch": args.batch,
+            "new_tokens": args.new_tokens,
+            "repeats": args.repeats,
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "machine": platform.machine(),
+            "results": rows,
+        },
     )
     print(f"wrote {out}")
 

@@ -36,7 +36,7 @@ features per token) on the same dead set; nothing dies on its own within a short
 
     .venv/bin/python bench/perf/train.py --activations ACTS/resid_post.15 [--steps 10] [--repeats 3] [--batch-size 4096]
     .venv/bin/python bench/perf/train.py --synthetic            # random activations when no cache exists
-    python bench/perf/train.py --synthetic --d-in 2048 --batch-size 8192 --device cuda \
+    .venv/bin/python bench/perf/train.py --synthetic --d-in 2048 --batch-size 8192 --device cuda \
         --libraries qwenscope,qwenscope-bf16,sparsify,sparsify-autocast
 
 In a git worktree, run it with PYTHONPATH=. so that the worktree's qwenscope is measured (the path is printed).
@@ -47,7 +47,6 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.metadata
-import json
 import math
 import os
 import platform
@@ -63,6 +62,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from qwenscope.experiment import add_common_args, set_threads, write_result
 
 LIBRARIES = ("qwenscope", "sparsify", "saelens", "saelens-sparse")
 OPTIONAL = ("qwenscope-bf16", "sparsify-autocast")  # bf16 encoders: for a GPU (~300x slower on an AVX2 CPU)
@@ -387,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dead-fraction", type=float, default=0.1, help="AuxK on: share of the features marked dead before each step"
     )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_common_args(parser, device="auto")
     parser.add_argument("--peak-size", type=int, default=4096, help="n of the n x n @ n x n peak matmul")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "train.json"))
     args = parser.parse_args(argv)
@@ -398,8 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"bad --libraries {unknown} or a non-positive --steps/--repeats/--batch-size")
     if not 0 < args.dead_fraction <= 1:
         parser.error("--dead-fraction must be in (0, 1]")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     device = torch.device(args.device)
     modes = ["off", "on"] if args.auxk == "both" else [args.auxk]
 
@@ -516,48 +516,43 @@ def main(argv: list[str] | None = None) -> int:
     print(f"fp32 matmul peak ({args.peak_size}^3, median of {len(peak_runs)}): {peak:.1f} GFLOP/s")
     print(f"FLOPs/step = {FLOPS_FORMULA}\ndense-equivalent convention: {DENSE_FORMULA}")
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "bench": "train",
-                "versions": versions(),
-                "threads": torch.get_num_threads(),
-                "device": str(device),
-                "machine": machine_info(device),
-                "data": data,
-                "settings": {
-                    "d_in": d_in,
-                    "d_sae": d_sae,
-                    "k": k,
-                    "activation": "topk",
-                    "dtype": "float32",
-                    "batch_size": B,
-                    "steps_per_run": args.steps,
-                    "repeats": args.repeats,
-                    "optimizer": "torch Adam",
-                    "lr": lr_for(d_sae),
-                    "lr_schedule": "constant (no warm-up, no decay)",
-                    "auxk_alpha": AUXK_ALPHA,
-                    "auxk_modes": modes,
-                    "dead_tokens": DEAD_TOKENS,
-                    "auxk_on_dead_features": n_dead,
-                    "auxk_on_k_aux": k_aux,
-                    "libraries": libs,
-                },
-                "auxk": results,
-                "peak": {
-                    "matmul": f"{args.peak_size}x{args.peak_size} @ {args.peak_size}x{args.peak_size} fp32",
-                    "runs_gflops_per_s": peak_runs,
-                    "median_gflops_per_s": peak,
-                },
-                "flops_formula": FLOPS_FORMULA,
-                "dense_equivalent_formula": DENSE_FORMULA,
+    out = write_result(
+        args.out,
+        {
+            "bench": "train",
+            "versions": versions(),
+            "threads": torch.get_num_threads(),
+            "device": str(device),
+            "machine": machine_info(device),
+            "data": data,
+            "settings": {
+                "d_in": d_in,
+                "d_sae": d_sae,
+                "k": k,
+                "activation": "topk",
+                "dtype": "float32",
+                "batch_size": B,
+                "steps_per_run": args.steps,
+                "repeats": args.repeats,
+                "optimizer": "torch Adam",
+                "lr": lr_for(d_sae),
+                "lr_schedule": "constant (no warm-up, no decay)",
+                "auxk_alpha": AUXK_ALPHA,
+                "auxk_modes": modes,
+                "dead_tokens": DEAD_TOKENS,
+                "auxk_on_dead_features": n_dead,
+                "auxk_on_k_aux": k_aux,
+                "libraries": libs,
             },
-            indent=1,
-        )
-        + "\n"
+            "auxk": results,
+            "peak": {
+                "matmul": f"{args.peak_size}x{args.peak_size} @ {args.peak_size}x{args.peak_size} fp32",
+                "runs_gflops_per_s": peak_runs,
+                "median_gflops_per_s": peak,
+            },
+            "flops_formula": FLOPS_FORMULA,
+            "dense_equivalent_formula": DENSE_FORMULA,
+        },
     )
     print(f"wrote {out}")
     broken = [

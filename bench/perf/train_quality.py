@@ -20,7 +20,6 @@ Two parts, on real activations (a ``qwenscope cache`` folder):
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -32,6 +31,7 @@ from torch import Tensor
 
 import qwenscope
 from qwenscope.data import ActivationCache
+from qwenscope.experiment import write_result
 from qwenscope.sae.model import Sae
 from qwenscope.train import TrainConfig, Trainer, kernels, precision
 
@@ -196,35 +196,30 @@ def main(argv: list[str] | None = None) -> int:
     for row in rec:
         print(f"{row['selector']:<10} {row['candidates']:>10} {row['id_recall']:>10.4f} {row['mass_recall']:>12.5f}")
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "bench": "train_quality",
-                "versions": {"qwenscope": qwenscope.__version__, "torch": torch.__version__},
-                "data": data,
-                "device": str(device),
-                "threads": torch.get_num_threads(),
-                "bf16_product": lowp,
-                "settings": {
-                    "expansion_factor": EXPANSION,
-                    "k": K,
-                    "steps": args.steps,
-                    "batch_size": args.batch_size,
-                    "tokens": tokens,
-                    "dead_tokens": args.dead_tokens,
-                    "held_out_tokens": len(held),
-                    "candidates": kernels.n_candidates(K),
-                },
-                "results": results,
-                "bf16_vs_exact_fvu_relative": rel,
-                "train_seconds_per_step": {v: results[v]["train_seconds"] / args.steps for v in results},
-                "recall": rec,
+    out = write_result(
+        args.out,
+        {
+            "bench": "train_quality",
+            "versions": {"qwenscope": qwenscope.__version__, "torch": torch.__version__},
+            "data": data,
+            "device": str(device),
+            "threads": torch.get_num_threads(),
+            "bf16_product": lowp,
+            "settings": {
+                "expansion_factor": EXPANSION,
+                "k": K,
+                "steps": args.steps,
+                "batch_size": args.batch_size,
+                "tokens": tokens,
+                "dead_tokens": args.dead_tokens,
+                "held_out_tokens": len(held),
+                "candidates": kernels.n_candidates(K),
             },
-            indent=1,
-        )
-        + "\n"
+            "results": results,
+            "bf16_vs_exact_fvu_relative": rel,
+            "train_seconds_per_step": {v: results[v]["train_seconds"] / args.steps for v in results},
+            "recall": rec,
+        },
     )
     print(f"wrote {out}")
     return 0

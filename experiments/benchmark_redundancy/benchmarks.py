@@ -11,22 +11,25 @@ four bundled benchmarks (HumanEval 164, GSM8K 1,319, GPQA-Diamond 198, AIME 2025
   adds less coverage than the first tenth);
 * compression: the greedy subset reaching 90% of each benchmark's footprint against the items random orders need
   (median of 200; goal: greedy needs half as many or fewer);
-* the footprints, the overlap matrix and R_hat of every benchmark and natural subset (GPQA by domain, GSM8K by
-  solution length, AIME I/II), which ``experiments/benchmark_redundancy/benchmarks_rho.py`` pairs with the performance redundancy R.
+* the footprints, the overlap matrix and R_hat of every benchmark and natural subset (GPQA by domain, GSM8K by solution
+  length, AIME I/II), which ``experiments/benchmark_redundancy/benchmarks_rho.py`` pairs with the performance redundancy
+  R.
 
 One early-stopped pass per benchmark and model reads every hookpoint; the feature sets are cached
 (``cache_dir()/benchmarks``), so a rerun (or the filter off after on) costs no forward.
 
-    .venv/bin/python experiments/benchmark_redundancy/benchmarks.py                             # both models, last-token pooling
-    .venv/bin/python experiments/benchmark_redundancy/benchmarks.py --pooling last,max --limit 40   # a quick run on the first 40 items of each
+    # both models, last-token pooling
+    .venv/bin/python experiments/benchmark_redundancy/benchmarks.py
+    # a quick run on the first 40 items of each
+    .venv/bin/python experiments/benchmark_redundancy/benchmarks.py --pooling last,max --limit 40
 
-Writes experiments/benchmark_redundancy/results/benchmarks.json and experiments/benchmark_redundancy/results/benchmarks.png (coverage curves, greedy against random).
+Writes experiments/benchmark_redundancy/results/benchmarks.json and
+experiments/benchmark_redundancy/results/benchmarks.png (coverage curves, greedy against random).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -42,6 +45,7 @@ from qwenscope.apps.benchmarks.compress import greedy_cover, random_needed
 from qwenscope.apps.benchmarks.data import list_benchmarks, load_benchmark, subsets
 from qwenscope.apps.benchmarks.features import FeatureSetConfig, SaeSpec, dense_ids, feature_sets
 from qwenscope.apps.benchmarks.measures import coverage_exact, footprint, redundancy, symmetric_overlap
+from qwenscope.experiment import write_result
 from qwenscope.features.density import MAX_DENSITY
 
 RESULTS = Path(__file__).parent / "results"
@@ -175,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def save(results: dict[str, Any], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1) + "\n")
+    write_result(out, results)
 
 
 def table(results: dict[str, Any]) -> None:

@@ -11,9 +11,12 @@ a rerun skips the checkpoints whose file already covers the same items (resumabl
 R(D) per benchmark set over the checkpoints (``measures.performance_redundancy``), a table, and the JSON
 (``--json``) with the time per checkpoint. The lead combines R with R_hat for rho(R, R_hat).
 
-    .venv/bin/python experiments/benchmark_redundancy/benchmarks_perf.py --limit 20            # quick: the first 20 items per benchmark
-    nohup nice -n 5 .venv/bin/python experiments/benchmark_redundancy/benchmarks_perf.py > perf.log 2>&1 &     # all items (~400k tokens each)
-    .venv/bin/python experiments/benchmark_redundancy/benchmarks_perf.py --device cuda --batch-size 32         # on a GPU (still fp32)
+    # quick: the first 20 items per benchmark
+    .venv/bin/python experiments/benchmark_redundancy/benchmarks_perf.py --limit 20
+    # all items (~400k tokens each)
+    nohup nice -n 5 .venv/bin/python experiments/benchmark_redundancy/benchmarks_perf.py > perf.log 2>&1 &
+    # on a GPU (still fp32)
+    .venv/bin/python experiments/benchmark_redundancy/benchmarks_perf.py --device cuda --batch-size 32
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from qwenscope.apps.benchmarks.data import load_benchmark, subsets
 from qwenscope.apps.benchmarks.measures import performance_redundancy
 from qwenscope.apps.benchmarks.scores import ScoreMatrix, answer_loglik, encode_items, load_scores
 from qwenscope.atomic import atomic_write
+from qwenscope.experiment import write_result
 
 logger = logging.getLogger("benchmarks_perf")
 
@@ -108,7 +112,7 @@ def score_checkpoint(name: str, items: list[Any], keys: list[str], args: argpars
 
 def save_json(path: Path, content: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(content, indent=2)))
+    atomic_write(path, lambda tmp: write_result(tmp, content))  # with the environment block
 
 
 @torch.no_grad()

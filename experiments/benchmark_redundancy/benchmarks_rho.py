@@ -1,14 +1,16 @@
 """Does the feature redundancy R_hat rank benchmarks as their performance redundancy R does? rho(R, R_hat).
 
-Pairs the two results files: R per benchmark set from ``experiments/benchmark_redundancy/benchmarks_perf.py`` (six checkpoints' per-item
-answer log-likelihoods; ``experiments/benchmark_redundancy/results/benchmarks_perf.json``) and R_hat per benchmark set from
-``experiments/benchmark_redundancy/benchmarks.py`` (``experiments/benchmark_redundancy/results/benchmarks.json``), over the sets both have (the four benchmarks and their
-natural subsets), and reports Spearman rho with a bootstrap interval (resampling the sets) for every SAE and
-setting. The report claims about 0.85 over 17 benchmarks and 26 checkpoints.
+Pairs the two results files: R per benchmark set from ``experiments/benchmark_redundancy/benchmarks_perf.py`` (six
+checkpoints' per-item answer log-likelihoods; ``experiments/benchmark_redundancy/results/benchmarks_perf.json``) and
+R_hat per benchmark set from ``experiments/benchmark_redundancy/benchmarks.py``
+(``experiments/benchmark_redundancy/results/benchmarks.json``), over the sets both have (the four benchmarks and their
+natural subsets), and reports Spearman rho with a bootstrap interval (resampling the sets) for every SAE and setting.
+The report claims about 0.85 over 17 benchmarks and 26 checkpoints.
 
     .venv/bin/python experiments/benchmark_redundancy/benchmarks_rho.py
 
-Writes experiments/benchmark_redundancy/results/benchmarks_rho.json and experiments/benchmark_redundancy/results/benchmarks_rho.png.
+Writes experiments/benchmark_redundancy/results/benchmarks_rho.json and
+experiments/benchmark_redundancy/results/benchmarks_rho.png.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from qwenscope.apps.benchmarks.measures import spearman_interval
+from qwenscope.experiment import write_result
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -45,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         rho, low, high = spearman_interval(x, y, n_boot=args.n_boot, seed=0)
         out["runs"][key] = {"sets": names, "R_hat": y.tolist(), "rho": rho, "low": low, "high": high}
         print(f"{key:<44} {len(names):>4} {rho:>13.3f} {f'[{low:.2f}, {high:.2f}]':>16}")
-    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    write_result(Path(args.out), out)
     plot(out, Path(args.out).with_suffix(".png"))
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.png')}")
     return 0

@@ -8,14 +8,14 @@ proportions (its firing says nothing about which token it is), at most ``-log2 p
 frequency bands; per band: how many, the median information, and the share with under 1 bit. Features that fired
 fewer than ``--min-count`` times are left out (their KL is mostly sampling noise).
 
-    .venv/bin/python experiments/feature_density/density.py --model smollm2-135m --hookpoints resid_post.3,resid_post.15,resid_post.25
+    .venv/bin/python experiments/feature_density/density.py --model smollm2-135m --hookpoints \
+        resid_post.3,resid_post.15,resid_post.25
     .venv/bin/python experiments/feature_density/density.py --model gemma3-270m --hookpoints resid_post.9
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import statistics
@@ -26,6 +26,7 @@ import torch
 
 from qwenscope import load_model, load_sae
 from qwenscope.data import chunk_tokens, iter_texts
+from qwenscope.experiment import write_result
 from qwenscope.features.stats import StatsConfig, batched, encode_chunks_many
 
 HERE = Path(__file__).resolve().parent
@@ -143,7 +144,7 @@ def main() -> None:
         )
     out = HERE / "results" / f"density_{args.model}.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    write_result(out, result)
     print(f"wrote {out} ({seconds:.0f} s)")
 
 

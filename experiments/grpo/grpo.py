@@ -27,12 +27,14 @@ step where the steered arm's curve (moving mean of 5) reaches plain GRPO's final
 time per step and in total. The goal: steered negatives reach plain's final repeat ratio in half the steps or fewer,
 with no lower task reward.
 
-    python experiments/grpo/grpo.py --quick                  # proves it runs: 2 steps, 1 seed, few prompts (~2 min on 2 cores)
-    python experiments/grpo/grpo.py                          # 3 seeds x 2 arms x 60 steps (GPU advised; ~5 s/step on 2 cores)
-    python experiments/grpo/grpo.py --jobs 6 --out /tmp/o    # the six runs in parallel processes (GPU)
+    # proves it runs: 2 steps, 1 seed, few prompts (~2 min on 2 cores)
+    .venv/bin/python experiments/grpo/grpo.py --quick
+    # 3 seeds x 2 arms x 60 steps (GPU advised; ~5 s/step on 2 cores)
+    .venv/bin/python experiments/grpo/grpo.py
+    .venv/bin/python experiments/grpo/grpo.py --jobs 6 --out /tmp/o    # the six runs in parallel processes (GPU)
 
-Writes experiments/grpo/results/grpo.json and grpo.png (grpo-quick.* with --quick; ``--out`` another folder), the JSON also
-after each finished run (``"partial": true``).
+Writes experiments/grpo/results/grpo.json and grpo.png (grpo-quick.* with --quick; ``--out`` another folder), the JSON
+also after each finished run (``"partial": true``).
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ from qwenscope.apps.posttrain.repetition import (
     repeat_stats,
     steering_check,
 )
+from qwenscope.experiment import write_result
 from qwenscope.steer.strength import steering_unit
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -479,7 +482,7 @@ def main() -> None:
             "partial": summary is None,
             "wall_s": time.perf_counter() - start,
         }
-        (args.out / f"{name}.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
+        write_result(args.out / f"{name}.json", result, default=float)
 
     def collect(arm: str, run: dict, held: dict) -> None:
         arms[arm].append(run)

@@ -21,10 +21,13 @@ all-or-nothing per prompt, sampling measures the probability itself; fluency: pe
 continuations (in domain) and of Spanish fortunes (out of domain). Also per arm: the share of English-only words
 (``word_switching``, word list from the training chapters of both Bibles), which sees a switch inside a sentence.
 
-    python experiments/sasft/sasft.py --quick          # a tiny run that checks the pipeline (6 min on 1 busy CPU core)
-    python experiments/sasft/sasft.py                  # the GPU setting: switch halfway, 300 steps at batch 8
-    python experiments/sasft/sasft.py --device cpu --threads 2 --steps 80 --batch 8 --max-length 160 --response 2 \
-        --switch-at 0 --eval 50 --new-tokens 48 --lam 1e-2 5e-2 # the CPU setting (~2.5 h on 2 cores)
+    # a tiny run that checks the pipeline (6 min on 1 busy CPU core)
+    .venv/bin/python experiments/sasft/sasft.py --quick
+    # the GPU setting: switch halfway, 300 steps at batch 8
+    .venv/bin/python experiments/sasft/sasft.py
+    # the CPU setting (~2.5 h on 2 cores)
+    .venv/bin/python experiments/sasft/sasft.py --device cpu --threads 2 --steps 80 --batch 8 --max-length 160 \
+        --response 2 --switch-at 0 --eval 50 --new-tokens 48 --lam 1e-2 5e-2
 
 ``--more-hookpoints resid_post.14`` also penalises the top ``--top`` English features at those hookpoints (one SAE
 each, from ``--sae``: a folder of hookpoint folders, default the model's shipped SAEs); the plain SFT arm is the
@@ -44,9 +47,9 @@ two verses long: a switch the model learns within 80 steps, so plain SFT switche
 Measured on CPU (--quick, 1 thread of a shared 2-core machine): full fine-tuning of gemma3-270m at batch 2 takes
 23-43 s per step, so the default 300 steps at batch 8 is a GPU job; on CPU try --steps 100 --batch 4.
 
-Writes experiments/sasft/results/sasft.json and experiments/sasft/results/sasft.png (``--quick``: sasft-quick.*; ``--out`` another folder),
-the JSON also after each arm (``"partial": true``). The Bibles are read from ``$QWENSCOPE_SWORD`` (default
-/usr/share/sword).
+Writes experiments/sasft/results/sasft.json and experiments/sasft/results/sasft.png (``--quick``: sasft-quick.*;
+``--out`` another folder), the JSON also after each arm (``"partial": true``). The Bibles are read from
+``$QWENSCOPE_SWORD`` (default /usr/share/sword).
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ from qwenscope import load_model, load_sae, resolve_hookpoint
 from qwenscope.apps.posttrain import SasftConfig, SasftTrainer, code_switching, language_features, texts_by_language
 from qwenscope.apps.posttrain.codeswitch import only_in, word_switching
 from qwenscope.apps.posttrain.sasft import POSITIONS
+from qwenscope.experiment import add_common_args, set_threads, write_result
 from qwenscope.models.hookpoints import decoder_layers
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -441,7 +445,7 @@ def main() -> None:
         default=["sft", "sasft"],
         help="arms to train (the base model is always measured or reused)",
     )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_common_args(parser, device="auto")
     parser.add_argument("--work", type=Path, default=Path("/tmp/qwenscope-bench-sasft"))
     args = parser.parse_args()
     if args.quick:
@@ -450,8 +454,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
 
     chapters = new_testament()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     train, held = build_data(
         chapters, args.switch, args.english, args.seed, args.response, args.switch_at, args.spanish
     )
@@ -513,7 +516,7 @@ def main() -> None:
 
     def write(partial: bool) -> None:
         results["partial"] = partial
-        (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1, ensure_ascii=False))
+        write_result(args.out / f"{stem}.json", results, ensure_ascii=False)
 
     reused = reuse_arms(args, results) if args.reuse else {}
     results["arms"].update(reused)

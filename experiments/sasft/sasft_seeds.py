@@ -1,17 +1,19 @@
-"""Plain SFT against SASFT over several training seeds: gathers ``experiments/sasft/sasft.py`` results into one table and plot.
+"""Plain SFT against SASFT over several training seeds: gathers ``experiments/sasft/sasft.py`` results into one table
+and plot.
 
-One ``experiments/sasft/sasft.py`` run trains each arm at one order of the samples; the order alone moves an arm's code-switching
-ratio more than the settings do, so a claim needs several orders per arm. Each input is a ``sasft.json`` holding the
-``sft`` arm, the ``sasft`` arm or both at one training seed (``--train-seed N``; a run without it used ``--seed``);
-every input must share the settings that make the arms comparable (data, steps, λ, features, hookpoints). Per arm it
-reports each seed, the median and the pooled ratio (English sentences over all sentences of all seeds), and per seed
-the paired cut (1 − SASFT / SFT), which cancels what a sample order does to both arms alike. Runs that measured
+One ``experiments/sasft/sasft.py`` run trains each arm at one order of the samples; the order alone moves an arm's
+code-switching ratio more than the settings do, so a claim needs several orders per arm. Each input is a ``sasft.json``
+holding the ``sft`` arm, the ``sasft`` arm or both at one training seed (``--train-seed N``; a run without it used
+``--seed``); every input must share the settings that make the arms comparable (data, steps, λ, features, hookpoints).
+Per arm it reports each seed, the median and the pooled ratio (English sentences over all sentences of all seeds), and
+per seed the paired cut (1 − SASFT / SFT), which cancels what a sample order does to both arms alike. Runs that measured
 English-only words (``word_switching``) get the same figures by word (over all words of all seeds), and the count of
-empty greedy answers per arm is listed: an empty answer adds to neither count of a ratio, so a model that stops
-where it would have switched looks as if it had stayed in the expected language.
+empty greedy answers per arm is listed: an empty answer adds to neither count of a ratio, so a model that stops where it
+would have switched looks as if it had stayed in the expected language.
 
-    python experiments/sasft/sasft_seeds.py experiments/sasft/results/sasft.json experiments/sasft/results/sasft-trainseed1.json \
-        experiments/sasft/results/sasft-trainseed1-sft.json /tmp/sasft-trainseed2/sasft.json ... --out experiments/sasft/results/sasft-seeds
+    .venv/bin/python experiments/sasft/sasft_seeds.py experiments/sasft/results/sasft.json \
+        experiments/sasft/results/sasft-trainseed1.json experiments/sasft/results/sasft-trainseed1-sft.json \
+        /tmp/sasft-trainseed2/sasft.json ... --out experiments/sasft/results/sasft-seeds
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import json
 import statistics
 from pathlib import Path
 from typing import Any
+
+from qwenscope.experiment import write_result
 
 RESULTS = Path(__file__).parent / "results"
 ARMS = ("sft", "sasft")
@@ -225,7 +229,7 @@ def main() -> None:
     summary = summarise(gather(args.runs))
     summary["runs"] = [str(p) for p in args.runs]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(summary, indent=1))
+    write_result(args.out.with_suffix(".json"), summary)
     plot(summary, args.out.with_suffix(".png"))
     print(table(summary))
     for metric in summary["metrics"]:

@@ -1,4 +1,5 @@
-"""The concepts of ``experiments/steering_concepts/steer_concepts.py``: search texts, an automatic scorer and held-out evaluation prompts.
+"""The concepts of ``experiments/steering_concepts/steer_concepts.py``: search texts, an automatic scorer and held-out
+evaluation prompts.
 
 Each concept has 16 positive texts (about it) and 16 negative texts (about anything else), written for this bench
 and used only by the searches; a scorer that says whether a generation shows the concept; and the kind of prompt it

@@ -1,6 +1,7 @@
 """Does the effect-ranked feature steer better than the contrastive one? Six concepts, 50 held-out prompts each.
 
-For each concept (``experiments/steering_concepts/concepts.py``: its own positive and negative texts, a scorer, held-out prompts):
+For each concept (``experiments/steering_concepts/concepts.py``: its own positive and negative texts, a scorer, held-out
+prompts):
 
 * contrastive choice: the rule the demo used before effect ranking: of the contrastive hits by firing-rate difference,
   the strongest that stays silent (<= 2% of tokens) on the negative texts;
@@ -15,13 +16,17 @@ The best strength of a choice is the one with the highest rate among those whose
 producing garbage. The search texts and the evaluation prompts share nothing, and nothing here was tuned on the
 evaluation prompts.
 
-    .venv/bin/python experiments/steering_concepts/steer_concepts.py                                   # all six (~1-2 h on 2 shared cores)
+    # all six (~1-2 h on 2 shared cores)
+    .venv/bin/python experiments/steering_concepts/steer_concepts.py
     .venv/bin/python experiments/steering_concepts/steer_concepts.py --concepts sea,music --alphas 0,0.3,0.6
-    .venv/bin/python experiments/steering_concepts/steer_concepts.py --model smollm2-135m --sae PATH --hookpoint resid_post.15  # a new SAE
+    # a new SAE
+    .venv/bin/python experiments/steering_concepts/steer_concepts.py --model smollm2-135m --sae PATH --hookpoint \
+        resid_post.15
 
-English concepts run on smollm2-135m ``resid_post.15`` and French on gemma3-270m ``resid_post.9`` unless --model /
---sae / --hookpoint say otherwise (then every chosen concept runs there). Writes experiments/steering_concepts/results/steer_concepts.json
-(merged with earlier runs, keyed by concept) and experiments/steering_concepts/results/steer_concepts.png.
+English concepts run on smollm2-135m ``resid_post.15`` and French on gemma3-270m ``resid_post.9`` unless
+--model / --sae / --hookpoint say otherwise (then every chosen concept runs there). Writes
+experiments/steering_concepts/results/steer_concepts.json (merged with earlier runs, keyed by concept) and
+experiments/steering_concepts/results/steer_concepts.png.
 """
 
 from __future__ import annotations
@@ -30,17 +35,12 @@ import argparse
 import json
 import logging
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
-from concepts import CONCEPTS, PROMPTS, Concept
-
 from qwenscope import load_sae
+from qwenscope.experiment import load_script, set_threads, write_result
 from qwenscope.features.search import contrastive, effect_ranked
 from qwenscope.models.hookpoints import check_sae_fits
 from qwenscope.models.load import load_model
@@ -48,6 +48,8 @@ from qwenscope.steer.evaluate import sweep_choices
 from qwenscope.steer.strength import steering_unit
 
 RESULTS = Path(__file__).parent / "results"
+_concepts = load_script(Path(__file__).with_name("concepts.py"))  # the sibling (experiments/* are no packages)
+CONCEPTS, PROMPTS, Concept = _concepts.CONCEPTS, _concepts.PROMPTS, _concepts.Concept
 DEFAULT_SETUP = {"french": ("gemma3-270m", "resid_post.9")}
 ENGLISH_SETUP = ("smollm2-135m", "resid_post.15")
 
@@ -211,9 +213,10 @@ def print_table(results: dict[str, Any], cap: float) -> None:
 
 
 def load(out: Path) -> dict[str, Any]:
-    """The concepts' results in ``out`` (without the summary)."""
+    """The concepts' results in ``out`` (without the summary and the environment block)."""
     results = json.loads(out.read_text()) if out.exists() else {}
     results.pop("summary", None)
+    results.pop("environment", None)
     return results
 
 
@@ -222,7 +225,7 @@ def save(out: Path, name: str, result: dict[str, Any], cap: float) -> None:
     results = {**load(out), name: result}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({**results, "summary": summary(results, cap)}, indent=1, ensure_ascii=False))
+    write_result(tmp, {**results, "summary": summary(results, cap)}, ensure_ascii=False)
     tmp.replace(out)
 
 
@@ -243,7 +246,7 @@ def main() -> None:
     args = parser.parse_args()
     args.alphas = sorted(float(a) for a in args.alphas.split(","))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     names = [c.strip() for c in args.concepts.split(",") if c.strip()]
     unknown = [n for n in names if n not in CONCEPTS]
     if unknown:

@@ -1,12 +1,13 @@
 """Which probe strength ranks steering features best? The development check behind effect_ranked's default.
 
-For each concept (experiments/steering_concepts/concepts.py), the first 12 contrastive candidates are probed (``probe_effects``: gain_pos -
-gain_neg, nats per token) at relative strengths 0.25, 0.5 and 0.75, and each is steered alone at 0.5 on 12
-development chat prompts (experiments/steering_effect/steer_effect.py's, none of them experiments/steering_concepts/steer_concepts.py's evaluation prompts; 24
-new tokens). For each probe strength it reports the rate of the candidate the probe ranks first, against the best
-rate of any candidate.
+For each concept (experiments/steering_concepts/concepts.py), the first 12 contrastive candidates are probed
+(``probe_effects``: gain_pos - gain_neg, nats per token) at relative strengths 0.25, 0.5 and 0.75, and each is steered
+alone at 0.5 on 12 development chat prompts (experiments/steering_effect/steer_effect.py's, none of them
+experiments/steering_concepts/steer_concepts.py's evaluation prompts; 24 new tokens). For each probe strength it reports
+the rate of the candidate the probe ranks first, against the best rate of any candidate.
 
-    .venv/bin/python experiments/steering_concepts/steer_probe_dev.py                     # sea, music, food, space (~20 min on 2 cores)
+    # sea, music, food, space (~20 min on 2 cores)
+    .venv/bin/python experiments/steering_concepts/steer_probe_dev.py
 
 Writes experiments/steering_concepts/results/steer_probe_dev.json.
 """
@@ -14,18 +15,13 @@ Writes experiments/steering_concepts/results/steer_probe_dev.json.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from concepts import CONCEPTS, INSTRUCTIONS
-from steer_effect import INSTRUCTIONS as OTHER_INSTRUCTIONS
-
 from qwenscope import load_sae
+from qwenscope.experiment import load_script, write_result
 from qwenscope.features.search import contrastive
 from qwenscope.models.load import load_model
 from qwenscope.steer.evaluate import sweep_choices
@@ -33,6 +29,10 @@ from qwenscope.steer.probe import probe_effects
 from qwenscope.steer.strength import steering_unit
 
 RESULTS = Path(__file__).parent / "results"
+HERE = Path(__file__).resolve().parent
+_concepts = load_script(HERE / "concepts.py")  # the sibling (experiments/* are no packages)
+CONCEPTS, INSTRUCTIONS = _concepts.CONCEPTS, _concepts.INSTRUCTIONS
+OTHER_INSTRUCTIONS = load_script(HERE.parent / "steering_effect" / "steer_effect.py").INSTRUCTIONS
 PROBE_ALPHAS = (0.25, 0.5, 0.75)
 DEV = [OTHER_INSTRUCTIONS[i] for i in (0, 1, 2, 3, 4, 6, 7, 9, 13, 14, 16, 17)]  # about none of the concepts
 assert not set(DEV) & set(INSTRUCTIONS)
@@ -92,7 +92,7 @@ def main() -> None:
             "rate_of_probe_pick": picked,
         }
         print(f"{name}: best rate {max(rates):.2f}; rate of the probe's first pick by probe strength: {picked}")
-        Path(args.out).write_text(json.dumps(results, indent=1))
+        write_result(Path(args.out), results)
     print(f"wrote {args.out}")
 
 

@@ -13,7 +13,8 @@ texts is recorded too, in the same unit, as ``typical_per_unit``.) Alpha 0 is th
 run. Fluency cost: perplexity of each continuation under the unsteered model. Greedy decoding, so every figure
 is deterministic.
 
-    .venv/bin/python experiments/steering_effect/steer_effect.py                        # both experiments (~15 min on 2 cores)
+    # both experiments (~15 min on 2 cores)
+    .venv/bin/python experiments/steering_effect/steer_effect.py
     .venv/bin/python experiments/steering_effect/steer_effect.py --experiment concept --alphas 0,0.3,0.6
 
 Writes experiments/steering_effect/results/steer_effect.json and experiments/steering_effect/results/steer_effect.png.
@@ -33,6 +34,7 @@ import torch
 from qwenscope import load_sae
 from qwenscope.data.sources import iter_texts
 from qwenscope.demo_texts import NEGATIVE, POSITIVE
+from qwenscope.experiment import set_threads, write_result
 from qwenscope.features.search import contrastive, firing_profile
 from qwenscope.models.load import load_model
 from qwenscope.steer.evaluate import sweep
@@ -305,8 +307,7 @@ def main() -> None:
     args = parser.parse_args()
     args.alphas = [float(a) for a in args.alphas.split(",")]
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}
     todo = ["language", "concept"] if args.experiment == "both" else [args.experiment]
@@ -324,7 +325,7 @@ def main() -> None:
             example = r["examples"][0].replace("\n", " ")[:70] if r["examples"] else ""
             print(f"{r['alpha']:>6g} {r['rate']:>6.0%} {r['perplexity']:>11.1f}  {example}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1, ensure_ascii=False))
+    write_result(out, results, ensure_ascii=False)
     plot({k: results[k] for k in ("language", "concept") if k in results}, out.with_suffix(".png"))
     print(f"\nwrote {out} and {out.with_suffix('.png')}")
 

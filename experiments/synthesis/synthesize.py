@@ -14,11 +14,14 @@ checked against every target). Measured: the share of targets covered by verifie
 rule (K features, ``qwenscope.apps.classify.classifier.fit``) fit on the seed alone, the seed plus the synthetic
 examples, or the seed plus as many plain generations (label 1), scored on the held-out test split.
 
-    python experiments/synthesis/synthesize.py                    # ~15-20 min on 2 shared CPU cores
-    python experiments/synthesis/synthesize.py --seeds 0,1,2      # medians over sampling seeds (3x the generation time)
+    # ~15-20 min on 2 shared CPU cores
+    .venv/bin/python experiments/synthesis/synthesize.py
+    # medians over sampling seeds (3x the generation time)
+    .venv/bin/python experiments/synthesis/synthesize.py --seeds 0,1,2
 
 Generations are written (resumably) under ``cache_dir()/synthesize-bench``; a killed bench continues where it stopped.
-Writes experiments/synthesis/results/synthesize.json and experiments/synthesis/results/synthesize.png and prints the table.
+Writes experiments/synthesis/results/synthesize.json and experiments/synthesis/results/synthesize.png and prints the
+table.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from qwenscope.apps.classify.metrics import classification_scores
 from qwenscope.apps.synthesize.generate import Arm, GenerationConfig
 from qwenscope.apps.synthesize.inventory import contrast_inventory, unreached
 from qwenscope.apps.synthesize.run import synthesize, synthesize_plain
+from qwenscope.experiment import write_result
 from qwenscope.models.load import cache_dir
 from qwenscope.steer.strength import steering_unit
 
@@ -304,7 +308,7 @@ def main() -> None:
 
 def save(path: Path, result: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+    write_result(path, result, ensure_ascii=False)
 
 
 def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:

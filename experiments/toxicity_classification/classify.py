@@ -10,10 +10,12 @@ activation probe, difference-in-means and TF-IDF, with bootstrap intervals; a le
 alone gets: offensive fortunes differ in length) and "always toxic" (F1 2/3 on balanced data: the floor); the
 data-efficiency curve (1/10/50/100% of discovery, median of 5 draws); and cross-lingual transfer (es -> it, it -> es).
 
-    python experiments/toxicity_classification/classify.py                      # both models; ~10 min on 2 CPU cores (pooled features cached)
-    python experiments/toxicity_classification/classify.py --models gemma3-270m
+    # both models; ~10 min on 2 CPU cores (pooled features cached)
+    .venv/bin/python experiments/toxicity_classification/classify.py
+    .venv/bin/python experiments/toxicity_classification/classify.py --models gemma3-270m
 
-Writes experiments/toxicity_classification/results/classify.json, experiments/toxicity_classification/results/classify.png and one HTML report per model and language.
+Writes experiments/toxicity_classification/results/classify.json,
+experiments/toxicity_classification/results/classify.png and one HTML report per model and language.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from qwenscope.apps.classify.data import fortunes_offensive, split
 from qwenscope.apps.classify.metrics import classification_scores
 from qwenscope.apps.classify.pooled import pool_texts
 from qwenscope.apps.classify.report import format_table, write_report
+from qwenscope.experiment import write_result
 from qwenscope.sae.load import embedded_saes
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -190,7 +193,7 @@ def main() -> None:
     for model_id in args.models.split(","):
         results["models"][model_id] = run_model(model_id, args)
     results["seconds"] = time.perf_counter() - t0
-    (RESULTS / "classify.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_result(RESULTS / "classify.json", results)
     plot(results, RESULTS / "classify.png")
     print("\nsummary (feature rule at the K chosen on discovery against the best baseline):")
     for m, res in results["models"].items():

@@ -10,8 +10,8 @@ SAE reconstruction spliced in and one with the hookpoint zero-ablated (the basel
 hookpoint are the same in all three forwards, so the reconstruction computed from the clean capture is the one
 spliced in (no second encode), and the edited forwards do not rerun the decoder layers below the hookpoint: those
 return the clean forward's recorded output (``models/partial.py``). Every forward applies the LM head only at the
-scored positions. The results are those of three full forwards, to float noise (tests/evaluate/reference_eval.py
-is that plain computation, and the tests compare the two).
+scored positions. The results are those of three full forwards, to float noise (bench/perf/reference_eval.py is
+that plain computation, the baseline bench/perf/eval.py times; the tests compare the two).
 
 | result              | meaning                                                                        |
 |---------------------|--------------------------------------------------------------------------------|

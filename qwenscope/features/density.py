@@ -11,11 +11,11 @@ still top every prompt and hide the informative ones. Wherever features are rank
 ``qwenscope features``, the dashboards, the playground), those above ``max_density`` are left out of short lists or
 marked in full ones, and every listed feature shows its density.
 
-``MAX_DENSITY`` comes from ``experiments/feature_density/density.py``: the token information of a firing, ``KL(P(token | fires) ||
-P(token))``, by frequency band, for the four shipped SAEs over 50k tokens (README). Features firing on under 10% of
-tokens carry a median 2.5-6.6 bits; between 10% and 20%, 0.7-1.8 bits (one exception, a single feature of the early
-layer at 2.8), less than two coin flips; above 35%, under 1 bit. Ten percent keeps all but a handful of features per
-SAE (1 to 30 of ~10k) and removes those that top every prompt.
+``MAX_DENSITY`` comes from ``experiments/feature_density/density.py``: the token information of a firing, ``KL(P(token |
+fires) || P(token))``, by frequency band, for the four shipped SAEs over 50k tokens (README). Features firing on under
+10% of tokens carry a median 2.5-6.6 bits; between 10% and 20%, 0.7-1.8 bits (one exception, a single feature of the
+early layer at 2.8), less than two coin flips; above 35%, under 1 bit. Ten percent keeps all but a handful of features
+per SAE (1 to 30 of ~10k) and removes those that top every prompt.
 """
 
 from __future__ import annotations

@@ -34,9 +34,10 @@ from qwenscope.models.hookpoints import resolve_hookpoint
 logger = logging.getLogger(__name__)
 
 DEFAULT_STRENGTH = 0.5
-"""The relative strength the demo steers with: the best strength for its own concept in ``experiments/steering_concepts/steer_concepts.py``
-(sea: 36% of answers, perplexity 6.3; the highest success rate with perplexity <= 10). Over its six concepts the
-best strengths of the effect-ranked features run from 0.2 to 0.65 (median 0.35)."""
+"""The relative strength the demo steers with: the best strength for its own concept in
+``experiments/steering_concepts/steer_concepts.py`` (sea: 36% of answers, perplexity 6.3; the highest success rate with
+perplexity <= 10). Over its six concepts the best strengths of the effect-ranked features run from 0.2 to 0.65 (median
+0.35)."""
 UNIT_SOURCE = "dataset-build:multi"
 """The corpus the unit is measured on by default (offline, 37 languages and code)."""
 UNIT_TEXTS = 8

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from rss_probe import peak_rss
 
 from qwenscope import get_activations
 from qwenscope.data import ActivationStream, StreamConfig, chunk_tokens, token_mask
 from qwenscope.data import stream as stream_module
 from qwenscope.errors import QwenscopeError
+from qwenscope.experiment import probe_rss as peak_rss
 
 HOOKS = ["resid_post.0", "mlp_out.2", "resid_post.3"]
 

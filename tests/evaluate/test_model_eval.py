@@ -1,18 +1,21 @@
 """Model-level evaluation: exact and zero SAEs, a hand-written reference, the plain computation the fast path must
-match (reference_eval.py), masks and padding, errors, hooks."""
+match (bench/perf/reference_eval.py, the baseline bench/perf/eval.py times), masks and padding, errors, hooks."""
 
 import json
 
 import pytest
 import torch
 import torch.nn.functional as F
-from reference_eval import reference_evaluate_saes
+from bench_scripts import bench_script
 from tiny_models import build_tiny
 
 from qwenscope import QwenscopeError, Sae, SaeConfig, splice
 from qwenscope.evaluate import evaluate_sae, evaluate_saes
 from qwenscope.evaluate.metrics import cosine_similarity, explained_variance, relative_norm
 from qwenscope.evaluate.model_eval import iter_batches
+
+with bench_script("reference_eval") as _reference:  # the plain evaluation, a benchmark baseline
+    reference_evaluate_saes = _reference.reference_evaluate_saes
 
 RUN = {"progress": False}
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 from features_helpers import make_sae
-from rss_probe import peak_rss
 from tiny_models import build_tiny
 
 from qwenscope import get_activations
 from qwenscope.data import chunk_tokens, norm_outlier_mask, token_mask
 from qwenscope.errors import QwenscopeError
+from qwenscope.experiment import probe_rss as peak_rss
 from qwenscope.features.stats import StatsConfig, compute_feature_stats, compute_feature_stats_many, logit_lens
 
 HOOK = "resid_post.1"
