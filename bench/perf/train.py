@@ -1,4 +1,4 @@
-"""Benchmark: SAE training throughput of qwenscope vs sparsify vs SAELens on the same activations.
+r"""Benchmark: SAE training throughput of qwenscope vs sparsify vs SAELens on the same activations.
 
 One process, one set of preloaded batches, the same settings for every library: d_in 576 (SmolLM2-135M), d_sae 9216
 (x16), TopK k = 32, fp32, Adam at the same constant learning rate (2e-4 / sqrt(d_sae / 2^14), the default of

@@ -1,4 +1,4 @@
-"""Measurement: how much a feature's firing says about the token, by how often the feature fires.
+r"""Measurement: how much a feature's firing says about the token, by how often the feature fires.
 
 The basis of the default ``max_density`` (``qwenscope.features.density``). For every SAE given (one forward for all,
 the feature-store pass's scoring: not position 0, not special tokens, not norm outliers), over ``--tokens`` scored

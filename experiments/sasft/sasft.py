@@ -1,4 +1,4 @@
-"""SASFT against code-switching on a real model: plain SFT against SASFT on the same contaminated data, steps and seed.
+r"""SASFT against code-switching on a real model: plain SFT against SASFT on the same contaminated data, steps and seed.
 
 Setting (gemma3-270m, its shipped SAE at resid_post.9): a Spanish continuation task built from the parallel Bibles
 (``sword-text-web`` / ``sword-text-sparv``, New Testament: the same books, chapters and verses in both). A sample's

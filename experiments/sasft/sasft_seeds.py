@@ -1,4 +1,4 @@
-"""Plain SFT against SASFT over several training seeds: gathers ``experiments/sasft/sasft.py`` results into one table
+r"""Plain SFT against SASFT over several training seeds: gathers ``experiments/sasft/sasft.py`` results into one table
 and plot.
 
 One ``experiments/sasft/sasft.py`` run trains each arm at one order of the samples; the order alone moves an arm's

@@ -1,4 +1,4 @@
-"""Does the effect-ranked feature steer better than the contrastive one? Six concepts, 50 held-out prompts each.
+r"""Does the effect-ranked feature steer better than the contrastive one? Six concepts, 50 held-out prompts each.
 
 For each concept (``experiments/steering_concepts/concepts.py``: its own positive and negative texts, a scorer, held-out
 prompts):
