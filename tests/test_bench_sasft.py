@@ -1,5 +1,5 @@
-"""experiments/sasft/sasft.py's data and reuse rules: an English-dominated mix keeps the older data at its default, and a base arm
-measured on other prompts is never reused."""
+"""experiments/sasft/sasft.py's data and reuse rules: an English-dominated mix keeps the older data at its default,
+and a base arm measured on other prompts is never reused."""
 
 import argparse
 import json

@@ -1,4 +1,5 @@
-"""experiments/sasft/sasft_seeds.py: gathers per-seed SASFT runs, pairs the arms by training seed, refuses mixed settings."""
+"""experiments/sasft/sasft_seeds.py: gathers per-seed SASFT runs, pairs the arms by training seed, refuses mixed
+settings."""
 
 import json
 from pathlib import Path

@@ -1,4 +1,5 @@
-"""experiments/benchmark_redundancy/benchmarks_perf.py: its checkpoint list (six checkpoints, every shipped SAE layer)."""
+"""experiments/benchmark_redundancy/benchmarks_perf.py: its checkpoint list (six checkpoints, every shipped SAE
+layer)."""
 
 import pytest
 from bench_scripts import bench_script
