@@ -11,9 +11,11 @@ from collections.abc import Sequence
 
 import torch
 
-MARGIN = 1e-3
+MARGIN = 1e-4
 """The smallest top-1 minus top-2 logit gap a greedy token may have when a test promises that two paths pick the
-same tokens: fp32 logits of the tiny models differ by ~1e-5 between paths, so a gap 100 times that cannot flip."""
+same tokens: the fp32 scores of the tiny models differ by 1e-7..6e-7 between batched and alone (measured on the three
+archs of tests/steer/test_steer_rows.py), so a gap over 100 times the widest cannot flip. Margins of random prompts
+do come thinner (8.5e-6 for one qwen3_5 seed): a test that fails on it needs other prompts, not a smaller MARGIN."""
 
 
 def assert_topk_close(
