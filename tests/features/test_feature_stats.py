@@ -144,6 +144,8 @@ def test_one_pass_for_several_saes_equals_one_pass_each(llama, byte_tokenizer, s
         alone = compute_feature_stats(llama, byte_tokenizer, one, docs, cfg)
         assert stats.hookpoint == alone.hookpoint == one.cfg.hookpoint and stats.n_tokens == alone.n_tokens
         for name in ("count", "act_sum", "max_act", "hist", "top_acts", "top_tokens", "top_token_acts"):
+            # one pass for several SAEs vs one each: the same forwards of the same batches, same kernels, same shapes:
+            # bit-identical
             assert torch.equal(getattr(stats, name), getattr(alone, name)), name
         assert torch.equal(stats.lens.promoted_ids, alone.lens.promoted_ids)
     with pytest.raises(QwenscopeError, match="one hookpoint"):

@@ -90,4 +90,5 @@ def test_the_embedded_model_served_through_the_openai_client(embedded, app, one_
         with ThreadPoolExecutor(len(requests)) as pool:
             together = list(pool.map(ask, requests))
     assert max(server.batcher.batch_sizes) >= 4, server.batcher.batch_sizes
+    # batched vs alone on the real model: other shapes; its greedy margins are wide (a trained model), see floats.MARGIN
     assert together == alone

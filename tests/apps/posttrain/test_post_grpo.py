@@ -172,6 +172,7 @@ def test_the_steered_rollouts_old_logprobs_are_the_steered_models(tmp_path, step
     old = out["old_per_token_logps"]
     for row in range(2 * G):
         want, _ = completion_logps(trainer, out, row, steering if row % G == 1 else None)
+        # TRL's batched forward vs ours: other shapes, fp32 log-probs ~1e-6
         assert old[row][out["completion_mask"][row].bool()] == pytest.approx(want.tolist(), abs=1e-4)
     if steps_per_generation > 1:  # TRL computed the plain rows' old log-probabilities itself; the rest is the same
         return
@@ -206,6 +207,7 @@ def test_steering_only_the_generated_tokens_scores_them_as_generated(tmp_path):
         want, argmax = completion_logps(trainer, out, row, steering, positions=slice(prompt_len, None))
         assert bool(argmax.all())
         old = out["old_per_token_logps"][row][out["completion_mask"][row].bool()]
+        # TRL's batched forward vs ours: other shapes, fp32 log-probs ~1e-6
         assert old.tolist() == pytest.approx(want.tolist(), abs=1e-4)
         everywhere, _ = completion_logps(trainer, out, row, steering)  # steering the prompt too scores otherwise
         assert everywhere.tolist() != pytest.approx(want.tolist(), abs=1e-2)
