@@ -59,3 +59,18 @@ def greedy_margin(model, inputs: dict[str, torch.Tensor], max_new_tokens: int, *
     scores = torch.stack(out.scores, 1).float()  # (rows, steps, vocab)
     top2 = scores.topk(2, dim=-1).values
     return float((top2[..., 0] - top2[..., 1]).min())
+
+
+def assert_topk_ids_close(
+    ids: torch.Tensor, reference: torch.Tensor, largest: bool = True, rtol: float = 1e-4, atol: float = 1e-4
+) -> None:
+    """``ids`` (rows x k), computed along another path, are a top-k (bottom-k unless ``largest``) of each row of
+    ``reference`` up to ties within the tolerance: in order, and no id left out beats the weakest kept by more."""
+    sign = 1.0 if largest else -1.0
+    ref = sign * reference.double()
+    picked = ref.gather(1, ids.long())
+    tol = atol + rtol * ref.abs().amax(1, keepdim=True)
+    assert (picked[:, :-1] >= picked[:, 1:] - tol).all(), "not strongest first"
+    assert all(len(set(r)) == len(r) for r in ids.tolist()), "an id twice"
+    exact = ref.topk(ids.shape[1], dim=1).values
+    torch.testing.assert_close(picked, exact, rtol=0, atol=float(tol.max()))  # each rank's value, up to a near-tie
