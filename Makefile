@@ -46,8 +46,10 @@ lint: setup
 	$(PY) -m ruff format --check qwenscope tests bench experiments scripts
 	$(PY) -m mypy
 
+# QWENSCOPE_REQUIRE_OPTIONAL=1: a test that importorskips a missing library (SAELens, sparsify, TRL, uvicorn...) fails
+# (tests/conftest.py), as the browser test does under QWENSCOPE_REQUIRE_BROWSER=1: make test never skips them silently.
 test: lint
-	QWENSCOPE_REQUIRE_BROWSER=1 $(PY) -m pytest -q
+	QWENSCOPE_REQUIRE_BROWSER=1 QWENSCOPE_REQUIRE_OPTIONAL=1 $(PY) -m pytest -q
 
 test-fast: lint
 	$(PY) -m pytest -q -m "not slow"

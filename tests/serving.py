@@ -27,3 +27,17 @@ def running(app):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def prompt_margin(model, tokenizer, prompt: str, max_new_tokens: int, specs=(), chat: bool = False) -> float:
+    """``floats.greedy_margin`` of ``prompt`` generated alone as the server encodes it, steered by the SteerSpecs
+    ``specs``: how far its greedy steps are from a tie."""
+    from floats import greedy_margin
+
+    from qwenscope.steer.generate import encode_prompt
+    from qwenscope.steer.steer import steer
+
+    inputs = encode_prompt(tokenizer, prompt, chat)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    with steer(model, list(specs)) if specs else contextlib.nullcontext():
+        return greedy_margin(model, inputs, max_new_tokens, pad_token_id=pad)

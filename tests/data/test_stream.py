@@ -33,6 +33,7 @@ def test_rows_align_across_hookpoints_by_recomputation(tiny_llama, byte_tokenize
         if c not in by_chunk:
             by_chunk[c] = get_activations(tiny_llama, chunks[c][None], HOOKS)
         for name in HOOKS:
+            # streamed batches vs one chunk alone: other shapes, other reduction order: fp32 ~1e-6
             torch.testing.assert_close(out[name][i], by_chunk[c][name][0, p], rtol=1e-5, atol=1e-5)
     assert all(out[name].dtype == torch.float32 and out[name].shape == (len(out["positions"]), 64) for name in HOOKS)
 
@@ -84,6 +85,7 @@ def test_source_name_is_read_with_the_split(tiny_llama, byte_tokenizer, corpus):
     path, docs = corpus
     by_name = _collect(ActivationStream(tiny_llama, byte_tokenizer, str(path), HOOKS, _cfg(split="all")))
     by_list = _collect(ActivationStream(tiny_llama, byte_tokenizer, docs, HOOKS, _cfg()))
+    # the same stream, hookpoints named two ways: same kernels, same shapes: bit-identical
     assert torch.equal(by_name["resid_post.3"], by_list["resid_post.3"])
     train = _collect(ActivationStream(tiny_llama, byte_tokenizer, str(path), HOOKS, _cfg(split="train")))
     assert len(train["positions"]) < len(by_name["positions"])

@@ -111,6 +111,7 @@ def test_padding_is_neither_replaced_nor_scored(llama, random_sae):
     assert padded["n_scored_tokens"] == sum(n - 2 for n in (12, 5, 9, 2))
     for key, value in alone.items():
         if isinstance(value, float):
+            # right-padded batch vs each row alone: other shapes, other reduction order; fp32 ~1e-6, amplified in ratios
             assert padded[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
 
 
@@ -141,6 +142,8 @@ def test_several_saes_are_evaluated_separately(llama, token_rows, identity_sae, 
     assert list(both["hookpoints"]) == ["resid_post.0", "resid_post.1"]
     alone = evaluate_sae(llama, zero, token_rows, **RUN)
     for key in ("ce_sae", "ce_zero", "kl_div", "explained_variance"):
+        # two SAEs in one pass vs one: the same forwards of the same batches, bit-identical but for the float sums'
+        # order
         assert both["hookpoints"]["resid_post.1"][key] == pytest.approx(alone[key], rel=1e-6)
     assert both["hookpoints"]["resid_post.0"]["ce_loss_recovered"] == pytest.approx(1.0, abs=1e-4)
     assert both["ce_clean"] == pytest.approx(alone["ce_clean"])
@@ -190,6 +193,7 @@ def assert_same_results(fast, plain):
     assert fast.keys() == plain.keys() and fast["hookpoints"].keys() == plain["hookpoints"].keys()
     for key in ("n_sequences", "n_tokens", "skip_first"):
         assert fast[key] == plain[key], key
+    # fast path vs plain: other kernels and shapes, fp32 ~1e-6 relative
     assert fast["ce_clean"] == pytest.approx(plain["ce_clean"], rel=1e-5)
     for name, metrics in plain["hookpoints"].items():
         assert fast["hookpoints"][name].keys() == metrics.keys()

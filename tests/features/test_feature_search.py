@@ -34,7 +34,10 @@ def test_contrastive_matches_dense_per_text(llama, byte_tokenizer, sae):
     rate_p, mean_p = _dense_profile(llama, byte_tokenizer, sae, POSITIVE)
     rate_n, mean_n = _dense_profile(llama, byte_tokenizer, sae, NEGATIVE)
     got_rate, got_mean = firing_profile(llama, byte_tokenizer, sae, HOOK, POSITIVE)
+    # padded batches of 16 texts vs each text alone: the firing sets must agree (a flip is 1/n); TopK's k-th and
+    # (k+1)-th values of these random inputs are far from ties, unlike the ~1e-6 the paths differ by
     torch.testing.assert_close(got_rate, rate_p)  # padded batches of 16 texts give the unpadded numbers
+    # padded vs alone: other shapes, other reduction order; fp32 ~1e-6, summed over tokens
     torch.testing.assert_close(got_mean, mean_p, rtol=1e-4, atol=1e-6)
     hits = contrastive(llama, byte_tokenizer, sae, POSITIVE, NEGATIVE, top=5)
     assert [h.feature for h in hits] == (rate_p - rate_n).argsort(descending=True, stable=True)[:5].tolist()

@@ -74,6 +74,7 @@ def test_trim_equals_a_pass_with_fewer_and_shorter_contexts(stats, llama, byte_t
     differ = (cut.top_tokens != small.top_tokens).any(-1)  # ties: equal prefixes give equal activations (causal),
     assert differ.float().mean() < 0.05  # so which of them was kept can differ in the tokens after the top token
     assert torch.equal(cut.top_tokens[differ][:, :5], small.top_tokens[differ][:, :5])
+    # trim vs a smaller pass: the same forwards of the same batches, same kernels, same shapes: bit-identical
     assert torch.equal(cut.top_token_acts[~differ], small.top_token_acts[~differ])
     cut.top_tokens, cut.top_token_acts = small.top_tokens, small.top_token_acts
     _same(cut, small)

@@ -44,6 +44,7 @@ def test_capture_context_and_full_run(tiny):
             pytest.fail("the forward should have stopped")  # pragma: no cover
         with capture(model, ["resid_post.0"], stop=False) as full:
             logits = model(**inputs).logits
+    # stopped at the hook vs a full run: layer 0 runs same kernels, same shapes: bit-identical
     assert torch.equal(acts["resid_post.0"], full["resid_post.0"])
     assert logits.shape[-1] == model.config.get_text_config().vocab_size
     assert n_hooks(model) == 0
@@ -56,6 +57,7 @@ def test_identity_splice_is_bit_identical(tiny):
         plain = model(**inputs).logits
         with splice(model, {name: (lambda h: h) for name in names}):
             spliced = model(**inputs).logits
+    # an identity splice changes no op: same kernels, same shapes: bit-identical
     assert torch.equal(plain, spliced), arch
     assert n_hooks(model) == 0
 

@@ -16,6 +16,7 @@ def test_resid_post_matches_hidden_states(tiny):
         acts = get_activations(model, inputs, names)
     assert len(out.hidden_states) == n + 1
     for i in range(n - 1):
+        # the hook and hidden_states see one tensor of the same forward: same kernels, same shapes: bit-identical
         assert torch.equal(acts[f"resid_post.{i}"], out.hidden_states[i + 1]), (arch, i)
     # the last hidden state has the final norm applied: resid_post.{last} is the raw layer output instead
     last = acts[f"resid_post.{n - 1}"]
@@ -35,6 +36,7 @@ def test_sublayers_add_up_to_the_residual(tiny):
         total = acts[f"resid_pre.{i}"] + acts[f"attn_out.{i}"] + acts[f"mlp_out.{i}"]
         torch.testing.assert_close(total, acts[f"resid_post.{i}"], atol=1e-5, rtol=1e-5, msg=f"{arch} layer {i}")
         if i > 0:
+            # one tensor, seen at two hooks: identical
             assert torch.equal(acts[f"resid_pre.{i}"], acts[f"resid_post.{i - 1}"])
 
 
@@ -66,6 +68,7 @@ def test_raw_module_paths_and_globs(tiny):
     with torch.no_grad():
         acts = get_activations(model, inputs, [f"{path}.1.mlp", "mlp_out.1"])
     if arch != "gemma3":  # Gemma's mlp_out is the post-feedforward norm's output
+        # one module's output under two names: identical
         assert torch.equal(acts[f"{path}.1.mlp"], acts["mlp_out.1"])
 
 
@@ -108,6 +111,7 @@ def test_resolved_hooks_are_accepted_and_checked_against_the_model():
     (hook,) = resolve_hookpoints(model, "resid_post.0")
     assert resolve_hookpoint(model, hook) is hook and resolve_hookpoints(model, [hook, "resid_post.0"]) == [hook]
     by_name = get_activations(model, ids, "resid_post.0")["resid_post.0"]
+    # the same hook by name or object: same kernels, same shapes: bit-identical
     torch.testing.assert_close(get_activations(model, ids, hook)["resid_post.0"], by_name, rtol=0, atol=0)
     with torch.no_grad(), splice(model, hook, torch.zeros_like), capture(model, ["resid_post.0"], stop=False) as a:
         model(ids)

@@ -82,6 +82,7 @@ def test_second_load_is_from_cache_and_fast(
     start = time.perf_counter()
     model, tokenizer = load_model("smollm2-135m")
     assert time.perf_counter() - start < 15  # ~0.5 s here, more on a loaded machine; a rebuild takes ~40 s
+    # the same weights loaded twice: same kernels, same shapes: bit-identical
     assert torch.equal(_next_token_logits(model, tokenizer), _next_token_logits(*smollm2))
 
 
@@ -185,6 +186,7 @@ def test_tiny_qwen_checkpoints_load_back_exactly(tmp_path: Path, arch: str) -> N
     assert not any("visual" in name for name, _ in model.named_parameters())
     assert len(tokenizer) == len(saved_tokenizer)
     assert tokenizer.encode("Hello 世界 <|im_end|>") == saved_tokenizer.encode("Hello 世界 <|im_end|>")
+    # the same weights saved and loaded: same kernels, same shapes: bit-identical
     assert torch.equal(_logits(model), _logits(saved))
 
 
@@ -202,6 +204,7 @@ def test_vl_checkpoint_falls_back_to_the_full_model(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(load.AutoModelForCausalLM, "from_pretrained", causal_lm)
     model, _ = load_model(str(tmp_path / "vl"))
     assert type(model).__name__ == "Qwen3_5ForConditionalGeneration"
+    # the same weights saved and loaded: same kernels, same shapes: bit-identical
     assert torch.equal(_logits(model), _logits(saved))
 
 
@@ -254,6 +257,7 @@ def test_real_first_load_dequantizes_into_the_cache(
     assert sorted(p.name for p in folder.parent.iterdir()) == ["smollm2-135m"]
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in folder.iterdir()}
     assert "quantization_config" not in (folder / "config.json").read_text()
+    # the same weights loaded twice: same kernels, same shapes: bit-identical
     assert torch.equal(_next_token_logits(model, tokenizer), _next_token_logits(*smollm2))  # deterministic
     start = time.perf_counter()
     load_model("smollm2-135m")

@@ -28,6 +28,7 @@ def test_skipped_layers_give_the_same_logits_without_running(tiny, last):
             for h in handles:
                 h.remove()
     assert ran == list(range(last + 1, len(layers))), arch  # the skipped layers computed nothing
+    # the later layers run on the same inputs: same kernels, same shapes: bit-identical
     torch.testing.assert_close(partial, full, rtol=0, atol=0)
 
 
@@ -52,6 +53,7 @@ def test_logits_at_on_every_architecture(tiny):
         full = model(**inputs, use_cache=False).logits
         with logits_at(model, positions):
             some = model(**inputs, use_cache=False).logits
+    # lm_head on some positions vs all: other shapes, other reduction order; fp32 defaults (~1e-6 relative)
     torch.testing.assert_close(some[0], full[positions], msg=arch)
 
 
@@ -66,6 +68,7 @@ def test_logits_at_selects_rows_of_the_full_logits(softcap):
         with logits_at(model, positions):
             some = model(**inputs).logits
     assert some.shape == (1, int(positions.sum()), full.shape[-1])
+    # lm_head on some positions vs all: other shapes, other reduction order; fp32 defaults (~1e-6 relative)
     torch.testing.assert_close(some[0], full[positions])
     if softcap:
         assert full.abs().max() < softcap

@@ -33,6 +33,7 @@ def test_qwenscope_encode_is_exact(qwenscope_folder):
     x = torch.randn(4, 6, 32)
     pre = x @ t["W_enc"].T + t["b_enc"]
     vals, idx = F.relu(pre).topk(8, dim=-1)
+    # the ops encode runs: same kernels, same shapes: bit-identical
     assert torch.equal(sae.encode(x), torch.zeros_like(pre).scatter(-1, idx, vals))
     z = sae.encode(x)
     torch.testing.assert_close(sae.decode(z), z @ t["W_dec"].T + t["b_dec"], atol=1e-5, rtol=1e-5)

@@ -29,6 +29,7 @@ def test_round_trip_is_bit_exact(tmp_path, activation):
         for name, p in sae.state_dict().items():
             assert torch.equal(p, loaded.state_dict()[name]), name
         x = torch.randn(3, 8)
+        # the same weights saved and loaded: same kernels, same shapes: bit-identical
         assert torch.equal(loaded.encode(x), sae.encode(x))
 
 

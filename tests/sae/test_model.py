@@ -66,8 +66,10 @@ def test_jumprelu_and_relu_math():
     sae = make("jumprelu")
     x = torch.randn(4, 16)
     pre = x @ sae.W_enc + sae.b_enc
+    # the formula encode computes, on the same pre-activations: same kernels, same shapes: bit-identical
     assert torch.equal(sae.encode(x), F.relu(pre) * (pre > sae.threshold))
     relu = make("relu")
+    # the ops encode runs: same kernels, same shapes: bit-identical
     assert torch.equal(relu.encode(x), F.relu(x @ relu.W_enc + relu.b_enc))
 
 
@@ -81,6 +83,7 @@ def test_batchtopk_keeps_k_per_token_on_average():
 def test_apply_b_dec_to_input():
     sae = make(apply_b_dec_to_input=True)
     x = torch.randn(4, 16)
+    # the ops pre_acts runs: same kernels, same shapes: bit-identical
     assert torch.equal(sae.pre_acts(x), (x - sae.b_dec) @ sae.W_enc + sae.b_enc)
 
 

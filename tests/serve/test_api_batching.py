@@ -10,18 +10,20 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from serving import running
+from floats import MARGIN
+from serving import prompt_margin, running
 
 from qwenscope.serve.api import Limits, Server, create_app
 from qwenscope.serve.batcher import Batcher, Job
 from qwenscope.serve.rows import Row, RowResult
 from qwenscope.steer.generate import generate_text
+from qwenscope.steer.steer import SteerSpec
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("uvicorn")
 
 NAME = "tiny"
-PROMPTS = ["The cat sat on", "A river", "Numbers: 1, 2, 3,", "Hello there, my good friend, how"]
+PROMPTS = ["The cat sat on", "A river", "Count: 1, 2, 3,", "Hello there, my good friend, how"]  # no greedy near-ties
 
 
 def _steering(i: int) -> list[dict]:
@@ -33,6 +35,19 @@ def _steering(i: int) -> list[dict]:
     if i % 5 == 1:
         entry["positions"] = "generated"
     return [entry]
+
+
+def _specs(sae, i: int) -> list[SteerSpec]:
+    """Request i's steering as SteerSpecs, for generating it in-process."""
+    return [
+        SteerSpec(
+            sae,
+            {int(k): v for k, v in e["features"].items()} if isinstance(e["features"], dict) else e["features"],
+            mode=e["mode"],
+            positions=e.get("positions"),
+        )
+        for e in _steering(i)
+    ]
 
 
 def _complete(base_url: str, i: int) -> str:
@@ -58,9 +73,14 @@ def test_sixteen_concurrent_steered_requests_equal_each_served_alone(qwen3_parts
         with ThreadPoolExecutor(16) as pool:
             together = list(pool.map(lambda i: _complete(base_url, i), range(16)))
     assert max(server.batcher.batch_sizes) >= 8, server.batcher.batch_sizes  # they really shared batches
+    # batched (padded) vs alone: other shapes, logits ~1e-5 apart; the same greedy text is the promise, and it holds
+    # because no greedy step of these requests is anywhere near a tie
+    for i in range(16):
+        margin = prompt_margin(model, tokenizer, PROMPTS[i % len(PROMPTS)], 8, _specs(sae, i))
+        assert margin > MARGIN, (i, margin)
     assert together == alone
     assert len(set(alone)) > 4  # the steering made a difference
-    for i in range(0, 16, 4):  # unsteered requests equal plain generation
+    for i in range(0, 16, 4):  # unsteered requests equal plain generation (the margins above: no near-ties)
         assert alone[i] == generate_text(model, tokenizer, PROMPTS[i % len(PROMPTS)], max_new_tokens=8, chat=False)
 
 

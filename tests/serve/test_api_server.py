@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from serving import running
+from floats import MARGIN
+from serving import prompt_margin, running
 
 from qwenscope.serve.api import Limits, create_app
 from qwenscope.steer.generate import generate_text
@@ -46,6 +47,8 @@ def test_greedy_completion_equals_plain_generate(client, parts, one_thread):
     model, tokenizer, _ = parts
     out = client.completions.create(model=NAME, prompt=PROMPT, max_tokens=8, temperature=0)
     expected = generate_text(model, tokenizer, PROMPT, max_new_tokens=8, chat=False)
+    # server (its row path) vs plain generate: the same greedy text is the promise; no step is near a tie
+    assert prompt_margin(model, tokenizer, PROMPT, 8) > MARGIN
     assert expected and out.choices[0].text == expected
     assert out.object == "text_completion"
     prompt_tokens = len(tokenizer(PROMPT)["input_ids"])
@@ -61,6 +64,7 @@ def test_greedy_chat_equals_plain_generate(client, parts):
     )
     assert out.choices[0].message.role == "assistant"
     assert out.choices[0].message.content
+    assert prompt_margin(model, tokenizer, PROMPT, 8, chat=True) > MARGIN  # greedy steps far from a tie
     assert out.choices[0].message.content == generate_text(model, tokenizer, PROMPT, max_new_tokens=8, chat=True)
 
 

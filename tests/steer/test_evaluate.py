@@ -63,6 +63,7 @@ def test_sweep_choices_equals_one_sweep_per_choice(loaded):
     for choice, got in zip([[3], [5, 9]], rows):
         want = sweep(model, tokenizer, PROMPTS, sae, choice, [0.0, 60.0], **kwargs)
         assert [(r.alpha, r.rate, r.examples) for r in got] == [(r.alpha, r.rate, r.examples) for r in want]
+        # batched vs one at a time: other shapes, other reduction order; fp32 ~1e-6 on log-probs, exp'd
         assert [r.perplexity for r in got] == pytest.approx([r.perplexity for r in want], rel=1e-4)
     assert rows[0][1].examples != rows[1][1].examples
 

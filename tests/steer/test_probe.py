@@ -64,6 +64,7 @@ def test_replayed_tail_equals_whole_forwards(tokenizer, arch):
     assert _Tail.record(model, "resid_post.1", ids, (ids > 0).long()) is not None  # the fast path is taken
     fast = probe_effects(*args, unit=1.0, batch_rows=14)  # chunks of 2 features: a partial last chunk
     slow = probe_effects(*args, unit=1.0, fast=False)
+    # fast (batched) vs slow (one by one): other shapes, other reduction order; fp32 log-prob sums
     torch.testing.assert_close(fast.gain_pos, slow.gain_pos, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(fast.gain_neg, slow.gain_neg, atol=1e-5, rtol=1e-4)
     assert fast.gain_pos[:, 0].abs().max() < 1e-5 and fast.gain_pos[:, 2].abs().min() > 1e-3
@@ -78,6 +79,7 @@ def test_last_layer_and_non_residual_hookpoints(tokenizer):
         sae.cfg.hookpoint = hook
         e = probe_effects(model, tokenizer, sae, [1, 2], POSITIVE[:2], NEGATIVE[:2], [1.0], unit=1.0)
         slow = probe_effects(model, tokenizer, sae, [1, 2], POSITIVE[:2], NEGATIVE[:2], [1.0], unit=1.0, fast=False)
+        # batched vs one by one: other shapes, other reduction order; fp32 log-prob sums
         torch.testing.assert_close(e.gain_pos, slow.gain_pos, atol=1e-5, rtol=1e-4)
         assert e.gain_pos.abs().min() > 0
 

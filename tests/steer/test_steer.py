@@ -40,6 +40,7 @@ def test_strength_zero_is_bit_identical_on_every_arch(tiny):
     plain = logits(model, inputs)
     with steer(model, sae, {3: 0.0, 200: 0.0}):
         steered = logits(model, inputs)
+    # a no-op steering leaves every op as it was: same kernels, same shapes: bit-identical
     assert torch.equal(plain, steered), arch
     with steer(model, sae, {3: 5.0}):
         assert not torch.equal(plain, logits(model, inputs)), arch
@@ -60,6 +61,7 @@ def test_clamp_to_own_value_is_bit_identical(llama):
     with steer(model, sae, {f: own}, mode="clamp", positions=[p]):
         clamped = logits(model, inputs)
     # row 0 reads another value at position p, so it changes; row 1 keeps its own value there: bit-identical
+    # the unedited row of the same batch: same kernels, same shapes: bit-identical
     assert torch.equal(plain[1], clamped[1])
     assert not torch.equal(plain[0], clamped[0])
 
@@ -97,6 +99,7 @@ def test_positions_prompt_and_generated_under_generate(llama):
                 return model.generate(**inputs, **kw).scores
 
     plain, gen_only, prompt_only = scores(), scores(positions="generated"), scores(positions="prompt")
+    # the same batch, the hook leaves it: same kernels, same shapes: bit-identical
     assert torch.equal(plain[0], gen_only[0])  # the prompt forward is untouched
     assert not torch.equal(plain[1], gen_only[1])  # the first generated token is steered
     assert not torch.equal(plain[0], prompt_only[0])
@@ -129,6 +132,7 @@ def test_several_saes_at_once_equal_nested(llama):
         both = logits(model, inputs)
     with steer(model, sae0, {1: 2.0}), steer(model, sae2, [4, 9], mode="ablate"):
         nested = logits(model, inputs)
+    # the same edits in the same order: same kernels, same shapes: bit-identical
     assert torch.equal(both, nested)
     assert not torch.equal(both, logits(model, inputs))
 

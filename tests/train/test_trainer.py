@@ -87,6 +87,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     resumed = _run(tmp_path / "killed")  # picks up the step-21 checkpoint
     for name, sae in reference.items():
         for pname, p in sae.state_dict().items():
+            # resumed from a checkpoint, the same batches in the same order: same kernels, same shapes: bit-identical
             assert torch.equal(p, resumed[name].state_dict()[pname]), (name, pname)
 
 
@@ -156,6 +157,7 @@ def test_bf16_encoder_trains_the_same_sae(tmp_path, activation):
         )
         saes[encoder] = Trainer(cfg, {"resid_post.0": 32}, tmp_path / encoder).fit(batches)["resid_post.0"]
     for name, p in saes["exact"].state_dict().items():
+        # bf16 picks the features, values recomputed in fp32: other kernels, ~1e-6 after 12 steps
         torch.testing.assert_close(saes["bf16"].state_dict()[name], p, atol=1e-5, rtol=1e-5, msg=name)
 
 

@@ -83,6 +83,8 @@ def test_lambda_zero_gives_the_weights_of_plain_sft(tmp_path):
     pushed = sasft_trainer(tmp_path / "pushed", lam=100.0)
     pushed.train()
     a, b, c = plain.model.state_dict(), zero.model.state_dict(), pushed.model.state_dict()
+    # the same forwards of the same batches, and adding 0 * a finite gradient is exact: same kernels, same shapes:
+    # bit-identical
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["model.layers.0.mlp.down_proj.weight"], c["model.layers.0.mlp.down_proj.weight"])
     logged = [e["sasft_penalty"] for e in zero.state.log_history if "sasft_penalty" in e]
@@ -376,6 +378,7 @@ def test_the_penalty_is_float32_for_a_float16_sae_and_residuals_beyond_its_range
     ref.load_state_dict({k: v.half().float() for k, v in sae32.state_dict().items()})  # the same rounded weights
     p32, _ = sasft_penalty(x, ref, ids, alpha, mask)
     assert torch.isfinite(p16) and p16 > 0
+    # fp16 SAE upcast inside vs the fp32 one of the same rounded weights: other kernels, fp32 ~1e-6
     torch.testing.assert_close(p16, p32, rtol=1e-5, atol=0)
 
 
