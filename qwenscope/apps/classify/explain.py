@@ -20,8 +20,8 @@ import torch
 from qwenscope import Sae, get_activations
 from qwenscope.apps.classify.classifier import Classifier
 from qwenscope.apps.classify.pooled import tokenize_texts
-from qwenscope.atomic import atomic_write
-from qwenscope.features.text import token_text
+from qwenscope.features import token_text
+from qwenscope.util import atomic_write
 
 
 def _token_hits(
