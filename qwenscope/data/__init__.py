@@ -11,7 +11,7 @@ from qwenscope.data.cache import ActivationCache, write_cache
 from qwenscope.data.corpora import fortune_entries, fortunes_dir
 from qwenscope.data.sources import in_test_split, iter_texts, read_jsonl, read_text
 from qwenscope.data.stream import ActivationStream, StreamConfig
-from qwenscope.data.tokens import chunk_tokens, norm_outlier_mask, token_mask
+from qwenscope.data.tokens import chunk_tokens, norm_outlier_mask, special_token_ids, token_mask
 
 __all__ = [
     "ActivationCache",
@@ -25,6 +25,7 @@ __all__ = [
     "norm_outlier_mask",
     "read_jsonl",
     "read_text",
+    "special_token_ids",
     "token_mask",
     "write_cache",
 ]

@@ -53,8 +53,6 @@ from qwenscope.models import model_name
 logger = logging.getLogger(__name__)
 
 Pooling = Literal["last", "max"]
-CACHE_VERSION = 1
-"""Bumped when the cached matrices' meaning changes, so old caches are not read."""
 
 
 @dataclass

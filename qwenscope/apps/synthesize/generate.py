@@ -26,6 +26,7 @@ from torch import Tensor
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from qwenscope import QwenscopeError, Sae, check_sae_fits, get_activations, steer
+from qwenscope.data import special_token_ids
 from qwenscope.features import MAX_TOKENS, EncodeConfig, FeatureStore, context_text, encode_texts, tokenize_texts
 from qwenscope.steer import prompt_batch
 
@@ -147,7 +148,7 @@ def text_snippets(
     pooled = encode_texts(model, tokenizer, texts, [sae], [hook], EncodeConfig(max_tokens=max_tokens))[0]
     col = pooled.pooled[:, feature].toarray().ravel()
     best = [int(i) for i in sorted(range(len(texts)), key=lambda i: (-col[i], i))[:n] if col[i] > 0]
-    special = torch.tensor(sorted(set(getattr(tokenizer, "all_special_ids", []) or [])), dtype=torch.long)
+    special = torch.tensor(special_token_ids(tokenizer), dtype=torch.long)  # as encode_texts leaves them out
     device = next(model.parameters()).device
     out = []
     for i in best:
