@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from qwenscope.atomic import atomic_folder, atomic_write, temp_sibling
+from qwenscope.util.atomic import atomic_folder, atomic_write, temp_sibling
 
 
 def test_atomic_write_replaces_and_leaves_nothing_behind(tmp_path):

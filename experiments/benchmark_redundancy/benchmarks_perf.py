@@ -38,8 +38,8 @@ from qwenscope import load_model, load_sae
 from qwenscope.apps.benchmarks.data import load_benchmark, subsets
 from qwenscope.apps.benchmarks.measures import performance_redundancy
 from qwenscope.apps.benchmarks.scores import ScoreMatrix, answer_loglik, encode_items, load_scores
-from qwenscope.atomic import atomic_write
 from qwenscope.experiment import write_result
+from qwenscope.util import atomic_write
 
 logger = logging.getLogger("benchmarks_perf")
 

@@ -8,18 +8,24 @@ for x in caches["resid_post.12"].batches(4096, seed=0):           # (4096, d_in)
 """
 
 from qwenscope.data.cache import ActivationCache, write_cache
-from qwenscope.data.sources import in_test_split, iter_texts
+from qwenscope.data.corpora import fortune_entries, fortunes_dir
+from qwenscope.data.sources import in_test_split, iter_texts, read_jsonl, read_text
 from qwenscope.data.stream import ActivationStream, StreamConfig
-from qwenscope.data.tokens import chunk_tokens, norm_outlier_mask, token_mask
+from qwenscope.data.tokens import chunk_tokens, norm_outlier_mask, special_token_ids, token_mask
 
 __all__ = [
     "ActivationCache",
     "ActivationStream",
     "StreamConfig",
     "chunk_tokens",
+    "fortune_entries",
+    "fortunes_dir",
     "in_test_split",
     "iter_texts",
     "norm_outlier_mask",
+    "read_jsonl",
+    "read_text",
+    "special_token_ids",
     "token_mask",
     "write_cache",
 ]

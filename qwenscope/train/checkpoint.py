@@ -2,8 +2,8 @@
 
 Layout: ``OUT/checkpoint/trainer.json`` and, per SAE, ``OUT/checkpoint/<name>/{cfg.json, sae.safetensors,
 optimizer.safetensors}``. A new checkpoint is written to a temporary sibling folder and swapped in by renames
-(``qwenscope.atomic.atomic_folder``), so a kill at any moment leaves a complete checkpoint (``checkpoint`` or, during
-the swap, ``checkpoint.old``).
+(``qwenscope.util.atomic_folder``), so a kill at any moment leaves a complete checkpoint (``checkpoint`` or,
+during the swap, ``checkpoint.old``).
 Resuming restores every tensor bit for bit; with the same data order the run continues exactly as if never stopped.
 """
 
@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import save_file
 
-from qwenscope.atomic import atomic_folder
 from qwenscope.errors import QwenscopeError
 from qwenscope.sae.io import read_json, read_safetensors
+from qwenscope.util.atomic import atomic_folder
 
 if TYPE_CHECKING:
     from qwenscope.train.trainer import Trainer

@@ -26,8 +26,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from qwenscope.errors import QwenscopeError
-from qwenscope.features.density import MAX_DENSITY, check_max_density
+from qwenscope import QwenscopeError
+from qwenscope.features import MAX_DENSITY, check_max_density
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ def load_score_groups(cfg: BenchmarksConfig, benches: list[Any], tops: list[Any]
 def load_saes(cfg: BenchmarksConfig, model, tokenizer) -> list[Any]:
     from qwenscope import load_sae
     from qwenscope.apps.benchmarks.features import SaeSpec
-    from qwenscope.models.load import EMBEDDED
+    from qwenscope.models import EMBEDDED
 
     sae_id = cfg.sae or (cfg.model if cfg.model in EMBEDDED else "")
     if not sae_id:
@@ -186,8 +186,8 @@ def load_saes(cfg: BenchmarksConfig, model, tokenizer) -> list[Any]:
 
 def describer(model, tokenizer, spec, hookpoint: str):
     """Feature id -> {label, density, contexts, logit_lens} from the SAE's feature store (None without one)."""
-    from qwenscope.features.store import find_store
-    from qwenscope.models.load import model_name
+    from qwenscope.features import find_store
+    from qwenscope.models import model_name
 
     store = find_store(model, tokenizer, spec.sae, model_name(model), spec.sae_id, hookpoint)
     if store is None:

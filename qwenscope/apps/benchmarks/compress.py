@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from qwenscope import QwenscopeError
 from qwenscope.apps.benchmarks.measures import (
     _level,
     _nonempty,
@@ -31,8 +32,7 @@ from qwenscope.apps.benchmarks.measures import (
     coverage_mc,
     feature_counts,
 )
-from qwenscope.atomic import atomic_write
-from qwenscope.errors import QwenscopeError
+from qwenscope.util import atomic_write
 
 __all__ = ["Comparison", "compare_with_random", "export_subset", "greedy_cover", "random_needed"]
 

@@ -42,8 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qwenscope.data.sources import read_jsonl
-from qwenscope.errors import QwenscopeError
+from qwenscope import QwenscopeError
+from qwenscope.data import read_jsonl
 
 logger = logging.getLogger(__name__)
 

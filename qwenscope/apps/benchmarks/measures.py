@@ -33,7 +33,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.special import gammaln
 
-from qwenscope.errors import QwenscopeError
+from qwenscope import QwenscopeError
 
 __all__ = [
     "Coverage",

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from qwenscope import QwenscopeError
 from qwenscope.apps.benchmarks.compress import compare_with_random, greedy_cover, random_needed
 from qwenscope.apps.benchmarks.measures import (
     as_matrix,
@@ -37,9 +38,7 @@ from qwenscope.apps.benchmarks.measures import (
     spearman_interval,
     unique_features,
 )
-from qwenscope.atomic import atomic_write
-from qwenscope.errors import QwenscopeError
-from qwenscope.htmlpage import STYLE, escape, figure, num, png_img
+from qwenscope.util import STYLE, atomic_write, escape, figure, num, png_img
 
 __all__ = ["build_results", "write_report"]
 

@@ -52,11 +52,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qwenscope.atomic import atomic_write
-from qwenscope.errors import QwenscopeError
-from qwenscope.models.hookpoints import check_sae_fits
-from qwenscope.models.splice import splice
-from qwenscope.sae.model import Sae
+from qwenscope import QwenscopeError
+from qwenscope.models import check_sae_fits, splice
+from qwenscope.sae import Sae
+from qwenscope.util import atomic_write
 
 logger = logging.getLogger(__name__)
 

@@ -20,11 +20,12 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from qwenscope import QwenscopeError
 from qwenscope.apps.classify.baselines import BASELINES, Inputs, fit_baselines
 from qwenscope.apps.classify.metrics import classification_scores
 from qwenscope.apps.classify.pooled import Pooled
-from qwenscope.apps.classify.rule import FeatureRule, check_labels, fit_rule
-from qwenscope.errors import QwenscopeError
+from qwenscope.apps.classify.rule import FeatureRule, fit_rule
+from qwenscope.features import check_labels
 
 KS = tuple(range(1, 11))
 FRACTIONS = (0.01, 0.1, 0.5, 1.0)

@@ -29,8 +29,8 @@ from typing import Any, Protocol
 import numpy as np
 import scipy.sparse as sp
 
+from qwenscope import QwenscopeError
 from qwenscope.apps.classify.metrics import best_threshold
-from qwenscope.errors import QwenscopeError
 
 __all__ = ["BASELINES", "ActProbe", "Baseline", "DiffMeans", "Inputs", "SaeProbe", "TfidfProbe", "fit_baselines"]
 

@@ -28,10 +28,10 @@ import numpy as np
 
 from qwenscope import QwenscopeError, Sae, load_model, load_sae
 from qwenscope.apps.classify.pooled import MAX_TOKENS, Pooled, pool_texts
-from qwenscope.apps.classify.rule import FeatureRule, check_labels, fit_rule
-from qwenscope.atomic import atomic_write
-from qwenscope.features.packed import sae_fingerprint
-from qwenscope.models.load import model_fingerprint
+from qwenscope.apps.classify.rule import FeatureRule, fit_rule
+from qwenscope.features import check_labels, sae_fingerprint
+from qwenscope.models import model_fingerprint
+from qwenscope.util import atomic_write
 
 FORMAT = "qwenscope-classifier"
 VERSION = 1

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from qwenscope.errors import QwenscopeError
+from qwenscope import QwenscopeError
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def load_data(cfg: ClassifyConfig, spec: str, default_part: str) -> Any:
 def load_parts(cfg: ClassifyConfig) -> tuple[Any, Any, str, dict[str, Any]]:
     """(model, tokenizer, sae id, {hookpoint: SAE}) from --model, --sae, --hookpoint."""
     from qwenscope import load_model, load_sae
-    from qwenscope.sae.load import EMBEDDED_MODELS, embedded_saes
+    from qwenscope.sae import EMBEDDED_MODELS, embedded_saes
 
     model_id = cfg.model or DEFAULT_MODEL
     sae_id = cfg.sae or (model_id if model_id in EMBEDDED_MODELS else "")

@@ -39,8 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from qwenscope.data.sources import read_jsonl
-from qwenscope.errors import QwenscopeError
+from qwenscope import QwenscopeError
+from qwenscope.data import read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -263,7 +263,7 @@ def _hf_records(spec: str) -> tuple[Iterator[dict[str, Any]], str, str]:
 # ---------------------------------------------------------------- the offensive fortunes
 def fortunes_offensive(lang: str, *, seed: int = 0) -> LabelledSet:
     """Debian's offensive fortunes of ``lang`` (1) against its ordinary ones (0), cleaned and balanced (module doc)."""
-    from qwenscope.data.corpora import fortune_entries, fortunes_dir
+    from qwenscope.data import fortune_entries, fortunes_dir
 
     lang = lang.strip()
     if lang not in FORTUNE_LANGUAGES:

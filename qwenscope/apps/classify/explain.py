@@ -19,9 +19,9 @@ import torch
 
 from qwenscope import Sae, get_activations
 from qwenscope.apps.classify.classifier import Classifier
-from qwenscope.apps.classify.pooled import tokenize_texts
-from qwenscope.atomic import atomic_write
-from qwenscope.features.text import token_text
+from qwenscope.data import special_token_ids
+from qwenscope.features import token_text, tokenize_texts
+from qwenscope.util import atomic_write
 
 
 def _token_hits(
@@ -52,7 +52,7 @@ def explain(
 ) -> list[dict[str, Any]]:
     """One record per text: the prediction, the score and, per token, the kept features that fired there."""
     clf.check_parts(model, saes)
-    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    special = set(special_token_ids(tokenizer))  # the pooled pass's rule (qwenscope.features.encode_texts)
     pieces = token_text(tokenizer)
     out = []
     for text, ids in zip(texts, tokenize_texts(tokenizer, texts, clf.max_tokens)):

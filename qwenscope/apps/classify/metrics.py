@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from qwenscope.errors import QwenscopeError
+from qwenscope import QwenscopeError
 
 __all__ = ["best_threshold", "classification_scores"]
 

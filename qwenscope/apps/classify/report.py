@@ -30,9 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from qwenscope.atomic import atomic_write
-from qwenscope.errors import QwenscopeError
-from qwenscope.htmlpage import STYLE, escape, figure, num, png_img
+from qwenscope import QwenscopeError
+from qwenscope.util import STYLE, atomic_write, escape, figure, num, png_img
 
 __all__ = ["format_table", "write_report"]
 

@@ -21,23 +21,16 @@ from typing import Any, Literal
 import numpy as np
 import scipy.sparse as sp
 
-from qwenscope.errors import QwenscopeError
+from qwenscope import QwenscopeError
+from qwenscope.features import FeatureDelta
+from qwenscope.features import firing_rates as firing_rates
+from qwenscope.features import rank_features as rank
 
 Choose = Literal["top1-diff", "combine"]
+RuleFeature = FeatureDelta
+"""One kept feature and the discovery statistics that chose it (``qwenscope.features.FeatureDelta``)."""
 MAX_K = 10
 """The report keeps 1-10 features; more is allowed but no longer "a handful"."""
-
-
-@dataclass
-class RuleFeature:
-    """One kept feature and the discovery statistics that chose it."""
-
-    hookpoint: str
-    id: int
-    delta: float
-    """P(fires | positive) - P(fires | negative) on the discovery data."""
-    p_pos: float
-    p_neg: float
 
 
 @dataclass
@@ -86,38 +79,6 @@ class FeatureRule:
         if d.get("rule") != "any":
             raise QwenscopeError(f"unknown rule {d.get('rule')!r}; this version knows 'any'")
         return cls([RuleFeature(**f) for f in d["features"]], {str(k): float(v) for k, v in d.get("top1", {}).items()})
-
-
-def check_labels(labels: np.ndarray, n: int) -> np.ndarray:
-    """Labels as an int array of 0/1 with both classes present, one per text."""
-    y = np.asarray(labels)
-    if y.shape != (n,):
-        raise QwenscopeError(f"{y.shape[0] if y.ndim else 0} labels for {n} texts; give one label per text")
-    if not np.isin(y, (0, 1)).all():
-        raise QwenscopeError("labels must be 0 or 1")
-    if y.min() == y.max():
-        raise QwenscopeError(
-            f"the discovery data holds only label {int(y[0])} ({n} examples); the rule needs "
-            "both toxic and clean examples"
-        )
-    return y.astype(np.int64)
-
-
-def firing_rates(fires: sp.csr_matrix, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(d_sae,) P(fires | label 1) and P(fires | label 0): the share of each class's texts the feature fires on."""
-    y = check_labels(labels, fires.shape[0])
-    f = sp.csr_matrix(fires, dtype=bool)
-    pos = np.asarray(f[y == 1].sum(axis=0)).ravel() / (y == 1).sum()
-    neg = np.asarray(f[y == 0].sum(axis=0)).ravel() / (y == 0).sum()
-    return pos, neg
-
-
-def rank(fires: sp.csr_matrix, labels: np.ndarray, hookpoint: str, k: int) -> list[RuleFeature]:
-    """The ``k`` features of largest Δ at one hookpoint, largest first (ties: the smaller id)."""
-    pos, neg = firing_rates(fires, labels)
-    delta = pos - neg
-    order = np.lexsort((np.arange(len(delta)), -delta))[:k]
-    return [RuleFeature(hookpoint, int(i), float(delta[i]), float(pos[i]), float(neg[i])) for i in order]
 
 
 def check_k(k: int) -> int:

@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from qwenscope.data.sources import read_jsonl
-from qwenscope.errors import QwenscopeError
+from qwenscope import QwenscopeError
+from qwenscope.data import read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -184,14 +184,14 @@ def run_grpo(cfg: GrpoCommand, **overrides: Any) -> Any:
     from transformers.trainer_utils import get_last_checkpoint
 
     from qwenscope.apps.posttrain.grpo import GrpoSteerConfig, SteeredGRPOTrainer
-    from qwenscope.models.load import load_model
+    from qwenscope.models import load_model
 
     rows = read_prompts(cfg.prompts)
     reward = resolve_reward(cfg.reward)
     model, tokenizer = load_model(cfg.model)
     sae, steering = None, None
     if cfg.steered:
-        from qwenscope.sae.load import load_sae
+        from qwenscope.sae import load_sae
 
         sae = load_sae(cfg.sae or cfg.model, hookpoint=cfg.hookpoint or None)
         steering = GrpoSteerConfig(

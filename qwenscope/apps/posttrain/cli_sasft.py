@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from qwenscope import QwenscopeError
-from qwenscope.data.sources import read_jsonl
+from qwenscope.data import read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -238,7 +238,7 @@ def build_trainer(cfg: SasftCommand) -> Any:
 
     from qwenscope import load_model, load_sae
     from qwenscope.apps.posttrain.sasft import SasftConfig, SasftTrainer, check_data
-    from qwenscope.sae.load import EMBEDDED_MODELS
+    from qwenscope.sae import EMBEDDED_MODELS
 
     if not cfg.sae and cfg.model not in EMBEDDED_MODELS:
         raise QwenscopeError(f"no SAE ships for {cfg.model}; pass --sae (a folder, file or hub repo id)")

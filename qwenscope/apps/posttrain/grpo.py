@@ -45,11 +45,11 @@ import trl
 from torch import nn
 from trl import GRPOTrainer
 
+from qwenscope import QwenscopeError
 from qwenscope.apps.posttrain.repetition import loop_period, repeat_ratio, stop_ids, strip_completion
-from qwenscope.errors import QwenscopeError
-from qwenscope.models.hookpoints import check_sae_fits
-from qwenscope.sae.model import Sae
-from qwenscope.steer.steer import SteerSpec, steer_rows
+from qwenscope.models import check_sae_fits
+from qwenscope.sae import Sae
+from qwenscope.steer import SteerSpec, steer_rows
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ class SteeredGRPOTrainer(GRPOTrainer):
         sae = sae.to(next(model.parameters()).device).requires_grad_(False)
         unit = steering.unit
         if steering.relative and unit is None:
-            from qwenscope.steer.strength import steering_unit
+            from qwenscope.steer import steering_unit
 
             unit = steering_unit(model, self.processing_class, hookpoint)
         spec = SteerSpec(

@@ -30,10 +30,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from qwenscope import QwenscopeError, Sae, check_sae_fits, get_activations
-from qwenscope.atomic import atomic_write
-from qwenscope.data.tokens import special_token_ids, token_batches
-from qwenscope.models.hookpoints import Hook
+from qwenscope import QwenscopeError, Sae, check_sae_fits
+from qwenscope.features import read_batches, tokenize_texts
+from qwenscope.models import Hook
+from qwenscope.util import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -177,23 +177,20 @@ def language_sums(
     batch_size: int = 8,
 ) -> tuple[Tensor, Tensor, int]:
     """(sum of activations (d_sae,), sum of pre-activations (d_sae,), tokens) over the kept tokens of ``texts``."""
-    texts = [t for t in texts if t.strip()]
-    ids = [row[:max_tokens] for row in tokenizer(texts, add_special_tokens=True)["input_ids"]]
-    special = torch.tensor(special_token_ids(tokenizer), dtype=torch.long)
-    device = next(model.parameters()).device
+    ids = tokenize_texts(tokenizer, [t for t in texts if t.strip()], max_tokens)
     act_sum = torch.zeros(sae.d_sae, dtype=torch.float64)
     pre_sum = torch.zeros(sae.d_sae, dtype=torch.float64)
     count = 0
-    for batch in token_batches(ids, batch_size, batch_size * max_tokens):
-        inputs = {"input_ids": batch.input_ids.to(device), "attention_mask": batch.attention_mask.to(device)}
-        acts = get_activations(model, inputs, [hook])[hook.name]  # (batch, seq, d_in)
-        keep = batch.attention_mask.bool() & ~torch.isin(batch.input_ids, special)
-        keep[:, 0] = False  # right-padded: position 0 is each text's first token
-        x = acts[keep.to(acts.device)].to(sae.device)  # (tokens, d_in)
+    batches = read_batches(
+        model, tokenizer, ids, [hook], skip_first=True, batch_size=batch_size, max_batch_tokens=batch_size * max_tokens
+    )
+    for batch in batches:
+        acts = batch.acts[hook.name]  # (batch, seq, d_in)
+        x = acts[batch.keep.to(acts.device)].to(sae.device)  # (tokens, d_in)
         with torch.no_grad():
             act_sum += sae.encode(x).double().sum(0).cpu()
             pre_sum += sae.pre_acts(x).double().sum(0).cpu()
-        count += int(keep.sum())
+        count += int(batch.keep.sum())
     return act_sum, pre_sum, count
 
 
@@ -233,7 +230,7 @@ def texts_by_language(
 ) -> dict[str, list[str]]:
     """Up to ``n`` texts per language from named offline sources, e.g. ``{"en": "fortunes:en", "es": "bible:es"}``
     (any ``qwenscope.data.sources.iter_texts`` name and split; texts shorter than ``min_chars`` are skipped)."""
-    from qwenscope.data.sources import iter_texts
+    from qwenscope.data import iter_texts
 
     out = {}
     for lang, source in sources.items():

@@ -28,11 +28,10 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from qwenscope.errors import QwenscopeError
-from qwenscope.models.capture import get_activations
-from qwenscope.models.hookpoints import check_sae_fits
-from qwenscope.sae.model import Sae
-from qwenscope.steer.steer import SteerSpec, steer
+from qwenscope import QwenscopeError
+from qwenscope.models import check_sae_fits, get_activations
+from qwenscope.sae import Sae
+from qwenscope.steer import SteerSpec, steer
 
 logger = logging.getLogger(__name__)
 

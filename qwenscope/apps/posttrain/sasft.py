@@ -47,7 +47,7 @@ from trl import SFTTrainer
 
 from qwenscope import QwenscopeError, Sae
 from qwenscope.apps.posttrain.language import LanguageFeatures, check_feature_ids, check_sae_at
-from qwenscope.models.capture import hooked
+from qwenscope.models import hooked
 
 logger = logging.getLogger(__name__)
 

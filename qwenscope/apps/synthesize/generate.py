@@ -26,10 +26,9 @@ from torch import Tensor
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from qwenscope import QwenscopeError, Sae, check_sae_fits, get_activations, steer
-from qwenscope.apps.classify.pooled import MAX_TOKENS, pool_texts, tokenize_texts
-from qwenscope.features.labels import context_text
-from qwenscope.features.store import FeatureStore
-from qwenscope.steer.evaluate import prompt_batch
+from qwenscope.data import special_token_ids
+from qwenscope.features import MAX_TOKENS, EncodeConfig, FeatureStore, context_text, encode_texts, tokenize_texts
+from qwenscope.steer import prompt_batch
 
 Method = Literal["prompt", "rewrite", "plain"]
 METHODS: tuple[str, ...] = ("prompt", "rewrite", "plain")
@@ -146,10 +145,10 @@ def text_snippets(
     if not texts or n < 1:
         return []
     hook = check_sae_fits(sae, model, hookpoint).name
-    pooled = pool_texts(model, tokenizer, texts, [sae], [hook], max_tokens=max_tokens, progress=False)[0]
-    col = pooled.max_acts[:, feature].toarray().ravel()
+    pooled = encode_texts(model, tokenizer, texts, [sae], [hook], EncodeConfig(max_tokens=max_tokens))[0]
+    col = pooled.pooled[:, feature].toarray().ravel()
     best = [int(i) for i in sorted(range(len(texts)), key=lambda i: (-col[i], i))[:n] if col[i] > 0]
-    special = torch.tensor(sorted(set(getattr(tokenizer, "all_special_ids", []) or [])), dtype=torch.long)
+    special = torch.tensor(special_token_ids(tokenizer), dtype=torch.long)  # as encode_texts leaves them out
     device = next(model.parameters()).device
     out = []
     for i in best:

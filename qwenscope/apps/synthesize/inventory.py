@@ -6,9 +6,10 @@
     unreached(model, tokenizer, sae, hook, targets, seed_texts)        # the targets no seed text activates
 
 Contrast ranks features by ``Δ = P(fires | positive) − P(fires | negative)`` over texts ("fires" = active at some
-token, ``qwenscope.apps.classify``) and keeps those with ``Δ >= min_delta``. The judge sees each candidate's label and
-top contexts (tokens marked << >>) and answers yes or no; any OpenAI-compatible endpoint (``OpenAILabeller``) or a
-local HF model (``HFLabeller``) serves, as for labelling. Each returns ``Target`` records, best first.
+token, ``qwenscope.features.rank_features``) and keeps those with ``Δ >= min_delta``. The judge sees each candidate's
+label and top contexts (tokens marked << >>) and answers yes or no; any OpenAI-compatible endpoint
+(``OpenAILabeller``) or a local HF model (``HFLabeller``) serves, as for labelling.
+Each returns ``Target`` records, best first.
 """
 
 from __future__ import annotations
@@ -23,11 +24,17 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from qwenscope import QwenscopeError, Sae, check_sae_fits
-from qwenscope.apps.classify.pooled import MAX_TOKENS, pool_texts
-from qwenscope.apps.classify.rule import rank
-from qwenscope.features.labels import Labeller, OpenAILabeller, context_text
-from qwenscope.features.search import by_label
-from qwenscope.features.store import FeatureStore
+from qwenscope.features import (
+    MAX_TOKENS,
+    EncodeConfig,
+    FeatureStore,
+    Labeller,
+    OpenAILabeller,
+    by_label,
+    context_text,
+    encode_texts,
+    rank_features,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +94,9 @@ def contrast_inventory(
     hook = check_sae_fits(sae, model, hookpoint).name
     texts = [*positives, *negatives]
     labels = np.array([1] * len(positives) + [0] * len(negatives))
-    pooled = pool_texts(model, tokenizer, texts, [sae], [hook], max_tokens=max_tokens, progress=progress)[0]
-    ranked = rank(pooled.fires, labels, hook, top)
+    cfg = EncodeConfig(max_tokens=max_tokens)
+    pooled = encode_texts(model, tokenizer, texts, [sae], [hook], cfg, progress=progress)[0]
+    ranked = rank_features(pooled.fires, labels, hook, top)
     n_pos, n_neg = len(positives), len(negatives)
     out = [
         Target(
@@ -200,7 +208,8 @@ def seed_counts(
     if not seed_texts:
         raise QwenscopeError("the seed corpus is empty; pass --seed with at least one text")
     hook = check_sae_fits(sae, model, hookpoint).name
-    pooled = pool_texts(model, tokenizer, seed_texts, [sae], [hook], max_tokens=max_tokens, progress=progress)[0]
+    cfg = EncodeConfig(max_tokens=max_tokens)
+    pooled = encode_texts(model, tokenizer, seed_texts, [sae], [hook], cfg, progress=progress)[0]
     return np.asarray(pooled.fires.sum(axis=0)).ravel()
 
 

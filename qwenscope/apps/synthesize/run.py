@@ -33,7 +33,6 @@ from typing import Any, Literal
 from tqdm.auto import tqdm
 
 from qwenscope import QwenscopeError, Sae, check_sae_fits
-from qwenscope.apps.classify.pooled import MAX_TOKENS
 from qwenscope.apps.synthesize.generate import (
     METHODS,
     Arm,
@@ -56,8 +55,8 @@ from qwenscope.apps.synthesize.inventory import (
     unreached,
 )
 from qwenscope.apps.synthesize.verify import verify
-from qwenscope.atomic import atomic_write
-from qwenscope.features.store import FeatureStore
+from qwenscope.features import MAX_TOKENS, FeatureStore
+from qwenscope.util import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -305,7 +304,7 @@ def _settings(
     gen: GenerationConfig,
     max_tokens: int,
 ) -> dict[str, Any]:
-    from qwenscope.features.packed import sae_fingerprint
+    from qwenscope.features import sae_fingerprint
 
     return {
         "mode": mode,
@@ -369,7 +368,7 @@ def synthesize(
     if any(a.method == "rewrite" for a in arms) and not seeds:
         raise QwenscopeError("the rewrite method needs seed texts to rewrite; pass --seed with at least one text")
     if unit is None and any(a.steered for a in arms):
-        from qwenscope.steer.strength import steering_unit
+        from qwenscope.steer import steering_unit
 
         unit = steering_unit(model, tokenizer, hook)
     settings = _settings("targeted", model_id, sae, hook, targets, arms, budget, description, gen, max_tokens)
@@ -605,11 +604,11 @@ def read_texts(spec: str, text_field: str = "text", limit: int | None = None) ->
     ``hf:...``, a folder: ``qwenscope.data.sources.iter_texts``), the first ``limit``."""
     import itertools
 
-    from qwenscope.data.sources import iter_texts
+    from qwenscope.data import iter_texts
 
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix != ".jsonl":
-        from qwenscope.data.sources import read_text
+        from qwenscope.data import read_text
 
         texts: Any = (line.strip() for line in read_text(path).splitlines() if line.strip())
     else:
@@ -668,8 +667,8 @@ def _inventory(
 
 
 def _store(cfg: SynthesizeConfig, model: Any, tokenizer: Any, sae: Sae, hook: str) -> FeatureStore:
-    from qwenscope.features.store import find_store
-    from qwenscope.models.load import model_name
+    from qwenscope.features import find_store
+    from qwenscope.models import model_name
 
     store = find_store(model, tokenizer, sae, model_name(model), cfg.sae or cfg.model, hook)
     if store is None:
@@ -683,8 +682,8 @@ def _store(cfg: SynthesizeConfig, model: Any, tokenizer: Any, sae: Sae, hook: st
 
 def _judge(cfg: SynthesizeConfig) -> Any:
     """The judge, checked before the models load (an unreachable endpoint fails at once)."""
-    from qwenscope.features.labels import HFLabeller, OpenAILabeller
-    from qwenscope.models.load import load_model
+    from qwenscope.features import HFLabeller, OpenAILabeller
+    from qwenscope.models import load_model
 
     if cfg.judge_url:
         labeller = OpenAILabeller(cfg.judge_url, cfg.judge_model)

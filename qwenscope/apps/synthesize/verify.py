@@ -3,8 +3,8 @@
     acts = verify(model, tokenizer, sae, "resid_post.9", ["generated text", ...], [1234, 77])
     acts[i, j] > 0        # feature 1234 (j = 0) fires on some token of text i; the value is its max activation
 
-"Fires" is the classifier's definition (``qwenscope.apps.classify.pooled``): active at some non-special token of the
-text, read alone (never the prompt that produced it). An empty candidate fires nothing.
+"Fires" is the classifier's definition (``qwenscope.features.encode_texts``, max pooling): active at some
+non-special token of the text, read alone (never the prompt that produced it). An empty candidate fires nothing.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from qwenscope import Sae, check_sae_fits
-from qwenscope.apps.classify.pooled import MAX_TOKENS, pool_texts
 from qwenscope.apps.synthesize.inventory import check_ids
+from qwenscope.features import MAX_TOKENS, EncodeConfig, encode_texts
 
 
 def verify(
@@ -35,15 +35,7 @@ def verify(
     rows = [i for i, t in enumerate(texts) if t.strip()]
     if rows and len(features):
         hook = check_sae_fits(sae, model, hookpoint).name
-        pooled = pool_texts(
-            model,
-            tokenizer,
-            [texts[i] for i in rows],
-            [sae],
-            [hook],
-            max_tokens=max_tokens,
-            cache=False,
-            progress=False,
-        )[0]
-        out[rows] = pooled.max_acts[:, list(features)].toarray()
+        cfg = EncodeConfig(max_tokens=max_tokens, cache=False)
+        pooled = encode_texts(model, tokenizer, [texts[i] for i in rows], [sae], [hook], cfg)[0]
+        out[rows] = pooled.pooled[:, list(features)].toarray()
     return out

@@ -9,9 +9,9 @@ import torch
 from tiny_models import TINY_HIDDEN
 
 from qwenscope import QwenscopeError, Sae, SaeConfig
-from qwenscope.apps.benchmarks import features as feats
 from qwenscope.apps.benchmarks.data import Benchmark, Item
 from qwenscope.apps.benchmarks.features import FeatureSetConfig, SaeSpec, feature_sets
+from qwenscope.features import encode
 
 TEXTS = [
     "The cat sat.",
@@ -133,12 +133,12 @@ def test_second_call_loads_the_cache(model, tokenizer, monkeypatch, tmp_path):
     spec = SaeSpec(make_sae("resid_post.1"), "toy-sae")
     cfg = FeatureSetConfig(max_density=1.0)
     [first] = feature_sets(model, tokenizer, bench(), [spec], cfg)
-    assert list((tmp_path / "cache" / "benchmarks").glob("*.npz"))
+    assert list((tmp_path / "cache" / "encode").glob("*.npz"))  # the core's cache (qwenscope.features.encode)
 
     def no_forward(*args, **kwargs):
         raise AssertionError("recomputed despite the cache")
 
-    monkeypatch.setattr(feats, "compute_matrices", no_forward)
+    monkeypatch.setattr(encode, "encode_ids", no_forward)
     [again] = feature_sets(model, tokenizer, bench(), [spec], cfg)
     assert (again.matrix != first.matrix).nnz == 0 and again.meta["cache_key"] == first.meta["cache_key"]
     with pytest.raises(AssertionError, match="recomputed"):  # other pooling, other texts, other SAE: other keys
