@@ -190,14 +190,14 @@ def _demo() -> tuple[tuple[type, ...], Callable[..., object]]:
 
 
 def _cache() -> tuple[tuple[type, ...], Callable[..., object]]:
-    from qwenscope.train.run import CacheCommand, run_cache
+    from qwenscope.train.cli import CacheCommand, run_cache
 
     return (CacheCommand,), run_cache
 
 
 def _train() -> tuple[tuple[type, ...], Callable[..., object]]:
+    from qwenscope.train.cli import TrainCommand, run_train
     from qwenscope.train.config import TrainConfig
-    from qwenscope.train.run import TrainCommand, run_train
 
     return (TrainCommand, TrainConfig), run_train
 
@@ -227,14 +227,14 @@ def _serve() -> tuple[tuple[type, ...], Callable[..., object]]:
 
 
 def _stats() -> tuple[tuple[type, ...], Callable[..., object]]:
-    from qwenscope.features.run import StatsCommand, run_stats
+    from qwenscope.features.cli import StatsCommand, run_stats
     from qwenscope.features.stats import StatsConfig
 
     return (StatsCommand, StatsConfig), run_stats
 
 
 def _search() -> tuple[tuple[type, ...], Callable[..., object]]:
-    from qwenscope.features.run import SearchConfig, run_search
+    from qwenscope.features.cli import SearchConfig, run_search
 
     return (SearchConfig,), run_search
 

@@ -23,8 +23,8 @@ from qwenscope.data import ActivationStream, StreamConfig, chunk_tokens, iter_te
 from qwenscope.evaluate.model_eval import evaluate_saes
 from qwenscope.models.load import load_model
 from qwenscope.sae.io import save_sae
+from qwenscope.train.cli import TrainCommand, _cache_batches
 from qwenscope.train.config import TrainConfig
-from qwenscope.train.run import TrainCommand, _cache_batches
 from qwenscope.train.trainer import Trainer
 
 logger = logging.getLogger("train_suite")

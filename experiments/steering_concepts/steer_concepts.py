@@ -44,8 +44,8 @@ from qwenscope.experiment import load_script, set_threads, write_result
 from qwenscope.features.search import contrastive, effect_ranked
 from qwenscope.models.hookpoints import check_sae_fits
 from qwenscope.models.load import load_model
-from qwenscope.steer.evaluate import sweep_choices
 from qwenscope.steer.strength import steering_unit
+from qwenscope.steer.sweep import sweep_choices
 
 RESULTS = Path(__file__).parent / "results"
 _concepts = load_script(Path(__file__).with_name("concepts.py"))  # the sibling (experiments/* are no packages)

@@ -24,9 +24,9 @@ from qwenscope import load_sae
 from qwenscope.experiment import load_script, write_result
 from qwenscope.features.search import contrastive
 from qwenscope.models.load import load_model
-from qwenscope.steer.evaluate import sweep_choices
 from qwenscope.steer.probe import probe_effects
 from qwenscope.steer.strength import steering_unit
+from qwenscope.steer.sweep import sweep_choices
 
 RESULTS = Path(__file__).parent / "results"
 HERE = Path(__file__).resolve().parent

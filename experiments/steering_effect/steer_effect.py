@@ -37,8 +37,8 @@ from qwenscope.demo_texts import NEGATIVE, POSITIVE
 from qwenscope.experiment import set_threads, write_result
 from qwenscope.features.search import contrastive, firing_profile
 from qwenscope.models.load import load_model
-from qwenscope.steer.evaluate import sweep
 from qwenscope.steer.strength import steering_unit
+from qwenscope.steer.sweep import sweep
 
 RESULTS = Path(__file__).parent / "results"
 

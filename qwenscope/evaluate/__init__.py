@@ -12,9 +12,9 @@
 ``run``         ``EvalConfig`` and ``run_eval`` for the command line
 """
 
+from qwenscope.evaluate.cli import EvalConfig, run_eval
 from qwenscope.evaluate.metrics import SaeMetrics
 from qwenscope.evaluate.model_eval import evaluate_sae, evaluate_saes
 from qwenscope.evaluate.report import format_table, write_report
-from qwenscope.evaluate.run import EvalConfig, run_eval
 
 __all__ = ["EvalConfig", "SaeMetrics", "evaluate_sae", "evaluate_saes", "format_table", "run_eval", "write_report"]

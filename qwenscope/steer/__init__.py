@@ -2,10 +2,10 @@
 
 Relative strengths are fractions of the residual's typical size at the hookpoint (``steering_unit``)."""
 
-from qwenscope.steer.evaluate import prompt_batch
 from qwenscope.steer.generate import generate_pair, generate_text, parse_features
 from qwenscope.steer.steer import SteerSpec, steer, steer_rows
 from qwenscope.steer.strength import DEFAULT_STRENGTH, steering_unit
+from qwenscope.steer.sweep import prompt_batch
 
 __all__ = [
     "DEFAULT_STRENGTH",

@@ -10,7 +10,7 @@ import pytest
 from qwenscope import QwenscopeError
 from qwenscope.cli_args import add_dataclass_args, field_docs, from_args
 from qwenscope.evaluate import EvalConfig, evaluate_saes, format_table, run_eval, write_report
-from qwenscope.evaluate.run import load_saes
+from qwenscope.evaluate.cli import load_saes
 from qwenscope.models import load as model_load
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -9,7 +9,7 @@ from qwenscope import QwenscopeError
 from qwenscope.models.load import load_model
 from qwenscope.sae.load import load_sae
 from qwenscope.steer import generate_text
-from qwenscope.steer.evaluate import continuation_nll, generate_batch, prompt_batch, sweep, sweep_choices
+from qwenscope.steer.sweep import continuation_nll, generate_batch, prompt_batch, sweep, sweep_choices
 
 PROMPTS = ["Tell me a story", "hi", "What is the capital of France and why?"]
 
