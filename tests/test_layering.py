@@ -124,3 +124,20 @@ def test_the_check_passes_good_imports():
         "from . import verify\nfrom .generate import Arm\nfrom qwenscope.features import FeatureStore as Store\n"
     )
     assert violations(source, "x.py", "synthesize", public_modules() | {"qwenscope.util"}) == []
+
+
+def core_imports(package: str) -> set[str]:
+    """The ``qwenscope.*`` modules that the core subpackage ``package`` imports (inside functions too)."""
+    found: set[str] = set()
+    for path in sorted((PACKAGE / package).rglob("*.py")):
+        module = f"qwenscope.{path.relative_to(PACKAGE).with_suffix('').as_posix().replace('/', '.')}"
+        for _, target, _ in _imports(ast.parse(path.read_text()), module):
+            found.add(target)
+    return found
+
+
+def test_steer_does_not_import_features():
+    """features may use steering (search by effect); steer must not reach back into features (the LM-head helpers
+    it needs live in qwenscope.models), so the two never import each other."""
+    back = sorted(t for t in core_imports("steer") if t == "qwenscope.features" or t.startswith("qwenscope.features."))
+    assert not back, f"qwenscope.steer imports {back}: move what it needs into qwenscope.models or qwenscope.sae"

@@ -32,9 +32,9 @@ from torch import Tensor, nn
 
 from qwenscope.errors import QwenscopeError
 from qwenscope.features.encode import read_batches, tokenize_texts
-from qwenscope.features.stats import output_head, unembed
 from qwenscope.features.text import token_text
 from qwenscope.models.capture import get_activations
+from qwenscope.models.head import output_head, unembed
 from qwenscope.models.hookpoints import check_sae_fits
 from qwenscope.sae.model import Sae
 

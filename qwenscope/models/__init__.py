@@ -1,6 +1,7 @@
 """Language models: loading, hookpoint names, capture and splice. Never re-implements a model."""
 
 from qwenscope.models.capture import capture, get_activations, hooked
+from qwenscope.models.head import final_norm, output_head, unembed
 from qwenscope.models.hookpoints import Hook, check_sae_fits, resolve_hookpoint, resolve_hookpoints
 from qwenscope.models.load import EMBEDDED, cache_dir, load_model, model_fingerprint, model_name
 from qwenscope.models.splice import splice
@@ -11,12 +12,15 @@ __all__ = [
     "cache_dir",
     "capture",
     "check_sae_fits",
+    "final_norm",
     "get_activations",
     "hooked",
     "load_model",
     "model_fingerprint",
     "model_name",
+    "output_head",
     "resolve_hookpoint",
     "resolve_hookpoints",
     "splice",
+    "unembed",
 ]

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from qwenscope.errors import QwenscopeError
-from qwenscope.features.stats import output_head
+from qwenscope.models.head import output_head
 from qwenscope.models.hookpoints import check_sae_fits
 from qwenscope.models.splice import splice
 from qwenscope.sae.model import Sae
@@ -104,8 +104,8 @@ class _Tail:
 
     @classmethod
     def record(cls, model: nn.Module, hook: str, ids: Tensor, mask: Tensor) -> _Tail | None:
-        from qwenscope.features.stats import final_norm
         from qwenscope.models.capture import first_tensor
+        from qwenscope.models.head import final_norm
         from qwenscope.models.hookpoints import decoder_layers, resolve_hookpoint
 
         resolved, norm = resolve_hookpoint(model, hook), final_norm(model)
