@@ -199,8 +199,11 @@ def resolve_hookpoints(model: nn.Module, names: HookpointNames) -> list[Hook]:
     return list(hooks.values())
 
 
-def check_sae_fits(sae: Sae, model: nn.Module, hookpoint: str | None = None) -> Hook:
-    """The hook an SAE attaches to, after checking it fits the model: one clear error if it cannot."""
+def check_sae_fits(sae: Sae, model: nn.Module, hookpoint: str | None = None, strict: bool = False) -> Hook:
+    """The hook an SAE attaches to, after checking it fits the model: one clear error if it cannot.
+
+    An SAE attached at another hookpoint than the one it records is logged as a warning, or, with ``strict``, refused
+    (training and steering at one layer with the SAE of another is a mistake, not an experiment)."""
     hookpoint = hookpoint or sae.cfg.hookpoint
     if hookpoint is None:
         raise QwenscopeError("the SAE does not record its hookpoint; pass hookpoint= (e.g. 'resid_post.12')")
@@ -213,7 +216,12 @@ def check_sae_fits(sae: Sae, model: nn.Module, hookpoint: str | None = None) -> 
             f"SAE width d_in={sae.d_in} does not match {type(model).__name__}'s hidden size {width} at "
             f"{hookpoint}: this SAE{trained} belongs to another model"
         )
-    if sae.cfg.hookpoint and hookpoint != sae.cfg.hookpoint:
+    if sae.cfg.hookpoint and hook.name != sae.cfg.hookpoint:
+        if strict:
+            raise QwenscopeError(
+                f"the SAE was trained at {sae.cfg.hookpoint}, not at {hook.name}: it belongs to another layer; "
+                f"load the SAE of {hook.name} or use hookpoint {sae.cfg.hookpoint!r}"
+            )
         logger.warning("SAE trained on %s is attached at %s", sae.cfg.hookpoint, hookpoint)
     name = getattr(model.config, "name_or_path", "") or ""
     if sae.cfg.model and name and sae.cfg.model.split("/")[-1].lower() not in name.lower():

@@ -118,3 +118,18 @@ def test_resolved_hooks_are_accepted_and_checked_against_the_model():
     assert not a["resid_post.0"].any()
     with pytest.raises(QwenscopeError, match="resolved for another model"):
         get_activations(other, ids, hook)
+
+
+def test_sae_of_another_layer_warns_or_with_strict_is_refused(caplog):
+    from tiny_models import build_tiny
+
+    model = build_tiny("qwen3")
+    sae = Sae(SaeConfig(d_in=64, d_sae=64, k=4, hookpoint="resid_post.0"))
+    with caplog.at_level("WARNING", logger="qwenscope.models.hookpoints"):
+        assert check_sae_fits(sae, model, "resid_post.1").layer == 1
+    assert "attached at resid_post.1" in caplog.text
+    with pytest.raises(
+        QwenscopeError, match=r"trained at resid_post.0, not at resid_post.1: it belongs to another layer"
+    ):
+        check_sae_fits(sae, model, "resid_post.1", strict=True)
+    assert check_sae_fits(sae, model, "resid_post.0", strict=True).layer == 0

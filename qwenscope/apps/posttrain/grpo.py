@@ -115,12 +115,7 @@ def check_steering(cfg: GrpoSteerConfig, sae: Sae, model: nn.Module, num_generat
         raise QwenscopeError(
             f"feature {cfg.feature} is outside this SAE (it has {sae.d_sae} features: 0..{sae.d_sae - 1})"
         )
-    trained = sae.cfg.hookpoint
-    if cfg.hookpoint and trained and cfg.hookpoint != trained:
-        raise QwenscopeError(
-            f"this SAE was trained on {trained}, not {cfg.hookpoint}: load the SAE of that layer, or steer at {trained}"
-        )
-    return check_sae_fits(sae, model, cfg.hookpoint).name  # a width mismatch: an SAE of another model
+    return check_sae_fits(sae, model, cfg.hookpoint, strict=True).name
 
 
 def steered_rows(n_rows: int, num_generations: int, steered_index: int, offset: int = 0) -> list[int]:

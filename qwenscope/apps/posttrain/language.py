@@ -141,17 +141,6 @@ def top_ids(nu: Tensor, n: int) -> list[int]:
     return [int(i) for i in torch.sort(-nu, stable=True).indices[:n]]
 
 
-def check_sae_at(sae: Sae, model: nn.Module, hookpoint: str | None) -> Hook:
-    """``check_sae_fits``, and an error (not a warning) when the SAE records another hookpoint than ``hookpoint``."""
-    hook = check_sae_fits(sae, model, hookpoint)
-    if sae.cfg.hookpoint and hook.name != sae.cfg.hookpoint:
-        raise QwenscopeError(
-            f"the SAE was trained at {sae.cfg.hookpoint}, not at {hook.name}: it belongs to another "
-            f"layer; load the SAE of {hook.name} or pass hookpoint={sae.cfg.hookpoint!r}"
-        )
-    return hook
-
-
 def check_corpus(texts: Mapping[str, Sequence[str]], lang: str) -> None:
     """One clear error for fewer than two languages, a language without text, or ``lang`` missing."""
     if len(texts) < 2:
@@ -207,7 +196,7 @@ def language_features(
     batch_size: int = 8,
 ) -> LanguageFeatures:
     """Monolinguality ``nu`` of every feature for ``lang``, its ``top`` features and ``alpha`` per language."""
-    hook = check_sae_at(sae, model, hookpoint)
+    hook = check_sae_fits(sae, model, hookpoint, strict=True)
     check_corpus(texts, lang)
     mean_act: dict[str, Tensor] = {}
     alpha: dict[str, Tensor] = {}

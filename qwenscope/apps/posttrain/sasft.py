@@ -45,8 +45,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from trl import SFTTrainer
 
-from qwenscope import QwenscopeError, Sae
-from qwenscope.apps.posttrain.language import LanguageFeatures, check_feature_ids, check_sae_at
+from qwenscope import QwenscopeError, Sae, check_sae_fits
+from qwenscope.apps.posttrain.language import LanguageFeatures, check_feature_ids
 from qwenscope.models import hooked
 
 logger = logging.getLogger(__name__)
@@ -242,12 +242,12 @@ class SasftTrainer(SFTTrainer):
                     "from"
                 )
             if isinstance(model, nn.Module):  # checked before SFTTrainer prepares the data (a model name: after)
-                check_sae_at(one, _base_model(model), feats.hookpoint)
+                check_sae_fits(one, _base_model(model), feats.hookpoint, strict=True)
         super().__init__(model, args, train_dataset=train_dataset, **kwargs)
         self.args.remove_unused_columns = False  # the language column must reach the collator
         base = _base_model(self.model)
         # resolved on the model as trained (peft wraps it)
-        self.hooks = [check_sae_at(one, base, feats.hookpoint) for feats, one in zip(sets, saes)]
+        self.hooks = [check_sae_fits(one, base, feats.hookpoint, strict=True) for feats, one in zip(sets, saes)]
         device = next(base.parameters()).device
         self.saes = [one.to(device).requires_grad_(False) for one in saes]
         self.sasft = sasft

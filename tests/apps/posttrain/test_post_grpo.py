@@ -247,7 +247,7 @@ def test_bad_input_gets_one_line():
         check_steering(GrpoSteerConfig(feature=3), sae, model, 1)
     with pytest.raises(QwenscopeError, match="feature 48 is outside this SAE"):
         check_steering(GrpoSteerConfig(feature=48), sae, model, 4)
-    with pytest.raises(QwenscopeError, match="trained on resid_post.0, not resid_post.1"):
+    with pytest.raises(QwenscopeError, match="trained at resid_post.0, not at resid_post.1"):
         check_steering(GrpoSteerConfig(feature=3, hookpoint="resid_post.1"), sae, model, 4)
     other = Sae(SaeConfig(d_in=32, d_sae=48, k=8, hookpoint="resid_post.0", model="other-model"))
     with pytest.raises(QwenscopeError, match="belongs to another model"):
