@@ -7,9 +7,10 @@ hits its mark.
     summary = synthesize(model, tokenizer, sae, targets, "offensive language", "synth.jsonl",
                          arms=[Arm("prompt"), Arm("rewrite", 0.4)], budget=8, positives=positives, seeds=seed_texts)
 
-``qwenscope synthesize`` runs it end to end (``qwenscope.apps.synthesize.run.run``, ``...cli``).
+``qwenscope synthesize`` runs it end to end (``qwenscope.apps.synthesize.cli.run``).
 """
 
+from qwenscope.apps.synthesize.cli import SynthesizeConfig
 from qwenscope.apps.synthesize.generate import Arm, GenerationConfig
 from qwenscope.apps.synthesize.inventory import (
     Target,
@@ -18,7 +19,8 @@ from qwenscope.apps.synthesize.inventory import (
     label_inventory,
     unreached,
 )
-from qwenscope.apps.synthesize.run import Summary, SynthesizeConfig, synthesize, synthesize_plain
+from qwenscope.apps.synthesize.output import Summary
+from qwenscope.apps.synthesize.run import synthesize, synthesize_plain
 from qwenscope.apps.synthesize.verify import verify
 
 __all__ = [

@@ -14,7 +14,10 @@ from tiny_models import TINY_HIDDEN, make_byte_tokenizer
 
 from qwenscope import QwenscopeError, Sae, SaeConfig
 from qwenscope.apps.classify.pooled import pool_texts
+from qwenscope.apps.synthesize import cli as cli_module
+from qwenscope.apps.synthesize import output as output_module
 from qwenscope.apps.synthesize import run as run_module
+from qwenscope.apps.synthesize.cli import SynthesizeConfig
 from qwenscope.apps.synthesize.generate import (
     Arm,
     GenerationConfig,
@@ -25,7 +28,7 @@ from qwenscope.apps.synthesize.generate import (
     text_snippets,
 )
 from qwenscope.apps.synthesize.inventory import Target, contrast_inventory, unreached
-from qwenscope.apps.synthesize.run import SynthesizeConfig, synthesize, synthesize_plain
+from qwenscope.apps.synthesize.run import synthesize, synthesize_plain
 from qwenscope.apps.synthesize.verify import verify
 from qwenscope.cli import main
 
@@ -206,7 +209,7 @@ def test_a_killed_run_resumes_to_exactly_the_uninterrupted_records(model, tokeni
     assert len(expected) >= 4
 
     killed = tmp_path / "killed.jsonl"
-    write = run_module.Output.write
+    write = output_module.Output.write
     for kill_after in (1, len(expected) // 2):
         calls = {"n": 0}
 
@@ -216,10 +219,10 @@ def test_a_killed_run_resumes_to_exactly_the_uninterrupted_records(model, tokeni
             calls["n"] += 1
             return write(self, record)
 
-        monkeypatch.setattr(run_module.Output, "write", dying)
+        monkeypatch.setattr(output_module.Output, "write", dying)
         with pytest.raises(KeyboardInterrupt):
             synthesize(model, tokenizer, sae, targets, "rude words", killed, **kw)
-        monkeypatch.setattr(run_module.Output, "write", write)
+        monkeypatch.setattr(output_module.Output, "write", write)
     with killed.open("a") as f:
         f.write('{"text": "cut sho')  # a kill while a line was being written
     summary = synthesize(model, tokenizer, sae, targets, "rude words", killed, **kw)
@@ -292,7 +295,7 @@ def test_bad_input_gets_one_clear_line(model, tokenizer, sae, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
     with pytest.raises(QwenscopeError, match="holds no texts"):
-        run_module.read_texts(str(empty))
+        cli_module.read_texts(str(empty))
     with pytest.raises(QwenscopeError, match="feature 64 is beyond this SAE's width: its ids run 0..63"):
         synthesize(model, tokenizer, sae, [Target(HOOK, 64, 1.0, "")], "rude", tmp_path / "o.jsonl", progress=False)
     with pytest.raises(QwenscopeError, match="feature 99 is beyond"):
