@@ -264,13 +264,13 @@ def _synthesize() -> tuple[tuple[type, ...], Callable[..., object]]:
 
 
 def _grpo() -> tuple[tuple[type, ...], Callable[..., object]]:
-    from qwenscope.apps.posttrain.cli_grpo import command
+    from qwenscope.apps.posttrain.cli import command
 
     return command()
 
 
 def _sasft() -> tuple[tuple[type, ...], Callable[..., object]]:
-    from qwenscope.apps.posttrain.cli_sasft import SasftCommand, run_sasft
+    from qwenscope.apps.posttrain.cli import SasftCommand, run_sasft
 
     return (SasftCommand,), run_sasft
 

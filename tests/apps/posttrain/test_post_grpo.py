@@ -14,7 +14,7 @@ from datasets import Dataset
 from trl import GRPOConfig
 
 from qwenscope import QwenscopeError, Sae, SaeConfig
-from qwenscope.apps.posttrain.cli_grpo import GrpoCommand, command, run_grpo
+from qwenscope.apps.posttrain.cli import GrpoCommand, command, run_grpo
 from qwenscope.apps.posttrain.grpo import (
     GrpoSteerConfig,
     SteeredGRPOTrainer,

@@ -383,7 +383,7 @@ def test_the_penalty_is_float32_for_a_float16_sae_and_residuals_beyond_its_range
 
 
 def test_read_rows_takes_jsonl_or_a_json_list_and_names_a_bad_line(tmp_path):
-    from qwenscope.apps.posttrain.cli_sasft import read_rows
+    from qwenscope.apps.posttrain.cli import read_rows
 
     rows = [{"prompt": "a", "completion": "b", "lang": "es"}, {"prompt": "c", "completion": "d", "lang": "en"}]
     lines, listed = tmp_path / "rows.jsonl", tmp_path / "rows.json"
