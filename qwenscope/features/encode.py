@@ -10,7 +10,8 @@
 
 Texts are tokenized as the model sees them (the tokenizer's special tokens, e.g. BOS, added) and cut to
 ``max_tokens``. Batches group texts of similar length (longest first), right-padded with an attention mask, so no
-real token attends to a pad and every row equals the text run alone. The forward reads every hookpoint at once and
+real token attends to a pad and every row equals the text run alone up to float rounding (other shapes,
+other reduction order: ~1e-6 relative in fp32). The forward reads every hookpoint at once and
 stops after the deepest (``qwenscope.get_activations``).
 
 Kept tokens (``keep_mask``): real tokens (no padding), without special tokens (``skip_special``; the set of
