@@ -49,7 +49,7 @@ def _logits(model, batch):
 
 
 def _scored(logits, score):
-    return F.log_softmax(logits[:, :-1][score.to(logits.device)].float(), dim=-1)
+    return F.log_softmax(logits[:, :-1][score[:, 1:].to(logits.device)].float(), dim=-1)  # t - 1 predicts t
 
 
 @torch.no_grad()
@@ -57,7 +57,7 @@ def _batch(model, states: dict[str, _State], batch, clean: _Loss) -> None:
     with capture(model, list(states), stop=False, detach=True) as acts:
         logits = _logits(model, batch)
     clean_logp = _scored(logits, batch.score)
-    targets = batch.input_ids[:, 1:][batch.score].to(clean_logp.device)
+    targets = batch.input_ids[batch.score].to(clean_logp.device)
     clean.add(clean_logp, targets, None)
     for name, st in states.items():
         x = acts.pop(name)[batch.keep]

@@ -21,6 +21,7 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from qwenscope.errors import QwenscopeError
+from qwenscope.models.batching import pad_ids
 
 _TOKENIZE_BATCH = 64
 
@@ -148,12 +149,7 @@ def token_batches(
         longest = max(len(ids[r]) for r in window)
         size = max(1, min(batch_size, max_batch_tokens // longest))
         rows = order[start : start + size]
-        width = max(len(ids[r]) for r in rows)
-        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for b, r in enumerate(rows):
-            input_ids[b, : len(ids[r])] = torch.tensor(ids[r])
-            mask[b, : len(ids[r])] = 1
+        input_ids, mask = pad_ids([ids[r] for r in rows], pad_id, mask_dtype=torch.long)
         batches.append(TokenBatch(rows, input_ids, mask, mask.sum(1)))
         start += size
     return batches

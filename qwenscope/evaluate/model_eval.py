@@ -50,9 +50,11 @@ from tqdm.auto import tqdm
 
 from qwenscope.errors import QwenscopeError
 from qwenscope.evaluate.metrics import DENSE_THRESHOLD, SaeMetrics
+from qwenscope.models.batching import pad_ids, pad_rows
 from qwenscope.models.capture import capture
 from qwenscope.models.hookpoints import Hook, check_sae_fits
-from qwenscope.models.partial import logits_at, record_outputs, shared_layer, skip_layers
+from qwenscope.models.partial import record_outputs, shared_layer, skip_layers
+from qwenscope.models.scoring import next_token_logprobs
 from qwenscope.models.splice import splice
 from qwenscope.sae.model import Sae
 
@@ -71,7 +73,7 @@ class Batch:
     keep: Tensor
     """(b, s) bool: positions whose activations are replaced and measured."""
     score: Tensor
-    """(b, s - 1) bool: positions whose next-token prediction is scored (CE and KL)."""
+    """(b, s) bool: tokens whose prediction (made at the position before) is scored (CE and KL)."""
 
 
 # ---------------------------------------------------------------- batching
@@ -130,17 +132,13 @@ def iter_batches(
 
 
 def _pad(rows: list[tuple[Tensor, Tensor]], skip_first: bool) -> Batch:
-    s = max(r.numel() for r, _ in rows)
-    ids = torch.zeros(len(rows), s, dtype=torch.long)
-    attn = torch.zeros(len(rows), s, dtype=torch.bool)
-    keep = torch.zeros(len(rows), s, dtype=torch.bool)
-    for i, (r, m) in enumerate(rows):
-        ids[i, : r.numel()], attn[i, : r.numel()], keep[i, : r.numel()] = r.cpu(), True, m.cpu()
-    scored = attn.clone()  # a prediction is scored where its position and the next token are real
+    ids, attn = pad_ids([r for r, _ in rows])
+    keep = pad_rows([m for _, m in rows], False, dtype=torch.bool)
+    predicts = attn.clone()  # the prediction at t is scored where position t and token t + 1 are real
     if skip_first:
-        scored[:, 0] = False
+        predicts[:, 0] = False
         keep[:, 0] = False
-    return Batch(ids, attn, keep & attn, (scored[:, :-1] & attn[:, 1:]))
+    return Batch(ids, attn, keep & attn, F.pad(predicts[:, :-1] & attn[:, 1:], (1, 0)))
 
 
 # ---------------------------------------------------------------- losses
@@ -193,18 +191,6 @@ def _replace(h: Tensor, keep: Tensor, values: Tensor | None) -> Tensor:
     return out
 
 
-def _scored_logprobs(model: nn.Module, batch: Batch) -> Tensor:
-    """Log-probabilities (n_scored, vocab), float32, of the scored next-token predictions: the LM head runs at the
-    scored positions only."""
-    device = next(model.parameters()).device
-    positions = F.pad(batch.score, (0, 1))  # (b, s): predictions made at position t score token t + 1
-    with logits_at(model, positions):
-        out = model(
-            input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.long().to(device), use_cache=False
-        )
-    return F.log_softmax(out.logits[0].float(), dim=-1)
-
-
 # ---------------------------------------------------------------- evaluation
 def _resolve_saes(model: nn.Module, saes: Mapping[str, Sae] | Sequence[Sae] | Sae) -> dict[str, tuple[Sae, Hook]]:
     if isinstance(saes, Sae):
@@ -237,9 +223,9 @@ def _evaluate_batch(model: nn.Module, states: dict[str, _HookState], batch: Batc
         capture(model, [st.hook for st in states.values()], stop=False, detach=True) as acts,
         record_outputs(model, shared) as outputs,
     ):
-        clean_logp = _scored_logprobs(model, batch)
+        clean_logp = next_token_logprobs(model, batch.input_ids, batch.attention_mask, batch.score)
     ref = _Clean(clean_logp, clean_logp.exp())
-    targets = batch.input_ids[:, 1:][batch.score].to(clean_logp.device)
+    targets = batch.input_ids[batch.score].to(clean_logp.device)
     clean.add(clean_logp, targets, None)
     for name, st in states.items():
         if name not in acts:
@@ -260,7 +246,7 @@ def _evaluate_batch(model: nn.Module, states: dict[str, _HookState], batch: Batc
                 if st.shared is not None:
                     stack.enter_context(skip_layers(model, st.shared, outputs[st.shared]))
                 stack.enter_context(splice(model, st.hook, partial(_replace, keep=batch.keep, values=values)))
-                logp = _scored_logprobs(model, batch)
+                logp = next_token_logprobs(model, batch.input_ids, batch.attention_mask, batch.score)
             loss.add(logp, targets, ref)
             del logp
 

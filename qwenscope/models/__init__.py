@@ -1,9 +1,12 @@
-"""Language models: loading, hookpoint names, capture and splice. Never re-implements a model."""
+"""Language models: loading, hookpoint names, capture and splice, padding, log-likelihood. Never re-implements
+a model."""
 
+from qwenscope.models.batching import pad_ids, pad_rows
 from qwenscope.models.capture import capture, get_activations, hooked
 from qwenscope.models.head import final_norm, output_head, unembed
 from qwenscope.models.hookpoints import Hook, check_sae_fits, resolve_hookpoint, resolve_hookpoints
 from qwenscope.models.load import EMBEDDED, cache_dir, load_model, model_fingerprint, model_name
+from qwenscope.models.scoring import continuation_logprobs, head_input, next_token_logprobs, row_sums, token_logprobs
 from qwenscope.models.splice import splice
 
 __all__ = [
@@ -12,15 +15,22 @@ __all__ = [
     "cache_dir",
     "capture",
     "check_sae_fits",
+    "continuation_logprobs",
     "final_norm",
     "get_activations",
+    "head_input",
     "hooked",
     "load_model",
     "model_fingerprint",
     "model_name",
+    "next_token_logprobs",
     "output_head",
+    "pad_ids",
+    "pad_rows",
     "resolve_hookpoint",
     "resolve_hookpoints",
+    "row_sums",
     "splice",
+    "token_logprobs",
     "unembed",
 ]

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from qwenscope.models.batching import pad_ids
 from qwenscope.steer.steer import SteerSpec, steer_rows
 
 
@@ -141,9 +142,8 @@ def generate_rows(
     if not rows:
         return []
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    width = max(len(r.input_ids) for r in rows)
-    ids = torch.tensor([[pad] * (width - len(r.input_ids)) + r.input_ids for r in rows])
-    mask = torch.tensor([[0] * (width - len(r.input_ids)) + [1] * len(r.input_ids) for r in rows])
+    ids, mask = pad_ids([r.input_ids for r in rows], pad, left=True, mask_dtype=torch.long)
+    width = ids.shape[1]
     device = next(model.parameters()).device
     stops = _RowStops(rows, tokenizer, width, on_finish)
     kwargs = {

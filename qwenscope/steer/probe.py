@@ -14,8 +14,7 @@ Cost: one forward per (feature, strength, text), batched, with the LM head only 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -24,8 +23,9 @@ import torch
 from torch import Tensor, nn
 
 from qwenscope.errors import QwenscopeError
-from qwenscope.models.head import output_head
+from qwenscope.models.batching import pad_ids, pad_rows
 from qwenscope.models.hookpoints import check_sae_fits
+from qwenscope.models.scoring import continuation_logprobs, head_inputs, row_sums, token_logprobs
 from qwenscope.models.splice import splice
 from qwenscope.sae.model import Sae
 
@@ -65,19 +65,11 @@ def _encode(tokenizer, positive: Sequence[str], negative: Sequence[str], max_tok
         body = tokenizer("\n" + text.strip(), add_special_tokens=False)["input_ids"][:max_tokens]
         rows.append(head + body)
         scored.append([False] * len(head) + [True] * len(body))
-    width = max(map(len, rows))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    score = torch.zeros_like(ids, dtype=torch.bool)
-    for i, (row, s) in enumerate(zip(rows, scored)):
-        ids[i, : len(row)], mask[i, : len(row)], score[i, : len(row)] = torch.tensor(row), 1, torch.tensor(s)
+    ids, mask = pad_ids(rows, pad, mask_dtype=torch.long)
+    score = pad_rows(scored, False, dtype=torch.bool)
     is_pos = torch.arange(len(rows)) < len(positive)
     return _Texts(ids, mask, score, is_pos)
-
-
-class _Stop(Exception):
-    pass
 
 
 def _repeat(value: Any, rows: int, copies: int) -> Any:
@@ -121,7 +113,7 @@ class _Tail:
         handles.append(resolved.module.register_forward_hook(lambda m, a, out: seen.update(h=first_tensor(out))))
         handles.append(layers[-1].register_forward_hook(lambda m, a, out: seen.update(last=first_tensor(out))))
         try:
-            with _head_input(model) as final:
+            with head_inputs(model) as final:
                 model(input_ids=ids, attention_mask=mask, use_cache=False)
         finally:
             for handle in handles:
@@ -143,50 +135,8 @@ class _Tail:
         return self.norm(hidden)
 
 
-@contextmanager
-def _head_input(model: nn.Module) -> Iterator[list[Tensor]]:
-    """Record the lm_head's input and skip the head (and everything after it)."""
-    head, _ = output_head(model)
-    seen: list[Tensor] = []
-
-    def grab(module: nn.Module, args: tuple) -> None:
-        seen.append(args[0])
-        raise _Stop
-
-    handle = head.register_forward_pre_hook(grab)
-    try:
-        yield seen
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-
-
 def _shift(h: Tensor, delta: Tensor) -> Tensor:
     return h + delta.to(h.dtype)
-
-
-def scored_logprobs(model: nn.Module, final: Tensor, ids: Tensor, scored: Tensor) -> Tensor:
-    """(B,) summed log-probability of the ``scored`` tokens of each row, from the lm_head's input ``final``."""
-    hidden = final[:, :-1]  # position t predicts token t + 1
-    target = scored[:, 1:].to(hidden.device)
-    head, _ = output_head(model)
-    logits = head(hidden[target]).float()  # (n_scored, vocab): the head only where a token is scored
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = cap * torch.tanh(logits / cap)
-    logp = logits.log_softmax(-1).gather(-1, ids[:, 1:].to(hidden.device)[target][:, None])[:, 0]
-    rows = torch.arange(len(ids), device=hidden.device)[:, None].expand_as(target)[target]
-    return torch.zeros(len(ids), device=hidden.device).index_add_(0, rows, logp).cpu()
-
-
-@torch.no_grad()
-def token_logprobs(model: nn.Module, ids: Tensor, mask: Tensor, scored: Tensor) -> Tensor:
-    """(B,) summed log-probability of the ``scored`` tokens of each row (a whole forward, the head where needed)."""
-    device = next(model.parameters()).device
-    with _head_input(model) as seen:
-        model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
-    return scored_logprobs(model, seen[0], ids, scored)
 
 
 @torch.no_grad()
@@ -221,11 +171,10 @@ def probe_effects(
     device = next(model.parameters()).device
     ids, mask = texts.ids.to(device), texts.mask.to(device)
     tail = _Tail.record(model, hook, ids, mask) if fast else None
-    base = (
-        scored_logprobs(model, tail.final, ids, texts.scored)
-        if tail
-        else token_logprobs(model, ids, mask, texts.scored)
-    )
+    if tail is None:
+        base = continuation_logprobs(model, ids, mask, texts.scored)
+    else:
+        base = row_sums(token_logprobs(model, tail.final, ids, texts.scored), texts.scored)
     dirs = sae.W_dec.detach()[torch.tensor(features, device=sae.W_dec.device)].float()
     dirs = (dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)).to(device)  # (F, d) unit directions
     per_chunk = max(1, batch_rows // n_texts)
@@ -238,10 +187,10 @@ def probe_effects(
             rep_ids, rep_scored = texts.ids.repeat(c, 1), texts.scored.repeat(c, 1)
             if tail is not None:
                 final = tail.run(tail.hidden.repeat(c, 1, 1) + delta.to(tail.hidden.dtype), c)
-                logp = scored_logprobs(model, final, rep_ids, rep_scored)
+                logp = row_sums(token_logprobs(model, final, rep_ids, rep_scored), rep_scored)
             else:
                 with splice(model, hook, partial(_shift, delta=delta)):
-                    logp = token_logprobs(model, rep_ids, texts.mask.repeat(c, 1), rep_scored)
+                    logp = continuation_logprobs(model, rep_ids, texts.mask.repeat(c, 1), rep_scored)
             gains[start : start + c, a] = logp.view(c, n_texts) - base
     counts = texts.scored[:, 1:].sum(1).float()  # scored tokens per text
     pos, neg = texts.positive, ~texts.positive

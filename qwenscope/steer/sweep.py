@@ -19,10 +19,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from qwenscope.errors import QwenscopeError
+from qwenscope.models.scoring import continuation_logprobs
 from qwenscope.sae.model import Sae
 from qwenscope.steer.steer import steer
 
@@ -105,9 +107,8 @@ def continuation_nll_rows(
     ids = torch.cat([batch["input_ids"], gen], dim=1)
     keep = _generated_mask(gen, eos_ids)
     mask = torch.cat([batch["attention_mask"], keep.long()], dim=1)
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, batch["input_ids"].shape[1] - 1 : -1]
-    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, gen[..., None])[..., 0]
-    return -(logp * keep).sum(1).cpu(), keep.sum(1).cpu()
+    scored = F.pad(keep, (batch["input_ids"].shape[1], 0))  # the generated tokens up to the first end of sequence
+    return -continuation_logprobs(model, ids, mask, scored), keep.sum(1).cpu()
 
 
 def continuation_nll(model: Any, batch: dict[str, Tensor], gen: Tensor, eos_ids: set[int]) -> tuple[float, int]:

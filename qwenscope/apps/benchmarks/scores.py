@@ -49,11 +49,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qwenscope import QwenscopeError
-from qwenscope.models import check_sae_fits, splice
+from qwenscope.models import check_sae_fits, head_input, pad_ids, row_sums, splice, token_logprobs
 from qwenscope.sae import Sae
 from qwenscope.util import atomic_write
 
@@ -75,8 +74,6 @@ _NOT_METRICS = {
     "target_hash",
     "task_name",
 }
-_HEAD_ROWS = 512
-"""Rows of hidden states sent through the LM head at once (512 x 262k fp32 logits = 0.5 GB for gemma)."""
 
 
 @dataclass
@@ -340,15 +337,6 @@ def encode_items(tokenizer: Any, items: Sequence[Any], delimiter: str = " ") -> 
     return out
 
 
-def _head_and_trunk(model: nn.Module) -> tuple[nn.Module, nn.Module]:
-    get_head = getattr(model, "get_output_embeddings", None)
-    head = get_head() if callable(get_head) else None
-    trunk = getattr(model, "base_model", None)
-    if not isinstance(head, nn.Module) or not isinstance(trunk, nn.Module) or trunk is model:
-        raise QwenscopeError(f"{type(model).__name__} is not a causal LM with an LM head; load it with load_model")
-    return head, trunk
-
-
 def _replace_with_sae(sae: Sae, keep: Tensor):
     def edit(h: Tensor) -> Tensor:
         out = h.clone()
@@ -364,35 +352,20 @@ def _batch_loglik(
     model: nn.Module, rows: list[tuple[list[int], int]], pad_id: int, sae: Sae | None, hook: Any, skip_first: bool
 ) -> Tensor:
     """Mean answer log-likelihood of each row (float64, on the CPU)."""
-    head, trunk = _head_and_trunk(model)
     device = next(model.parameters()).device
-    b, s = len(rows), max(len(ids) for ids, _ in rows)
-    ids = torch.full((b, s), pad_id, dtype=torch.long)
-    mask = torch.zeros(b, s, dtype=torch.bool)
-    scored = torch.zeros(b, s, dtype=torch.bool)  # position t predicts token t + 1, an answer token
+    ids, mask = pad_ids([row for row, _ in rows], pad_id)
+    scored = torch.zeros_like(mask)  # the answer tokens
     for i, (row, n_ctx) in enumerate(rows):
-        ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), True
-        scored[i, n_ctx - 1 : len(row) - 1] = True
+        scored[i, n_ctx : len(row)] = True
     with ExitStack() as stack:
         if sae is not None:
             keep = mask.clone()
             if skip_first:
                 keep[:, 0] = False  # the attention sink keeps its own activations
             stack.enter_context(splice(model, hook, _replace_with_sae(sae, keep.to(device))))
-        out = trunk(input_ids=ids.to(device), attention_mask=mask.long().to(device), use_cache=False)
-    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-    rows_h = hidden[scored.to(device)]  # (n_answer_tokens, d), row-major: item by item
-    targets = ids[:, 1:][scored[:, :-1]].to(device)
-    cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
-    logp = torch.empty(rows_h.shape[0], dtype=torch.float64)
-    for start in range(0, rows_h.shape[0], _HEAD_ROWS):
-        logits = head(rows_h[start : start + _HEAD_ROWS]).float()
-        if cap is not None:
-            logits = torch.tanh(logits / cap) * cap
-        chunk = F.log_softmax(logits, dim=-1).gather(-1, targets[start : start + _HEAD_ROWS, None])[:, 0]
-        logp[start : start + chunk.shape[0]] = chunk.double().cpu()
-    owner = scored.nonzero()[:, 0]  # the item of each scored row
-    return torch.zeros(b, dtype=torch.float64).index_add_(0, owner, logp) / scored.sum(1).double()
+        final = head_input(model, ids, mask)
+    logp = token_logprobs(model, final, ids, scored)
+    return row_sums(logp, scored, torch.float64) / scored.sum(1).double()
 
 
 def answer_loglik(

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from qwenscope import QwenscopeError
-from qwenscope.models import check_sae_fits, get_activations
+from qwenscope.models import check_sae_fits, get_activations, pad_ids
 from qwenscope.sae import Sae
 from qwenscope.steer import SteerSpec, steer
 
@@ -144,12 +144,8 @@ def generate_completions(
     out: list[list[int]] = []
     for start in range(0, len(prompt_ids), batch_size):
         chunk = prompt_ids[start : start + batch_size]
-        width = max(len(p) for p in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros(len(chunk), width, dtype=torch.long)
-        for i, p in enumerate(chunk):
-            ids[i, width - len(p) :] = torch.tensor(list(p))
-            mask[i, width - len(p) :] = 1
+        ids, mask = pad_ids([list(p) for p in chunk], pad, left=True, mask_dtype=torch.long)
+        width = ids.shape[1]
         with steer(model, [spec]) if spec is not None else nullcontext():
             seqs = model.generate(  # type: ignore[operator]
                 input_ids=ids.to(device),
