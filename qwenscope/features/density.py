@@ -12,10 +12,9 @@ still top every prompt and hide the informative ones. Wherever features are rank
 marked in full ones, and every listed feature shows its density.
 
 ``MAX_DENSITY`` comes from ``experiments/feature_density/density.py``: the token information of a firing, ``KL(P(token |
-fires) || P(token))``, by frequency band, for the four shipped SAEs over 50k tokens (README). Features firing on under
-10% of tokens carry a median 2.5-6.6 bits; between 10% and 20%, 0.7-1.8 bits (one exception, a single feature of the
-early layer at 2.8), less than two coin flips; above 35%, under 1 bit. Ten percent keeps all but a handful of features
-per SAE (1 to 30 of ~10k) and removes those that top every prompt.
+fires) || P(token))``, by frequency band, for the shipped SAEs. It falls off past a tenth of the tokens, and the
+densest features carry less than a coin flip; ten percent keeps all but a handful of features per SAE and removes
+those that top every prompt (the figures: docs/results/density.md).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Feature statistics as one compact Parquet file of token ids (no decoded text), to ship beside an SAE.
 
-    save_stats("sae/resid_post.15/feature_stats.parquet", stats, meta)   # ~3 MB for 9,216 features
+    save_stats("sae/resid_post.15/feature_stats.parquet", stats, meta)   # one compact file beside the SAE
     stats, meta = load_stats(path)                                       # FeatureStats again (lens logits: float16)
     small = trim(stats, top_n=10, window_before=12, window_after=4)      # fewer, shorter top contexts
     sae_fingerprint(sae)                                                 # which weights the statistics belong to
@@ -37,7 +37,7 @@ STATS_FILE = "feature_stats.parquet"
 """The file name of packed statistics beside an SAE's cfg.json and sae.safetensors."""
 _META_KEY = b"qwenscope"
 _FINGERPRINT_ELEMENTS = 2**22
-"""Elements hashed per tensor at most (evenly strided beyond that): a fingerprint of a 1 GB SAE takes ~1 s."""
+"""Elements hashed per tensor at most (evenly strided beyond that), so a large SAE's fingerprint stays cheap."""
 
 
 def sae_fingerprint(sae: Sae) -> str:

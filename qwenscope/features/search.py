@@ -18,7 +18,7 @@ texts than the negative ones (the change in log-likelihood per token, positive m
 breaks the model lowers both). Which feature fires most on a concept is often not the one that, added, writes it.
 The default strength, 0.75, is a little past the one that generates best: there the differences between candidates
 stand out from the noise (``experiments/steering_concepts/steer_probe_dev.py`` compares probe strengths on
-development prompts).
+development prompts; see docs/results/steering-probe.md).
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 ``load_model(name_or_path)`` accepts
 
 - an embedded model name (``EMBEDDED``): a real pretrained model whose GGUF ships in pip packages, so the
-  toolkit works with no hub access. The first load dequantizes the GGUF (smollm2 ~40 s, gemma ~2 min on 2
-  cores) and caches a float32 safetensors copy under ``cache_dir()/models/<name>/``; later loads read that
-  copy (smollm2 ~1 s, gemma ~5 s, mostly its 262k-token tokenizer);
+  toolkit works with no hub access. The first load dequantizes the GGUF (slow) and caches a float32 safetensors
+  copy under ``cache_dir()/models/<name>/``; later loads read that copy (for gemma mostly its 262k-token
+  tokenizer; load times: docs/results/capture.md);
 - a local folder written by ``save_pretrained`` (config.json, weights, tokenizer files);
 - a hub id such as ``Qwen/Qwen3-0.6B``.
 

@@ -65,7 +65,7 @@ class Sae(nn.Module):
         kw: dict = {"device": device, "dtype": dtype or torch.float32}
         # sparsify's init: unit-norm decoder rows, and the encoder their transpose at the row norm of nn.Linear's
         # default init (uniform in +-1/sqrt(d_in): norm ~1/sqrt(3)). Unit-norm encoder rows start with codes ~1.7x
-        # too large and a worse FVU at equal tokens (80 steps on smollm2 resid_post.15: 0.596 against 0.509).
+        # too large and train to a worse FVU at equal tokens (docs/results/training.md).
         W_dec = torch.randn(cfg.d_sae, cfg.d_in, **kw)
         W_dec /= W_dec.norm(dim=1, keepdim=True)
         self.W_dec = nn.Parameter(W_dec)

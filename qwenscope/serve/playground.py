@@ -87,7 +87,7 @@ class Playground:
         """(tokens labelled by their strongest feature, one table row per token, the features seen, strongest first).
 
         The features seen are ranked by their largest activation after position 0 (the attention sink, whose
-        activations are ~100x larger and which feature statistics leave out); those only at position 0 come last.
+        activations are far larger and which feature statistics leave out); those only at position 0 come last.
         """
         rows = self.token_features(prompt, top)
         highlighted = [(r["token"], f"#{r['features'][0]['id']}" if r["features"] else None) for r in rows]

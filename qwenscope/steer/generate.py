@@ -92,8 +92,8 @@ class SteerConfig:
     mode: str = "add"
     """add | clamp | ablate."""
     relative: bool = False
-    """Strengths are fractions of the residual's typical size at the hookpoint (qwenscope.steer.strength; about
-    0.5 steers a concept feature clearly), measured on a few offline documents first."""
+    """Strengths are fractions of the residual's typical size at the hookpoint (qwenscope.steer.strength; the
+    demo steers at 0.5), measured on a few offline documents first."""
     positions: str = "all"
     """all | prompt | generated."""
     max_new_tokens: int = 40

@@ -1,6 +1,6 @@
 """What a relative steering strength means: a fraction of the residual stream's typical size at the hookpoint.
 
-    unit = steering_unit(model, tokenizer, "resid_post.15")            # smollm2-135m: ~123
+    unit = steering_unit(model, tokenizer, "resid_post.15")            # the residual's typical size there
     with steer(model, sae, {3904: 0.5}, relative=True, unit=unit):     # adds a vector of norm 0.5 x unit
         ...
 
@@ -10,10 +10,9 @@ whose norm is ``alpha`` times the *unit*, the median over tokens of ``|h - mean(
 norm outliers left out, as in training). So ``alpha`` is the size of the push compared with how far the residual
 normally moves from token to token: the same for every feature (also one that never fired in a feature store) and
 comparable across models. The residual's mean is left out because some models carry a few huge constant dimensions
-(gemma3-270m ``resid_post.9``: median ``|h|`` ~5,900 but ``|h - mean|`` ~1,260) that say nothing about how much a
-push moves the model. Measured on smollm2-135m ``resid_post.15`` and gemma3-270m ``resid_post.9``, a feature's mean
-activation when it fires is 0.075 and 0.079 of this unit (median over features), against 0.051 and 0.017 of the
-uncentred median norm.
+(gemma3-270m ``resid_post.9``) that say nothing about how much a push moves the model: with the mean removed, a
+feature's typical activation when it fires is about the same fraction of the unit on smollm2-135m and gemma3-270m,
+which it is not of the uncentred norm (the figures: docs/results/steering-concepts.md).
 """
 
 from __future__ import annotations
@@ -34,10 +33,9 @@ from qwenscope.models.hookpoints import resolve_hookpoint
 logger = logging.getLogger(__name__)
 
 DEFAULT_STRENGTH = 0.5
-"""The relative strength the demo steers with: the best strength for its own concept in
-``experiments/steering_concepts/steer_concepts.py`` (sea: 36% of answers, perplexity 6.3; the highest success rate with
-perplexity <= 10). Over its six concepts the best strengths of the effect-ranked features run from 0.2 to 0.65 (median
-0.35)."""
+"""The relative strength the demo steers with: the best strength (the highest success rate with perplexity <= 10)
+for the demo's own concept, sea, in ``experiments/steering_concepts/steer_concepts.py``; the rates and the other
+concepts' best strengths are in docs/results/steering-concepts.md."""
 UNIT_SOURCE = "dataset-build:multi"
 """The corpus the unit is measured on by default (offline, 37 languages and code)."""
 UNIT_TEXTS = 8

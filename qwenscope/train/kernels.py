@@ -3,7 +3,7 @@
 A TopK code has k of d_sae entries per token, so the gradients of ``W_enc``, ``b_enc`` and ``W_dec`` only touch k
 columns / rows per token; the dense products autograd would run (x^T @ G with G of shape (N, d_sae)) cost as much as
 the forward matmul, the sparse ones below cost O(N k d_in). The only dense work is the encoder product itself, written
-into a reused buffer (a fresh (N, d_sae) tensor costs page faults: ~20% of the product on a CPU).
+into a reused buffer (a fresh (N, d_sae) tensor costs page faults on every step; see docs/results/training.md).
 
 The sparse code is kept flat: ``vals``, ``rows`` (token), ``cols`` (feature), each of length E (= N k for TopK), rows
 sorted. Both weight gradients are sums over the entries of each feature, so the entries are sorted by feature once and
@@ -89,7 +89,8 @@ class DeadCode(NamedTuple):
 
 
 DENSE_AUX_MAX_RATIO = 8
-"""The dense AuxK block is used while n_dead <= this x k_aux (on a 2-core CPU the two cost the same near 12x)."""
+"""The dense AuxK block is used while n_dead <= this x k_aux, below the ratio where the dense block and the flat
+code cost the same (docs/results/training.md)."""
 
 
 def dead_topk_code(sub: Tensor, ids: Tensor, k_aux: int) -> SparseCode | DeadCode:
@@ -136,8 +137,8 @@ def candidate_code(
     """TopK (or BatchTopK) code chosen among the top candidates of a low-precision product ``approx``, by exact values.
 
     The values are exact; the selection is exact whenever the true top k are among the candidates (k + 8 of them for
-    k 32: on smollm2 resid_post.15 with the shipped SAE, a bf16 product keeps all of the exact top 32,
-    ``bench/perf/train_quality.py``).
+    k 32; ``bench/perf/train_quality.py`` measures how many of the exact top k a bf16 product keeps,
+    docs/results/train-quality.md).
     """
     n, m = approx.shape
     c = min(n_candidates(k), m)

@@ -1,8 +1,8 @@
 """Does this device multiply bf16 matrices faster than fp32? Decides ``TrainConfig.encoder = "auto"``.
 
 A bf16 product only pays where the hardware does bf16 natively: CUDA GPUs from Ampere on, x86 CPUs with AVX-512 BF16
-or AMX. Elsewhere (AVX2 CPUs) torch emulates it, ~70-300x slower than fp32, so it is never even timed there. Where the
-hardware claims it, a one-time micro-benchmark at the SAE's shape confirms it before it is used.
+or AMX. Elsewhere (AVX2 CPUs) torch emulates it, far slower than fp32 (docs/results/training.md), so it is never even
+timed there. Where the hardware claims it, a one-time micro-benchmark at the SAE's shape confirms it before it is used.
 """
 
 from __future__ import annotations

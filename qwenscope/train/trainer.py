@@ -45,7 +45,7 @@ class SaeState:
 
 
 def _adam(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Adam:
-    """torch's fused Adam where it exists (one pass over each tensor: ~10x less time than the per-op loop on a CPU)."""
+    """torch's fused Adam where it exists (one pass over each tensor instead of a loop of per-op kernels)."""
     try:
         return torch.optim.Adam(params, lr=lr, eps=1e-8, fused=True)
     except (RuntimeError, ValueError):  # a device or dtype without a fused kernel

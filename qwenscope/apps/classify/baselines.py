@@ -13,8 +13,8 @@
 
 The logistic regressions weigh the classes equally (``class_weight="balanced"``) and choose C from a small grid by
 stratified k-fold cross-validation on the training rows (F1, the metric the comparison reports); the unsupervised
-transforms (scalers, TF-IDF vocabulary) are fit once on all training rows. liblinear keeps each fit to seconds on
-one core at ~2,000 rows x 16k sparse SAE features. Everything is deterministic given the seed (fold shuffling and
+transforms (scalers, TF-IDF vocabulary) are fit once on all training rows. liblinear fits the sparse SAE features
+quickly on one core (docs/results/classify.md). Everything is deterministic given the seed (fold shuffling and
 liblinear's coordinate order).
 """
 

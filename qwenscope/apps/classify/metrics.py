@@ -7,7 +7,7 @@
 The conventions are scikit-learn's (``precision_recall_fscore_support`` with ``average="binary"``,
 ``roc_auc_score``): precision is 0 when nothing is predicted positive, recall is 0 when nothing is positive, F1 is 0
 when both are. Every bootstrap resample is drawn as a count per test row (a vectorised multinomial), so all the
-statistics of one resample come from matrix products; 1,000 resamples of 2,000 rows take well under a second.
+statistics of one resample come from matrix products (timings: docs/results/classify.md).
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ def _identifier() -> Any:
         from langid.langid import LanguageIdentifier, model
     except ImportError:
         raise QwenscopeError("the code-switching metric needs langid; install it with: pip install langid") from None
-    return LanguageIdentifier.from_modelstring(model, norm_probs=True)  # ~2 s, once per process
+    return LanguageIdentifier.from_modelstring(model, norm_probs=True)  # slow to build: once per process
 
 
 def identify(texts: Sequence[str], languages: Sequence[str]) -> list[str]:

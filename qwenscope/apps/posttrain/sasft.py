@@ -13,7 +13,7 @@
 
 Several hookpoints: ``SasftConfig(features=[feats_9, feats_14])`` with ``sae=[sae_9, sae_14]`` (in the same order)
 adds each hookpoint's term, ``P = P_9 + P_14``, over the same tokens (meant for a model that routes the language
-around one layer's features; on gemma3-270m layers 9 and 14 together switched more than layer 9 alone, see README).
+around one layer's features; docs/results/sasft.md has how two layers did on gemma3-270m).
 
 Normalisation: ``P`` is the mean, over the penalised response tokens of the micro-batch, of the sum over ``S_L``; a
 micro-batch without such a token adds 0. Under gradient accumulation ``P`` is divided by the accumulation steps
@@ -119,7 +119,7 @@ def feature_pre_acts(sae: Sae, x: Tensor, ids: Tensor) -> Tensor:
     """``sae.pre_acts(x)[..., ids]`` computed on the chosen columns only: (..., len(ids)), differentiable in x.
 
     Always in float32: the SAE may be held in float16 (the shipped files are), and residual streams such as gemma3's
-    hold values beyond float16's range (65504), which became inf and made the penalty infinite in the first GPU run.
+    hold values beyond float16's range (65504), which would become inf and make the penalty infinite.
     """
     x = x.float()
     if sae.cfg.apply_b_dec_to_input:
