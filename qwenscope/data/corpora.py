@@ -51,6 +51,7 @@ from pathlib import Path
 
 from qwenscope.data.sources import read_text, split_blank_lines
 from qwenscope.errors import QwenscopeError
+from qwenscope.util.optional import require
 
 DOC_CHARS = 2000
 """dataset-build documents are runs of blocks of at most this many characters (a longer block stays whole)."""
@@ -244,10 +245,7 @@ BIBLES = {"en": ("engWEB2015eb", "engKJV2006eb"), "es": ("spaRV1909eb",)}
 
 def bible_documents(spec: str, *, seed: int = 0) -> Iterator[str]:
     """Chapters of ``bible:<lang>[,<lang>]`` (verses joined by spaces), module by module, in canonical order."""
-    try:
-        from pysword.modules import SwordModules
-    except ImportError:
-        raise QwenscopeError("bible:* needs pysword; install it with: pip install pysword") from None
+    SwordModules = require("pysword.modules", "bible", "the bible:* corpora").SwordModules
     root = os.environ.get("QWENSCOPE_SWORD", SWORD_DIR)
     modules = SwordModules(root)
     try:

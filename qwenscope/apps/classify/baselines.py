@@ -31,6 +31,7 @@ import scipy.sparse as sp
 
 from qwenscope import QwenscopeError
 from qwenscope.apps.classify.metrics import best_threshold
+from qwenscope.util import require
 
 __all__ = ["BASELINES", "ActProbe", "Baseline", "DiffMeans", "Inputs", "SaeProbe", "TfidfProbe", "fit_baselines"]
 
@@ -149,6 +150,7 @@ class _Probe:
         raise NotImplementedError
 
     def fit(self, x: Inputs, y: np.ndarray) -> _Probe:
+        require("sklearn", "classify", f"the {self.name} baseline")
         self.transform_ = self.model_ = None
         X = self._input(x)
         labels = _labels(y, len(x), self.name)

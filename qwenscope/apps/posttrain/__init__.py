@@ -37,5 +37,8 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
+        from qwenscope.util import require
+
+        require("trl", "posttrain", f"qwenscope.apps.posttrain.{name}")
         return getattr(importlib.import_module(f"qwenscope.apps.posttrain.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'qwenscope.apps.posttrain' has no attribute {name!r}")

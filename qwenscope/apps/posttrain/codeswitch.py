@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from qwenscope import QwenscopeError
+from qwenscope.util import require
 
 _WORD = re.compile(r"[^\W\d_]+")
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|\n+")
@@ -64,10 +65,8 @@ class CodeSwitch:
 
 @functools.lru_cache(maxsize=1)
 def _identifier() -> Any:
-    try:
-        from langid.langid import LanguageIdentifier, model
-    except ImportError:
-        raise QwenscopeError("the code-switching metric needs langid; install it with: pip install langid") from None
+    langid = require("langid.langid", "posttrain", "the code-switching metric")
+    LanguageIdentifier, model = langid.LanguageIdentifier, langid.model
     return LanguageIdentifier.from_modelstring(model, norm_probs=True)  # slow to build: once per process
 
 
