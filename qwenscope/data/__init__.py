@@ -9,7 +9,7 @@ for x in caches["resid_post.12"].batches(4096, seed=0):           # (4096, d_in)
 
 from qwenscope.data.cache import ActivationCache, write_cache
 from qwenscope.data.corpora import fortune_entries, fortunes_dir
-from qwenscope.data.sources import in_test_split, iter_texts, read_jsonl, read_text
+from qwenscope.data.sources import in_test_split, iter_texts, read_json_records, read_jsonl, read_text
 from qwenscope.data.stream import ActivationStream, StreamConfig
 from qwenscope.data.tokens import chunk_tokens, norm_outlier_mask, special_token_ids, token_mask
 
@@ -23,6 +23,7 @@ __all__ = [
     "in_test_split",
     "iter_texts",
     "norm_outlier_mask",
+    "read_json_records",
     "read_jsonl",
     "read_text",
     "special_token_ids",

@@ -115,6 +115,18 @@ def read_text(path: Path) -> str:
         return data.decode("latin-1")
 
 
+def read_json_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON file holding a list of objects (a UTF-8 byte-order mark allowed); one clear line for an
+    unreadable file or another shape."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise QwenscopeError(f"cannot read {path} ({type(e).__name__}: {e}); pass a readable JSON file") from None
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise QwenscopeError(f"{path} is not a JSON list of objects; pass one, or a JSONL file")
+    return data
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """The records of a JSONL file (plain or .gz, a UTF-8 byte-order mark allowed); one clear line for a bad line or
     an unreadable file."""

@@ -6,7 +6,18 @@ page = f"<style>{STYLE}</style><p>{escape(name)}: {num(x)}</p>{png_img(fig)}"
 """
 
 from qwenscope.util.atomic import atomic_folder, atomic_write, replace_folder
-from qwenscope.util.htmlpage import STYLE, escape, figure, num, png_img
+from qwenscope.util.htmlpage import STYLE, escape, figure, num, png_img, write_page
 from qwenscope.util.optional import require
 
-__all__ = ["STYLE", "atomic_folder", "atomic_write", "escape", "figure", "num", "png_img", "replace_folder", "require"]
+__all__ = [
+    "STYLE",
+    "atomic_folder",
+    "atomic_write",
+    "escape",
+    "figure",
+    "num",
+    "png_img",
+    "replace_folder",
+    "require",
+    "write_page",
+]

@@ -8,9 +8,12 @@ import base64
 import html
 import io
 import math
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from qwenscope.errors import QwenscopeError
+from qwenscope.util.atomic import atomic_write
 
 STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222}"
@@ -20,6 +23,17 @@ STYLE = (
     "white-space:pre-wrap;max-width:520px}"
 )
 """The reports' CSS."""
+
+
+def write_page(path: str | Path, title: str, parts: Sequence[str]) -> Path:
+    """Write a self-contained HTML page (``STYLE``, ``title``, the HTML ``parts`` in order) atomically; its path."""
+    page = (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
+        f"<style>{STYLE}</style></head>\n<body>\n{''.join(parts)}\n</body></html>\n"
+    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
 
 
 def escape(text: Any) -> str:

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from qwenscope import QwenscopeError
-from qwenscope.data import read_jsonl
+from qwenscope.data import read_json_records, read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -373,13 +373,7 @@ def _read_file(path: Path) -> list[dict[str, Any]]:
     if suffixes[-1:] == [".csv"]:
         return _read_csv(path)
     if suffixes[-1:] == [".json"]:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise QwenscopeError(f"cannot read {path} ({type(e).__name__}: {e}); pass a readable JSON file") from e
-        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-            raise QwenscopeError(f"{path} is not a JSON list of objects; pass one, or a JSONL file")
-        return data
+        return read_json_records(path)
     if suffixes[-1:] == [".jsonl"] or suffixes[-2:] == [".jsonl", ".gz"]:
         return read_jsonl(path)
     raise QwenscopeError(f"cannot tell the format of {path}: name it .jsonl, .jsonl.gz, .json or .csv")

@@ -38,7 +38,7 @@ from qwenscope.apps.benchmarks.measures import (
     spearman_interval,
     unique_features,
 )
-from qwenscope.util import STYLE, atomic_write, escape, figure, num, png_img
+from qwenscope.util import escape, figure, num, png_img, write_page
 
 __all__ = ["build_results", "write_report"]
 
@@ -304,10 +304,4 @@ def write_report(path: str | Path, results: dict[str, Any]) -> Path:
     if unique := results.get("unique"):
         parts.append("<h2>Features unique to each benchmark</h2>")
         parts += [_unique_table(name, rows) for name, rows in unique.items()]
-    page = (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
-        f"<style>{STYLE}</style></head>\n<body>\n{''.join(parts)}\n</body></html>\n"
-    )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
+    return write_page(path, title, parts)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import logging
 import random
 from collections.abc import Iterable, Iterator, Sequence
@@ -40,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from qwenscope import QwenscopeError
-from qwenscope.data import read_jsonl
+from qwenscope.data import read_json_records, read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +200,7 @@ def _file_records(path: Path) -> Iterator[dict[str, Any]]:
     if suffix == ".jsonl":
         return iter(read_jsonl(path))
     if suffix == ".json":
-        return _json_records(path)
+        return iter(read_json_records(path))
     raise QwenscopeError(f"cannot tell the format of {path}: name it .jsonl, .json, .csv or .tsv")
 
 
@@ -211,16 +210,6 @@ def _csv_records(path: Path, delimiter: str) -> Iterator[dict[str, Any]]:
             yield from csv.DictReader(handle, delimiter=delimiter)
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise QwenscopeError(f"cannot read {path} ({type(e).__name__}: {e}); pass a readable UTF-8 file") from None
-
-
-def _json_records(path: Path) -> Iterator[dict[str, Any]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise QwenscopeError(f"cannot read {path} ({type(e).__name__}: {e}); pass a readable JSON file") from None
-    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-        raise QwenscopeError(f"{path} is not a JSON list of objects; pass one, or a JSONL file")
-    yield from data
 
 
 def _hf_records(spec: str) -> tuple[Iterator[dict[str, Any]], str, str]:

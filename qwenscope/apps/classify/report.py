@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from qwenscope import QwenscopeError
-from qwenscope.util import STYLE, atomic_write, escape, figure, num, png_img
+from qwenscope.util import escape, figure, num, png_img, write_page
 
 __all__ = ["format_table", "write_report"]
 
@@ -208,10 +208,4 @@ def write_report(results: dict[str, Any], path: str | Path) -> Path:
             "train language.</p>",
             _transfer_table(transfer),
         ]
-    page = (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
-        f"<style>{STYLE}</style></head>\n<body>\n{''.join(parts)}\n</body></html>\n"
-    )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
+    return write_page(path, title, parts)
