@@ -11,7 +11,6 @@ Writes bench/perf/results/capture.json.
 from __future__ import annotations
 
 import argparse
-import platform
 from pathlib import Path
 
 import torch
@@ -76,9 +75,6 @@ def main() -> None:
             "batch": args.batch,
             "seq": args.seq,
             "repeats": args.repeats,
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "machine": platform.machine(),
             "results": rows,
         },
     )

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
-import platform
 import statistics
 import sys
 from pathlib import Path
@@ -165,9 +164,6 @@ def main() -> None:
             "max_rel_diff_vs_old": None if math.isnan(diff) else diff,
             "max_rel_diff_at": where,
             "figures": results["hookpoints"][sae.cfg.hookpoint],
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "machine": platform.machine(),
             "results": rows,
         },
     )

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 from pathlib import Path
 
 import torch
@@ -147,7 +146,6 @@ def shared(args) -> dict:
     return {
         "hookpoints": hooks,
         "tokens_per_run": tokens,
-        "threads": torch.get_num_threads(),
         "median_wall_s": med_wall,
         "median_cpu_s": med_cpu,
         "runs_wall_s": wall,
@@ -191,9 +189,6 @@ def main() -> None:
     result.update(
         {
             "bench": "stats",
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "machine": platform.machine(),
         }
     )
     if "throughput" in parts:

@@ -11,7 +11,6 @@ Writes bench/perf/results/steer.json.
 from __future__ import annotations
 
 import argparse
-import platform
 from pathlib import Path
 
 import torch
@@ -84,9 +83,6 @@ def main() -> None:
             "batch": args.batch,
             "new_tokens": args.new_tokens,
             "repeats": args.repeats,
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "machine": platform.machine(),
             "results": rows,
         },
     )

@@ -521,7 +521,6 @@ def main(argv: list[str] | None = None) -> int:
         {
             "bench": "train",
             "versions": versions(),
-            "threads": torch.get_num_threads(),
             "device": str(device),
             "machine": machine_info(device),
             "data": data,

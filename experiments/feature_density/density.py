@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -109,8 +108,6 @@ def main() -> None:
         "tokens": scored,
         "min_count": args.min_count,
         "seconds": seconds,
-        "torch": torch.__version__,
-        "machine": platform.machine(),
         "saes": {},
     }
     for sae, hook, k, tc in zip(saes, hooks, keys, token_counts):

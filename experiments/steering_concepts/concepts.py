@@ -13,6 +13,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+
+from qwenscope.experiment import load_script
 
 
 @dataclass(frozen=True)
@@ -379,58 +382,7 @@ INSTRUCTIONS = (
     "Write a sentence about a long journey by car.",
 )
 
-# English sentence openings for plain continuation (evaluation only).
-OPENINGS = (
-    "The weather this morning was",
-    "My favourite way to spend a weekend is",
-    "The best thing about living in a city is",
-    "When I was a child, I used to",
-    "The most important skill for a teacher is",
-    "Yesterday I went to the market and",
-    "The history of the bicycle began",
-    "A good breakfast should include",
-    "The train was late again, so",
-    "Learning a new language takes",
-    "The museum opened a new exhibition about",
-    "Our neighbours have a small garden where",
-    "The first thing I do when I wake up is",
-    "Computers have changed the way we",
-    "The old library in town",
-    "Every summer, my family",
-    "The recipe calls for two eggs and",
-    "In the winter, the streets",
-    "The doctor told me to",
-    "My brother works as an engineer and",
-    "The concert last night was",
-    "A healthy lifestyle means",
-    "The students gathered in the hall to",
-    "The company announced that it will",
-    "The road to the village",
-    "I have always wanted to visit",
-    "The best advice I ever received was",
-    "On Sunday afternoons we often",
-    "The mountains in the distance",
-    "My grandmother told me a story about",
-    "The new phone has a camera that",
-    "The children played in the park until",
-    "Reading before bed helps me",
-    "The city council decided to",
-    "The shop on the corner sells",
-    "After dinner, we usually",
-    "The film tells the story of a man who",
-    "Good friends are people who",
-    "The price of bread has",
-    "The river flows through the town and",
-    "Our team won the match because",
-    "The hotel room was small but",
-    "Spring is my favourite season because",
-    "The scientist explained that the experiment",
-    "Most people agree that exercise",
-    "The bus stop is next to",
-    "The painting on the wall shows",
-    "I forgot my umbrella, and",
-    "The project will be finished when",
-    "Coffee is popular all over the world because",
-)
+# English sentence openings for plain continuation (evaluation only), shared with the other experiments.
+OPENINGS = load_script(Path(__file__).parents[1] / "prompts.py").OPENINGS
 
 PROMPTS = {"instructions": INSTRUCTIONS, "openings": OPENINGS}
