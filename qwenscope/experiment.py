@@ -308,6 +308,10 @@ def tiny_llama(num_layers: int = 4, seed: int = 0) -> Any:
     return model.to(torch.float32).eval()  # type: ignore[arg-type]  # transformers types .to oddly
 
 
+BYTE_CHAT_TEMPLATE = "{% for m in messages %}<|user|>{{ m['content'] }}</s>{% endfor %}"
+"""The byte tokenizer's chat template: each message as <|user|>, its content, </s>."""
+
+
 def byte_tokenizer(chat: bool = False) -> Any:
     """The probes' tokenizer: one token per UTF-8 byte (ids 3..258), <pad>=0, <s>=1, </s>=2; ``chat`` adds
     <|user|>=259 and a minimal chat template (the tests' ``make_byte_tokenizer``)."""
@@ -325,7 +329,7 @@ def byte_tokenizer(chat: bool = False) -> Any:
         tokenizer_object=backend, eos_token="</s>", pad_token="<pad>", bos_token="<s>", **extra
     )
     if chat:
-        tokenizer.chat_template = "{% for m in messages %}<|user|>{{ m['content'] }}</s>{% endfor %}"
+        tokenizer.chat_template = BYTE_CHAT_TEMPLATE
     return tokenizer
 
 

@@ -219,30 +219,15 @@ def decoder_layers(model: PreTrainedModel) -> nn.ModuleList:
     return text_model(model).layers
 
 
-BYTE_CHAT_TEMPLATE = "{% for m in messages %}<|user|>{{ m['content'] }}</s>{% endfor %}"
-
-
 def make_byte_tokenizer(chat: bool = False):
     """One token per UTF-8 byte (ids 3..258); <pad>=0, <s>=1, </s>=2 (EOS); fits TINY_VOCAB.
 
-    ``chat`` adds a special <|user|>=259 and a minimal chat template (for chat rendering tests).
+    ``chat`` adds a special <|user|>=259 and a minimal chat template (for chat rendering tests). The benchmarks'
+    memory probes use the same tokenizer, so it lives in ``qwenscope.experiment``.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from qwenscope.experiment import byte_tokenizer
 
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2}
-    for i, char in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet())):
-        vocab[char] = 3 + i
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    backend.decoder = decoders.ByteLevel()
-    extra = {"extra_special_tokens": ["<|user|>"]} if chat else {}
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token="</s>", pad_token="<pad>", bos_token="<s>", **extra
-    )
-    if chat:
-        tokenizer.chat_template = BYTE_CHAT_TEMPLATE
-    return tokenizer
+    return byte_tokenizer(chat)
 
 
 def tiny_qwen3(num_layers: int = 2, seed: int = 0):
