@@ -1,14 +1,17 @@
-"""Language models: loading, hookpoint names, capture and splice. Never re-implements a model."""
+"""Language models: loading (alone or with their SAEs), hookpoint names, capture and splice. Never re-implements a
+model."""
 
 from qwenscope.models.capture import capture, get_activations, hooked
 from qwenscope.models.head import final_norm, output_head, unembed
 from qwenscope.models.hookpoints import Hook, check_sae_fits, resolve_hookpoint, resolve_hookpoints
 from qwenscope.models.load import EMBEDDED, cache_dir, load_model, model_fingerprint, model_name
+from qwenscope.models.parts import ModelAndSaes, load_model_and_saes, sae_pairs
 from qwenscope.models.splice import splice
 
 __all__ = [
     "EMBEDDED",
     "Hook",
+    "ModelAndSaes",
     "cache_dir",
     "capture",
     "check_sae_fits",
@@ -16,11 +19,13 @@ __all__ = [
     "get_activations",
     "hooked",
     "load_model",
+    "load_model_and_saes",
     "model_fingerprint",
     "model_name",
     "output_head",
     "resolve_hookpoint",
     "resolve_hookpoints",
+    "sae_pairs",
     "splice",
     "unembed",
 ]
