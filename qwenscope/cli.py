@@ -101,21 +101,19 @@ def run_features(cfg: FeaturesConfig) -> None:
     from qwenscope.features.density import dense_features, density_text
     from qwenscope.features.search import token_features
     from qwenscope.features.store import FeatureStore, find_store
-    from qwenscope.models.hookpoints import check_sae_fits
-    from qwenscope.models.load import load_model, model_name
-    from qwenscope.sae.load import load_sae
+    from qwenscope.models.load import model_name
+    from qwenscope.models.parts import load_model_and_saes
 
-    model, tokenizer = load_model(cfg.model)
-    sae = load_sae(cfg.sae, hookpoint=cfg.hookpoint, k=cfg.k)
-    hook = check_sae_fits(sae, model, cfg.hookpoint)
+    parts = load_model_and_saes(cfg.model, cfg.sae, cfg.hookpoint, k=cfg.k)
+    model, tokenizer, (hook, sae) = parts.model, parts.tokenizer, parts.one()
     store = (
         FeatureStore.open(cfg.store)
         if cfg.store
-        else find_store(model, tokenizer, sae, model_name(model), cfg.sae, hook.name)
+        else find_store(model, tokenizer, sae, model_name(model), parts.sae_id, hook)
     )
     frequency = store.frequencies() if store is not None else None
     dense = dense_features(store, cfg.max_density) if store is not None else {}
-    rows = token_features(model, tokenizer, sae, hook.name, cfg.text, cfg.top + len(dense))
+    rows = token_features(model, tokenizer, sae, hook, cfg.text, cfg.top + len(dense))
     left_out: dict[int, float] = {}
     for r in rows:
         left_out.update({f["id"]: dense[f["id"]] for f in r["features"] if f["id"] in dense})
@@ -131,7 +129,7 @@ def run_features(cfg: FeaturesConfig) -> None:
                 {
                     "model": cfg.model,
                     "sae": cfg.sae,
-                    "hookpoint": hook.name,
+                    "hookpoint": hook,
                     "max_density": cfg.max_density,
                     "store": None if store is None else str(store.folder),
                     "always_on": always_on,
@@ -150,7 +148,7 @@ def run_features(cfg: FeaturesConfig) -> None:
             f"left out: {len(always_on)} always-on features (firing on more than {density_text(cfg.max_density)} "
             "of tokens): " + ", ".join(f"#{a['id']} ({density_text(a['density'])})" for a in always_on)
         )
-    print(f"{'pos':>4}  {'token':<16} top features (id:activation, density) at {hook.name}")
+    print(f"{'pos':>4}  {'token':<16} top features (id:activation, density) at {hook}")
     for r in rows:
         feats = "  ".join(f"{f['id']}:{f['act']:.2f} ({density_text(f['density'])})" for f in r["features"]) or "-"
         print(f"{r['pos']:>4}  {r['token']!r:<16} {feats}")

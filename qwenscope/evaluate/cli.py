@@ -65,34 +65,6 @@ def split_list(value: str) -> list[str]:
 
 
 # ---------------------------------------------------------------- run
-def load_saes(cfg: EvalConfig) -> dict[str, Any]:
-    """``{hookpoint: Sae}`` from ``cfg.sae`` and ``cfg.hookpoints``: one source for several hookpoints (a
-    multi-SAE folder or repo), one hookpoint per source, or no hookpoints (each SAE's own)."""
-    from qwenscope.sae.load import load_sae
-
-    sources, hookpoints = split_list(cfg.sae), split_list(cfg.hookpoints)
-    if hookpoints and len(sources) == 1:
-        pairs: list[tuple[str, str | None]] = [(sources[0], hp) for hp in hookpoints]
-    elif not hookpoints or len(hookpoints) == len(sources):
-        optional: list[str | None] = list(hookpoints) or [None] * len(sources)
-        pairs = list(zip(sources, optional))
-    else:
-        raise QwenscopeError(
-            f"{len(sources)} SAE sources but {len(hookpoints)} hookpoints; pass one source for all hookpoints, "
-            "one hookpoint per source, or no hookpoints"
-        )
-    saes: dict[str, Any] = {}
-    for source, hp in pairs:
-        sae = load_sae(source, hookpoint=hp, k=cfg.k, device=cfg.device)
-        name = hp or sae.cfg.hookpoint
-        if name is None:
-            raise QwenscopeError(f"the SAE at {source} does not record its hookpoint; pass --hookpoints")
-        if name in saes:
-            raise QwenscopeError(f"two SAEs for hookpoint {name}; evaluate them in separate runs")
-        saes[name] = sae
-    return saes
-
-
 def run_eval(cfg: EvalConfig, texts: Iterable[str] | None = None) -> dict[str, Any]:
     """Evaluate the SAEs of ``cfg`` on ``texts`` (default: read from ``cfg.dataset``); write and print the report.
 
@@ -100,10 +72,10 @@ def run_eval(cfg: EvalConfig, texts: Iterable[str] | None = None) -> dict[str, A
     """
     from qwenscope.evaluate.model_eval import evaluate_saes
     from qwenscope.evaluate.report import format_table, write_report
-    from qwenscope.models.load import load_model
+    from qwenscope.models.parts import load_model_and_saes
 
-    model, tokenizer = load_model(cfg.model, device=cfg.device)
-    saes = load_saes(cfg)
+    parts = load_model_and_saes(cfg.model, cfg.sae, cfg.hookpoints, k=cfg.k, device=cfg.device)
+    model, tokenizer, saes = parts.model, parts.tokenizer, parts.saes
     from qwenscope.data import chunk_tokens, iter_texts
 
     split = cfg.split

@@ -72,33 +72,13 @@ class StatsCommand:
             raise QwenscopeError("--show and --label-limit cannot be negative")
 
 
-def _load_many(model: str, sae: str, hookpoints: str | None, k: int | None, device: str):
-    """(model, tokenizer, SAEs, their hookpoints) for comma-separated ``hookpoints`` (None: the SAE's own)."""
-    from qwenscope.models.hookpoints import check_sae_fits
-    from qwenscope.models.load import load_model
-    from qwenscope.sae.load import load_sae
-
-    lm, tokenizer = load_model(model, device=device)
-    wanted = [h.strip() for h in hookpoints.split(",") if h.strip()] if hookpoints else [None]
-    saes = [load_sae(sae or model, hookpoint=h, k=k, device=device) for h in wanted]
-    return lm, tokenizer, saes, [check_sae_fits(s, lm, h).name for s, h in zip(saes, wanted)]
-
-
-def _load(model: str, sae: str, hookpoint: str | None, k: int | None, device: str):
-    from qwenscope.models.hookpoints import check_sae_fits
-    from qwenscope.models.load import load_model
-    from qwenscope.sae.load import load_sae
-
-    lm, tokenizer = load_model(model, device=device)
-    loaded = load_sae(sae or model, hookpoint=hookpoint, k=k, device=device)
-    return lm, tokenizer, loaded, check_sae_fits(loaded, lm, hookpoint).name
-
-
 def run_stats(cmd: StatsCommand, cfg: StatsConfig) -> None:
     from qwenscope.features.store import get_or_build_stores
     from qwenscope.models.load import model_name
+    from qwenscope.models.parts import load_model_and_saes
 
-    model, tokenizer, saes, hooks = _load_many(cmd.model, cmd.sae, cmd.hookpoint, cmd.k, cmd.device)
+    parts = load_model_and_saes(cmd.model, cmd.sae, cmd.hookpoint, k=cmd.k, device=cmd.device)
+    model, tokenizer, saes, hooks = parts.model, parts.tokenizer, list(parts.saes.values()), parts.hookpoints
     folders = None
     if cmd.out:
         folders = [Path(cmd.out)] if len(hooks) == 1 else [Path(cmd.out) / h for h in hooks]
@@ -107,7 +87,7 @@ def run_stats(cmd: StatsCommand, cfg: StatsConfig) -> None:
         tokenizer,
         saes,
         model_name(model),
-        [cmd.sae or cmd.model] * len(saes),
+        parts.sources,
         cfg,
         hookpoints=hooks,
         folders=folders,
@@ -234,8 +214,10 @@ def run_search(cfg: SearchConfig) -> None:
         rows = _search_label(cfg)
     else:
         from qwenscope.features.search import by_token, contrastive, effect_ranked
+        from qwenscope.models.parts import load_model_and_saes
 
-        model, tokenizer, sae, hook = _load(cfg.model, cfg.sae, cfg.hookpoint, cfg.k, cfg.device)
+        parts = load_model_and_saes(cfg.model, cfg.sae, cfg.hookpoint, k=cfg.k, device=cfg.device)
+        model, tokenizer, (hook, sae) = parts.model, parts.tokenizer, parts.one()
         if cfg.token:
             found = by_token(model, tokenizer, sae, cfg.token, cfg.top)
             rows = [{"feature": f, "logit": round(v, 4)} for f, v in found]

@@ -10,7 +10,6 @@ import pytest
 from qwenscope import QwenscopeError
 from qwenscope.cli_args import add_dataclass_args, field_docs, from_args
 from qwenscope.evaluate import EvalConfig, evaluate_saes, format_table, run_eval, write_report
-from qwenscope.evaluate.cli import load_saes
 from qwenscope.models import load as model_load
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -50,7 +49,7 @@ class CharTokenizer:
 
 
 def test_run_eval_end_to_end(tmp_path, monkeypatch, llama, identity_sae, zero_sae):
-    monkeypatch.setattr(model_load, "load_model", lambda name, device="cpu": (llama, CharTokenizer()))
+    monkeypatch.setattr(model_load, "load_model", lambda name, device="cpu", dtype=None: (llama, CharTokenizer()))
     identity_sae(hookpoint="resid_post.0").save(tmp_path / "sae0")
     zero_sae(hookpoint="resid_post.1").save(tmp_path / "sae1")
     (tmp_path / "text.txt").write_text("\n\n".join(f"document number {i} with some words" for i in range(20)))
@@ -72,23 +71,6 @@ def test_run_eval_end_to_end(tmp_path, monkeypatch, llama, identity_sae, zero_sa
     assert (tmp_path / "out" / "eval.png").read_bytes()[:8] == PNG_MAGIC
     short = run_eval(cfg, texts=["just a few words", "and a few more"])  # texts given directly
     assert short["n_tokens"] == 17 + 15 and short["n_sequences"] == 2  # ran out of text: a chunk and a tail
-
-
-def test_load_saes_pairs_sources_and_hookpoints(tmp_path, identity_sae):
-    identity_sae(hookpoint="resid_post.0").save(tmp_path / "a")
-    identity_sae(hookpoint=None).save(tmp_path / "b")
-    a, b = str(tmp_path / "a"), str(tmp_path / "b")
-    assert list(load_saes(EvalConfig(sae=a, dataset="x"))) == ["resid_post.0"]
-    assert list(load_saes(EvalConfig(sae=f"{a},{b}", dataset="x", hookpoints="resid_post.1,resid_post.0"))) == [
-        "resid_post.1",
-        "resid_post.0",
-    ]
-    with pytest.raises(QwenscopeError, match="does not record its hookpoint"):
-        load_saes(EvalConfig(sae=b, dataset="x"))
-    with pytest.raises(QwenscopeError, match="2 SAE sources but 3 hookpoints"):
-        load_saes(EvalConfig(sae=f"{a},{b}", dataset="x", hookpoints="resid_post.0,resid_post.1,resid_post.2"))
-    with pytest.raises(QwenscopeError, match="two SAEs for hookpoint"):
-        load_saes(EvalConfig(sae=f"{a},{a}", dataset="x"))
 
 
 def test_config_is_a_cli_command():

@@ -172,18 +172,6 @@ def load_score_groups(cfg: BenchmarksConfig, benches: list[Any], tops: list[Any]
     return out
 
 
-def load_saes(cfg: BenchmarksConfig, model, tokenizer) -> list[Any]:
-    from qwenscope import load_sae
-    from qwenscope.apps.benchmarks.features import SaeSpec
-    from qwenscope.models import EMBEDDED
-
-    sae_id = cfg.sae or (cfg.model if cfg.model in EMBEDDED else "")
-    if not sae_id:
-        raise QwenscopeError(f"{cfg.model} has no shipped SAE; pass --sae (a folder, a file or a hub repo id)")
-    hooks: list[str | None] = [h.strip() for h in cfg.hookpoint.split(",") if h.strip()] or [None]
-    return [SaeSpec(load_sae(sae_id, hookpoint=h), sae_id, h) for h in hooks]
-
-
 def describer(model, tokenizer, spec, hookpoint: str):
     """Feature id -> {label, density, contexts, logit_lens} from the SAE's feature store (None without one)."""
     from qwenscope.features import find_store
@@ -208,14 +196,15 @@ def describer(model, tokenizer, spec, hookpoint: str):
 # ---------------------------------------------------------------- the command
 def analyse(cfg: BenchmarksConfig) -> dict[str, Any]:
     """Feature sets of every benchmark at every hookpoint, and the measures the action asks for (JSON-ready)."""
-    from qwenscope import load_model
-    from qwenscope.apps.benchmarks.features import FeatureSetConfig, feature_sets
+    from qwenscope.apps.benchmarks.features import FeatureSetConfig, SaeSpec, feature_sets
     from qwenscope.apps.benchmarks.report import build_results, write_report
+    from qwenscope.models import load_model_and_saes
 
     benches, tops = load_all(cfg)
     scores = load_score_groups(cfg, benches, tops) if cfg.action in ("redundancy", "compress") else {}
-    model, tokenizer = load_model(cfg.model)
-    specs = load_saes(cfg, model, tokenizer)
+    parts = load_model_and_saes(cfg.model, cfg.sae, cfg.hookpoint)
+    model, tokenizer = parts.model, parts.tokenizer
+    specs = [SaeSpec(sae, source, hook) for source, (hook, sae) in zip(parts.sources, parts.saes.items())]
     fcfg = FeatureSetConfig(
         pooling=cfg.pooling, max_density=cfg.max_density, batch_size=cfg.batch_size, cache=cfg.cache
     )

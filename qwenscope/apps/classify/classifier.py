@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from qwenscope import QwenscopeError, Sae, load_model, load_sae
+from qwenscope import QwenscopeError, Sae
 from qwenscope.apps.classify.pooled import MAX_TOKENS, Pooled, pool_texts
 from qwenscope.apps.classify.rule import FeatureRule, fit_rule
 from qwenscope.features import check_labels, sae_fingerprint
-from qwenscope.models import model_fingerprint
+from qwenscope.models import load_model_and_saes, model_fingerprint
 from qwenscope.util import atomic_write
 
 FORMAT = "qwenscope-classifier"
@@ -108,10 +108,9 @@ class Classifier:
     # ---------------------------------------------------------------- model and SAEs
     def load_parts(self, model: str | None = None, sae: str | None = None) -> tuple[Any, Any, dict[str, Sae]]:
         """Load the model and SAEs (by default the ones recorded) and check they are the ones the rule was fit with."""
-        m, tokenizer = load_model(model or self.model)
-        saes = {hook: load_sae(sae or self.sae, hookpoint=hook) for hook in self.rule.hookpoints}
-        self.check_parts(m, saes)
-        return m, tokenizer, saes
+        parts = load_model_and_saes(model or self.model, sae or self.sae, self.rule.hookpoints)
+        self.check_parts(parts.model, parts.saes)
+        return parts.model, parts.tokenizer, parts.saes
 
     def check_parts(self, model: Any, saes: dict[str, Sae]) -> None:
         """One clear line when ``model`` or ``saes`` are not those the classifier was fit with."""

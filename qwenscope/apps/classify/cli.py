@@ -112,23 +112,12 @@ def load_data(cfg: ClassifyConfig, spec: str, default_part: str) -> Any:
 
 
 def load_parts(cfg: ClassifyConfig) -> tuple[Any, Any, str, dict[str, Any]]:
-    """(model, tokenizer, sae id, {hookpoint: SAE}) from --model, --sae, --hookpoint."""
-    from qwenscope import load_model, load_sae
-    from qwenscope.sae import EMBEDDED_MODELS, embedded_saes
+    """(model, tokenizer, sae id, {hookpoint: SAE}) from --model, --sae, --hookpoint (default: every hookpoint of
+    an embedded model's shipped SAEs)."""
+    from qwenscope.models import load_model_and_saes
 
-    model_id = cfg.model or DEFAULT_MODEL
-    sae_id = cfg.sae or (model_id if model_id in EMBEDDED_MODELS else "")
-    if not sae_id:
-        raise QwenscopeError(f"{model_id} has no shipped SAE; pass --sae (a folder, a file or a hub repo id)")
-    hooks: list[str | None] = [h.strip() for h in cfg.hookpoint.split(",") if h.strip()]
-    if not hooks:
-        hooks = list(embedded_saes().get(sae_id, [])) or [None]
-    model, tokenizer = load_model(model_id)
-    saes = {}
-    for hook in hooks:
-        sae = load_sae(sae_id, hookpoint=hook)
-        saes[hook or sae.cfg.hookpoint or ""] = sae
-    return model, tokenizer, sae_id, saes
+    parts = load_model_and_saes(cfg.model or DEFAULT_MODEL, cfg.sae, cfg.hookpoint, no_hookpoints="shipped")
+    return parts.model, parts.tokenizer, parts.sae_id, parts.saes
 
 
 # ---------------------------------------------------------------- actions

@@ -154,12 +154,6 @@ class SasftCommand:
         return _split(self.hookpoint) or [""]
 
     @property
-    def sae_sources(self) -> list[str]:
-        """One SAE source per hookpoint (one --sae, or the model's shipped SAEs, serves them all)."""
-        sources = _split(self.sae) or [self.model]
-        return sources * len(self.hookpoints) if len(sources) == 1 else sources
-
-    @property
     def feature_files(self) -> list[str]:
         """The --features files, one per hookpoint (none: measure the features)."""
         return _split(self.features)
@@ -257,19 +251,15 @@ def build_trainer(cfg: SasftCommand) -> Any:
     from datasets import Dataset
     from trl import SFTConfig
 
-    from qwenscope import load_model, load_sae
     from qwenscope.apps.posttrain.sasft import SasftConfig, SasftTrainer, check_data
-    from qwenscope.sae import EMBEDDED_MODELS
+    from qwenscope.models import load_model_and_saes, sae_pairs
 
-    if not cfg.sae and cfg.model not in EMBEDDED_MODELS:
-        raise QwenscopeError(f"no SAE ships for {cfg.model}; pass --sae (a folder, file or hub repo id)")
+    sae_pairs(cfg.model, cfg.sae, cfg.hookpoint)  # no SAE for the model: say so before the data is read
     rows = read_rows(cfg.data)
     cuda = torch.cuda.is_available()
-    model, tokenizer = load_model(cfg.model, device="cuda" if cuda else "cpu", dtype=torch.float32)
-    saes = [
-        load_sae(source, hookpoint=hookpoint or None, device="cuda" if cuda else "cpu")
-        for source, hookpoint in zip(cfg.sae_sources, cfg.hookpoints)
-    ]
+    device = "cuda" if cuda else "cpu"
+    parts = load_model_and_saes(cfg.model, cfg.sae, cfg.hookpoint, device=device, dtype=torch.float32)
+    model, tokenizer, saes = parts.model, parts.tokenizer, list(parts.saes.values())
     data = Dataset.from_list(rows)
     sets = language_features_for(cfg, model, tokenizer, saes, rows)
     sasft = SasftConfig(sets, lam=cfg.lam, lang_column=cfg.lang_column, positions=cfg.positions)
@@ -481,16 +471,14 @@ def run_grpo(cfg: GrpoCommand, **overrides: Any) -> Any:
     from transformers.trainer_utils import get_last_checkpoint
 
     from qwenscope.apps.posttrain.grpo import GrpoSteerConfig, SteeredGRPOTrainer
-    from qwenscope.models import load_model
+    from qwenscope.models import load_model, load_model_and_saes
 
     rows = read_prompts(cfg.prompts)
     reward = resolve_reward(cfg.reward)
-    model, tokenizer = load_model(cfg.model)
     sae, steering = None, None
     if cfg.steered:
-        from qwenscope.sae import load_sae
-
-        sae = load_sae(cfg.sae or cfg.model, hookpoint=cfg.hookpoint or None)
+        parts = load_model_and_saes(cfg.model, cfg.sae, cfg.hookpoint)
+        model, tokenizer, (_, sae) = parts.model, parts.tokenizer, parts.one()
         steering = GrpoSteerConfig(
             feature=cfg.feature,
             hookpoint=cfg.hookpoint or None,
@@ -498,6 +486,8 @@ def run_grpo(cfg: GrpoCommand, **overrides: Any) -> Any:
             steered_index=cfg.steered_index,
             old_logprobs=cfg.old_logprobs,
         )
+    else:
+        model, tokenizer = load_model(cfg.model)
     peft_config = None
     if cfg.lora:
         from peft import LoraConfig

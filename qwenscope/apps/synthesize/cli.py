@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from qwenscope import QwenscopeError, Sae, check_sae_fits
+from qwenscope import QwenscopeError, Sae
 from qwenscope.apps.synthesize.generate import (
     METHODS,
     Arm,
@@ -242,15 +242,14 @@ def _judge(cfg: SynthesizeConfig) -> Any:
 
 def run(cfg: SynthesizeConfig) -> Summary:
     """End to end: load the model and SAE, read the texts, find the inventory and the seed's gaps, synthesise."""
-    from qwenscope import load_model, load_sae
+    from qwenscope.models import load_model_and_saes
 
     judge = _judge(cfg) if cfg.inventory == "judge" and not cfg.features else None
     seeds = read_texts(cfg.seed, cfg.text_field, cfg.max_texts)
     positives = read_texts(cfg.positives, cfg.text_field, cfg.max_texts) if cfg.positives else []
     negatives = read_texts(cfg.negatives, cfg.text_field, cfg.max_texts) if cfg.negatives else []
-    model, tokenizer = load_model(cfg.model)
-    sae = load_sae(cfg.sae or cfg.model, hookpoint=cfg.hookpoint or None)
-    hook = check_sae_fits(sae, model, cfg.hookpoint or None).name
+    parts = load_model_and_saes(cfg.model, cfg.sae, cfg.hookpoint)
+    model, tokenizer, (hook, sae) = parts.model, parts.tokenizer, parts.one()
     inventory, store = _inventory(cfg, model, tokenizer, sae, hook, positives, negatives, judge)
     targets = unreached(model, tokenizer, sae, hook, inventory, seeds, max_tokens=cfg.max_tokens, progress=cfg.progress)
     logger.info("inventory: %d features; %d never fire on the seed: the targets", len(inventory), len(targets))
