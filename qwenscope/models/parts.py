@@ -95,7 +95,8 @@ def sae_pairs(
     if hooks:
         return list(zip(sources, hooks))
     shipped = embedded_saes() if no_hookpoints == "shipped" else {}
-    return [(source, hook) for source in sources for hook in shipped.get(source) or [None]]
+    none: list[str | None] = [None]
+    return [(source, hook) for source in sources for hook in (list(shipped.get(source) or []) or none)]
 
 
 def load_model_and_saes(

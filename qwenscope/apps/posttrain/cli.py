@@ -53,6 +53,7 @@ from typing import Any, Literal
 
 from qwenscope import QwenscopeError
 from qwenscope.data import read_jsonl
+from qwenscope.util import require
 
 logger = logging.getLogger(__name__)
 
@@ -249,6 +250,8 @@ def build_trainer(cfg: SasftCommand) -> Any:
     """Everything up to ``train()``: data, model, SAE, features (saved in OUT) and the SasftTrainer."""
     import torch
     from datasets import Dataset
+
+    require("trl", "posttrain", "qwenscope sasft")
     from trl import SFTConfig
 
     from qwenscope.apps.posttrain.sasft import SasftConfig, SasftTrainer, check_data
@@ -470,6 +473,7 @@ def run_grpo(cfg: GrpoCommand, **overrides: Any) -> Any:
     """Train, resuming from the last checkpoint in ``cfg.out``; returns the trainer (``overrides`` go to GRPOConfig)."""
     from transformers.trainer_utils import get_last_checkpoint
 
+    require("trl", "posttrain", "qwenscope grpo")
     from qwenscope.apps.posttrain.grpo import GrpoSteerConfig, SteeredGRPOTrainer
     from qwenscope.models import load_model, load_model_and_saes
 

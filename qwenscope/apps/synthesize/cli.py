@@ -81,7 +81,7 @@ class SynthesizeConfig:
     method: str = "prompt,rewrite"
     """prompt, rewrite (comma-separated; attempts take them in turn), or plain (the untargeted baseline)."""
     steer: float = 0.0
-    """Relative strength the target feature is steered up with while generating (0: no steering; ~0.4 typical)."""
+    """Relative strength the target feature is steered up with while generating (0: no steering)."""
     budget: int = 8
     """Generations per target (plain: budget x targets in all)."""
     temperature: float = 1.0
