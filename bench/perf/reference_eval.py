@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from qwenscope import Sae, capture, splice
 from qwenscope.evaluate.metrics import DENSE_THRESHOLD, SaeMetrics
-from qwenscope.evaluate.model_eval import _finite, _replace, _summary, iter_batches
+from qwenscope.evaluate.model_eval import EV_DEFINITION, _finite, _replace, _summary, iter_batches
 
 
 @dataclass
@@ -99,5 +99,6 @@ def reference_evaluate_saes(
         "skip_first": skip_first,
         "dense_threshold": dense_threshold,
         "ce_clean": _finite(clean.ce / n_scored) if n_scored else None,
+        "explained_variance_definition": EV_DEFINITION,
         "hookpoints": {name: _summary(st, clean, n_scored) for name, st in states.items()},  # type: ignore[arg-type]
     }

@@ -1,7 +1,10 @@
-"""``qwenscope eval``: load a model and SAEs, evaluate them on text, write ``eval.json`` and ``eval.png``.
+"""``qwenscope eval``: load a model and SAEs, run the evaluation suites, write ``eval.json`` and the plots.
 
-Text comes from ``qwenscope.data``: any source ``iter_texts`` reads, by default its held-out ``test`` split, so an SAE
-trained on a corpus is evaluated on documents it never saw.
+Suites (``--suite``, comma-separated): ``core`` (reconstruction, sparsity and what splicing costs, on text from
+``qwenscope.data``: any source ``iter_texts`` reads, by default its held-out ``test`` split, so an SAE trained on a
+corpus is evaluated on documents it never saw), ``probing`` (k-sparse probing on the sae-probes tasks,
+``qwenscope.evaluate.probing``) and ``random`` (each other suite also for a random-weight SAE of the same shape,
+``qwenscope.sae.random_like``, under the key ``random``).
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ logger = logging.getLogger(__name__)
 class EvalConfig:
     sae: str
     """SAE source: a folder, a file or a hub repo id; comma-separated for several (one per hookpoint)."""
-    dataset: str
-    """Evaluation text: a named corpus (dataset-build:multi ...), a .txt/.jsonl file or folder, hf:NAME."""
+    dataset: str = ""
+    """Evaluation text of the core suite: a named corpus (dataset-build:multi ...), a .txt/.jsonl file or folder,
+    hf:NAME."""
     model: str = "smollm2-135m"
     """Model: an embedded name (smollm2-135m, gemma3-270m), a local HF folder or a hub id."""
     hookpoints: str = ""
@@ -47,10 +51,40 @@ class EvalConfig:
     """TopK k, only for Qwen-Scope files outside a folder named like their release."""
     device: str = "cpu"
     """Device for the model and the SAEs (cpu, cuda, cuda:1, ...)."""
+    suite: str = "core"
+    """Suites, comma-separated: core, probing, random (random: every other suite also for a random-weight SAE)."""
+    probe_tasks: str = "cpu"
+    """Probing tasks of the sae-probes package: cpu (8 tasks, minutes on a CPU), all, or names, comma-separated."""
+    probe_train: int = 512
+    """Training texts per probing task (half of each class)."""
+    probe_test: int = 256
+    """Test texts per probing task (half of each class, none of them a training text)."""
+    probe_k: str = "1,2,5,20"
+    """The k of k-sparse probing, comma-separated."""
+    probe_pooling: str = "last"
+    """One vector per text: last (the last token, sae-probes' convention) or mean (tokens but the first, SAEBench's)."""
+    seed: int = 0
+    """Seed of the task splits and of the random-weight SAEs."""
 
     def __post_init__(self) -> None:
         if not split_list(self.sae):
             raise QwenscopeError("--sae is empty; pass an SAE folder, file or hub repo id")
+        unknown = [x for x in self.suites if x not in SUITES]
+        if unknown or not self.suites or self.suites == ["random"]:
+            what = f"unknown suite {unknown[0]!r}" if unknown else f"--suite {self.suite!r} runs nothing"
+            raise QwenscopeError(f"{what}; choose from {', '.join(SUITES)} (random goes with another suite)")
+        if "core" in self.suites and not self.dataset:
+            raise QwenscopeError("the core suite evaluates on text: pass --dataset (e.g. dataset-build:multi)")
+        if self.probe_pooling not in ("last", "mean"):
+            raise QwenscopeError(f"--probe-pooling is last or mean, got {self.probe_pooling!r}")
+        try:
+            ks = [int(k) for k in split_list(self.probe_k)]
+        except ValueError:
+            ks = []
+        if not ks or min(ks) < 1:
+            raise QwenscopeError(f"--probe-k takes positive integers, comma-separated, got {self.probe_k!r}")
+        if self.probe_train < 2 or self.probe_test < 2:
+            raise QwenscopeError("--probe-train and --probe-test must be at least 2 (one text per class)")
         for name in ("n_tokens", "seq_len", "batch_size"):
             if getattr(self, name) < 1:
                 raise QwenscopeError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -59,6 +93,13 @@ class EvalConfig:
         if not 0 <= self.dense_threshold <= 1:
             raise QwenscopeError(f"--dense-threshold is a fraction in [0, 1], got {self.dense_threshold}")
 
+    @property
+    def suites(self) -> list[str]:
+        return split_list(self.suite)
+
+
+SUITES = ("core", "probing", "random")
+
 
 def split_list(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
@@ -66,17 +107,45 @@ def split_list(value: str) -> list[str]:
 
 # ---------------------------------------------------------------- run
 def run_eval(cfg: EvalConfig, texts: Iterable[str] | None = None) -> dict[str, Any]:
-    """Evaluate the SAEs of ``cfg`` on ``texts`` (default: read from ``cfg.dataset``); write and print the report.
+    """Run the suites of ``cfg`` (core on ``texts``, default: read from ``cfg.dataset``); write and print the report.
 
     Returns the results dict (also written to ``{cfg.out}/eval.json``, with the config under ``"config"``).
     """
-    from qwenscope.evaluate.model_eval import evaluate_saes
-    from qwenscope.evaluate.report import format_table, write_report
+    from qwenscope.evaluate.report import format_probing, format_table, write_report
     from qwenscope.models.parts import load_model_and_saes
+    from qwenscope.sae.random import random_like
 
     parts = load_model_and_saes(cfg.model, cfg.sae, cfg.hookpoints, k=cfg.k, device=cfg.device)
     model, tokenizer, saes = parts.model, parts.tokenizer, parts.saes
+    baseline = "random" in cfg.suites
+    results: dict[str, Any] = {"model": cfg.model, "dataset": cfg.dataset or None, "config": asdict(cfg)}
+    if "probing" in cfg.suites:
+        from qwenscope.evaluate.probing import Pooling, load_task, resolve_tasks, sparse_probing
+
+        names = resolve_tasks(cfg.probe_tasks)  # before any forward: a bad name fails at once
+        tasks = [load_task(n, cfg.probe_train, cfg.probe_test, cfg.seed) for n in names]
+        ks = [int(k) for k in split_list(cfg.probe_k)]
+        pooling: Pooling = "last" if cfg.probe_pooling == "last" else "mean"
+        results["probing"] = sparse_probing(
+            model, tokenizer, saes, tasks, ks=ks, pooling=pooling, baseline=baseline, seed=cfg.seed
+        )
+    if "core" in cfg.suites:
+        results.update(_core(cfg, model, tokenizer, saes, texts))
+        if baseline:
+            randoms = {hp: random_like(sae, seed=cfg.seed) for hp, sae in saes.items()}
+            results["random"] = {"hookpoints": _core(cfg, model, tokenizer, randoms, texts)["hookpoints"]}
+    paths = write_report(results, cfg.out)
+    if "hookpoints" in results:
+        print(format_table(results))
+    if "probing" in results:
+        print(format_probing(results["probing"]))
+    print(f"\nwrote {', '.join(map(str, paths[:-1]))} and {paths[-1]}" if len(paths) > 1 else f"\nwrote {paths[0]}")
+    return results
+
+
+def _core(cfg: EvalConfig, model: Any, tokenizer: Any, saes: dict[str, Any], texts: Iterable[str] | None):
     from qwenscope.data import chunk_tokens, iter_texts
+    from qwenscope.evaluate.model_eval import evaluate_saes
 
     split = cfg.split
     if split == "auto":
@@ -94,8 +163,4 @@ def run_eval(cfg: EvalConfig, texts: Iterable[str] | None = None) -> dict[str, A
     )
     if results["n_tokens"] < cfg.n_tokens:
         logger.warning("the dataset ran out after %d of %d tokens", results["n_tokens"], cfg.n_tokens)
-    results = {"model": cfg.model, "dataset": cfg.dataset, "config": asdict(cfg), **results}
-    json_path, png_path = write_report(results, cfg.out)
-    print(format_table(results))
-    print(f"\nwrote {json_path} and {png_path}")
     return results

@@ -59,6 +59,8 @@ from qwenscope.models.splice import splice
 from qwenscope.sae.model import Sae
 
 Tokens = Tensor | Iterable[Tensor]
+EV_DEFINITION = "1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 over the evaluated tokens (mean-centred)"
+"""The explained-variance definition, written into every result beside the figures."""
 """Token ids: an (n, seq) tensor, or an iterable of (seq,) or (b, seq) LongTensors (rows may differ in length)."""
 
 
@@ -305,7 +307,8 @@ def evaluate_saes(
         progress: show a tqdm bar.
 
     Returns a JSON-serialisable dict: ``n_sequences``, ``n_tokens`` (real tokens seen), ``skip_first``,
-    ``dense_threshold``, ``ce_clean`` and ``hookpoints: {name: {metrics and losses}}``; undefined values are None.
+    ``dense_threshold``, ``ce_clean``, ``explained_variance_definition`` and ``hookpoints: {name: {metrics and
+    losses}}``; undefined values are None.
     """
     named = _resolve_saes(model, saes)
     if n_tokens is not None and n_tokens < 1:
@@ -332,6 +335,7 @@ def evaluate_saes(
         "skip_first": skip_first,
         "dense_threshold": dense_threshold,
         "ce_clean": _finite(clean.ce / n_scored) if n_scored else None,
+        "explained_variance_definition": EV_DEFINITION,
         "hookpoints": {name: _summary(st, clean, n_scored) for name, st in states.items()},
     }
 

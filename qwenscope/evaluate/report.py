@@ -1,4 +1,5 @@
-"""Write evaluation results: ``eval.json`` (the dict as returned), ``eval.png`` (bars per hookpoint) and a text table.
+"""Write evaluation results: ``eval.json`` (the dict as returned), ``eval.png`` (the core suite: bars per hookpoint,
+beside the random-weight baseline when there is one), ``eval_probing.png`` (accuracy against k) and text tables.
 
 The plot uses matplotlib's Agg canvas directly (no pyplot, no global backend switch), so it works headless and
 leaves an interactive session's backend alone.
@@ -15,6 +16,8 @@ from qwenscope.util.atomic import atomic_write
 
 JSON_FILE = "eval.json"
 PLOT_FILE = "eval.png"
+PROBING_PLOT_FILE = "eval_probing.png"
+PROBE_METHODS = (("sae", "SAE latents"), ("random", "random-weight SAE"), ("resid_topk", "residual dimensions"))
 
 # (key in a hookpoint's results, panel title, scale applied before plotting, fixed y-range or None)
 PANELS: tuple[tuple[str, str, float, tuple[float, float] | None], ...] = (
@@ -48,13 +51,33 @@ def _hookpoints(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def format_table(results: dict[str, Any]) -> str:
-    """A fixed-width table: one row per hookpoint, the main metrics as columns ("-" where undefined)."""
-    hps = _hookpoints(results)
+    """A fixed-width table: one row per hookpoint (and per random baseline), the main metrics as columns ("-" where
+    undefined)."""
+    hps = dict(_hookpoints(results))
+    for name, res in results.get("random", {}).get("hookpoints", {}).items():
+        hps[f"{name} random"] = res
     width = max(len("hookpoint"), *(len(h) for h in hps))
     lines = [f"{'hookpoint':<{width}}" + "".join(f"{head:>11}" for _, head, _ in COLUMNS)]
     for name, res in hps.items():
         cells = [fmt.format(res[key]) if res.get(key) is not None else "-" for key, _, fmt in COLUMNS]
         lines.append(f"{name:<{width}}" + "".join(f"{c:>11}" for c in cells))
+    return "\n".join(lines)
+
+
+def format_probing(probing: dict[str, Any]) -> str:
+    """Mean test accuracy over the probing tasks: one row per hookpoint and method, one column per k."""
+    ks = probing["ks"]
+    lines = [f"k-sparse probing, {len(probing['tasks'])} tasks, {probing['pooling']} pooling: mean test accuracy"]
+    width = max(len(h) for h in probing["hookpoints"]) + 22
+    lines.append(f"{'hookpoint / method':<{width}}" + "".join(f"{f'k={k}':>8}" for k in ks) + f"{'full':>8}")
+    for hp, res in probing["hookpoints"].items():
+        summary = res["summary"]
+        full = f"{summary['resid_full']['accuracy']:.3f}"
+        for method, label in PROBE_METHODS:
+            if f"{method}@{ks[0]}" not in summary:
+                continue
+            cells = "".join(f"{summary[f'{method}@{k}']['accuracy']:>8.3f}" for k in ks)
+            lines.append(f"{f'{hp} {label}':<{width}}{cells}{full if method == 'resid_topk' else '':>8}")
     return "\n".join(lines)
 
 
@@ -64,22 +87,30 @@ def write_json(results: dict[str, Any], path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
-def plot_results(results: dict[str, Any], path: str | Path) -> Path:
-    """Save a PNG with one bar chart per metric of ``PANELS``, one bar per hookpoint."""
+def _figure(width: float, height: float) -> Any:
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
         raise QwenscopeError("plotting needs matplotlib; pip install matplotlib") from None
-    hps = _hookpoints(results)
-    names = list(hps)
-    fig = Figure(figsize=(max(10.0, 2.0 + 0.5 * len(names) * len(PANELS)), 4.0), layout="constrained")
+    fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_results(results: dict[str, Any], path: str | Path) -> Path:
+    """Save a PNG with one bar chart per metric of ``PANELS``, one bar per hookpoint (and per random baseline)."""
+    hps = dict(_hookpoints(results))
+    for name, res in results.get("random", {}).get("hookpoints", {}).items():
+        hps[f"{name} random"] = res
+    names = list(hps)
+    fig = _figure(max(10.0, 2.0 + 0.5 * len(names) * len(PANELS)), 4.0)
     for i, (key, title, scale, ylim) in enumerate(PANELS):
         ax = fig.add_subplot(1, len(PANELS), i + 1)
         values = [hps[n].get(key) for n in names]
         heights = [v * scale if v is not None else 0.0 for v in values]
-        bars = ax.bar(range(len(names)), heights, color=f"C{i}")
+        colors = ["0.6" if n.endswith(" random") else f"C{i}" for n in names]
+        bars = ax.bar(range(len(names)), heights, color=colors)
         for bar, v, h in zip(bars, values, heights):
             ax.annotate(
                 "n/a" if v is None else f"{h:.3g}",
@@ -106,8 +137,46 @@ def plot_results(results: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-def write_report(results: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``eval.json`` and ``eval.png`` into ``out_dir`` (created if needed); returns their paths."""
+def plot_probing(probing: dict[str, Any], path: str | Path) -> Path:
+    """Save a PNG: per hookpoint, mean test accuracy against k for each method, the full-width probe as a line."""
+    hps = probing["hookpoints"]
+    fig = _figure(max(5.0, 4.0 * len(hps)), 3.6)
+    ks = probing["ks"]
+    for i, (hp, res) in enumerate(hps.items()):
+        ax = fig.add_subplot(1, len(hps), i + 1)
+        summary = res["summary"]
+        for j, (method, label) in enumerate(PROBE_METHODS):
+            if f"{method}@{ks[0]}" not in summary:
+                continue
+            acc = [summary[f"{method}@{k}"]["accuracy"] for k in ks]
+            low = [summary[f"{method}@{k}"]["accuracy_ci95"][0] for k in ks]
+            high = [summary[f"{method}@{k}"]["accuracy_ci95"][1] for k in ks]
+            color = "0.5" if method == "random" else f"C{j}"
+            ax.plot(ks, acc, marker="o", label=label, color=color)
+            ax.fill_between(ks, low, high, color=color, alpha=0.15)
+        ax.axhline(summary["resid_full"]["accuracy"], color="black", linestyle="--", label="full residual probe")
+        ax.set_xscale("log")
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.set_xlabel("k")
+        ax.set_ylabel("mean test accuracy")
+        ax.set_title(hp, fontsize=10)
+        ax.grid(alpha=0.3)
+        if i == 0:
+            ax.legend(fontsize=7)
+    fig.suptitle(f"k-sparse probing: {len(probing['tasks'])} tasks, {probing['pooling']} pooling", fontsize=11)
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def write_report(results: dict[str, Any], out_dir: str | Path) -> tuple[Path, ...]:
+    """Write ``eval.json``, and ``eval.png`` / ``eval_probing.png`` for the suites the results hold, into
+    ``out_dir`` (created if needed); returns their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return write_json(results, out / JSON_FILE), plot_results(results, out / PLOT_FILE)
+    paths = [write_json(results, out / JSON_FILE)]
+    if "hookpoints" in results:
+        paths.append(plot_results(results, out / PLOT_FILE))
+    if "probing" in results:
+        paths.append(plot_probing(results["probing"], out / PROBING_PLOT_FILE))
+    return tuple(paths)

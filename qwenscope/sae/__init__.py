@@ -3,6 +3,7 @@
 from qwenscope.sae.config import SaeConfig
 from qwenscope.sae.load import EMBEDDED_MODELS, embedded_saes, load_sae
 from qwenscope.sae.model import EncoderOutput, ForwardOutput, Sae
+from qwenscope.sae.random import random_like
 from qwenscope.sae.releases import RELEASES, Release
 
 __all__ = [
@@ -15,4 +16,5 @@ __all__ = [
     "SaeConfig",
     "embedded_saes",
     "load_sae",
+    "random_like",
 ]

@@ -1,6 +1,7 @@
 """eval.json / eval.png, the text table, and run_eval (the CLI entry) end to end on a tiny model."""
 
 import argparse
+import importlib.util
 import json
 import math
 from dataclasses import fields
@@ -89,3 +90,72 @@ def test_config_is_a_cli_command():
     ]:
         with pytest.raises(QwenscopeError, match=match):
             EvalConfig(**{"sae": "s", "dataset": "d", **bad})
+
+
+def test_run_eval_suites_probing_and_random(tmp_path, monkeypatch, llama, identity_sae, zero_sae):
+    pytest.importorskip("zstandard")
+    if importlib.util.find_spec("sae_probes") is None:  # a data package: found, not imported
+        pytest.skip("could not import 'sae_probes': not installed")
+    from tiny_models import make_byte_tokenizer
+
+    monkeypatch.setattr(model_load, "load_model", lambda name, device="cpu", dtype=None: (llama, make_byte_tokenizer()))
+    identity_sae(hookpoint="resid_post.0").save(tmp_path / "sae0")
+    zero_sae(hookpoint="resid_post.1").save(tmp_path / "sae1")
+    (tmp_path / "text.txt").write_text("\n\n".join(f"document number {i} with some words" for i in range(20)))
+    cfg = EvalConfig(
+        sae=f"{tmp_path / 'sae0'},{tmp_path / 'sae1'}",
+        dataset=str(tmp_path / "text.txt"),
+        model="tiny",
+        n_tokens=64,
+        seq_len=16,
+        out=str(tmp_path / "out"),
+        suite="core,probing,random",
+        probe_tasks="glue_sst2,5_hist_fig_ismale",
+        probe_train=12,
+        probe_test=8,
+        probe_k="1,3",
+    )
+    results = run_eval(cfg)
+    probing = results["probing"]
+    assert probing["tasks"] == ["92_glue_sst2", "5_hist_fig_ismale"] and probing["ks"] == [1, 3]
+    summary = probing["hookpoints"]["resid_post.0"]["summary"]
+    assert set(summary) == {f"{m}@{k}" for m in ("sae", "random", "resid_topk") for k in (1, 3)} | {"resid_full"}
+    assert all(0 <= s["accuracy_ci95"][0] <= s["accuracy"] <= s["accuracy_ci95"][1] <= 1 for s in summary.values())
+    # the random baseline of the exact SAE reconstructs worse than the exact SAE itself
+    random_ev = results["random"]["hookpoints"]["resid_post.0"]["explained_variance"]
+    assert results["hookpoints"]["resid_post.0"]["explained_variance"] == 1.0 and random_ev < 1.0
+    assert "mean-centred" in results["explained_variance_definition"]
+    assert json.loads((tmp_path / "out" / "eval.json").read_text()) == results
+    for name in ("eval.png", "eval_probing.png"):
+        assert (tmp_path / "out" / name).read_bytes()[:8] == PNG_MAGIC
+    only = run_eval(
+        EvalConfig(
+            sae=cfg.sae,
+            model="tiny",
+            out=str(tmp_path / "p"),
+            suite="probing",
+            probe_tasks="glue_sst2",
+            probe_train=8,
+            probe_test=4,
+            probe_k="2",
+        )
+    )
+    assert "hookpoints" not in only and "random@2" not in only["probing"]["hookpoints"]["resid_post.1"]["summary"]
+    assert not (tmp_path / "p" / "eval.png").exists() and (tmp_path / "p" / "eval_probing.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        ({"suite": "core,absorb"}, "unknown suite 'absorb'; choose from core, probing, random"),
+        ({"suite": "random"}, "runs nothing"),
+        ({"dataset": ""}, "the core suite evaluates on text: pass --dataset"),
+        ({"suite": "probing", "probe_pooling": "max"}, "--probe-pooling is last or mean"),
+        ({"suite": "probing", "probe_k": "1,x"}, "--probe-k takes positive integers"),
+        ({"suite": "probing", "probe_k": "0"}, "--probe-k takes positive integers"),
+    ],
+)
+def test_suite_options_are_checked_in_one_line(bad, match):
+    with pytest.raises(QwenscopeError, match=match) as err:
+        EvalConfig(**{"sae": "s", "dataset": "d", **bad})
+    assert "\n" not in str(err.value)
