@@ -13,6 +13,7 @@ from typing import Any
 
 from qwenscope.errors import QwenscopeError
 from qwenscope.util.atomic import atomic_write
+from qwenscope.util.htmlpage import figure
 
 JSON_FILE = "eval.json"
 PLOT_FILE = "eval.png"
@@ -87,24 +88,13 @@ def write_json(results: dict[str, Any], path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
-def _figure(width: float, height: float) -> Any:
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise QwenscopeError("plotting needs matplotlib; pip install matplotlib") from None
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
 def plot_results(results: dict[str, Any], path: str | Path) -> Path:
     """Save a PNG with one bar chart per metric of ``PANELS``, one bar per hookpoint (and per random baseline)."""
     hps = dict(_hookpoints(results))
     for name, res in results.get("random", {}).get("hookpoints", {}).items():
         hps[f"{name} random"] = res
     names = list(hps)
-    fig = _figure(max(10.0, 2.0 + 0.5 * len(names) * len(PANELS)), 4.0)
+    fig = figure(max(10.0, 2.0 + 0.5 * len(names) * len(PANELS)), 4.0)
     for i, (key, title, scale, ylim) in enumerate(PANELS):
         ax = fig.add_subplot(1, len(PANELS), i + 1)
         values = [hps[n].get(key) for n in names]
@@ -140,7 +130,7 @@ def plot_results(results: dict[str, Any], path: str | Path) -> Path:
 def plot_probing(probing: dict[str, Any], path: str | Path) -> Path:
     """Save a PNG: per hookpoint, mean test accuracy against k for each method, the full-width probe as a line."""
     hps = probing["hookpoints"]
-    fig = _figure(max(5.0, 4.0 * len(hps)), 3.6)
+    fig = figure(max(5.0, 4.0 * len(hps)), 3.6)
     ks = probing["ks"]
     for i, (hp, res) in enumerate(hps.items()):
         ax = fig.add_subplot(1, len(hps), i + 1)

@@ -52,7 +52,7 @@ def figure(width: float, height: float) -> Any:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise QwenscopeError("the HTML report needs matplotlib; pip install matplotlib") from None
+        raise QwenscopeError("plotting needs matplotlib; pip install matplotlib") from None
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
