@@ -19,6 +19,7 @@ from typing import Any
 
 from qwenscope.features.delta import FeatureDelta, check_labels, firing_rates, rank_features
 from qwenscope.features.density import MAX_DENSITY, check_max_density, dense_features
+from qwenscope.features.directions import diff_in_means, mean_activation
 from qwenscope.features.encode import (
     MAX_TOKENS,
     EncodeConfig,
@@ -92,6 +93,7 @@ __all__ = [
     "contrastive",
     "dense_features",
     "detection_score",
+    "diff_in_means",
     "encode_texts",
     "fallback_label",
     "feature_store_dir",
@@ -102,6 +104,7 @@ __all__ = [
     "label_feature",
     "label_store",
     "logit_lens",
+    "mean_activation",
     "rank_features",
     "read_batches",
     "sae_fingerprint",

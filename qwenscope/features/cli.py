@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -154,10 +155,14 @@ class SearchConfig:
     """A file of positive texts, one per line."""
     negative_file: str = ""
     """A file of negative texts, one per line."""
-    by: Literal["rate", "mean", "effect"] = "rate"
+    by: Literal["rate", "mean", "effect", "diffmeans"] = "rate"
     """Rank contrastive hits by the difference of firing rates, of mean activations, or by effect: the first
     --candidates by rate, re-ranked by how much steering each makes the positive texts more likely than the negative
-    ones (the features to steer with)."""
+    ones (the features to steer with). diffmeans: no SAE feature but the residual's difference in means (positive -
+    negative), saved with --out as a one-feature SAE to steer with, and the SAE features closest to it."""
+    out: str = ""
+    """--by diffmeans: the folder the direction is saved in (then: qwenscope steer --sae FOLDER --features 0:0.5
+    --relative)."""
     candidates: int = 16
     """--by effect: contrastive candidates the steering probe tries."""
     alphas: str = "0.75"
@@ -184,6 +189,8 @@ class SearchConfig:
             raise QwenscopeError(f"--top must be at least 1, got {self.top}")
         if self.candidates < 1:
             raise QwenscopeError(f"--candidates must be at least 1, got {self.candidates}")
+        if self.by == "diffmeans" and not (contrast and self.out):
+            raise QwenscopeError("--by diffmeans needs --positive/--negative texts and --out FOLDER to save it in")
         self.alpha_list()
 
     def alpha_list(self) -> list[float]:
@@ -221,6 +228,8 @@ def run_search(cfg: SearchConfig) -> None:
         if cfg.token:
             found = by_token(model, tokenizer, sae, cfg.token, cfg.top)
             rows = [{"feature": f, "logit": round(v, 4)} for f, v in found]
+        elif cfg.by == "diffmeans":
+            rows = _search_diffmeans(cfg, model, tokenizer, sae, hook)
         elif cfg.by == "effect":
             ranked = effect_ranked(
                 model,
@@ -243,6 +252,28 @@ def run_search(cfg: SearchConfig) -> None:
         print(json.dumps(rows))
         return
     _print_rows(rows)
+
+
+def _search_diffmeans(cfg: SearchConfig, model: Any, tokenizer: Any, sae: Any, hook: str) -> list[dict[str, Any]]:
+    """Save the difference-in-means direction at ``hook`` as a one-feature SAE; rows: the SAE features whose decoder
+    rows are closest to it (cosine)."""
+    import torch
+
+    from qwenscope.features.directions import diff_in_means
+    from qwenscope.models.load import model_name
+    from qwenscope.sae.directions import direction_sae
+
+    dim = diff_in_means(model, tokenizer, cfg.texts("positive"), cfg.texts("negative"), hook)
+    direction_sae(dim[None], hook, model=model_name(model)).save(cfg.out)
+    print(
+        f"saved the direction (norm {float(dim.norm()):.4g}) to {cfg.out}; steer with: qwenscope steer "
+        f"--model {cfg.model} --sae {cfg.out} --features 0:0.5 --relative",
+        file=sys.stderr,
+    )
+    w = sae.W_dec.detach().float().cpu()
+    cos = (w @ dim) / (w.norm(dim=1) * dim.norm()).clamp_min(1e-12)
+    top = torch.topk(cos, min(cfg.top, len(cos)))
+    return [{"feature": int(i), "cosine": round(float(c), 4)} for c, i in zip(top.values, top.indices)]
 
 
 def _search_label(cfg: SearchConfig) -> list[dict[str, Any]]:

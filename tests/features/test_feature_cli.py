@@ -98,6 +98,21 @@ def test_search_modes(setup, capsys):
     assert rows and {"feature", "label", "frequency", "promotes"} <= set(rows[0])
 
 
+def test_search_by_diffmeans_saves_a_direction_to_steer_with(setup, capsys):
+    base = ["search", "--model", str(setup / "model"), "--sae", str(setup / "sae"), "--top", "3"]
+    out = setup / "dim"
+    args = ["--positive", "w1 w2 w3 w4", "--negative-file", str(setup / "neg.txt"), "--by", "diffmeans", "--json"]
+    assert main([*base, *args, "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    rows = json.loads(captured.out)
+    assert len(rows) == 3 and [r["cosine"] for r in rows] == sorted((r["cosine"] for r in rows), reverse=True)
+    assert f"--sae {out} --features 0:0.5 --relative" in captured.err
+    steer_args = ["steer", "--model", str(setup / "model"), "--sae", str(out), "--features", "0:0.5", "--relative"]
+    assert main([*steer_args, "--prompt", "w1", "--max-new-tokens", "3"]) == 0
+    assert main([*base, *args]) == 2
+    assert "--by diffmeans needs --positive/--negative texts and --out FOLDER" in capsys.readouterr().err
+
+
 def test_search_errors_are_one_line(setup, capsys):
     base = ["search", "--model", str(setup / "model"), "--sae", str(setup / "sae")]
     assert main(base) == 2
