@@ -19,6 +19,7 @@ from pathlib import Path
 
 from qwenscope.evaluate import EvalConfig, run_eval
 from qwenscope.experiment import add_common_args, set_threads, write_result
+from qwenscope.sae import embedded_saes
 
 HERE = Path(__file__).resolve().parent
 MODELS = ("smollm2-135m", "gemma3-270m")
@@ -84,7 +85,14 @@ def main() -> None:
         out = out.with_name(f"embedded_{args.probe_pooling}.json")
     rows, seconds = [], {}
     for model in args.models.split(","):
-        common = {"sae": model, "model": model, "seed": args.seed, "out": str(out.parent / model)}
+        hookpoints = ",".join(embedded_saes()[model])  # every shipped SAE of the model
+        common = {
+            "sae": model,
+            "model": model,
+            "hookpoints": hookpoints,
+            "seed": args.seed,
+            "out": str(out.parent / model),
+        }
         t0 = time.perf_counter()
         core = run_eval(EvalConfig(**common, dataset=args.dataset, n_tokens=args.n_tokens, suite="core,random"))
         t1 = time.perf_counter()
