@@ -21,7 +21,7 @@ DETECTION = {
             "He forgot his password and had to reset it twice.",
             "The city council approved a new budget for the schools.",
             "My neighbour repainted her kitchen a pale yellow.",
-            "The train to the airport leaves every twenty minutes.",
+            "The tram stop was moved one block north.",
             "She wrote a report on the company's quarterly sales.",
             "The museum displays paintings from the last century.",
             "He practised the violin for an hour after dinner.",
@@ -43,7 +43,7 @@ DETECTION = {
             "She composes melodies on an old keyboard.",
         ),
         (
-            "The mechanic replaced the brakes on my car.",
+            "The electrician rewired the old kitchen.",
             "We planted tomatoes and beans in the garden.",
             "The lawyer reviewed the contract line by line.",
             "Heavy snow closed the mountain roads overnight.",
@@ -57,7 +57,7 @@ DETECTION = {
     ),
     "space": (
         (
-            "The rocket lifted off and climbed into orbit.",
+            "The launch vehicle cleared the tower and headed for low Earth orbit.",
             "Astronomers discovered a new planet around a distant star.",
             "The astronauts floated inside the space station.",
             "Through the telescope we could see the rings of Saturn.",
@@ -116,7 +116,7 @@ DETECTION = {
             "He threw the ball and the dog fetched it at once.",
             "The shelter found homes for twelve puppies this month.",
             "My neighbour's terrier digs holes in the lawn.",
-            "The dog wagged its tail and licked my hand.",
+            "The collie rolled over so we would scratch its belly.",
             "We bought a new leash and a collar for the puppy.",
             "The sheepdog kept the flock together on the hill.",
         ),
