@@ -49,11 +49,16 @@ class CharTokenizer:
         return {"input_ids": [[3 + ord(c) % 500 for c in text] for text in texts]}
 
 
-def test_run_eval_end_to_end(tmp_path, monkeypatch, llama, identity_sae, zero_sae):
-    monkeypatch.setattr(model_load, "load_model", lambda name, device="cpu", dtype=None: (llama, CharTokenizer()))
+def save_inputs(tmp_path, identity_sae, zero_sae) -> None:
+    """sae0 (exact, resid_post.0), sae1 (zero, resid_post.1) and text.txt in ``tmp_path``."""
     identity_sae(hookpoint="resid_post.0").save(tmp_path / "sae0")
     zero_sae(hookpoint="resid_post.1").save(tmp_path / "sae1")
     (tmp_path / "text.txt").write_text("\n\n".join(f"document number {i} with some words" for i in range(20)))
+
+
+def test_run_eval_end_to_end(tmp_path, monkeypatch, llama, identity_sae, zero_sae):
+    monkeypatch.setattr(model_load, "load_model", lambda name, device="cpu", dtype=None: (llama, CharTokenizer()))
+    save_inputs(tmp_path, identity_sae, zero_sae)
     cfg = EvalConfig(
         sae=f"{tmp_path / 'sae0'},{tmp_path / 'sae1'}",
         dataset=str(tmp_path / "text.txt"),
@@ -99,9 +104,7 @@ def test_run_eval_suites_probing_and_random(tmp_path, monkeypatch, llama, identi
     from tiny_models import make_byte_tokenizer
 
     monkeypatch.setattr(model_load, "load_model", lambda name, device="cpu", dtype=None: (llama, make_byte_tokenizer()))
-    identity_sae(hookpoint="resid_post.0").save(tmp_path / "sae0")
-    zero_sae(hookpoint="resid_post.1").save(tmp_path / "sae1")
-    (tmp_path / "text.txt").write_text("\n\n".join(f"document number {i} with some words" for i in range(20)))
+    save_inputs(tmp_path, identity_sae, zero_sae)
     cfg = EvalConfig(
         sae=f"{tmp_path / 'sae0'},{tmp_path / 'sae1'}",
         dataset=str(tmp_path / "text.txt"),
