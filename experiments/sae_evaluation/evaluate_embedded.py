@@ -85,7 +85,8 @@ def main() -> None:
         out = out.with_name(f"embedded_{args.probe_pooling}.json")
     rows, seconds = [], {}
     for model in args.models.split(","):
-        hookpoints = ",".join(embedded_saes()[model])  # every shipped SAE of the model
+        shipped = sorted(embedded_saes()[model], key=lambda h: int(h.rsplit(".", 1)[-1]))
+        hookpoints = ",".join(shipped)  # every shipped SAE of the model, by layer
         common = {
             "sae": model,
             "model": model,

@@ -46,9 +46,19 @@ def _worker(rank: int, world: int, port: int, out: str, modules: bool) -> None:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return _free_ports(1)[0]
+
+
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct ports free at the time of the call (held open together, so they differ)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def test_two_gloo_ranks_equal_one_process(tmp_path):
@@ -69,7 +79,7 @@ def test_one_rank_per_hookpoint(tmp_path):
     assert (tmp_path / "metrics-rank0.jsonl").is_file() and (tmp_path / "metrics-rank1.jsonl").is_file()
 
 
-def _group_worker(rank: int, world: int, port: int) -> None:
+def _group_worker(rank: int, world: int, port: int, second_port: int) -> None:
     from qwenscope.train.dist import process_group
 
     os.environ.update(
@@ -78,7 +88,8 @@ def _group_worker(rank: int, world: int, port: int) -> None:
     with process_group() as active:  # as torchrun starts a rank: the block joins the group
         assert active and dist.get_world_size() == world
     assert not dist.is_initialized()  # and leaves it, so the process exits with no gloo threads up
-    dist.init_process_group("gloo")  # a group the caller made is the caller's to end
+    # a group the caller made is the caller's to end (on a port of its own: the first group's may still be closing)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{second_port}", rank=rank, world_size=world)
     with process_group() as active:
         assert active
     assert dist.is_initialized()
@@ -86,4 +97,4 @@ def _group_worker(rank: int, world: int, port: int) -> None:
 
 
 def test_process_group_leaves_only_the_group_it_joined():
-    mp.start_processes(_group_worker, args=(2, _free_port()), nprocs=2, start_method="spawn")
+    mp.start_processes(_group_worker, args=(2, *_free_ports(2)), nprocs=2, start_method="spawn")
