@@ -52,7 +52,8 @@ class EvalConfig:
     device: str = "cpu"
     """Device for the model and the SAEs (cpu, cuda, cuda:1, ...)."""
     suite: str = "core"
-    """Suites, comma-separated: core, probing, random (random: every other suite also for a random-weight SAE)."""
+    """Suites, comma-separated: core, probing, autointerp, random (random: every other suite also for a
+    random-weight SAE)."""
     probe_tasks: str = "cpu"
     """Probing tasks of the sae-probes package: cpu (8 tasks, minutes on a CPU), all, or names, comma-separated."""
     probe_train: int = 512
@@ -63,8 +64,17 @@ class EvalConfig:
     """The k of k-sparse probing, comma-separated."""
     probe_pooling: str = "last"
     """One vector per text: last (the last token, sae-probes' convention) or mean (tokens but the first, SAEBench's)."""
+    explainer: str = ""
+    """autointerp: who explains and scores features: an OpenAI-compatible endpoint (http://.../v1, e.g. qwenscope
+    serve), a model name or folder run locally, or empty: the evaluated model itself (offline, and weak)."""
+    explainer_model: str = ""
+    """autointerp: the model name the endpoint serves (default: --model)."""
+    interp_features: int = 20
+    """autointerp: features explained and scored per SAE (drawn among those that fire in the text)."""
+    interp_examples: int = 50
+    """autointerp: activating and as many non-activating examples per feature."""
     seed: int = 0
-    """Seed of the task splits and of the random-weight SAEs."""
+    """Seed of the task splits, the sampled features and of the random-weight SAEs."""
 
     def __post_init__(self) -> None:
         if not split_list(self.sae):
@@ -73,8 +83,11 @@ class EvalConfig:
         if unknown or not self.suites or self.suites == ["random"]:
             what = f"unknown suite {unknown[0]!r}" if unknown else f"--suite {self.suite!r} runs nothing"
             raise QwenscopeError(f"{what}; choose from {', '.join(SUITES)} (random goes with another suite)")
-        if "core" in self.suites and not self.dataset:
-            raise QwenscopeError("the core suite evaluates on text: pass --dataset (e.g. dataset-build:multi)")
+        for suite in ("core", "autointerp"):
+            if suite in self.suites and not self.dataset:
+                raise QwenscopeError(f"the {suite} suite evaluates on text: pass --dataset (e.g. dataset-build:multi)")
+        if self.interp_features < 1 or self.interp_examples < 2:
+            raise QwenscopeError("--interp-features must be at least 1 and --interp-examples at least 2")
         if self.probe_pooling not in ("last", "mean"):
             raise QwenscopeError(f"--probe-pooling is last or mean, got {self.probe_pooling!r}")
         try:
@@ -98,7 +111,7 @@ class EvalConfig:
         return split_list(self.suite)
 
 
-SUITES = ("core", "probing", "random")
+SUITES = ("core", "probing", "autointerp", "random")
 
 
 def split_list(value: str) -> list[str]:
@@ -111,7 +124,7 @@ def run_eval(cfg: EvalConfig, texts: Iterable[str] | None = None) -> dict[str, A
 
     Returns the results dict (also written to ``{cfg.out}/eval.json``, with the config under ``"config"``).
     """
-    from qwenscope.evaluate.report import format_probing, format_table, write_report
+    from qwenscope.evaluate.report import format_autointerp, format_probing, format_table, write_report
     from qwenscope.models.parts import load_model_and_saes
     from qwenscope.sae.random import random_like
 
@@ -129,6 +142,21 @@ def run_eval(cfg: EvalConfig, texts: Iterable[str] | None = None) -> dict[str, A
         results["probing"] = sparse_probing(
             model, tokenizer, saes, tasks, ks=ks, pooling=pooling, baseline=baseline, seed=cfg.seed
         )
+    if "autointerp" in cfg.suites:
+        from qwenscope.evaluate.interp import autointerp_suite
+
+        results["autointerp"] = autointerp_suite(
+            model,
+            tokenizer,
+            saes,
+            _texts(cfg) if texts is None else texts,
+            _explainer(cfg, model, tokenizer),
+            n_features=cfg.interp_features,
+            n_examples=cfg.interp_examples,
+            baseline=baseline,
+            seed=cfg.seed,
+        )
+        results["autointerp"]["explainer"] = cfg.explainer or f"{cfg.model} (the evaluated model, locally)"
     if "core" in cfg.suites:
         results.update(_core(cfg, model, tokenizer, saes, texts))
         if baseline:
@@ -139,18 +167,42 @@ def run_eval(cfg: EvalConfig, texts: Iterable[str] | None = None) -> dict[str, A
         print(format_table(results))
     if "probing" in results:
         print(format_probing(results["probing"]))
+    if "autointerp" in results:
+        print(format_autointerp(results["autointerp"]))
     print(f"\nwrote {', '.join(map(str, paths[:-1]))} and {paths[-1]}" if len(paths) > 1 else f"\nwrote {paths[0]}")
     return results
 
 
-def _core(cfg: EvalConfig, model: Any, tokenizer: Any, saes: dict[str, Any], texts: Iterable[str] | None):
-    from qwenscope.data import chunk_tokens, iter_texts
-    from qwenscope.evaluate.model_eval import evaluate_saes
+def _texts(cfg: EvalConfig) -> Iterable[str]:
+    """The evaluation text of ``cfg.dataset`` (held-out split for a named corpus, all of a file)."""
+    from qwenscope.data import iter_texts
 
     split = cfg.split
     if split == "auto":
         split = "all" if Path(cfg.dataset).expanduser().exists() else "test"
-    texts = iter_texts(cfg.dataset, split=split) if texts is None else texts
+    return iter_texts(cfg.dataset, split=split)
+
+
+def _explainer(cfg: EvalConfig, model: Any, tokenizer: Any):
+    from qwenscope.evaluate.autointerp import hf_llm, openai_llm
+
+    if cfg.explainer.startswith(("http://", "https://")):
+        return openai_llm(cfg.explainer, cfg.explainer_model or cfg.model)
+    if cfg.explainer:
+        from qwenscope.models.load import load_model
+
+        return hf_llm(*load_model(cfg.explainer, device=cfg.device))
+    logger.warning(
+        "autointerp: the evaluated model explains and scores its own features (pass --explainer for a stronger one)"
+    )
+    return hf_llm(model, tokenizer)
+
+
+def _core(cfg: EvalConfig, model: Any, tokenizer: Any, saes: dict[str, Any], texts: Iterable[str] | None):
+    from qwenscope.data import chunk_tokens
+    from qwenscope.evaluate.model_eval import evaluate_saes
+
+    texts = _texts(cfg) if texts is None else texts
     chunks = chunk_tokens(texts, tokenizer, cfg.seq_len)
     results = evaluate_saes(
         model,

@@ -82,6 +82,27 @@ def format_probing(probing: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_autointerp(interp: dict[str, Any]) -> str:
+    """Mean detection and fuzzing balanced accuracy per hookpoint, beside their null floors (and random weights)."""
+    keys = (
+        "detection_balanced_accuracy",
+        "detection_null_balanced_accuracy",
+        "fuzzing_balanced_accuracy",
+        "fuzzing_null_balanced_accuracy",
+    )
+    lines = [
+        f"auto-interpretability ({interp.get('explainer', '?')}): balanced accuracy, mean over features",
+        f"{'hookpoint':<24}{'detection':>11}{'null':>7}{'fuzzing':>9}{'null':>7}",
+    ]
+    for hp, res in interp["hookpoints"].items():
+        for name, part in ((hp, res), (f"{hp} random", res.get("random"))):
+            if part is None:
+                continue
+            cells = "".join(f"{v:>9.3f}" if v is not None else f"{'-':>9}" for v in (part["summary"][k] for k in keys))
+            lines.append(f"{name:<24}{cells}")
+    return "\n".join(lines)
+
+
 def write_json(results: dict[str, Any], path: str | Path) -> Path:
     """Write ``results`` as indented JSON, atomically."""
     text = json.dumps(results, indent=2, allow_nan=False) + "\n"

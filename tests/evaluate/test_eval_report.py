@@ -150,15 +150,40 @@ def test_run_eval_suites_probing_and_random(tmp_path, monkeypatch, llama, identi
 @pytest.mark.parametrize(
     ("bad", "match"),
     [
-        ({"suite": "core,absorb"}, "unknown suite 'absorb'; choose from core, probing, random"),
+        ({"suite": "core,absorb"}, "unknown suite 'absorb'; choose from core, probing, autointerp, random"),
         ({"suite": "random"}, "runs nothing"),
         ({"dataset": ""}, "the core suite evaluates on text: pass --dataset"),
         ({"suite": "probing", "probe_pooling": "max"}, "--probe-pooling is last or mean"),
         ({"suite": "probing", "probe_k": "1,x"}, "--probe-k takes positive integers"),
         ({"suite": "probing", "probe_k": "0"}, "--probe-k takes positive integers"),
+        ({"suite": "autointerp", "dataset": ""}, "the autointerp suite evaluates on text: pass --dataset"),
+        ({"suite": "autointerp", "interp_examples": 1}, "--interp-examples at least 2"),
     ],
 )
 def test_suite_options_are_checked_in_one_line(bad, match):
     with pytest.raises(QwenscopeError, match=match) as err:
         EvalConfig(**{"sae": "s", "dataset": "d", **bad})
     assert "\n" not in str(err.value)
+
+
+def test_run_eval_autointerp_suite_with_the_local_explainer(tmp_path, monkeypatch, llama, identity_sae, zero_sae):
+    from tiny_models import make_byte_tokenizer
+
+    monkeypatch.setattr(model_load, "load_model", lambda name, device="cpu", dtype=None: (llama, make_byte_tokenizer()))
+    save_inputs(tmp_path, identity_sae, zero_sae)
+    cfg = EvalConfig(
+        sae=str(tmp_path / "sae1"),
+        dataset=str(tmp_path / "text.txt"),
+        model="tiny",
+        out=str(tmp_path / "out"),
+        suite="autointerp,random",
+        interp_features=2,
+        interp_examples=3,
+    )
+    results = run_eval(cfg)
+    block = results["autointerp"]["hookpoints"]["resid_post.1"]
+    assert len(block["features"]) == 2 and "random" in block
+    for feature in block["features"].values():  # a random tiny model writes no JSON list: failed, never guessed
+        assert feature["detection"]["n"] + feature["detection"]["failed"] == 6
+    assert results["autointerp"]["explainer"] == "tiny (the evaluated model, locally)"
+    assert json.loads((tmp_path / "out" / "eval.json").read_text()) == results

@@ -1,0 +1,168 @@
+"""The auto-interpretability suite: explain sampled features of an SAE and score the explanations.
+
+    result = autointerp_suite(model, tokenizer, {"resid_post.15": sae}, texts, llm, n_features=20)
+
+For each hookpoint: one pass over ``texts`` packed into windows of ``window`` tokens finds, for ``n_features``
+features drawn (seeded) among those that fire in the pass, the ``n_examples`` windows where each fires most
+(``activating``) and as many windows where it does not fire at all (``others``, a seeded sample). The explainer
+(``llm``) reads the ten most activating windows with the feature's tokens marked and writes a one-line explanation;
+then ``score_detection`` and ``score_fuzzing`` (``qwenscope.evaluate.autointerp``) score it on all the examples, and
+the null floor scores ``NULL_EXPLANATION`` on the same examples. Position 0 of each window is left out (the
+attention sink). Means over features; with ``baseline``, the same for a random-weight SAE of the same shape.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import random
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from qwenscope.errors import QwenscopeError
+from qwenscope.evaluate.autointerp import LLM, NULL_EXPLANATION, Example, score_detection, score_fuzzing
+from qwenscope.features.text import token_text
+from qwenscope.models.capture import get_activations
+from qwenscope.models.hookpoints import check_sae_fits
+from qwenscope.sae.model import Sae
+from qwenscope.sae.random import random_like
+
+logger = logging.getLogger(__name__)
+
+EXPLAIN_PROMPT = """Here are text examples where a feature of a language model is active; the tokens where it is most
+active are marked <<like this>>.
+
+{examples}
+
+In one short line, say what the feature responds to. Answer with the explanation only."""
+
+
+def collect_examples(
+    model: nn.Module,
+    tokenizer,
+    sae: Sae,
+    hookpoint: str,
+    windows: list[list[int]],
+    *,
+    n_features: int,
+    n_examples: int,
+    seed: int = 0,
+    batch_size: int = 16,
+) -> dict[int, tuple[list[Example], list[Example]]]:
+    """feature -> (activating examples, most active first; non-activating examples) (the module doc); empty when no
+    feature fires in some windows and not in others."""
+    acts_all: list[np.ndarray] = []
+    with torch.no_grad():
+        for start in range(0, len(windows), batch_size):
+            ids = torch.tensor(windows[start : start + batch_size])
+            h = get_activations(model, ids.to(next(model.parameters()).device), [hookpoint])[hookpoint]
+            code = sae.encode(h.to(sae.device, sae.dtype)).float().cpu()
+            code[:, 0] = 0  # the attention sink
+            acts_all.append(code.numpy())
+    acts = np.concatenate(acts_all)  # (n_windows, window, d_sae)
+    peak = acts.max(1)  # (n_windows, d_sae)
+    fires = (peak > 0).sum(0)
+    live = np.flatnonzero((fires >= 2) & (fires <= len(windows) - 2))  # some windows with it, some without
+    rng = random.Random(seed)
+    chosen = sorted(rng.sample(list(live), min(n_features, len(live))))
+    text = token_text(tokenizer)
+    pieces = [text.pieces(w) for w in windows]
+    out = {}
+    for f in chosen:
+        firing = np.flatnonzero(peak[:, f] > 0)
+        top = heapq.nlargest(n_examples, firing, key=lambda w: (peak[w, f], -w))
+        silent = np.flatnonzero(peak[:, f] == 0).tolist()
+        others = rng.sample(silent, min(n_examples, len(silent)))
+        out[int(f)] = (
+            [Example(pieces[w], acts[w, :, f].tolist()) for w in top],
+            [Example(pieces[w], [0.0] * len(pieces[w])) for w in others],
+        )
+    return out
+
+
+def explain(llm: LLM, activating: list[Example], n: int = 10) -> str:
+    """The explainer's one-line explanation from the ``n`` most activating examples, marked where they peak."""
+    shown = []
+    for e in activating[:n]:
+        top = max(e.acts)
+        shown.append(e.marked({i for i, a in enumerate(e.acts) if a > 0 and a >= 0.5 * top}))
+    answer = llm(EXPLAIN_PROMPT.format(examples="\n".join(f"- {t}" for t in shown)))
+    line = next((s.strip() for s in answer.splitlines() if s.strip()), "")
+    return line or NULL_EXPLANATION
+
+
+def _mean(scores: list[dict[str, Any]], key: str) -> float | None:
+    values = [s[key] for s in scores if s[key] is not None]
+    return float(np.mean(values)) if values else None
+
+
+def _one_sae(model, tokenizer, sae, hp, windows, llm, n_features, n_examples, seed) -> dict[str, Any]:
+    examples = collect_examples(
+        model, tokenizer, sae, hp, windows, n_features=n_features, n_examples=n_examples, seed=seed
+    )
+    features: dict[str, dict[str, Any]] = {}
+    for f, (activating, others) in examples.items():
+        explanation = explain(llm, activating)
+        features[str(f)] = {
+            "explanation": explanation,
+            "n_activating": len(activating),
+            "n_others": len(others),
+            "detection": score_detection(llm, explanation, activating, others, seed=seed).to_dict(),
+            "detection_null": score_detection(llm, NULL_EXPLANATION, activating, others, seed=seed).to_dict(),
+            "fuzzing": score_fuzzing(llm, explanation, activating, seed=seed).to_dict(),
+            "fuzzing_null": score_fuzzing(llm, NULL_EXPLANATION, activating, seed=seed).to_dict(),
+        }
+    summary = {
+        f"{scorer}_{metric}": _mean([v[scorer] for v in features.values()], metric)
+        for scorer in ("detection", "detection_null", "fuzzing", "fuzzing_null")
+        for metric in ("balanced_accuracy", "f1")
+    }
+    return {"features": features, "summary": summary}
+
+
+def autointerp_suite(
+    model: nn.Module,
+    tokenizer,
+    saes: Mapping[str, Sae],
+    texts: Iterable[str],
+    llm: LLM,
+    *,
+    n_features: int = 20,
+    n_examples: int = 50,
+    window: int = 32,
+    n_windows: int = 2000,
+    baseline: bool = True,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Explanations and their detection and fuzzing scores, with null floors (the module doc); JSON-serialisable."""
+    from qwenscope.data import chunk_tokens
+
+    if n_features < 1 or n_examples < 2 or window < 4:
+        raise QwenscopeError("n_features >= 1, n_examples >= 2 and window >= 4 are needed")
+    for hp, sae in saes.items():
+        check_sae_fits(sae, model, hp)
+    windows = []
+    for chunk in chunk_tokens(texts, tokenizer, window):
+        if len(chunk) == window:
+            windows.append([int(t) for t in chunk])
+        if len(windows) >= n_windows:
+            break
+    if len(windows) < 2 * n_examples:
+        raise QwenscopeError(
+            f"{len(windows)} windows of {window} tokens; need at least {2 * n_examples}: pass more text"
+        )
+    out: dict[str, Any] = {}
+    for hp, sae in saes.items():
+        out[hp] = _one_sae(model, tokenizer, sae, hp, windows, llm, n_features, n_examples, seed)
+        if not out[hp]["features"]:
+            raise QwenscopeError(f"no feature of the SAE at {hp} fires in some of the texts and not in others")
+        if baseline:
+            out[hp]["random"] = _one_sae(
+                model, tokenizer, random_like(sae, seed), hp, windows, llm, n_features, n_examples, seed
+            )
+        logger.info("autointerp at %s: %s", hp, out[hp]["summary"])
+    return {"n_windows": len(windows), "window": window, "n_examples": n_examples, "hookpoints": out}
