@@ -52,7 +52,7 @@ class EvalConfig:
     device: str = "cpu"
     """Device for the model and the SAEs (cpu, cuda, cuda:1, ...)."""
     suite: str = "core"
-    """Suites, comma-separated: core, probing, autointerp, random (random: every other suite also for a
+    """Suites, comma-separated: core, probing, absorption, autointerp, random (random: every other suite also for a
     random-weight SAE)."""
     probe_tasks: str = "cpu"
     """Probing tasks of the sae-probes package: cpu (8 tasks, minutes on a CPU), all, or names, comma-separated."""
@@ -64,6 +64,8 @@ class EvalConfig:
     """The k of k-sparse probing, comma-separated."""
     probe_pooling: str = "last"
     """One vector per text: last (the last token, sae-probes' convention) or mean (tokens but the first, SAEBench's)."""
+    absorption_words: int = 1500
+    """absorption: vocabulary words sampled for the first-letter task (60% train the letter probe, 40% test)."""
     explainer: str = ""
     """autointerp: who explains and scores features: an OpenAI-compatible endpoint (http://.../v1, e.g. qwenscope
     serve), a model name or folder run locally, or empty: the evaluated model itself (offline, and weak)."""
@@ -86,6 +88,8 @@ class EvalConfig:
         for suite in ("core", "autointerp"):
             if suite in self.suites and not self.dataset:
                 raise QwenscopeError(f"the {suite} suite evaluates on text: pass --dataset (e.g. dataset-build:multi)")
+        if self.absorption_words < 50:
+            raise QwenscopeError(f"--absorption-words must be at least 50, got {self.absorption_words}")
         if self.interp_features < 1 or self.interp_examples < 2:
             raise QwenscopeError("--interp-features must be at least 1 and --interp-examples at least 2")
         if self.probe_pooling not in ("last", "mean"):
@@ -111,7 +115,7 @@ class EvalConfig:
         return split_list(self.suite)
 
 
-SUITES = ("core", "probing", "autointerp", "random")
+SUITES = ("core", "probing", "absorption", "autointerp", "random")
 
 
 def split_list(value: str) -> list[str]:
@@ -124,7 +128,13 @@ def run_eval(cfg: EvalConfig, texts: Iterable[str] | None = None) -> dict[str, A
 
     Returns the results dict (also written to ``{cfg.out}/eval.json``, with the config under ``"config"``).
     """
-    from qwenscope.evaluate.report import format_autointerp, format_probing, format_table, write_report
+    from qwenscope.evaluate.report import (
+        format_absorption,
+        format_autointerp,
+        format_probing,
+        format_table,
+        write_report,
+    )
     from qwenscope.models.parts import load_model_and_saes
     from qwenscope.sae.random import random_like
 
@@ -141,6 +151,12 @@ def run_eval(cfg: EvalConfig, texts: Iterable[str] | None = None) -> dict[str, A
         pooling: Pooling = "last" if cfg.probe_pooling == "last" else "mean"
         results["probing"] = sparse_probing(
             model, tokenizer, saes, tasks, ks=ks, pooling=pooling, baseline=baseline, seed=cfg.seed
+        )
+    if "absorption" in cfg.suites:
+        from qwenscope.evaluate.absorption import absorption
+
+        results["absorption"] = absorption(
+            model, tokenizer, saes, n_words=cfg.absorption_words, baseline=baseline, seed=cfg.seed
         )
     if "autointerp" in cfg.suites:
         from qwenscope.evaluate.interp import autointerp_suite
@@ -167,6 +183,8 @@ def run_eval(cfg: EvalConfig, texts: Iterable[str] | None = None) -> dict[str, A
         print(format_table(results))
     if "probing" in results:
         print(format_probing(results["probing"]))
+    if "absorption" in results:
+        print(format_absorption(results["absorption"]))
     if "autointerp" in results:
         print(format_autointerp(results["autointerp"]))
     print(f"\nwrote {', '.join(map(str, paths[:-1]))} and {paths[-1]}" if len(paths) > 1 else f"\nwrote {paths[0]}")

@@ -82,6 +82,24 @@ def format_probing(probing: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_absorption(result: dict[str, Any]) -> str:
+    """Mean absorption and false-negative rates over letters per hookpoint (and random weights)."""
+    note = " (exploratory: a model under 1B parameters)" if result.get("exploratory") else ""
+    lines = [
+        f"first-letter absorption{note}: mean over letters",
+        f"{'hookpoint':<24}{'probe acc':>10}{'absorbed':>10}{'false neg':>10}{'main F1':>9}{'letters':>8}",
+    ]
+    for hp, res in result["hookpoints"].items():
+        for name, part in ((hp, res), (f"{hp} random", res.get("random"))):
+            if part is None:
+                continue
+            s = part["summary"]
+            cells = [s["mean_absorption_rate"], s["mean_false_negative_rate"], s["mean_main_f1"]]
+            text = "".join(f"{v:>10.3f}" if v is not None else f"{'-':>10}" for v in cells)
+            lines.append(f"{name:<24}{res['probe_accuracy']:>10.3f}{text}{s['letters']:>8}")
+    return "\n".join(lines)
+
+
 def format_autointerp(interp: dict[str, Any]) -> str:
     """Mean detection and fuzzing balanced accuracy per hookpoint, beside their null floors (and random weights)."""
     keys = (

@@ -150,13 +150,14 @@ def test_run_eval_suites_probing_and_random(tmp_path, monkeypatch, llama, identi
 @pytest.mark.parametrize(
     ("bad", "match"),
     [
-        ({"suite": "core,absorb"}, "unknown suite 'absorb'; choose from core, probing, autointerp, random"),
+        ({"suite": "core,absorb"}, "unknown suite 'absorb'; choose from core, probing, absorption, autointerp, random"),
         ({"suite": "random"}, "runs nothing"),
         ({"dataset": ""}, "the core suite evaluates on text: pass --dataset"),
         ({"suite": "probing", "probe_pooling": "max"}, "--probe-pooling is last or mean"),
         ({"suite": "probing", "probe_k": "1,x"}, "--probe-k takes positive integers"),
         ({"suite": "probing", "probe_k": "0"}, "--probe-k takes positive integers"),
         ({"suite": "autointerp", "dataset": ""}, "the autointerp suite evaluates on text: pass --dataset"),
+        ({"suite": "absorption", "absorption_words": 10}, "--absorption-words must be at least 50"),
         ({"suite": "autointerp", "interp_examples": 1}, "--interp-examples at least 2"),
     ],
 )
