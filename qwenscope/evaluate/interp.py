@@ -55,31 +55,42 @@ def collect_examples(
 ) -> dict[int, tuple[list[Example], list[Example]]]:
     """feature -> (activating examples, most active first; non-activating examples) (the module doc); empty when no
     feature fires in some windows and not in others."""
-    acts_all: list[np.ndarray] = []
-    with torch.no_grad():
-        for start in range(0, len(windows), batch_size):
-            ids = torch.tensor(windows[start : start + batch_size])
-            h = get_activations(model, ids.to(next(model.parameters()).device), [hookpoint])[hookpoint]
-            code = sae.encode(h.to(sae.device, sae.dtype)).float().cpu()
+    device = next(model.parameters()).device
+
+    def codes(rows: list[int]):
+        """(rows, their codes (b, window, d_sae) float32, position 0 zeroed), a batch at a time."""
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            ids = torch.tensor([windows[r] for r in chunk], device=device)
+            h = get_activations(model, ids, [hookpoint])[hookpoint]
+            code = sae.encode(h.to(sae.device, sae.dtype)).float()
             code[:, 0] = 0  # the attention sink
-            acts_all.append(code.numpy())
-    acts = np.concatenate(acts_all)  # (n_windows, window, d_sae)
-    peak = acts.max(1)  # (n_windows, d_sae)
+            yield chunk, code
+
+    peak = np.zeros((len(windows), sae.d_sae), np.float32)  # each window's largest activation of each feature
+    with torch.no_grad():
+        for chunk, code in codes(list(range(len(windows)))):
+            peak[chunk] = code.max(1).values.cpu().numpy()
     fires = (peak > 0).sum(0)
     live = np.flatnonzero((fires >= 2) & (fires <= len(windows) - 2))  # some windows with it, some without
     rng = random.Random(seed)
-    chosen = sorted(rng.sample(list(live), min(n_features, len(live))))
+    chosen = sorted(int(f) for f in rng.sample(list(live), min(n_features, len(live))))
+    tops = {
+        f: heapq.nlargest(n_examples, np.flatnonzero(peak[:, f] > 0), key=lambda w: (peak[w, f], -w)) for f in chosen
+    }
+    per_token: dict[int, np.ndarray] = {}  # window -> (window, len(chosen)): the chosen features' activations
+    with torch.no_grad():  # the second pass reads only the activating windows, and keeps only the chosen columns
+        for chunk, code in codes(sorted({int(w) for top in tops.values() for w in top})):
+            sub = code[:, :, chosen].cpu().numpy()
+            per_token.update(zip(chunk, sub))
     text = token_text(tokenizer)
-    pieces = [text.pieces(w) for w in windows]
     out = {}
-    for f in chosen:
-        firing = np.flatnonzero(peak[:, f] > 0)
-        top = heapq.nlargest(n_examples, firing, key=lambda w: (peak[w, f], -w))
+    for j, f in enumerate(chosen):
         silent = np.flatnonzero(peak[:, f] == 0).tolist()
         others = rng.sample(silent, min(n_examples, len(silent)))
-        out[int(f)] = (
-            [Example(pieces[w], acts[w, :, f].tolist()) for w in top],
-            [Example(pieces[w], [0.0] * len(pieces[w])) for w in others],
+        out[f] = (
+            [Example(text.pieces(windows[w]), per_token[int(w)][:, j].tolist()) for w in tops[f]],
+            [Example(text.pieces(windows[w]), [0.0] * len(windows[w])) for w in others],
         )
     return out
 
