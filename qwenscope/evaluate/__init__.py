@@ -8,13 +8,39 @@
                 streaming accumulator with bounded memory
 ``model_eval``  ``evaluate_saes`` / ``evaluate_sae``: CE clean / spliced / zero-ablated, CE loss recovered,
                 ΔLM loss, KL, plus the metrics, in one pass over the token data
-``report``      ``eval.json``, ``eval.png``, a text table
-``run``         ``EvalConfig`` and ``run_eval`` for the command line
+``probing``     k-sparse probing on the sae-probes tasks: SAE latents, residual dimensions, a full probe
+``absorption``  first-letter feature absorption (SAEBench's method)
+``autointerp``  detection and fuzzing scores of explanations, with null floors; ``interp`` the suite around them
+``report``      ``eval.json``, ``eval.png``, ``eval_probing.png``, text tables
+``cli``         ``EvalConfig`` and ``run_eval`` for the command line (``--suite core,probing,absorption,...``)
 """
 
+from qwenscope.evaluate.absorption import absorption
+from qwenscope.evaluate.autointerp import NULL_EXPLANATION, Example, hf_llm, openai_llm, score_detection, score_fuzzing
 from qwenscope.evaluate.cli import EvalConfig, run_eval
+from qwenscope.evaluate.interp import autointerp_suite
 from qwenscope.evaluate.metrics import SaeMetrics
 from qwenscope.evaluate.model_eval import evaluate_sae, evaluate_saes
+from qwenscope.evaluate.probing import load_task, resolve_tasks, sparse_probing
 from qwenscope.evaluate.report import format_table, write_report
 
-__all__ = ["EvalConfig", "SaeMetrics", "evaluate_sae", "evaluate_saes", "format_table", "run_eval", "write_report"]
+__all__ = [
+    "NULL_EXPLANATION",
+    "EvalConfig",
+    "Example",
+    "SaeMetrics",
+    "absorption",
+    "autointerp_suite",
+    "evaluate_sae",
+    "evaluate_saes",
+    "format_table",
+    "hf_llm",
+    "load_task",
+    "openai_llm",
+    "resolve_tasks",
+    "run_eval",
+    "score_detection",
+    "score_fuzzing",
+    "sparse_probing",
+    "write_report",
+]
