@@ -100,14 +100,15 @@ def _one_sae(sae: Sae, x_train, x_test, train_letters, test_letters, test_words,
         a_test = sae.encode(torch.as_tensor(x_test).to(sae.device, sae.dtype)).float().cpu().numpy()
     w = sae.W_dec.detach().float().cpu().numpy()
     w_unit = w / np.linalg.norm(w, axis=1, keepdims=True).clip(1e-12)
+    fired = a_train > 0  # (n_train, d_sae), the same for every letter
+    fired_count = fired.sum(0)
     letters: dict[str, Any] = {}
     for c, letter in enumerate(classes):
         is_l = test_letters == letter
         if is_l.sum() < min_words:
             continue
         on = train_letters == letter
-        fired = a_train > 0  # (n_train, d_sae)
-        f1 = 2 * fired[on].sum(0) / (fired.sum(0) + on.sum()).clip(1)
+        f1 = 2 * fired[on].sum(0) / (fired_count + on.sum()).clip(1)
         main = int(np.argmax(f1))  # the latent whose firing best predicts the letter (ties: the lowest id)
         main_f1 = float(f1[main])
         u = dirs[c]

@@ -8,6 +8,7 @@ leaves an interactive session's backend alone.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +52,27 @@ def _hookpoints(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return hps
 
 
-def format_table(results: dict[str, Any]) -> str:
-    """A fixed-width table: one row per hookpoint (and per random baseline), the main metrics as columns ("-" where
-    undefined)."""
+def _core_rows(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The core suite's hookpoints, then their random baselines as "<hookpoint> random"."""
     hps = dict(_hookpoints(results))
     for name, res in results.get("random", {}).get("hookpoints", {}).items():
         hps[f"{name} random"] = res
+    return hps
+
+
+def _suite_rows(block: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(row name, the part to print, its hookpoint's result) of a suite that nests each random baseline under
+    ``"random"`` in its hookpoint's result (absorption, autointerp)."""
+    for hp, res in block["hookpoints"].items():
+        yield hp, res, res
+        if res.get("random") is not None:
+            yield f"{hp} random", res["random"], res
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """A fixed-width table: one row per hookpoint (and per random baseline), the main metrics as columns ("-" where
+    undefined)."""
+    hps = _core_rows(results)
     width = max(len("hookpoint"), *(len(h) for h in hps))
     lines = [f"{'hookpoint':<{width}}" + "".join(f"{head:>11}" for _, head, _ in COLUMNS)]
     for name, res in hps.items():
@@ -89,14 +105,11 @@ def format_absorption(result: dict[str, Any]) -> str:
         f"first-letter absorption{note}: mean over letters",
         f"{'hookpoint':<24}{'probe acc':>10}{'absorbed':>10}{'false neg':>10}{'main F1':>9}{'letters':>8}",
     ]
-    for hp, res in result["hookpoints"].items():
-        for name, part in ((hp, res), (f"{hp} random", res.get("random"))):
-            if part is None:
-                continue
-            s = part["summary"]
-            cells = [s["mean_absorption_rate"], s["mean_false_negative_rate"], s["mean_main_f1"]]
-            text = "".join(f"{v:>10.3f}" if v is not None else f"{'-':>10}" for v in cells)
-            lines.append(f"{name:<24}{res['probe_accuracy']:>10.3f}{text}{s['letters']:>8}")
+    for name, part, res in _suite_rows(result):
+        s = part["summary"]
+        cells = [s["mean_absorption_rate"], s["mean_false_negative_rate"], s["mean_main_f1"]]
+        text = "".join(f"{v:>10.3f}" if v is not None else f"{'-':>10}" for v in cells)
+        lines.append(f"{name:<24}{res['probe_accuracy']:>10.3f}{text}{s['letters']:>8}")
     return "\n".join(lines)
 
 
@@ -112,12 +125,9 @@ def format_autointerp(interp: dict[str, Any]) -> str:
         f"auto-interpretability ({interp.get('explainer', '?')}): balanced accuracy, mean over features",
         f"{'hookpoint':<24}{'detection':>11}{'null':>7}{'fuzzing':>9}{'null':>7}",
     ]
-    for hp, res in interp["hookpoints"].items():
-        for name, part in ((hp, res), (f"{hp} random", res.get("random"))):
-            if part is None:
-                continue
-            cells = "".join(f"{v:>9.3f}" if v is not None else f"{'-':>9}" for v in (part["summary"][k] for k in keys))
-            lines.append(f"{name:<24}{cells}")
+    for name, part, _ in _suite_rows(interp):
+        cells = "".join(f"{v:>9.3f}" if v is not None else f"{'-':>9}" for v in (part["summary"][k] for k in keys))
+        lines.append(f"{name:<24}{cells}")
     return "\n".join(lines)
 
 
@@ -129,9 +139,7 @@ def write_json(results: dict[str, Any], path: str | Path) -> Path:
 
 def plot_results(results: dict[str, Any], path: str | Path) -> Path:
     """Save a PNG with one bar chart per metric of ``PANELS``, one bar per hookpoint (and per random baseline)."""
-    hps = dict(_hookpoints(results))
-    for name, res in results.get("random", {}).get("hookpoints", {}).items():
-        hps[f"{name} random"] = res
+    hps = _core_rows(results)
     names = list(hps)
     fig = figure(max(10.0, 2.0 + 0.5 * len(names) * len(PANELS)), 4.0)
     for i, (key, title, scale, ylim) in enumerate(PANELS):

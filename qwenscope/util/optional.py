@@ -10,8 +10,8 @@ from types import ModuleType
 
 from qwenscope.errors import QwenscopeError
 
-PACKAGES = {"sklearn": "scikit-learn", "pysword": "pysword", "langid": "langid", "trl": "trl", "gradio": "gradio"}
-"""The pip package of each optional module whose name differs or is worth stating."""
+PACKAGES = {"sklearn": "scikit-learn"}
+"""The pip package of an optional module whose import name differs from it."""
 
 
 def require(module: str, extra: str, what: str) -> ModuleType:
