@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import time
 
 import pytest
 import torch
@@ -46,6 +47,9 @@ def test_wandb_offline_run_is_written_and_resumed_with_the_same_id(tmp_path, mon
     with pytest.raises(QwenscopeError, match="data ran out"):  # a run cut short, then resumed
         Trainer(_cfg(), {"resid_post.0": 16}, out, report_to="wandb").fit(_batches()[:4])
     run_id = (out / "wandb-id").read_text()
+    # wandb names an offline session's folder by the second it starts (offline-run-YYYYMMDD_HHMMSS-<id>): two
+    # sessions within one second share a folder, so the resumed one starts in the next second
+    time.sleep(1.0 - time.time() % 1.0 + 0.05)
     Trainer(_cfg(), {"resid_post.0": 16}, out, report_to="wandb").fit(_batches()[4:])  # resumes at step 4
     assert (out / "wandb-id").read_text() == run_id
     logs = sorted((out / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
