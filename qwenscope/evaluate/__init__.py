@@ -16,7 +16,7 @@
 """
 
 from qwenscope.evaluate.absorption import absorption
-from qwenscope.evaluate.autointerp import NULL_EXPLANATION, Example, hf_llm, openai_llm, score_detection, score_fuzzing
+from qwenscope.evaluate.autointerp import NULL_EXPLANATION, Example, score_detection, score_fuzzing
 from qwenscope.evaluate.cli import EvalConfig, run_eval
 from qwenscope.evaluate.interp import autointerp_suite
 from qwenscope.evaluate.metrics import SaeMetrics
@@ -34,9 +34,7 @@ __all__ = [
     "evaluate_sae",
     "evaluate_saes",
     "format_table",
-    "hf_llm",
     "load_task",
-    "openai_llm",
     "resolve_tasks",
     "run_eval",
     "score_detection",

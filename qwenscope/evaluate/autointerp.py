@@ -1,9 +1,9 @@
 """Auto-interpretability scoring: does a feature's explanation let a language model predict where it fires?
 
-    llm = openai_llm("http://127.0.0.1:8000/v1", "smollm2-135m")       # any OpenAI-compatible endpoint (or hf_llm)
-    det = score_detection(llm, "words about the sea", activating, others)   # Score: accuracy, F1, ...
-    fuz = score_fuzzing(llm, "words about the sea", activating)
-    floor = score_detection(llm, NULL_EXPLANATION, activating, others)      # the same examples, no explanation
+    chat = OpenAIChat("http://127.0.0.1:8000/v1", "smollm2-135m")       # any endpoint, or HFChat(model, tokenizer)
+    det = score_detection(chat, "words about the sea", activating, others)   # Score: accuracy, F1, AUROC ...
+    fuz = score_fuzzing(chat, "words about the sea", activating)
+    floor = score_detection(chat, NULL_EXPLANATION, activating, others)      # the same examples, no explanation
 
 Two scorers, as in EleutherAI's delphi ("Automatically Interpreting Millions of Features in LLMs", Paulo et al.):
 
@@ -13,8 +13,12 @@ Two scorers, as in EleutherAI's delphi ("Automatically Interpreting Millions of 
   tokens where the feature fires most (correct), or as many tokens picked at random (incorrect), half of each, and
   answers for each whether the marks fit the explanation.
 
-Answers are a JSON list of 0/1, one per example; a batch whose answer cannot be read counts as failed (reported,
-not guessed). Scores: accuracy, balanced accuracy, precision, recall and F1 of the "fires" / "correct" answers. Every
+Two ways to ask (``by``). ``list``, delphi's: ten examples per prompt, answered as a JSON list of 0/1; a batch whose
+answer cannot be read counts as failed (reported, not guessed). ``logprob``, for local models (``HFChat``): one
+example per prompt, and the scorer's p(yes) of its first answer token (``HFChat.yes_probability``) is the score, so
+no answer is unreadable and AUROC is defined (delphi's ``log_prob`` option); "fires" is p(yes) > 0.5. ``auto`` picks
+``logprob`` where the scorer has it. Scores: accuracy, balanced accuracy, precision, recall and F1 of the "fires" /
+"correct" answers, and AUROC of p(yes) (``logprob`` only). Every
 score should be read beside its **null floor**: the same examples scored with ``NULL_EXPLANATION`` ("none of them"),
 what the scorer gets without any explanation (balanced accuracy 0.5 for a scorer that reads nothing; more when the
 examples themselves give the answer away). delphi's protocol scores 50 activating and 50 other examples per feature.
@@ -26,16 +30,15 @@ import json
 import logging
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from qwenscope.errors import QwenscopeError
+from qwenscope.models.chat import Chat
 
 logger = logging.getLogger(__name__)
 
-LLM = Callable[[str], str]
-"""A scorer: a prompt in, the model's text out."""
 NULL_EXPLANATION = "none of them"
 """The explanation of the null floor."""
 BATCH = 10
@@ -86,6 +89,8 @@ class Score:
     """Examples answered."""
     failed: int
     """Examples in batches whose answer could not be read."""
+    auroc: float | None = None
+    """AUROC of the scorer's p(yes) (``by="logprob"``; None for list answers)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,6 +117,22 @@ Explanation: {explanation}
 Answer with a JSON list of {n} numbers (0 or 1), one per example, in order, and nothing else."""
 
 
+DETECTION_ONE = """A feature of a language model fires on text that matches this explanation: {explanation}
+
+Text: {example}
+
+Does the feature fire in this text? Answer yes or no."""
+
+FUZZING_ONE = """A feature of a language model fires on text that matches this explanation: {explanation}
+
+In this text some tokens are marked <<like this>>: {example}
+
+Are the marked tokens the ones the explanation describes? Answer yes or no."""
+
+SCORING = ("auto", "list", "logprob")
+"""How the scorer is asked (the module doc)."""
+
+
 def parse_answers(text: str, n: int) -> list[int] | None:
     """The first JSON list of ``n`` zeros and ones in ``text`` (booleans allowed), else None."""
     for match in re.finditer(r"\[[^\[\]]*\]", text):
@@ -128,7 +149,17 @@ def _numbered(texts: Sequence[str]) -> str:
     return "\n".join(f"Example {i + 1}: {t}" for i, t in enumerate(texts))
 
 
-def _metrics(truth: list[int], answers: list[int], failed: int) -> Score:
+def _auroc(truth: Sequence[int], scores: Sequence[float]) -> float | None:
+    """Probability that a random positive scores above a random negative (ties count half); None without both."""
+    pos = [x for t, x in zip(truth, scores) if t]
+    neg = [x for t, x in zip(truth, scores) if not t]
+    if not pos or not neg:
+        return None
+    wins = sum((p > q) + 0.5 * (p == q) for p in pos for q in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def _metrics(truth: list[int], answers: list[int], failed: int, auroc: float | None = None) -> Score:
     n = len(truth)
     tp = sum(1 for t, a in zip(truth, answers) if t and a)
     tn = sum(1 for t, a in zip(truth, answers) if not t and not a)
@@ -147,24 +178,48 @@ def _metrics(truth: list[int], answers: list[int], failed: int) -> Score:
         f1=f1,
         n=n,
         failed=failed,
+        auroc=auroc,
     )
 
 
-def _score(llm: LLM, template: str, explanation: str, items: list[tuple[str, int]], batch: int, seed: int) -> Score:
+def _resolve(chat: Chat, by: str) -> str:
+    if by not in SCORING:
+        raise QwenscopeError(f"unknown scoring {by!r}; choose from {', '.join(SCORING)}")
+    has = callable(getattr(chat, "yes_probability", None))
+    if by == "logprob" and not has:
+        raise QwenscopeError("logprob scoring needs a local model (HFChat); score an endpoint with by='list'")
+    return "logprob" if by == "auto" and has else ("list" if by == "auto" else by)
+
+
+def _score(
+    chat: Chat,
+    templates: tuple[str, str],
+    explanation: str,
+    items: list[tuple[str, int]],
+    batch: int,
+    seed: int,
+    by: str,
+) -> Score:
     if not explanation.strip():
         raise QwenscopeError("the explanation is empty; pass the text to score (or NULL_EXPLANATION for the floor)")
     if batch < 1:
         raise QwenscopeError(f"batch must be at least 1, got {batch}")
     random.Random(seed).shuffle(items)
+    if _resolve(chat, by) == "logprob":
+        one = templates[1]
+        prompts = [one.format(explanation=explanation.strip(), example=t) for t, _ in items]
+        p = chat.yes_probability(prompts)  # type: ignore[attr-defined]
+        labels = [y for _, y in items]
+        return _metrics(labels, [int(x > 0.5) for x in p], 0, _auroc(labels, p))
     truth: list[int] = []
     answers: list[int] = []
     failed = 0
     for start in range(0, len(items), batch):
         chunk = items[start : start + batch]
-        prompt = template.format(
+        prompt = templates[0].format(
             n=len(chunk), explanation=explanation.strip(), examples=_numbered([t for t, _ in chunk])
         )
-        got = parse_answers(llm(prompt), len(chunk))
+        got = parse_answers(chat.complete(prompt, max_tokens=64), len(chunk))
         if got is None:
             failed += len(chunk)
             logger.warning(
@@ -177,28 +232,30 @@ def _score(llm: LLM, template: str, explanation: str, items: list[tuple[str, int
 
 
 def score_detection(
-    llm: LLM,
+    chat: Chat,
     explanation: str,
     activating: Sequence[Example],
     others: Sequence[Example],
     *,
     batch: int = BATCH,
     seed: int = 0,
+    by: str = "auto",
 ) -> Score:
     """Detection (the module doc): how well the scorer, given ``explanation``, tells ``activating`` from ``others``."""
     if not activating or not others:
         raise QwenscopeError("detection needs activating and non-activating examples; pass both")
     items = [(e.text, 1) for e in activating] + [(e.text, 0) for e in others]
-    return _score(llm, DETECTION_PROMPT, explanation, items, batch, seed)
+    return _score(chat, (DETECTION_PROMPT, DETECTION_ONE), explanation, items, batch, seed, by)
 
 
 def score_fuzzing(
-    llm: LLM,
+    chat: Chat,
     explanation: str,
     activating: Sequence[Example],
     *,
     batch: int = BATCH,
     seed: int = 0,
+    by: str = "auto",
 ) -> Score:
     """Fuzzing (the module doc): half of ``activating`` marked at their most active tokens, half at as many random
     tokens (never exactly the right ones where another choice exists); can the scorer tell which?"""
@@ -218,40 +275,4 @@ def score_fuzzing(
         candidates = [j for j in range(len(e.tokens)) if j not in right] or list(range(len(e.tokens)))
         wrong = set(rng.sample(candidates, min(len(right), len(candidates))))
         items.append((e.marked(wrong), 0))
-    return _score(llm, FUZZING_PROMPT, explanation, items, batch, seed)
-
-
-def openai_llm(base_url: str, model: str, *, api_key: str | None = None, timeout: float = 120.0) -> LLM:
-    """A scorer on an OpenAI-compatible chat endpoint (``qwenscope serve`` included), greedy. An endpoint that does
-    not answer is one clear error that names the local fallback."""
-    import httpx
-
-    url = base_url.rstrip("/") + "/chat/completions"
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-
-    def ask(prompt: str) -> str:
-        body = {"model": model, "messages": [{"role": "user", "content": prompt}], "temperature": 0, "max_tokens": 64}
-        try:
-            response = httpx.post(url, json=body, headers=headers, timeout=timeout)
-        except httpx.HTTPError as e:
-            raise QwenscopeError(
-                f"the explainer endpoint {base_url} does not answer ({type(e).__name__}); start it (qwenscope serve) "
-                "or score with a local model: hf_llm(model, tokenizer)"
-            ) from None
-        if response.status_code != 200:
-            raise QwenscopeError(
-                f"the explainer endpoint {base_url} answered {response.status_code}: {response.text[:200]}"
-            )
-        return response.json()["choices"][0]["message"]["content"]
-
-    return ask
-
-
-def hf_llm(model: Any, tokenizer: Any, *, max_new_tokens: int = 64) -> LLM:
-    """A scorer on a local Hugging Face causal LM (through its chat template when it has one), greedy."""
-    from qwenscope.steer.generate import generate_text
-
-    def ask(prompt: str) -> str:
-        return generate_text(model, tokenizer, prompt, max_new_tokens=max_new_tokens)
-
-    return ask
+    return _score(chat, (FUZZING_PROMPT, FUZZING_ONE), explanation, items, batch, seed, by)

@@ -70,7 +70,12 @@ class EvalConfig:
     """autointerp: who explains and scores features: an OpenAI-compatible endpoint (http://.../v1, e.g. qwenscope
     serve), a model name or folder run locally, or empty: the evaluated model itself (offline, and weak)."""
     explainer_model: str = ""
-    """autointerp: the model name the endpoint serves (default: --model)."""
+    """autointerp: the model name the endpoint serves (default: --model); the scorer's too if it is an endpoint."""
+    scorer: str = ""
+    """autointerp: who scores the explanations (the forms of --explainer); empty: the explainer."""
+    interp_scoring: str = "auto"
+    """autointerp: how the scorer answers: list (ten examples per prompt, a JSON list, delphi's), logprob (one
+    example per prompt, p(yes) read from a local model: never unreadable, gives AUROC), auto (logprob if local)."""
     interp_features: int = 20
     """autointerp: features explained and scored per SAE (drawn among those that fire in the text)."""
     interp_examples: int = 50
@@ -92,6 +97,10 @@ class EvalConfig:
             raise QwenscopeError(f"--absorption-words must be at least 50, got {self.absorption_words}")
         if self.interp_features < 1 or self.interp_examples < 2:
             raise QwenscopeError("--interp-features must be at least 1 and --interp-examples at least 2")
+        if self.interp_scoring not in ("auto", "list", "logprob"):
+            raise QwenscopeError(f"--interp-scoring is auto, list or logprob, got {self.interp_scoring!r}")
+        if self.interp_scoring == "logprob" and (self.scorer or self.explainer).startswith(("http://", "https://")):
+            raise QwenscopeError("--interp-scoring logprob needs a local scorer; pass --scorer <model> or use list")
         if self.probe_pooling not in ("last", "mean"):
             raise QwenscopeError(f"--probe-pooling is last or mean, got {self.probe_pooling!r}")
         try:
@@ -166,13 +175,16 @@ def run_eval(cfg: EvalConfig, texts: Iterable[str] | None = None) -> dict[str, A
             tokenizer,
             saes,
             _texts(cfg) if texts is None else texts,
-            _explainer(cfg, model, tokenizer),
+            _chat(cfg, cfg.explainer, model, tokenizer),
+            scorer=_chat(cfg, cfg.scorer, model, tokenizer) if cfg.scorer else None,
+            by=cfg.interp_scoring,
             n_features=cfg.interp_features,
             n_examples=cfg.interp_examples,
             baseline=baseline,
             seed=cfg.seed,
         )
         results["autointerp"]["explainer"] = cfg.explainer or f"{cfg.model} (the evaluated model, locally)"
+        results["autointerp"]["scorer"] = cfg.scorer or results["autointerp"]["explainer"]
     if "core" in cfg.suites:
         results.update(_core(cfg, model, tokenizer, saes, texts))
         if baseline:
@@ -201,19 +213,22 @@ def _texts(cfg: EvalConfig) -> Iterable[str]:
     return iter_texts(cfg.dataset, split=split)
 
 
-def _explainer(cfg: EvalConfig, model: Any, tokenizer: Any):
-    from qwenscope.evaluate.autointerp import hf_llm, openai_llm
+def _chat(cfg: EvalConfig, source: str, model: Any, tokenizer: Any) -> Any:
+    """The explainer or scorer named by ``source`` (the --explainer forms); an endpoint is checked at once."""
+    from qwenscope.models.chat import HFChat, OpenAIChat
 
-    if cfg.explainer.startswith(("http://", "https://")):
-        return openai_llm(cfg.explainer, cfg.explainer_model or cfg.model)
-    if cfg.explainer:
+    if source.startswith(("http://", "https://")):
+        chat = OpenAIChat(source, cfg.explainer_model or cfg.model, timeout=120.0)
+        chat.check("pass a local model (--explainer <name or folder>) or none (the evaluated model)", "explainer")
+        return chat
+    if source:
         from qwenscope.models.load import load_model
 
-        return hf_llm(*load_model(cfg.explainer, device=cfg.device))
+        return HFChat(*load_model(source, device=cfg.device))
     logger.warning(
         "autointerp: the evaluated model explains and scores its own features (pass --explainer for a stronger one)"
     )
-    return hf_llm(model, tokenizer)
+    return HFChat(model, tokenizer)
 
 
 def _core(cfg: EvalConfig, model: Any, tokenizer: Any, saes: dict[str, Any], texts: Iterable[str] | None):

@@ -1,14 +1,16 @@
 """The auto-interpretability suite: explain sampled features of an SAE and score the explanations.
 
-    result = autointerp_suite(model, tokenizer, {"resid_post.15": sae}, texts, llm, n_features=20)
+    result = autointerp_suite(model, tokenizer, {"resid_post.15": sae}, texts, HFChat(model, tokenizer))
 
 For each hookpoint: one pass over ``texts`` packed into windows of ``window`` tokens finds, for ``n_features``
 features drawn (seeded) among those that fire in the pass, the ``n_examples`` windows where each fires most
 (``activating``) and as many windows where it does not fire at all (``others``, a seeded sample). The explainer
-(``llm``) reads the ten most activating windows with the feature's tokens marked and writes a one-line explanation;
-then ``score_detection`` and ``score_fuzzing`` (``qwenscope.evaluate.autointerp``) score it on all the examples, and
-the null floor scores ``NULL_EXPLANATION`` on the same examples. Position 0 of each window is left out (the
-attention sink). Means over features; with ``baseline``, the same for a random-weight SAE of the same shape.
+(a ``qwenscope.models.chat`` client) reads the ten most activating windows with the feature's tokens marked and
+writes a one-line explanation; then ``score_detection`` and ``score_fuzzing`` (``qwenscope.evaluate.autointerp``,
+asked ``by`` list or logprob) score it on all the examples with the ``scorer`` (the explainer unless given), and the
+null floor scores ``NULL_EXPLANATION`` on the same examples. Position 0 of each window is left out (the attention
+sink). The residuals of the windows are read once per hookpoint and shared by the SAE and its baseline. Means over
+features; with ``baseline``, the same for a random-weight SAE of the same shape.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from qwenscope.errors import QwenscopeError
-from qwenscope.evaluate.autointerp import LLM, NULL_EXPLANATION, Example, score_detection, score_fuzzing
+from qwenscope.evaluate.autointerp import NULL_EXPLANATION, Example, _resolve, score_detection, score_fuzzing
 from qwenscope.features.text import token_text
 from qwenscope.models.capture import get_activations
+from qwenscope.models.chat import Chat
 from qwenscope.models.hookpoints import check_sae_fits
 from qwenscope.sae.model import Sae
 from qwenscope.sae.random import random_like
@@ -52,18 +56,18 @@ def collect_examples(
     n_examples: int,
     seed: int = 0,
     batch_size: int = 16,
+    resid: torch.Tensor | None = None,
 ) -> dict[int, tuple[list[Example], list[Example]]]:
     """feature -> (activating examples, most active first; non-activating examples) (the module doc); empty when no
-    feature fires in some windows and not in others."""
-    device = next(model.parameters()).device
+    feature fires in some windows and not in others. ``resid`` (``window_residuals``) skips the model's forwards."""
+    if resid is None:
+        resid = window_residuals(model, hookpoint, windows, batch_size)
 
     def codes(rows: list[int]):
         """(rows, their codes (b, window, d_sae) float32, position 0 zeroed), a batch at a time."""
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
-            ids = torch.tensor([windows[r] for r in chunk], device=device)
-            h = get_activations(model, ids, [hookpoint])[hookpoint]
-            code = sae.encode(h.to(sae.device, sae.dtype)).float()
+            code = sae.encode(resid[chunk].to(sae.device, sae.dtype)).float()
             code[:, 0] = 0  # the attention sink
             yield chunk, code
 
@@ -95,13 +99,24 @@ def collect_examples(
     return out
 
 
-def explain(llm: LLM, activating: list[Example], n: int = 10) -> str:
+def window_residuals(model: nn.Module, hookpoint: str, windows: list[list[int]], batch_size: int = 16) -> torch.Tensor:
+    """(windows, window, d) on the CPU: the activations at ``hookpoint`` of every window, in the model's dtype."""
+    device = next(model.parameters()).device
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(windows), batch_size):
+            ids = torch.tensor(windows[start : start + batch_size], device=device)
+            out.append(get_activations(model, ids, [hookpoint])[hookpoint].cpu())
+    return torch.cat(out)
+
+
+def explain(chat: Chat, activating: list[Example], n: int = 10) -> str:
     """The explainer's one-line explanation from the ``n`` most activating examples, marked where they peak."""
     shown = []
     for e in activating[:n]:
         top = max(e.acts)
         shown.append(e.marked({i for i, a in enumerate(e.acts) if a > 0 and a >= 0.5 * top}))
-    answer = llm(EXPLAIN_PROMPT.format(examples="\n".join(f"- {t}" for t in shown)))
+    answer = chat.complete(EXPLAIN_PROMPT.format(examples="\n".join(f"- {t}" for t in shown)), max_tokens=48)
     line = next((s.strip() for s in answer.splitlines() if s.strip()), "")
     return line or NULL_EXPLANATION
 
@@ -111,26 +126,28 @@ def _mean(scores: list[dict[str, Any]], key: str) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def _one_sae(model, tokenizer, sae, hp, windows, llm, n_features, n_examples, seed) -> dict[str, Any]:
+def _one_sae(model, tokenizer, sae, hp, windows, resid, chats, n_features, n_examples, seed, by) -> dict[str, Any]:
+    explainer, scorer = chats
     examples = collect_examples(
-        model, tokenizer, sae, hp, windows, n_features=n_features, n_examples=n_examples, seed=seed
+        model, tokenizer, sae, hp, windows, n_features=n_features, n_examples=n_examples, seed=seed, resid=resid
     )
     features: dict[str, dict[str, Any]] = {}
-    for f, (activating, others) in examples.items():
-        explanation = explain(llm, activating)
+    for f, (activating, others) in tqdm(examples.items(), desc=f"autointerp {hp}", leave=False):
+        explanation = explain(explainer, activating)
+        kw = {"seed": seed, "by": by}
         features[str(f)] = {
             "explanation": explanation,
             "n_activating": len(activating),
             "n_others": len(others),
-            "detection": score_detection(llm, explanation, activating, others, seed=seed).to_dict(),
-            "detection_null": score_detection(llm, NULL_EXPLANATION, activating, others, seed=seed).to_dict(),
-            "fuzzing": score_fuzzing(llm, explanation, activating, seed=seed).to_dict(),
-            "fuzzing_null": score_fuzzing(llm, NULL_EXPLANATION, activating, seed=seed).to_dict(),
+            "detection": score_detection(scorer, explanation, activating, others, **kw).to_dict(),
+            "detection_null": score_detection(scorer, NULL_EXPLANATION, activating, others, **kw).to_dict(),
+            "fuzzing": score_fuzzing(scorer, explanation, activating, **kw).to_dict(),
+            "fuzzing_null": score_fuzzing(scorer, NULL_EXPLANATION, activating, **kw).to_dict(),
         }
     summary = {
-        f"{scorer}_{metric}": _mean([v[scorer] for v in features.values()], metric)
-        for scorer in ("detection", "detection_null", "fuzzing", "fuzzing_null")
-        for metric in ("balanced_accuracy", "f1")
+        f"{name}_{metric}": _mean([v[name] for v in features.values()], metric)
+        for name in ("detection", "detection_null", "fuzzing", "fuzzing_null")
+        for metric in ("balanced_accuracy", "f1", "auroc")
     }
     return {"features": features, "summary": summary}
 
@@ -140,8 +157,10 @@ def autointerp_suite(
     tokenizer,
     saes: Mapping[str, Sae],
     texts: Iterable[str],
-    llm: LLM,
+    explainer: Chat,
     *,
+    scorer: Chat | None = None,
+    by: str = "auto",
     n_features: int = 20,
     n_examples: int = 50,
     window: int = 32,
@@ -166,14 +185,17 @@ def autointerp_suite(
         raise QwenscopeError(
             f"{len(windows)} windows of {window} tokens; need at least {2 * n_examples}: pass more text"
         )
+    chats = (explainer, scorer or explainer)
     out: dict[str, Any] = {}
     for hp, sae in saes.items():
-        out[hp] = _one_sae(model, tokenizer, sae, hp, windows, llm, n_features, n_examples, seed)
+        resid = window_residuals(model, hp, windows)
+        args = (windows, resid, chats, n_features, n_examples, seed, by)
+        out[hp] = _one_sae(model, tokenizer, sae, hp, *args)
         if not out[hp]["features"]:
             raise QwenscopeError(f"no feature of the SAE at {hp} fires in some of the texts and not in others")
         if baseline:
-            out[hp]["random"] = _one_sae(
-                model, tokenizer, random_like(sae, seed), hp, windows, llm, n_features, n_examples, seed
-            )
+            out[hp]["random"] = _one_sae(model, tokenizer, random_like(sae, seed), hp, *args)
         logger.info("autointerp at %s: %s", hp, out[hp]["summary"])
-    return {"n_windows": len(windows), "window": window, "n_examples": n_examples, "hookpoints": out}
+    scoring = _resolve(chats[1], by)
+    summary = {"n_windows": len(windows), "window": window, "n_examples": n_examples, "scoring": scoring}
+    return summary | {"hookpoints": out}

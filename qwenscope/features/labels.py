@@ -14,19 +14,17 @@ the balanced accuracy over the feature's own top contexts (positives) and other 
 from __future__ import annotations
 
 import logging
-import os
 import random
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
 
-import torch
 from tqdm.auto import tqdm
 
 from qwenscope.errors import QwenscopeError
 from qwenscope.features.store import Context, FeatureInfo, FeatureStore
 from qwenscope.features.text import join_pieces, piece_at
+from qwenscope.models.chat import Chat, HFChat, OpenAIChat, says_yes, strip_thinking
 
 logger = logging.getLogger(__name__)
 
@@ -34,65 +32,20 @@ SYSTEM = "You label features of a language model's sparse autoencoder. Answer te
 _MAX_LABEL_CHARS = 80
 
 
-class Labeller(Protocol):
-    def complete(self, prompt: str, max_tokens: int = 40) -> str:
-        """The model's answer to one user message."""
-        ...
+Labeller = Chat
+"""Anything with ``complete(prompt, max_tokens)``: ``qwenscope.models.chat``'s clients."""
 
 
-class OpenAILabeller:
-    """Any OpenAI-compatible ``/v1/chat/completions`` endpoint (vLLM, llama.cpp, Ollama, OpenAI ...), via httpx.
+class OpenAILabeller(OpenAIChat):
+    """An OpenAI-compatible endpoint (``qwenscope.models.chat.OpenAIChat``) with the labelling system prompt."""
 
-    ``base_url`` ends in ``/v1``; ``api_key`` defaults to ``$OPENAI_API_KEY`` (none is sent if neither is set).
-    """
-
-    def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout: float = 60.0) -> None:
-        import httpx
-
-        key = api_key or os.environ.get("OPENAI_API_KEY")
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model = model
-        self.client = httpx.Client(headers=headers, timeout=timeout)
-
-    def complete(self, prompt: str, max_tokens: int = 40) -> str:
-        import httpx
-
-        body = {
-            "model": self.model,
-            "temperature": 0,
-            "max_tokens": max_tokens,
-            "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}],
-        }
-        try:
-            response = self.client.post(self.url, json=body)
-            response.raise_for_status()
-            return str(response.json()["choices"][0]["message"]["content"] or "")
-        except httpx.HTTPError as error:
-            raise QwenscopeError(f"the labeller at {self.url} failed ({error}); check the URL, model and key") from None
-        except (KeyError, IndexError, TypeError, ValueError):
-            raise QwenscopeError(f"{self.url} did not answer like /v1/chat/completions; check the base URL") from None
+    system = SYSTEM
 
 
-class HFLabeller:
-    """A local Hugging Face causal LM, greedy, prompted through its chat template when it has one."""
+class HFLabeller(HFChat):
+    """A local HF causal LM (``qwenscope.models.chat.HFChat``) with the labelling system prompt."""
 
-    def __init__(self, model: Any, tokenizer: Any) -> None:
-        self.model, self.tokenizer = model, tokenizer
-
-    @torch.no_grad()
-    def complete(self, prompt: str, max_tokens: int = 40) -> str:
-        tok = self.tokenizer
-        if getattr(tok, "chat_template", None):
-            messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
-            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            batch = tok(text, return_tensors="pt", add_special_tokens=False)
-        else:
-            batch = tok(f"{SYSTEM}\n\n{prompt}\n", return_tensors="pt")
-        batch = {k: v.to(self.model.device) for k, v in batch.items()}
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        out = self.model.generate(**batch, max_new_tokens=max_tokens, do_sample=False, pad_token_id=pad)
-        return str(tok.decode(out[0, batch["input_ids"].shape[1] :], skip_special_tokens=True))
+    system = SYSTEM
 
 
 # ---------------------------------------------------------------- prompts
@@ -115,7 +68,7 @@ def label_prompt(info: FeatureInfo, n_contexts: int = 8) -> str:
 
 def clean_label(answer: str) -> str:
     """The first non-empty line of an answer, without quotes, 'Label:' prefixes or thinking blocks."""
-    answer = re.sub(r"<think>.*?</think>", "", answer, flags=re.S)
+    answer = strip_thinking(answer)
     line = next((ln.strip() for ln in answer.splitlines() if ln.strip()), "")
     line = re.sub(r"^(label|answer)\s*:\s*", "", line.strip(" \"'`*."), flags=re.I)
     return line.strip(" \"'`*.")[:_MAX_LABEL_CHARS]
@@ -144,8 +97,7 @@ def applies(labeller: Labeller, label: str, text: str) -> bool:
         f"Feature description: {label}\nText: {text!r}\n"
         "Does the description apply to some part of the text? Answer yes or no."
     )
-    answer = re.sub(r"<think>.*?</think>", "", labeller.complete(prompt, max_tokens=5), flags=re.S)
-    return answer.strip().lower().lstrip("\"'*").startswith("yes")
+    return says_yes(labeller.complete(prompt, max_tokens=5))
 
 
 def detection_score(labeller: Labeller, label: str, positives: Sequence[str], negatives: Sequence[str]) -> float:

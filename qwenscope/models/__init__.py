@@ -3,6 +3,7 @@ log-likelihood. Never re-implements a model."""
 
 from qwenscope.models.batching import pad_ids, pad_rows
 from qwenscope.models.capture import capture, get_activations, hooked
+from qwenscope.models.chat import Chat, HFChat, OpenAIChat, says_yes, strip_thinking
 from qwenscope.models.head import final_norm, output_head, unembed
 from qwenscope.models.hookpoints import Hook, check_sae_fits, resolve_hookpoint, resolve_hookpoints
 from qwenscope.models.load import EMBEDDED, cache_dir, load_model, model_fingerprint, model_name
@@ -12,8 +13,11 @@ from qwenscope.models.splice import splice
 
 __all__ = [
     "EMBEDDED",
+    "Chat",
+    "HFChat",
     "Hook",
     "ModelAndSaes",
+    "OpenAIChat",
     "cache_dir",
     "capture",
     "check_sae_fits",
@@ -34,7 +38,9 @@ __all__ = [
     "resolve_hookpoints",
     "row_sums",
     "sae_pairs",
+    "says_yes",
     "splice",
+    "strip_thinking",
     "token_logprobs",
     "unembed",
 ]

@@ -12,8 +12,14 @@ from qwenscope.evaluate.interp import autointerp_suite
 WORDS = ["cat", "sat", "mat", "dog", "run", "sun", "hat", "pen", "cup", "box"]
 
 
-def keyword_llm(prompt: str) -> str:
-    """Explains by the marked strings; scores 1 where an example holds a word of the explanation."""
+class KeywordChat:
+    """Explains by the marked strings; scores 1 where an example holds a word of the explanation (list answers)."""
+
+    def complete(self, prompt: str, max_tokens: int = 40) -> str:
+        return keyword_answer(prompt)
+
+
+def keyword_answer(prompt: str) -> str:
     if prompt.startswith("Here are text examples"):
         return " ".join(sorted({m.strip() for m in re.findall(r"<<(.*?)>>", prompt)}))
     explanation = re.search(r"^Explanation: (.*)$", prompt, re.M).group(1)
@@ -41,7 +47,7 @@ def test_a_planted_feature_is_explained_and_scored_above_its_null_floor():
         sae.b_enc.fill_(-1e6)
         sae.b_enc[0] = -mid
     out = autointerp_suite(
-        model, tokenizer, {"resid_post.0": sae}, texts, keyword_llm, n_features=3, n_examples=10, window=16
+        model, tokenizer, {"resid_post.0": sae}, texts, KeywordChat(), n_features=3, n_examples=10, window=16
     )
     res = out["hookpoints"]["resid_post.0"]
     assert list(res["features"]) == ["0"]  # the only live feature

@@ -159,6 +159,8 @@ def test_run_eval_suites_probing_and_random(tmp_path, monkeypatch, llama, identi
         ({"suite": "autointerp", "dataset": ""}, "the autointerp suite evaluates on text: pass --dataset"),
         ({"suite": "absorption", "absorption_words": 10}, "--absorption-words must be at least 50"),
         ({"suite": "autointerp", "interp_examples": 1}, "--interp-examples at least 2"),
+        ({"suite": "autointerp", "interp_scoring": "votes"}, "--interp-scoring is auto, list or logprob, got 'votes'"),
+        ({"explainer": "http://h/v1", "interp_scoring": "logprob"}, "logprob needs a local scorer; pass --scorer"),
     ],
 )
 def test_suite_options_are_checked_in_one_line(bad, match):
@@ -184,7 +186,11 @@ def test_run_eval_autointerp_suite_with_the_local_explainer(tmp_path, monkeypatc
     results = run_eval(cfg)
     block = results["autointerp"]["hookpoints"]["resid_post.1"]
     assert len(block["features"]) == 2 and "random" in block
-    for feature in block["features"].values():  # a random tiny model writes no JSON list: failed, never guessed
-        assert feature["detection"]["n"] + feature["detection"]["failed"] == 6
-    assert results["autointerp"]["explainer"] == "tiny (the evaluated model, locally)"
+    for feature in block["features"].values():  # a local scorer answers by p(yes): every example is scored
+        assert (feature["detection"]["n"], feature["detection"]["failed"]) == (6, 0)
+        assert 0 <= feature["detection"]["auroc"] <= 1 and 0 <= feature["fuzzing_null"]["auroc"] <= 1
+    assert (
+        results["autointerp"]["explainer"] == results["autointerp"]["scorer"] == "tiny (the evaluated model, locally)"
+    )
+    assert results["autointerp"]["scoring"] == "logprob"
     assert json.loads((tmp_path / "out" / "eval.json").read_text()) == results

@@ -15,7 +15,6 @@ Each returns ``Target`` records, best first.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -29,12 +28,12 @@ from qwenscope.features import (
     EncodeConfig,
     FeatureStore,
     Labeller,
-    OpenAILabeller,
     by_label,
     context_text,
     encode_texts,
     rank_features,
 )
+from qwenscope.models import OpenAIChat, says_yes
 
 logger = logging.getLogger(__name__)
 
@@ -139,29 +138,10 @@ def judge_prompt(description: str, label: str | None, contexts: Sequence[str]) -
     return "\n".join(lines)
 
 
-def yes(answer: str) -> bool:
-    answer = re.sub(r"<think>.*?</think>", "", answer, flags=re.S)
-    return answer.strip().lower().lstrip("\"'*").startswith("yes")
-
-
 def check_judge(labeller: Labeller) -> None:
     """One line naming the fallback when an OpenAI-compatible judge endpoint cannot be reached."""
-    if not isinstance(labeller, OpenAILabeller):
-        return
-    import httpx
-
-    body = {"model": labeller.model, "max_tokens": 1, "messages": [{"role": "user", "content": "Say yes."}]}
-    try:
-        labeller.client.post(labeller.url, json=body).raise_for_status()
-    except httpx.HTTPStatusError as e:
-        raise QwenscopeError(
-            f"the judge endpoint {labeller.url} answered HTTP {e.response.status_code}; check "
-            f"--judge-url and --judge-model, or {FALLBACK}"
-        ) from None
-    except httpx.HTTPError as e:
-        raise QwenscopeError(
-            f"the judge endpoint {labeller.url} is unreachable ({type(e).__name__}); {FALLBACK}"
-        ) from None
+    if isinstance(labeller, OpenAIChat):
+        labeller.check(FALLBACK, "judge")
 
 
 def judge_inventory(
@@ -187,7 +167,7 @@ def judge_inventory(
         if not contexts:
             continue  # never fired in the store: nothing to judge it by
         answer = labeller.complete(judge_prompt(description, info.label, contexts), max_tokens=5)
-        if yes(answer):
+        if says_yes(answer):
             out.append(Target(hookpoint, i, 1.0, f"judge: yes ({info.label or 'no label'})"))
     logger.info("judge inventory: %d of %d candidates detect %r", len(out), len(candidates), description)
     return out
