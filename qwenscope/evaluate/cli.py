@@ -150,6 +150,12 @@ def run_eval(cfg: EvalConfig, texts: Iterable[str] | None = None) -> dict[str, A
     parts = load_model_and_saes(cfg.model, cfg.sae, cfg.hookpoints, k=cfg.k, device=cfg.device)
     model, tokenizer, saes = parts.model, parts.tokenizer, parts.saes
     baseline = "random" in cfg.suites
+    chats = None
+    if "autointerp" in cfg.suites:  # before any suite runs: an endpoint that does not answer fails at once
+        chats = (
+            _chat(cfg, cfg.explainer, model, tokenizer),
+            _chat(cfg, cfg.scorer, model, tokenizer) if cfg.scorer else None,
+        )
     results: dict[str, Any] = {"model": cfg.model, "dataset": cfg.dataset or None, "config": asdict(cfg)}
     if "probing" in cfg.suites:
         from qwenscope.evaluate.probing import Pooling, load_task, resolve_tasks, sparse_probing
@@ -167,7 +173,7 @@ def run_eval(cfg: EvalConfig, texts: Iterable[str] | None = None) -> dict[str, A
         results["absorption"] = absorption(
             model, tokenizer, saes, n_words=cfg.absorption_words, baseline=baseline, seed=cfg.seed
         )
-    if "autointerp" in cfg.suites:
+    if chats is not None:
         from qwenscope.evaluate.interp import autointerp_suite
 
         results["autointerp"] = autointerp_suite(
@@ -175,8 +181,8 @@ def run_eval(cfg: EvalConfig, texts: Iterable[str] | None = None) -> dict[str, A
             tokenizer,
             saes,
             _texts(cfg) if texts is None else texts,
-            _chat(cfg, cfg.explainer, model, tokenizer),
-            scorer=_chat(cfg, cfg.scorer, model, tokenizer) if cfg.scorer else None,
+            chats[0],
+            scorer=chats[1],
             by=cfg.interp_scoring,
             n_features=cfg.interp_features,
             n_examples=cfg.interp_examples,

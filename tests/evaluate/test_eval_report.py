@@ -194,3 +194,26 @@ def test_run_eval_autointerp_suite_with_the_local_explainer(tmp_path, monkeypatc
     )
     assert results["autointerp"]["scoring"] == "logprob"
     assert json.loads((tmp_path / "out" / "eval.json").read_text()) == results
+
+
+def test_an_explainer_endpoint_that_does_not_answer_is_one_line_naming_the_fallback(
+    tmp_path, monkeypatch, llama, identity_sae, zero_sae
+):
+    from tiny_models import make_byte_tokenizer
+
+    monkeypatch.setattr(model_load, "load_model", lambda name, device="cpu", dtype=None: (llama, make_byte_tokenizer()))
+    save_inputs(tmp_path, identity_sae, zero_sae)
+    cfg = EvalConfig(
+        sae=str(tmp_path / "sae1"),
+        dataset=str(tmp_path / "text.txt"),
+        model="tiny",
+        out=str(tmp_path / "out"),
+        suite="autointerp",
+        explainer="http://127.0.0.1:9/v1",  # port 9: nothing listens
+    )
+    with pytest.raises(QwenscopeError) as err:
+        run_eval(cfg)
+    msg = str(err.value)
+    assert "explainer endpoint http://127.0.0.1:9/v1" in msg and "unreachable" in msg and "\n" not in msg
+    assert "pass a local model (--explainer <name or folder>) or none (the evaluated model)" in msg
+    assert not (tmp_path / "out" / "eval.json").exists()
