@@ -114,15 +114,13 @@ def format_absorption(result: dict[str, Any]) -> str:
 
 
 def format_autointerp(interp: dict[str, Any]) -> str:
-    """Mean detection and fuzzing balanced accuracy per hookpoint, beside their null floors (and random weights)."""
-    keys = (
-        "detection_balanced_accuracy",
-        "detection_null_balanced_accuracy",
-        "fuzzing_balanced_accuracy",
-        "fuzzing_null_balanced_accuracy",
-    )
+    """Mean detection and fuzzing scores per hookpoint beside their null floors (and random weights): AUROC of p(yes)
+    when the scorer answered by logprob, else balanced accuracy."""
+    metric = "auroc" if interp.get("scoring") == "logprob" else "balanced_accuracy"
+    keys = [f"{name}_{metric}" for name in ("detection", "detection_null", "fuzzing", "fuzzing_null")]
     lines = [
-        f"auto-interpretability ({interp.get('explainer', '?')}): balanced accuracy, mean over features",
+        f"auto-interpretability (explainer {interp.get('explainer', '?')}, scorer {interp.get('scorer', '?')}): "
+        f"{metric.replace('_', ' ')}, mean over features",
         f"{'hookpoint':<24}{'detection':>11}{'null':>7}{'fuzzing':>9}{'null':>7}",
     ]
     for name, part, _ in _suite_rows(interp):

@@ -217,3 +217,17 @@ def test_an_explainer_endpoint_that_does_not_answer_is_one_line_naming_the_fallb
     assert "explainer endpoint http://127.0.0.1:9/v1" in msg and "unreachable" in msg and "\n" not in msg
     assert "pass a local model (--explainer <name or folder>) or none (the evaluated model)" in msg
     assert not (tmp_path / "out" / "eval.json").exists()
+
+
+def test_the_autointerp_table_shows_auroc_for_logprob_scoring_and_balanced_accuracy_for_lists():
+    from qwenscope.evaluate.report import format_autointerp
+
+    summary = {f"{n}_{m}": 0.5 for n in ("detection", "detection_null", "fuzzing", "fuzzing_null") for m in ("f1",)}
+    summary |= {"detection_auroc": 0.812, "detection_null_auroc": 0.5, "fuzzing_auroc": 0.61, "fuzzing_null_auroc": 0.5}
+    summary |= {"detection_balanced_accuracy": 0.7, "detection_null_balanced_accuracy": 0.5}
+    summary |= {"fuzzing_balanced_accuracy": 0.6, "fuzzing_null_balanced_accuracy": 0.5}
+    block = {"explainer": "e", "scorer": "s", "hookpoints": {"resid_post.1": {"summary": summary}}}
+    by_logprob = format_autointerp(block | {"scoring": "logprob"})
+    assert "auroc, mean over features" in by_logprob and "0.812" in by_logprob and "0.700" not in by_logprob
+    by_list = format_autointerp(block | {"scoring": "list"})
+    assert "balanced accuracy, mean over features" in by_list and "0.700" in by_list and "0.812" not in by_list
