@@ -20,7 +20,14 @@ Detection, on held-out texts (``detection_texts.DETECTION``, 10 + 10 per concept
 contrastive feature's largest activation over a text's tokens, of the projection of the text's mean residual on the
 difference-in-means direction, and of a logistic probe on the mean residual trained on the search texts.
 
+With ``--judge URL --judge-model NAME`` (an OpenAI-compatible endpoint), an LLM judge also rates every generation
+(``qwenscope.steer.judge``: concept, instruction and fluency from 0 to 2, and their harmonic mean), the instruction
+being the prompt without the prompting method's addition; each row gets the means and the unreadable count under
+``judge``, each method a ``best_by_judge`` row (the highest mean harmonic, lowest alpha on ties).
+
     .venv/bin/python experiments/steering_baselines/steer_baselines.py [--concepts sea,music] [--n-prompts 50]
+    .venv/bin/python experiments/steering_baselines/steer_baselines.py --judge http://127.0.0.1:8000/v1 \
+        --judge-model Qwen/Qwen3-8B
 
 Writes experiments/steering_baselines/results/steer_baselines.json (merged by concept) and a PNG.
 """
@@ -37,11 +44,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from qwenscope.errors import QwenscopeError
 from qwenscope.experiment import load_script, set_threads, write_result
 from qwenscope.features import EncodeConfig, diff_in_means, encode_texts
 from qwenscope.features.search import contrastive, effect_ranked
-from qwenscope.models import load_model_and_saes
+from qwenscope.models import OpenAIChat, load_model_and_saes
+from qwenscope.models.chat import Chat
 from qwenscope.sae import direction_sae
+from qwenscope.steer.judge import judge_generations, mean_ratings
 from qwenscope.steer.strength import steering_unit
 from qwenscope.steer.sweep import sweep_choices
 
@@ -52,6 +62,17 @@ _steer_concepts = load_script(HERE.parent / "steering_concepts" / "steer_concept
 _texts = load_script(HERE / "detection_texts.py")
 CONCEPTS, PROMPTS = _concepts.CONCEPTS, _concepts.PROMPTS
 METHODS = ("effect", "contrastive", "diffmeans", "sae_combo")
+JUDGE_CONCEPTS = {
+    "sea": "the sea (oceans, waves, ships, beaches)",
+    "music": "music (songs, instruments, melodies)",
+    "space": "outer space (stars, planets, rockets)",
+    "food": "food and cooking",
+    "dogs": "dogs",
+    "french": "the French language (the text is written in French)",
+}
+"""What the LLM judge is told each concept is."""
+N_EXAMPLES = 3
+"""Generations kept per strength in the result file."""
 
 
 def directions(concept, model, tokenizer, sae, hook: str, unit: float, candidates: int) -> tuple[dict, dict]:
@@ -130,6 +151,7 @@ def run_concept(concept, args) -> dict[str, Any]:
     prompts = list(PROMPTS[kind][: args.n_prompts])
     chat = kind == "instructions" and bool(getattr(tokenizer, "chat_template", None))
     common = {"max_new_tokens": args.max_new_tokens, "chat": chat, "hookpoint": hook, "batch_size": args.batch_size}
+    common["n_examples"] = len(prompts) if args.judge_chat else N_EXAMPLES  # the judge reads every generation
     rows = sweep_choices(
         model,
         tokenizer,
@@ -163,16 +185,53 @@ def run_concept(concept, args) -> dict[str, Any]:
         result[method] = {"rows": dicts, "best": _steer_concepts.best_row(dicts, args.cap)}
     result["prompting"] = {"instruction": instruction, "best": prompted[0].to_dict()}
     result["unsteered"] = {k: rows[0][0].to_dict()[k] for k in ("rate", "perplexity")}
+    if args.judge_chat is not None:
+        judge_result(args.judge_chat, JUDGE_CONCEPTS.get(concept.name, concept.name), prompts, result)
     result["detection_auroc"] = detection(concept, model, tokenizer, sae, hook, dirs, chosen)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     return result
 
 
+def judge_result(chat: Chat, concept: str, prompts: list[str], result: dict[str, Any]) -> None:
+    """Rate every row's generations (its ``examples``, one per prompt) by the LLM judge, in place: each row gets
+    ``judge`` (``mean_ratings``), each method ``best_by_judge``, ``result["judge"]`` the answer counts; then the
+    examples are cut to ``N_EXAMPLES`` as without the judge. Generations shared by rows (alpha 0) are judged once."""
+    rows = [row for m in METHODS for row in result[m]["rows"]] + [result["prompting"]["best"]]
+    judged: dict[tuple[str, ...], dict[str, Any]] = {}
+    for row in rows:
+        texts = tuple(row["examples"])
+        if texts not in judged:
+            judged[texts] = mean_ratings(judge_generations(chat, concept, zip(prompts, texts), progress=True))
+        row["judge"] = judged[texts]
+        row["examples"] = row["examples"][:N_EXAMPLES]
+    for m in METHODS:
+        result[m]["best_by_judge"] = max(result[m]["rows"], key=_judge_key)
+    result["judge"] = {
+        "concept": concept,
+        "answers": 3 * sum(j["n"] for j in judged.values()),
+        "unreadable": sum(j["unreadable"] for j in judged.values()),
+    }
+
+
+def _judge_key(row: dict[str, Any]) -> tuple[float, float]:
+    """Highest mean harmonic first (none readable ranks last), then the lowest alpha."""
+    harmonic = row["judge"]["harmonic"]
+    return (-1.0 if harmonic is None else harmonic, -row["alpha"])
+
+
 def summary(results: dict[str, Any]) -> dict[str, Any]:
-    """Mean best rate per method; concepts where effect >= diffmeans; mean detection AUROC per detector."""
+    """Mean best rate per method; concepts where effect >= diffmeans; mean detection AUROC per detector; with the
+    judge, the mean harmonic at the best strength by judge per method over the judged concepts."""
     methods = [*METHODS, "prompting"]
     rates = {m: [r[m]["best"]["rate"] for r in results.values()] for m in methods}
     detectors = ("effect", "contrastive", "diffmeans", "probe")
+    judged = [r for r in results.values() if "judge" in r]
+    if judged:
+        best = {m: [r[m]["best_by_judge"]["judge"]["harmonic"] for r in judged] for m in METHODS}
+        best["prompting"] = [r["prompting"]["best"]["judge"]["harmonic"] for r in judged]
+        judge = {"mean_best_judge_harmonic": {m: _mean_known(v) for m, v in best.items()}, "judged": len(judged)}
+    else:
+        judge = {}
     return {
         "mean_best_rate": {m: float(np.mean(v)) for m, v in rates.items()},
         "effect_at_least_diffmeans": sum(
@@ -182,7 +241,30 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
         "mean_detection_auroc": {
             d: float(np.mean([r["detection_auroc"][d] for r in results.values()])) for d in detectors
         },
+        **judge,
     }
+
+
+def _mean_known(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return float(np.mean(known)) if known else None
+
+
+def print_judge_table(results: dict[str, Any]) -> None:
+    """Per judged concept and method: the mean harmonic at the best strength by judge, and that strength."""
+    judged = {name: r for name, r in results.items() if "judge" in r}
+    if not judged:
+        return
+    print("\nLLM judge: mean harmonic of concept, instruction and fluency (0-2) at the best strength by judge")
+    print(f"{'concept':<9}" + "".join(f"{m:>16}" for m in [*METHODS, "prompting"]) + f"{'unreadable':>14}")
+    for name, r in judged.items():
+        best = [r[m]["best_by_judge"] for m in METHODS] + [r["prompting"]["best"]]
+        cells = "".join(f"{_cell(b['judge']['harmonic']):>7} (α {b['alpha']:<4g})" for b in best)
+        print(f"{name:<9}{cells}{r['judge']['unreadable']:>8} / {r['judge']['answers']}")
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def print_table(results: dict[str, Any]) -> None:
@@ -242,17 +324,28 @@ def main() -> None:
     parser.add_argument("--cap", type=float, default=10.0, help="perplexity budget of a strength")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", default=str(RESULTS / "steer_baselines.json"))
+    parser.add_argument("--judge", metavar="URL", help="an OpenAI-compatible endpoint (.../v1) for the LLM judge")
+    parser.add_argument("--judge-model", metavar="NAME", help="the judge's model name at that endpoint")
     args = parser.parse_args()
+    if bool(args.judge) != bool(args.judge_model):
+        parser.error("--judge and --judge-model go together: the endpoint URL and the model name it serves")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     set_threads(args.threads)
     args.alphas = [float(a) for a in args.alphas.split(",")]
     args.setup = lambda c: _steer_concepts.DEFAULT_SETUP.get(c.name, _steer_concepts.ENGLISH_SETUP)
+    args.judge_chat = OpenAIChat(args.judge, args.judge_model) if args.judge else None
+    if args.judge_chat is not None:
+        try:
+            args.judge_chat.check("run without --judge to use the automatic scorers only", "judge")
+        except QwenscopeError as error:
+            parser.exit(1, f"error: {error}\n")
     out = Path(args.out)
     results = json.loads(out.read_text())["concepts"] if out.exists() else {}
     for name in args.concepts.split(","):
         results[name] = run_concept(CONCEPTS[name], args)
         write_result(out, {"cap": args.cap, "alphas": args.alphas, "concepts": results, "summary": summary(results)})
         print_table(results)
+        print_judge_table(results)
     plot(results, out.with_suffix(".png"))
     print(json.dumps(summary(results), indent=1))
 
