@@ -57,7 +57,7 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, positional: t
         tp = _base_type(hints[f.name])
         has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
         default = f.default if f.default is not dataclasses.MISSING else None
-        kw: dict[str, Any] = {"help": docs.get(f.name, ""), "dest": f.name}
+        kw: dict[str, Any] = {"help": docs.get(f.name, "").replace("%", "%%"), "dest": f.name}  # argparse formats
         if typing.get_origin(tp) is typing.Literal:
             kw["choices"], tp = list(typing.get_args(tp)), type(typing.get_args(tp)[0])
         if tp is bool:

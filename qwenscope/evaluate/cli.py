@@ -4,7 +4,8 @@ Suites (``--suite``, comma-separated): ``core`` (reconstruction, sparsity and wh
 ``qwenscope.data``: any source ``iter_texts`` reads, by default its held-out ``test`` split, so an SAE trained on a
 corpus is evaluated on documents it never saw), ``probing`` (k-sparse probing on the sae-probes tasks,
 ``qwenscope.evaluate.probing``) and ``random`` (each other suite also for a random-weight SAE of the same shape,
-``qwenscope.sae.random_like``, under the key ``random``).
+``qwenscope.sae.random_like``, under the key ``random``; the core suite evaluates them in the same pass as the
+trained SAEs, sharing the clean and zero-ablated forwards).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ class EvalConfig:
     """test (held out from training), train or all; auto: test for named corpora, all of a file you pass."""
     n_tokens: int = 16_384
     """Tokens to evaluate on (whole sequences, so possibly a few more). Each batch costs one forward plus, per
-    hookpoint, two forwards of the layers above it. Dead-feature counts need many more tokens than the losses do."""
+    hookpoint, two forwards of the layers above it (three with random). Dead-feature counts need many more tokens
+    than the losses do."""
     seq_len: int = 256
     """Tokens per sequence: the text is packed into chunks of this length."""
     batch_size: int = 8
@@ -191,11 +193,9 @@ def run_eval(cfg: EvalConfig, texts: Iterable[str] | None = None) -> dict[str, A
         )
         results["autointerp"]["explainer"] = cfg.explainer or f"{cfg.model} (the evaluated model, locally)"
         results["autointerp"]["scorer"] = cfg.scorer or results["autointerp"]["explainer"]
-    if "core" in cfg.suites:
-        results.update(_core(cfg, model, tokenizer, saes, texts))
-        if baseline:
-            randoms = {hp: random_like(sae, seed=cfg.seed) for hp, sae in saes.items()}
-            results["random"] = {"hookpoints": _core(cfg, model, tokenizer, randoms, texts)["hookpoints"]}
+    if "core" in cfg.suites:  # the random baselines in the same pass: results["random"]["hookpoints"]
+        randoms = {"random": {hp: random_like(sae, seed=cfg.seed) for hp, sae in saes.items()}} if baseline else None
+        results.update(_core(cfg, model, tokenizer, saes, texts, randoms))
     paths = write_report(results, cfg.out)
     if "hookpoints" in results:
         print(format_table(results))
@@ -237,7 +237,14 @@ def _chat(cfg: EvalConfig, source: str, model: Any, tokenizer: Any) -> Any:
     return HFChat(model, tokenizer)
 
 
-def _core(cfg: EvalConfig, model: Any, tokenizer: Any, saes: dict[str, Any], texts: Iterable[str] | None):
+def _core(
+    cfg: EvalConfig,
+    model: Any,
+    tokenizer: Any,
+    saes: dict[str, Any],
+    texts: Iterable[str] | None,
+    baselines: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     from qwenscope.data import chunk_tokens
     from qwenscope.evaluate.model_eval import evaluate_saes
 
@@ -251,6 +258,7 @@ def _core(cfg: EvalConfig, model: Any, tokenizer: Any, saes: dict[str, Any], tex
         n_tokens=cfg.n_tokens,
         skip_first=cfg.skip_first,
         dense_threshold=cfg.dense_threshold,
+        baselines=baselines,
     )
     if results["n_tokens"] < cfg.n_tokens:
         logger.warning("the dataset ran out after %d of %d tokens", results["n_tokens"], cfg.n_tokens)

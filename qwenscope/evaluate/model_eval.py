@@ -13,6 +13,18 @@ return the clean forward's recorded output (``models/partial.py``). Every forwar
 scored positions. The results are those of three full forwards, to float noise (bench/perf/reference_eval.py is
 that plain computation, the baseline bench/perf/eval.py times; the tests compare the two).
 
+Baselines (e.g. random-weight SAEs of the same shapes) at the same hookpoints ride along in the same pass: each
+costs its own spliced forward and its metrics on the clean capture, and shares the clean and zero-ablated forwards.
+
+    results = evaluate_saes(model, saes, chunks, baselines={"random": {"resid_post.3": random_like(sae3)}})
+    results["random"]["hookpoints"]["resid_post.3"]["ce_loss_recovered"]
+
+Each named set comes out as ``results[set] = {"hookpoints": {hookpoint: ...}}``, each result with the same
+fields as the main SAEs' (``ce_clean``, ``ce_zero`` and ``kl_div_zero`` are the main SAE's at that hookpoint); the
+top-level fields (``n_tokens``, ``explained_variance_definition`` ...) hold for them too. A set may cover only some
+of the hookpoints, and may not be named like a top-level field (``RESULT_KEYS``). Every figure, main and baseline,
+equals that of separate ``evaluate_saes`` calls bit for bit: the same batches through the same computations.
+
 | result              | meaning                                                                        |
 |---------------------|--------------------------------------------------------------------------------|
 | ``ce_clean``        | next-token cross-entropy of the unmodified model (nats per token)              |
@@ -59,9 +71,19 @@ from qwenscope.models.splice import splice
 from qwenscope.sae.model import Sae
 
 Tokens = Tensor | Iterable[Tensor]
+"""Token ids: an (n, seq) tensor, or an iterable of (seq,) or (b, seq) LongTensors (rows may differ in length)."""
 EV_DEFINITION = "1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 over the evaluated tokens (mean-centred)"
 """The explained-variance definition, written into every result beside the figures."""
-"""Token ids: an (n, seq) tensor, or an iterable of (seq,) or (b, seq) LongTensors (rows may differ in length)."""
+RESULT_KEYS = (
+    "n_sequences",
+    "n_tokens",
+    "skip_first",
+    "dense_threshold",
+    "ce_clean",
+    "explained_variance_definition",
+    "hookpoints",
+)
+"""The top-level keys of ``evaluate_saes``' result; a baseline set may not take one of these names."""
 
 
 @dataclass
@@ -168,14 +190,24 @@ class _Clean:
 
 
 @dataclass
-class _HookState:
+class _SaeState:
+    """One SAE at a hookpoint: its metrics and the losses with its reconstruction spliced in."""
+
     sae: Sae
-    hook: Hook
     metrics: SaeMetrics
+    zero: _Loss
+    """The hookpoint's zero-ablated losses, one object shared by every SAE there."""
+    spliced: _Loss = field(default_factory=_Loss)
+
+
+@dataclass
+class _HookState:
+    hook: Hook
     shared: int | None
     """The last decoder layer the edited forwards share with the clean one (``partial.shared_layer``)."""
-    spliced: _Loss = field(default_factory=_Loss)
-    zero: _Loss = field(default_factory=_Loss)
+    zero: _Loss
+    saes: dict[str | None, _SaeState]
+    """The SAEs evaluated here: None = the main one, else the baseline set's name."""
 
 
 def _check_layout(h: Tensor, keep: Tensor, name: str) -> None:
@@ -218,6 +250,35 @@ def _resolve_saes(model: nn.Module, saes: Mapping[str, Sae] | Sequence[Sae] | Sa
     return resolved
 
 
+def _resolve_baselines(
+    model: nn.Module, baselines: Mapping[str, Mapping[str, Sae]], hookpoints: Mapping[str, Any]
+) -> dict[str, dict[str, Sae]]:
+    """``{set name: {hook name: sae}}``, each SAE checked against the model and its hookpoint among ``hookpoints``."""
+    resolved: dict[str, dict[str, Sae]] = {}
+    for set_name, saes in baselines.items():
+        if not isinstance(set_name, str) or set_name in RESULT_KEYS:
+            raise QwenscopeError(
+                f"baseline set name {set_name!r} is taken or not a string; the results' own keys are "
+                f"{', '.join(RESULT_KEYS)}"
+            )
+        if not isinstance(saes, Mapping) or not saes:
+            raise QwenscopeError(f"baseline set {set_name!r} must be a non-empty dict {{hookpoint: sae}}")
+        resolved[set_name] = {}
+        for hookpoint, sae in saes.items():
+            if not isinstance(sae, Sae):
+                raise QwenscopeError(
+                    f"the {set_name!r} SAE for {hookpoint} is a {type(sae).__name__}, not a qwenscope Sae"
+                )
+            name = check_sae_fits(sae, model, hookpoint).name
+            if name not in hookpoints:
+                raise QwenscopeError(
+                    f"baseline set {set_name!r} has an SAE at {hookpoint}, which is not among the evaluated "
+                    f"hookpoints ({', '.join(hookpoints)}); a baseline shares the main SAE's forwards there"
+                )
+            resolved[set_name][name] = sae
+    return resolved
+
+
 @torch.no_grad()
 def _evaluate_batch(model: nn.Module, states: dict[str, _HookState], batch: Batch, clean: _Loss) -> None:
     shared = {st.shared for st in states.values() if st.shared is not None}
@@ -235,15 +296,21 @@ def _evaluate_batch(model: nn.Module, states: dict[str, _HookState], batch: Batc
         h = acts.pop(name)
         _check_layout(h, batch.keep, name)
         x = h[batch.keep.to(h.device)]  # (n_kept, d)
-        if x.shape[0] == 0:  # nothing replaced in this batch: both edited models are the clean one (KL 0)
-            st.spliced.add(clean_logp, targets, None)
+        if x.shape[0] == 0:  # nothing replaced in this batch: every edited model is the clean one (KL 0)
+            for run in st.saes.values():
+                run.spliced.add(clean_logp, targets, None)
             st.zero.add(clean_logp, targets, None)
             continue
-        out = st.sae(x.to(st.sae.device))
-        st.metrics.update(x, out.sae_out.to(x.device), out.top_acts, out.top_indices)
+        edits: list[tuple[Tensor | None, _Loss]] = []
+        for run in st.saes.values():
+            out = run.sae(x.to(run.sae.device))
+            run.metrics.update(x, out.sae_out.to(x.device), out.top_acts, out.top_indices)
+            edits.append((out.sae_out, run.spliced))
+            del out
         if targets.numel() == 0:  # nothing scored: the edited forwards would add nothing
             continue
-        for values, loss in ((out.sae_out, st.spliced), (None, st.zero)):
+        edits.append((None, st.zero))
+        for values, loss in edits:
             with ExitStack() as stack:
                 if st.shared is not None:
                     stack.enter_context(skip_layers(model, st.shared, outputs[st.shared]))
@@ -258,7 +325,7 @@ def _finite(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def _summary(st: _HookState, clean: _Loss, n_scored: int) -> dict[str, Any]:
+def _summary(st: _SaeState, clean: _Loss, n_scored: int) -> dict[str, Any]:
     res: dict[str, Any] = {"d_sae": st.sae.d_sae, **st.metrics.compute()}
     n = max(n_scored, 1)
     ce_clean, ce_sae, ce_zero = clean.ce / n, st.spliced.ce / n, st.zero.ce / n
@@ -291,6 +358,7 @@ def evaluate_saes(
     skip_first: bool = True,
     dense_threshold: float = DENSE_THRESHOLD,
     progress: bool = True,
+    baselines: Mapping[str, Mapping[str, Sae]] | None = None,
 ) -> dict[str, Any]:
     """Evaluate SAEs spliced into ``model``, each at its hookpoint separately (see the module doc).
 
@@ -305,18 +373,23 @@ def evaluate_saes(
         skip_first: leave each row's first token (the attention sink) alone; see the module doc.
         dense_threshold: a feature firing on more than this fraction of tokens is dense.
         progress: show a tqdm bar.
+        baselines: ``{set name: {hookpoint: sae}}``, more SAEs at hookpoints of ``saes``, evaluated in the same
+            pass (see the module doc).
 
     Returns a JSON-serialisable dict: ``n_sequences``, ``n_tokens`` (real tokens seen), ``skip_first``,
     ``dense_threshold``, ``ce_clean``, ``explained_variance_definition`` and ``hookpoints: {name: {metrics and
-    losses}}``; undefined values are None.
+    losses}}``, then ``{set name: {"hookpoints": ...}}`` per baseline set; undefined values are None.
     """
     named = _resolve_saes(model, saes)
+    extra = _resolve_baselines(model, baselines, named) if baselines is not None else {}
     if n_tokens is not None and n_tokens < 1:
         raise QwenscopeError(f"n_tokens must be at least 1, got {n_tokens}")
-    states = {
-        name: _HookState(sae, hook, SaeMetrics(sae.d_sae, dense_threshold), shared_layer(model, hook))
-        for name, (sae, hook) in named.items()
-    }
+    states: dict[str, _HookState] = {}
+    for name, (sae, hook) in named.items():
+        here: dict[str | None, Sae] = {None: sae} | {set_name: s[name] for set_name, s in extra.items() if name in s}
+        zero = _Loss()
+        runs = {key: _SaeState(s, SaeMetrics(s.d_sae, dense_threshold), zero) for key, s in here.items()}
+        states[name] = _HookState(hook, shared_layer(model, hook), zero, runs)
     clean = _Loss()
     n_rows = n_seen = n_scored = 0
     batches = iter_batches(tokens, keep_mask, batch_size=batch_size, n_tokens=n_tokens, skip_first=skip_first)
@@ -329,15 +402,22 @@ def evaluate_saes(
             bar.update(real)
     if n_seen == 0:
         raise QwenscopeError("no tokens to evaluate: the token data is empty; pass at least one non-empty chunk")
-    return {
+    results: dict[str, Any] = {
         "n_sequences": n_rows,
         "n_tokens": n_seen,
         "skip_first": skip_first,
         "dense_threshold": dense_threshold,
         "ce_clean": _finite(clean.ce / n_scored) if n_scored else None,
         "explained_variance_definition": EV_DEFINITION,
-        "hookpoints": {name: _summary(st, clean, n_scored) for name, st in states.items()},
+        "hookpoints": {name: _summary(st.saes[None], clean, n_scored) for name, st in states.items()},
     }
+    for set_name in extra:
+        results[set_name] = {
+            "hookpoints": {
+                name: _summary(st.saes[set_name], clean, n_scored) for name, st in states.items() if set_name in st.saes
+            }
+        }
+    return results
 
 
 def evaluate_sae(
@@ -345,6 +425,8 @@ def evaluate_sae(
 ) -> dict[str, Any]:
     """Evaluate one SAE (at ``hookpoint``, default the one it records): its flat dict of metrics and losses,
     with ``hookpoint``, ``n_sequences`` and ``skip_first`` added. Keyword arguments as for ``evaluate_saes``."""
+    if "baselines" in kwargs:
+        raise QwenscopeError("evaluate_sae returns one SAE's metrics; pass baselines= to evaluate_saes instead")
     hp = hookpoint or sae.cfg.hookpoint
     if hp is None:
         raise QwenscopeError("the SAE does not record its hookpoint; pass hookpoint= (e.g. 'resid_post.12')")

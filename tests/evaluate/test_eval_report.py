@@ -79,11 +79,52 @@ def test_run_eval_end_to_end(tmp_path, monkeypatch, llama, identity_sae, zero_sa
     assert short["n_tokens"] == 17 + 15 and short["n_sequences"] == 2  # ran out of text: a chunk and a tail
 
 
+def test_run_eval_core_and_random_keeps_the_layout(tmp_path, monkeypatch, llama, identity_sae, zero_sae):
+    """core,random: one pass for the trained and the random-weight SAEs; eval.json keeps its keys, and the random
+    results equal what evaluating the random-weight SAEs on their own gives (bit for bit: the same forwards)."""
+    from qwenscope.evaluate.cli import _core
+    from qwenscope.models.parts import load_model_and_saes
+    from qwenscope.sae.random import random_like
+
+    monkeypatch.setattr(model_load, "load_model", lambda name, device="cpu", dtype=None: (llama, CharTokenizer()))
+    save_inputs(tmp_path, identity_sae, zero_sae)
+    cfg = EvalConfig(
+        sae=f"{tmp_path / 'sae0'},{tmp_path / 'sae1'}",
+        dataset=str(tmp_path / "text.txt"),
+        model="tiny",
+        n_tokens=100,
+        seq_len=16,
+        batch_size=3,
+        out=str(tmp_path / "out"),
+        suite="core,random",
+    )
+    results = run_eval(cfg)
+    saved = json.loads((tmp_path / "out" / "eval.json").read_text())
+    assert saved == results
+    core_keys = [
+        "n_sequences",
+        "n_tokens",
+        "skip_first",
+        "dense_threshold",
+        "ce_clean",
+        "explained_variance_definition",
+    ]
+    assert list(saved) == ["model", "dataset", "config", *core_keys, "hookpoints", "random"]
+    assert list(saved["random"]) == ["hookpoints"]
+    assert list(saved["random"]["hookpoints"]) == list(saved["hookpoints"]) == ["resid_post.0", "resid_post.1"]
+    for hp, res in saved["random"]["hookpoints"].items():
+        assert list(res) == list(saved["hookpoints"][hp])
+    randoms = {hp: random_like(sae, seed=cfg.seed) for hp, sae in load_model_and_saes("tiny", cfg.sae).saes.items()}
+    separate = _core(cfg, llama, CharTokenizer(), randoms, None)  # the random suite's former second pass
+    assert saved["random"]["hookpoints"] == separate["hookpoints"]
+
+
 def test_config_is_a_cli_command():
     docs = field_docs(EvalConfig)
     assert all(docs.get(f.name) for f in fields(EvalConfig))  # every field has its --help
     parser = argparse.ArgumentParser()
     add_dataclass_args(parser, EvalConfig)
+    assert "(60% train" in parser.format_help()  # --help (a % in a field's docstring is not a format directive)
     args = parser.parse_args(["--sae", "s", "--dataset", "d.txt", "--no-skip-first", "--n-tokens", "10"])
     cfg = from_args(EvalConfig, args)
     assert cfg.skip_first is False and cfg.n_tokens == 10 and cfg.hookpoints == "" and cfg.k is None

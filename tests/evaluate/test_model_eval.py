@@ -1,5 +1,6 @@
 """Model-level evaluation: exact and zero SAEs, a hand-written reference, the plain computation the fast path must
-match (bench/perf/reference_eval.py, the baseline bench/perf/eval.py times), masks and padding, errors, hooks."""
+match (bench/perf/reference_eval.py, the baseline bench/perf/eval.py times), masks and padding, errors, hooks, and
+baseline SAEs evaluated in the same pass."""
 
 import json
 
@@ -12,7 +13,8 @@ from tiny_models import build_tiny
 from qwenscope import QwenscopeError, Sae, SaeConfig, splice
 from qwenscope.evaluate import evaluate_sae, evaluate_saes
 from qwenscope.evaluate.metrics import cosine_similarity, explained_variance, relative_norm
-from qwenscope.evaluate.model_eval import iter_batches
+from qwenscope.evaluate.model_eval import RESULT_KEYS, iter_batches
+from qwenscope.sae.random import random_like
 
 with bench_script("reference_eval") as _reference:  # the plain evaluation, a benchmark baseline
     reference_evaluate_saes = _reference.reference_evaluate_saes
@@ -233,3 +235,81 @@ def test_matches_plain_evaluation_with_first_tokens_and_soft_capped_logits(rando
     for skip_first in (True, False):
         fast = evaluate_saes(model, saes, token_rows, batch_size=4, skip_first=skip_first, **RUN)
         assert_same_results(fast, reference_evaluate_saes(model, saes, token_rows, batch_size=4, skip_first=skip_first))
+
+
+def count_forwards(model) -> list[int]:
+    """A one-item list counting ``model``'s forwards from now on (the hook stays: use a model of the test's own)."""
+    calls = [0]
+    model.register_forward_pre_hook(lambda module, args: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_baselines_in_the_same_pass_equal_separate_calls(arch, random_sae):
+    """Baseline sets ride along: each baseline SAE costs one spliced forward, the clean and zero-ablated forwards are
+    shared, and every figure (main and baseline) is bit-identical to separate calls: the same batches go through the
+    same kernels with the same shapes, and each SAE's sums accumulate in the same order."""
+    model = build_tiny(arch, num_layers=3)
+    hookpoints = ["resid_pre.0", "mlp_out.1", "resid_post.2"]
+    saes = {hp: random_sae(hookpoint=hp, seed=i) for i, hp in enumerate(hookpoints)}
+    randoms = {hp: random_like(sae, seed=7) for hp, sae in saes.items()}
+    partial_set = {"mlp_out.1": random_sae(hookpoint="mlp_out.1", seed=9)}  # a set may cover some hookpoints only
+    gen = torch.Generator().manual_seed(4)
+    lengths = (12, 5, 2, 1, 9, 7)
+    rows = [torch.randint(3, 512, (n,), generator=gen) for n in lengths]
+    keep = [torch.rand(n, generator=gen) > 0.3 for n in lengths]
+    kwargs = {"keep_mask": keep, "batch_size": 3, **RUN}
+    calls = count_forwards(model)
+    shared = evaluate_saes(model, saes, rows, baselines={"random": randoms, "other": partial_set}, **kwargs)
+    # 2 batches of 3 rows: a clean forward, then per hookpoint one spliced per SAE there and one zero-ablated
+    assert calls[0] == 2 * (1 + (2 + 1) + (3 + 1) + (2 + 1))  # separate calls: 2 * (7 + 7 + 3)
+    alone = {
+        "main": evaluate_saes(model, saes, rows, **kwargs),
+        "random": evaluate_saes(model, randoms, rows, **kwargs),
+        "other": evaluate_saes(model, partial_set, rows, **kwargs),
+    }
+    assert list(shared) == [*RESULT_KEYS, "random", "other"]
+    assert {k: v for k, v in shared.items() if k in RESULT_KEYS} == alone["main"]  # the main layout, unchanged
+    for name in ("random", "other"):
+        assert shared[name] == {"hookpoints": alone[name]["hookpoints"]}, name
+    for hp, res in shared["random"]["hookpoints"].items():
+        assert res.keys() == shared["hookpoints"][hp].keys()
+        assert (
+            res["ce_zero"] == shared["hookpoints"][hp]["ce_zero"]
+            and res["kl_div"] != shared["hookpoints"][hp]["kl_div"]
+        )
+    json.dumps(shared, allow_nan=False)
+
+
+def test_baselines_with_nothing_replaced_or_scored(llama, token_rows, random_sae):
+    """Batches with no replaced position (a keep mask of zeros) or no scored token count for the baselines too."""
+    sae, other = random_sae(hookpoint="resid_post.1"), random_sae(hookpoint="resid_post.1", seed=3)
+    baselines = {"b": {"resid_post.1": other}}
+    nothing = torch.zeros(6, 12, dtype=torch.bool)
+    r = evaluate_saes(llama, {"resid_post.1": sae}, token_rows, keep_mask=nothing, baselines=baselines, **RUN)
+    b = r["b"]["hookpoints"]["resid_post.1"]
+    assert b["ce_sae"] == b["ce_zero"] == r["ce_clean"] and b["kl_div"] == 0.0 and b["explained_variance"] is None
+    rows = [torch.tensor([5]), torch.tensor([6, 7])]  # the first row's batch: one replaced token, nothing scored
+    kwargs = {"batch_size": 1, "skip_first": False, **RUN}
+    shared = evaluate_saes(llama, {"resid_post.1": sae}, rows, baselines=baselines, **kwargs)
+    alone = evaluate_saes(llama, {"resid_post.1": other}, rows, **kwargs)
+    assert shared["b"] == {"hookpoints": alone["hookpoints"]}
+
+
+def test_bad_baselines_are_one_line_errors(llama, token_rows, identity_sae, random_sae):
+    saes = {"resid_post.0": identity_sae()}
+    for baselines, match in [
+        (
+            {"random": {"resid_post.1": random_sae()}},
+            r"has an SAE at resid_post.1, which is not among the evaluated hookpoints \(resid_post.0\)",
+        ),
+        ({"random": {"resid_post.9": identity_sae()}}, "out of range"),
+        ({"hookpoints": {"resid_post.0": identity_sae()}}, "baseline set name 'hookpoints' is taken"),
+        ({"random": {}}, "must be a non-empty dict"),
+        ({"random": {"resid_post.0": "sae.safetensors"}}, "not a qwenscope Sae"),
+    ]:
+        with pytest.raises(QwenscopeError, match=match) as err:
+            evaluate_saes(llama, saes, token_rows, baselines=baselines, **RUN)
+        assert "\n" not in str(err.value)
+    with pytest.raises(QwenscopeError, match="pass baselines= to evaluate_saes"):
+        evaluate_sae(llama, identity_sae(), token_rows, baselines={"random": saes}, **RUN)
