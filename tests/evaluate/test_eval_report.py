@@ -56,18 +56,17 @@ def save_inputs(tmp_path, identity_sae, zero_sae) -> None:
     (tmp_path / "text.txt").write_text("\n\n".join(f"document number {i} with some words" for i in range(20)))
 
 
+def two_sae_config(tmp_path, **changes) -> EvalConfig:
+    """The two saved SAEs (``save_inputs``) on the saved text: 100 tokens in chunks of 16, batches of 3."""
+    base = {"sae": f"{tmp_path / 'sae0'},{tmp_path / 'sae1'}", "dataset": str(tmp_path / "text.txt"), "model": "tiny"}
+    base |= {"n_tokens": 100, "seq_len": 16, "batch_size": 3, "out": str(tmp_path / "out")}
+    return EvalConfig(**base | changes)
+
+
 def test_run_eval_end_to_end(tmp_path, monkeypatch, llama, identity_sae, zero_sae):
     monkeypatch.setattr(model_load, "load_model", lambda name, device="cpu", dtype=None: (llama, CharTokenizer()))
     save_inputs(tmp_path, identity_sae, zero_sae)
-    cfg = EvalConfig(
-        sae=f"{tmp_path / 'sae0'},{tmp_path / 'sae1'}",
-        dataset=str(tmp_path / "text.txt"),
-        model="tiny",
-        n_tokens=100,
-        seq_len=16,
-        batch_size=3,
-        out=str(tmp_path / "out"),
-    )
+    cfg = two_sae_config(tmp_path)
     results = run_eval(cfg)
     assert results["n_tokens"] >= 100 and results["config"]["seq_len"] == 16 and results["model"] == "tiny"
     hps = results["hookpoints"]
@@ -88,16 +87,7 @@ def test_run_eval_core_and_random_keeps_the_layout(tmp_path, monkeypatch, llama,
 
     monkeypatch.setattr(model_load, "load_model", lambda name, device="cpu", dtype=None: (llama, CharTokenizer()))
     save_inputs(tmp_path, identity_sae, zero_sae)
-    cfg = EvalConfig(
-        sae=f"{tmp_path / 'sae0'},{tmp_path / 'sae1'}",
-        dataset=str(tmp_path / "text.txt"),
-        model="tiny",
-        n_tokens=100,
-        seq_len=16,
-        batch_size=3,
-        out=str(tmp_path / "out"),
-        suite="core,random",
-    )
+    cfg = two_sae_config(tmp_path, suite="core,random")
     results = run_eval(cfg)
     saved = json.loads((tmp_path / "out" / "eval.json").read_text())
     assert saved == results
@@ -210,20 +200,19 @@ def test_suite_options_are_checked_in_one_line(bad, match):
     assert "\n" not in str(err.value)
 
 
-def test_run_eval_autointerp_suite_with_the_local_explainer(tmp_path, monkeypatch, llama, identity_sae, zero_sae):
+def autointerp_config(tmp_path, monkeypatch, llama, identity_sae, zero_sae, **changes) -> EvalConfig:
+    """The autointerp suite on the saved SAE at resid_post.1, the tiny Llama with the byte tokenizer as the model."""
     from tiny_models import make_byte_tokenizer
 
     monkeypatch.setattr(model_load, "load_model", lambda name, device="cpu", dtype=None: (llama, make_byte_tokenizer()))
     save_inputs(tmp_path, identity_sae, zero_sae)
-    cfg = EvalConfig(
-        sae=str(tmp_path / "sae1"),
-        dataset=str(tmp_path / "text.txt"),
-        model="tiny",
-        out=str(tmp_path / "out"),
-        suite="autointerp,random",
-        interp_features=2,
-        interp_examples=3,
-    )
+    base = {"sae": str(tmp_path / "sae1"), "dataset": str(tmp_path / "text.txt"), "model": "tiny"}
+    return EvalConfig(**base | {"out": str(tmp_path / "out"), "suite": "autointerp"} | changes)
+
+
+def test_run_eval_autointerp_suite_with_the_local_explainer(tmp_path, monkeypatch, llama, identity_sae, zero_sae):
+    cfg = autointerp_config(tmp_path, monkeypatch, llama, identity_sae, zero_sae, suite="autointerp,random")
+    cfg.interp_features, cfg.interp_examples = 2, 3
     results = run_eval(cfg)
     block = results["autointerp"]["hookpoints"]["resid_post.1"]
     assert len(block["features"]) == 2 and "random" in block
@@ -240,18 +229,8 @@ def test_run_eval_autointerp_suite_with_the_local_explainer(tmp_path, monkeypatc
 def test_an_explainer_endpoint_that_does_not_answer_is_one_line_naming_the_fallback(
     tmp_path, monkeypatch, llama, identity_sae, zero_sae
 ):
-    from tiny_models import make_byte_tokenizer
-
-    monkeypatch.setattr(model_load, "load_model", lambda name, device="cpu", dtype=None: (llama, make_byte_tokenizer()))
-    save_inputs(tmp_path, identity_sae, zero_sae)
-    cfg = EvalConfig(
-        sae=str(tmp_path / "sae1"),
-        dataset=str(tmp_path / "text.txt"),
-        model="tiny",
-        out=str(tmp_path / "out"),
-        suite="autointerp",
-        explainer="http://127.0.0.1:9/v1",  # port 9: nothing listens
-    )
+    # port 9: nothing listens
+    cfg = autointerp_config(tmp_path, monkeypatch, llama, identity_sae, zero_sae, explainer="http://127.0.0.1:9/v1")
     with pytest.raises(QwenscopeError) as err:
         run_eval(cfg)
     msg = str(err.value)
