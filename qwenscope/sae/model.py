@@ -140,6 +140,21 @@ class Sae(nn.Module):
         """Dense feature activations (..., d_sae); mostly zeros."""
         return self._activate(self.pre_acts(x))
 
+    def own_acts(self, x: Tensor, ids: Tensor) -> Tensor:
+        """Activations (..., n) of features ``ids`` (n,), each from its own pre-activation only: ReLU, and for
+        JumpReLU the threshold, but no TopK competition. Equal to ``encode(x)[..., ids]`` for ReLU and JumpReLU SAEs;
+        for TopK and BatchTopK SAEs a feature outside the top k reads its ReLU'd pre-activation here, 0 there."""
+        self._check_input(x)
+        ids = ids.to(self.W_enc.device)
+        x = x.to(self.dtype)
+        if self.cfg.apply_b_dec_to_input:
+            x = x - self.b_dec
+        pre = x @ self.W_enc[:, ids] + self.b_enc[ids]
+        if self.cfg.activation == "jumprelu":
+            assert self.threshold is not None
+            return F.relu(pre) * (pre > self.threshold[ids])
+        return F.relu(pre)
+
     def encode_sparse(self, x: Tensor) -> EncoderOutput:
         """The sparse code: for TopK exactly k (value, id) pairs per token, else as many as the busiest token."""
         pre = self.pre_acts(x)

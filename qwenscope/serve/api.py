@@ -7,7 +7,8 @@ Routes: GET /health, GET /v1/models, POST /v1/completions and /v1/chat/completio
 shapes; ``temperature`` 0 is greedy). Both completion routes take one extension field, which the official client
 passes through ``extra_body``:
 
-    "steering": [{"sae": "l0", "features": {"12": 8.0}, "mode": "add", "relative": false, "positions": "all"}]
+    "steering": [{"sae": "l0", "features": {"12": 8.0}, "mode": "add", "relative": false, "positions": "all",
+                  "acts": "encode"}]
 
 ``sae`` names an SAE by its id (the key of ``saes``) or its hookpoint; each entry becomes one ``SteerSpec``.
 Bad requests (malformed JSON, unknown fields, unknown SAEs, feature ids beyond the width, NaN strengths) get a 4xx
@@ -98,6 +99,8 @@ class Steering(_Strict):
     mode: Literal["add", "clamp", "ablate"] = "add"
     relative: bool = False
     positions: Literal["all", "prompt", "generated"] = "all"
+    acts: Literal["encode", "own"] = "encode"
+    """How clamp and ablate read a feature's activation (``SteerSpec.acts``); the vLLM plugin computes "own"."""
 
 
 class StreamOptions(_Strict):
@@ -154,6 +157,18 @@ def error_body(
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
+def find_sae(saes: dict[str, Sae], hookpoints: dict[str, str], key: str) -> tuple[Sae, str]:
+    """(SAE, its hookpoint) that ``key`` names: an id of ``saes`` or a hookpoint (the SAE's own or
+    ``hookpoints[id]``); a 404 ``ApiError`` otherwise."""
+    if key in saes:
+        return saes[key], hookpoints[key]
+    for sid, sae in saes.items():
+        if key in (sae.cfg.hookpoint, hookpoints[sid]):
+            return sae, hookpoints[sid]
+    known = ", ".join(saes) or "none loaded"
+    raise ApiError(404, f"unknown SAE {key!r}; use an id or hookpoint from: {known}", "steering", "sae_not_found")
+
+
 class Server:
     """The model, its SAEs, the batcher and the request-to-rows logic behind the routes."""
 
@@ -172,13 +187,7 @@ class Server:
         self.batcher.close()
 
     def find_sae(self, key: str) -> tuple[Sae, str]:
-        if key in self.saes:
-            return self.saes[key], self.hookpoints[key]
-        for sid, sae in self.saes.items():
-            if key in (sae.cfg.hookpoint, self.hookpoints[sid]):
-                return sae, self.hookpoints[sid]
-        known = ", ".join(self.saes) or "none loaded"
-        raise ApiError(404, f"unknown SAE {key!r}; use an id or hookpoint from: {known}", "steering", "sae_not_found")
+        return find_sae(self.saes, self.hookpoints, key)
 
     async def unit(self, hookpoint: str) -> float:
         """The hookpoint's steering unit (measured once, while no batch runs)."""
@@ -197,7 +206,13 @@ class Server:
             try:
                 specs.append(
                     SteerSpec(
-                        sae, item.features, mode=item.mode, positions=positions, relative=item.relative, unit=unit
+                        sae,
+                        item.features,
+                        mode=item.mode,
+                        positions=positions,
+                        relative=item.relative,
+                        unit=unit,
+                        acts=item.acts,
                     )
                 )
             except QwenscopeError as e:

@@ -13,6 +13,10 @@ Modes, with ``a_f`` the SAE's activation of feature ``f`` at the position and ``
     add     h + s * d_f
     clamp   h + (s - a_f) * d_f      the feature reads exactly s, everything the SAE misses is kept
     ablate  h - a_f * d_f            (strengths are ignored; pass a list of ids)
+``acts`` says how clamp and ablate read ``a_f``: ``"encode"`` (default) from ``sae.encode(h)``, where a TopK SAE
+keeps only the k largest of all features; ``"own"`` from the feature's own pre-activation (ReLU, and JumpReLU's
+threshold, without the TopK competition: ``Sae.own_acts``), which needs only the named features' encoder rows and is
+what the vLLM plugin computes. The two are the same for ReLU and JumpReLU SAEs.
 Relative strengths (``relative=True``, see ``qwenscope.steer.strength``): strength ``s`` of feature ``f`` stands for
 ``s * unit / |d_f|``, so the added vector's norm is ``s`` times ``unit``, the residual's typical size at the hookpoint.
 Strength 0 in ``add`` mode, or clamping a feature to the value it already has, leaves the logits bit-identical.
@@ -57,6 +61,7 @@ from qwenscope.models.splice import splice
 from qwenscope.sae.model import Sae
 
 MODES = ("add", "clamp", "ablate")
+ACTS = ("encode", "own")
 Positions = None | str | int | slice | Sequence[int]
 Rows = None | int | Sequence[int] | Sequence[bool] | Tensor
 _EXPANDED = (
@@ -84,6 +89,9 @@ class SteerSpec:
     """The residual's typical size, ``steering_unit(model, tokenizer, hookpoint)``; used when ``relative``."""
     rows: Rows = None
     """None (every row), row indices, or a bool mask of the batch: the rows edited; the others are left untouched."""
+    acts: str = "encode"
+    """How clamp and ablate read a feature's activation: "encode" (``sae.encode``, TopK included) or "own" (the
+    feature's own pre-activation through ReLU / threshold, ``Sae.own_acts``)."""
     ids: Tensor = field(init=False, repr=False)
     values: Tensor = field(init=False, repr=False)
     row_ids: Tensor | None = field(init=False, repr=False)
@@ -95,6 +103,8 @@ class SteerSpec:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise QwenscopeError(f"unknown steering mode {self.mode!r}; use one of {', '.join(MODES)}")
+        if self.acts not in ACTS:
+            raise QwenscopeError(f"acts={self.acts!r}: use one of {', '.join(ACTS)}")
         items = list(self.features.items()) if isinstance(self.features, Mapping) else [(f, 1.0) for f in self.features]
         if not items:
             raise QwenscopeError("no features to steer: pass {feature_id: strength}")
@@ -215,7 +225,10 @@ def _edit_fn(spec: SteerSpec, clock: _Clock):
             delta = added.to(h.dtype).expand_as(h)
         else:
             with torch.no_grad():
-                acts = sae.encode(h.to(sae.dtype))[..., spec.ids.to(h.device)]  # (b, s, n)
+                if spec.acts == "own":
+                    acts = sae.own_acts(h, spec.ids)  # (b, s, n)
+                else:
+                    acts = sae.encode(h.to(sae.dtype))[..., spec.ids.to(h.device)]  # (b, s, n)
             coef = values - acts if spec.mode == "clamp" else -acts
             delta = (coef @ dec).to(h.dtype)
         mask = _position_mask(spec.positions, clock, h.shape[1], h.device)
@@ -271,11 +284,20 @@ def steer(
     relative: bool = False,
     unit: float | None = None,
     rows: Rows = None,
+    acts: str = "encode",
 ) -> Iterator[None]:
     """Steer ``model`` inside the block; see the module docstring. Several specs may share a hookpoint."""
     if isinstance(sae, Sae):
         specs = _specs(
-            sae, features, mode=mode, positions=positions, hookpoint=hookpoint, relative=relative, unit=unit, rows=rows
+            sae,
+            features,
+            mode=mode,
+            positions=positions,
+            hookpoint=hookpoint,
+            relative=relative,
+            unit=unit,
+            rows=rows,
+            acts=acts,
         )
     else:
         if rows is not None:

@@ -35,6 +35,22 @@ def test_topk_encode_is_topk_of_relu_exactly():
     assert ((z > 0).sum(-1) <= 4).all()
 
 
+@pytest.mark.parametrize("activation", ["relu", "jumprelu", "topk", "batchtopk"])
+def test_own_acts_read_each_feature_alone(activation):
+    sae = make(activation)
+    x = torch.randn(3, 5, 16)
+    ids = torch.tensor([0, 7, 63, 7])
+    own = sae.own_acts(x, ids)
+    z = sae.encode(x)[..., ids]
+    if activation in ("relu", "jumprelu"):  # no competition between features: the same activations
+        torch.testing.assert_close(own, z, rtol=0, atol=1e-6)
+    else:  # the ReLU'd pre-activation, which encode keeps only for features in the top k
+        torch.testing.assert_close(own, F.relu(sae.pre_acts(x)[..., ids]), rtol=0, atol=1e-6)
+        kept = z > 0
+        torch.testing.assert_close(own[kept], z[kept], rtol=0, atol=1e-6)
+        assert (own > z).any()
+
+
 def test_hand_set_weights():
     sae = Sae(SaeConfig(d_in=2, d_sae=3, k=1))
     with torch.no_grad():

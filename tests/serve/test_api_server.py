@@ -80,6 +80,16 @@ def test_steering_through_extra_body_changes_the_output(client):
     assert zero.choices[0].text == plain
 
 
+def test_acts_own_reaches_the_steering(client, parts):
+    _, _, sae = parts
+    assert sae.cfg.activation == "topk"  # where "own" and "encode" differ: features outside the top k
+    kwargs = {"model": NAME, "prompt": PROMPT, "max_tokens": 8, "temperature": 0}
+    ablate = {"sae": "l0", "features": list(range(sae.d_sae)), "mode": "ablate"}
+    encode = client.completions.create(**kwargs, extra_body={"steering": [ablate]}).choices[0].text
+    own = client.completions.create(**kwargs, extra_body={"steering": [{**ablate, "acts": "own"}]}).choices[0].text
+    assert own != encode
+
+
 def test_seeded_sampling_repeats_and_stop_cuts(client):
     kwargs = {"model": NAME, "prompt": PROMPT, "max_tokens": 12, "temperature": 1.0, "top_p": 0.9}
     a = client.completions.create(**kwargs, seed=7).choices[0].text
@@ -132,6 +142,7 @@ def _body(steering: str = "[]", extra: str = "") -> str:
         (_body(extra=', "frobnicate": 1'), 400, "frobnicate"),
         (_body('[{"sae": "nope", "features": {"1": 1.0}}]'), 404, "unknown SAE 'nope'"),
         (_body('[{"sae": "l0", "features": {"128": 1.0}}]'), 400, "outside this SAE"),
+        (_body('[{"sae": "l0", "features": [1], "mode": "ablate", "acts": "both"}]'), 400, "acts"),
         (_body('[{"sae": "l0", "features": {"1": NaN}}]'), 400, "features"),
         (_body('[{"sae": "l0", "features": {"1": 1.0}, "mode": "boost"}]'), 400, "mode"),
         (_body(extra=', "n": 99'), 400, "batch size"),

@@ -85,6 +85,27 @@ def test_each_mode_makes_its_edit(llama, mode):
     assert torch.equal(out[:, :2], h[:, :2]) and torch.equal(out[:, 5:], h[:, 5:])
 
 
+def test_acts_own_reads_features_outside_the_top_k(llama):
+    model, inputs = llama
+    sae = make_sae(1)  # TopK, k = 8 of 256
+    with torch.no_grad():
+        with capture(model, ["resid_post.1"]) as before:
+            model(**inputs)
+        h = before["resid_post.1"]
+        pre = sae.pre_acts(h)[0, 4]
+        f = int(torch.where(sae.encode(h)[0, 4] == 0, pre, -torch.inf).argmax())  # active, but not in the top k
+        assert pre[f] > 0
+        out = {}
+        for acts in ("encode", "own"):
+            with steer(model, sae, {f: 1.0}, mode="clamp", acts=acts), capture(model, ["resid_post.1"]) as after:
+                model(**inputs)
+            out[acts] = after["resid_post.1"][0, 4]
+    torch.testing.assert_close(out["encode"], h[0, 4] + sae.W_dec[f], rtol=0, atol=1e-5)  # a_f = 0: an add
+    torch.testing.assert_close(out["own"], h[0, 4] + (1.0 - pre[f]) * sae.W_dec[f], rtol=0, atol=1e-5)
+    with pytest.raises(QwenscopeError, match="acts='both'"):
+        SteerSpec(sae, [f], mode="ablate", acts="both")
+
+
 def test_positions_prompt_and_generated_under_generate(llama):
     model, _ = llama
     sae = make_sae(1)

@@ -1,0 +1,158 @@
+"""The engine side inside vLLM 0.32 (V1 model runner): tables and the op after each hooked layer, rows per request.
+
+    QWENSCOPE_VLLM_SAES="id=/path/to/sae,..."      # read in every process; no SAE, no patch
+    register()                                      # the vllm.general_plugins entry point; idempotent
+
+``register`` wraps three vLLM functions (design: docs/development/vllm-plugin.md): ``BaseModelLoader.load_model``
+(after the weights load: allocate the tables and wrap each hooked decoder layer's forward), V1
+``GPUModelRunner.execute_model`` (release finished requests' rows, then acquire new requests' rows from
+``sampling_params.extra_args["qwenscope_steering"]``) and ``GPUModelRunner._model_forward`` (fill the per-token row
+index from the runner's batch before the model runs). vLLM is imported only inside ``register``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from qwenscope.errors import QwenscopeError
+from qwenscope.sae.model import Sae
+from qwenscope.vllm_plugin.parse import parse_steering
+from qwenscope.vllm_plugin.rows import Span, Tables
+from qwenscope.vllm_plugin.table import TableConfig
+
+logger = logging.getLogger(__name__)
+ENV_SAES = "QWENSCOPE_VLLM_SAES"
+ENV_ROWS = "QWENSCOPE_VLLM_ROWS"
+ENV_SLOTS = "QWENSCOPE_VLLM_SLOTS"
+EXTRA_KEY = "qwenscope_steering"
+_registered = False
+
+
+class EngineSteering:
+    """One worker's steering state: the SAEs, the tables, the row index and each request's prompt length."""
+
+    def __init__(self, saes: dict[str, Sae], cfg: TableConfig, max_tokens: int) -> None:
+        self.saes = saes
+        widths = {}
+        for sid, sae in saes.items():
+            hookpoint = sae.cfg.hookpoint or ""
+            if not re.fullmatch(r"resid_post\.\d+", hookpoint):
+                raise QwenscopeError(f"SAE {sid!r} hooks {hookpoint!r}; the vLLM plugin steers resid_post.L only")
+            widths[hookpoint] = sae.d_in
+        self.tables = Tables(widths, cfg)
+        self.index = self.tables.new_index(max_tokens)
+        self.prompt_lens: dict[str, int] = {}
+
+    def wrap_layers(self, model: nn.Module) -> None:
+        """Wrap the forward of each hooked decoder layer: ``(hidden, residual) -> (0, steer(hidden + residual))``."""
+        for k, hookpoint in enumerate(self.tables.order):
+            layer = model.get_submodule(f"model.layers.{hookpoint.split('.')[1]}")
+            layer.forward = _steered_forward(layer.forward, self.index[k], self.tables.layers[hookpoint].tensors())
+
+    def admit(self, request_id: str, sampling_params: Any, prompt_len: int) -> None:
+        if request_id in self.prompt_lens:  # resumed after preemption: it keeps its rows
+            return
+        extra = getattr(sampling_params, "extra_args", None) or {}
+        self.tables.acquire(request_id, parse_steering(extra.get(EXTRA_KEY), self.saes))
+        self.prompt_lens[request_id] = prompt_len
+
+    def finish(self, request_id: str) -> None:
+        self.tables.release(request_id)
+        self.prompt_lens.pop(request_id, None)
+
+    def fill(self, req_ids: list[str], query_start: Any, computed: Any) -> None:
+        spans = [
+            Span(
+                rid,
+                int(query_start[i]),
+                int(query_start[i + 1] - query_start[i]),
+                int(computed[i]),
+                self.prompt_lens.get(rid, 0),
+            )
+            for i, rid in enumerate(req_ids)
+        ]
+        self.tables.fill(self.index, spans)
+
+
+def _steered_forward(forward: Any, rows: Tensor, tables: tuple[Tensor, ...]) -> Any:
+    def steered(positions: Tensor, hidden_states: Tensor, residual: Tensor | None) -> tuple[Tensor, Tensor]:
+        hidden, res = forward(positions, hidden_states, residual)
+        x = hidden + res
+        out = torch.ops.qwenscope.steer(x, rows[: x.shape[0]], *tables)
+        return torch.zeros_like(out), out
+
+    return steered
+
+
+_STATE: EngineSteering | None = None
+
+
+def _load_saes(spec: str) -> dict[str, Sae]:
+    saes = {}
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        sid, _, path = item.partition("=")
+        if not path:
+            raise QwenscopeError(f"{ENV_SAES} entry {item!r}: write id=/path/to/sae")
+        saes[sid] = Sae.load(path).requires_grad_(False)
+    return saes
+
+
+def register() -> None:
+    """Install the patches when ``QWENSCOPE_VLLM_SAES`` names SAEs; safe to call in every process, many times."""
+    global _registered
+    if _registered or not os.environ.get(ENV_SAES):
+        return
+    _registered = True
+    from vllm.model_executor.model_loader.base_loader import BaseModelLoader
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    load_model = BaseModelLoader.load_model
+
+    def load_and_hook(self, vllm_config, model_config, prefix: str = "", **kw):  # type: ignore[no-untyped-def]
+        global _STATE
+        model = load_model(self, vllm_config=vllm_config, model_config=model_config, prefix=prefix, **kw)
+        if prefix == "":
+            cfg = TableConfig(
+                rows=int(os.environ.get(ENV_ROWS, "64")), slots=int(os.environ.get(ENV_SLOTS, "8")), device="cpu"
+            )
+            device = next(model.parameters()).device
+            cfg.device = str(device)
+            _STATE = EngineSteering(
+                _load_saes(os.environ[ENV_SAES]), cfg, vllm_config.scheduler_config.max_num_batched_tokens
+            )
+            _STATE.index = _STATE.index.to(device)
+            _STATE.wrap_layers(model)
+            logger.info("qwenscope steering at %s (%d rows each)", ", ".join(_STATE.tables.order), cfg.rows)
+        return model
+
+    execute_model = GPUModelRunner.execute_model
+
+    def execute_steered(self, scheduler_output, *args, **kw):  # type: ignore[no-untyped-def]
+        if _STATE is not None:
+            for rid in scheduler_output.finished_req_ids:
+                _STATE.finish(rid)
+            for new in scheduler_output.scheduled_new_reqs:
+                _STATE.admit(new.req_id, new.sampling_params, len(new.prompt_token_ids or []))
+        return execute_model(self, scheduler_output, *args, **kw)
+
+    model_forward = GPUModelRunner._model_forward
+
+    def forward_steered(self, *args, **kw):  # type: ignore[no-untyped-def]
+        if _STATE is not None:
+            n = self.input_batch.num_reqs
+            _STATE.fill(
+                list(self.input_batch.req_ids[:n]),
+                self.query_start_loc.np[: n + 1],
+                self.input_batch.num_computed_tokens_cpu[:n],
+            )
+        return model_forward(self, *args, **kw)
+
+    BaseModelLoader.load_model = load_and_hook  # type: ignore[method-assign]
+    GPUModelRunner.execute_model = execute_steered  # type: ignore[method-assign]
+    GPUModelRunner._model_forward = forward_steered  # type: ignore[method-assign]

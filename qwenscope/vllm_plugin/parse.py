@@ -1,0 +1,166 @@
+"""A request's ``steering`` field, exactly as ``qwenscope serve`` takes it, turned into steering-table rows.
+
+    steering = parse_steering([{"sae": "resid_post.3", "features": {"12": 8.0}}], saes)
+    steering.layers["resid_post.3"].prompt       # RowContent of the prompt tokens (None: not steered)
+    steering.salt                                # a key of the prefill-relevant content, for vLLM's cache_salt
+
+Validation is serve's: the pydantic ``Steering`` model, ``find_sae`` and ``SteerSpec`` (ids within the width, finite
+strengths, relative strengths scaled by the hookpoint's steering unit). Every refusal is an ``ApiError`` with a 4xx
+status and the message serve gives. At one hookpoint a request's entries are applied in order, as ``steer`` does;
+the op does all adds first and then one clamp / ablate stage, so for each kind of token (prompt, generated) any adds
+followed by at most one clamp or ablate entry are accepted and other orders are refused. Clamp and ablate read each
+feature's own activation (``acts="own"``); ``acts="encode"`` is the same thing for ReLU and JumpReLU SAEs and is
+refused for TopK and BatchTopK SAEs, whose ``encode`` needs every feature's pre-activation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from pydantic import TypeAdapter, ValidationError
+
+from qwenscope.errors import QwenscopeError
+from qwenscope.sae.model import Sae
+from qwenscope.serve.api import ApiError, Steering, find_sae
+from qwenscope.steer.steer import SteerSpec
+from qwenscope.vllm_plugin.table import RowContent, add_only
+
+KINDS = ("prompt", "generated")
+_ENTRIES = TypeAdapter(list[Steering])
+
+
+@dataclass(frozen=True)
+class LayerSteering:
+    """A request's steering at one hookpoint: the row content of its prompt tokens and of its generated tokens."""
+
+    prompt: RowContent | None
+    generated: RowContent | None
+
+
+@dataclass(frozen=True)
+class RequestSteering:
+    """A parsed ``steering`` field."""
+
+    layers: dict[str, LayerSteering]
+    """hookpoint -> its rows' content; hookpoints the request does not steer are absent."""
+    entries: list[dict[str, Any]]
+    """The validated entries as JSON-able dicts (defaults filled in): what travels to the engine."""
+
+    @property
+    def salt(self) -> str | None:
+        """A hash of every row's content (None when nothing is steered): equal steering, equal salt."""
+        if not self.layers:
+            return None
+        h = hashlib.blake2b(digest_size=16)
+        for hookpoint in sorted(self.layers):
+            layer = self.layers[hookpoint]
+            for content in (layer.prompt, layer.generated):
+                h.update(f"{hookpoint}:{content.key() if content is not None else '-'};".encode())
+        return "qwenscope-steering-" + h.hexdigest()
+
+    def to_json(self) -> str:
+        return json.dumps(self.entries, sort_keys=True, separators=(",", ":"))
+
+
+def parse_steering(
+    raw: Any, saes: Mapping[str, Sae], unit: Callable[[str], float] | None = None, dtype: torch.dtype = torch.float32
+) -> RequestSteering:
+    """Validate ``raw`` (the JSON list, or its JSON text) against ``saes`` (id -> SAE) and build its rows' content;
+    ``unit(hookpoint)`` is the hookpoint's steering unit (``relative`` strengths). Raises ``ApiError`` (4xx)."""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise ApiError(400, f"steering is not valid JSON: {e}", "steering") from None
+    try:
+        items = _ENTRIES.validate_python(raw if raw is not None else [])
+    except ValidationError as e:
+        raise ApiError(400, _message(e), "steering") from None
+    hookpoints = {sid: sae.cfg.hookpoint or sid for sid, sae in saes.items()}
+    specs: list[tuple[str, SteerSpec]] = []
+    for item in items:
+        sae, hookpoint = find_sae(dict(saes), hookpoints, item.sae)
+        specs.append((hookpoint, _spec(item, sae, hookpoint, unit)))
+    layers = {}
+    for hookpoint in dict.fromkeys(h for h, _ in specs):
+        here = [s for h, s in specs if h == hookpoint]
+        prompt, generated = (_content([s for s in here if s.positions in (None, k)], hookpoint, dtype) for k in KINDS)
+        layers[hookpoint] = LayerSteering(prompt, generated)
+    return RequestSteering(layers, [item.model_dump(mode="json") for item in items])
+
+
+def _message(e: ValidationError) -> str:
+    first = e.errors()[0]
+    loc = ".".join(str(p) for p in first.get("loc", ()) if "[" not in str(p))  # not union tags
+    return f"steering{'.' + loc if loc else ''}: {first['msg']}"
+
+
+def _spec(item: Steering, sae: Sae, hookpoint: str, unit: Callable[[str], float] | None) -> SteerSpec:
+    if item.mode != "add" and item.acts == "encode" and sae.cfg.activation in ("topk", "batchtopk"):
+        raise ApiError(
+            400,
+            f"{item.mode} on the {sae.cfg.activation} SAE {item.sae!r} with acts='encode' needs all of its features; "
+            'the vLLM engine reads each feature\'s own activation: pass "acts": "own" (qwenscope serve takes it too)',
+            "steering",
+        )
+    if item.relative and unit is None:
+        raise ApiError(400, f"relative strengths need {hookpoint}'s steering unit, unknown to this server", "steering")
+    try:
+        return SteerSpec(
+            sae,
+            item.features,
+            mode=item.mode,
+            positions=None if item.positions == "all" else item.positions,
+            relative=item.relative,
+            unit=unit(hookpoint) if item.relative and unit is not None else None,
+            acts="own",
+        )
+    except QwenscopeError as e:
+        raise ApiError(400, str(e), "steering") from None
+
+
+@torch.no_grad()
+def _content(specs: list[SteerSpec], hookpoint: str, dtype: torch.dtype) -> RowContent | None:
+    """The row of one kind of token from its specs, in order: adds, then at most one clamp / ablate."""
+    if not specs:
+        return None
+    d = specs[0].sae.d_in
+    add = torch.zeros(d, dtype=dtype)
+    stage: SteerSpec | None = None
+    for spec in specs:
+        if stage is not None:
+            raise ApiError(
+                400,
+                f"at {hookpoint} a {spec.mode} entry follows a {stage.mode} entry; the engine applies adds first, "
+                "then one clamp or ablate: put the adds first and merge the clamped / ablated features into one entry",
+                "steering",
+            )
+        sae, ids = spec.sae, spec.ids
+        if spec.mode == "add":
+            values = spec.values.to(sae.W_dec.device, sae.W_dec.dtype)
+            add += (values @ sae.W_dec[ids]).to("cpu", dtype)
+        else:
+            stage = spec
+    if stage is None:
+        return add_only(add)
+    return _stage(stage, add, dtype)
+
+
+def _stage(spec: SteerSpec, add: torch.Tensor, dtype: torch.dtype) -> RowContent:
+    """The clamp / ablate slots of ``spec``: one per feature, only these features' encoder and decoder rows."""
+    sae, ids = spec.sae, spec.ids.to(spec.sae.W_enc.device)
+    enc = sae.W_enc[:, ids].T  # (m, d)
+    bias = sae.b_enc[ids]
+    if sae.cfg.apply_b_dec_to_input:  # (h - b_dec) . w + b  ==  h . w + (b - b_dec . w)
+        bias = bias - sae.b_dec @ sae.W_enc[:, ids]
+    threshold = sae.threshold[ids] if sae.threshold is not None else torch.zeros_like(bias)
+    target = spec.values if spec.mode == "clamp" else torch.zeros_like(spec.values)
+    return RowContent(
+        add,
+        *(t.detach().to("cpu", dtype).contiguous() for t in (enc, bias, threshold, sae.W_dec[ids], target)),
+    )
