@@ -182,7 +182,8 @@ def _metrics(truth: list[int], answers: list[int], failed: int, auroc: float | N
     )
 
 
-def _resolve(chat: Chat, by: str) -> str:
+def resolve_scoring(chat: Chat, by: str) -> str:
+    """The scoring ``by`` stands for with this scorer: auto is logprob where the scorer has p(yes), else list."""
     if by not in SCORING:
         raise QwenscopeError(f"unknown scoring {by!r}; choose from {', '.join(SCORING)}")
     has = callable(getattr(chat, "yes_probability", None))
@@ -205,7 +206,7 @@ def _score(
     if batch < 1:
         raise QwenscopeError(f"batch must be at least 1, got {batch}")
     random.Random(seed).shuffle(items)
-    if _resolve(chat, by) == "logprob":
+    if resolve_scoring(chat, by) == "logprob":
         one = templates[1]
         prompts = [one.format(explanation=explanation.strip(), example=t) for t, _ in items]
         p = chat.yes_probability(prompts)  # type: ignore[attr-defined]

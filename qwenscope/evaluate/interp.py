@@ -27,7 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from qwenscope.errors import QwenscopeError
-from qwenscope.evaluate.autointerp import NULL_EXPLANATION, Example, _resolve, score_detection, score_fuzzing
+from qwenscope.evaluate.autointerp import NULL_EXPLANATION, Example, resolve_scoring, score_detection, score_fuzzing
 from qwenscope.features.text import token_text
 from qwenscope.models.capture import get_activations
 from qwenscope.models.chat import Chat
@@ -196,6 +196,6 @@ def autointerp_suite(
         if baseline:
             out[hp]["random"] = _one_sae(model, tokenizer, random_like(sae, seed), hp, *args)
         logger.info("autointerp at %s: %s", hp, out[hp]["summary"])
-    scoring = _resolve(chats[1], by)
+    scoring = resolve_scoring(chats[1], by)
     summary = {"n_windows": len(windows), "window": window, "n_examples": n_examples, "scoring": scoring}
     return summary | {"hookpoints": out}
