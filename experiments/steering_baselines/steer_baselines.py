@@ -110,9 +110,10 @@ def directions(concept, model, tokenizer, sae, hook: str, unit: float, candidate
 
 
 def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
-    """P(a positive scores above a negative), ties half: the AUROC, computed directly."""
-    diff = pos[:, None] - neg[None, :]
-    return float((diff > 0).mean() + 0.5 * (diff == 0).mean())
+    """scikit-learn's AUROC of the positives' scores against the negatives'."""
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg]))
 
 
 def detection(concept, model, tokenizer, sae, hook: str, dirs: dict, chosen: dict) -> dict[str, float]:

@@ -150,13 +150,12 @@ def _numbered(texts: Sequence[str]) -> str:
 
 
 def _auroc(truth: Sequence[int], scores: Sequence[float]) -> float | None:
-    """Probability that a random positive scores above a random negative (ties count half); None without both."""
-    pos = [x for t, x in zip(truth, scores) if t]
-    neg = [x for t, x in zip(truth, scores) if not t]
-    if not pos or not neg:
+    """scikit-learn's AUROC of ``scores`` against ``truth``; None without both a positive and a negative."""
+    from sklearn.metrics import roc_auc_score
+
+    if len(set(truth)) < 2:
         return None
-    wins = sum((p > q) + 0.5 * (p == q) for p in pos for q in neg)
-    return wins / (len(pos) * len(neg))
+    return float(roc_auc_score(truth, scores))
 
 
 def _metrics(truth: list[int], answers: list[int], failed: int, auroc: float | None = None) -> Score:

@@ -9,7 +9,8 @@ features drawn (seeded) among those that fire in the pass, the ``n_examples`` wi
 writes a one-line explanation; then ``score_detection`` and ``score_fuzzing`` (``qwenscope.evaluate.autointerp``,
 asked ``by`` list or logprob) score it on all the examples with the ``scorer`` (the explainer unless given), and the
 null floor scores ``NULL_EXPLANATION`` on the same examples. Position 0 of each window is left out (the attention
-sink). The residuals of the windows are read once per hookpoint and shared by the SAE and its baseline. Means over
+sink). The windows' residuals are read in one pass for as many hookpoints as fit in ``RESIDUAL_BUDGET`` bytes and
+shared by each SAE and its baseline. Means over
 features; with ``baseline``, the same for a random-weight SAE of the same shape.
 """
 
@@ -31,11 +32,15 @@ from qwenscope.evaluate.autointerp import NULL_EXPLANATION, Example, resolve_sco
 from qwenscope.features.text import token_text
 from qwenscope.models.capture import get_activations
 from qwenscope.models.chat import Chat
-from qwenscope.models.hookpoints import check_sae_fits
+from qwenscope.models.hookpoints import check_sae_fits, hidden_size
 from qwenscope.sae.model import Sae
 from qwenscope.sae.random import random_like
 
 logger = logging.getLogger(__name__)
+
+RESIDUAL_BUDGET = 2 << 30
+"""Bytes of window residuals held at once: the hookpoints of one model pass (2 GiB: 2,000 windows of 32 tokens of a
+2,048-wide model in fp32 is 0.5 GiB per hookpoint)."""
 
 EXPLAIN_PROMPT = """Here are text examples where a feature of a language model is active; the tokens where it is most
 active are marked <<like this>>.
@@ -61,7 +66,7 @@ def collect_examples(
     """feature -> (activating examples, most active first; non-activating examples) (the module doc); empty when no
     feature fires in some windows and not in others. ``resid`` (``window_residuals``) skips the model's forwards."""
     if resid is None:
-        resid = window_residuals(model, hookpoint, windows, batch_size)
+        resid = window_residuals(model, [hookpoint], windows, batch_size)[hookpoint]
 
     def codes(rows: list[int]):
         """(rows, their codes (b, window, d_sae) float32, position 0 zeroed), a batch at a time."""
@@ -99,15 +104,26 @@ def collect_examples(
     return out
 
 
-def window_residuals(model: nn.Module, hookpoint: str, windows: list[list[int]], batch_size: int = 16) -> torch.Tensor:
-    """(windows, window, d) on the CPU: the activations at ``hookpoint`` of every window, in the model's dtype."""
+def window_residuals(
+    model: nn.Module, hookpoints: list[str], windows: list[list[int]], batch_size: int = 16
+) -> dict[str, torch.Tensor]:
+    """hookpoint -> (windows, window, d) on the CPU: the activations of every window, in the model's dtype, from one
+    pass over the windows for all ``hookpoints``."""
     device = next(model.parameters()).device
-    out = []
+    out: dict[str, list[torch.Tensor]] = {hp: [] for hp in hookpoints}
     with torch.no_grad():
         for start in range(0, len(windows), batch_size):
             ids = torch.tensor(windows[start : start + batch_size], device=device)
-            out.append(get_activations(model, ids, [hookpoint])[hookpoint].cpu())
-    return torch.cat(out)
+            for hp, act in get_activations(model, ids, hookpoints).items():
+                out[hp].append(act.cpu())
+    return {hp: torch.cat(acts) for hp, acts in out.items()}
+
+
+def _groups(model: nn.Module, hookpoints: list[str], n_tokens: int) -> list[list[str]]:
+    """``hookpoints`` in runs whose window residuals together fit in ``RESIDUAL_BUDGET`` bytes (a model pass each)."""
+    per = n_tokens * hidden_size(model) * next(model.parameters()).element_size()
+    size = max(1, RESIDUAL_BUDGET // per)
+    return [hookpoints[i : i + size] for i in range(0, len(hookpoints), size)]
 
 
 def explain(chat: Chat, activating: list[Example], n: int = 10) -> str:
@@ -187,15 +203,17 @@ def autointerp_suite(
         )
     chats = (explainer, scorer or explainer)
     out: dict[str, Any] = {}
-    for hp, sae in saes.items():
-        resid = window_residuals(model, hp, windows)
-        args = (windows, resid, chats, n_features, n_examples, seed, by)
-        out[hp] = _one_sae(model, tokenizer, sae, hp, *args)
-        if not out[hp]["features"]:
-            raise QwenscopeError(f"no feature of the SAE at {hp} fires in some of the texts and not in others")
-        if baseline:
-            out[hp]["random"] = _one_sae(model, tokenizer, random_like(sae, seed), hp, *args)
-        logger.info("autointerp at %s: %s", hp, out[hp]["summary"])
+    for group in _groups(model, list(saes), len(windows) * window):
+        residuals = window_residuals(model, group, windows)
+        for hp in group:
+            sae, resid = saes[hp], residuals.pop(hp)
+            args = (windows, resid, chats, n_features, n_examples, seed, by)
+            out[hp] = _one_sae(model, tokenizer, sae, hp, *args)
+            if not out[hp]["features"]:
+                raise QwenscopeError(f"no feature of the SAE at {hp} fires in some of the texts and not in others")
+            if baseline:
+                out[hp]["random"] = _one_sae(model, tokenizer, random_like(sae, seed), hp, *args)
+            logger.info("autointerp at %s: %s", hp, out[hp]["summary"])
     scoring = resolve_scoring(chats[1], by)
     summary = {"n_windows": len(windows), "window": window, "n_examples": n_examples, "scoring": scoring}
     return summary | {"hookpoints": out}

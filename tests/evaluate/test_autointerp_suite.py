@@ -58,3 +58,25 @@ def test_a_planted_feature_is_explained_and_scored_above_its_null_floor():
     assert res["summary"]["detection_balanced_accuracy"] == 1.0
     random = res["random"]["summary"]  # random weights: features that fire on no word in particular
     assert random["detection_balanced_accuracy"] < 1.0 and random["detection_null_balanced_accuracy"] == 0.5
+
+
+def test_all_hookpoints_are_read_in_one_pass_unless_the_budget_splits_them(monkeypatch):
+    import qwenscope.evaluate.interp as interp
+
+    model, tokenizer = build_tiny("llama", num_layers=2), make_byte_tokenizer()
+    rng = np.random.default_rng(1)
+    texts = [" ".join(rng.choice(WORDS, 12)) for _ in range(60)]
+    saes = {
+        hp: Sae(SaeConfig(d_in=64, d_sae=16, activation="relu", hookpoint=hp))
+        for hp in ("resid_post.0", "resid_post.1")
+    }
+    calls = []
+    model.register_forward_pre_hook(lambda *_: calls.append(1))
+    kw = {"n_features": 2, "n_examples": 5, "window": 16, "baseline": False}
+    together = autointerp_suite(model, tokenizer, saes, texts, KeywordChat(), **kw)
+    one_pass = len(calls)
+    calls.clear()
+    monkeypatch.setattr(interp, "RESIDUAL_BUDGET", 1)  # one hookpoint per pass
+    apart = autointerp_suite(model, tokenizer, saes, texts, KeywordChat(), **kw)
+    assert len(calls) == 2 * one_pass
+    assert together == apart and set(together["hookpoints"]) == set(saes)
