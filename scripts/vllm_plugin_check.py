@@ -1,8 +1,16 @@
-"""End-to-end check of the vLLM steering plugin on the embedded smollm2-135m (fp32, CPU): one batch with an unsteered
-and an add-steered request through vllm.LLM, greedy tokens compared with qwenscope's HF path.
+"""End-to-end check of the vLLM steering plugin on the embedded smollm2-135m (fp32, CPU): one mixed batch of
+unsteered, added, clamped and ablated requests through vllm.LLM, greedy tokens compared with ``qwenscope serve``'s.
 
-    python scripts/vllm_plugin_check.py hf OUT.json       # the project's venv: HF generate under steer_rows
-    python scripts/vllm_plugin_check.py vllm OUT.json     # vLLM's venv (VLLM_ENABLE_V1_MULTIPROCESSING=0)
+    python scripts/vllm_plugin_check.py hf OUT.json       # the project's venv: the requests through qwenscope serve
+    python scripts/vllm_plugin_check.py vllm OUT.json     # vLLM's venv: the requests in one batch, then each alone
+
+``hf`` sends each request of ``REQUESTS`` to ``qwenscope serve``'s app (in-process, the model in fp32) and writes
+the completion texts. ``vllm`` runs ``vllm.LLM`` with the plugin (fp32, eager) on all requests at once and then on
+each request by itself, and writes ``{"batch": texts, "alone": texts, "batch_tokens": ..., "alone_tokens": ...}``:
+equal batch and alone tokens mean a request's output does not depend on its batch-mates; texts equal to ``hf``'s mean
+the greedy tokens equal qwenscope serve's (both stop at EOS or after ``NEW`` tokens). ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` runs the engine in this process and calls
+``register()`` here; otherwise the engine core is a child process and finds the plugin through its
+``vllm.general_plugins`` entry point (qwenscope installed in vLLM's venv).
 """
 
 from __future__ import annotations
@@ -14,8 +22,23 @@ import sys
 from pathlib import Path
 
 logger = logging.getLogger("vllm_plugin_check")
-PROMPTS = ["The ocean is", "The ocean is", "My favourite food is"]
-STEERING = [None, [{"sae": "l15", "features": {"1234": 40.0}}], [{"sae": "l15", "features": {"77": 30.0}}]]
+OCEAN, FOOD = "The ocean is", "My favourite food is"
+REQUESTS: list[tuple[str, list[dict] | None]] = [
+    (OCEAN, None),
+    (OCEAN, [{"sae": "l15", "features": {"1234": 40.0}}]),
+    (FOOD, [{"sae": "l15", "features": {"77": 30.0}, "positions": "prompt"}]),
+    (OCEAN, [{"sae": "l15", "features": {"7160": 90.0}, "mode": "clamp", "acts": "own"}]),
+    (FOOD, [{"sae": "l15", "features": [6825, 7160, 1741], "mode": "ablate", "acts": "own"}]),
+    (
+        FOOD,
+        [
+            {"sae": "l15", "features": {"77": 20.0}, "positions": "generated"},
+            {"sae": "l15", "features": {"6825": 60.0}, "mode": "clamp", "acts": "own", "positions": "generated"},
+        ],
+    ),
+]
+"""(prompt, steering): unsteered; add on every token; add on the prompt only; a TopK clamp of a feature the prompt
+fires; an ablation of three features the prompt fires; an add and a clamp on the generated tokens only."""
 NEW = 16
 
 
@@ -31,48 +54,56 @@ def model_folder() -> Path:
     return next(p.parent for p in (cache_dir() / "models" / "smollm2-135m").rglob("config.json"))
 
 
-def run_hf() -> list[list[int]]:
-    import torch
+def run_hf() -> list[str]:
+    """Each request's completion text through qwenscope serve's app (fp32)."""
+    from fastapi.testclient import TestClient
 
     from qwenscope import Sae
     from qwenscope.models.load import load_model
-    from qwenscope.steer import SteerSpec, steer
+    from qwenscope.serve.api import create_app
 
     model, tokenizer = load_model(str(model_folder()))
-    model = model.float()
-    sae = Sae.load(sae_folder())
+    app = create_app(model.float(), tokenizer, {"l15": Sae.load(sae_folder())}, model_name="smollm2")
     out = []
-    for prompt, steering in zip(PROMPTS, STEERING):
-        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-        specs = [SteerSpec(sae, {int(k): v for k, v in e["features"].items()}, acts="own") for e in steering or []]
-        with torch.no_grad(), steer(model, specs) if specs else torch.no_grad():
-            gen = model.generate(input_ids=ids, max_new_tokens=NEW, do_sample=False)
-        out.append(gen[0, ids.shape[1] :].tolist())
+    with TestClient(app) as client:
+        for prompt, steering in REQUESTS:
+            body = {"model": "smollm2", "prompt": prompt, "max_tokens": NEW, "temperature": 0}
+            reply = client.post("/v1/completions", json=body | ({"steering": steering} if steering else {}))
+            reply.raise_for_status()
+            out.append(reply.json()["choices"][0]["text"])
     return out
 
 
-def run_vllm() -> list[list[int]]:
+def run_vllm() -> dict[str, list]:
     from qwenscope.vllm_plugin import engine
 
     os.environ[engine.ENV_SAES] = f"l15={sae_folder()}"
-    engine.register()
+    if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0":
+        engine.register()
     from vllm import LLM, SamplingParams
 
     llm = LLM(
         model=str(model_folder()),
         dtype="float32",
         max_model_len=256,
-        enforce_eager=True,
+        enforce_eager=os.environ.get("QWENSCOPE_CHECK_COMPILED") != "1",
         seed=0,
         gpu_memory_utilization=0.2,
     )
-    params = [
-        SamplingParams(
-            temperature=0, max_tokens=NEW, ignore_eos=True, extra_args={engine.EXTRA_KEY: json.dumps(s)} if s else None
-        )
-        for s in STEERING
-    ]
-    return [list(o.outputs[0].token_ids) for o in llm.generate(PROMPTS, params)]
+
+    def params(steering: list[dict] | None) -> SamplingParams:
+        extra = {engine.EXTRA_KEY: json.dumps(steering)} if steering else None
+        return SamplingParams(temperature=0, max_tokens=NEW, extra_args=extra)
+
+    prompts = [p for p, _ in REQUESTS]
+    batch = llm.generate(prompts, [params(s) for _, s in REQUESTS])
+    alone = [llm.generate([p], [params(s)])[0] for p, s in REQUESTS]
+    return {
+        "batch": [o.outputs[0].text for o in batch],
+        "alone": [o.outputs[0].text for o in alone],
+        "batch_tokens": [list(o.outputs[0].token_ids) for o in batch],
+        "alone_tokens": [list(o.outputs[0].token_ids) for o in alone],
+    }
 
 
 if __name__ == "__main__":
