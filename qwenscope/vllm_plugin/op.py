@@ -31,6 +31,13 @@ def steer_op(
     hidden: Tensor, rows: Tensor, add: Tensor, enc: Tensor, bias: Tensor, threshold: Tensor, dec: Tensor, target: Tensor
 ) -> Tensor:
     """hidden (T, d), rows (T,) int, add (R, d), enc and dec (R, M, d), bias, threshold and target (R, M)."""
+    return steer_body(hidden, rows, add, enc, bias, threshold, dec, target)
+
+
+def steer_body(
+    hidden: Tensor, rows: Tensor, add: Tensor, enc: Tensor, bias: Tensor, threshold: Tensor, dec: Tensor, target: Tensor
+) -> Tensor:
+    """The op's body (the module doc): static shapes only, no host sync."""
     n, d = hidden.shape
     n_rows, m = bias.shape
     r = rows.long()

@@ -10,6 +10,7 @@ from transformers import DynamicCache
 from qwenscope.models import splice
 from qwenscope.steer import SteerSpec, steer_rows
 from qwenscope.vllm_plugin import Span, TableConfig, Tables, parse_steering, steer_hidden, steer_op
+from qwenscope.vllm_plugin.op import steer_body
 
 MIXED = [
     None,
@@ -133,3 +134,16 @@ def test_the_op_compiles_as_one_node(saes):
     h, rows = torch.randn(6, 64), torch.tensor([0, 1, 1, 0, 1, 0], dtype=torch.int32)
     compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(h, rows), f(h, rows), rtol=0, atol=0)
+
+
+def test_the_body_traces_whole_with_any_token_count_so_a_cuda_graph_can_capture_it(saes):
+    """No host sync, no data-dependent shape: the body compiles in one graph (fullgraph) for a dynamic token count,
+    and gives the op's numbers; a loop over the rows present (``.tolist()``, ``nonzero``) would break the graph."""
+    tables = Tables({"resid_post.1": 64}, TableConfig(rows=4, slots=2))
+    tables.acquire("a", parse_steering([{"sae": "l1", "features": {"3": 1.0}}], saes))
+    tables.acquire("b", parse_steering([{"sae": "topk", "features": {"5": 2.0}, "mode": "clamp", "acts": "own"}], saes))
+    tensors = tables.layers["resid_post.1"].tensors()
+    compiled = torch.compile(steer_body, backend="eager", fullgraph=True, dynamic=True)
+    for n in (3, 7, 12):
+        hidden, rows = torch.randn(n, 64), torch.randint(0, 3, (n,), dtype=torch.int32)
+        torch.testing.assert_close(compiled(hidden, rows, *tensors), steer_op(hidden, rows, *tensors))
