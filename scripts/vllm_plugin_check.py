@@ -5,11 +5,12 @@ unsteered, added, clamped and ablated requests through vllm.LLM, greedy tokens c
     python scripts/vllm_plugin_check.py vllm OUT.json     # vLLM's venv: the requests in one batch, then each alone
 
 ``hf`` sends each request of ``REQUESTS`` to ``qwenscope serve``'s app (in-process, the model in fp32) and writes
-the completion texts. ``vllm`` runs ``vllm.LLM`` with the plugin (fp32, eager) on all requests at once and then on
-each request by itself, and writes ``{"batch": texts, "alone": texts, "batch_tokens": ..., "alone_tokens": ...}``:
-equal batch and alone tokens mean a request's output does not depend on its batch-mates; texts equal to ``hf``'s mean
-the greedy tokens equal qwenscope serve's (both stop at EOS or after ``NEW`` tokens). ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` runs the engine in this process and calls
-``register()`` here; otherwise the engine core is a child process and finds the plugin through its
+the completion texts. ``vllm`` runs ``vllm.LLM`` with the plugin (fp32; eager, or compiled with
+``QWENSCOPE_CHECK_COMPILED=1``) on all requests at once and then on each request by itself, and writes
+``{"batch": texts, "alone": texts, "batch_tokens": ..., "alone_tokens": ...}``: equal batch and alone tokens mean a
+request's output does not depend on its batch-mates; texts equal to ``hf``'s mean the greedy tokens equal qwenscope
+serve's (both stop at EOS or after ``NEW`` tokens). ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` runs the engine in this
+process and calls ``register()`` here; otherwise the engine core is a child process and finds the plugin through its
 ``vllm.general_plugins`` entry point (qwenscope installed in vLLM's venv).
 """
 

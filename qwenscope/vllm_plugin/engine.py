@@ -93,6 +93,23 @@ def _steered_forward(forward: Any, rows: Tensor, tables: tuple[Tensor, ...]) -> 
 _STATE: EngineSteering | None = None
 
 
+def _key_compile_cache(vllm_config: Any, state: EngineSteering) -> None:
+    """Make vLLM's torch.compile cache key depend on the plugin: a graph compiled without the op (plain vLLM) or with
+    other hooked layers or table sizes must never be loaded for this one (it would answer unsteered, silently). The
+    key hashes ``vllm_config.additional_config``, and it is computed at the first forward, after the load."""
+    import qwenscope
+
+    t = state.tables
+    tables = ";".join(f"{hp}:{t.layers[hp].tensors()[1].shape}:{t.layers[hp].tensors()[1].dtype}" for hp in t.order)
+    signature = f"qwenscope {qwenscope.__version__} steer-op 2 {tables}"
+    extra = vllm_config.additional_config
+    if isinstance(extra, dict):
+        extra[EXTRA_KEY] = signature
+    else:  # an object of another plugin's: no room for a key, so no cached graph at all
+        os.environ["VLLM_DISABLE_COMPILE_CACHE"] = "1"
+        logger.warning("vLLM's additional_config is not a dict: the torch.compile cache is off for steering")
+
+
 def _load_saes(spec: str) -> dict[str, Sae]:
     saes = {}
     for item in filter(None, (s.strip() for s in spec.split(","))):
@@ -128,6 +145,7 @@ def register() -> None:
             )
             _STATE.index = _STATE.index.to(device)
             _STATE.wrap_layers(model)
+            _key_compile_cache(vllm_config, _STATE)
             logger.info("qwenscope steering at %s (%d rows each)", ", ".join(_STATE.tables.order), cfg.rows)
         return model
 
