@@ -40,7 +40,8 @@ REQUESTS: list[tuple[str, list[dict] | None]] = [
 ]
 """(prompt, steering): unsteered; add on every token; add on the prompt only; a TopK clamp of a feature the prompt
 fires; an ablation of three features the prompt fires; an add and a clamp on the generated tokens only."""
-NEW = 16
+NEW = int(os.environ.get("QWENSCOPE_CHECK_NEW", "16"))
+"""Greedy tokens per request (QWENSCOPE_CHECK_NEW; with QWENSCOPE_CHECK_KV_BLOCKS=3, 140 forces preemptions)."""
 
 
 def sae_folder() -> Path:
@@ -79,8 +80,18 @@ def run_vllm() -> dict[str, list]:
     from qwenscope.vllm_plugin import engine
 
     os.environ[engine.ENV_SAES] = f"l15={sae_folder()}"
-    if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0":
+    preemptions = [0]
+    if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0":  # the engine here: count the scheduler's preemptions
         engine.register()
+        from vllm.v1.core.sched.scheduler import Scheduler
+
+        preempt = Scheduler._preempt_request
+
+        def counted(self, *a, **kw):  # type: ignore[no-untyped-def]
+            preemptions[0] += 1
+            return preempt(self, *a, **kw)
+
+        Scheduler._preempt_request = counted  # type: ignore[method-assign]
     from vllm import LLM, SamplingParams
 
     llm = LLM(
@@ -90,6 +101,7 @@ def run_vllm() -> dict[str, list]:
         enforce_eager=os.environ.get("QWENSCOPE_CHECK_COMPILED") != "1",
         seed=0,
         gpu_memory_utilization=0.2,
+        **({"num_gpu_blocks_override": int(blocks)} if (blocks := os.environ.get("QWENSCOPE_CHECK_KV_BLOCKS")) else {}),
     )
 
     def params(steering: list[dict] | None) -> SamplingParams:
@@ -104,6 +116,7 @@ def run_vllm() -> dict[str, list]:
         "alone": [o.outputs[0].text for o in alone],
         "batch_tokens": [list(o.outputs[0].token_ids) for o in batch],
         "alone_tokens": [list(o.outputs[0].token_ids) for o in alone],
+        "preemptions": preemptions[0],  # counted with the engine in this process only
     }
 
 

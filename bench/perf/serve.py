@@ -33,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -152,8 +153,11 @@ def load(
     duration: float,
     warmup: float = 0.0,
     stop_at: threading.Event | None = None,
+    body_of: Callable[[int, int], dict[str, Any]] | None = None,
+    clients: int | None = None,
 ) -> dict[str, Any]:
-    """``args.clients`` clients sending back to back; measured over ``duration`` seconds after ``warmup``.
+    """``clients`` (default ``args.clients``) clients sending back to back; measured over ``duration`` seconds after
+    ``warmup``. Client i's k-th request is ``body_of(i, k)`` (default ``request_body(args, i, k)``).
 
     Throughput: completion tokens of the requests that finished inside the window, over its length. Latency: every
     request that started inside the window, waited for to the end (clients send no new request after the window,
@@ -169,7 +173,7 @@ def load(
         k = 0
         with httpx.Client(timeout=900) as http:
             while time.perf_counter() < end and not (stop_at and stop_at.is_set()):
-                body = request_body(args, i, k)
+                body = body_of(i, k) if body_of else request_body(args, i, k)
                 k += 1
                 sent = time.perf_counter()
                 try:
@@ -195,7 +199,7 @@ def load(
                     if data["choices"][0]["text"] != refs.get(key(body)):
                         crosstalk[0] += 1
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients or args.clients)]
     for t in threads:
         t.start()
     for t in threads:

@@ -125,6 +125,12 @@ def register() -> None:
     global _registered
     if _registered or not os.environ.get(ENV_SAES):
         return
+    # The patches below are the V1 model runner's; vLLM picks V2 by itself where Triton is (GPUs), so ask for V1 in
+    # this process and the engine's children, which inherit the environment; a V2 engine is refused at load below.
+    if os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0").lower() in ("1", "true"):
+        raise QwenscopeError(
+            "the qwenscope steering plugin drives vLLM's V1 model runner: unset VLLM_USE_V2_MODEL_RUNNER or set it to 0"
+        )
     _registered = True
     from vllm.model_executor.model_loader.base_loader import BaseModelLoader
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
@@ -135,6 +141,11 @@ def register() -> None:
         global _STATE
         model = load_model(self, vllm_config=vllm_config, model_config=model_config, prefix=prefix, **kw)
         if prefix == "":
+            if getattr(vllm_config, "use_v2_model_runner", False):  # its batches never reach the patches: no rows
+                raise QwenscopeError(
+                    "vLLM chose its V2 model runner, which the qwenscope steering plugin does not drive: "
+                    "set VLLM_USE_V2_MODEL_RUNNER=0"
+                )
             cfg = TableConfig(
                 rows=int(os.environ.get(ENV_ROWS, "64")), slots=int(os.environ.get(ENV_SLOTS, "8")), device="cpu"
             )

@@ -1,9 +1,10 @@
-"""End to end inside vLLM (slow, ~3 min on 2 cores): vllm.LLM on the cached smollm2-135m (fp32) with the plugin gives
+"""End to end inside vLLM (slow, ~5 min on 2 cores): vllm.LLM on the cached smollm2-135m (fp32) with the plugin gives
 ``qwenscope serve``'s greedy texts for one mixed batch of unsteered, added, clamped and ablated requests, and each
-request alone gives the tokens it gets in the batch; eager and compiled (torch.compile), with the engine core in its
-own process finding the plugin through its entry point. vLLM lives in its own virtualenv (``make vllm-venv``: it pins
-another transformers): set QWENSCOPE_VLLM_PYTHON to its python (``make test-vllm`` does); skipped otherwise. Also the
-compile-cache key: the plugin's engine state changes it, so a graph compiled without the op is never loaded."""
+request alone gives the tokens it gets in the batch: eager and compiled (torch.compile), with the engine core in its
+own process finding the plugin through its entry point, and with so little KV cache that requests are preempted.
+vLLM lives in its own virtualenv (``make vllm-venv``: it pins another transformers): set QWENSCOPE_VLLM_PYTHON to its
+python (``make test-vllm`` does); skipped otherwise. Also the compile-cache key: the plugin's engine state changes it,
+so a graph compiled without the op is never loaded."""
 
 import json
 import os
@@ -22,27 +23,58 @@ SCRIPT = ROOT / "scripts" / "vllm_plugin_check.py"
 VLLM_PYTHON = os.environ.get("QWENSCOPE_VLLM_PYTHON")
 
 
+class ServeTexts(dict):
+    """Number of new tokens -> qwenscope serve's texts for the check's requests, computed at first use."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__()
+        self.folder = folder
+
+    def __missing__(self, new: int) -> list[str]:
+        out = self.folder / f"hf{new}.json"
+        env = os.environ | {"PYTHONPATH": str(ROOT), "QWENSCOPE_CHECK_NEW": str(new)}
+        subprocess.run([sys.executable, str(SCRIPT), "hf", str(out)], check=True, env=env, timeout=600)
+        self[new] = json.loads(out.read_text())
+        return self[new]
+
+
 @pytest.fixture(scope="module")
-def hf_texts(tmp_path_factory) -> list[str]:
-    out = tmp_path_factory.mktemp("hf") / "hf.json"
-    env = os.environ | {"PYTHONPATH": str(ROOT)}
-    subprocess.run([sys.executable, str(SCRIPT), "hf", str(out)], check=True, env=env, timeout=600)
-    return json.loads(out.read_text())
+def hf_texts(tmp_path_factory) -> ServeTexts:
+    return ServeTexts(tmp_path_factory.mktemp("hf"))
+
+
+NEEDS_VLLM = pytest.mark.skipif(
+    not VLLM_PYTHON, reason="vLLM is not installed here: make vllm-venv, then set QWENSCOPE_VLLM_PYTHON to its python"
+)
+
+
+def run_vllm(tmp_path: Path, **env: str) -> dict:
+    env = os.environ | {"PYTHONPATH": str(ROOT)} | env
+    subprocess.run([VLLM_PYTHON, str(SCRIPT), "vllm", str(tmp_path / "vllm.json")], check=True, env=env, timeout=900)
+    return json.loads((tmp_path / "vllm.json").read_text())
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not VLLM_PYTHON, reason="vLLM is not installed here: make vllm-venv, then set QWENSCOPE_VLLM_PYTHON to its python"
-)
+@NEEDS_VLLM
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
-def test_a_mixed_batch_through_vllm_gives_qwenscope_serves_texts(hf_texts, tmp_path, compiled):
-    env = os.environ | {"PYTHONPATH": str(ROOT), "QWENSCOPE_CHECK_COMPILED": "1" if compiled else "0"}
-    env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # the engine core in its own process: the entry point's path
-    subprocess.run([VLLM_PYTHON, str(SCRIPT), "vllm", str(tmp_path / "vllm.json")], check=True, env=env, timeout=900)
-    vllm = json.loads((tmp_path / "vllm.json").read_text())
-    assert hf_texts[0] != hf_texts[1] and hf_texts[0] != hf_texts[3]  # the add and the clamp change the answer
-    assert vllm["batch"] == hf_texts
+def test_a_mixed_batch_through_vllm_gives_qwenscope_serves_texts(hf_texts, tmp_path, compiled, monkeypatch):
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)  # the engine core in its own process
+    vllm = run_vllm(tmp_path, QWENSCOPE_CHECK_COMPILED="1" if compiled else "0")
+    assert hf_texts[16][0] != hf_texts[16][1] and hf_texts[16][0] != hf_texts[16][3]  # the add and the clamp show
+    assert vllm["batch"] == hf_texts[16]
     assert vllm["alone_tokens"] == vllm["batch_tokens"]  # no request depends on its batch-mates
+
+
+@pytest.mark.slow
+@NEEDS_VLLM
+def test_requests_preempted_and_recomputed_keep_their_steering(hf_texts, tmp_path):
+    """Three KV blocks of 128 tokens for six requests of 145: the scheduler preempts and later recomputes some of
+    them (counted with the engine in-process), and every text still equals qwenscope serve's."""
+    vllm = run_vllm(
+        tmp_path, VLLM_ENABLE_V1_MULTIPROCESSING="0", QWENSCOPE_CHECK_NEW="140", QWENSCOPE_CHECK_KV_BLOCKS="3"
+    )
+    assert vllm["preemptions"] > 0
+    assert vllm["batch"] == hf_texts[140]
 
 
 def test_the_compile_cache_key_names_the_hooked_layers_and_table_sizes(saes):
@@ -54,3 +86,16 @@ def test_the_compile_cache_key_names_the_hooked_layers_and_table_sizes(saes):
     one = key({"l1": saes["l1"]}, 4)
     assert one == key({"l1": saes["l1"], "jump": saes["jump"]}, 4)  # the same layer, the same graph
     assert len({one, key({"l1": saes["l1"], "l2": saes["l2"]}, 4), key({"l1": saes["l1"]}, 8)}) == 3
+
+
+def test_the_plugin_refuses_vllms_v2_model_runner_in_one_line(monkeypatch):
+    """Its patches are the V1 runner's: under V2 no request would get its rows, so steering would be silently off."""
+    from qwenscope.errors import QwenscopeError
+    from qwenscope.vllm_plugin import engine
+
+    monkeypatch.setattr(engine, "_registered", False)
+    monkeypatch.setenv(engine.ENV_SAES, "l15=/nowhere")
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
+    with pytest.raises(QwenscopeError, match="unset VLLM_USE_V2_MODEL_RUNNER"):
+        engine.register()
+    assert not engine._registered
