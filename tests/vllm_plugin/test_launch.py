@@ -4,6 +4,7 @@ SAE folders it resolves, and its one-line errors."""
 from __future__ import annotations
 
 import sys
+from typing import ClassVar
 
 import pytest
 import torch
@@ -21,8 +22,8 @@ def test_the_command_is_vllm_serve_with_the_front_end():
     assert cmd == [
         "/venv/bin/python",
         "-m",
-        "vllm.entrypoints.cli.main",
-        "serve",
+        "vllm.entrypoints.launchers.api_server.entry",
+        "--model",
         "/models/m",
         "--served-model-name",
         "m-name",
@@ -89,7 +90,7 @@ class FakeVllm:
     """subprocess.Popen's stand-in: records the command and environment, exits with ``rc``."""
 
     rc = 0
-    started: list[tuple[list[str], dict[str, str]]] = []
+    started: ClassVar[list[tuple[list[str], dict[str, str]]]] = []
 
     def __init__(self, cmd: list[str], env: dict[str, str]) -> None:
         FakeVllm.started.append((cmd, env))
@@ -111,7 +112,7 @@ def test_serve_engine_vllm_starts_vllms_server_and_waits(tmp_path, monkeypatch):
     args = ["serve", "--engine", "vllm", "--model", str(model), "--sae", str(tmp_path / "sae"), "--port", "8124"]
     more = ["--vllm-python", sys.executable, "--api-key", "k", "--steering-rows", "3", "--vllm-args=--dtype float32"]
     assert main(args + more) == 0
-    (cmd, env), = FakeVllm.started
+    ((cmd, env),) = FakeVllm.started
     assert cmd == launch.vllm_command(sys.executable, str(model), str(model), "127.0.0.1", 8124, "--dtype float32")
     assert env[ENV_SAES] == f"{tmp_path / 'sae'}={tmp_path / 'sae'}" and env[ENV_ROWS] == "3"
     assert env["VLLM_API_KEY"] == "k" and "k" not in cmd
