@@ -1,4 +1,4 @@
-"""End to end (slow, a few minutes on 2 cores): ``qwenscope serve --engine vllm`` on the embedded smollm2-135m (fp32,
+"""End to end (slow, about a minute on 2 cores): ``qwenscope serve --engine vllm`` on the embedded smollm2-135m (fp32,
 eager) with its resid_post.15 SAE, driven by the official ``openai`` client: steered completions equal ``qwenscope
 serve``'s (HF, in-process) greedy texts, each bad request gets its 4xx through the real server, the feature routes
 answer. vLLM lives in its own virtualenv: set QWENSCOPE_VLLM_PYTHON to its python; skipped otherwise."""
