@@ -128,6 +128,14 @@ def load_model(
     return model.eval(), tokenizer
 
 
+def model_source(name_or_path: str) -> str:
+    """What another loader of HF folders (vLLM) should load for ``name_or_path``: an embedded model's cached
+    safetensors folder (built on first use), a local model folder, or a hub id; checked as ``load_model`` checks."""
+    if name_or_path in EMBEDDED:
+        return str(_embedded_folder(name_or_path))
+    return _resolve(name_or_path)
+
+
 def model_name(model: PreTrainedModel) -> str:
     """A short name for a loaded model: the last part of ``model.config._name_or_path``.
 

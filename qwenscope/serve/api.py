@@ -58,6 +58,8 @@ from qwenscope.serve.rows import Row, RowResult, end_tokens, finish_row
 from qwenscope.steer.steer import SteerSpec
 
 if TYPE_CHECKING:
+    from fastapi import FastAPI
+
     from qwenscope.features.store import FeatureStore
 
 logger = logging.getLogger(__name__)
@@ -405,33 +407,12 @@ async def _events(
     yield _sse("[DONE]")
 
 
-def create_app(
-    model: nn.Module,
-    tokenizer: Any,
-    saes: dict[str, Sae],
-    *,
-    api_key: str | None = None,
-    limits: Limits | None = None,
-    model_name: str | None = None,
-    stores: dict[str, FeatureStore | None] | None = None,
-):
-    """A FastAPI app serving ``model`` with ``saes`` (id -> SAE) for steering and ``stores`` (id -> the SAE's
-    feature store, for labels and feature records); see the module docstring."""
-    from fastapi import FastAPI
+def add_error_handlers(app: FastAPI) -> None:
+    """Answer ``ApiError``, invalid requests, HTTP errors and crashes on the FastAPI ``app`` with an OpenAI error body
+    (``error_body``): a 4xx for what the client can fix, a 500 with the cause otherwise."""
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, StreamingResponse
+    from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException
-
-    name = model_name or str(getattr(model.config, "_name_or_path", "") or "qwenscope")
-    server = Server(model, tokenizer, saes, name, limits or Limits())
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        server.close()  # after the last request: the batcher's running batch finishes, waiting rows get an error
-
-    app = FastAPI(title="qwenscope", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-    app.state.server = server
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -457,6 +438,35 @@ def create_app(
     async def crash(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("request failed")
         return JSONResponse(error_body(f"internal error: {exc}", "server_error"), status_code=500)
+
+
+def create_app(
+    model: nn.Module,
+    tokenizer: Any,
+    saes: dict[str, Sae],
+    *,
+    api_key: str | None = None,
+    limits: Limits | None = None,
+    model_name: str | None = None,
+    stores: dict[str, FeatureStore | None] | None = None,
+):
+    """A FastAPI app serving ``model`` with ``saes`` (id -> SAE) for steering and ``stores`` (id -> the SAE's
+    feature store, for labels and feature records); see the module docstring."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse, StreamingResponse
+
+    name = model_name or str(getattr(model.config, "_name_or_path", "") or "qwenscope")
+    server = Server(model, tokenizer, saes, name, limits or Limits())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        server.close()  # after the last request: the batcher's running batch finishes, waiting rows get an error
+
+    app = FastAPI(title="qwenscope", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.server = server
+
+    add_error_handlers(app)
 
     @app.middleware("http")
     async def auth(request: Request, call_next):
@@ -546,14 +556,37 @@ class ServeConfig(Limits):
     """Port to serve on."""
     api_key: str | None = None
     """Require Authorization: Bearer <key> on every route but /health."""
+    engine: Literal["hf", "vllm"] = "hf"
+    """What generates: hf (transformers in this process, batched here) or vllm (vLLM's OpenAI server with the
+    steering plugin: the same requests and feature routes; the limits above are then vLLM's own, see --vllm-args)."""
+    vllm_python: str | None = None
+    """With --engine vllm: the Python of vLLM's virtualenv (make vllm-venv builds .venv-vllm); default: this Python."""
+    vllm_args: str = ""
+    """With --engine vllm: more arguments for vllm serve in one string, e.g. --vllm-args="--dtype float32
+    --max-model-len 2048"."""
+    steering_rows: int = 64
+    """With --engine vllm: rows of each hooked layer's steering table, the most distinct steerings running at once
+    plus one; a request that needs a row when none is free gets a 429."""
+    steering_slots: int = 8
+    """With --engine vllm: the most features one request clamps or ablates at one layer."""
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
             raise QwenscopeError(f"--port must be in 1..65535, got {self.port}")
+        if self.steering_rows < 2 or self.steering_slots < 1:
+            raise QwenscopeError(
+                f"--steering-rows must be >= 2 (row 0 is 'not steered') and --steering-slots >= 1, got "
+                f"{self.steering_rows} and {self.steering_slots}"
+            )
         super().__post_init__()
 
 
 def run_serve(cfg: ServeConfig) -> None:
+    if cfg.engine == "vllm":
+        from qwenscope.vllm_plugin.launch import run_vllm_serve
+
+        run_vllm_serve(cfg)
+        return
     import uvicorn
 
     from qwenscope.features.store import find_store

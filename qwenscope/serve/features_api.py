@@ -9,8 +9,9 @@
 
 ``sae`` is an SAE's id (which may contain '/') or its hookpoint. Encoding is the SAE's ``encode`` of the activations
 at its hookpoint (``qwenscope.features.search.token_features``), strongest active features first, run through
-``Server.exclusive`` so no request's steering is on the model meanwhile; labels and records come from the SAE's
-feature store, when it has one. Errors are ``ApiError``s (an OpenAI error body).
+``exclusive`` so no request's steering is on the model meanwhile; labels and records come from the SAE's feature
+store, when it has one. Errors are ``ApiError``s (an OpenAI error body). The routes need only what
+``FeatureServer`` names: serve's ``Server``, or the vLLM front end, which loads its model at the first encode.
 """
 
 from __future__ import annotations
@@ -19,18 +20,41 @@ import asyncio
 import dataclasses
 import math
 import re
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pydantic import Field
 
 from qwenscope.errors import QwenscopeError
 from qwenscope.sae.model import Sae
-from qwenscope.serve.api import ApiError, Server, _Strict
+from qwenscope.serve.api import ApiError, Limits, _Strict
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
+    from torch import nn
 
     from qwenscope.features.store import FeatureStore
+
+
+T = TypeVar("T")
+
+
+class FeatureServer(Protocol):
+    """What the feature routes read: the SAEs, the model (only inside ``exclusive``) and its tokenizer."""
+
+    saes: dict[str, Sae]
+    name: str
+    limits: Limits
+
+    @property
+    def tokenizer(self) -> Any: ...
+
+    @property
+    def model(self) -> nn.Module: ...
+
+    def find_sae(self, key: str) -> tuple[Sae, str]: ...
+
+    async def exclusive(self, fn: Callable[[], T]) -> T: ...
 
 
 class EncodeRequest(_Strict):
@@ -39,7 +63,7 @@ class EncodeRequest(_Strict):
     top_k: int = Field(default=5, ge=1, le=64)
 
 
-def add_feature_routes(app: FastAPI, server: Server, stores: dict[str, FeatureStore | None]) -> None:
+def add_feature_routes(app: FastAPI, server: FeatureServer, stores: dict[str, FeatureStore | None]) -> None:
     """Register ``POST /v1/features/encode`` and ``GET /v1/features/{sae}/{id}`` (see the module doc) on ``app``;
     ``stores`` maps an SAE id (a key of ``server.saes``) to its feature store (missing or None: it has none)."""
     _check_stores(server, stores)
@@ -112,7 +136,7 @@ def add_feature_routes(app: FastAPI, server: Server, stores: dict[str, FeatureSt
         )
 
 
-def _check_stores(server: Server, stores: dict[str, FeatureStore | None]) -> None:
+def _check_stores(server: FeatureServer, stores: dict[str, FeatureStore | None]) -> None:
     """Each store belongs to a served SAE and has its width (a QwenscopeError naming the mismatch otherwise)."""
     for sid, store in stores.items():
         if sid not in server.saes:
@@ -127,7 +151,7 @@ def _check_stores(server: Server, stores: dict[str, FeatureStore | None]) -> Non
             )
 
 
-def _resolve(server: Server, key: str) -> tuple[str, Sae, str]:
+def _resolve(server: FeatureServer, key: str) -> tuple[str, Sae, str]:
     """(id, SAE, hookpoint) of the SAE named by its id or hookpoint; an unknown one is a 404 (``find_sae``)."""
     sae, hookpoint = server.find_sae(key)
     sid = key if key in server.saes else next(s for s, candidate in server.saes.items() if candidate is sae)

@@ -72,9 +72,13 @@ class Tables:
                 self.layers[hookpoint].release(row)
 
     def _check_room(self, steering: RequestSteering) -> None:
+        """Every layer's content fits its table and finds a row, before any row is taken (all or nothing)."""
         for hookpoint, layer in steering.layers.items():
             table = self.layers[hookpoint]
-            keys = {c.key() for c in (layer.prompt, layer.generated) if c is not None}
+            contents = [c for c in (layer.prompt, layer.generated) if c is not None]
+            for content in contents:
+                table.check(content)
+            keys = {c.key() for c in contents}
             if sum(table.needs_row(k) for k in keys) > table.free_rows:
                 raise TableFull(
                     f"the steering table at {hookpoint} is full ({self.cfg.rows - 1} distinct steerings in use); "

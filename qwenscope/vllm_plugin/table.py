@@ -124,7 +124,7 @@ class SteerTable:
         key = key or content.key()
         row = self._row_of.get(key)
         if row is None:
-            self._check(content)
+            self.check(content)
             if not self._free:
                 raise TableFull(
                     f"the steering table is full ({self.cfg.rows - 1} distinct steerings at this layer are in use); "
@@ -147,7 +147,8 @@ class SteerTable:
             del self._row_of[self._key_of.pop(row)]
             self._free.append(row)
 
-    def _check(self, content: RowContent) -> None:
+    def check(self, content: RowContent) -> None:
+        """Whether ``content`` fits a row of this table (its width, its slots); a QwenscopeError saying why not."""
         if content.add.shape != (self.d_in,) or content.enc.shape[1:] != (self.d_in,):
             raise QwenscopeError(
                 f"steering content has width {content.add.shape[-1]} but this layer's table has d_in={self.d_in}"

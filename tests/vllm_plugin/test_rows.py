@@ -31,3 +31,15 @@ def test_fill_writes_each_tokens_row_by_position(saes):
     tables.release("split")
     tables.fill(index, spans)  # a finished request's tokens (none should come) would read row 0
     assert not index[0].any()
+
+
+def test_a_steering_too_wide_for_one_layer_takes_no_row_at_any(saes):
+    import pytest
+
+    from qwenscope.errors import QwenscopeError
+
+    tables = Tables({"resid_post.1": 64, "resid_post.2": 64}, TableConfig(rows=4, slots=2))
+    steering = [{"sae": "l1", "features": [3]}, {"sae": "l2", "features": [1, 2, 3], "mode": "ablate"}]
+    with pytest.raises(QwenscopeError, match="at most 2"):
+        tables.acquire("wide", parse_steering(steering, saes))
+    assert [t.free_rows for t in tables.layers.values()] == [3, 3] and tables.held("wide") == {}
