@@ -110,7 +110,18 @@ def _key_compile_cache(vllm_config: Any, state: EngineSteering) -> None:
         logger.warning("vLLM's additional_config is not a dict: the torch.compile cache is off for steering")
 
 
-def _load_saes(spec: str) -> dict[str, Sae]:
+def table_config(device: str) -> TableConfig:
+    """The tables' sizes from ``QWENSCOPE_VLLM_ROWS`` and ``QWENSCOPE_VLLM_SLOTS`` (64 and 8 when unset), on ``device``
+    (the engine's, or ``meta`` for the front end's mirror): the engine and the front end read the same numbers."""
+    try:
+        rows, slots = (int(os.environ.get(name, default)) for name, default in ((ENV_ROWS, "64"), (ENV_SLOTS, "8")))
+    except ValueError:
+        raise QwenscopeError(f"{ENV_ROWS} and {ENV_SLOTS} must be integers") from None
+    return TableConfig(rows=rows, slots=slots, device=device)
+
+
+def load_saes(spec: str) -> dict[str, Sae]:
+    """The SAEs of ``QWENSCOPE_VLLM_SAES`` (``id=/path,...``), as the engine and the front end both load them."""
     saes = {}
     for item in filter(None, (s.strip() for s in spec.split(","))):
         sid, _, path = item.partition("=")
@@ -132,6 +143,11 @@ def register() -> None:
             "the qwenscope steering plugin drives vLLM's V1 model runner: unset VLLM_USE_V2_MODEL_RUNNER or set it to 0"
         )
     _registered = True
+    if not logging.getLogger("qwenscope").handlers:  # vLLM configures only its own logger: show ours in its processes
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("(qwenscope pid=%(process)d) %(levelname)s %(message)s"))
+        logging.getLogger("qwenscope").addHandler(handler)
+        logging.getLogger("qwenscope").setLevel(logging.INFO)
     from vllm.model_executor.model_loader.base_loader import BaseModelLoader
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
@@ -146,13 +162,10 @@ def register() -> None:
                     "vLLM chose its V2 model runner, which the qwenscope steering plugin does not drive: "
                     "set VLLM_USE_V2_MODEL_RUNNER=0"
                 )
-            cfg = TableConfig(
-                rows=int(os.environ.get(ENV_ROWS, "64")), slots=int(os.environ.get(ENV_SLOTS, "8")), device="cpu"
-            )
             device = next(model.parameters()).device
-            cfg.device = str(device)
+            cfg = table_config(str(device))
             _STATE = EngineSteering(
-                _load_saes(os.environ[ENV_SAES]), cfg, vllm_config.scheduler_config.max_num_batched_tokens
+                load_saes(os.environ[ENV_SAES]), cfg, vllm_config.scheduler_config.max_num_batched_tokens
             )
             _STATE.index = _STATE.index.to(device)
             _STATE.wrap_layers(model)

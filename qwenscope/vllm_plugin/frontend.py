@@ -43,7 +43,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from qwenscope.errors import QwenscopeError
 from qwenscope.sae.model import Sae
 from qwenscope.serve.api import ApiError, Limits, error_body, find_sae
-from qwenscope.vllm_plugin.engine import ENV_ROWS, ENV_SAES, ENV_SLOTS, EXTRA_KEY, _load_saes
+from qwenscope.vllm_plugin.engine import ENV_SAES, EXTRA_KEY, load_saes, table_config
 from qwenscope.vllm_plugin.parse import RequestSteering, parse_steering
 from qwenscope.vllm_plugin.rows import Tables, table_full_error
 from qwenscope.vllm_plugin.table import TableConfig, TableFull
@@ -58,15 +58,6 @@ STEERED_ROUTES = ("/v1/completions", "/v1/chat/completions")
 FEATURE_PREFIX = "/v1/features/"
 SALT_PREFIX = "qwenscope-steering-"
 _MAX_SALT, _SALT_FORBIDDEN = 128, ("@", "/", "\\", "\0")  # vLLM's validate_cache_salt
-
-
-def table_config() -> TableConfig:
-    """The engine's table sizes (``QWENSCOPE_VLLM_ROWS``, ``QWENSCOPE_VLLM_SLOTS``), bookkeeping only (``meta``)."""
-    try:
-        rows, slots = (int(os.environ.get(name, default)) for name, default in ((ENV_ROWS, 64), (ENV_SLOTS, 8)))
-    except ValueError:
-        raise QwenscopeError(f"{ENV_ROWS} and {ENV_SLOTS} must be integers") from None
-    return TableConfig(rows=rows, slots=slots, device="meta")
 
 
 def mirror_tables(saes: dict[str, Sae], cfg: TableConfig) -> Tables:
@@ -197,10 +188,10 @@ class SteeringMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         spec = os.environ.get(ENV_SAES, "")
-        self.saes = _load_saes(spec)
+        self.saes = load_saes(spec)
         if not self.saes:
             raise QwenscopeError(f"{ENV_SAES} names no SAE; set it to id=/path/to/sae,... as for the engine")
-        self.tables = mirror_tables(self.saes, table_config())
+        self.tables = mirror_tables(self.saes, table_config("meta"))
         self._ids = itertools.count()
         self._features: ASGIApp | None = None
         self._features_lock = asyncio.Lock()
