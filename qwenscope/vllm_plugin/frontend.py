@@ -44,7 +44,7 @@ from qwenscope.errors import QwenscopeError
 from qwenscope.sae.model import Sae
 from qwenscope.serve.api import ApiError, Limits, error_body, find_sae
 from qwenscope.vllm_plugin.engine import ENV_SAES, EXTRA_KEY, load_saes, table_config
-from qwenscope.vllm_plugin.parse import RequestSteering, parse_steering
+from qwenscope.vllm_plugin.parse import RequestSteering, parse_steering, relative_hookpoints
 from qwenscope.vllm_plugin.rows import Tables, table_full_error
 from qwenscope.vllm_plugin.table import TableConfig, TableFull
 
@@ -195,6 +195,8 @@ class SteeringMiddleware:
         self._ids = itertools.count()
         self._features: ASGIApp | None = None
         self._features_lock = asyncio.Lock()
+        self._feature_backend: FeatureBackend | None = None
+        self._unit_cache: dict[str, float] = {}
         logger.info("qwenscope front end: steering with %s (%d rows)", ", ".join(self.saes), self.tables.cfg.rows)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -226,7 +228,9 @@ class SteeringMiddleware:
         try:
             if path not in STEERED_ROUTES:
                 raise ApiError(400, f"steering is taken on {' and '.join(STEERED_ROUTES)} only", "steering")
-            steering = parse_steering(body.get("steering"), self.saes)
+            needed = relative_hookpoints(body.get("steering"), self.saes)
+            unit = await self._units(scope, needed) if needed else None
+            steering = parse_steering(body.get("steering"), self.saes, unit=unit)
             forwarded = json.dumps(rewrite(body, steering), ensure_ascii=False).encode()
             self._admit(rid, steering)
         except ApiError as e:
@@ -273,18 +277,36 @@ class SteeringMiddleware:
         )
         return False
 
+    def _backend(self, scope: Scope) -> FeatureBackend:
+        """The SAEs, the tokenizer and the lazily loaded HF model, from vLLM's arguments (the model, its name)."""
+        if self._feature_backend is None:
+            args = getattr(getattr(scope.get("app"), "state", None), "args", None)
+            if args is None:
+                raise QwenscopeError("the feature routes need vLLM's arguments (app.state.args): run inside vllm")
+            names = args.served_model_name or [args.model]
+            name = names if isinstance(names, str) else names[0]
+            self._feature_backend = FeatureBackend(self.saes, args.model, name)
+        return self._feature_backend
+
     async def _feature_app(self, scope: Scope) -> ASGIApp:
-        """The feature routes, built at the first feature request from vLLM's arguments (the model, its name)."""
+        """The feature routes, built at the first feature request."""
         async with self._features_lock:
             if self._features is None:
-                args = getattr(getattr(scope.get("app"), "state", None), "args", None)
-                if args is None:
-                    raise QwenscopeError("the feature routes need vLLM's arguments (app.state.args): run inside vllm")
-                names = args.served_model_name or [args.model]
-                name = names if isinstance(names, str) else names[0]
-                backend = FeatureBackend(self.saes, args.model, name)
-                self._features = await asyncio.to_thread(feature_app, backend)
+                self._features = await asyncio.to_thread(feature_app, self._backend(scope))
         return self._features
+
+    async def _units(self, scope: Scope, hookpoints: set[str]) -> Callable[[str], float]:
+        """The steering unit of each of ``hookpoints``, measured once each as ``qwenscope serve`` measures it
+        (``steering_unit`` on the HF copy of the model, which the first relative request loads)."""
+        from qwenscope.steer.strength import steering_unit
+
+        backend = self._backend(scope)
+        for hp in sorted(hookpoints - set(self._unit_cache)):
+            self._unit_cache[hp] = await backend.exclusive(
+                lambda hp=hp: steering_unit(backend.model, backend.tokenizer, hp)
+            )
+            logger.info("steering unit at %s: %.4g (relative strengths are fractions of it)", hp, self._unit_cache[hp])
+        return self._unit_cache.__getitem__
 
 
 def _is_json(scope: Scope) -> bool:

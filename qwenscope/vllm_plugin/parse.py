@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -50,6 +50,8 @@ class RequestSteering:
     """hookpoint -> its rows' content; hookpoints the request does not steer are absent."""
     entries: list[dict[str, Any]]
     """The validated entries as JSON-able dicts (defaults filled in): what travels to the engine."""
+    units: dict[str, float] = field(default_factory=dict)
+    """hookpoint -> the steering unit its ``relative`` entries were scaled by (travels with them)."""
 
     @property
     def salt(self) -> str | None:
@@ -64,34 +66,64 @@ class RequestSteering:
         return "qwenscope-steering-" + h.hexdigest()
 
     def to_json(self) -> str:
-        return json.dumps(self.entries, sort_keys=True, separators=(",", ":"))
+        """The entries (and the units of relative ones) as one JSON text, which ``parse_steering`` reads back."""
+        out: Any = {"entries": self.entries, "units": self.units} if self.units else self.entries
+        return json.dumps(out, sort_keys=True, separators=(",", ":"))
 
 
 def parse_steering(
     raw: Any, saes: Mapping[str, Sae], unit: Callable[[str], float] | None = None, dtype: torch.dtype = torch.float32
 ) -> RequestSteering:
     """Validate ``raw`` (the JSON list, or its JSON text) against ``saes`` (id -> SAE) and build its rows' content;
-    ``unit(hookpoint)`` is the hookpoint's steering unit (``relative`` strengths). Raises ``ApiError`` (4xx)."""
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise ApiError(400, f"steering is not valid JSON: {e}", "steering") from None
-    try:
-        items = _ENTRIES.validate_python(raw if raw is not None else [])
-    except ValidationError as e:
-        raise ApiError(400, _message(e), "steering") from None
+    ``unit(hookpoint)`` is the hookpoint's steering unit (``relative`` strengths); ``to_json``'s text carries the
+    units it used. Raises ``ApiError`` (4xx)."""
+    items = _items(raw)
+    if isinstance(raw, str) and isinstance(sent := json.loads(raw), dict):  # to_json's {"entries", "units"}
+        unit = _known(sent["units"])
     hookpoints = {sid: sae.cfg.hookpoint or sid for sid, sae in saes.items()}
     specs: list[tuple[str, SteerSpec]] = []
+    units: dict[str, float] = {}
     for item in items:
         sae, hookpoint = find_sae(dict(saes), hookpoints, item.sae)
         specs.append((hookpoint, _spec(item, sae, hookpoint, unit)))
+        if item.relative and unit is not None:
+            units[hookpoint] = float(unit(hookpoint))
     layers = {}
     for hookpoint in dict.fromkeys(h for h, _ in specs):
         here = [s for h, s in specs if h == hookpoint]
         prompt, generated = (_content([s for s in here if s.positions in (None, k)], hookpoint, dtype) for k in KINDS)
         layers[hookpoint] = LayerSteering(prompt, generated)
-    return RequestSteering(layers, [item.model_dump(mode="json") for item in items])
+    return RequestSteering(layers, [item.model_dump(mode="json") for item in items], units)
+
+
+def relative_hookpoints(raw: Any, saes: Mapping[str, Sae]) -> set[str]:
+    """The hookpoints whose steering unit ``raw``'s relative entries need (validated as ``parse_steering`` does)."""
+    hookpoints = {sid: sae.cfg.hookpoint or sid for sid, sae in saes.items()}
+    return {find_sae(dict(saes), hookpoints, item.sae)[1] for item in _items(raw) if item.relative}
+
+
+def _known(units: dict[str, float]) -> Callable[[str], float]:
+    def unit(hookpoint: str) -> float:
+        if hookpoint not in units:
+            raise ApiError(400, f"relative strengths need {hookpoint}'s steering unit, which was not sent", "steering")
+        return float(units[hookpoint])
+
+    return unit
+
+
+def _items(raw: Any) -> list[Steering]:
+    """The entries of ``raw``: a JSON list, its text, or ``to_json``'s ``{"entries", "units"}`` text."""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise ApiError(400, f"steering is not valid JSON: {e}", "steering") from None
+        if isinstance(raw, dict) and set(raw) == {"entries", "units"}:
+            raw = raw["entries"]
+    try:
+        return _ENTRIES.validate_python(raw if raw is not None else [])
+    except ValidationError as e:
+        raise ApiError(400, _message(e), "steering") from None
 
 
 def _message(e: ValidationError) -> str:

@@ -8,6 +8,7 @@ import json
 from argparse import Namespace
 
 import pytest
+import torch
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.responses import JSONResponse
@@ -19,6 +20,7 @@ from qwenscope.vllm_plugin.frontend import SALT_PREFIX, SteeringMiddleware, rewr
 from qwenscope.vllm_plugin.parse import parse_steering
 
 ADD = [{"sae": "l1", "features": {"3": 4.0}}]
+ABSOLUTE_HALF = [{"sae": "l1", "features": {"3": 0.5}}]
 OTHER = [{"sae": "l1", "features": {"5": 2.0}}]
 
 
@@ -134,7 +136,6 @@ NAN = b'{"model": "m", "prompt": "hi", "steering": [{"sae": "l1", "features": {"
         ({"steering": [{"sae": "l1", "features": {"256": 1.0}}]}, None, 400, None, "256"),
         (NAN, None, 400, None, "steering"),
         ({"steering": [{"sae": "l1", "features": [3], "mode": "shout"}]}, None, 400, None, "mode"),
-        ({"steering": [{"sae": "l1", "features": {"3": 1.0}, "relative": True}]}, None, 400, None, "steering unit"),
         ({"steering": [{"sae": "l1", "features": list(range(5)), "mode": "ablate"}]}, None, 400, None, "at most 4"),
         ({"vllm_xargs": {EXTRA_KEY: "[]"}}, None, 400, None, "written by the server"),
         ({"steering": ADD, "cache_salt": "a/b"}, None, 400, None, "cache_salt"),
@@ -304,3 +305,39 @@ def test_the_feature_routes_answer_from_the_store_and_a_lazily_loaded_model(vllm
     data = encoded.json()["data"]
     assert len(data) == len(tokenizer("The cat sat")["input_ids"]) and all(len(t["features"]) <= 3 for t in data)
     assert client.get("/v1/models").status_code == 200  # everything else is vLLM's
+
+
+def test_relative_strengths_travel_with_the_unit_serve_measures(front, saes, tmp_path, monkeypatch):
+    """The first relative request loads the HF copy and measures the unit as ``qwenscope serve`` does; the engine's
+    parse of the forwarded text builds the rows the front end admitted, and an absolute request keeps its old form."""
+    from starlette.requests import Request
+    from tiny_models import save_tiny_qwen3
+
+    from qwenscope.models.load import load_model
+    from qwenscope.steer.strength import steering_unit
+
+    folder = save_tiny_qwen3(tmp_path / "model", num_layers=3)
+
+    async def completions(request: Request) -> JSONResponse:
+        return JSONResponse(json.loads(await request.body()))
+
+    front(Echo())  # the environment
+    app = Starlette(
+        routes=[Route("/v1/completions", completions, methods=["POST"])], middleware=[Middleware(SteeringMiddleware)]
+    )
+    app.state.args = Namespace(model=str(folder), served_model_name=["tiny"], api_key=None)
+    relative = [{"sae": "l1", "features": {"3": 0.5}, "relative": True}, {"sae": "l2", "features": {"7": 1.0}}]
+    sent = TestClient(app).post("/v1/completions", json={"model": "tiny", "prompt": "hi", "steering": relative})
+    assert sent.status_code == 200, sent.text
+    model, tokenizer = load_model(str(folder))
+    unit = steering_unit(model, tokenizer, "resid_post.1")
+    text = sent.json()["vllm_xargs"][EXTRA_KEY]
+    assert json.loads(text)["units"] == {"resid_post.1": unit}
+    engine_side, reference = parse_steering(text, saes), parse_steering(relative, saes, unit=lambda hp: unit)
+    assert engine_side.salt == reference.salt == sent.json()["cache_salt"]
+    assert not torch.equal(
+        engine_side.layers["resid_post.1"].prompt.add,
+        parse_steering(ABSOLUTE_HALF, saes).layers["resid_post.1"].prompt.add,
+    )
+    absolute = TestClient(app).post("/v1/completions", json={"model": "tiny", "prompt": "hi", "steering": ADD})
+    assert json.loads(absolute.json()["vllm_xargs"][EXTRA_KEY]) == parse_steering(ADD, saes).entries
