@@ -298,15 +298,17 @@ class SteeringMiddleware:
     async def _units(self, scope: Scope, hookpoints: set[str]) -> Callable[[str], float]:
         """The steering unit of each of ``hookpoints``, measured once each as ``qwenscope serve`` measures it
         (``steering_unit`` on the HF copy of the model, which the first relative request loads)."""
-        from qwenscope.steer.strength import steering_unit
-
         backend = self._backend(scope)
         for hp in sorted(hookpoints - set(self._unit_cache)):
-            self._unit_cache[hp] = await backend.exclusive(
-                lambda hp=hp: steering_unit(backend.model, backend.tokenizer, hp)
-            )
+            self._unit_cache[hp] = await backend.exclusive(functools.partial(_measure_unit, backend, hp))
             logger.info("steering unit at %s: %.4g (relative strengths are fractions of it)", hp, self._unit_cache[hp])
         return self._unit_cache.__getitem__
+
+
+def _measure_unit(backend: FeatureBackend, hookpoint: str) -> float:
+    from qwenscope.steer.strength import steering_unit
+
+    return steering_unit(backend.model, backend.tokenizer, hookpoint)
 
 
 def _is_json(scope: Scope) -> bool:
