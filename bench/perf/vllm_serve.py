@@ -226,7 +226,7 @@ def main() -> None:
     result["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     result["startup_seconds"] = {name: s.startup_seconds for name, s in up.items()}
     stem = "vllm_serve" + ("_cuda" if args.device == "cuda" else "")
-    write_result(result, args.out / f"{stem}.json")
+    write_result(args.out / f"{stem}.json", result)
     report(result)
     plot(result, args.out / f"{stem}.png")
 
@@ -268,6 +268,13 @@ def measure(args: argparse.Namespace, up: dict[str, Server]) -> dict[str, Any]:
                 run["errors"],
                 run["crosstalk"],
             )
+    return summarize(args, runs, len(bodies), differ)
+
+
+def summarize(
+    args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]], n_bodies: int, differ: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Medians over the repeats, the ratios, the exactness check and every run."""
     median = {label: statistics.median(x["tokens_per_s"] for x in rs) for label, rs in runs.items()}
     ratios = {}
     for s in args.streams:
@@ -276,8 +283,8 @@ def measure(args: argparse.Namespace, up: dict[str, Server]) -> dict[str, Any]:
     ratios[f"add/hf@{args.hf_streams}"] = median[f"add@{args.hf_streams}"] / median[f"hf@{args.hf_streams}"]
     return {
         "exactness": {
-            "requests": len(bodies),
-            "equal_to_hf": len(bodies) - len(differ),
+            "requests": n_bodies,
+            "equal_to_hf": n_bodies - len(differ),
             "first_differing": differ[0] if differ else None,
             "dtype": "float32" if args.device == "cpu" else "bfloat16",
         },

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from qwenscope.errors import QwenscopeError
 from qwenscope.sae.model import Sae
-from qwenscope.vllm_plugin.parse import parse_steering
+from qwenscope.vllm_plugin.parse import ParseCache
 from qwenscope.vllm_plugin.rows import Span, Tables
 from qwenscope.vllm_plugin.table import TableConfig
 
@@ -48,6 +48,7 @@ class EngineSteering:
         self.tables = Tables(widths, cfg)
         self.index = self.tables.new_index(max_tokens)
         self.prompt_lens: dict[str, int] = {}
+        self.parse = ParseCache(saes)
 
     def wrap_layers(self, model: nn.Module) -> None:
         """Wrap the forward of each hooked decoder layer: ``(hidden, residual) -> (0, steer(hidden + residual))``."""
@@ -59,7 +60,7 @@ class EngineSteering:
         if request_id in self.prompt_lens:  # resumed after preemption: it keeps its rows
             return
         extra = getattr(sampling_params, "extra_args", None) or {}
-        self.tables.acquire(request_id, parse_steering(extra.get(EXTRA_KEY), self.saes))
+        self.tables.acquire(request_id, self.parse(extra.get(EXTRA_KEY)))
         self.prompt_lens[request_id] = prompt_len
 
     def finish(self, request_id: str) -> None:

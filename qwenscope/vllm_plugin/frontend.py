@@ -7,7 +7,8 @@ A pure ASGI middleware in the API server process (vLLM adds it with ``app.add_mi
 outermost, so before vLLM's own API-key check; it checks the same keys itself on what it answers). On
 ``POST /v1/completions`` and ``/v1/chat/completions`` with a ``steering`` field it
 
-- validates the field with the engine's ``parse_steering`` (a 4xx with serve's OpenAI error body on a bad one),
+- validates the field with the engine's ``parse_steering``, cached by its text (``ParseCache``; a 4xx with serve's
+  OpenAI error body on a bad one),
 - admits it against a bookkeeping-only mirror of the engine's tables (``Tables`` on ``meta``; a 429 when full),
 - rewrites the body: ``steering`` out, ``vllm_xargs.qwenscope_steering`` (its JSON) merged with the client's
   ``vllm_xargs``, ``cache_salt`` set to the steering's salt (hashed with the client's own salt, if any),
@@ -44,7 +45,7 @@ from qwenscope.errors import QwenscopeError
 from qwenscope.sae.model import Sae
 from qwenscope.serve.api import ApiError, Limits, error_body, find_sae
 from qwenscope.vllm_plugin.engine import ENV_SAES, EXTRA_KEY, load_saes, table_config
-from qwenscope.vllm_plugin.parse import RequestSteering, parse_steering, relative_hookpoints
+from qwenscope.vllm_plugin.parse import ParseCache, RequestSteering, relative_hookpoints
 from qwenscope.vllm_plugin.rows import Tables, table_full_error
 from qwenscope.vllm_plugin.table import TableConfig, TableFull
 
@@ -192,6 +193,7 @@ class SteeringMiddleware:
         if not self.saes:
             raise QwenscopeError(f"{ENV_SAES} names no SAE; set it to id=/path/to/sae,... as for the engine")
         self.tables = mirror_tables(self.saes, table_config("meta"))
+        self.parse = ParseCache(self.saes)
         self._ids = itertools.count()
         self._features: ASGIApp | None = None
         self._features_lock = asyncio.Lock()
@@ -230,7 +232,7 @@ class SteeringMiddleware:
                 raise ApiError(400, f"steering is taken on {' and '.join(STEERED_ROUTES)} only", "steering")
             needed = relative_hookpoints(body.get("steering"), self.saes)
             unit = await self._units(scope, needed) if needed else None
-            steering = parse_steering(body.get("steering"), self.saes, unit=unit)
+            steering = self.parse(body.get("steering"), unit)
             forwarded = json.dumps(rewrite(body, steering), ensure_ascii=False).encode()
             self._admit(rid, steering)
         except ApiError as e:

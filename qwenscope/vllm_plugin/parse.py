@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -196,3 +197,24 @@ def _stage(spec: SteerSpec, add: torch.Tensor, dtype: torch.dtype) -> RowContent
         add,
         *(t.detach().to("cpu", dtype).contiguous() for t in (enc, bias, threshold, sae.W_dec[ids], target)),
     )
+
+
+class ParseCache:
+    """``parse_steering`` by the steering's JSON text, the last ``size`` results kept: a client that sends the same
+    steering again (every request of a stream, say) costs a dict lookup instead of building rows. Refusals are not
+    kept. ``unit`` must be the same function at every call (a server's measured units)."""
+
+    def __init__(self, saes: Mapping[str, Sae], size: int = 1024) -> None:
+        self.saes, self.size = saes, size
+        self._done: OrderedDict[str, RequestSteering] = OrderedDict()
+
+    def __call__(self, raw: Any, unit: Callable[[str], float] | None = None) -> RequestSteering:
+        key = raw if isinstance(raw, str) else json.dumps(raw, sort_keys=True, separators=(",", ":"))
+        if (hit := self._done.get(key)) is not None:
+            self._done.move_to_end(key)
+            return hit
+        out = parse_steering(raw, self.saes, unit)
+        self._done[key] = out
+        if len(self._done) > self.size:
+            self._done.popitem(last=False)
+        return out

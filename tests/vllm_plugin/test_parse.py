@@ -1,6 +1,7 @@
 """The ``steering`` field as qwenscope serve takes it: rows per hookpoint and kind of token, a salt, and one clear
 4xx with an OpenAI-style error body for each bad input."""
 
+import json
 import math
 
 import pytest
@@ -116,3 +117,19 @@ def test_a_full_table_is_a_429(saes):
     tables.release("a")
     tables.release("b")
     tables.acquire("c", parse_steering([{"sae": "l1", "features": [4]}], saes))
+
+
+def test_the_parse_cache_gives_the_same_rows_and_keeps_no_refusal(saes):
+    from qwenscope.vllm_plugin.parse import ParseCache
+
+    cache = ParseCache(saes, size=2)
+    entries = [{"sae": "l1", "features": {"3": 1.0}}]
+    first = cache(entries)
+    assert cache(json.dumps(entries, sort_keys=True, separators=(",", ":"))) is first  # the text, the same entry
+    assert first.salt == parse_steering(entries, saes).salt
+    for _ in range(2):  # a refusal each time, never a cached answer
+        with pytest.raises(ApiError):
+            cache([{"sae": "nope", "features": {"3": 1.0}}])
+    cache([{"sae": "l1", "features": {"4": 1.0}}])
+    cache([{"sae": "l1", "features": {"5": 1.0}}])  # the oldest goes
+    assert cache(entries) is not first and cache(entries).salt == first.salt

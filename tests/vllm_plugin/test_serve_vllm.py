@@ -1,7 +1,8 @@
 """End to end (slow, about a minute on 2 cores): ``qwenscope serve --engine vllm`` on the embedded smollm2-135m (fp32,
 eager) with its resid_post.15 SAE, driven by the official ``openai`` client: steered completions equal ``qwenscope
-serve``'s (HF, in-process) greedy texts, each bad request gets its 4xx through the real server, the feature routes
-answer. vLLM lives in its own virtualenv: set QWENSCOPE_VLLM_PYTHON to its python; skipped otherwise."""
+serve``'s (HF, in-process) greedy texts, relative strengths too; each bad request gets its 4xx through the real
+server; the feature routes answer. vLLM lives in its own virtualenv: set QWENSCOPE_VLLM_PYTHON to its python; skipped
+otherwise."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ VLLM_PYTHON = os.environ.get("QWENSCOPE_VLLM_PYTHON")
 MODEL, HOOK, KEY, NEW = "smollm2-135m", "resid_post.15", "e2e-key", 16
 OCEAN = "The ocean is"
 ADD = [{"sae": HOOK, "features": {"1234": 40.0}}]
+RELATIVE = [{"sae": HOOK, "features": {"1234": 0.8}, "relative": True}]  # fractions of the steering unit
 CHAT = [{"role": "user", "content": "What is your favourite food?"}]
 CHAT_ADD = [{"sae": MODEL, "features": {"77": 30.0}}]  # by id: serve names the embedded SAE after the model
 logger = logging.getLogger(__name__)
@@ -56,9 +58,11 @@ def hf_answers() -> dict[str, Any]:
             for extra in ({}, {"steering": ADD})
         )
         chat = client.post("/v1/chat/completions", json=greedy | {"messages": CHAT, "steering": CHAT_ADD}).json()
+        relative = client.post("/v1/completions", json=greedy | {"prompt": OCEAN, "steering": RELATIVE}).json()
         label = client.get(f"/v1/features/{HOOK}/1234").json()["label"]
         encoded = client.post("/v1/features/encode", json={"sae": MODEL, "input": OCEAN, "top_k": 3}).json()["data"]
     texts = {"plain": plain, "steered": steered, "chat": chat["choices"][0]["message"]["content"]}
+    texts["relative"] = relative["choices"][0]["text"]
     return texts | {"label": label, "encoded": encoded}
 
 
@@ -111,8 +115,10 @@ def test_serve_engine_vllm_steers_like_serve_and_refuses_bad_requests():
         steered = client.completions.create(prompt=OCEAN, extra_body={"steering": ADD}, **greedy).choices[0].text
         chat = client.chat.completions.create(messages=CHAT, extra_body={"steering": CHAT_ADD}, **greedy)
         logger.info("3 completions of %d tokens in %.1f s", NEW, time.perf_counter() - start)
-        texts = {"plain": plain, "steered": steered, "chat": chat.choices[0].message.content}
+        relative = client.completions.create(prompt=OCEAN, extra_body={"steering": RELATIVE}, **greedy).choices[0].text
+        texts = {"plain": plain, "steered": steered, "chat": chat.choices[0].message.content, "relative": relative}
         assert texts == {k: expected[k] for k in texts}
+        assert expected["relative"] not in (expected["plain"], expected["steered"])
 
         def refused(steering: list[dict], status: type[openai.APIStatusError]) -> str:
             with pytest.raises(status) as caught:
