@@ -61,6 +61,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_healthy(proc: subprocess.Popen, url: str, name: str, log: str, timeout: float) -> None:
+    """Until ``url``/health answers 200; SystemExit naming ``log`` if ``proc`` exits or ``timeout`` s pass first."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        if proc.poll() is not None:
+            raise SystemExit(f"{name} exited with {proc.returncode}; see {log}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"{name} did not come up in {timeout:.0f} s; see {log}")
+
+
 class ServerProcess:
     """`qwenscope serve` in a child process."""
 
@@ -88,17 +103,7 @@ class ServerProcess:
         self.log = open(args.work / f"server-{port}-{max_batch}.log", "a")  # noqa: SIM115 (closed in stop)
         start = time.perf_counter()
         self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        while time.perf_counter() - start < 300:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"the server exited with {self.proc.returncode}; see {self.log.name}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            raise SystemExit(f"the server did not come up in 300 s; see {self.log.name}")
+        wait_healthy(self.proc, self.url, "the server", self.log.name, 300.0)
         self.startup_seconds = time.perf_counter() - start
         logger.info("server (max batch %d) up on %s in %.1f s", max_batch, self.url, self.startup_seconds)
 
@@ -264,9 +269,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
         (axes[1], "latency_p50", "latency p50 (s)"),
     ):
         for j, name in enumerate(names):
-            runs = [r[metric] for r in results["configs"][name]["runs"]]
+            runs = [r[metric] for r in results["configs"][name]["runs"] if r[metric] is not None]
             ax.scatter([j] * len(runs), runs, color="grey", s=12, zorder=3)
-            ax.bar(j, results["configs"][name]["median"][metric], color=("#4c72b0", "#dd8452")[j % 2])
+            ax.bar(j, results["configs"][name]["median"][metric] or 0, color=("#4c72b0", "#dd8452")[j % 2])
         ax.set_xticks(range(len(names)), names)
         ax.set_title(label)
     fig.suptitle(
@@ -365,7 +370,8 @@ def main() -> None:
             f"{name:16}{m['tokens_per_s']:10.1f}{m['latency_p50'] or 0:8.2f}{m['latency_p99'] or 0:8.2f}"
             f"{c['errors']:8d}{c['crosstalk']:8d}"
         )
-    print(f"batched / one-at-a-time throughput: {results['throughput_ratio']:.2f}x (medians of {args.repeats})")
+    ratio = results["throughput_ratio"]
+    print(f"batched / one-at-a-time throughput: {ratio if ratio else float('nan'):.2f}x (medians of {args.repeats})")
     if "kill_check" in results:
         k = results["kill_check"]
         print(f"kill check: {k['identical_after_restart']}/{k['replayed']} identical after a SIGKILL and restart")

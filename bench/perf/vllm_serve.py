@@ -42,21 +42,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from serve import free_port, load
+from serve import PROMPTS, free_port, load, wait_healthy  # bench/perf/serve.py's prompts and helpers
 
 from qwenscope.experiment import write_result
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PROMPTS = [
-    "The history of the printing press began",
-    "Here is a short story about a lighthouse keeper:",
-    "The best way to learn a new language is",
-    "In the middle of the forest there was",
-    "To make bread at home, first",
-    "The planets of the solar system are",
-    "My favourite thing about winter is",
-    "Once upon a time, a small robot",
-]
 N_STEERINGS = 8
 """Distinct steerings per mode: stream i uses steering i % 8 (so the rows in use stay within the table)."""
 logger = logging.getLogger("bench.vllm_serve")
@@ -73,18 +63,11 @@ class Server:
         self.proc = subprocess.Popen(
             command, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
-        while time.perf_counter() - start < 900:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"{name} exited with {self.proc.returncode}; see {self.log.name}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        else:
+        try:
+            wait_healthy(self.proc, self.url, name, self.log.name, 900.0)
+        except SystemExit:
             self.stop()
-            raise SystemExit(f"{name} did not come up in 900 s; see {self.log.name}")
+            raise
         self.startup_seconds = time.perf_counter() - start
         logger.info("%s up on %s in %.0f s", name, self.url, self.startup_seconds)
 
