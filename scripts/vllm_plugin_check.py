@@ -7,7 +7,8 @@ unsteered, added, clamped and ablated requests through vllm.LLM, greedy tokens c
 ``hf`` sends each request of ``REQUESTS`` to ``qwenscope serve``'s app (in-process, the model in fp32) and writes
 the completion texts. ``vllm`` runs ``vllm.LLM`` with the plugin (fp32; eager, or compiled with
 ``QWENSCOPE_CHECK_COMPILED=1``) on all requests at once and then on each request by itself, and writes
-``{"batch": texts, "alone": texts, "batch_tokens": ..., "alone_tokens": ...}``: equal batch and alone tokens mean a
+``{"batch": texts, "alone": texts, "batch_tokens": ..., "alone_tokens": ...}`` (``batch``: the tokens decoded as
+serve decodes, ``vllm_texts``: vLLM's own texts): equal batch and alone tokens mean a
 request's output does not depend on its batch-mates; texts equal to ``hf``'s mean the greedy tokens equal qwenscope
 serve's (both stop at EOS or after ``NEW`` tokens). ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` runs the engine in this
 process and calls ``register()`` here; otherwise the engine core is a child process and finds the plugin through its
@@ -44,16 +45,72 @@ NEW = int(os.environ.get("QWENSCOPE_CHECK_NEW", "16"))
 """Greedy tokens per request (QWENSCOPE_CHECK_NEW; with QWENSCOPE_CHECK_KV_BLOCKS=3, 140 forces preemptions)."""
 
 
+ARCH = os.environ.get("QWENSCOPE_CHECK_ARCH", "")
+"""Empty: the embedded smollm2-135m (Llama) and its SAE. ``qwen3``, ``qwen3_moe`` or ``qwen3_5``: a small random model
+of that architecture with the real Qwen3 tokenizer and a random TopK SAE (576 -> 9216, k 32) at resid_post.2, written
+once by the ``hf`` step under the temp folder (random weights: the texts mean nothing; their equality does)."""
+
+
 def sae_folder() -> Path:
+    if ARCH:
+        return tiny_dir() / "sae"
     import qwenscope
 
     return Path(qwenscope.__file__).parent / "assets" / "saes" / "smollm2-135m" / "resid_post.15"
 
 
 def model_folder() -> Path:
+    if ARCH:
+        return tiny_dir() / "model"
     from qwenscope.models import cache_dir
 
     return next(p.parent for p in (cache_dir() / "models" / "smollm2-135m").rglob("config.json"))
+
+
+def tiny_dir() -> Path:
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / f"qwenscope-vllm-check-{ARCH}"
+
+
+def write_tiny() -> None:
+    """The random ``ARCH`` model (4 layers, d 576, initializer range 0.1 for decisive logits) and its SAE."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    from qwenscope import Sae, SaeConfig
+    from qwenscope.models.tokenizers import qwen3_tokenizer
+
+    if (sae_folder() / "cfg.json").exists():
+        return
+    tokenizer = qwen3_tokenizer()
+    shape = dict(
+        vocab_size=len(tokenizer), hidden_size=576, num_hidden_layers=4, num_attention_heads=9, num_key_value_heads=3,
+        head_dim=64, intermediate_size=1536, initializer_range=0.1, tie_word_embeddings=True,
+        max_position_embeddings=1024,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    if ARCH == "qwen3":
+        model = Qwen3ForCausalLM(Qwen3Config(**shape))
+    elif ARCH == "qwen3_moe":
+        moe = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=384, decoder_sparse_step=1)
+        model = Qwen3MoeForCausalLM(Qwen3MoeConfig(**shape, **moe))
+    elif ARCH == "qwen3_5":  # three Gated DeltaNet layers, then full attention
+        from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
+
+        linear = dict(
+            linear_conv_kernel_dim=4, linear_key_head_dim=64, linear_value_head_dim=64, linear_num_key_heads=3,
+            linear_num_value_heads=6, layer_types=["linear_attention"] * 3 + ["full_attention"],
+        )  # fmt: skip
+        model = Qwen3_5ForCausalLM(Qwen3_5TextConfig(**shape, **linear))
+    else:
+        raise SystemExit(f"QWENSCOPE_CHECK_ARCH={ARCH!r}: qwen3, qwen3_moe or qwen3_5")
+    model.save_pretrained(model_folder())
+    tokenizer.save_pretrained(model_folder())
+    sae = Sae(SaeConfig(d_in=576, d_sae=9216, k=32, activation="topk", hookpoint="resid_post.2", model=ARCH))
+    with torch.no_grad():
+        sae.W_enc.normal_(0, 0.2)
+    sae.save(sae_folder())
 
 
 def run_hf() -> list[str]:
@@ -64,6 +121,8 @@ def run_hf() -> list[str]:
     from qwenscope.models.load import load_model
     from qwenscope.serve.api import create_app
 
+    if ARCH:
+        write_tiny()
     model, tokenizer = load_model(str(model_folder()))
     app = create_app(model.float(), tokenizer, {"l15": Sae.load(sae_folder())}, model_name="smollm2")
     out = []
@@ -111,8 +170,14 @@ def run_vllm() -> dict[str, list]:
     prompts = [p for p, _ in REQUESTS]
     batch = llm.generate(prompts, [params(s) for _, s in REQUESTS])
     alone = [llm.generate([p], [params(s)])[0] for p, s in REQUESTS]
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_folder()))
     return {
-        "batch": [o.outputs[0].text for o in batch],
+        # vLLM's tokens decoded as qwenscope serve decodes its own (vLLM's streaming detokenizer holds back a trailing
+        # incomplete UTF-8 character that serve's one decode shows as U+FFFD)
+        "batch": [tokenizer.decode(o.outputs[0].token_ids, skip_special_tokens=True) for o in batch],
+        "vllm_texts": [o.outputs[0].text for o in batch],
         "alone": [o.outputs[0].text for o in alone],
         "batch_tokens": [list(o.outputs[0].token_ids) for o in batch],
         "alone_tokens": [list(o.outputs[0].token_ids) for o in alone],

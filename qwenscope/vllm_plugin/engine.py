@@ -82,8 +82,10 @@ class EngineSteering:
 
 
 def _steered_forward(forward: Any, rows: Tensor, tables: tuple[Tensor, ...]) -> Any:
-    def steered(positions: Tensor, hidden_states: Tensor, residual: Tensor | None) -> tuple[Tensor, Tensor]:
-        hidden, res = forward(positions, hidden_states, residual)
+    def steered(*args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        # the arguments as the model passes them: (positions, hidden_states, residual) for Llama, Qwen3 and Gemma3,
+        # (hidden_states, residual, positions) for Qwen3-Next and Qwen3.5; every one returns (hidden, residual)
+        hidden, res = forward(*args, **kwargs)
         x = hidden + res
         out = torch.ops.qwenscope.steer(x, rows[: x.shape[0]], *tables)
         return torch.zeros_like(out), out

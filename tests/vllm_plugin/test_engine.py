@@ -1,7 +1,8 @@
-"""End to end inside vLLM (slow, ~5 min on 2 cores): vllm.LLM on the cached smollm2-135m (fp32) with the plugin gives
+"""End to end inside vLLM (slow, ~6 min on 2 cores): vllm.LLM on the cached smollm2-135m (fp32) with the plugin gives
 ``qwenscope serve``'s greedy texts for one mixed batch of unsteered, added, clamped and ablated requests, and each
 request alone gives the tokens it gets in the batch: eager and compiled (torch.compile), with the engine core in its
-own process finding the plugin through its entry point, and with so little KV cache that requests are preempted.
+own process finding the plugin through its entry point, with so little KV cache that requests are preempted, and on
+random Qwen3 and Qwen3-MoE models.
 vLLM lives in its own virtualenv (``make vllm-venv``: it pins another transformers): set QWENSCOPE_VLLM_PYTHON to its
 python (``make test-vllm`` does); skipped otherwise. Also the compile-cache key: the plugin's engine state changes it,
 so a graph compiled without the op is never loaded."""
@@ -24,18 +25,19 @@ VLLM_PYTHON = os.environ.get("QWENSCOPE_VLLM_PYTHON")
 
 
 class ServeTexts(dict):
-    """Number of new tokens -> qwenscope serve's texts for the check's requests, computed at first use."""
+    """(architecture, new tokens) -> qwenscope serve's texts for the check's requests, computed at first use."""
 
     def __init__(self, folder: Path) -> None:
         super().__init__()
         self.folder = folder
 
-    def __missing__(self, new: int) -> list[str]:
-        out = self.folder / f"hf{new}.json"
-        env = os.environ | {"PYTHONPATH": str(ROOT), "QWENSCOPE_CHECK_NEW": str(new)}
+    def __missing__(self, key: tuple[str, int]) -> list[str]:
+        arch, new = key
+        out = self.folder / f"hf-{arch}-{new}.json"
+        env = os.environ | {"PYTHONPATH": str(ROOT), "QWENSCOPE_CHECK_NEW": str(new), "QWENSCOPE_CHECK_ARCH": arch}
         subprocess.run([sys.executable, str(SCRIPT), "hf", str(out)], check=True, env=env, timeout=600)
-        self[new] = json.loads(out.read_text())
-        return self[new]
+        self[key] = json.loads(out.read_text())
+        return self[key]
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +62,9 @@ def run_vllm(tmp_path: Path, **env: str) -> dict:
 def test_a_mixed_batch_through_vllm_gives_qwenscope_serves_texts(hf_texts, tmp_path, compiled, monkeypatch):
     monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)  # the engine core in its own process
     vllm = run_vllm(tmp_path, QWENSCOPE_CHECK_COMPILED="1" if compiled else "0")
-    assert hf_texts[16][0] != hf_texts[16][1] and hf_texts[16][0] != hf_texts[16][3]  # the add and the clamp show
-    assert vllm["batch"] == hf_texts[16]
+    hf = hf_texts["", 16]
+    assert hf[0] != hf[1] and hf[0] != hf[3]  # the add and the clamp show
+    assert vllm["batch"] == hf
     assert vllm["alone_tokens"] == vllm["batch_tokens"]  # no request depends on its batch-mates
 
 
@@ -74,7 +77,19 @@ def test_requests_preempted_and_recomputed_keep_their_steering(hf_texts, tmp_pat
         tmp_path, VLLM_ENABLE_V1_MULTIPROCESSING="0", QWENSCOPE_CHECK_NEW="140", QWENSCOPE_CHECK_KV_BLOCKS="3"
     )
     assert vllm["preemptions"] > 0
-    assert vllm["batch"] == hf_texts[140]
+    assert vllm["batch"] == hf_texts["", 140]
+
+
+@pytest.mark.slow
+@NEEDS_VLLM
+@pytest.mark.parametrize("arch", ["qwen3", "qwen3_moe"])
+def test_the_qwen_architectures_steer_like_qwenscope_serve(hf_texts, tmp_path, arch, monkeypatch):
+    """Random Qwen3 and Qwen3-MoE models (the real tokenizer) with a random TopK SAE: the same mixed batch."""
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+    vllm = run_vllm(tmp_path, QWENSCOPE_CHECK_ARCH=arch)
+    assert len(set(hf_texts[arch, 16])) == 6  # every steering changes the answer
+    assert vllm["batch"] == hf_texts[arch, 16]
+    assert vllm["alone_tokens"] == vllm["batch_tokens"]
 
 
 def test_the_compile_cache_key_names_the_hooked_layers_and_table_sizes(saes):
