@@ -230,6 +230,10 @@ class SteeringMiddleware:
         try:
             if path not in STEERED_ROUTES:
                 raise ApiError(400, f"steering is taken on {' and '.join(STEERED_ROUTES)} only", "steering")
+            if not isinstance(
+                body.get("steering", []), list
+            ):  # as serve's schema: the engine's JSON text is not for clients
+                raise ApiError(400, "steering: Input should be a valid list", "steering")
             needed = relative_hookpoints(body.get("steering"), self.saes)
             unit = await self._units(scope, needed) if needed else None
             steering = self.parse(body.get("steering"), unit)

@@ -136,6 +136,7 @@ NAN = b'{"model": "m", "prompt": "hi", "steering": [{"sae": "l1", "features": {"
         ({"steering": [{"sae": "l1", "features": {"256": 1.0}}]}, None, 400, None, "256"),
         (NAN, None, 400, None, "steering"),
         ({"steering": [{"sae": "l1", "features": [3], "mode": "shout"}]}, None, 400, None, "mode"),
+        ({"steering": '{"entries": [], "units": {"resid_post.1": 1e9}}'}, None, 400, None, "valid list"),
         ({"steering": [{"sae": "l1", "features": list(range(5)), "mode": "ablate"}]}, None, 400, None, "at most 4"),
         ({"vllm_xargs": {EXTRA_KEY: "[]"}}, None, 400, None, "written by the server"),
         ({"steering": ADD, "cache_salt": "a/b"}, None, 400, None, "cache_salt"),
