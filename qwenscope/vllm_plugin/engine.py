@@ -146,7 +146,7 @@ def register() -> None:
             "the qwenscope steering plugin drives vLLM's V1 model runner: unset VLLM_USE_V2_MODEL_RUNNER or set it to 0"
         )
     _registered = True
-    if not logging.getLogger("qwenscope").handlers:  # vLLM configures only its own logger: show ours in its processes
+    if not (logging.getLogger("qwenscope").handlers or logging.getLogger().handlers):  # vLLM sets up only "vllm"
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("(qwenscope pid=%(process)d) %(levelname)s %(message)s"))
         logging.getLogger("qwenscope").addHandler(handler)
