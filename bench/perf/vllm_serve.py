@@ -155,6 +155,8 @@ def servers(args: argparse.Namespace, folder: str, sae: str) -> dict[str, Server
     env.pop("QWENSCOPE_VLLM_SAES", None)  # plain vLLM: the plugin's entry point stays a no-op
     if args.device == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = "2"  # GiB per vLLM server
+    else:  # two vLLM servers and HF serve share one GPU
+        engine += " --gpu-memory-utilization 0.4"
     entry = "vllm.entrypoints.launchers.api_server.entry"  # what `vllm serve` runs (it fails in vllm-cpu)
     plain = [args.vllm_python, "-m", entry, "--model", folder, "--served-model-name", args.name]
     ours = [sys.executable, "-m", "qwenscope", "serve", "--model", args.name, "--sae", sae]
