@@ -34,18 +34,23 @@ EXTRA_KEY = "qwenscope_steering"
 _registered = False
 
 
+def hooked_widths(saes: dict[str, Sae]) -> dict[str, int]:
+    """hookpoint -> width of each SAE's layer table (the engine's and the front end's mirror); ``resid_post.L`` only."""
+    widths = {}
+    for sid, sae in saes.items():
+        hookpoint = sae.cfg.hookpoint or ""
+        if not re.fullmatch(r"resid_post\.\d+", hookpoint):
+            raise QwenscopeError(f"SAE {sid!r} hooks {hookpoint!r}; the vLLM plugin steers resid_post.L only")
+        widths[hookpoint] = sae.d_in
+    return widths
+
+
 class EngineSteering:
     """One worker's steering state: the SAEs, the tables, the row index and each request's prompt length."""
 
     def __init__(self, saes: dict[str, Sae], cfg: TableConfig, max_tokens: int) -> None:
         self.saes = saes
-        widths = {}
-        for sid, sae in saes.items():
-            hookpoint = sae.cfg.hookpoint or ""
-            if not re.fullmatch(r"resid_post\.\d+", hookpoint):
-                raise QwenscopeError(f"SAE {sid!r} hooks {hookpoint!r}; the vLLM plugin steers resid_post.L only")
-            widths[hookpoint] = sae.d_in
-        self.tables = Tables(widths, cfg)
+        self.tables = Tables(hooked_widths(saes), cfg)
         self.index = self.tables.new_index(max_tokens)
         self.prompt_lens: dict[str, int] = {}
         self.parse = ParseCache(saes)

@@ -19,7 +19,8 @@ Any other request goes to vLLM with its body untouched. ``steering`` on another 
 ``qwenscope serve`` (``features_api``) are answered here: ``GET /v1/features/{sae}/{id}`` from the SAE's feature
 store, and ``POST /v1/features/encode`` by an HF copy of the model that this process loads at the first encode
 request (fp32 on the CPU: the weights once more in RAM, about 4 bytes a parameter, and the load's seconds; the
-engine's copy cannot be read from here).
+engine's copy cannot be read from here). The same copy measures each hookpoint's steering unit, once, at the first
+``relative`` request; the unit travels to the engine with the entries.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from qwenscope.errors import QwenscopeError
 from qwenscope.sae.model import Sae
 from qwenscope.serve.api import ApiError, Limits, error_body, find_sae
-from qwenscope.vllm_plugin.engine import ENV_SAES, EXTRA_KEY, load_saes, table_config
+from qwenscope.vllm_plugin.engine import ENV_SAES, EXTRA_KEY, hooked_widths, load_saes, table_config
 from qwenscope.vllm_plugin.parse import ParseCache, RequestSteering, relative_hookpoints
 from qwenscope.vllm_plugin.rows import Tables, table_full_error
 from qwenscope.vllm_plugin.table import TableConfig, TableFull
@@ -63,7 +64,7 @@ _MAX_SALT, _SALT_FORBIDDEN = 128, ("@", "/", "\\", "\0")  # vLLM's validate_cach
 
 def mirror_tables(saes: dict[str, Sae], cfg: TableConfig) -> Tables:
     """The front end's mirror of the engine's tables: one per hooked layer, as wide as its SAE."""
-    return Tables({sae.cfg.hookpoint or sid: sae.d_in for sid, sae in saes.items()}, cfg)
+    return Tables(hooked_widths(saes), cfg)
 
 
 def steering_salt(steering: str, client: Any) -> str:
@@ -112,7 +113,7 @@ def rewrite(body: dict[str, Any], steering: RequestSteering) -> dict[str, Any]:
 
 class FeatureBackend:
     """What the feature routes read (``features_api.FeatureServer``) in the front end: the SAEs, the tokenizer, and
-    the model, loaded from ``source`` at the first use (the first encode request), on the CPU in fp32."""
+    the model, loaded from ``source`` at the first use (the first encode or relative request), on the CPU in fp32."""
 
     def __init__(self, saes: dict[str, Sae], source: str, name: str, limits: Limits | None = None) -> None:
         self.saes, self.source, self.name, self.limits = saes, source, name, limits or Limits()
@@ -132,7 +133,7 @@ class FeatureBackend:
             from qwenscope.models.load import load_model
 
             start = time.perf_counter()
-            logger.info("loading an HF copy of %s for /v1/features/encode (once)", self.source)
+            logger.info("loading an HF copy of %s for encoding and steering units (once)", self.source)
             self._model, _ = load_model(self.source)
             logger.info("loaded %s in %.1f s", self.source, time.perf_counter() - start)
         return self._model

@@ -69,13 +69,18 @@ class RowContent:
         return int(self.enc.shape[0])
 
     def key(self) -> str:
-        """A hash of the content (dtype-exact): equal content, equal key."""
-        h = hashlib.blake2b(digest_size=16)
-        for t in (self.add, self.enc, self.bias, self.threshold, self.dec, self.target):
-            t = t.detach().to("cpu", torch.float32).contiguous()
-            h.update(str(tuple(t.shape)).encode())
-            h.update(t.numpy().tobytes())
-        return h.hexdigest()
+        """A hash of the content (dtype-exact): equal content, equal key. Computed once: a row's content is never
+        written after it is built (the salt, the room check and the acquire all ask for it)."""
+        cached = self.__dict__.get("_key")
+        if cached is None:
+            h = hashlib.blake2b(digest_size=16)
+            for t in (self.add, self.enc, self.bias, self.threshold, self.dec, self.target):
+                t = t.detach().to("cpu", torch.float32).contiguous()
+                h.update(str(tuple(t.shape)).encode())
+                h.update(t.numpy().tobytes())
+            cached = h.hexdigest()
+            object.__setattr__(self, "_key", cached)  # frozen: the fields stay as they are
+        return cached
 
 
 def add_only(vector: Tensor) -> RowContent:
