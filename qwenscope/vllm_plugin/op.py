@@ -16,14 +16,22 @@ tokens come out equal to ``hidden``. A functional op (no input is mutated) with 
 against all R·M encoder rows of the table in one (T, d) x (d, R·M) product and its own row's M kept, and the delta is
 one (T, R·M) x (R·M, d) product with every other row's coefficients zero. Its cost grows with the table, not with
 the SAE: with R = 64 rows and M = 8 slots at d = 4096 it is ~8 MFLOP per token, against ~400 MFLOP for the decoder
-layer itself.
+layer itself. On CUDA, where Triton imports, the op runs ``kernel.steer_triton`` instead, which reads only each
+token's own row (``QWENSCOPE_STEER_KERNEL=torch`` keeps this body there too).
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from qwenscope.errors import QwenscopeError
+from qwenscope.vllm_plugin.kernel import HAVE_TRITON, steer_triton
+
+KERNEL_ENV = "QWENSCOPE_STEER_KERNEL"
 
 
 @torch.library.custom_op("qwenscope::steer", mutates_args=())
@@ -55,6 +63,22 @@ def _steer_fake(
 ) -> Tensor:
     torch._check(rows.shape[0] == hidden.shape[0])
     return torch.empty_like(hidden)
+
+
+def cuda_kernel() -> str:
+    """The op's body on CUDA tensors: "triton" (where Triton imports) or "torch" (``QWENSCOPE_STEER_KERNEL``)."""
+    choice = os.environ.get(KERNEL_ENV, "triton" if HAVE_TRITON else "torch")
+    if choice not in ("triton", "torch"):
+        raise QwenscopeError(f"{KERNEL_ENV}={choice!r}: use 'triton' or 'torch'")
+    if choice == "triton" and not HAVE_TRITON:
+        raise QwenscopeError(
+            f"{KERNEL_ENV}=triton but Triton does not import here: pip install triton, or set it to 'torch'"
+        )
+    return choice
+
+
+if cuda_kernel() == "triton":
+    steer_op.register_kernel("cuda")(steer_triton)
 
 
 def steer_hidden(hidden: Tensor, rows: Tensor, tables: tuple[Tensor, ...]) -> Tensor:
