@@ -230,6 +230,13 @@ class SteeringMiddleware:
         rid = f"frontend-{next(self._ids)}"
         try:
             if path not in STEERED_ROUTES:
+                if "steering" not in body:
+                    raise ApiError(
+                        400,
+                        f"{EXTRA_KEY} is written by the server: send the steering in the steering field of "
+                        f"{' or '.join(STEERED_ROUTES)}",
+                        EXTRA_KEY,
+                    )
                 raise ApiError(400, f"steering is taken on {' and '.join(STEERED_ROUTES)} only", "steering")
             if not isinstance(
                 body.get("steering", []), list
@@ -324,9 +331,19 @@ def _is_json(scope: Scope) -> bool:
 
 
 def _writes_steering(body: dict[str, Any]) -> bool:
-    """Whether the client wrote the engine's steering key into ``vllm_xargs`` itself."""
-    xargs = body.get("vllm_xargs")
-    return isinstance(xargs, dict) and EXTRA_KEY in xargs
+    """Whether the client wrote the engine's steering key itself, anywhere in its body: ``vllm_xargs`` on the
+    OpenAI routes, ``sampling_params.extra_args`` on a raw route such as ``/inference/v1/generate``. Only the front
+    end writes it, after admitting the request, so the engine's table never takes rows the mirror did not."""
+    stack: list[Any] = [body]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            if EXTRA_KEY in value:
+                return True
+            stack.extend(v for v in value.values() if isinstance(v, dict | list))
+        elif isinstance(value, list):
+            stack.extend(v for v in value if isinstance(v, dict | list))
+    return False
 
 
 async def _read_body(receive: Receive) -> bytes | None:

@@ -141,6 +141,13 @@ NAN = b'{"model": "m", "prompt": "hi", "steering": [{"sae": "l1", "features": {"
         ({"vllm_xargs": {EXTRA_KEY: "[]"}}, None, 400, None, "written by the server"),
         ({"steering": ADD, "cache_salt": "a/b"}, None, 400, None, "cache_salt"),
         ({"steering": ADD}, "/v1/responses", 400, None, "/v1/completions and /v1/chat/completions only"),
+        (  # a raw route's sampling parameters: refused, so the engine's table never overflows the mirror
+            {"sampling_params": {"max_tokens": 4, "extra_args": {EXTRA_KEY: "[]"}}},
+            "/inference/v1/generate",
+            400,
+            None,
+            "written by the server",
+        ),
     ],
 )
 def test_each_bad_request_gets_one_clear_4xx(front, body, route, status, code, message):
