@@ -8,7 +8,8 @@ of serving steps (T tokens: decode batches and prefill chunks), against two base
 - ``mlp``: the decoder layer's MLP products at that shape (``(T, d) x (d, 2·3d)`` then ``(T, 3d) x (3d, d)``, Qwen3's
   intermediate size being 3d), the order of what one layer costs, so ``op / mlp`` is the op's share of a layer.
 
-Three tables: ``idle`` (every token row 0: the plugin loaded, nothing steered), ``add`` (every token on one of the
+It also times the host's bookkeeping before each step (``Tables.fill``: every token's row at every hooked layer)
+for decode steps of 1, 8 and 32 streams. Three tables: ``idle`` (every token row 0: the plugin loaded, nothing steered), ``add`` (every token on one of the
 table's rows, add only) and ``clamp2`` (every token's row adds and clamps two features). The table has R rows and M
 slots as the server's defaults (64, 8). On CUDA each variant runs ``--iters`` calls inside one CUDA graph (as vLLM
 replays them), bf16 hidden states and an fp32 table; the Triton kernel's output is checked against the torch body's
@@ -35,6 +36,9 @@ from torch import Tensor
 from qwenscope.experiment import add_common_args, interleaved, medians, set_threads, write_result
 from qwenscope.vllm_plugin.kernel import HAVE_TRITON, steer_triton
 from qwenscope.vllm_plugin.op import steer_body
+from qwenscope.vllm_plugin.parse import LayerSteering, RequestSteering
+from qwenscope.vllm_plugin.rows import Span, Tables
+from qwenscope.vllm_plugin.table import TableConfig, add_only
 
 HERE = Path(__file__).resolve().parent
 log = logging.getLogger("steer_op")
@@ -90,6 +94,24 @@ def repeated(fn: Callable[[], Any], iters: int, graphs: bool) -> Callable[[], No
     return graph.replay
 
 
+def fill_cost(streams: int, layers: int, repeats: int, iters: int = 200) -> float:
+    """Microseconds of the host's per-step bookkeeping (``Tables.fill``: every token's row, all hooked layers) for a
+    decode step of ``streams`` requests, each steered by its own row; the median of ``repeats`` timings."""
+    hookpoints = [f"resid_post.{i}" for i in range(layers)]
+    tables = Tables(dict.fromkeys(hookpoints, 64), TableConfig(rows=max(64, streams + 1), slots=2))
+    for i in range(streams):
+        content = add_only(torch.full((64,), float(i)))
+        tables.acquire(f"r{i}", RequestSteering(dict.fromkeys(hookpoints, LayerSteering(content, content)), []))
+    index = tables.new_index(8192)
+    spans = [Span(f"r{i}", i, 1, 100, 50) for i in range(streams)]
+
+    def steps() -> None:
+        for _ in range(iters):
+            tables.fill(index, spans)
+
+    return medians(interleaved({"fill": steps}, repeats, warmup=True))["fill"] / iters * 1e6
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     device = args.device
     cuda = device.startswith("cuda")
@@ -129,6 +151,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     mode,
                     "  ".join(f"{name} {value:8.1f} us" for name, value in us.items()),
                 )
+    fill = [
+        {"streams": streams, "hooked_layers": layers, "us_per_step": fill_cost(streams, layers, args.repeats)}
+        for streams in (1, 8, 32)
+        for layers in (1, 4)
+    ]
     return {
         "device": device,
         "device_name": torch.cuda.get_device_name() if cuda else "cpu",
@@ -139,6 +166,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "cuda_graphs": cuda,
         "bodies": list(bodies),
         "cases": cases,
+        "fill": fill,
     }
 
 
@@ -152,6 +180,12 @@ def table(result: dict[str, Any]) -> str:
         line = f"{c['d']:>5} {c['tokens']:>5} {c['mode']:<7}{us['copy']:>9.1f}{us['mlp']:>10.1f}"
         line += "".join(f"{us[b]:>10.1f}{c['share_of_mlp'][b]:>11.3f}" for b in bodies)
         lines.append(line)
+    lines.append(
+        "host bookkeeping per decode step (Tables.fill), us: "
+        + ", ".join(
+            f"{f['streams']} streams x {f['hooked_layers']} layers {f['us_per_step']:.1f}" for f in result["fill"]
+        )
+    )
     return "\n".join(lines)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -45,6 +46,8 @@ class Tables:
         self.order = list(self.layers)
         """Hookpoints in index-buffer order: line i of the index is ``order[i]``."""
         self._held: dict[str, dict[str, tuple[int, int]]] = {}
+        self._columns: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        """request -> its prompt rows and its generated rows down the index's lines, (hooked layers, 1) each."""
 
     def held(self, request_id: str) -> dict[str, tuple[int, int]]:
         """hookpoint -> (prompt row, generated row) that the request holds ({} when it steers nothing)."""
@@ -64,9 +67,14 @@ class Tables:
             prompt, generated = (0 if c is None else table.acquire(c) for c in (layer.prompt, layer.generated))
             held[hookpoint] = (prompt, generated)
         self._held[request_id] = held
+        if held:
+            lines = [held.get(h, (0, 0)) for h in self.order]
+            prompt_rows, generated_rows = (np.array(c, dtype=np.int32).reshape(-1, 1) for c in zip(*lines, strict=True))
+            self._columns[request_id] = (prompt_rows, generated_rows)
 
     def release(self, request_id: str) -> None:
         """Give back the request's rows (a request that holds none is fine: unsteered, or refused)."""
+        self._columns.pop(request_id, None)
         for hookpoint, rows in self._held.pop(request_id, {}).items():
             for row in rows:
                 self.layers[hookpoint].release(row)
@@ -90,22 +98,21 @@ class Tables:
         return torch.zeros(len(self.order), max_tokens, dtype=torch.int32, device=device)
 
     def fill(self, index: Tensor, spans: Sequence[Span]) -> None:
-        """Write the step's row of every token into ``index`` in place; tokens no span covers get row 0."""
-        host = torch.zeros(index.shape, dtype=torch.int32)
+        """Write the step's row of every token into ``index`` in place; tokens no span covers get row 0. Runs on the
+        host before every step, so it costs two numpy slice writes per steered request (a span's prompt tokens, then
+        its generated tokens), not torch calls per token."""
+        host = np.zeros(tuple(index.shape), dtype=np.int32)
         for span in spans:
-            held = self._held.get(span.request_id)
-            if not held:
+            columns = self._columns.get(span.request_id)
+            if columns is None:
                 continue
-            positions = torch.arange(span.first_position, span.first_position + span.count)
-            is_prompt = positions < span.prompt_len
-            for i, hookpoint in enumerate(self.order):
-                prompt_row, generated_row = held.get(hookpoint, (0, 0))
-                host[i, span.start : span.start + span.count] = torch.where(
-                    is_prompt,
-                    torch.tensor(prompt_row, dtype=torch.int32),
-                    torch.tensor(generated_row, dtype=torch.int32),
-                )
-        index.copy_(host, non_blocking=True)
+            start, end = span.start, span.start + span.count
+            split = start + min(max(span.prompt_len - span.first_position, 0), span.count)  # prompt tokens end here
+            if split > start:
+                host[:, start:split] = columns[0]
+            if end > split:
+                host[:, split:end] = columns[1]
+        index.copy_(torch.from_numpy(host), non_blocking=True)
 
 
 def table_full_error(e: TableFull) -> ApiError:

@@ -37,4 +37,6 @@ def test_a_run_times_every_shape_and_mode(bench):
         assert set(case["us_per_call"]) == {"copy", "mlp", "torch"} and min(case["us_per_call"].values()) > 0
         assert case["share_of_mlp"]["torch"] == case["us_per_call"]["torch"] / case["us_per_call"]["mlp"]
     lines = bench.table(result).splitlines()
-    assert len(lines) == 1 + len(result["cases"]) and "torch/mlp" in lines[0]
+    assert len(lines) == 2 + len(result["cases"]) and "torch/mlp" in lines[0]
+    assert [(f["streams"], f["hooked_layers"]) for f in result["fill"]] == [(s, n) for s in (1, 8, 32) for n in (1, 4)]
+    assert all(f["us_per_step"] > 0 for f in result["fill"])
