@@ -62,9 +62,9 @@ def sae_folder() -> Path:
 def model_folder() -> Path:
     if ARCH:
         return tiny_dir() / "model"
-    from qwenscope.models import cache_dir
+    from qwenscope.models.load import model_source
 
-    return next(p.parent for p in (cache_dir() / "models" / "smollm2-135m").rglob("config.json"))
+    return Path(model_source("smollm2-135m"))  # its cached safetensors folder, built on first use
 
 
 def tiny_dir() -> Path:

@@ -8,13 +8,13 @@ of serving steps (T tokens: decode batches and prefill chunks), against two base
 - ``mlp``: the decoder layer's MLP products at that shape (``(T, d) x (d, 2·3d)`` then ``(T, 3d) x (3d, d)``, Qwen3's
   intermediate size being 3d), the order of what one layer costs, so ``op / mlp`` is the op's share of a layer.
 
-It also times the host's bookkeeping before each step (``Tables.fill``: every token's row at every hooked layer)
-for decode steps of 1, 8 and 32 streams. Three tables: ``idle`` (every token row 0: the plugin loaded, nothing steered), ``add`` (every token on one of the
+Three tables: ``idle`` (every token row 0: the plugin loaded, nothing steered), ``add`` (every token on one of the
 table's rows, add only) and ``clamp2`` (every token's row adds and clamps two features). The table has R rows and M
 slots as the server's defaults (64, 8). On CUDA each variant runs ``--iters`` calls inside one CUDA graph (as vLLM
 replays them), bf16 hidden states and an fp32 table; the Triton kernel's output is checked against the torch body's
 (the interpreter on CPU checks bf16 only loosely: ``tests/vllm_plugin/test_kernel.py``). On a CPU only the torch
-body runs (Triton needs a GPU).
+body runs (Triton needs a GPU). It also times the host's bookkeeping before each step (``Tables.fill``: every
+token's row at every hooked layer) for decode steps of 1, 8 and 32 streams.
 
     python bench/perf/steer_op.py --device cuda     # the device check, ~1 min
     python bench/perf/steer_op.py                   # CPU: the torch body, fp32

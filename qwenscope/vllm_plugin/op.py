@@ -22,6 +22,7 @@ token's own row (``QWENSCOPE_STEER_KERNEL=torch`` keeps this body there too).
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
@@ -32,6 +33,7 @@ from qwenscope.errors import QwenscopeError
 from qwenscope.vllm_plugin.kernel import HAVE_TRITON, steer_triton
 
 KERNEL_ENV = "QWENSCOPE_STEER_KERNEL"
+logger = logging.getLogger(__name__)
 
 
 @torch.library.custom_op("qwenscope::steer", mutates_args=())
@@ -77,8 +79,48 @@ def cuda_kernel() -> str:
     return choice
 
 
+class _CudaSteer:
+    """The op's CUDA kernel: the Triton kernel, falling back to the torch body, with a warning, when it fails before it
+    has ever run (it is compiled for this GPU at the first call, vLLM's profile run, before any graph is captured).
+    With ``QWENSCOPE_STEER_KERNEL=triton`` set explicitly a failure is raised instead."""
+
+    def __init__(self, explicit: bool) -> None:
+        self.explicit, self.ran, self.failed = explicit, False, False
+
+    def __call__(
+        self,
+        hidden: Tensor,
+        rows: Tensor,
+        add: Tensor,
+        enc: Tensor,
+        bias: Tensor,
+        threshold: Tensor,
+        dec: Tensor,
+        target: Tensor,
+    ) -> Tensor:
+        args = (hidden, rows, add, enc, bias, threshold, dec, target)
+        if self.failed:
+            return steer_body(*args)
+        try:
+            out = steer_triton(*args)
+        except Exception as e:
+            if self.ran or self.explicit:
+                raise
+            self.failed = True
+            logger.warning(
+                "the Triton steering kernel failed on its first call (%s: %s); steering runs the torch body "
+                "(set %s=torch to choose it and silence this)",
+                type(e).__name__,
+                str(e).splitlines()[0] if str(e) else "",
+                KERNEL_ENV,
+            )
+            return steer_body(*args)
+        self.ran = True
+        return out
+
+
 if cuda_kernel() == "triton":
-    steer_op.register_kernel("cuda")(steer_triton)
+    steer_op.register_kernel("cuda")(_CudaSteer(explicit=KERNEL_ENV in os.environ))
 
 
 def steer_hidden(hidden: Tensor, rows: Tensor, tables: tuple[Tensor, ...]) -> Tensor:

@@ -86,9 +86,10 @@ def test_requests_preempted_and_recomputed_keep_their_steering(hf_texts, tmp_pat
 def test_the_qwen_architectures_steer_like_qwenscope_serve(hf_texts, tmp_path, arch, monkeypatch):
     """Random Qwen3 and Qwen3-MoE models (the real tokenizer) with a random TopK SAE: the same mixed batch."""
     monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+    expected = hf_texts[arch, 16]  # first: the HF run writes the random model and SAE that vLLM then loads
     vllm = run_vllm(tmp_path, QWENSCOPE_CHECK_ARCH=arch)
-    assert len(set(hf_texts[arch, 16])) == 6  # every steering changes the answer
-    assert vllm["batch"] == hf_texts[arch, 16]
+    assert len(set(expected)) == 6  # every steering changes the answer
+    assert vllm["batch"] == expected
     assert vllm["alone_tokens"] == vllm["batch_tokens"]
 
 

@@ -146,3 +146,30 @@ def test_kernel_clamps_and_ablates_as_the_body_does(interpreted, tmp_path):
     own = torch.einsum("td,tmd->tm", got, enc[rows.long()]).relu()
     torch.testing.assert_close(own[rows == 1], target[1].expand(3, 2), atol=1e-5, rtol=0)
     torch.testing.assert_close(own[rows == 2], torch.zeros(2, 2), atol=1e-5, rtol=0)
+
+
+def test_a_kernel_that_fails_on_its_first_call_falls_back_to_the_body(monkeypatch, caplog):
+    """On a GPU the Triton kernel is compiled at the op's first call; if that fails the op runs the torch body (with
+    a warning naming QWENSCOPE_STEER_KERNEL), unless the kernel was asked for explicitly or has already run."""
+    from qwenscope.vllm_plugin import op
+
+    args = (torch.randn(3, 8), torch.tensor([0, 1, 1], dtype=torch.int32), *table(2, 2, 8, used=2, seed=0))
+
+    def broken(*a):
+        raise RuntimeError("PTX assembly failed\nmore detail")
+
+    monkeypatch.setattr(op, "steer_triton", broken)
+    with caplog.at_level("WARNING", logger=op.__name__):
+        fallback = op._CudaSteer(explicit=False)
+        assert torch.equal(fallback(*args), op.steer_body(*args))
+        assert torch.equal(fallback(*args), op.steer_body(*args))  # stays on the body, warned once
+    assert [r.getMessage().count("QWENSCOPE_STEER_KERNEL=torch") for r in caplog.records] == [1]
+    assert "PTX assembly failed" in caplog.text and "more detail" not in caplog.text
+    with pytest.raises(RuntimeError, match="PTX"):
+        op._CudaSteer(explicit=True)(*args)
+    ran = op._CudaSteer(explicit=False)
+    monkeypatch.setattr(op, "steer_triton", op.steer_body)
+    ran(*args)
+    monkeypatch.setattr(op, "steer_triton", broken)
+    with pytest.raises(RuntimeError, match="PTX"):  # a failure after it has run is a real error, not a fallback
+        ran(*args)
