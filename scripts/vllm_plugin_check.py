@@ -12,7 +12,10 @@ serve decodes, ``vllm_texts``: vLLM's own texts): equal batch and alone tokens m
 request's output does not depend on its batch-mates; texts equal to ``hf``'s mean the greedy tokens equal qwenscope
 serve's (both stop at EOS or after ``NEW`` tokens). ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` runs the engine in this
 process and calls ``register()`` here; otherwise the engine core is a child process and finds the plugin through its
-``vllm.general_plugins`` entry point (qwenscope installed in vLLM's venv).
+``vllm.general_plugins`` entry point (qwenscope installed in vLLM's venv). With ``QWENSCOPE_CHECK_GATE=1`` the batch
+also holds a request whose steering no front end checked (a feature beyond the width; ``bad_finish`` is its finish
+reason), and then a long prompt runs unsteered, steered on the prompt twice, and unsteered again (``prefix_cached``:
+each run's prefix-cache hits; ``prefix_texts``).
 """
 
 from __future__ import annotations
@@ -168,7 +171,18 @@ def run_vllm() -> dict[str, list]:
         return SamplingParams(temperature=0, max_tokens=NEW, extra_args=extra)
 
     prompts = [p for p, _ in REQUESTS]
-    batch = llm.generate(prompts, [params(s) for _, s in REQUESTS])
+    gated = os.environ.get("QWENSCOPE_CHECK_GATE") == "1"
+    bad = [{"sae": "l15", "features": {"999999": 1.0}}]  # beyond the width: no front end checked it
+    batch = llm.generate(prompts + [OCEAN] * gated, [params(s) for _, s in REQUESTS] + [params(bad)] * gated)
+    extra: dict[str, object] = {}
+    if gated:
+        extra["bad_finish"] = batch.pop().outputs[0].finish_reason
+        facts = ("salty", "cold at depth", "home to whales", "full of plankton", "moved by tides", "dark below")
+        long = " ".join(f"Fact {i}: the sea is {facts[i % 6]}." for i in range(20)) + " " + OCEAN  # over one KV block
+        steer = [{"sae": "l15", "features": {"1234": 40.0}}]
+        runs = [llm.generate([long], [params(s)])[0] for s in (None, steer, steer, None)]
+        extra["prefix_cached"] = [o.num_cached_tokens for o in runs]  # unsteered, steered, steered again, unsteered
+        extra["prefix_texts"] = [o.outputs[0].text for o in runs]
     alone = [llm.generate([p], [params(s)])[0] for p, s in REQUESTS]
     from transformers import AutoTokenizer
 
@@ -182,7 +196,7 @@ def run_vllm() -> dict[str, list]:
         "batch_tokens": [list(o.outputs[0].token_ids) for o in batch],
         "alone_tokens": [list(o.outputs[0].token_ids) for o in alone],
         "preemptions": preemptions[0],  # counted with the engine in this process only
-    }
+    } | extra
 
 
 if __name__ == "__main__":

@@ -7,14 +7,14 @@
 (after the weights load: allocate the tables and wrap each hooked decoder layer's forward), V1
 ``GPUModelRunner.execute_model`` (release finished requests' rows, then acquire new requests' rows from
 ``sampling_params.extra_args["qwenscope_steering"]``) and ``GPUModelRunner._model_forward`` (fill the per-token row
-index from the runner's batch before the model runs). vLLM is imported only inside ``register``.
+index from the runner's batch before the model runs), and four of the V1 scheduler's for the admission (``gate.py``:
+requests wait in the queue for rows, the prefix-cache key is salted). vLLM is imported only inside ``register``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 from typing import Any
 
 import torch
@@ -22,27 +22,16 @@ from torch import Tensor, nn
 
 from qwenscope.errors import QwenscopeError
 from qwenscope.sae.model import Sae
+from qwenscope.vllm_plugin.gate import EXTRA_KEY, Admit, Gate
 from qwenscope.vllm_plugin.parse import ParseCache
-from qwenscope.vllm_plugin.rows import Span, Tables
+from qwenscope.vllm_plugin.rows import Span, Tables, hooked_widths
 from qwenscope.vllm_plugin.table import TableConfig
 
 logger = logging.getLogger(__name__)
 ENV_SAES = "QWENSCOPE_VLLM_SAES"
 ENV_ROWS = "QWENSCOPE_VLLM_ROWS"
 ENV_SLOTS = "QWENSCOPE_VLLM_SLOTS"
-EXTRA_KEY = "qwenscope_steering"
 _registered = False
-
-
-def hooked_widths(saes: dict[str, Sae]) -> dict[str, int]:
-    """hookpoint -> width of each SAE's layer table (the engine's and the front end's mirror); ``resid_post.L`` only."""
-    widths = {}
-    for sid, sae in saes.items():
-        hookpoint = sae.cfg.hookpoint or ""
-        if not re.fullmatch(r"resid_post\.\d+", hookpoint):
-            raise QwenscopeError(f"SAE {sid!r} hooks {hookpoint!r}; the vLLM plugin steers resid_post.L only")
-        widths[hookpoint] = sae.d_in
-    return widths
 
 
 class EngineSteering:
@@ -203,6 +192,60 @@ def register() -> None:
             )
         return model_forward(self, *args, **kw)
 
+    _patch_scheduler()
     BaseModelLoader.load_model = load_and_hook  # type: ignore[method-assign]
     GPUModelRunner.execute_model = execute_steered  # type: ignore[method-assign]
     GPUModelRunner._model_forward = forward_steered  # type: ignore[method-assign]
+
+
+def _gate(scheduler: Any) -> Gate:
+    """The scheduler's gate, made at its first request: the worker's SAEs and parse cache where the worker runs in
+    this process (one GPU, or vLLM on CPU), the SAEs loaded once more otherwise (the engine core of a multi-GPU
+    engine, which has no model)."""
+    gate = scheduler.__dict__.get("_qwenscope_gate")
+    if gate is None:
+        cfg = table_config("meta")
+        if _STATE is not None:
+            gate = Gate(_STATE.saes, cfg, _STATE.parse)
+        else:
+            gate = Gate(load_saes(os.environ[ENV_SAES]), cfg)
+        scheduler._qwenscope_gate = gate
+    return gate
+
+
+def _patch_scheduler() -> None:
+    """Admission in vLLM's V1 scheduler (``gate.py``): requests wait for rows in its queue, a steering that can never
+    run finishes its request with an error, and the prefix-cache key is salted."""
+    from vllm.v1.core.sched.scheduler import Scheduler
+
+    add_request, schedule = Scheduler.add_request, Scheduler.schedule
+    blocked, free_request = Scheduler._handle_blocked_waiting_request, Scheduler._free_request
+
+    def add_steered(self, request):  # type: ignore[no-untyped-def]
+        if request.request_id not in self.requests:  # not the next chunk of a streaming-input session
+            _gate(self).arrive(request)
+        return add_request(self, request)
+
+    def schedule_steered(self, *args, **kw):  # type: ignore[no-untyped-def]
+        _gate(self).new_pass()
+        return schedule(self, *args, **kw)
+
+    def ready_steered(self, request):  # type: ignore[no-untyped-def]
+        if not blocked(self, request):
+            return False
+        verdict = _gate(self).ready(request)
+        if isinstance(verdict, str):  # vLLM's per-request error path: finished as FINISHED_ERROR after this step
+            if request.request_id not in self.grammar_compile_error_reqs:
+                logger.error("request %s: steering refused: %s", request.request_id, verdict)
+                self.grammar_compile_error_reqs.add(request.request_id)
+            return False
+        return verdict is Admit.GO
+
+    def free_steered(self, request, *args, **kw):  # type: ignore[no-untyped-def]
+        _gate(self).leave(request.request_id)
+        return free_request(self, request, *args, **kw)
+
+    Scheduler.add_request = add_steered  # type: ignore[method-assign]
+    Scheduler.schedule = schedule_steered  # type: ignore[method-assign]
+    Scheduler._handle_blocked_waiting_request = ready_steered  # type: ignore[method-assign]
+    Scheduler._free_request = free_steered  # type: ignore[method-assign]

@@ -9,9 +9,10 @@ outermost, so before vLLM's own API-key check; it checks the same keys itself on
 
 - validates the field with the engine's ``parse_steering``, cached by its text (``ParseCache``; a 4xx with serve's
   OpenAI error body on a bad one),
-- admits it against a bookkeeping-only mirror of the engine's tables (``Tables`` on ``meta``; a 429 when full),
+- admits it against a bookkeeping-only mirror of the engine's tables (``Tables`` on ``meta``; a 429 when full, where
+  the engine's scheduler would only make it wait: ``gate.py``, which also salts its prefix-cache key),
 - rewrites the body: ``steering`` out, ``vllm_xargs.qwenscope_steering`` (its JSON) merged with the client's
-  ``vllm_xargs``, ``cache_salt`` set to the steering's salt (hashed with the client's own salt, if any),
+  ``vllm_xargs``,
 - gives the mirror's rows back once the response has been sent, or failed, or the client went away.
 
 Any other request goes to vLLM with its body untouched. ``steering`` on another route, or a client-written
@@ -45,9 +46,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from qwenscope.errors import QwenscopeError
 from qwenscope.sae.model import Sae
 from qwenscope.serve.api import ApiError, Limits, error_body, find_sae
-from qwenscope.vllm_plugin.engine import ENV_SAES, EXTRA_KEY, hooked_widths, load_saes, table_config
+from qwenscope.vllm_plugin.engine import ENV_SAES, EXTRA_KEY, load_saes, table_config
 from qwenscope.vllm_plugin.parse import ParseCache, RequestSteering, relative_hookpoints
-from qwenscope.vllm_plugin.rows import Tables, table_full_error
+from qwenscope.vllm_plugin.rows import Tables, hooked_widths, table_full_error
 from qwenscope.vllm_plugin.table import TableConfig, TableFull
 
 if TYPE_CHECKING:
@@ -58,29 +59,11 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 STEERED_ROUTES = ("/v1/completions", "/v1/chat/completions")
 FEATURE_PREFIX = "/v1/features/"
-SALT_PREFIX = "qwenscope-steering-"
-_MAX_SALT, _SALT_FORBIDDEN = 128, ("@", "/", "\\", "\0")  # vLLM's validate_cache_salt
 
 
 def mirror_tables(saes: dict[str, Sae], cfg: TableConfig) -> Tables:
     """The front end's mirror of the engine's tables: one per hooked layer, as wide as its SAE."""
     return Tables(hooked_widths(saes), cfg)
-
-
-def steering_salt(steering: str, client: Any) -> str:
-    """The ``cache_salt`` of a steered request: the steering's salt, hashed with the client's own salt if it sent
-    one (which must pass vLLM's rules: a non-empty string of at most 128 characters, none of ``@ / \\`` or NUL)."""
-    if client is None:
-        return steering
-    valid = isinstance(client, str) and 0 < len(client) <= _MAX_SALT
-    if not valid or any(c in client for c in _SALT_FORBIDDEN):
-        raise ApiError(
-            400,
-            "cache_salt must be a non-empty string of at most 128 characters without '@', '/', '\\' or NUL",
-            "cache_salt",
-        )
-    digest = hashlib.blake2b(f"{client}\0{steering}".encode(), digest_size=16).hexdigest()
-    return SALT_PREFIX + digest
 
 
 def client_xargs(body: dict[str, Any]) -> dict[str, Any]:
@@ -100,14 +83,13 @@ def client_xargs(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def rewrite(body: dict[str, Any], steering: RequestSteering) -> dict[str, Any]:
-    """``body`` as vLLM takes it: no ``steering``; the entries in ``vllm_xargs``, the salt in ``cache_salt``."""
+    """``body`` as vLLM takes it: no ``steering``, the entries in ``vllm_xargs`` (the engine's scheduler salts the
+    prefix-cache key with them: ``gate.py``)."""
     out = {k: v for k, v in body.items() if k != "steering"}
     xargs = client_xargs(body)
-    salt = steering.salt
-    if salt is None:  # nothing steered: the body vLLM would have had without the field
+    if steering.salt is None:  # nothing steered: the body vLLM would have had without the field
         return out
     out["vllm_xargs"] = xargs | {EXTRA_KEY: steering.to_json()}
-    out["cache_salt"] = steering_salt(salt, body.get("cache_salt"))
     return out
 
 

@@ -35,6 +35,15 @@ HAVE_TRITON = triton is not None
 if triton is not None:
 
     @triton.jit
+    def _added(h_row, a_row, start, d, BLOCK_D: tl.constexpr):
+        """One block of a token's hidden states plus its add vector, rounded to their dtype: (cols, mask, h)."""
+        cols = start + tl.arange(0, BLOCK_D)
+        cmask = cols < d
+        x = tl.load(h_row + cols, mask=cmask, other=0.0)
+        a = tl.load(a_row + cols, mask=cmask, other=0.0).to(x.dtype)
+        return cols, cmask, (x.to(tl.float32) + a.to(tl.float32)).to(x.dtype)
+
+    @triton.jit
     def _steer_kernel(
         hidden_ptr,
         rows_ptr,
@@ -67,11 +76,7 @@ if triton is not None:
             d_rows = dec_ptr + r * M * d + slots[:, None] * d
             acc = tl.zeros([M_PAD], dtype=tl.float32)
             for start in range(0, d, BLOCK_D):
-                cols = start + tl.arange(0, BLOCK_D)
-                cmask = cols < d
-                x = tl.load(h_row + cols, mask=cmask, other=0.0)
-                a = tl.load(a_row + cols, mask=cmask, other=0.0).to(x.dtype)
-                h = (x.to(tl.float32) + a.to(tl.float32)).to(x.dtype)
+                cols, cmask, h = _added(h_row, a_row, start, d, BLOCK_D)
                 e = tl.load(e_rows + cols[None, :], mask=smask[:, None] & cmask[None, :], other=0.0)
                 acc += tl.sum(h.to(tl.float32)[None, :] * e.to(tl.float32), axis=1)
             s = r * M + slots
@@ -80,15 +85,11 @@ if triton is not None:
             target = tl.load(target_ptr + s, mask=smask, other=0.0).to(tl.float32)
             coef = target - tl.where(pre > threshold, tl.maximum(pre, 0.0), 0.0)
             for start in range(0, d, BLOCK_D):
-                cols = start + tl.arange(0, BLOCK_D)
-                cmask = cols < d
-                x = tl.load(h_row + cols, mask=cmask, other=0.0)
-                a = tl.load(a_row + cols, mask=cmask, other=0.0).to(x.dtype)
-                h = (x.to(tl.float32) + a.to(tl.float32)).to(x.dtype)
+                cols, cmask, h = _added(h_row, a_row, start, d, BLOCK_D)
                 w = tl.load(d_rows + cols[None, :], mask=smask[:, None] & cmask[None, :], other=0.0)
                 delta = tl.sum(coef[:, None] * w.to(tl.float32), axis=0)
-                out = h.to(tl.float32) + delta.to(x.dtype).to(tl.float32)
-                tl.store(o_row + cols, out.to(x.dtype), mask=cmask)
+                out = h.to(tl.float32) + delta.to(h.dtype).to(tl.float32)
+                tl.store(o_row + cols, out.to(h.dtype), mask=cmask)
 
 
 def steer_triton(

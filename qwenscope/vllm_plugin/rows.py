@@ -12,6 +12,7 @@ prefill gets the prompt's rows) and zeroes the rest, padding included.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -20,9 +21,22 @@ import torch
 from torch import Tensor
 
 from qwenscope.errors import QwenscopeError
+from qwenscope.sae.model import Sae
 from qwenscope.serve.api import ApiError
-from qwenscope.vllm_plugin.parse import RequestSteering
+from qwenscope.vllm_plugin.parse import LayerSteering, RequestSteering
 from qwenscope.vllm_plugin.table import SteerTable, TableConfig, TableFull
+
+
+def hooked_widths(saes: Mapping[str, Sae]) -> dict[str, int]:
+    """hookpoint -> width of each SAE's layer table (the worker's, the scheduler's and the front end's copies);
+    ``resid_post.L`` only."""
+    widths = {}
+    for sid, sae in saes.items():
+        hookpoint = sae.cfg.hookpoint or ""
+        if not re.fullmatch(r"resid_post\.\d+", hookpoint):
+            raise QwenscopeError(f"SAE {sid!r} hooks {hookpoint!r}; the vLLM plugin steers resid_post.L only")
+        widths[hookpoint] = sae.d_in
+    return widths
 
 
 @dataclass(frozen=True)
@@ -79,15 +93,27 @@ class Tables:
             for row in rows:
                 self.layers[hookpoint].release(row)
 
+    @property
+    def empty(self) -> bool:
+        """No request holds a row."""
+        return not any(self._held.values())
+
+    def needs_rows(self, steering: RequestSteering) -> bool:
+        """Whether the steering would take a free row at some layer (content no running request has)."""
+        return any(self._new_rows(hookpoint, layer) for hookpoint, layer in steering.layers.items())
+
+    def _new_rows(self, hookpoint: str, layer: LayerSteering) -> int:
+        keys = {c.key() for c in (layer.prompt, layer.generated) if c is not None}
+        return sum(self.layers[hookpoint].needs_row(k) for k in keys)
+
     def _check_room(self, steering: RequestSteering) -> None:
         """Every layer's content fits its table and finds a row, before any row is taken (all or nothing)."""
         for hookpoint, layer in steering.layers.items():
             table = self.layers[hookpoint]
-            contents = [c for c in (layer.prompt, layer.generated) if c is not None]
-            for content in contents:
-                table.check(content)
-            keys = {c.key() for c in contents}
-            if sum(table.needs_row(k) for k in keys) > table.free_rows:
+            for content in (layer.prompt, layer.generated):
+                if content is not None:
+                    table.check(content)
+            if self._new_rows(hookpoint, layer) > table.free_rows:
                 raise TableFull(
                     f"the steering table at {hookpoint} is full ({self.cfg.rows - 1} distinct steerings in use); "
                     "retry when running requests finish, or start the server with more rows"

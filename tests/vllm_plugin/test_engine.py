@@ -115,3 +115,20 @@ def test_the_plugin_refuses_vllms_v2_model_runner_in_one_line(monkeypatch):
     with pytest.raises(QwenscopeError, match="unset VLLM_USE_V2_MODEL_RUNNER"):
         engine.register()
     assert not engine._registered
+
+
+@pytest.mark.slow
+@NEEDS_VLLM
+def test_more_steerings_than_rows_wait_in_vllms_queue_and_a_bad_one_fails_alone(hf_texts, tmp_path, monkeypatch):
+    """One usable row per layer for five distinct steerings sent at once through vllm.LLM (no front end): the scheduler
+    holds them back until rows free up, and every text is still qwenscope serve's; a steering with a feature beyond
+    the width finishes its own request with an error and the others go on. The prefix cache: a steered prompt never
+    reads the blocks its unsteered twin cached, and shares its own with the next request steered the same way."""
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+    vllm = run_vllm(tmp_path, QWENSCOPE_VLLM_ROWS="2", QWENSCOPE_CHECK_GATE="1")
+    assert vllm["batch"] == hf_texts["", 16]
+    assert vllm["bad_finish"] == "error"
+    plain, steered, steered_again, plain_again = vllm["prefix_cached"]
+    assert steered == 0 and steered_again > 0 and plain_again > 0
+    texts = vllm["prefix_texts"]
+    assert texts[1] == texts[2] != texts[0] == texts[3]

@@ -16,7 +16,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from qwenscope.vllm_plugin.engine import ENV_ROWS, ENV_SAES, ENV_SLOTS, EXTRA_KEY
-from qwenscope.vllm_plugin.frontend import SALT_PREFIX, SteeringMiddleware, rewrite
+from qwenscope.vllm_plugin.frontend import SteeringMiddleware, rewrite
 from qwenscope.vllm_plugin.parse import parse_steering
 
 ADD = [{"sae": "l1", "features": {"3": 4.0}}]
@@ -94,9 +94,7 @@ def test_a_steered_request_reaches_vllm_rewritten(front, saes, route):
     got = TestClient(mw).post(route, json=body).json()
     sent = json.loads(got["body"])
     steering = parse_steering(ADD, saes)
-    assert sent == {"model": "m", "prompt": "hi", "vllm_xargs": {"mine": "x", EXTRA_KEY: steering.to_json()}} | {
-        "cache_salt": steering.salt
-    }
+    assert sent == {"model": "m", "prompt": "hi", "vllm_xargs": {"mine": "x", EXTRA_KEY: steering.to_json()}}
     assert int(got["headers"]["content-length"]) == len(got["body"].encode())
     assert got["free"] == idle["resid_post.1"] - 1  # one row, prompt and generated alike, while vLLM answers
     assert free_rows(mw) == idle  # given back once the response is out
@@ -104,13 +102,10 @@ def test_a_steered_request_reaches_vllm_rewritten(front, saes, route):
     assert parse_steering(sent["vllm_xargs"][EXTRA_KEY], saes).salt == steering.salt
 
 
-def test_a_client_salt_is_hashed_with_the_steerings(saes):
-    steering = parse_steering(ADD, saes)
-    salted = rewrite({"prompt": "hi", "steering": ADD, "cache_salt": "tenant-7"}, steering)["cache_salt"]
-    other = rewrite({"prompt": "hi", "steering": ADD, "cache_salt": "tenant-8"}, steering)["cache_salt"]
-    assert salted.startswith(SALT_PREFIX) and len(salted) <= 128 and not set(salted) & set("@/\\\0")
-    assert len({salted, other, steering.salt}) == 3
-    assert rewrite({"prompt": "hi", "steering": []}, parse_steering([], saes)) == {"prompt": "hi"}  # nothing to salt
+def test_a_client_salt_passes_through_and_nothing_steered_is_the_body_without_the_field(saes):
+    body = {"prompt": "hi", "steering": ADD, "cache_salt": "tenant-7"}
+    assert rewrite(body, parse_steering(ADD, saes))["cache_salt"] == "tenant-7"  # the engine salts it (gate.py)
+    assert rewrite({"prompt": "hi", "steering": []}, parse_steering([], saes)) == {"prompt": "hi"}
 
 
 def test_requests_without_steering_pass_through_untouched(front):
@@ -139,9 +134,8 @@ NAN = b'{"model": "m", "prompt": "hi", "steering": [{"sae": "l1", "features": {"
         ({"steering": '{"entries": [], "units": {"resid_post.1": 1e9}}'}, None, 400, None, "valid list"),
         ({"steering": [{"sae": "l1", "features": list(range(5)), "mode": "ablate"}]}, None, 400, None, "at most 4"),
         ({"vllm_xargs": {EXTRA_KEY: "[]"}}, None, 400, None, "written by the server"),
-        ({"steering": ADD, "cache_salt": "a/b"}, None, 400, None, "cache_salt"),
         ({"steering": ADD}, "/v1/responses", 400, None, "/v1/completions and /v1/chat/completions only"),
-        (  # a raw route's sampling parameters: refused, so the engine's table never overflows the mirror
+        (  # a raw route's sampling parameters: refused, so every steering gets the front end's checks and 4xx
             {"sampling_params": {"max_tokens": 4, "extra_args": {EXTRA_KEY: "[]"}}},
             "/inference/v1/generate",
             400,
@@ -342,7 +336,7 @@ def test_relative_strengths_travel_with_the_unit_serve_measures(front, saes, tmp
     text = sent.json()["vllm_xargs"][EXTRA_KEY]
     assert json.loads(text)["units"] == {"resid_post.1": unit}
     engine_side, reference = parse_steering(text, saes), parse_steering(relative, saes, unit=lambda hp: unit)
-    assert engine_side.salt == reference.salt == sent.json()["cache_salt"]
+    assert engine_side.salt == reference.salt
     assert not torch.equal(
         engine_side.layers["resid_post.1"].prompt.add,
         parse_steering(ABSOLUTE_HALF, saes).layers["resid_post.1"].prompt.add,
