@@ -164,10 +164,14 @@ def load(
     """``clients`` (default ``args.clients``) clients sending back to back; measured over ``duration`` seconds after
     ``warmup``. Client i's k-th request is ``body_of(i, k)`` (default ``request_body(args, i, k)``).
 
-    Throughput: completion tokens of the requests that finished inside the window, over its length. Latency: every
-    request that started inside the window, waited for to the end (clients send no new request after the window,
-    so queued requests drain). Errors and cross-talk: every request."""
+    Throughput: completion tokens of the requests that finished inside the window, over its length; and, free of the
+    window's steps of one round of requests, ``stream_tokens_per_s``: each client's completion tokens over the time
+    its requests took, summed over the clients (every client sends back to back, so that is its rate), for the
+    requests it started inside the window. Latency: every request that started inside the window, waited for to the
+    end (clients send no new request after the window, so queued requests drain). Errors and cross-talk: every
+    request."""
     latencies: list[float] = []
+    per_client: dict[int, list[float]] = {}  # client -> [its tokens, its seconds] for requests started in the window
     tokens, errors, crosstalk, completed = [0], [0], [0], [0]
     messages: list[str] = []
     lock = threading.Lock()
@@ -201,6 +205,9 @@ def load(
                         completed[0] += 1
                     if begin <= sent <= end:
                         latencies.append(done - sent)
+                        mine = per_client.setdefault(i, [0.0, 0.0])
+                        mine[0] += data["usage"]["completion_tokens"]
+                        mine[1] += done - sent
                     if data["choices"][0]["text"] != refs.get(key(body)):
                         crosstalk[0] += 1
 
@@ -214,6 +221,7 @@ def load(
         "requests": completed[0],
         "tokens": tokens[0],
         "tokens_per_s": tokens[0] / duration,
+        "stream_tokens_per_s": sum(t / s for t, s in per_client.values() if s > 0),
         "requests_per_s": completed[0] / duration,
         "latencies_measured": len(latencies),
         "latency_p50": statistics.median(latencies) if latencies else None,

@@ -7,9 +7,12 @@ Three servers, each its own process, all up at once and measured in turn (interl
 - ``hf``: ``qwenscope serve`` (HF ``generate``, dynamic batching up to ``--hf-max-batch`` rows).
 
 Loads: S streams, each sending greedy completions of ``--max-tokens`` tokens back to back; after ``--warmup`` seconds,
-``--duration`` seconds are measured (completion tokens of the requests that finished inside the window, over its
-length). ``plain`` and ``idle`` (the plugin's server, unsteered requests) are the baselines; ``add`` (stream i adds its
-own feature) and ``clamp2`` (stream i clamps two features, ``acts="own"``) steer every request; all at each of
+``--duration`` seconds are measured. The figure is ``stream_tokens_per_s`` (``serve.load``): each stream's completion
+tokens over the time its requests took, summed over the streams. The window's own count (the tokens of the requests
+that finished inside it) moves in steps of one round of S requests, 17 tokens/s at 8 streams of 32 tokens in 15 s on
+the CPU, which is the size of the differences to be measured; it is kept in the runs as ``tokens_per_s``.
+``plain`` and ``idle`` (the plugin's server, unsteered requests) are the baselines; ``add`` (stream i adds its own
+feature) and ``clamp2`` (stream i clamps two features, ``acts="own"``) steer every request; all at each of
 ``--streams``; ``hf`` (every request adds, as ``add``) and ``add`` at ``--hf-streams``. Ratios: add / plain and
 clamp2 / plain per stream count, add / hf at ``--hf-streams``.
 
@@ -47,6 +50,8 @@ from serve import PROMPTS, free_port, load, wait_healthy  # bench/perf/serve.py'
 from qwenscope.experiment import write_result
 
 RESULTS = Path(__file__).resolve().parent / "results"
+METRIC = "stream_tokens_per_s"
+"""What the medians and ratios are of (see the module doc)."""
 N_STEERINGS = 8
 """Distinct steerings per mode: stream i uses steering i % 8 (so the rows in use stay within the table)."""
 logger = logging.getLogger("bench.vllm_serve")
@@ -246,9 +251,10 @@ def measure(args: argparse.Namespace, up: dict[str, Server]) -> dict[str, Any]:
             )
             runs.setdefault(label, []).append(run)
             logger.info(
-                "run %d %-10s %7.1f tokens/s  errors %d  cross-talk %d",
+                "run %d %-10s %7.1f tokens/s (window %.1f)  errors %d  cross-talk %d",
                 r,
                 label,
+                run[METRIC],
                 run["tokens_per_s"],
                 run["errors"],
                 run["crosstalk"],
@@ -260,7 +266,7 @@ def summarize(
     args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]], n_bodies: int, differ: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """Medians over the repeats, the ratios, the exactness check and every run."""
-    median = {label: statistics.median(x["tokens_per_s"] for x in rs) for label, rs in runs.items()}
+    median = {label: statistics.median(x[METRIC] for x in rs) for label, rs in runs.items()}
     ratios = {}
     for s in args.streams:
         for mode in ("idle", "add", "clamp2"):
@@ -301,7 +307,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     labels = list(result["tokens_per_s"])
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(labels)), 3.6))
     for j, label in enumerate(labels):
-        runs = [r["tokens_per_s"] for r in result["runs"][label]]
+        runs = [r[METRIC] for r in result["runs"][label]]
         ax.scatter([j] * len(runs), runs, color="grey", s=12, zorder=3)
         colour = {"plain": "0.6", "idle": "C0", "add": "C1", "clamp2": "C2", "hf": "C3"}[label.split("@")[0]]
         ax.bar(j, result["tokens_per_s"][label], color=colour)

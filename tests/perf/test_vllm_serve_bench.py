@@ -45,7 +45,7 @@ def test_the_summary_gives_medians_ratios_and_exactness(bench, tmp_path, capsys)
     a = args()
 
     def runs(*tps):
-        return [{"tokens_per_s": t, "crosstalk": 0, "errors": 0} for t in tps]
+        return [{"stream_tokens_per_s": t, "tokens_per_s": 0.0, "crosstalk": 0, "errors": 0} for t in tps]
 
     measured = {f"{m}@{s}": runs(100.0 * s, 90.0 * s, 95.0 * s) for m in ("plain", "idle", "add") for s in (1, 8)}
     measured |= {f"clamp2@{s}": runs(80.0 * s, 85.0 * s, 70.0 * s) for s in (1, 8)}
