@@ -13,8 +13,9 @@ that finished inside it) moves in steps of one round of S requests, 17 tokens/s 
 the CPU, which is the size of the differences to be measured; it is kept in the runs as ``tokens_per_s``.
 ``plain`` and ``idle`` (the plugin's server, unsteered requests) are the baselines; ``add`` (stream i adds its own
 feature) and ``clamp2`` (stream i clamps two features, ``acts="own"``) steer every request; all at each of
-``--streams``; ``hf`` (every request adds, as ``add``) and ``add`` at ``--hf-streams``. Ratios: add / plain and
-clamp2 / plain per stream count, add / hf at ``--hf-streams``.
+``--streams``; ``hf`` (every request adds, as ``add``) and ``add`` at ``--hf-streams``. Ratios: idle, add and
+clamp2 / plain per stream count, add and clamp2 / idle (steering's own cost, on the same server), add / hf at
+``--hf-streams``.
 
 Exactness first: every distinct request of the loads (8 prompts x 8 steerings per mode) goes alone to the plugin's
 server and to ``hf``; the texts must be equal in fp32 (on CUDA both serve bf16, and the first differing request is
@@ -238,7 +239,7 @@ def measure(args: argparse.Namespace, up: dict[str, Server]) -> dict[str, Any]:
     refs = {"plain": plain, "plugin": plugin, "hf": hf}
     runs: dict[str, list[dict[str, Any]]] = {}
     for r in range(args.repeats):
-        for server, mode, streams in loads:
+        for server, mode, streams in rotated(loads, r):
             label = f"{server if server != 'plugin' else mode}@{streams}"
             run = load(
                 up[server].url,
@@ -262,6 +263,15 @@ def measure(args: argparse.Namespace, up: dict[str, Server]) -> dict[str, Any]:
     return summarize(args, runs, len(bodies), differ)
 
 
+def rotated(loads: list[tuple[str, str, int]], r: int) -> list[tuple[str, str, int]]:
+    """Repeat ``r``'s order: the loads of each stream count turned by ``r`` places, so that no load always runs first
+    in its group (in a run with a fixed order, plain vLLM, always first, came out 5-10% below the idle plugin)."""
+    groups: dict[int, list[tuple[str, str, int]]] = {}
+    for item in loads:
+        groups.setdefault(item[2], []).append(item)
+    return [g[(j + r) % len(g)] for g in groups.values() for j in range(len(g))]
+
+
 def summarize(
     args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]], n_bodies: int, differ: list[dict[str, Any]]
 ) -> dict[str, Any]:
@@ -271,6 +281,8 @@ def summarize(
     for s in args.streams:
         for mode in ("idle", "add", "clamp2"):
             ratios[f"{mode}/plain@{s}"] = median[f"{mode}@{s}"] / median[f"plain@{s}"]
+        for mode in ("add", "clamp2"):  # steering's own cost: the same server, unsteered
+            ratios[f"{mode}/idle@{s}"] = median[f"{mode}@{s}"] / median[f"idle@{s}"]
     ratios[f"add/hf@{args.hf_streams}"] = median[f"add@{args.hf_streams}"] / median[f"hf@{args.hf_streams}"]
     return {
         "exactness": {

@@ -64,3 +64,18 @@ def test_the_summary_gives_medians_ratios_and_exactness(bench, tmp_path, capsys)
     bench.report(result)
     bench.plot(result, tmp_path / "vllm_serve.png")
     assert "9 of 10 requests" in capsys.readouterr().out and (tmp_path / "vllm_serve.png").stat().st_size > 0
+
+
+def test_each_repeat_turns_the_order_within_each_stream_count(bench):
+    loads = [
+        ("plain", "idle", 8),
+        ("plugin", "idle", 8),
+        ("plugin", "add", 8),
+        ("plugin", "add", 16),
+        ("hf", "add", 16),
+    ]
+    assert bench.rotated(loads, 0) == loads
+    firsts = {bench.rotated(loads, r)[0] for r in range(3)}
+    assert firsts == {("plain", "idle", 8), ("plugin", "idle", 8), ("plugin", "add", 8)}
+    assert bench.rotated(loads, 1)[3:] == [("hf", "add", 16), ("plugin", "add", 16)]
+    assert sorted(bench.rotated(loads, 2)) == sorted(loads)
