@@ -200,8 +200,8 @@ def register() -> None:
 
 def _gate(scheduler: Any) -> Gate:
     """The scheduler's gate, made at its first request: the worker's SAEs and parse cache where the worker runs in
-    this process (one GPU, or vLLM on CPU), the SAEs loaded once more otherwise (the engine core of a multi-GPU
-    engine, which has no model)."""
+    this process (a one-process executor), else the SAEs loaded once more, into host memory (vLLM 0.32 on the CPU
+    runs its worker in a process of its own, so it does that)."""
     gate = scheduler.__dict__.get("_qwenscope_gate")
     if gate is None:
         cfg = table_config("meta")
