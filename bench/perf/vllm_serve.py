@@ -265,7 +265,8 @@ def measure(args: argparse.Namespace, up: dict[str, Server]) -> dict[str, Any]:
 
 def rotated(loads: list[tuple[str, str, int]], r: int) -> list[tuple[str, str, int]]:
     """Repeat ``r``'s order: the loads of each stream count turned by ``r`` places, so that no load always runs first
-    in its group (in a run with a fixed order, plain vLLM, always first, came out 5-10% below the idle plugin)."""
+    in its group (with a fixed order, plain vLLM, always first, came out 5-10% below the idle plugin; turned, it
+    still did, so that was not the order)."""
     groups: dict[int, list[tuple[str, str, int]]] = {}
     for item in loads:
         groups.setdefault(item[2], []).append(item)

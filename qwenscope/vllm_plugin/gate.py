@@ -34,13 +34,12 @@ from typing import Any
 from qwenscope.errors import QwenscopeError
 from qwenscope.sae.model import Sae
 from qwenscope.serve.api import ApiError
-from qwenscope.vllm_plugin.parse import ParseCache, RequestSteering
+from qwenscope.vllm_plugin.parse import SALT_PREFIX, ParseCache, RequestSteering
 from qwenscope.vllm_plugin.rows import Tables, hooked_widths
 from qwenscope.vllm_plugin.table import TableConfig, TableFull
 
 logger = logging.getLogger(__name__)
 EXTRA_KEY = "qwenscope_steering"
-SALT_PREFIX = "qwenscope-steering-"
 
 
 class Admit(enum.Enum):

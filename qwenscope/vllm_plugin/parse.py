@@ -33,6 +33,8 @@ from qwenscope.vllm_plugin.table import RowContent, add_only
 
 KINDS = ("prompt", "generated")
 _ENTRIES = TypeAdapter(list[Steering])
+SALT_PREFIX = "qwenscope-steering-"
+"""How every steering salt starts (``RequestSteering.salt``, and the scheduler's hash of it with a client's)."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ class RequestSteering:
             layer = self.layers[hookpoint]
             for content in (layer.prompt, layer.generated):
                 h.update(f"{hookpoint}:{content.key() if content is not None else '-'};".encode())
-        return "qwenscope-steering-" + h.hexdigest()
+        return SALT_PREFIX + h.hexdigest()
 
     def to_json(self) -> str:
         """The entries (and the units of relative ones) as one JSON text, which ``parse_steering`` reads back."""
