@@ -158,14 +158,21 @@ def _parse_rows(rows: Rows) -> tuple[Tensor | None, int | None]:
 
 def relative_scale(sae: Sae, ids: Tensor, unit: float | None) -> Tensor:
     """(n,) factors that turn relative strengths of features ``ids`` into absolute ones: ``unit / |d_f|``."""
+    scale = check_unit(unit)
+    norms = sae.W_dec.detach()[ids.to(sae.W_dec.device)].float().norm(dim=-1).cpu()
+    return scale / norms.clamp_min(1e-12)
+
+
+def check_unit(unit: float | None) -> float:
+    """``unit`` as a float, or a refusal of a steering unit that relative strengths cannot be scaled by (missing, not
+    a positive finite number)."""
     if unit is None:
         raise QwenscopeError(
             "relative strengths need the residual's typical size: pass unit=steering_unit(model, tokenizer, hookpoint)"
         )
     if not (isinstance(unit, (int, float)) and math.isfinite(unit) and unit > 0):
         raise QwenscopeError(f"unit is {unit!r}; pass the positive number steering_unit(...) returns")
-    norms = sae.W_dec.detach()[ids.to(sae.W_dec.device)].float().norm(dim=-1).cpu()
-    return float(unit) / norms.clamp_min(1e-12)
+    return float(unit)
 
 
 def _check_positions(positions: Positions) -> None:

@@ -117,14 +117,16 @@ def table_config(device: str) -> TableConfig:
     return TableConfig(rows=rows, slots=slots, device=device)
 
 
-def load_saes(spec: str) -> dict[str, Sae]:
-    """The SAEs of ``QWENSCOPE_VLLM_SAES`` (``id=/path,...``), as the engine and the front end both load them."""
+def load_saes(spec: str, weights: bool = True) -> dict[str, Sae]:
+    """The SAEs of ``QWENSCOPE_VLLM_SAES`` (``id=/path,...``), as the engine and the front end both load them;
+    ``weights=False``: each moved to the ``meta`` device once loaded and checked (configs and shapes, no memory)."""
     saes = {}
     for item in filter(None, (s.strip() for s in spec.split(","))):
         sid, _, path = item.partition("=")
         if not path:
             raise QwenscopeError(f"{ENV_SAES} entry {item!r}: write id=/path/to/sae")
-        saes[sid] = Sae.load(path).requires_grad_(False)
+        sae = Sae.load(path).requires_grad_(False)
+        saes[sid] = sae if weights else sae.to("meta")
     return saes
 
 
@@ -200,15 +202,16 @@ def register() -> None:
 
 def _gate(scheduler: Any) -> Gate:
     """The scheduler's gate, made at its first request: the worker's SAEs and parse cache where the worker runs in
-    this process (a one-process executor), else the SAEs loaded once more, into host memory (vLLM 0.32 on the CPU
-    runs its worker in a process of its own, so it does that)."""
+    this process (a one-process executor), else the SAEs' configs and shapes (``meta``: rows keyed by their entries,
+    no weights held; vLLM 0.32 on the CPU runs its worker in a process of its own, so it does that)."""
     gate = scheduler.__dict__.get("_qwenscope_gate")
     if gate is None:
         cfg = table_config("meta")
         if _STATE is not None:
             gate = Gate(_STATE.saes, cfg, _STATE.parse)
         else:
-            gate = Gate(load_saes(os.environ[ENV_SAES]), cfg)
+            gate = Gate(load_saes(os.environ[ENV_SAES], weights=False), cfg)
+            logger.info("steering admission in the scheduler: the SAEs' configs and shapes only (no weights held)")
         scheduler._qwenscope_gate = gate
     return gate
 

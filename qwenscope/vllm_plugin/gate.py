@@ -18,8 +18,15 @@ a large steering is never overtaken for ever. A steering that can never run (a b
 more features than a row's slots, more rows than the table has) finishes that request with an error, logged with the
 reason, and the engine goes on.
 
-The salt: every steered request's ``cache_salt`` becomes a hash of its rows' content and the client's own salt, and
-its block hashes are recomputed, so its prompt's KV blocks are shared only with requests steered the same way.
+The salt: every steered request's ``cache_salt`` becomes a hash of its rows' keys and the client's own salt, and its
+block hashes are recomputed, so its prompt's KV blocks are shared only with requests steered the same way.
+
+Where the worker runs in another process, the gate holds the SAEs on the ``meta`` device (configs and shapes: no
+weights, so a 64K-feature layer costs nothing here) and its rows are keyed by the validated entries that make them
+instead of by their content. Content is a function of the entries, so the worker never holds more distinct rows than
+the gate counts: the gate stays a superset. It is conservative where two different entries give equal content (a
+feature at strength 0 added, say): the worker shares one row, the gate counts two, and a full table makes the second
+wait a little sooner than it had to.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import hashlib
 import json
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -28,7 +28,7 @@ from pydantic import TypeAdapter, ValidationError
 from qwenscope.errors import QwenscopeError
 from qwenscope.sae.model import Sae
 from qwenscope.serve.api import ApiError, Steering, find_sae
-from qwenscope.steer.steer import SteerSpec
+from qwenscope.steer.steer import SteerSpec, check_unit
 from qwenscope.vllm_plugin.table import RowContent, add_only
 
 KINDS = ("prompt", "generated")
@@ -84,17 +84,26 @@ def parse_steering(
     if isinstance(raw, str) and isinstance(sent := json.loads(raw), dict):  # to_json's {"entries", "units"}
         unit = _known(sent["units"])
     hookpoints = {sid: sae.cfg.hookpoint or sid for sid, sae in saes.items()}
-    specs: list[tuple[str, SteerSpec]] = []
+    sids = {id(sae): sid for sid, sae in saes.items()}
+    specs: list[tuple[str, SteerSpec, str]] = []
     units: dict[str, float] = {}
     for item in items:
         sae, hookpoint = find_sae(dict(saes), hookpoints, item.sae)
-        specs.append((hookpoint, _spec(item, sae, hookpoint, unit)))
+        spec = _spec(item, sae, hookpoint, unit)
         if item.relative and unit is not None:
             units[hookpoint] = float(unit(hookpoint))
+        entry = {
+            **item.model_dump(mode="json"),
+            "sae": sids[id(sae)],
+            "unit": units.get(hookpoint) if item.relative else None,
+        }
+        specs.append((hookpoint, spec, json.dumps(entry, sort_keys=True)))
     layers = {}
-    for hookpoint in dict.fromkeys(h for h, _ in specs):
-        here = [s for h, s in specs if h == hookpoint]
-        prompt, generated = (_content([s for s in here if s.positions in (None, k)], hookpoint, dtype) for k in KINDS)
+    for hookpoint in dict.fromkeys(h for h, _, _ in specs):
+        here = [(s, e) for h, s, e in specs if h == hookpoint]
+        prompt, generated = (
+            _content([x for x in here if x[0].positions in (None, k)], hookpoint, dtype) for k in KINDS
+        )
         layers[hookpoint] = LayerSteering(prompt, generated)
     return RequestSteering(layers, [item.model_dump(mode="json") for item in items], units)
 
@@ -145,14 +154,17 @@ def _spec(item: Steering, sae: Sae, hookpoint: str, unit: Callable[[str], float]
         )
     if item.relative and unit is None:
         raise ApiError(400, f"relative strengths need {hookpoint}'s steering unit, unknown to this server", "steering")
+    relative = item.relative and not sae.W_dec.is_meta  # on meta, no decoder norms to scale by: only the unit's check
     try:
+        if item.relative and not relative and unit is not None:
+            check_unit(unit(hookpoint))
         return SteerSpec(
             sae,
             item.features,
             mode=item.mode,
             positions=None if item.positions == "all" else item.positions,
-            relative=item.relative,
-            unit=unit(hookpoint) if item.relative and unit is not None else None,
+            relative=relative,
+            unit=unit(hookpoint) if relative and unit is not None else None,
             acts="own",
         )
     except QwenscopeError as e:
@@ -160,14 +172,16 @@ def _spec(item: Steering, sae: Sae, hookpoint: str, unit: Callable[[str], float]
 
 
 @torch.no_grad()
-def _content(specs: list[SteerSpec], hookpoint: str, dtype: torch.dtype) -> RowContent | None:
-    """The row of one kind of token from its specs, in order: adds, then at most one clamp / ablate."""
+def _content(specs: list[tuple[SteerSpec, str]], hookpoint: str, dtype: torch.dtype) -> RowContent | None:
+    """The row of one kind of token from its specs (each with its entry's JSON text), in order: adds, then at most one
+    clamp / ablate. SAEs on the ``meta`` device give a row of shapes only, keyed by the entries (``described``)."""
     if not specs:
         return None
-    d = specs[0].sae.d_in
-    add = torch.zeros(d, dtype=dtype)
+    sae = specs[0][0].sae
+    meta = sae.W_dec.is_meta
+    add = torch.zeros(sae.d_in, dtype=dtype, device="meta" if meta else "cpu")
     stage: SteerSpec | None = None
-    for spec in specs:
+    for spec, _ in specs:
         if stage is not None:
             raise ApiError(
                 400,
@@ -178,12 +192,14 @@ def _content(specs: list[SteerSpec], hookpoint: str, dtype: torch.dtype) -> RowC
         sae, ids = spec.sae, spec.ids
         if spec.mode == "add":
             values = spec.values.to(sae.W_dec.device, sae.W_dec.dtype)
-            add += (values @ sae.W_dec[ids]).to("cpu", dtype)
+            add += (values @ sae.W_dec[ids]).to(add.device, dtype)
         else:
             stage = spec
-    if stage is None:
-        return add_only(add)
-    return _stage(stage, add, dtype)
+    content = add_only(add) if stage is None else _stage(stage, add, dtype)
+    if not meta:
+        return content
+    described = "\0".join([hookpoint, *(e for _, e in specs)])
+    return replace(content, described="entries-" + hashlib.blake2b(described.encode(), digest_size=16).hexdigest())
 
 
 def _stage(spec: SteerSpec, add: torch.Tensor, dtype: torch.dtype) -> RowContent:
@@ -195,10 +211,10 @@ def _stage(spec: SteerSpec, add: torch.Tensor, dtype: torch.dtype) -> RowContent
         bias = bias - sae.b_dec @ sae.W_enc[:, ids]
     threshold = sae.threshold[ids] if sae.threshold is not None else torch.zeros_like(bias)
     target = spec.values if spec.mode == "clamp" else torch.zeros_like(spec.values)
-    return RowContent(
-        add,
-        *(t.detach().to("cpu", dtype).contiguous() for t in (enc, bias, threshold, sae.W_dec[ids], target)),
+    enc, bias, threshold, dec, target = (
+        t.detach().to(add.device, dtype).contiguous() for t in (enc, bias, threshold, sae.W_dec[ids], target)
     )
+    return RowContent(add, enc, bias, threshold, dec, target)
 
 
 class ParseCache:

@@ -63,16 +63,24 @@ class RowContent:
     """(m, d) their decoder rows."""
     target: Tensor
     """(m,) the value each feature is pinned to (0 for ablate)."""
+    described: str | None = None
+    """The key, when the row is keyed by the steering that makes it instead of its content: rows of SAEs on the
+    ``meta`` device, which have shapes and no content (the scheduler's admission, ``gate.py``)."""
 
     @property
     def n_slots(self) -> int:
         return int(self.enc.shape[0])
 
     def key(self) -> str:
-        """A hash of the content (dtype-exact): equal content, equal key. Computed once: a row's content is never
-        written after it is built (the salt, the room check and the acquire all ask for it)."""
+        """A hash of the content (dtype-exact): equal content, equal key (``described`` instead, when given). Computed
+        once: a row's content is never written after it is built (the salt, the room check and the acquire all ask
+        for it)."""
+        if self.described is not None:
+            return self.described
         cached = self.__dict__.get("_key")
         if cached is None:
+            if self.add.is_meta:
+                raise QwenscopeError("a steering row on the meta device has no content to hash: give it `described`")
             h = hashlib.blake2b(digest_size=16)
             for t in (self.add, self.enc, self.bias, self.threshold, self.dec, self.target):
                 t = t.detach().to("cpu", torch.float32).contiguous()
