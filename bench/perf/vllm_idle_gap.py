@@ -27,8 +27,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from serve import free_port, load
-from vllm_serve import METRIC, RESULTS, Server, alone, body, model_and_sae
+from serve import load
+from vllm_serve import METRIC, RESULTS, Server, alone, body, measured, model_and_sae, rotated, start_all
 
 from qwenscope.experiment import write_result
 from qwenscope.vllm_plugin.launch import MIDDLEWARE, vllm_env
@@ -79,18 +79,7 @@ def main() -> None:
     args.name, folder, sae, args.hookpoint = model_and_sae(args)
 
     wanted = commands(args, folder, sae)
-    up: dict[str, Server] = {}
-    try:
-        for name in args.variants:
-            command, env = wanted[name]
-            port = free_port()
-            up[name] = Server(name, [*command, "--port", str(port)], env, args.work, port)
-        result = measure(args, up)
-    finally:
-        for s in up.values():
-            s.stop()
-    result["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    result["startup_seconds"] = {name: s.startup_seconds for name, s in up.items()}
+    result = measured(args, start_all({name: wanted[name] for name in args.variants}, args.work), measure)
     write_result(args.out, result)
     print(f"\nunsteered, {args.streams} streams, {METRIC}: medians of {args.repeats}")
     print(f"{'server':<8} {'tokens/s':>9} {'/ plain':>8}")
@@ -107,11 +96,10 @@ def measure(args: argparse.Namespace, up: dict[str, Server]) -> dict[str, Any]:
     differ = [name for name, texts in refs.items() if texts != first]
     if differ:
         logger.warning("texts differ from %s's on: %s", next(iter(refs)), ", ".join(differ))
-    names = list(up)
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in up}
+    loads = [(name, "idle", args.streams) for name in up]
     for r in range(args.repeats):
-        for j in range(len(names)):
-            name = names[(j + r) % len(names)]
+        for name, _, _ in rotated(loads, r):
             run = load(
                 up[name].url,
                 args,
@@ -124,7 +112,7 @@ def measure(args: argparse.Namespace, up: dict[str, Server]) -> dict[str, Any]:
             runs[name].append(run)
             logger.info("run %d %-7s %7.1f tokens/s  errors %d", r, name, run[METRIC], run["errors"])
     median = {name: statistics.median(x[METRIC] for x in rs) for name, rs in runs.items()}
-    ratios = {f"{n}/plain": median[n] / median["plain"] for n in names if "plain" in median}
+    ratios = {f"{n}/plain": median[n] / median["plain"] for n in up if "plain" in median}
     return {"texts_differ": differ, "tokens_per_s": median, "ratios": ratios, "runs": runs}
 
 

@@ -42,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -171,16 +172,37 @@ def servers(args: argparse.Namespace, folder: str, sae: str) -> dict[str, Server
         "plugin": ours + ["--engine", "vllm", "--vllm-python", args.vllm_python, "--vllm-args", engine],
         "hf": ours + ["--max-batch", str(args.hf_max_batch), "--max-new-tokens", str(args.max_tokens)],
     }
+    return start_all({name: (command, env) for name, command in commands.items()}, args.work)
+
+
+def start_all(commands: dict[str, tuple[list[str], dict[str, str]]], work: Path) -> dict[str, Server]:
+    """name -> (argv without the port, environment): each server started on a free port and up; if one fails, those
+    already up are stopped."""
     out: dict[str, Server] = {}
     try:
-        for name, command in commands.items():
+        for name, (command, env) in commands.items():
             port = free_port()
-            out[name] = Server(name, [*command, "--port", str(port)], env, args.work, port)
+            out[name] = Server(name, [*command, "--port", str(port)], env, work, port)
     except BaseException:
         for s in out.values():
             s.stop()
         raise
     return out
+
+
+def measured(
+    args: argparse.Namespace, up: dict[str, Server], run: Callable[[argparse.Namespace, dict[str, Server]], dict]
+) -> dict[str, Any]:
+    """``run(args, up)``'s result with the run's config and the servers' start-up times; the servers are stopped
+    afterwards, whatever happens."""
+    try:
+        result = run(args, up)
+    finally:
+        for s in up.values():
+            s.stop()
+    result["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    result["startup_seconds"] = {name: s.startup_seconds for name, s in up.items()}
+    return result
 
 
 def main() -> None:
@@ -208,14 +230,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     args.name, folder, sae, args.hookpoint = model_and_sae(args)
-    up = servers(args, folder, sae)
-    try:
-        result = measure(args, up)
-    finally:
-        for s in up.values():
-            s.stop()
-    result["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    result["startup_seconds"] = {name: s.startup_seconds for name, s in up.items()}
+    result = measured(args, servers(args, folder, sae), measure)
     stem = "vllm_serve" + ("_cuda" if args.device == "cuda" else "")
     write_result(args.out / f"{stem}.json", result)
     report(result)
